@@ -1,0 +1,46 @@
+# Two commands matter to a new user: `make demo` and `make test`. Both build what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+STUBS := build/stubs
+MPY_ARCH := $(shell $(PYTHON) -c "import json;print(json.load(open('hardware/board.json'))['mcu']['mpy_arch'])" 2>/dev/null)
+
+.PHONY: all demo test lint firmware bench clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*; touch $@
+
+# The console on the virtual board (Ctrl-C stops board and console).
+demo: $(STAMP)
+	$(BIN)/ionm demo
+
+# The whole suite, slow tests included; pytest-timeout turns a hang into a failure.
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+$(STUBS)/.installed: Makefile
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --target $(STUBS) \
+	    micropython-rp2-rpi-pico2-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
+	touch $@
+
+# ruff everywhere; mypy on the host package; the firmware against the RP2350 MicroPython stubs.
+lint: $(STAMP) $(STUBS)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/mypy host/ionm hardware/ionm_hw
+	$(BIN)/python tools/typecheck_firmware.py --stubs $(STUBS)
+
+# Every firmware and protocol module compiled for the board's architecture.
+firmware: $(STAMP)
+	$(BIN)/python tools/build_firmware.py --out build/firmware
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+# The acquisition engine: validates a configuration against the board definition and the link budget,
+# programs the ADS1299 chain, and moves DRDY-paced blocks from the board support to the host as data
+# frames. step() is the hot path: it runs under micropython.heap_lock() and allocates nothing.
+import micropython
+
+import framing
+import messages as m
+from ads1299 import MUX
+from frame_writer import FrameWriter
+
+_CBOR_PREFIX_MAX = 19  # longest CBOR head of a data message: array, type, cfg, index, lead-off, bstr head
+
+
+class Config:
+    def __init__(self, cfg_id, rate_hz, channels, gains, inputs, samples_per_frame, leadoff):
+        self.cfg_id = cfg_id
+        self.rate_hz = rate_hz
+        self.channels = channels
+        self.gains = gains  # per selected channel
+        self.inputs = inputs  # per selected channel
+        self.samples_per_frame = samples_per_frame
+        self.leadoff = leadoff
+
+    def wire_bytes_per_s(self):
+        frame = framing.OVERHEAD + _CBOR_PREFIX_MAX + 3 * len(self.channels) * self.samples_per_frame
+        return self.rate_hz * frame // self.samples_per_frame
+
+
+def _per_channel(value, n, name, allowed):
+    values = value if isinstance(value, list) else [value] * n
+    if len(values) != n:
+        raise m.ProtocolError(m.E_BAD_FIELD, "%s: %d values for %d channels" % (name, len(values), n))
+    for v in values:
+        if v not in allowed:
+            raise m.ProtocolError(m.E_BAD_FIELD, "%s %r is not one of %r" % (name, v, allowed))
+    return values
+
+
+def parse_config(body, defn, cfg_id):
+    """A Config from a CONFIGURE body, or ProtocolError saying exactly what is wrong."""
+    adc = defn["adc"]
+    n_all = adc["chips"] * adc["channels_per_chip"]
+    rate = body.get("rate_hz")
+    if rate not in adc["rates_hz"]:
+        raise m.ProtocolError(m.E_BAD_FIELD, "rate_hz %r is not one of %r" % (rate, adc["rates_hz"]))
+    channels = body.get("channels", list(range(n_all)))
+    if (not isinstance(channels, list) or not channels or len(channels) > n_all
+            or any(not isinstance(c, int) or c < 0 or c >= n_all for c in channels)
+            or len(set(channels)) != len(channels)):
+        raise m.ProtocolError(m.E_BAD_FIELD, "channels must be distinct integers 0..%d" % (n_all - 1))
+    gains = _per_channel(body.get("gain", 24), len(channels), "gain", adc["gains"])
+    inputs = _per_channel(body.get("input", "normal"), len(channels), "input", list(MUX.keys()))
+    spf = body.get("samples_per_frame", 32)
+    max_spf = (framing.MAX_PAYLOAD - _CBOR_PREFIX_MAX) // (3 * len(channels))
+    if not isinstance(spf, int) or spf < 1 or spf > max_spf:
+        raise m.ProtocolError(m.E_BAD_FIELD, "samples_per_frame must be 1..%d for %d channels (max payload %d bytes)"
+                              % (max_spf, len(channels), framing.MAX_PAYLOAD))
+    leadoff = body.get("leadoff", True)
+    if not isinstance(leadoff, bool):
+        raise m.ProtocolError(m.E_BAD_FIELD, "leadoff must be true or false")
+    cfg = Config(cfg_id, rate, channels, gains, inputs, spf, leadoff)
+    need = cfg.wire_bytes_per_s()
+    budget = defn["link"]["budget_bytes_per_s"]
+    if need > budget:
+        raise m.ProtocolError(m.E_LINK_BUDGET, "needs %d B/s, the link budget is %d B/s: %d B/s (%d %%) over"
+                              % (need, budget, need - budget, (need - budget) * 100 // budget))
+    return cfg
+
+
+class Acquisition:
+    def __init__(self, bsp, adc, link, cfg, chips):
+        self.bsp = bsp
+        self.adc = adc
+        self.link = link
+        self.cfg = cfg
+        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA)
+        self.running = False
+        self.next_index = 0  # index of the next sample expected from the board support
+        self.blocks = 0
+        self.samples_lost = 0  # overruns seen in the DMA block indices
+        self.latched = 0  # pulse latches in the most recent block
+        # every channel gets a (gain, mux, enabled) triple; unselected ones are powered down
+        per = [(24, "shorted", False)] * (chips * 8)
+        for i, ch in enumerate(cfg.channels):
+            per[ch] = (cfg.gains[i], cfg.inputs[i], True)
+        adc.stop()
+        adc.configure(cfg.rate_hz, per, leadoff=cfg.leadoff)
+
+    def start(self):
+        self.next_index = 0
+        self.adc.start()
+        self.running = True
+
+    def stop(self):
+        self.adc.stop()
+        self.running = False
+
+    def step(self):
+        """Read one DMA block and send it as one data frame. Allocates nothing."""
+        w = self.writer
+        link = self.link
+        micropython.heap_lock()
+        try:
+            self.latched = self.bsp.read_block(w.raw)
+            start = w.build(self.bsp.head, self.cfg.cfg_id, link.tx_seq)
+            link.tx_seq = (link.tx_seq + 1) & 0xFFFF
+            self.bsp.host_write(w.frame, start, w.end - start)
+        finally:
+            micropython.heap_unlock()
+        h = self.bsp.head
+        first = (h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]
+        if first != self.next_index & 0xFFFFFFFF:
+            lost = (first - self.next_index) & 0xFFFFFFFF
+            self.samples_lost += lost
+            link.event({"kind": "overrun", "index": self.next_index, "lost": lost})
+            self.next_index += lost
+        self.next_index += w.nsamp
+        self.blocks += 1
+
+
+def gains_uv_per_count(cfg, vref_v):
+    """µV per ADC count for each selected channel: VREF / gain / (2^23 - 1)."""
+    return [vref_v * 1e6 / g / 8388607 for g in cfg.gains]
+

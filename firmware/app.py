@@ -1,0 +1,140 @@
+# The firmware's main loop: thin. It wires the board support, the ADS1299 driver, the link and the
+# acquisition engine together and dispatches host requests. Host silence stops stimulation (watchdog) and,
+# after HOST_LOST_MS, acquisition too, so a board left streaming to nobody does not block on a full link.
+import sys
+
+import boardcfg
+import messages as m
+import version
+from acquisition import Acquisition, gains_uv_per_count, parse_config
+from ads1299 import ADS1299
+from link import Link
+
+HOST_LOST_MS = 2000
+IDLE_WAIT_MS = 20
+
+
+class Firmware:
+    def __init__(self, bsp_module):
+        self.defn = boardcfg.load()
+        self.bsp = bsp_module.Board(self.defn)
+        self.bsp_name = bsp_module.NAME
+        adc = self.defn["adc"]
+        self.chips = adc["chips"]
+        self.adc = ADS1299(self.bsp.adc_spi, self.bsp.adc_cs, self.bsp.adc_start, self.bsp.adc_reset,
+                           self.bsp.adc_pwdn, self.bsp.sleep_us)
+        self.adc.power_up()
+        self.link = Link(self.bsp, self.defn["link"]["max_payload_bytes"])
+        self.acq = None
+        self.cfg_id = 0
+        self.last_host_ms = self.bsp.ticks_ms()
+        self.fw_hash = version.firmware_hash()
+        self.handlers = {
+            m.HELLO: self.on_hello,
+            m.GET_INFO: self.on_get_info,
+            m.CONFIGURE: self.on_configure,
+            m.START: self.on_start,
+            m.STOP: self.on_stop,
+            m.HEARTBEAT: self.on_heartbeat,
+        }
+        self.link.event({"kind": "boot", "firmware": version.FIRMWARE_VERSION, "schema": m.SCHEMA})
+
+    # -- identity ------------------------------------------------------------------------------------
+    def info(self):
+        impl = sys.implementation
+        return {
+            "firmware": {"version": version.FIRMWARE_VERSION, "hash": self.fw_hash},
+            "micropython": {"implementation": impl.name, "version": "%d.%d.%d" % impl.version[:3],
+                            "machine": getattr(impl, "_machine", ""), "mpy": getattr(impl, "_mpy", 0)},
+            "board": {"name": self.defn["name"], "revision": self.defn["revision"], "serial": self.bsp.serial(),
+                      "support": self.bsp_name},
+            "calibration": {"date": None},
+        }
+
+    def capabilities(self):
+        adc = self.defn["adc"]
+        return {"channels": self.chips * adc["channels_per_chip"], "rates_hz": adc["rates_hz"],
+                "gains": adc["gains"], "stim_outputs": self.defn["stimulator"]["outputs"],
+                "max_payload": self.defn["link"]["max_payload_bytes"],
+                "link_budget_bytes_per_s": self.defn["link"]["budget_bytes_per_s"]}
+
+    # -- requests -------------------------------------------------------------------------------------------
+    def on_hello(self, rid, body):
+        versions = body.get("versions", [])
+        if not isinstance(versions, list) or m.VERSION not in versions:
+            raise m.ProtocolError(m.E_VERSION, "board speaks protocol version %d; host offered %r" % (m.VERSION, versions))
+        self.link.send([m.WELCOME, rid, {"version": m.VERSION, "schema": m.SCHEMA, "caps": self.capabilities(),
+                                         "info": self.info()}])
+
+    def on_get_info(self, rid, body):
+        self.link.send([m.INFO, rid, self.info()])
+
+    def on_configure(self, rid, body):
+        if self.acq is not None and self.acq.running:
+            raise m.ProtocolError(m.E_STATE, "stop acquisition before configuring")
+        cfg = parse_config(body, self.defn, (self.cfg_id + 1) & 0xFF)
+        self.acq = None  # release the old buffers before allocating the new ones
+        self.acq = Acquisition(self.bsp, self.adc, self.link, cfg, self.chips)
+        self.cfg_id = cfg.cfg_id
+        self.link.ack(rid, {"cfg": cfg.cfg_id, "rate_hz": cfg.rate_hz, "channels": cfg.channels,
+                            "gain": cfg.gains, "input": cfg.inputs, "samples_per_frame": cfg.samples_per_frame,
+                            "uv_per_count": gains_uv_per_count(cfg, self.defn["adc"]["vref_v"]),
+                            "wire_bytes_per_s": cfg.wire_bytes_per_s()})
+
+    def on_start(self, rid, body):
+        if self.acq is None:
+            raise m.ProtocolError(m.E_STATE, "configure before start")
+        if not self.acq.running:
+            self.acq.start()
+        self.link.ack(rid, {"cfg": self.acq.cfg.cfg_id})
+
+    def on_stop(self, rid, body):
+        samples = 0
+        if self.acq is not None and self.acq.running:
+            self.acq.stop()
+            samples = self.acq.next_index
+        self.link.ack(rid, {"samples": samples})
+
+    def on_heartbeat(self, rid, body):
+        pass  # any valid frame counts as host activity; heartbeats are not acknowledged (bandwidth)
+
+    # -- loop ---------------------------------------------------------------------------------------------------
+    def service_host(self):
+        msgs = self.link.poll()
+        if msgs:
+            self.last_host_ms = self.bsp.ticks_ms()
+        for msg in msgs:
+            mtype, rid, body = msg
+            handler = self.handlers.get(mtype)
+            try:
+                if handler is None:
+                    raise m.ProtocolError(m.E_UNKNOWN_TYPE, "unknown message type %r" % mtype)
+                handler(rid, body)
+            except m.ProtocolError as exc:
+                self.link.error(rid, exc.code, exc.detail)
+            except Exception as exc:  # a bug must not take the board down; say what happened
+                self.link.error(rid, m.E_INTERNAL, "%s: %s" % (type(exc).__name__, exc))
+
+    def check_host(self):
+        silent = self.bsp.ticks_diff(self.bsp.ticks_ms(), self.last_host_ms)
+        if silent > HOST_LOST_MS and self.acq is not None and self.acq.running:
+            self.acq.stop()
+            self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
+
+    def run(self):
+        while True:
+            if self.acq is not None and self.acq.running:
+                self.acq.step()
+            else:
+                self.bsp.host_wait(IDLE_WAIT_MS)
+            self.service_host()
+            self.check_host()
+            self.bsp.feed_watchdog()
+
+
+def main():
+    if sys.platform == "rp2":
+        import bsp_rp2350 as bsp_module
+    else:
+        import bsp_virtual as bsp_module
+    Firmware(bsp_module).run()

@@ -1,0 +1,183 @@
+# Board support for the virtual board: the firmware runs on the MicroPython unix port, the host link is
+# this process's stdin/stdout (a pseudo-terminal, the same byte stream as USB CDC on the board), and the
+# ADS1299 chain, stimulator and PIO live in the hardware-model process (hardware/ionm_hw/server.py), reached
+# over a Unix socket with the small binary records documented there.
+import os
+import select
+import socket
+import struct
+import sys
+import time
+
+from micropython import const
+
+NAME = "virtual"
+_PIN_START = const(0)
+_PIN_RESET = const(1)
+_PIN_PWDN = const(2)
+_HEAD_SIZE = const(8)
+LATCH_SIZE = const(12)
+MAX_LATCHES = const(16)
+
+
+class _ModelPin:
+    """An output pin whose level the model sees (START/RESET/PWDN), or a chip select tracked locally."""
+
+    def __init__(self, bsp, pin_id):
+        self.bsp = bsp
+        self.pin_id = pin_id
+        self.level = 1
+
+    def value(self, v=None):
+        if v is None:
+            return self.level
+        self.level = v
+        if self.pin_id >= 0:
+            self.bsp._req2[0] = ord("G")
+            self.bsp._req2[1] = self.pin_id
+            self.bsp._req2[2] = v
+            self.bsp.sock.write(self.bsp._req2)
+
+
+class _ModelSPI:
+    """machine.SPI look-alike: a transaction goes to the chips whose CS pin is low."""
+
+    def __init__(self, bsp, cs_pins):
+        self.bsp = bsp
+        self.cs_pins = cs_pins
+        self._head = bytearray(4)
+
+    def write_readinto(self, tx, rx):
+        mask = 0
+        for i in range(len(self.cs_pins)):
+            if self.cs_pins[i].level == 0:
+                mask |= 1 << i
+        struct.pack_into(">BBH", self._head, 0, 83, mask, len(tx))  # "S"
+        self.bsp.sock.write(self._head)
+        self.bsp.sock.write(tx)
+        self.bsp.sock.readinto(rx)
+
+
+class Board:
+    def __init__(self, defn):
+        path = os.getenv("IONM_MODEL_SOCKET")
+        if not path:
+            raise OSError("IONM_MODEL_SOCKET is not set: the virtual board needs the hardware model")
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The unix port's connect() takes a raw sockaddr: struct sockaddr_un is the family (native u16)
+        # followed by the NUL-terminated path.
+        addr = struct.pack("H", socket.AF_UNIX) + path.encode() + bytes(1)
+        for _ in range(100):  # the model may still be starting
+            try:
+                self.sock.connect(addr)
+                break
+            except OSError:
+                time.sleep_ms(50)
+        else:
+            raise OSError("cannot reach the hardware model at %s" % path)
+        self._req2 = bytearray(3)
+        self._dreq = bytearray(3)
+        self._xreq = bytearray(b"X")
+        self._pulse = bytearray(1 + 12)
+        self._train = bytearray(1 + 7)
+        self._u16 = bytearray(2)
+        self.head = bytearray(_HEAD_SIZE)  # u32 first_index, u16 n_latched, u16 reserved
+        self.latches = bytearray(LATCH_SIZE * MAX_LATCHES)
+        self._latch_views = [memoryview(self.latches)[i * LATCH_SIZE:(i + 1) * LATCH_SIZE]
+                             for i in range(MAX_LATCHES)]
+        self._latch_spill = bytearray(LATCH_SIZE)
+        cs = [_ModelPin(self, -1) for _ in defn["adc"]["pins"]["cs"]]
+        self.adc_spi = _ModelSPI(self, cs)
+        self.adc_cs = cs
+        self.adc_start = _ModelPin(self, _PIN_START)
+        self.adc_reset = _ModelPin(self, _PIN_RESET)
+        self.adc_pwdn = _ModelPin(self, _PIN_PWDN)
+        self.host_in = sys.stdin.buffer
+        self.host_out = sys.stdout.buffer
+        self._poll = select.poll()
+        self._poll.register(self.host_in, select.POLLIN)
+        self._one = bytearray(1)
+        self.sock.write(b"H")
+        n = self.sock.read(1)[0]
+        self._serial = self.sock.read(n).decode()
+
+    # -- identity and clocks --------------------------------------------------------------------------
+    def serial(self):
+        return self._serial
+
+    def sleep_us(self, us):
+        time.sleep_us(us)
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def feed_watchdog(self):
+        pass  # the unix port has no machine.WDT; the sim restarts a firmware that exits
+
+    # -- host link ---------------------------------------------------------------------------------------
+    def host_wait(self, timeout_ms):
+        """Block until host bytes are available or timeout_ms passes (the idle loop's only wait)."""
+        for _ in self._poll.ipoll(timeout_ms):
+            return True
+        return False
+
+    def host_read(self, buf):
+        """Copy the host bytes available now (at most len(buf)) into buf; returns the count. Never blocks."""
+        n = 0
+        limit = len(buf)
+        poll = self._poll
+        inp = self.host_in
+        one = self._one
+        while n < limit:
+            ready = False
+            for _ in poll.ipoll(0):
+                ready = True
+            if not ready:
+                break
+            if inp.readinto(one) != 1:
+                break
+            buf[n] = one[0]
+            n += 1
+        return n
+
+    def host_write(self, buf, off, n):
+        self.host_out.write(buf, off, n)
+
+    # -- acquisition: DRDY-paced blocks, as DMA delivers them ------------------------------------------
+    def read_block(self, raw):
+        """Wait for the next block of len(raw) bytes; fills raw, self.head and self.latches. Returns the
+        number of pulse latches. Allocates nothing (runs under heap_lock)."""
+        n = len(raw) // (27 * len(self.adc_cs))
+        d = self._dreq
+        d[0] = 68  # "D"
+        d[1] = n >> 8
+        d[2] = n & 0xFF
+        self.sock.write(d)
+        self.sock.readinto(self.head)
+        self.sock.readinto(raw)
+        nl = (self.head[4] << 8) | self.head[5]
+        i = 0
+        while i < nl:
+            if i < MAX_LATCHES:
+                self.sock.readinto(self._latch_views[i])
+            else:
+                self.sock.readinto(self._latch_spill)  # more than the latch FIFO holds: counted, dropped
+            i += 1
+        return nl
+
+    # -- stimulation: the PIO fires at a sample index ----------------------------------------------------
+    def arm_pulse(self, index, output, current_ua, width_us, biphasic):
+        struct.pack_into(">BIbIHB", self._pulse, 0, 80, index, output, current_ua, width_us, 1 if biphasic else 0)
+        self.sock.write(self._pulse)
+
+    def arm_trigger_train(self, index, count, ipi_us):
+        struct.pack_into(">BIBH", self._train, 0, 84, index, count, ipi_us)
+        self.sock.write(self._train)
+
+    def cancel_stimulation(self):
+        self.sock.write(self._xreq)
+        self.sock.readinto(self._u16)
+        return (self._u16[0] << 8) | self._u16[1]

@@ -1,0 +1,63 @@
+"""Constant-current stimulator output stage: current DAC with its own error, compliance limiting at high
+electrode impedance, a current-sense readback, and the delivered-pulse log that tests read.
+
+The firmware decides what to deliver; this is what the patient actually receives. A pulse the output stage
+cannot drive (impedance x current above the compliance voltage) is delivered at the compliance-limited
+current and flagged, exactly what the current-sense readback lets the firmware detect.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DeliveredPulse:
+    index: int  # acquisition sample index at which the pulse began
+    t_s: float  # model time, seconds
+    output: int  # 0..outputs-1, or -1 for the TcMEP trigger output
+    requested_ma: float
+    delivered_ma: float
+    measured_ma: float  # what the current-sense readback reports
+    width_us: int
+    biphasic: bool
+    impedance_ohm: float
+    compliance_limited: bool
+
+
+class OutputStage:
+    def __init__(self, board_def: dict[str, Any], serial: str, log: IO[str] | None = None) -> None:
+        stim = board_def["stimulator"]
+        self.outputs = int(stim["outputs"])
+        self.compliance_v = float(stim["compliance_v"])
+        rng = np.random.default_rng(zlib.crc32(("%s/stim" % serial).encode()))
+        # Per-output DAC gain error (fraction) and offset (mA); current-sense gain error (fraction).
+        self.dac_gain_error = rng.normal(0.0, 0.01, self.outputs)
+        self.dac_offset_ma = rng.normal(0.0, 0.05, self.outputs)
+        self.sense_gain_error = rng.normal(0.0, 0.002, self.outputs)
+        self.log = log
+        self.delivered: list[DeliveredPulse] = []
+
+    def deliver(self, index: int, t_s: float, output: int, current_ma: float, width_us: int, biphasic: bool,
+                impedance_ohm: float) -> DeliveredPulse:
+        if output < 0:  # trigger to an external stimulator: a logic pulse, no current from this board
+            pulse = DeliveredPulse(index, t_s, output, 0.0, 0.0, 0.0, width_us, False, 0.0, False)
+        else:
+            dac_ma = max(0.0, current_ma * (1.0 + self.dac_gain_error[output]) + self.dac_offset_ma[output])
+            if current_ma == 0:
+                dac_ma = 0.0
+            limit_ma = self.compliance_v / impedance_ohm * 1e3
+            delivered = min(dac_ma, limit_ma)
+            measured = delivered * (1.0 + self.sense_gain_error[output])
+            pulse = DeliveredPulse(index, t_s, output, current_ma, delivered, measured, width_us, biphasic,
+                                   impedance_ohm, dac_ma > limit_ma)
+        self.delivered.append(pulse)
+        if self.log is not None:
+            self.log.write(json.dumps(asdict(pulse)) + "\n")
+            self.log.flush()
+        return pulse

@@ -1,0 +1,53 @@
+"""`ionm` command line: one module per subcommand.
+
+Each subcommand module defines HELP (one line), add_arguments(parser) and run(args) -> int (exit status).
+Subcommand modules keep heavy imports (matplotlib, scipy, web stack) inside run(), so `ionm stream`
+starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    # name: (module, one-line help)
+    "sim": ("ionm.sim", "run the virtual board (firmware on MicroPython + hardware model)"),
+    "stream": ("ionm.stream", "stream from a board and print link statistics"),
+    "demo": ("ionm.demo", "the virtual board and the console, for a first look"),
+    "evaluate": ("ionm.evaluate", "evaluate a sweep file (.npz) offline: alerts or per-trial features"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ionm", description="Open intraoperative neuromonitoring stack")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            sub._name_parser_map.pop(name, None)  # not built yet: leave it out of the CLI
+            sub._choices_actions = [a for a in sub._choices_actions if a.dest != name]
+            continue
+        mod.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    mod = importlib.import_module(args._module)
+    try:
+        status = mod.run(args)
+    except KeyboardInterrupt:
+        status = 130
+    return int(status or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

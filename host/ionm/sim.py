@@ -1,0 +1,157 @@
+"""`ionm sim`: the virtual board. The firmware from firmware/ runs on the MicroPython unix port with the
+board's heap, its stdin/stdout on a pseudo-terminal (the byte stream USB CDC gives on the board); the
+hardware model runs as a second process behind the firmware's virtual board support.
+
+stdout line 1: the serial device to open (like /dev/ttyACM0); line 2 (with --generator): the signal
+generator's VISA resource. A firmware that exits is restarted, as the board's watchdog would reset it.
+SIGINT/SIGTERM stop both children; exit status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+HELP = "run the virtual board (firmware on MicroPython + hardware model)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", default="stable", help="hardware/scenarios/NAME.json (default: stable)")
+    p.add_argument("--seed", type=int, default=1, help="the same seed gives the same data")
+    p.add_argument("--serial", default="SIM-0001", help="board serial (sets the unit's analogue errors)")
+    p.add_argument("--fast", action="store_true", help="virtual time as fast as possible (default: real time)")
+    p.add_argument("--bench", action="store_true",
+                   help="amplifier inputs wired to the signal generator through the bench divider, not a patient")
+    p.add_argument("--generator", action="store_true", help="start the SCPI signal generator (prints its resource)")
+    p.add_argument("--pulse-log", help="append each delivered stimulus pulse as a JSON line to this file")
+    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject an analogue fault: dead:CH or gain:CH:FRACTION (repeatable)")
+
+
+class VirtualBoard:
+    """The two processes and the pty; usable from tests as a context manager."""
+
+    def __init__(self, *, scenario: str = "stable", seed: int = 1, serial: str = "SIM-0001", fast: bool = False,
+                 bench: bool = False, generator: bool = False, pulse_log: str | None = None,
+                 faults: list[str] | None = None, stderr: Any = None) -> None:
+        from ionm import mpy, paths
+
+        self.tmp = Path(tempfile.mkdtemp(prefix="ionm-sim-"))
+        self.socket_path = str(self.tmp / "model.sock")
+        self.stderr = stderr if stderr is not None else sys.stderr
+        model_cmd = [sys.executable, "-m", "ionm_hw.server", "--socket", self.socket_path, "--serial", serial,
+                     "--scenario", scenario, "--seed", str(seed), "--inputs", "bench" if bench else "patient"]
+        if fast:
+            model_cmd.append("--fast")
+        if generator:
+            model_cmd.append("--generator")
+        if pulse_log:
+            model_cmd += ["--pulse-log", pulse_log]
+        for f in faults or []:
+            model_cmd += ["--fault", f]
+        self.model = subprocess.Popen(model_cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        assert self.model.stdout is not None
+        ready = self.model.stdout.readline().split()
+        if not ready or ready[0] != "READY":
+            self.model.kill()
+            raise RuntimeError("the hardware model did not start (see its error above)")
+        self.generator_resource = ready[1] if len(ready) > 1 else None
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.slave)  # no echo, no line editing: a binary link, as USB CDC is
+        self.device = os.ttyname(self.slave)
+        self.fw_cmd = mpy.command(paths.firmware_dir() / "main.py")
+        self.fw_env = mpy.mpy_env({"IONM_MODEL_SOCKET": self.socket_path})
+        self.resets = 0
+        self.firmware = self._start_firmware()
+
+    def _start_firmware(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.fw_cmd, stdin=self.master, stdout=self.master, stderr=self.stderr,
+                                env=self.fw_env)
+
+    def reset_board(self) -> None:
+        """Power-cycle the board: kill the firmware and start it again (the analogue world persists)."""
+        self.firmware.kill()
+        self.firmware.wait()
+        self.resets += 1
+        self.firmware = self._start_firmware()
+
+    def poll(self) -> None:
+        """Restart a firmware that died (the board's watchdog reset); fail if the model died."""
+        if self.model.poll() is not None:
+            raise RuntimeError("the hardware model exited with status %s" % self.model.returncode)
+        if self.firmware.poll() is not None:
+            print("ionm sim: firmware exited with status %s; restarting it (board reset)"
+                  % self.firmware.returncode, file=self.stderr, flush=True)
+            self.resets += 1
+            self.firmware = self._start_firmware()
+
+    def close(self) -> None:
+        for proc in (self.firmware, self.model):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in (self.firmware, self.model):
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.model.stdout:
+            self.model.stdout.close()
+        for fd in (self.master, self.slave):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __enter__(self) -> VirtualBoard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    stopping = False
+
+    def stop(_sig: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        board = VirtualBoard(scenario=args.scenario, seed=args.seed, serial=args.serial, fast=args.fast,
+                             bench=args.bench, generator=args.generator, pulse_log=args.pulse_log,
+                             faults=args.fault)
+    except (RuntimeError, FileNotFoundError) as exc:
+        print("ionm sim: %s" % exc, file=sys.stderr)
+        return 1
+    try:
+        print(board.device, flush=True)
+        if args.generator:
+            print(board.generator_resource, flush=True)
+        while not stopping:
+            time.sleep(0.1)
+            if stopping:
+                break
+            try:
+                board.poll()
+            except RuntimeError as exc:
+                if stopping:
+                    break
+                print("ionm sim: %s" % exc, file=sys.stderr)
+                return 1
+    finally:
+        board.close()
+    return 0
