@@ -117,8 +117,3 @@ class Acquisition:
         self.next_index += w.nsamp
         self.blocks += 1
 
-
-def gains_uv_per_count(cfg, vref_v):
-    """µV per ADC count for each selected channel: VREF / gain / (2^23 - 1)."""
-    return [vref_v * 1e6 / g / 8388607 for g in cfg.gains]
-

@@ -6,7 +6,7 @@ import sys
 import boardcfg
 import messages as m
 import version
-from acquisition import Acquisition, gains_uv_per_count, parse_config
+from acquisition import Acquisition, parse_config
 from ads1299 import ADS1299
 from link import Link
 
@@ -78,7 +78,7 @@ class Firmware:
         self.cfg_id = cfg.cfg_id
         self.link.ack(rid, {"cfg": cfg.cfg_id, "rate_hz": cfg.rate_hz, "channels": cfg.channels,
                             "gain": cfg.gains, "input": cfg.inputs, "samples_per_frame": cfg.samples_per_frame,
-                            "uv_per_count": gains_uv_per_count(cfg, self.defn["adc"]["vref_v"]),
+                            "vref_uv": int(self.defn["adc"]["vref_v"] * 1000000), "full_scale_code": 8388607,
                             "wire_bytes_per_s": cfg.wire_bytes_per_s()})
 
     def on_start(self, rid, body):

@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from ionm.protocol import framing, messages as m
+from ionm.protocol import cbor, framing, messages as m
 
 
 class LinkError(Exception):
@@ -95,7 +95,9 @@ class BoardLink:
 
     # -- sending ------------------------------------------------------------------------------------
     def send(self, mtype: int, body: dict[str, Any], rid: int = 0) -> None:
-        payload = cbor2.dumps([mtype, rid, body], canonical=True)
+        # Encoded with the board's own codec: RFC 8949 deterministic (cbor2's canonical mode sorts map keys
+        # length-first, which is not byte-identical). cbor2 decodes, where speed matters.
+        payload = cbor.dumps([mtype, rid, body])
         with self._tx_lock:
             frame = framing.encode(payload, self._tx_seq, m.SCHEMA)
             self._tx_seq = (self._tx_seq + 1) & 0xFFFF
