@@ -1,10 +1,9 @@
 # The acquisition engine: validates a configuration against the board definition and the link budget,
 # programs the ADS1299 chain, and moves DRDY-paced blocks from the board support to the host as data
 # frames. step() is the hot path: it runs under micropython.heap_lock() and allocates nothing.
-import micropython
-
 import framing
 import messages as m
+import micropython
 from ads1299 import MUX
 from frame_writer import FrameWriter
 
@@ -87,11 +86,14 @@ class Acquisition:
         adc.configure(cfg.rate_hz, per, leadoff=cfg.leadoff)
 
     def start(self):
+        # The block reader must be listening before conversions start (on the RP2350 it owns SCLK).
         self.next_index = 0
+        self.bsp.start_stream(self.writer.raw, self.cfg.rate_hz)
         self.adc.start()
         self.running = True
 
     def stop(self):
+        self.bsp.stop_stream()  # gives SCLK back to the SPI peripheral before the SDATAC command
         self.adc.stop()
         self.running = False
 

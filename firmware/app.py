@@ -62,7 +62,8 @@ class Firmware:
     def on_hello(self, rid, body):
         versions = body.get("versions", [])
         if not isinstance(versions, list) or m.VERSION not in versions:
-            raise m.ProtocolError(m.E_VERSION, "board speaks protocol version %d; host offered %r" % (m.VERSION, versions))
+            raise m.ProtocolError(m.E_VERSION, "board speaks protocol version %d; host offered %r"
+                                  % (m.VERSION, versions))
         self.link.send([m.WELCOME, rid, {"version": m.VERSION, "schema": m.SCHEMA, "caps": self.capabilities(),
                                          "info": self.info()}])
 

@@ -4,7 +4,7 @@
 # over a Unix socket with the small binary records documented there.
 import os
 import select
-import socket
+import socket  # type: ignore[import-not-found]  # unix port only: the board has no sockets here
 import struct
 import sys
 import time
@@ -147,6 +147,12 @@ class Board:
         self.host_out.write(buf, off, n)
 
     # -- acquisition: DRDY-paced blocks, as DMA delivers them ------------------------------------------
+    def start_stream(self, raw, rate_hz):
+        pass  # the model's DMA is armed per block by read_block()
+
+    def stop_stream(self):
+        pass
+
     def read_block(self, raw):
         """Wait for the next block of len(raw) bytes; fills raw, self.head and self.latches. Returns the
         number of pulse latches. Allocates nothing (runs under heap_lock)."""

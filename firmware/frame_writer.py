@@ -141,8 +141,10 @@ class FrameWriter:
         """Frame for the block in self.raw whose first sample index is big-endian in head[0:4]. Returns the
         frame's start offset in self.frame (it ends at self.end); the block's lead-off mask is left in
         self.vals[1]. Allocates nothing (a tuple return would)."""
-        leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips, self.offs, self.nsel)
+        # (viper pointer parameters take any buffer; the stubs' ptr types do not say so)
+        leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
+                        self.offs, self.nsel)  # type: ignore[arg-type]
         vals = self.vals
         vals[1] = leadoff
         vals[3] = cfg
-        return _finish(self.frame, self.nbytes, vals, head, seq, self.schema, CRC_TABLE)
+        return _finish(self.frame, self.nbytes, vals, head, seq, self.schema, CRC_TABLE)  # type: ignore[arg-type]

@@ -193,9 +193,9 @@ def _encode(out, obj, default, depth):
         _head(out, 3, len(raw))
         out += raw
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        raw = obj if not isinstance(obj, memoryview) else bytes(obj)  # len(memoryview) counts elements
-        _head(out, 2, len(raw))
-        out += raw
+        data = obj if not isinstance(obj, memoryview) else bytes(obj)  # len(memoryview) counts elements
+        _head(out, 2, len(data))
+        out += data
     elif isinstance(obj, float):
         _encode_float(out, obj)
     elif isinstance(obj, (list, tuple)):
@@ -228,11 +228,11 @@ def _encode_map(out, obj, default, depth):
     pairs.sort(key=_sort_key)
     _head(out, 5, len(pairs))
     previous = None
-    for encoded_key, value in pairs:
-        if encoded_key == previous:
+    for key_bytes, value in pairs:
+        if key_bytes == previous:
             raise CBOREncodeError("two map keys encode to the same bytes")
-        previous = encoded_key
-        out += encoded_key
+        previous = key_bytes
+        out += key_bytes
         _encode(out, value, default, depth + 1)
 
 
@@ -341,7 +341,7 @@ class _Decoder:
         if length is not None:
             raw = bytes(self.take(length))
             return raw if major == 2 else _text(raw)
-        chunks = []
+        chunks = []  # type: list
         while not self.at_break():  # indefinite: definite-length chunks of the same major type
             chunk_major, _, chunk_length = self.head()
             if chunk_major != major or chunk_length is None:
