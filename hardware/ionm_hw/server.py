@@ -36,6 +36,7 @@ import numpy as np
 
 from ionm import board as board_def
 from ionm_hw.ads1299 import ADS1299Chain
+from ionm_hw.generator import divider_ratio
 from ionm_hw.stimulator import OutputStage
 
 OVERRUN_S = 0.5  # DMA ring depth in seconds of samples: late by more than this loses data
@@ -67,8 +68,7 @@ class HardwareModel:
         self.t_model_s = 0.0
         self.wall0 = 0.0
         self.was_running = False
-        self.divider = (self.defn["bench"]["divider_r_bottom_ohm"]
-                        / (self.defn["bench"]["divider_r_top_ohm"] + self.defn["bench"]["divider_r_bottom_ohm"]))
+        self.divider = divider_ratio(self.defn)
         for fault in faults or []:
             kind, _, rest = fault.partition(":")
             ch, _, value = rest.partition(":")
