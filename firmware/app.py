@@ -9,6 +9,8 @@ import version
 from acquisition import Acquisition, parse_config
 from ads1299 import ADS1299
 from link import Link
+from safety import Supervisor
+from scheduler import Scheduler
 
 HOST_LOST_MS = 2000
 IDLE_WAIT_MS = 20
@@ -28,6 +30,9 @@ class Firmware:
         self.acq = None
         self.cfg_id = 0
         self.last_host_ms = self.bsp.ticks_ms()
+        self.last_host_index = 0  # acquisition sample index when the host was last heard (watchdog clock)
+        self.supervisor = Supervisor(self.defn)
+        self.scheduler = Scheduler(self.bsp, self.supervisor)
         self.fw_hash = version.firmware_hash()
         self.handlers = {
             m.HELLO: self.on_hello,
@@ -36,6 +41,9 @@ class Firmware:
             m.START: self.on_start,
             m.STOP: self.on_stop,
             m.HEARTBEAT: self.on_heartbeat,
+            m.STIM_PROGRAM: self.on_stim_program,
+            m.STIM_START: self.on_stim_start,
+            m.STIM_STOP: self.on_stim_stop,
         }
         self.link.event({"kind": "boot", "firmware": version.FIRMWARE_VERSION, "schema": m.SCHEMA})
 
@@ -91,10 +99,30 @@ class Firmware:
 
     def on_stop(self, rid, body):
         samples = 0
+        self.scheduler.stop()  # stimulation is timed by the ADC clock: it cannot outlive acquisition
         if self.acq is not None and self.acq.running:
             self.acq.stop()
             samples = self.acq.next_index
         self.link.ack(rid, {"samples": samples})
+
+    def on_stim_program(self, rid, body):
+        programs = self.supervisor.check_programs(body.get("programs"))  # all or nothing
+        self.scheduler.load(programs)
+        self.link.ack(rid, {"programs": len(programs)})
+
+    def on_stim_start(self, rid, body):
+        if self.acq is None or not self.acq.running:
+            raise m.ProtocolError(m.E_STATE, "start acquisition first: pulses are timed by the ADC sample clock")
+        if not self.scheduler.programs:
+            raise m.ProtocolError(m.E_STATE, "load a stimulation program first")
+        only = body.get("program")
+        if only is not None and (not isinstance(only, int) or not 0 <= only < len(self.scheduler.programs)):
+            raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d" % (len(self.scheduler.programs) - 1))
+        start = self.scheduler.start(self.acq.next_index, self.acq.cfg.rate_hz, only)
+        self.link.ack(rid, {"start_index": start})
+
+    def on_stim_stop(self, rid, body):
+        self.link.ack(rid, {"cancelled": self.scheduler.stop()})
 
     def on_heartbeat(self, rid, body):
         pass  # any valid frame counts as host activity; heartbeats are not acknowledged (bandwidth)
@@ -104,6 +132,8 @@ class Firmware:
         msgs = self.link.poll()
         if msgs:
             self.last_host_ms = self.bsp.ticks_ms()
+            if self.acq is not None:
+                self.last_host_index = self.acq.next_index
         for msg in msgs:
             mtype, rid, body = msg
             handler = self.handlers.get(mtype)
@@ -119,13 +149,59 @@ class Firmware:
     def check_host(self):
         silent = self.bsp.ticks_diff(self.bsp.ticks_ms(), self.last_host_ms)
         if silent > HOST_LOST_MS and self.acq is not None and self.acq.running:
+            self.scheduler.stop()
             self.acq.stop()
             self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
 
+    def after_block(self):
+        """Stimulus latches become events; faults and host silence stop stimulation; arm what is due."""
+        acq = self.acq
+        if acq is None:
+            return
+        sched = self.scheduler
+        lat = self.bsp.latches
+        for i in range(min(acq.latched, len(lat) // 12)):
+            o = i * 12
+            index = (lat[o] << 24) | (lat[o + 1] << 16) | (lat[o + 2] << 8) | lat[o + 3]
+            output = lat[o + 4] - 256 if lat[o + 4] > 127 else lat[o + 4]
+            measured = (lat[o + 5] << 24) | (lat[o + 6] << 16) | (lat[o + 7] << 8) | lat[o + 8]
+            width = (lat[o + 9] << 8) | lat[o + 10]
+            flags = lat[o + 11]
+            pid, requested = sched.match_latch(index, output)
+            self.link.event({"kind": "stim", "index": index, "output": output, "program": pid,
+                             "current_ua": measured, "width_us": width, "biphasic": bool(flags & 1)})
+            if flags & 2:
+                self.stim_fault("compliance", index, output, "output %d could not drive %d µA (delivered %d µA):"
+                                " electrode impedance too high" % (output, requested, measured))
+            elif output >= 0 and measured > requested + requested // 10 + 1000:
+                self.stim_fault("over-current", index, output, "output %d delivered %d µA for %d µA requested"
+                                % (output, measured, requested))
+        if acq.latched > len(lat) // 12:
+            self.link.event({"kind": "latch-overflow", "lost": acq.latched - len(lat) // 12})
+        sched.forget_before(acq.next_index)
+        if not sched.active:
+            return
+        watchdog = self.supervisor.watchdog_ms * acq.cfg.rate_hz // 1000
+        deadline = self.last_host_index + watchdog
+        if acq.next_index >= deadline:
+            cancelled = sched.stop()
+            self.link.event({"kind": "watchdog", "index": acq.next_index, "last_host_index": self.last_host_index,
+                             "cancelled": cancelled, "detail": "no frame from the host for %d ms: stimulation stopped"
+                             % self.supervisor.watchdog_ms})
+            return
+        sched.tick(acq.next_index, deadline)
+
+    def stim_fault(self, fault, index, output, detail):
+        cancelled = self.scheduler.stop()
+        self.link.event({"kind": "fault", "fault": fault, "index": index, "output": output, "cancelled": cancelled,
+                         "detail": detail + "; stimulation stopped"})
+
     def run(self):
         while True:
-            if self.acq is not None and self.acq.running:
-                self.acq.step()
+            acq = self.acq
+            if acq is not None and acq.running:
+                acq.step()
+                self.after_block()
             else:
                 self.bsp.host_wait(IDLE_WAIT_MS)
             self.service_host()

@@ -91,7 +91,7 @@ class ProtocolError(Exception):
     """A request the board refuses: carries the error code and a human-readable detail."""
 
     def __init__(self, code, detail):
-        Exception.__init__(self, detail)
+        super().__init__(detail)
         self.code = code
         self.detail = detail
 

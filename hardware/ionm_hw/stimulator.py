@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -41,12 +42,12 @@ class OutputStage:
         self.dac_offset_ma = rng.normal(0.0, 0.05, self.outputs)
         self.sense_gain_error = rng.normal(0.0, 0.002, self.outputs)
         self.log = log
-        self.delivered: list[DeliveredPulse] = []
+        self.delivered: deque[DeliveredPulse] = deque(maxlen=10000)  # recent pulses; the log file keeps all
 
     def deliver(self, index: int, t_s: float, output: int, current_ma: float, width_us: int, biphasic: bool,
                 impedance_ohm: float) -> DeliveredPulse:
         if output < 0:  # trigger to an external stimulator: a logic pulse, no current from this board
-            pulse = DeliveredPulse(index, t_s, output, 0.0, 0.0, 0.0, width_us, False, 0.0, False)
+            pulse = DeliveredPulse(int(index), float(t_s), int(output), 0.0, 0.0, 0.0, int(width_us), False, 0.0, False)
         else:
             dac_ma = max(0.0, current_ma * (1.0 + self.dac_gain_error[output]) + self.dac_offset_ma[output])
             if current_ma == 0:
@@ -54,8 +55,9 @@ class OutputStage:
             limit_ma = self.compliance_v / impedance_ohm * 1e3
             delivered = min(dac_ma, limit_ma)
             measured = delivered * (1.0 + self.sense_gain_error[output])
-            pulse = DeliveredPulse(index, t_s, output, current_ma, delivered, measured, width_us, biphasic,
-                                   impedance_ohm, dac_ma > limit_ma)
+            pulse = DeliveredPulse(int(index), float(t_s), int(output), float(current_ma), float(delivered),
+                                   float(measured), int(width_us), bool(biphasic), float(impedance_ohm),
+                                   bool(dac_ma > limit_ma))
         self.delivered.append(pulse)
         if self.log is not None:
             self.log.write(json.dumps(asdict(pulse)) + "\n")

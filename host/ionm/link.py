@@ -17,7 +17,8 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from ionm.protocol import cbor, framing, messages as m
+from ionm.protocol import cbor, framing
+from ionm.protocol import messages as m
 
 
 class LinkError(Exception):
@@ -84,6 +85,7 @@ class BoardLink:
         self.lost_by_channel: dict[int, int] = {}
         self.received_by_channel: dict[int, int] = {}
         self.any_frame = threading.Event()
+        self.handshaken = False
         self.raw_bytes_seen = 0
         self._reader = threading.Thread(target=self._read_loop, name="ionm-link-rx", daemon=True)
         self._reader.start()
@@ -173,7 +175,8 @@ class BoardLink:
             self.stats.events += 1
             body = msg[2]
             if body.get("kind") == "boot":
-                self.stats.board_resets += 1
+                if self.handshaken:  # a boot after the handshake is a reset mid-session
+                    self.stats.board_resets += 1
                 self._configs.clear()
                 self._expected.clear()
                 self._rx_seq = None
@@ -255,4 +258,6 @@ def connect(link: BoardLink, *, timeout: float = 3.0) -> dict[str, Any]:
                             % link.raw_bytes_seen if not link.any_frame.is_set() else
                             "the board does not answer requests")
         raise LinkError("nothing answers within %.0f s: is a board running the ionm firmware connected?" % timeout)
-    return link.request(m.HELLO, {"versions": [m.VERSION], "schema": m.SCHEMA}, timeout=1.0)
+    welcome = link.request(m.HELLO, {"versions": [m.VERSION], "schema": m.SCHEMA}, timeout=1.0)
+    link.handshaken = True
+    return welcome

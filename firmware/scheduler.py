@@ -1,0 +1,133 @@
+# The stimulation scheduler: validated programs become pulses armed at exact sample indices of the ADC
+# clock (the board support's PIO fires them on that DRDY edge and latches the index). Pulse times are
+# computed from the program start (t_k = phase + k * 1e9 / rate_mHz µs), never accumulated, so a 4.7 Hz
+# program does not drift in eight hours. Pulses are armed only a short horizon ahead and never past the
+# watchdog deadline (last host frame + watchdog_ms): a board whose host went quiet stops by construction.
+import random
+
+import messages as m
+
+_HORIZON_MS = 20  # how far ahead pulses are handed to the PIO
+
+
+class _Running:
+    def __init__(self, pid, prog, t0_us):
+        self.pid = pid
+        self.prog = prog
+        self.t0_us = t0_us
+        self.k = 0
+        self.done = False
+
+    def next_pulse(self):
+        """(t_us, current_ua) of the k-th pulse, or None when the program has run its course."""
+        p = self.prog
+        kind = p["kind"]
+        if kind == "tcmep":
+            if p["interval_ms"] == 0 and self.k > 0:
+                return None
+            t = self.t0_us + self.k * p["interval_ms"] * 1000
+            return t, 0
+        if kind == "tof" and self.k >= p["count"]:
+            return None
+        current = p["current_ua"]
+        if kind == "ramp":
+            current = p["current_ua"] + self.k * p["step_ua"]
+            if current > p["stop_ua"]:
+                return None
+        t = self.t0_us + p["phase_us"] + self.k * 1000000000 // p["rate_mhz"]
+        if p["jitter_us"]:
+            t += random.getrandbits(20) % (p["jitter_us"] + 1)
+        return t, current
+
+
+class Scheduler:
+    def __init__(self, bsp, supervisor):
+        self.bsp = bsp
+        self.sup = supervisor
+        self.programs = []
+        self.running = []
+        self.fs = 0
+        self.armed = []  # (index, program id, output, requested µA) awaiting their latch, in index order
+        self.last_train_index = None
+        self.pulses_armed = 0
+
+    @property
+    def active(self):
+        return bool(self.running)
+
+    def load(self, programs):
+        """Replace the programs (already validated by the supervisor). Stops whatever was running."""
+        self.stop()
+        self.programs = programs
+
+    def start(self, now_index, fs, only=None):
+        """Start all programs (or program `only`) from the next horizon on. Returns the start index."""
+        if self.running and only is None:
+            self.stop()
+        self.fs = fs
+        start = now_index + fs * _HORIZON_MS // 1000
+        t0 = start * 1000000 // fs
+        ids = range(len(self.programs)) if only is None else [only]
+        for pid in ids:
+            prog = self.programs[pid]
+            if prog["kind"] == "tcmep" and self.last_train_index is not None:
+                since_ms = (start - self.last_train_index) * 1000 // fs
+                if since_ms < self.sup.train_interval_ms_min:
+                    raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "the last TcMEP train was %d ms ago;"
+                                          " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
+            self.running.append(_Running(pid, prog, t0))
+        return start
+
+    def stop(self):
+        cancelled = 0
+        if self.running or self.armed:
+            cancelled = self.bsp.cancel_stimulation()
+        self.running = []
+        self.armed = []
+        return cancelled
+
+    def tick(self, next_index, deadline_index):
+        """Arm every pulse due before min(next_index + horizon, deadline_index)."""
+        if not self.running:
+            return
+        fs = self.fs
+        limit = min(next_index + max(fs * _HORIZON_MS // 1000, 1), deadline_index)
+        for run in self.running:
+            while True:
+                nxt = run.next_pulse()
+                if nxt is None:
+                    run.done = True
+                    break
+                t_us, current = nxt
+                index = (t_us * fs + 999999) // 1000000  # the first sample at or after t
+                if index >= limit:
+                    break
+                if index < next_index:  # a stalled loop must not fire a burst of late pulses: skip them
+                    run.k += 1
+                    continue
+                p = run.prog
+                if p["kind"] == "tcmep":
+                    self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
+                    self.last_train_index = index
+                else:
+                    self.bsp.arm_pulse(index, p["output"], current, p["width_us"], p["biphasic"])
+                self.armed.append((index, run.pid, p["output"], current))
+                self.pulses_armed += 1
+                run.k += 1
+        self.running = [r for r in self.running if not r.done]
+
+    def match_latch(self, index, output):
+        """(program id, requested µA) of the armed pulse a latch reports, or (-1, 0)."""
+        armed = self.armed
+        for i in range(len(armed)):
+            a = armed[i]
+            if a[2] == output and (a[0] == index or (output < 0 and a[0] <= index)):
+                if output < 0:  # a TcMEP train latches each of its pulses; drop the entry after the last
+                    return a[1], 0
+                del armed[i]
+                return a[1], a[3]
+        return -1, 0
+
+    def forget_before(self, index):
+        """Drop TcMEP entries whose trains are over (their pulses latch one by one)."""
+        self.armed = [a for a in self.armed if a[2] >= 0 or a[0] + self.fs // 10 > index]
