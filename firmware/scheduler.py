@@ -49,7 +49,9 @@ class Scheduler:
         self.fs = 0
         self.armed = []  # (index, program id, output, requested µA) awaiting their latch, in index order
         self.last_train_index = None
+        self.last_index = [None] * supervisor.outputs  # per output: the most recent armed pulse
         self.pulses_armed = 0
+        self.pulses_skipped = 0  # pulses dropped to keep the minimum interval (two programs, jitter)
 
     @property
     def active(self):
@@ -106,11 +108,24 @@ class Scheduler:
                     run.k += 1
                     continue
                 p = run.prog
+                # Backstop whatever the programs say: no output pulses faster than its maximum rate, no
+                # TcMEP train closer than the minimum train interval to the previous one.
+                if p["kind"] == "tcmep":
+                    last = self.last_train_index
+                    gap = self.sup.train_interval_ms_min * fs // 1000
+                else:
+                    last = self.last_index[p["output"]]
+                    gap = fs * 1000 // self.sup.rate_mhz_max_output
+                if last is not None and index - last < gap:
+                    self.pulses_skipped += 1
+                    run.k += 1
+                    continue
                 if p["kind"] == "tcmep":
                     self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
                     self.last_train_index = index
                 else:
                     self.bsp.arm_pulse(index, p["output"], current, p["width_us"], p["biphasic"])
+                    self.last_index[p["output"]] = index
                 self.armed.append((index, run.pid, p["output"], current))
                 self.pulses_armed += 1
                 run.k += 1

@@ -1,0 +1,118 @@
+"""The safety supervisor (firmware/safety.py) on MicroPython: every limit in board.json is accepted at its
+boundary and refused one step over, with the specific error code, and a refused program changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+from mpyrun import run_json
+
+from ionm import board
+from ionm.protocol import messages as m
+
+D = board.load()
+S, ST = D["safety"], D["stimulator"]
+STEP_UA, STEP_US = ST["current_step_ua"], ST["width_step_us"]
+BASE = {"kind": "pulse", "output": 0, "current_ua": 10000, "width_us": 200, "rate_mhz": 4700}
+
+
+def case(name, ok, code=None, **changes):
+    prog = dict(BASE)
+    prog.update(changes)
+    return {"name": name, "programs": [prog], "ok": ok, "code": code}
+
+
+def boundary_cases():
+    i_max = int(S["current_ma_max"] * 1000)
+    q_max_pc = int(S["charge_uc_per_phase_max"] * 1e6)
+    w_at_q = (q_max_pc // i_max) // STEP_US * STEP_US  # widest pulse at full current within the charge limit
+    cases = [
+        case("current at max (short pulse)", True, current_ua=i_max, width_us=S["width_us_min"]),
+        case("current one step over", False, m.E_LIMIT_CURRENT, current_ua=i_max + STEP_UA, width_us=S["width_us_min"]),
+        case("current off the DAC step", False, m.E_LIMIT_CURRENT, current_ua=10050),
+        case("width at min", True, width_us=S["width_us_min"]),
+        case("width one step under min", False, m.E_LIMIT_WIDTH, width_us=S["width_us_min"] - STEP_US),
+        case("width at max", True, width_us=S["width_us_max"], current_ua=10000),
+        case("width one step over", False, m.E_LIMIT_WIDTH, width_us=S["width_us_max"] + STEP_US),
+        case("charge at the limit", True, current_ua=i_max, width_us=w_at_q),
+        case("charge one width step over", False, m.E_LIMIT_CHARGE, current_ua=i_max, width_us=w_at_q + STEP_US),
+        case("output last", True, output=ST["outputs"] - 1),
+        case("output past last", False, m.E_LIMIT_OUTPUT, output=ST["outputs"]),
+        case("rate at max per output", True, rate_mhz=int(S["rate_hz_max_per_output"] * 1000) - 1, averaged=False),
+        case("rate over max", False, m.E_LIMIT_RATE, rate_mhz=int(S["rate_hz_max_per_output"] * 1000) + 1),
+        case("rate dividing 50 Hz mains", False, m.E_BAD_FIELD, rate_mhz=5000),
+        case("rate dividing 60 Hz mains", False, m.E_BAD_FIELD, rate_mhz=3000),
+        case("4.7 Hz is fine", True, rate_mhz=4700),
+        case("negative current", False, m.E_LIMIT_CURRENT, current_ua=-100),
+        case("current not an int", False, m.E_BAD_FIELD, current_ua=1.5),
+        case("unknown waveform", False, m.E_BAD_FIELD, waveform="triangle"),
+    ]
+    tc = {"kind": "tcmep", "count": S["train_pulses_max"], "ipi_us": S["train_ipi_us_min"],
+          "interval_ms": S["tcmep_train_interval_ms_min"]}
+    cases += [
+        {"name": "tcmep at limits", "programs": [tc], "ok": True, "code": None},
+        {"name": "tcmep one pulse too many", "programs": [dict(tc, count=S["train_pulses_max"] + 1)], "ok": False,
+         "code": m.E_LIMIT_TRAIN},
+        {"name": "tcmep ipi too short", "programs": [dict(tc, ipi_us=S["train_ipi_us_min"] - 1)], "ok": False,
+         "code": m.E_LIMIT_IPI},
+        {"name": "tcmep ipi too long", "programs": [dict(tc, ipi_us=S["train_ipi_us_max"] + 1)], "ok": False,
+         "code": m.E_LIMIT_IPI},
+        {"name": "tcmep trains too close", "programs": [dict(tc, interval_ms=S["tcmep_train_interval_ms_min"] - 1)],
+         "ok": False, "code": m.E_LIMIT_TRAIN_INTERVAL},
+    ]
+    per_out = int(S["rate_hz_max_per_output"] * 1000)
+    half = per_out // 2 - 1
+    cases.append({"name": "two programs on one output over its rate",
+                  "programs": [dict(BASE, rate_mhz=half + 700, averaged=False), dict(BASE, rate_mhz=half + 700,
+                                                                                    averaged=False)],
+                  "ok": False, "code": m.E_LIMIT_RATE})
+    total = int(S["rate_hz_max_total"] * 1000)
+    spread = [dict(BASE, output=o, rate_mhz=per_out - 1, averaged=False) for o in range(ST["outputs"])]
+    cases.append({"name": "all outputs together over the total rate", "programs": spread,
+                  "ok": sum(p["rate_mhz"] for p in spread) <= total, "code": m.E_LIMIT_RATE})
+    return cases
+
+
+CODE = """
+import boardcfg
+import messages as m
+from safety import Supervisor
+sup = Supervisor(boardcfg.load())
+for c in _IN:
+    try:
+        sup.check_programs(c["programs"])
+        emit({"name": c["name"], "ok": True, "code": None, "detail": ""})
+    except m.ProtocolError as e:
+        emit({"name": c["name"], "ok": False, "code": e.code, "detail": e.detail})
+"""
+
+
+def test_every_limit_is_accepted_at_its_boundary_and_refused_one_step_over():
+    cases = boundary_cases()
+    results = {r["name"]: r for r in run_json(CODE, cases)}
+    assert len(results) == len(cases)
+    for c in cases:
+        r = results[c["name"]]
+        assert r["ok"] == c["ok"], (c["name"], r)
+        if not c["ok"]:
+            assert r["code"] == c["code"], (c["name"], r)
+            assert r["detail"], c["name"]  # the refusal says why
+
+
+def test_energy_is_computed_into_the_measured_impedance_and_capped_by_compliance():
+    code = """
+import boardcfg
+from safety import Supervisor
+sup = Supervisor(boardcfg.load())
+out = []
+for ohm in (500, 5000, 20000):
+    sup.impedance_ohm[0] = ohm
+    out.append(sup.energy_uj(0, 100000, 1000, 2))
+emit(out)
+"""
+    (energies,) = run_json(code, None)
+    v = D["stimulator"]["compliance_v"]
+    expect = []
+    for ohm in (500, 5000, 20000):
+        i = min(0.1, v / ohm)
+        expect.append(i * i * ohm * 1e-3 * 2 * 1e6)  # µJ
+    assert energies == pytest.approx(expect, rel=1e-3)
