@@ -1,0 +1,212 @@
+"""Live acquisition from a board: a session that survives board resets, and the stimulus-locked sweeps.
+
+BoardSession keeps a board configured and streaming. When the board reboots mid-case (its watchdog, a
+brown-out, a cable) it re-handshakes, reconfigures and restarts acquisition by itself, reloads the
+stimulation programs, and leaves stimulation STOPPED: resuming it is the technologist's decision, and the
+console shows the reset. LiveCase turns the stream plus the board's stimulus events (latched sample
+indices) into Sweep records, cut from the samples [stim - pre, stim + post); a sweep that lost samples
+on the link carries NaN there and is rejected downstream with that reason, never silently patched.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ionm import link as ln
+from ionm.protocol import messages as m
+from ionm.sweep import Sweep
+
+
+class BoardSession:
+    def __init__(self, port: str, *, on_data: Callable[[ln.DataBlock], None] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+        self._user_event = on_event
+        self._user_data = on_data
+        self.link = ln.BoardLink(ln.open_port(port), on_data=self._data, on_event=self._event, heartbeat_s=0.025)
+        self.welcome = ln.connect(self.link, timeout=10)
+        self.config: dict[str, Any] | None = None
+        self.conf_reply: dict[str, Any] | None = None
+        self.programs: list[dict[str, Any]] | None = None
+        self.acquiring = False
+        self.resets = 0
+        self.recovering = threading.Event()
+        self._lock = threading.Lock()
+
+    # -- commands ------------------------------------------------------------------------------------
+    def configure(self, config: dict[str, Any]) -> dict[str, Any]:
+        self.config = dict(config)
+        self.conf_reply = self.link.request(m.CONFIGURE, self.config)
+        return self.conf_reply
+
+    def start(self) -> None:
+        self.link.request(m.START, {})
+        self.acquiring = True
+
+    def stop(self) -> None:
+        self.acquiring = False
+        self.link.request(m.STOP, {})
+
+    def load_programs(self, programs: list[dict[str, Any]]) -> None:
+        self.link.request(m.STIM_PROGRAM, {"programs": programs})
+        self.programs = programs
+
+    def start_stimulation(self, program: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {} if program is None else {"program": program}
+        reply: dict[str, Any] = self.link.request(m.STIM_START, body)
+        return reply
+
+    def stop_stimulation(self) -> None:
+        self.link.request(m.STIM_STOP, {})
+
+    def close(self) -> None:
+        try:
+            if self.acquiring:
+                self.link.request(m.STOP, {}, timeout=0.5, retries=1)
+        except (ln.LinkError, ln.BoardError):
+            pass
+        self.link.close()
+
+    # -- stream and recovery ---------------------------------------------------------------------------
+    def _data(self, block: ln.DataBlock) -> None:
+        if self._user_data:
+            self._user_data(block)
+
+    def _event(self, body: dict[str, Any]) -> None:
+        if body.get("kind") == "boot" and self.link.handshaken:
+            self.resets += 1
+            self.recovering.set()
+            threading.Thread(target=self._recover, name="ionm-recover", daemon=True).start()
+        if self._user_event:
+            self._user_event(body)
+
+    def _recover(self) -> None:
+        with self._lock:
+            for _attempt in range(5):
+                try:
+                    self.welcome = ln.connect(self.link, timeout=5)
+                    if self.config is not None:
+                        self.conf_reply = self.link.request(m.CONFIGURE, self.config)
+                    if self.programs:
+                        self.link.request(m.STIM_PROGRAM, {"programs": self.programs})
+                    if self.acquiring:
+                        self.link.request(m.START, {})
+                    break
+                except (ln.LinkError, ln.BoardError):
+                    time.sleep(0.2)
+            self.recovering.clear()
+        if self._user_event:
+            self._user_event({"kind": "recovered", "resets": self.resets,
+                              "detail": "board reset: acquisition resumed, stimulation stopped until resumed"})
+
+
+@dataclass
+class SweepSpec:
+    """How the host cuts and labels the sweeps of one stimulation program."""
+
+    modality: str  # "ssep-upper" | "ssep-lower" | "mep"
+    source: str  # e.g. "L median"
+    channels: tuple[int, ...]  # board channels recorded for this program
+    pre_ms: float
+    post_ms: float
+
+
+class LiveCase:
+    """Sweeps from a BoardSession: feed() blocks and events (as the session's callbacks), iterate sweeps()."""
+
+    def __init__(self, specs: dict[int, SweepSpec], channel_names: dict[int, str], history_s: float = 2.0) -> None:
+        self.specs = specs
+        self.channel_names = channel_names
+        self.history_s = history_s
+        self._conf: dict[str, Any] | None = None
+        self._buf: np.ndarray | None = None  # [n, n_channels] µV ring
+        self._buf_first = 0  # sample index of _buf[0]
+        self._valid_until = 0  # samples below this index are in _buf (or NaN where lost)
+        self._pending: list[tuple[int, int]] = []  # (stim index, program)
+        self._out: queue.Queue[Sweep | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self.t0_index = 0
+        self.sweeps_cut = 0
+
+    def set_configuration(self, conf_reply: dict[str, Any]) -> None:
+        with self._lock:
+            self._conf = conf_reply
+            self._scale = np.array([conf_reply["vref_uv"] / conf_reply["full_scale_code"] / g
+                                    for g in conf_reply["gain"]], dtype=np.float32)
+            n = int(self.history_s * conf_reply["rate_hz"])
+            self._buf = np.full((n, len(conf_reply["channels"])), np.nan, dtype=np.float32)
+            self._buf_first = 0
+            self._valid_until = 0
+            self._pending = []
+
+    def on_data(self, block: ln.DataBlock) -> None:
+        with self._lock:
+            if self._conf is None or self._buf is None or block.cfg != self._conf["cfg"]:
+                return
+            buf = self._buf
+            n_buf = buf.shape[0]
+            start, n = block.first_index, block.counts.shape[0]
+            end = start + n
+            if end - self._buf_first > n_buf:  # slide the window (lost stretches stay NaN)
+                shift = end - self._buf_first - n_buf
+                if shift >= n_buf:
+                    buf[:] = np.nan
+                else:
+                    buf[:-shift] = buf[shift:]
+                    buf[-shift:] = np.nan
+                self._buf_first += shift
+            lo = start - self._buf_first
+            buf[max(lo, 0):lo + n] = (block.counts * self._scale)[max(-lo, 0):]
+            self._valid_until = end
+            self._cut_ready()
+
+    def on_event(self, body: dict[str, Any]) -> None:
+        if body.get("kind") == "stim" and body.get("program", -1) in self.specs:
+            with self._lock:
+                self._pending.append((int(body["index"]), int(body["program"])))
+                self._cut_ready()
+
+    def _cut_ready(self) -> None:
+        if self._conf is None or self._buf is None:
+            return
+        fs = float(self._conf["rate_hz"])
+        chan_pos = {c: i for i, c in enumerate(self._conf["channels"])}
+        keep = []
+        for stim, prog in self._pending:
+            spec = self.specs[prog]
+            pre = int(round(spec.pre_ms * fs / 1000))
+            post = int(round(spec.post_ms * fs / 1000))
+            if stim + post > self._valid_until:
+                keep.append((stim, prog))
+                continue
+            lo = stim - pre - self._buf_first
+            if lo < 0:
+                continue  # older than the history: dropped (cannot happen unless the host stalled > history)
+            cols = [chan_pos[c] for c in spec.channels if c in chan_pos]
+            data = self._buf[lo:lo + pre + post, cols].T.copy()
+            self.sweeps_cut += 1
+            self._out.put(Sweep(t_s=stim / fs, stim_index=stim, modality=spec.modality, source=spec.source, fs=fs,
+                                pre_samples=pre, channels=tuple(spec.channels),
+                                channel_names=tuple(self.channel_names.get(c, "ch%d" % c) for c in spec.channels),
+                                data_uv=data))
+        self._pending = keep
+
+    def sweeps(self, timeout: float | None = None) -> Iterator[Sweep]:
+        """Sweeps in stimulus order as they complete; ends after close()."""
+        while True:
+            try:
+                sweep = self._out.get(timeout=timeout)
+            except queue.Empty:
+                return
+            if sweep is None:
+                return
+            yield sweep
+
+    def close(self) -> None:
+        self._out.put(None)
