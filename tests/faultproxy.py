@@ -31,7 +31,8 @@ class FaultProxy:
         self.frames_damaged = 0
         self.enabled = threading.Event()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._up, daemon=True), threading.Thread(target=self._down, daemon=True)]
+        self._threads = [threading.Thread(target=self._up, daemon=True),
+                         threading.Thread(target=self._down, daemon=True)]
         for t in self._threads:
             t.start()
 

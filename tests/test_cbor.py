@@ -24,8 +24,8 @@ from pathlib import Path
 
 import cbor2
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
+
 from ionm import mpy
 
 REPO = Path(__file__).resolve().parents[1]

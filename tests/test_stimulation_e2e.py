@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from ionm import board
-from ionm import link as ln
+from ionm import board, link as ln
 from ionm.protocol import messages as m
 
 D = board.load()
@@ -60,8 +59,8 @@ def test_interleaved_ssep_schedule_indices_match_the_delivered_pulse_log(stim_bo
     for o in range(4):  # each output at 4.7 Hz, a quarter period apart, computed without drift
         idx = [i for i, out in stims if out == o]
         t0 = start * 1e6 / fs + o * period_us / 4
-        for k, i in enumerate(idx):
-            assert i == int(-(-(int(t0 + k * 1e6 / 4.7)) * fs // 1000000)) or abs(i - (t0 + k * period_us) * fs / 1e6) < 1
+        for k, i in enumerate(idx):  # the first sample at or after the pulse's exact time
+            assert -1e-3 <= i - (t0 + k * period_us) * fs / 1e6 < 1
     assert not [e for e in events if e["kind"] in ("fault", "watchdog")]
 
 
@@ -76,8 +75,9 @@ def test_watchdog_stops_stimulation_within_100ms_of_host_silence(tmp_path):
         ln.connect(link, timeout=10)
         link.request(m.CONFIGURE, {"rate_hz": 4000, "samples_per_frame": 20})
         link.request(m.START, {})
-        link.request(m.STIM_PROGRAM, {"programs": [
-            {"kind": "pulse", "output": 0, "current_ua": 20000, "width_us": 100, "rate_mhz": 19900, "averaged": False}]})
+        fast = {"kind": "pulse", "output": 0, "current_ua": 20000, "width_us": 100, "rate_mhz": 19900,
+                "averaged": False}
+        link.request(m.STIM_PROGRAM, {"programs": [fast]})
         link.request(m.STIM_START, {})  # the host's last frame; then silence
         time.sleep(0.8)
         link.close()

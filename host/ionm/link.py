@@ -17,8 +17,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from ionm.protocol import cbor, framing
-from ionm.protocol import messages as m
+from ionm.protocol import cbor, framing, messages as m
 
 
 class LinkError(Exception):
