@@ -9,7 +9,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x0B9B0C6C
+SCHEMA = 0x82A823C7
 
 # Message types.
 HELLO = 1

@@ -1,0 +1,118 @@
+"""The protocol is a contract: the CDDL's fingerprint is the one on the wire, the vectors are reproduced
+byte for byte by the host and by MicroPython, and real frames from the board validate against the CDDL."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pycddl
+import pytest
+from mpyrun import run_json
+
+from ionm import link as ln
+from ionm.protocol import cbor, framing, messages as m
+
+PROTO = Path(__file__).resolve().parents[1] / "protocol"
+CDDL = (PROTO / "messages.cddl").read_text()
+VECTORS = json.loads((PROTO / "vectors" / "messages.json").read_text())
+
+
+def from_json(obj):
+    if isinstance(obj, dict) and set(obj) == {"$bytes"}:
+        return bytes.fromhex(obj["$bytes"])
+    if isinstance(obj, list):
+        return [from_json(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: from_json(v) for k, v in obj.items()}
+    return obj
+
+
+@pytest.fixture(scope="module")
+def schema() -> pycddl.Schema:
+    return pycddl.Schema(CDDL)
+
+
+def test_schema_constant_is_the_fingerprint_of_the_cddl():
+    assert m.SCHEMA == m.schema_fingerprint(CDDL) == VECTORS["schema"]
+    assert "`0x%08X`" % m.SCHEMA in (PROTO / "SPEC.md").read_text()  # the prose quotes the live value
+
+
+def test_fingerprint_ignores_comments_and_layout_but_not_rules():
+    assert m.schema_fingerprint(CDDL.replace("\n", "\n  ; a comment\n")) == m.SCHEMA
+    assert m.schema_fingerprint(CDDL.replace("rid = 1..65535", "rid = 1..65534")) != m.SCHEMA
+
+
+def test_host_reproduces_every_vector_and_each_validates(schema):
+    for v in VECTORS["vectors"]:
+        msg = from_json(v["message"])
+        assert cbor.dumps(msg).hex() == v["cbor"], v["name"]
+        assert framing.encode(bytes.fromhex(v["cbor"]), v["seq"], m.SCHEMA).hex() == v["frame"], v["name"]
+        schema.validate_cbor(bytes.fromhex(v["cbor"]))
+        dec = framing.Decoder(m.SCHEMA)
+        ((seq, payload),) = dec.feed(bytes.fromhex(v["frame"]))
+        assert seq == v["seq"] and cbor.loads(payload) == msg
+
+
+def test_micropython_reproduces_every_vector():
+    code = """
+import binascii, cbor, framing, messages as m
+def conv(o):
+    if isinstance(o, dict) and len(o) == 1 and "$bytes" in o:
+        return binascii.unhexlify(o["$bytes"])
+    if isinstance(o, list):
+        return [conv(x) for x in o]
+    if isinstance(o, dict):
+        return {k: conv(v) for k, v in o.items()}
+    return o
+for v in _IN:
+    p = cbor.dumps(conv(v["message"]))
+    f = framing.encode(p, v["seq"], m.SCHEMA)
+    emit([v["name"], binascii.hexlify(p).decode(), binascii.hexlify(f).decode()])
+"""
+    out = run_json(code, VECTORS["vectors"])
+    for v, (name, payload, frame) in zip(VECTORS["vectors"], out, strict=True):
+        assert (name, payload, frame) == (v["name"], v["cbor"], v["frame"])
+
+
+def test_every_error_code_is_in_the_spec():
+    spec = (PROTO / "SPEC.md").read_text()
+    for code, name in m.ERROR_NAMES.items():
+        cell = "0x%02X" % code if code >= 0x20 else str(code)
+        assert re.search(r"\| %s \| %s \|" % (re.escape(cell), re.escape(name)), spec), (code, name)
+
+
+def test_real_board_frames_validate_against_the_cddl(virtual_board, schema):
+    payloads: list[bytes] = []
+    link = ln.BoardLink(ln.open_port(virtual_board.device), heartbeat_s=0.025)
+    real_dispatch = link._dispatch
+
+    def capture(payload: bytes) -> None:
+        payloads.append(payload)
+        real_dispatch(payload)
+
+    link._dispatch = capture  # type: ignore[method-assign]
+    try:
+        ln.connect(link, timeout=10)
+        link.request(m.GET_INFO, {})
+        link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0, 5], "samples_per_frame": 10})
+        link.request(m.START, {})
+        link.request(m.STIM_PROGRAM, {"programs": [{"kind": "pulse", "output": 0, "current_ua": 5000,
+                                                    "width_us": 100, "rate_mhz": 9700}]})
+        link.request(m.STIM_START, {})
+        with pytest.raises(ln.BoardError):
+            link.request(m.STIM_PROGRAM, {"programs": [{"kind": "pulse", "output": 9}]})
+        with pytest.raises(ln.BoardError):
+            link.request(99, {})
+        time.sleep(0.6)
+        link.request(m.STOP, {})
+    finally:
+        link.close()
+    kinds = set()
+    for p in payloads:
+        schema.validate_cbor(p)  # raises with the reason on any mismatch
+        msg = cbor.loads(p)
+        kinds.add(msg[0] if msg[0] != m.EVENT else msg[2]["kind"])
+    assert {m.WELCOME, m.INFO, m.ACK, m.ERROR, m.DATA, "stim"} <= kinds

@@ -1,0 +1,81 @@
+"""Write protocol/vectors/messages.json: one example of every message type, its CBOR bytes and its frame.
+
+The vectors are the contract's byte-exact examples: tests/test_protocol_contract.py holds both the host
+and the MicroPython implementation to them. Regenerate only when the protocol changes on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "protocol"))
+
+import cbor  # noqa: E402
+import framing  # noqa: E402
+import messages as m  # noqa: E402
+
+SAMPLES = bytes(range(48))  # one sample of 16 channels
+
+
+def examples() -> list[tuple[str, list]]:
+    return [
+        ("hello", [m.HELLO, 1, {"versions": [1], "schema": m.SCHEMA}]),
+        ("welcome", [m.WELCOME, 1, {"version": 1, "schema": m.SCHEMA, "caps": {
+            "channels": 16, "rates_hz": [250, 500, 1000, 2000, 4000, 8000, 16000], "gains": [1, 2, 4, 6, 8, 12, 24],
+            "stim_outputs": 4, "max_payload": 8192, "link_budget_bytes_per_s": 500000}, "info": {
+            "firmware": {"version": "0.1.0", "hash": "00" * 32},
+            "micropython": {"implementation": "micropython", "version": "1.29.0", "machine": "rp2", "mpy": 2822},
+            "board": {"name": "ionm-ref", "revision": "A", "serial": "e6614c311b7b5a2e", "support": "rp2350"},
+            "calibration": {"date": None}}}]),
+        ("get-info", [m.GET_INFO, 2, {}]),
+        ("configure", [m.CONFIGURE, 3, {"rate_hz": 4000, "channels": [0, 1, 8, 15], "gain": 24, "input": "normal",
+                                        "samples_per_frame": 32, "leadoff": True}]),
+        ("configure-ack", [m.ACK, 3, {"cfg": 1, "rate_hz": 4000, "channels": [0, 1, 8, 15], "gain": [24, 24, 24, 24],
+                                      "input": ["normal"] * 4, "samples_per_frame": 32, "vref_uv": 4500000,
+                                      "full_scale_code": 8388607, "wire_bytes_per_s": 53500}]),
+        ("start", [m.START, 4, {}]),
+        ("stop", [m.STOP, 5, {}]),
+        ("heartbeat", [m.HEARTBEAT, 0, {}]),
+        ("data", [m.DATA, 1, 65536, 0, SAMPLES]),
+        ("data-small-index", [m.DATA, 1, 23, 0x8001, SAMPLES]),
+        ("event-stim", [m.EVENT, 0, {"kind": "stim", "index": 1234567, "output": 0, "program": 0,
+                                     "current_ua": 24980, "width_us": 200, "biphasic": False}]),
+        ("event-watchdog", [m.EVENT, 0, {"kind": "watchdog", "index": 9000, "last_host_index": 8600,
+                                         "cancelled": 1, "detail": "no frame from the host for 100 ms"}]),
+        ("stim-program", [m.STIM_PROGRAM, 6, {"programs": [
+            {"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700},
+            {"kind": "pulse", "output": 1, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700, "phase_us": 106383},
+            {"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 0}]}]),
+        ("stim-start", [m.STIM_START, 7, {}]),
+        ("error-limit", [m.ERROR, 6, m.error_body(m.E_LIMIT_CURRENT, "current_ua 100100 is above the limit 100000")]),
+        ("error-unparsed", [m.ERROR, 0, m.error_body(m.E_MALFORMED, "a request is [type, rid, {body}]")]),
+    ]
+
+
+def to_json(obj):
+    if isinstance(obj, bytes):
+        return {"$bytes": obj.hex()}
+    if isinstance(obj, list):
+        return [to_json(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def main() -> int:
+    out = []
+    for seq, (name, msg) in enumerate(examples()):
+        payload = cbor.dumps(msg)
+        out.append({"name": name, "message": to_json(msg), "cbor": payload.hex(), "seq": seq,
+                    "frame": framing.encode(payload, seq, m.SCHEMA).hex()})
+    path = ROOT / "protocol" / "vectors" / "messages.json"
+    path.write_text(json.dumps({"schema": m.SCHEMA, "vectors": out}, indent=1) + "\n")
+    print("wrote %d vectors to %s" % (len(out), path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
