@@ -1,6 +1,7 @@
 # The firmware's main loop: thin. It wires the board support, the ADS1299 driver, the link and the
 # acquisition engine together and dispatches host requests. Host silence stops stimulation (watchdog) and,
 # after HOST_LOST_MS, acquisition too, so a board left streaming to nobody does not block on a full link.
+import gc
 import sys
 
 import boardcfg
@@ -14,6 +15,7 @@ from scheduler import Scheduler
 
 HOST_LOST_MS = 2000
 IDLE_WAIT_MS = 20
+STATUS_EVERY_BLOCKS = 64  # a status event (heap, counters) about every 64 blocks of acquisition
 
 
 class Firmware:
@@ -34,6 +36,7 @@ class Firmware:
         self.supervisor = Supervisor(self.defn)
         self.scheduler = Scheduler(self.bsp, self.supervisor)
         self.fw_hash = version.firmware_hash()
+        self.heap_peak = 0
         self.handlers = {
             m.HELLO: self.on_hello,
             m.GET_INFO: self.on_get_info,
@@ -191,6 +194,21 @@ class Firmware:
             return
         sched.tick(acq.next_index, deadline)
 
+    def status(self):
+        """Heap and link counters: how close the board runs to its memory, seen from the host. Collecting
+        here, every STATUS_EVERY_BLOCKS blocks, keeps GC pauses small and at a known place in the loop
+        (the DMA ring absorbs them) instead of large whenever the heap happens to fill."""
+        gc.collect()
+        used = gc.mem_alloc()  # live data: what the firmware really needs
+        if used > self.heap_peak:
+            self.heap_peak = used
+        acq = self.acq
+        self.link.event({"kind": "status", "index": acq.next_index if acq else 0, "heap_used": used,
+                         "heap_free": gc.mem_free(), "heap_peak": self.heap_peak,
+                         "rx_rejected": self.link.decoder.rejected_total(), "rx_bad": self.link.bad_messages,
+                         "samples_lost": acq.samples_lost if acq else 0,
+                         "pulses_skipped": self.scheduler.pulses_skipped})
+
     def stim_fault(self, fault, index, output, detail):
         cancelled = self.scheduler.stop()
         self.link.event({"kind": "fault", "fault": fault, "index": index, "output": output, "cancelled": cancelled,
@@ -202,6 +220,8 @@ class Firmware:
             if acq is not None and acq.running:
                 acq.step()
                 self.after_block()
+                if acq.blocks % STATUS_EVERY_BLOCKS == 0:
+                    self.status()
             else:
                 self.bsp.host_wait(IDLE_WAIT_MS)
             self.service_host()
