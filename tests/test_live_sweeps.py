@@ -16,7 +16,14 @@ def test_live_sweeps_are_locked_to_the_latched_stimulus(tmp_path):
     with VirtualBoard(scenario="stable", seed=3, stderr=err) as vb:
         spec = SweepSpec("ssep-upper", "L median", channels=tuple(range(16)), pre_ms=10, post_ms=50)
         case = LiveCase({0: spec}, channel_names={})
-        session = BoardSession(vb.device, on_data=case.on_data, on_event=case.on_event)
+        others: list[dict] = []
+
+        def on_event(e: dict) -> None:
+            case.on_event(e)
+            if e.get("kind") not in ("stim", "status", "boot"):
+                others.append(e)
+
+        session = BoardSession(vb.device, on_data=case.on_data, on_event=on_event)
         try:
             case.set_configuration(session.configure({"rate_hz": 4000, "samples_per_frame": 40}))
             session.start()
@@ -31,6 +38,7 @@ def test_live_sweeps_are_locked_to_the_latched_stimulus(tmp_path):
             case.close()
     err.close()
     sweeps = list(case.sweeps(timeout=1))
+    assert not others, others  # no watchdog, fault or overrun
     assert 8 <= len(sweeps) <= 13  # 4.7 Hz for ~2.5 s
     fs = 4000
     for sw in sweeps:

@@ -89,6 +89,8 @@ class BoardLink:
         self._reader = threading.Thread(target=self._read_loop, name="ionm-link-rx", daemon=True)
         self._reader.start()
         self._hb_thread = None
+        self.heartbeat_s = heartbeat_s
+        self._hb_board_index = 0  # board sample index at which data last prompted a heartbeat
         if heartbeat_s:
             self._hb_thread = threading.Thread(target=self._heartbeat_loop, args=(heartbeat_s,),
                                                name="ionm-link-hb", daemon=True)
@@ -207,6 +209,14 @@ class BoardLink:
                     self.lost_by_channel[ch] = self.lost_by_channel.get(ch, 0) + gap
         n = counts.shape[0]
         self._expected[cfg] = first + n
+        # Heartbeats paced by the board's clock as well as the host's: when the board catches up on
+        # buffered blocks (or runs in fast virtual time), its sample clock races ahead of wall time, and
+        # the watchdog counts in samples. Answering every 25 ms of board time keeps pace with it.
+        if self.heartbeat_s:
+            hb_samples = int(self.heartbeat_s * conf["rate_hz"])
+            if first + n - self._hb_board_index >= hb_samples or first + n < self._hb_board_index:
+                self._hb_board_index = first + n
+                self.send(m.HEARTBEAT, {})
         self.stats.data_frames += 1
         self.stats.samples_received += n
         for ch in channels:
