@@ -9,7 +9,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x82A823C7
+SCHEMA = 0xFA350C2D
 
 # Message types.
 HELLO = 1
