@@ -5,13 +5,16 @@ import gc
 import sys
 
 import boardcfg
+import bootslot
 import messages as m
+import storage
 import version
 from acquisition import Acquisition, parse_config
 from ads1299 import ADS1299
 from link import Link
 from safety import Supervisor
 from scheduler import Scheduler
+from updater import Updater
 
 HOST_LOST_MS = 2000
 IDLE_WAIT_MS = 20
@@ -19,7 +22,7 @@ STATUS_EVERY_BLOCKS = 64  # a status event (heap, counters) about every 64 block
 
 
 class Firmware:
-    def __init__(self, bsp_module):
+    def __init__(self, bsp_module, slot=None, rolled_back=False):
         self.defn = boardcfg.load()
         self.bsp = bsp_module.Board(self.defn)
         self.bsp_name = bsp_module.NAME
@@ -34,7 +37,10 @@ class Firmware:
         self.last_host_ms = self.bsp.ticks_ms()
         self.last_host_index = 0  # acquisition sample index when the host was last heard (watchdog clock)
         self.supervisor = Supervisor(self.defn)
-        self.scheduler = Scheduler(self.bsp, self.supervisor)
+        self.calibration = storage.Calibration(self.bsp, self.defn)
+        self.scheduler = Scheduler(self.bsp, self.supervisor, self.calibration)
+        self.updater = Updater(self.bsp)
+        self.slot = slot
         self.fw_hash = version.firmware_hash()
         self.heap_peak = 0
         self.handlers = {
@@ -47,8 +53,19 @@ class Firmware:
             m.STIM_PROGRAM: self.on_stim_program,
             m.STIM_START: self.on_stim_start,
             m.STIM_STOP: self.on_stim_stop,
+            m.CAL_READ: self.on_cal_read,
+            m.CAL_WRITE: self.on_cal_write,
+            m.SELF_TEST: self.on_self_test,
+            m.FW_BEGIN: self.on_fw_begin,
+            m.FW_CHUNK: self.on_fw_chunk,
+            m.FW_COMMIT: self.on_fw_commit,
+            m.RESET: self.on_reset,
         }
-        self.link.event({"kind": "boot", "firmware": version.FIRMWARE_VERSION, "schema": m.SCHEMA})
+        boot = {"kind": "boot", "firmware": version.FIRMWARE_VERSION, "schema": m.SCHEMA, "slot": slot or "base",
+                "hash": self.fw_hash}
+        if rolled_back:
+            boot["rollback"] = True
+        self.link.event(boot)
 
     # -- identity ------------------------------------------------------------------------------------
     def info(self):
@@ -59,7 +76,7 @@ class Firmware:
                             "machine": getattr(impl, "_machine", ""), "mpy": getattr(impl, "_mpy", 0)},
             "board": {"name": self.defn["name"], "revision": self.defn["revision"], "serial": self.bsp.serial(),
                       "support": self.bsp_name},
-            "calibration": {"date": None},
+            "calibration": {"date": self.calibration.data["date"]},
         }
 
     def capabilities(self):
@@ -77,6 +94,7 @@ class Firmware:
                                   % (m.VERSION, versions))
         self.link.send([m.WELCOME, rid, {"version": m.VERSION, "schema": m.SCHEMA, "caps": self.capabilities(),
                                          "info": self.info()}])
+        bootslot.confirm()  # a host got this far with the running firmware: a trial slot is kept
 
     def on_get_info(self, rid, body):
         self.link.send([m.INFO, rid, self.info()])
@@ -126,6 +144,58 @@ class Firmware:
 
     def on_stim_stop(self, rid, body):
         self.link.ack(rid, {"cancelled": self.scheduler.stop()})
+
+    def on_cal_read(self, rid, body):
+        self.link.ack(rid, self.calibration.data)
+
+    def on_cal_write(self, rid, body):
+        if self.scheduler.active:
+            raise m.ProtocolError(m.E_STATE, "stop stimulation before changing the calibration")
+        cal = self.calibration.store(body)
+        self.link.ack(rid, {"date": cal["date"]})
+
+    def on_self_test(self, rid, body):
+        checks = []
+        ids = self.adc.read_ids() if self.acq is None or not self.acq.running else []
+        checks.append({"name": "adc-id", "passed": all(i & 0x1F == 0x1E for i in ids),
+                       "detail": "ID registers %s" % ["0x%02x" % i for i in ids] if ids else "skipped: acquiring"})
+        try:
+            ok = True
+            if self.acq is None or not self.acq.running:
+                saved = self.adc.rreg(0, 0x05)
+                for probe in (b"\x61", b"\x15"):  # two patterns, then the register as it was
+                    self.adc.wreg(0, 0x05, probe)
+                    ok = ok and self.adc.rreg(0, 0x05) == probe
+                self.adc.wreg(0, 0x05, saved)
+            checks.append({"name": "adc-registers", "passed": ok, "detail": "CH1SET write/read-back"})
+        except Exception as exc:
+            checks.append({"name": "adc-registers", "passed": False, "detail": str(exc)})
+        gc.collect()
+        free = gc.mem_free()
+        checks.append({"name": "heap", "passed": free > 32768, "detail": "%d bytes free" % free})
+        checks.append({"name": "board-definition", "passed": bool(self.defn.get("safety")),
+                       "detail": "%s rev %s" % (self.defn["name"], self.defn["revision"])})
+        checks.append({"name": "calibration", "passed": self.calibration.data["date"] is not None,
+                       "detail": "calibrated %s" % self.calibration.data["date"]})
+        self.link.ack(rid, {"passed": all(c["passed"] for c in checks), "checks": checks})
+
+    def on_fw_begin(self, rid, body):
+        if self.acq is not None and self.acq.running:
+            raise m.ProtocolError(m.E_STATE, "stop acquisition before updating the firmware")
+        self.link.ack(rid, self.updater.begin(body))
+
+    def on_fw_chunk(self, rid, body):
+        self.link.ack(rid, self.updater.chunk(body))
+
+    def on_fw_commit(self, rid, body):
+        slot, digest = self.updater.commit(bootslot.boot_record())
+        self.link.ack(rid, {"slot": slot, "hash": digest})
+        self.bsp.reset()  # boot the new slot as a trial
+
+    def on_reset(self, rid, body):
+        self.scheduler.stop()
+        self.link.ack(rid, {})
+        self.bsp.reset()
 
     def on_heartbeat(self, rid, body):
         pass  # any valid frame counts as host activity; heartbeats are not acknowledged (bandwidth)
@@ -229,9 +299,9 @@ class Firmware:
             self.bsp.feed_watchdog()
 
 
-def main():
+def main(slot=None, rolled_back=False):
     if sys.platform == "rp2":
         import bsp_rp2350 as bsp_module
     else:
         import bsp_virtual as bsp_module
-    Firmware(bsp_module).run()
+    Firmware(bsp_module, slot, rolled_back).run()

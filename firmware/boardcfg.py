@@ -1,13 +1,22 @@
 # The board definition (hardware/board.json), read once at boot. On the board the file is flashed as
-# /board.json; on the virtual board IONM_BOARD names it. Nothing in the firmware restates its numbers.
+# /board.json (or comes with a protocol update); on the virtual board IONM_BOARD names it. Nothing in the
+# firmware restates its numbers.
 import json
 import os
 
 
 def load():
-    path = "/board.json"
+    import bootslot
+
     getenv = getattr(os, "getenv", None)
-    if getenv is not None and getenv("IONM_BOARD"):
-        path = getenv("IONM_BOARD")
-    with open(path) as fh:
-        return json.load(fh)
+    paths = [getenv("IONM_BOARD")] if getenv is not None and getenv("IONM_BOARD") else []
+    if bootslot.SLOT_DIR:
+        paths.append(bootslot.SLOT_DIR + "/board.json")  # the definition that came with an update
+    paths.append("/board.json")
+    for path in paths:
+        try:
+            with open(path) as fh:
+                return json.load(fh)
+        except OSError:
+            continue
+    raise OSError("no board definition (board.json) found in %r" % paths)

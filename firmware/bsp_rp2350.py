@@ -150,6 +150,12 @@ class Board:
     def feed_watchdog(self):
         self._wdt.feed()
 
+    def state_dir(self):
+        return ""  # the flash filesystem's root
+
+    def reset(self):
+        machine.reset()
+
     # -- host link (USB CDC) -----------------------------------------------------------------------------
     def host_wait(self, timeout_ms):
         for _ in self._poll.ipoll(timeout_ms):

@@ -117,6 +117,12 @@ class Board:
     def feed_watchdog(self):
         pass  # the unix port has no machine.WDT; the sim restarts a firmware that exits
 
+    def state_dir(self):
+        return os.getenv("IONM_STATE_DIR") or "."
+
+    def reset(self):
+        sys.exit(75)  # the sim restarts an exited firmware, as the board's reset would
+
     # -- host link ---------------------------------------------------------------------------------------
     def host_wait(self, timeout_ms):
         """Block until host bytes are available or timeout_ms passes (the idle loop's only wait)."""

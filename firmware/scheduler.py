@@ -41,9 +41,10 @@ class _Running:
 
 
 class Scheduler:
-    def __init__(self, bsp, supervisor):
+    def __init__(self, bsp, supervisor, calibration=None):
         self.bsp = bsp
         self.sup = supervisor
+        self.calibration = calibration
         self.programs = []
         self.running = []
         self.fs = 0
@@ -124,7 +125,10 @@ class Scheduler:
                     self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
                     self.last_train_index = index
                 else:
-                    self.bsp.arm_pulse(index, p["output"], current, p["width_us"], p["biphasic"])
+                    dac = current
+                    if self.calibration is not None:  # the DAC setting that delivers `current`, capped
+                        dac = self.calibration.stim_dac_ua(p["output"], current, self.sup.current_ua_max)
+                    self.bsp.arm_pulse(index, p["output"], dac, p["width_us"], p["biphasic"])
                     self.last_index[p["output"]] = index
                 self.armed.append((index, run.pid, p["output"], current))
                 self.pulses_armed += 1

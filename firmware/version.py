@@ -1,5 +1,6 @@
-# Firmware identity reported in INFO. The hash is the SHA-256 recorded by `ionm flash` in
-# /fw_manifest.json on a flashed board; elsewhere (the virtual board) it is computed from the sources.
+# Firmware identity reported in INFO. The hash is the SHA-256 recorded in the running slot's manifest (a
+# protocol update) or in /fw_manifest.json (`ionm flash`); elsewhere (the virtual board's base image) it is
+# computed from the sources.
 import binascii
 import hashlib
 import json
@@ -21,11 +22,16 @@ def _source_dirs():
 
 
 def firmware_hash():
-    try:
-        with open("/fw_manifest.json") as fh:
-            return json.load(fh)["hash"]
-    except (OSError, ValueError, KeyError):
-        pass
+    import bootslot
+
+    for manifest in (bootslot.SLOT_DIR + "/fw_manifest.json" if bootslot.SLOT_DIR else "", "/fw_manifest.json"):
+        if not manifest:
+            continue
+        try:
+            with open(manifest) as fh:
+                return json.load(fh)["hash"]
+        except (OSError, ValueError, KeyError):
+            pass
     h = hashlib.sha256()
     for d in _source_dirs():
         for name in sorted(os.listdir(d)):

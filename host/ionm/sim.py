@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import tty
 from pathlib import Path
@@ -36,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pulse-log", help="append each delivered stimulus pulse as a JSON line to this file")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject an analogue fault: dead:CH or gain:CH:FRACTION (repeatable)")
+    p.add_argument("--state-dir", help="the board's flash filesystem (calibration, firmware slots); default: fresh")
 
 
 class VirtualBoard:
@@ -43,7 +45,7 @@ class VirtualBoard:
 
     def __init__(self, *, scenario: str = "stable", seed: int = 1, serial: str = "SIM-0001", fast: bool = False,
                  bench: bool = False, generator: bool = False, pulse_log: str | None = None,
-                 faults: list[str] | None = None, stderr: Any = None) -> None:
+                 faults: list[str] | None = None, stderr: Any = None, state_dir: str | None = None) -> None:
         from ionm import mpy, paths
 
         self.tmp = Path(tempfile.mkdtemp(prefix="ionm-sim-"))
@@ -70,9 +72,16 @@ class VirtualBoard:
         tty.setraw(self.slave)  # no echo, no line editing: a binary link, as USB CDC is
         self.device = os.ttyname(self.slave)
         self.fw_cmd = mpy.command(paths.firmware_dir() / "main.py")
-        self.fw_env = mpy.mpy_env({"IONM_MODEL_SOCKET": self.socket_path})
+        self.state_dir = Path(state_dir) if state_dir else self.tmp / "flash"
+        self.state_dir.mkdir(parents=True, exist_ok=True)  # the board's flash filesystem
+        self.fw_env = mpy.mpy_env({"IONM_MODEL_SOCKET": self.socket_path, "IONM_STATE_DIR": str(self.state_dir)})
         self.resets = 0
+        self._closing = threading.Event()
+        self._fw_lock = threading.Lock()
         self.firmware = self._start_firmware()
+        # The board's reset circuit: a firmware that exits (a reset request, an update, a crash) starts again.
+        self._supervisor = threading.Thread(target=self._supervise, name="ionm-sim-reset", daemon=True)
+        self._supervisor.start()
 
     def _start_firmware(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.fw_cmd, stdin=self.master, stdout=self.master, stderr=self.stderr,
@@ -80,22 +89,30 @@ class VirtualBoard:
 
     def reset_board(self) -> None:
         """Power-cycle the board: kill the firmware and start it again (the analogue world persists)."""
-        self.firmware.kill()
-        self.firmware.wait()
-        self.resets += 1
-        self.firmware = self._start_firmware()
-
-    def poll(self) -> None:
-        """Restart a firmware that died (the board's watchdog reset); fail if the model died."""
-        if self.model.poll() is not None:
-            raise RuntimeError("the hardware model exited with status %s" % self.model.returncode)
-        if self.firmware.poll() is not None:
-            print("ionm sim: firmware exited with status %s; restarting it (board reset)"
-                  % self.firmware.returncode, file=self.stderr, flush=True)
+        with self._fw_lock:
+            self.firmware.kill()
+            self.firmware.wait()
             self.resets += 1
             self.firmware = self._start_firmware()
 
+    def _supervise(self) -> None:
+        while not self._closing.wait(0.05):
+            with self._fw_lock:
+                if self._closing.is_set() or self.firmware.poll() is None:
+                    continue
+                print("ionm sim: firmware exited with status %s; restarting it (board reset)"
+                      % self.firmware.returncode, file=self.stderr, flush=True)
+                self.resets += 1
+                self.firmware = self._start_firmware()
+
+    def poll(self) -> None:
+        """Fail if the hardware model died (the firmware is restarted by the supervisor thread)."""
+        if self.model.poll() is not None:
+            raise RuntimeError("the hardware model exited with status %s" % self.model.returncode)
+
     def close(self) -> None:
+        self._closing.set()
+        self._supervisor.join(timeout=2)
         for proc in (self.firmware, self.model):
             if proc.poll() is None:
                 proc.terminate()
@@ -133,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         board = VirtualBoard(scenario=args.scenario, seed=args.seed, serial=args.serial, fast=args.fast,
                              bench=args.bench, generator=args.generator, pulse_log=args.pulse_log,
-                             faults=args.fault)
+                             faults=args.fault, state_dir=args.state_dir)
     except (RuntimeError, FileNotFoundError) as exc:
         print("ionm sim: %s" % exc, file=sys.stderr)
         return 1
