@@ -11,7 +11,7 @@ _CBOR_PREFIX_MAX = 19  # longest CBOR head of a data message: array, type, cfg, 
 
 
 class Config:
-    def __init__(self, cfg_id, rate_hz, channels, gains, inputs, samples_per_frame, leadoff):
+    def __init__(self, cfg_id, rate_hz, channels, gains, inputs, samples_per_frame, leadoff, pre=0, post=0):
         self.cfg_id = cfg_id
         self.rate_hz = rate_hz
         self.channels = channels
@@ -19,7 +19,8 @@ class Config:
         self.inputs = inputs  # per selected channel
         self.samples_per_frame = samples_per_frame
         self.leadoff = leadoff
-
+        self.pre = pre  # epoch mode: samples kept before each stimulus (0 with post 0: continuous)
+        self.post = post  # epoch mode: samples kept from each stimulus on
     def wire_bytes_per_s(self):
         frame = framing.OVERHEAD + _CBOR_PREFIX_MAX + 3 * len(self.channels) * self.samples_per_frame
         return self.rate_hz * frame // self.samples_per_frame
@@ -57,7 +58,16 @@ def parse_config(body, defn, cfg_id):
     leadoff = body.get("leadoff", True)
     if not isinstance(leadoff, bool):
         raise m.ProtocolError(m.E_BAD_FIELD, "leadoff must be true or false")
-    cfg = Config(cfg_id, rate, channels, gains, inputs, spf, leadoff)
+    pre = post = 0
+    epochs = body.get("epochs")
+    if epochs is not None:
+        if (not isinstance(epochs, dict) or not isinstance(epochs.get("pre_ms"), int)
+                or not isinstance(epochs.get("post_ms"), int) or not 0 <= epochs["pre_ms"] <= 50
+                or not 1 <= epochs["post_ms"] <= 500):
+            raise m.ProtocolError(m.E_BAD_FIELD, "epochs must be {pre_ms: 0..50, post_ms: 1..500}")
+        pre = epochs["pre_ms"] * rate // 1000
+        post = epochs["post_ms"] * rate // 1000
+    cfg = Config(cfg_id, rate, channels, gains, inputs, spf, leadoff, pre, post)
     need = cfg.wire_bytes_per_s()
     budget = defn["link"]["budget_bytes_per_s"]
     if need > budget:
@@ -78,6 +88,11 @@ class Acquisition:
         self.blocks = 0
         self.samples_lost = 0  # overruns seen in the DMA block indices
         self.latched = 0  # pulse latches in the most recent block
+        # epoch mode: send a block only if it overlaps [stimulus - pre, stimulus + post) of a known stimulus
+        self.epochs = cfg.post > 0
+        self.windows = []  # stimulus indices whose windows are not over yet
+        self.skip_start = 0
+        self.skipped = 0  # samples skipped on purpose since the last block sent
         # every channel gets a (gain, mux, enabled) triple; unselected ones are powered down
         per = [(24, "shorted", False)] * (chips * 8)
         for i, ch in enumerate(cfg.channels):
@@ -97,20 +112,37 @@ class Acquisition:
         self.adc.stop()
         self.running = False
 
+    def window(self, index):
+        """Epoch mode: a stimulus is armed at index (ahead of its pre-stimulus samples): keep its window."""
+        self.windows.append(index)
+
     def step(self):
-        """Read one DMA block and send it as one data frame. Allocates nothing."""
+        """Read one DMA block and send it as one data frame (in epoch mode only when it overlaps a stimulus
+        window). The block read and the frame build allocate nothing."""
         w = self.writer
         link = self.link
+        h = self.bsp.head
         micropython.heap_lock()
         try:
             self.latched = self.bsp.read_block(w.raw)
-            start = w.build(self.bsp.head, self.cfg.cfg_id, link.tx_seq)
-            link.tx_seq = (link.tx_seq + 1) & 0xFFFF
-            self.bsp.host_write(w.frame, start, w.end - start)
         finally:
             micropython.heap_unlock()
-        h = self.bsp.head
         first = (h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]
+        if self.epochs and not self._wanted(first, first + w.nsamp):
+            if not self.skipped:
+                self.skip_start = first
+            self.skipped += w.nsamp
+        else:
+            if self.skipped:  # announced before the data, so the host never counts it as lost
+                link.event({"kind": "skip", "index": self.skip_start, "count": self.skipped})
+                self.skipped = 0
+            micropython.heap_lock()
+            try:
+                start = w.build(h, self.cfg.cfg_id, link.tx_seq)
+                link.tx_seq = (link.tx_seq + 1) & 0xFFFF
+                self.bsp.host_write(w.frame, start, w.end - start)
+            finally:
+                micropython.heap_unlock()
         if first != self.next_index & 0xFFFFFFFF:
             lost = (first - self.next_index) & 0xFFFFFFFF
             self.samples_lost += lost
@@ -118,4 +150,18 @@ class Acquisition:
             self.next_index += lost
         self.next_index += w.nsamp
         self.blocks += 1
+
+    def _wanted(self, lo, hi):
+        """Does the block [lo, hi) overlap a stimulus window? Forgets the windows that are over."""
+        pre, post = self.cfg.pre, self.cfg.post
+        wanted = False
+        keep = []
+        for index in self.windows:
+            if index + post <= lo:
+                continue
+            keep.append(index)
+            if index - pre < hi:
+                wanted = True
+        self.windows = keep
+        return wanted
 

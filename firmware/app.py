@@ -107,6 +107,7 @@ class Firmware:
         self.acq = Acquisition(self.bsp, self.adc, self.link, cfg, self.chips)
         self.cfg_id = cfg.cfg_id
         self.link.ack(rid, {"cfg": cfg.cfg_id, "rate_hz": cfg.rate_hz, "channels": cfg.channels,
+                            "epochs": {"pre": cfg.pre, "post": cfg.post} if cfg.post else None,
                             "gain": cfg.gains, "input": cfg.inputs, "samples_per_frame": cfg.samples_per_frame,
                             "vref_uv": int(self.defn["adc"]["vref_v"] * 1000000), "full_scale_code": 8388607,
                             "wire_bytes_per_s": cfg.wire_bytes_per_s()})
@@ -262,7 +263,10 @@ class Firmware:
                              "cancelled": cancelled, "detail": "no frame from the host for %d ms: stimulation stopped"
                              % self.supervisor.watchdog_ms})
             return
-        sched.tick(acq.next_index, deadline)
+        if acq.epochs:
+            sched.tick(acq.next_index, deadline, acq.cfg.pre + acq.writer.nsamp, acq.window)
+        else:
+            sched.tick(acq.next_index, deadline)
 
     def status(self):
         """Heap and link counters: how close the board runs to its memory, seen from the host. Collecting

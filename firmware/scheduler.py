@@ -89,12 +89,14 @@ class Scheduler:
         self.armed = []
         return cancelled
 
-    def tick(self, next_index, deadline_index):
-        """Arm every pulse due before min(next_index + horizon, deadline_index)."""
+    def tick(self, next_index, deadline_index, lead=0, on_arm=None):
+        """Arm every pulse due before min(next_index + horizon + lead, deadline_index). lead (samples)
+        extends the horizon so that epoch windows are known before their pre-stimulus samples arrive;
+        on_arm(index) is told of every pulse armed."""
         if not self.running:
             return
         fs = self.fs
-        limit = min(next_index + max(fs * _HORIZON_MS // 1000, 1), deadline_index)
+        limit = min(next_index + max(fs * _HORIZON_MS // 1000, 1) + lead, deadline_index)
         for run in self.running:
             while True:
                 nxt = run.next_pulse()
@@ -132,6 +134,8 @@ class Scheduler:
                     self.last_index[p["output"]] = index
                 self.armed.append((index, run.pid, p["output"], current))
                 self.pulses_armed += 1
+                if on_arm is not None:
+                    on_arm(index)
                 run.k += 1
         self.running = [r for r in self.running if not r.done]
 

@@ -9,7 +9,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0xFA350C2D
+SCHEMA = 0x362992FF
 
 # Message types.
 HELLO = 1

@@ -53,3 +53,40 @@ def test_live_sweeps_are_locked_to_the_latched_stimulus(tmp_path):
     assert int(np.argmax(jumps[ch])) in (sweeps[0].pre_samples - 1, sweeps[0].pre_samples)
     gaps = np.diff([sw.stim_index for sw in sweeps]) / fs
     assert np.allclose(gaps, 1 / 4.7, atol=1.5 / fs)
+
+
+def test_epoch_mode_sends_only_stimulus_windows_and_announces_the_gaps(tmp_path):
+    """Board-side epochs: complete sweeps, nothing counted as lost, the rest of the time not sent."""
+    from ionm.sim import VirtualBoard
+
+    err = open(tmp_path / "board.stderr", "w")
+    with VirtualBoard(scenario="stable", seed=4, stderr=err) as vb:
+        spec = SweepSpec("ssep-upper", "L median", channels=(0, 4, 5), pre_ms=10, post_ms=50)
+        case = LiveCase({0: spec}, channel_names={})
+        session = BoardSession(vb.device, on_data=case.on_data, on_event=case.on_event)
+        try:
+            conf = session.configure({"rate_hz": 4000, "samples_per_frame": 20, "channels": [0, 4, 5],
+                                      "epochs": {"pre_ms": 10, "post_ms": 50}})
+            assert conf["epochs"] == {"pre": 40, "post": 200}
+            case.set_configuration(conf)
+            session.start()
+            session.load_programs([{"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200,
+                                    "rate_mhz": 4700}])
+            session.start_stimulation()
+            time.sleep(2.5)
+            session.stop_stimulation()
+            time.sleep(0.3)
+            stats = session.link.stats
+        finally:
+            session.close()
+            case.close()
+    err.close()
+    sweeps = list(case.sweeps(timeout=1))
+    assert len(sweeps) >= 8
+    for sw in sweeps:
+        assert not np.isnan(sw.data_uv).any()  # every window arrived whole
+    assert stats.samples_lost == 0 and stats.frames_rejected == 0
+    assert stats.samples_skipped > 0
+    # a 60 ms window per 213 ms stimulus period (plus block rounding): far less than streaming everything
+    sent = stats.samples_received / (stats.samples_received + stats.samples_skipped)
+    assert 0.2 < sent < 0.5

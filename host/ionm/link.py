@@ -52,6 +52,7 @@ class LinkStats:
     events: int = 0
     board_resets: int = 0
     bad_messages: int = 0
+    samples_skipped: int = 0  # not sent on purpose (epoch mode), announced by the board: not lost
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
 
 
@@ -175,6 +176,8 @@ class BoardLink:
         elif mtype == m.EVENT:
             self.stats.events += 1
             body = msg[2]
+            if body.get("kind") == "skip":
+                self._on_skip(body)
             if body.get("kind") == "boot":
                 if self.handshaken:  # a boot after the handshake is a reset mid-session
                     self.stats.board_resets += 1
@@ -189,6 +192,14 @@ class BoardLink:
                 if waiting is not None:
                     waiting.append((mtype, msg[2]))
                     self._cond.notify_all()
+
+    def _on_skip(self, body: dict[str, Any]) -> None:
+        """The board skipped [index, index + count) on purpose: expect the data after it."""
+        for cfg, expected in list(self._expected.items()):
+            first = expected + ((int(body["index"]) - expected) & 0xFFFFFFFF)
+            if first == expected:
+                self._expected[cfg] = first + int(body["count"])
+                self.stats.samples_skipped += int(body["count"])
 
     def _on_data(self, msg: list[Any]) -> None:
         _, cfg, first32, leadoff, samples = msg
