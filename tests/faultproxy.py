@@ -57,7 +57,10 @@ class FaultProxy:
 
     def _down(self) -> None:  # board -> host
         while not self._stop.is_set():
-            data = self.board.read(4096)
+            try:
+                data = self.board.read(4096)
+            except (OSError, TypeError, serial.SerialException):
+                return  # the proxy was closed under the read
             if not data:
                 continue
             for seq, payload in self.decoder.feed(data):
@@ -91,6 +94,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._stop.set()
+        self._threads[1].join(timeout=1)
         self.board.close()
         os.close(self.slave)
         os.close(self.master)

@@ -44,6 +44,7 @@ class Board:
         self.adc_start = Pin(); self.adc_reset = Pin(); self.adc_pwdn = Pin()
         self.inbox = bytearray()
         self.sent = 0
+        self.resets = 0
         self.head = bytearray(8)
         self.latches = bytearray(12 * 16)
     def serial(self): return "FUZZ"
@@ -59,6 +60,8 @@ class Board:
         self.inbox = self.inbox[n:]
         return n
     def host_write(self, buf, off, n): self.sent += n
+    def state_dir(self): return _IN["state_dir"]
+    def reset(self): self.resets += 1
     def start_stream(self, raw, rate): pass
     def stop_stream(self): pass
     def cancel_stimulation(self): return 0
@@ -118,8 +121,8 @@ emit({"escaped": escaped, "peak_bytes": peak, "sent": bsp.sent, "ms": time.ticks
 """
 
 
-def test_random_and_mutated_frames_never_escape_hang_or_grow_the_heap():
-    out = run_json("import app\n" + FUZZ, {"seed": 1234, "iterations": 3000}, timeout=120)
+def test_random_and_mutated_frames_never_escape_hang_or_grow_the_heap(tmp_path):
+    out = run_json("import app\n" + FUZZ, {"seed": 1234, "iterations": 3000, "state_dir": str(tmp_path)}, timeout=120)
     summary = out[-1]
     assert summary["escaped"] == 0, out[:-1][:5]
     assert summary["frames"] > 100  # mutated-but-valid frames got through and were handled
