@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 STUBS := build/stubs
-MPY_ARCH := $(shell $(PYTHON) -c "import json;print(json.load(open('hardware/board.json'))['mcu']['mpy_arch'])" 2>/dev/null)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: all demo test lint firmware bench clean
 
@@ -20,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ionm demo
 
+# Debian's chromium for the console's browser tests (Playwright drives it; it never downloads a browser).
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+
 # The whole suite, slow tests included; pytest-timeout turns a hang into a failure.
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(STUBS)/.installed: Makefile
