@@ -1,0 +1,277 @@
+"""The virtual patient: the analogue signals at the electrodes, sample by sample, for the ADC model.
+
+The hardware model (server.py) calls VirtualPatient.render block by block as the simulated ADS1299
+converts, passing the stimuli delivered in each block; the ADC model then adds amplifier noise, gain
+and quantisation. The patient produces, in volts, per amplifier channel:
+
+- SSEPs from stimulator outputs 0 = left median, 1 = right median (N9 Erb's, N13 cervical, N20/P25
+  contralateral cortex; thenar M-wave) and 2 = left tibial, 3 = right tibial (popliteal fossa, P37/N45;
+  abductor hallucis M-wave); size follows a saturating recruitment curve of the delivered current and
+  width; trial-to-trial amplitude/latency jitter; slow wander; patient-specific latencies (limb length).
+- TcMEPs (APB, AH, TA each side) after the last pulse of each train of trigger pulses (TRIGGER_OUTPUT,
+  to the external constant-voltage stimulator): polyphasic, 0.1–1.5 mV, onset ~20 ms arm / 30–38 ms
+  leg, large trial-to-trial variability (CV 48/35/27 %).
+- Background: EEG-like 1/f on scalp channels, EMG on muscles with occasional neurotonic bursts, mains
+  (scenario mains_hz) with harmonics, stimulus artefacts (largest near the stimulated limb),
+  electrocautery bursts, electrode pops, and electrodes coming off (flat at the rail, leadoff() true).
+- Scripted physiology from the scenario (injury, anaesthesia, positioning, recovery): truth(t).
+
+The montage (which derivation each channel records) is documented in physiology/montage.py, the
+responses in physiology/responses.py, the scenario format in physiology/scenario.py.
+
+Determinism: everything random is keyed by (seed, sample or pulse index), so the signal depends only
+on (scenario, seed, fs, pulses) — not on how the samples are split into blocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ionm import board
+from ionm_hw.physiology import keyed, montage
+from ionm_hw.physiology.interference import (
+    Cautery,
+    EmgBursts,
+    Leadoff,
+    Pops,
+    artefact_coupling,
+    artefact_shape,
+)
+from ionm_hw.physiology.noise import BackgroundNoise, Mains
+from ionm_hw.physiology.responses import (
+    RECRUITMENT,
+    RESPONSES,
+    TRIGGER_OUTPUT,
+    draw_patient,
+    extent_ms,
+    mep_recruitment,
+    train_drive,
+    waveform,
+)
+from ionm_hw.physiology.scenario import Script, load_scenario, merged, scenario_names
+
+__all__ = ["TRIGGER_OUTPUT", "Pulse", "VirtualPatient", "load_scenario", "scenario_names"]
+
+
+@dataclass(frozen=True)
+class Pulse:
+    """One stimulus actually delivered."""
+
+    index: int  # ADC sample index at which the pulse began (the board's sample clock)
+    output: int  # stimulator output 0..3; TRIGGER_OUTPUT (-1) for the TcMEP trigger
+    current_ma: float  # delivered current (after compliance limiting); unused for the trigger
+    width_us: int
+    biphasic: bool
+
+
+def _lognormal_mean1(g: np.random.Generator, cv: float) -> float:
+    s = np.sqrt(np.log1p(cv * cv))
+    return float(np.exp(s * g.standard_normal() - 0.5 * s * s))
+
+
+class VirtualPatient:
+    ARTEFACT_MS = 15.0  # stimulus artefact rendered this long (the tail is long gone by then)
+    NEAR_THRESHOLD_DELAY_MS = 0.5  # weakly recruited volleys arrive slightly later
+    MEP_PHASE_JITTER = 0.12  # log-sd of each MEP phase's size, trial to trial (shape varies too)
+    MEP_PHASE_PP_CV = 0.10  # the peak-to-peak CV that phase jitter alone produces (measured)
+    MEP_ONSET_FRACTION = 0.02  # truth onset: where the noise-free response first reaches 2 % of its peak
+
+    def __init__(self, scenario: dict[str, Any], seed: int, fs_hz: float, n_channels: int = 16) -> None:
+        self.scenario = merged(scenario)
+        self.seed = int(seed)
+        self.fs = float(fs_hz)
+        self.channels = montage.build(self.scenario["montage"], n_channels)
+        self.channel_names: list[str] = [c.name for c in self.channels]
+        self.script = Script(self.scenario["events"])
+        defn = board.load()
+        self._train_gap = int(defn["safety"]["train_ipi_us_max"] * self.fs / 1e6)  # samples
+        rail_v = 0.5 * float(defn["adc"]["vref_v"])  # a floating input ends up near the analogue rail
+
+        pat = self.scenario["patient"]
+        g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("height"))
+        self.height_factor = float(pat.get("height_factor", np.clip(1 + 0.04 * g.standard_normal(), 0.92, 1.08)))
+        self.responses = draw_patient(self.seed, self.height_factor)
+        self._coupling = {
+            name: np.array([r.coupling.get(ch.derivation, 0.0) for ch in self.channels])
+            for name, r in self.responses.items()
+        }
+        self._nonzero = {name: np.flatnonzero(c) for name, c in self._coupling.items()}
+
+        noise = self.scenario["noise"]
+        n = len(self.channels)
+        g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("noise"))
+        scale = (float(noise["eeg_scale"]), float(noise["emg_scale"]), float(noise["floor_scale"]))
+        self._background = BackgroundNoise(self.seed, self.fs, montage.noise_levels(self.channels, g, scale))
+        mains_uv = float(noise["mains_uv"]) * np.exp(0.5 * g.standard_normal(n))  # electrode imbalance varies
+        self._mains = Mains(self.seed, self.fs, float(self.scenario["mains_hz"]), mains_uv)
+        self._cautery = Cautery(self.seed, self.fs, n, noise, self.script.cautery)
+        self._pops = Pops(self.seed, self.fs, n, float(noise["pops_per_min"]))
+        muscles = [c.index for c in self.channels if c.kind == "muscle"]
+        self._emg = EmgBursts(self.seed, self.fs, muscles, float(noise["emg_bursts_per_min"]))
+        g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("artefact"))
+        self._artefact = artefact_coupling(self.channels, g)
+        self._artefact_tau_ms = float(g.uniform(0.4, 1.0))  # amplifier/electrode recovery
+        self._artefact_shapes: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
+        self._leadoff = Leadoff(self.fs, self.channels, self.script.leadoffs, rail_v, g)
+        g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("stim_impedance"))
+        self._stim_z = {o: float(np.clip(2500 * np.exp(0.4 * g.standard_normal()), 800, 8000)) for o in range(4)}
+        self._stim_z[TRIGGER_OUTPUT] = float(g.uniform(600, 1500))  # corkscrew scalp electrodes
+        self._stim_z_phase = {o: float(g.uniform(0, 2 * np.pi)) for o in self._stim_z}
+
+        self._next = 0  # first sample not yet rendered
+        self._pending: list[tuple[int, np.ndarray]] = []  # (start index, (L, n_channels) volts)
+        self._train: list[Pulse] = []  # trigger pulses of the train not yet known to be complete
+        # Per-train TcMEP truth, when asked for (sweeps.py does): last pulse index -> response name ->
+        # (onset ms after the last pulse, peak-to-peak µV, area µV·ms) on the muscle's own channel.
+        self.record_trials = False
+        self.trials: dict[int, dict[str, tuple[float, float, float]]] = {}
+
+    # ---------------------------------------------------------------- public API
+    def render(self, first_index: int, n: int, pulses: Sequence[Pulse],
+               channels: Sequence[int] | None = None) -> np.ndarray:  # fmt: skip
+        """Differential input of each channel, volts, shape (n, n_channels) (or len(channels)), for samples
+        [first_index, first_index + n). Blocks must not go back in time; gaps (overrun) are fine."""
+        if n < 0:
+            raise ValueError("render: n must be >= 0")
+        if first_index < self._next:
+            raise ValueError(f"render: block starts at {first_index}, before the end of the last ({self._next})")
+        sel = list(range(len(self.channels))) if channels is None else [int(c) for c in channels]
+        end = first_index + n
+        out = self._background.render(first_index, n, sel)
+        out += self._mains.render(first_index, n, sel)
+        self._cautery.render(out, first_index, sel)
+        self._pops.render(out, first_index, sel)
+        self._emg.render(out, first_index, sel)
+
+        for p in sorted(pulses, key=lambda q: q.index):
+            self._deliver(p)
+        if self._train and self._train[-1].index + self._train_gap < end:
+            self._close_train()  # no further pulse can join it: all pulses before `end` are known
+
+        keep = []
+        for start, arr in self._pending:
+            lo, hi = max(start, first_index), min(start + len(arr), end)
+            if lo < hi:
+                out[lo - first_index : hi - first_index] += arr[lo - start : hi - start][:, sel]
+            if start + len(arr) > end:
+                keep.append((start, arr))
+        self._pending = keep
+        self._leadoff.apply(out, first_index, sel)
+        self._next = end
+        return out
+
+    def leadoff(self, first_index: int, n: int) -> np.ndarray:
+        """Per channel: an electrode of the channel is off at some sample of the block."""
+        return self._leadoff.flags(first_index, n)
+
+    def stim_impedance_ohm(self, output: int, index: int) -> float:
+        """Impedance of the stimulating electrodes on `output` at sample `index`: patient-specific, drifting
+        up slowly as the gel dries, and whatever scripted stim_electrode events impose."""
+        t = index / self.fs
+        for o, on, off, z in self.script.stim_electrodes:
+            if o == output and on <= t < off:
+                return z
+        base = self._stim_z[output]
+        return base * (1 + 0.05 * np.sin(2 * np.pi * t / 600 + self._stim_z_phase[output]) + 0.15 * min(t / 3600, 1))
+
+    def truth(self, t_s: float) -> dict[str, dict[str, float]]:
+        """Scripted physiology at t_s: per response, amplitude and latency factors vs baseline. Slow wander
+        (a few %) and trial-to-trial variability come on top and are not part of the truth."""
+        return self.script.truth(t_s)
+
+    def responses_of(self, output: int) -> list[str]:
+        """Names of the responses a stimulus on `output` evokes (M-waves included)."""
+        return [d.name for d in RESPONSES if d.source == output]
+
+    def best_channel(self, response: str) -> int:
+        """The channel on which `response` is largest in this patient (-1 if no channel records it)."""
+        c = np.abs(self._coupling[response])
+        return int(np.argmax(c)) if c.max() > 0 else -1
+
+    # ---------------------------------------------------------------- internals
+    def _deliver(self, p: Pulse) -> None:
+        if p.output == TRIGGER_OUTPUT:
+            if self._train and p.index - self._train[-1].index > self._train_gap:
+                self._close_train()
+            self._train.append(p)
+            volts = float(self.scenario["stimulation"]["tcmep"]["voltage_v"])
+            self._pending.append((p.index, self._stim_artefact(p, volts)))
+            return
+        if p.output not in self._stim_z:
+            raise ValueError(f"pulse on unknown output {p.output}")
+        g = keyed.rng(self.seed, keyed.TRIAL, p.index, p.output + 2)
+        t_s = p.index / self.fs
+        parts = []
+        for name in self.responses_of(p.output):
+            r = self.responses[name]
+            a_s, l_s = self.script.factors(name, t_s)
+            w_a, w_l = r.wander(t_s)
+            z_amp, z_lat = _lognormal_mean1(g, r.d.trial_cv), g.standard_normal()  # always drawn: keyed order
+            rec = RECRUITMENT[r.d.recruitment].fraction(p.current_ma, p.width_us, r.i50_scale)
+            amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * rec * z_amp * 1e-6
+            scale = r.latency_scale * float(l_s[0] * w_l[0])
+            shift = r.d.jitter_ms * z_lat + self.NEAR_THRESHOLD_DELAY_MS * (1 - rec)
+            parts.append((name, amp, scale, shift, r.peaks))
+        length = max([self.ARTEFACT_MS] + [extent_ms(pk, sc) + max(sh, 0) for _, _, sc, sh, pk in parts])
+        arr = np.zeros((int(length * self.fs / 1000) + 1, len(self.channels)))
+        art = self._stim_artefact(p, p.current_ma)
+        arr[: len(art)] += art
+        t_ms = np.arange(len(arr)) / self.fs * 1000
+        for name, amp, scale, shift, peaks in parts:
+            nz = self._nonzero[name]
+            if amp != 0 and nz.size:
+                arr[:, nz] += np.outer(amp * waveform(t_ms, peaks, scale, shift_ms=shift), self._coupling[name][nz])
+        self._pending.append((p.index, arr))
+
+    def _stim_artefact(self, p: Pulse, drive: float) -> np.ndarray:
+        """Stimulus artefact on every channel over ARTEFACT_MS, volts; drive in mA (V for the TcMEP stimulator)."""
+        n = int(self.ARTEFACT_MS * self.fs / 1000) + 1
+        key = (n, p.width_us, p.biphasic)
+        if key not in self._artefact_shapes:
+            self._artefact_shapes[key] = artefact_shape(n, self.fs, p.width_us, p.biphasic, self._artefact_tau_ms)
+        pulse, tail = self._artefact_shapes[key]
+        spike_c, tail_c = self._artefact[p.output]
+        return (np.outer(pulse, spike_c) + np.outer(tail, tail_c)) * drive * 1e-6
+
+    def _close_train(self) -> None:
+        train, self._train = self._train, []
+        last = train[-1]
+        ipi_ms = float(np.mean(np.diff([q.index for q in train]))) / self.fs * 1000 if len(train) > 1 else 3.0
+        drive = train_drive(len(train), ipi_ms)
+        volts = float(self.scenario["stimulation"]["tcmep"]["voltage_v"])
+        g = keyed.rng(self.seed, keyed.TRIAL, last.index, 1)
+        t_s = last.index / self.fs
+        parts = []
+        for name in self.responses_of(TRIGGER_OUTPUT):
+            r = self.responses[name]
+            a_s, l_s = self.script.factors(name, t_s)
+            w_a, w_l = r.wander(t_s)
+            # The reference trial CV is of the whole peak-to-peak: the phase jitter and the wander supply part.
+            cv = np.sqrt(max(r.d.trial_cv**2 - self.MEP_PHASE_PP_CV**2 - r.d.wander**2, 0.0))
+            z_amp, z_lat = _lognormal_mean1(g, cv), g.standard_normal()
+            rel = np.exp(self.MEP_PHASE_JITTER * g.standard_normal(6))
+            amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * mep_recruitment(volts, drive, r.threshold_v) * z_amp
+            scale = r.latency_scale * float(l_s[0] * w_l[0])
+            parts.append((name, amp * 1e-6, scale, r.d.jitter_ms * z_lat, rel, r.peaks))
+        length = max(extent_ms(pk, sc) + abs(sh) for _, _, sc, sh, _, pk in parts)
+        t_ms = np.arange(int(length * self.fs / 1000) + 1) / self.fs * 1000
+        arr = np.zeros((len(t_ms), len(self.channels)))
+        record: dict[str, tuple[float, float, float]] = {}
+        for name, amp, scale, shift, rel, peaks in parts:
+            w = amp * waveform(t_ms, peaks, scale, rel_jitter=rel, shift_ms=shift)
+            # Nothing may appear before the train is known to be complete (block-size independence);
+            # onsets (≥ ~18 ms) are far beyond the longest inter-pulse gap, so this only trims gaussian tails.
+            w[: self._train_gap + 1] = 0.0
+            arr[:, self._nonzero[name]] += np.outer(w, self._coupling[name][self._nonzero[name]])
+            if self.record_trials and self._nonzero[name].size:
+                seen = w * self._coupling[name][self.best_channel(name)] * 1e6  # µV on the muscle's channel
+                mag = np.abs(seen)
+                onset = float(t_ms[np.argmax(mag >= self.MEP_ONSET_FRACTION * mag.max())]) if mag.max() > 0 else np.nan
+                record[name] = (onset, float(np.ptp(seen)), float(mag.sum() / self.fs * 1000))
+        if self.record_trials:
+            self.trials[last.index] = record
+        self._pending.append((last.index, arr))
