@@ -1,0 +1,75 @@
+"""Pipeline throughput: 16 channels at 16 kSPS through the evaluator, on one core.
+
+run(quick=False) -> dict. Requirements (issue 6): the pipeline sustains >= 100x real time for 16 channels
+at 16 kSPS, and a sweep's contribution reaches the evaluator state within 10 ms. Both are reported as
+ratios against the requirement measured in this run (never asserted in tests: timing depends on the
+machine):
+
+- realtime_ratio: seconds of recording per second of processing, for tibial SSEP sweeps (5 + 95 ms at
+  16 kSPS) at 4.7 Hz on all 16 channels, after the baseline is set (the tracker and the alert logic run).
+- continuous_ratio: the same work per input sample, as if the sweep windows tiled the stream end to end
+  (16 x 16000 samples/s): the stricter reading of "16 channels at 16 kSPS".
+- per-sweep latency: wall time of one Evaluator.process call (conditioning, rejection, averages, tracker,
+  window test, alerts) for all 16 channels, percentiles in ms; latency_ratio = 10 ms / p99.
+The one-off baseline set-up (filter banks, 16 noise models) is reported separately.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+FS = 16000.0
+RATE_HZ = 4.7
+N_CHANNELS = 16
+REQUIRED_RATIO = 100.0
+REQUIRED_LATENCY_MS = 10.0
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    from ionm.pipeline.evaluator import Evaluator
+    from ionm.pipeline.synthetic import make_ssep
+
+    n_base, n_live = (150, 300) if quick else (300, 1500)
+    n = n_base + n_live
+    baseline_end = (n_base - 0.5) / RATE_HZ
+    d = make_ssep(n, seed=1234, modality="ssep-lower", fs=FS, rate_hz=RATE_HZ, pre_ms=5.0, post_ms=95.0,
+                  snr_db=-15.0, n_channels=N_CHANNELS, baseline_end_s=baseline_end)
+    sweeps, stim = d["sweeps"], d["stim_time_s"]
+    ev = Evaluator(FS, int(d["pre_samples"]), sweeps.shape[-1], "ssep-lower", list(d["channel_names"]), None)
+    lat = np.empty(n)
+    for i in range(n):
+        if i == n_base:
+            t0 = time.perf_counter()
+            ev.set_baseline()
+            setup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ev.process(sweeps[i], float(stim[i]))
+        lat[i] = time.perf_counter() - t0
+    live = lat[n_base:]
+    busy = float(np.sum(live))
+    recorded_s = n_live / RATE_HZ
+    samples = n_live * sweeps.shape[-1]
+    ratio = recorded_s / busy
+    continuous = samples / FS / busy
+    p50, p99, pmax = (float(np.percentile(live, q)) * 1e3 for q in (50, 99, 100))
+    return {
+        "channels": N_CHANNELS, "fs_hz": FS, "sweep_samples": int(sweeps.shape[-1]), "rate_hz": RATE_HZ,
+        "sweeps_timed": n_live,
+        "realtime_ratio": round(ratio, 1), "realtime_ratio_vs_required": round(ratio / REQUIRED_RATIO, 2),
+        "continuous_ratio": round(continuous, 1),
+        "continuous_ratio_vs_required": round(continuous / REQUIRED_RATIO, 2),
+        "sweep_latency_ms": {"p50": round(p50, 3), "p99": round(p99, 3), "max": round(pmax, 3)},
+        "latency_ratio_vs_required": round(REQUIRED_LATENCY_MS / p99, 2),
+        "baseline_setup_s": round(setup_s, 3),
+        "baseline_phase_sweep_ms_p50": round(float(np.median(lat[:n_base])) * 1e3, 3),
+    }
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(run(quick="--quick" in sys.argv), indent=1))

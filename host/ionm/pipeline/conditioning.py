@@ -1,0 +1,288 @@
+"""Sweep conditioning: counts -> µV, stimulus blanking, mains cancellation, band-pass, artifact rejection.
+
+Every function works on one sweep ([n_channels, n_samples]) or a stack of them ([..., n_samples]); what a
+sweep's conditioning uses is that sweep's own samples (zero-phase filtering inside the sweep window is
+therefore causal at the sweep level) plus, for mains and rejection, state built from earlier sweeps only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from scipy import signal
+
+ADS1299_FULL_SCALE_CODE = (1 << 23) - 1
+
+
+def lsb_uv(pga_gain: float | np.ndarray, vref_v: float = 4.5) -> np.ndarray:
+    """µV per count of a 24-bit ADS1299 code: full scale ±Vref/gain over 2^23 codes."""
+    return np.asarray(vref_v * 1e6 / (np.asarray(pga_gain, dtype=float) * (1 << 23)))
+
+
+def counts_to_uv(counts: np.ndarray, pga_gain: float | np.ndarray, gain_correction: float | np.ndarray = 0.0,
+                 offset_uv: float | np.ndarray = 0.0, vref_v: float = 4.5) -> np.ndarray:
+    """Raw two's-complement counts [..., n_channels, n_samples] -> µV with the board calibration.
+
+    pga_gain, gain_correction and offset_uv are scalars or per-channel arrays [n_channels]. The calibration
+    convention: uv = (counts * lsb - offset_uv) * (1 + gain_correction), i.e. offset_uv is the input-referred
+    offset the channel reads with shorted inputs, and gain_correction the fractional correction that brings a
+    known test amplitude to its nominal value (a channel reading 0.2 % high has gain_correction = -0.002/1.002).
+    """
+    counts = np.asarray(counts)
+    per_ch = [np.asarray(v, dtype=float)[..., None] for v in (pga_gain, gain_correction, offset_uv)]
+    gain, corr, offset = per_ch
+    return (counts.astype(np.float64) * lsb_uv(gain, vref_v) - offset) * (1.0 + corr)
+
+
+def blank_slice(fs: float, pre_samples: int, n_samples: int, blank_ms: tuple[float, float]) -> slice:
+    """Samples around the stimulus (at index pre_samples) that the stimulus artefact owns."""
+    lo = max(0, pre_samples - int(round(blank_ms[0] * 1e-3 * fs)))
+    hi = min(n_samples, pre_samples + int(round(blank_ms[1] * 1e-3 * fs)) + 1)
+    return slice(lo, hi)
+
+
+def blank_stimulus(sweeps: np.ndarray, fs: float, pre_samples: int, blank_ms: tuple[float, float]) -> np.ndarray:
+    """Replace the stimulus artefact by a straight line between the samples either side (a copy).
+
+    Interpolating rather than zeroing keeps a step-free signal, so the band-pass does not ring on it."""
+    out = np.array(sweeps, dtype=np.float64, copy=True)
+    sl = blank_slice(fs, pre_samples, out.shape[-1], blank_ms)
+    if sl.stop <= sl.start:
+        return out
+    left = out[..., sl.start - 1] if sl.start > 0 else out[..., sl.stop] if sl.stop < out.shape[-1] else 0.0
+    right = out[..., sl.stop] if sl.stop < out.shape[-1] else left
+    frac = (np.arange(sl.start, sl.stop) - (sl.start - 1)) / float(sl.stop - sl.start + 1)
+    out[..., sl] = np.asarray(left)[..., None] + (np.asarray(right) - np.asarray(left))[..., None] * frac
+    return out
+
+
+@lru_cache(maxsize=16)
+def _line_basis(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A straight-line basis [n, 2] and its pseudo-inverse [2, n]."""
+    a = np.stack([np.ones(n), np.linspace(-1.0, 1.0, n)], axis=1)
+    return a, np.linalg.pinv(a)
+
+
+def detrend(sweeps: np.ndarray) -> np.ndarray:
+    """Remove each sweep's straight-line trend: electrode offsets (up to mV) and slow drift within 0.1 s."""
+    x = np.asarray(sweeps, dtype=np.float64)
+    a, pinv = _line_basis(x.shape[-1])
+    return np.asarray(x - (x @ pinv.T) @ a.T)
+
+
+@lru_cache(maxsize=32)
+def bandpass_sos(fs: float, lo_hz: float, hi_hz: float, order: int = 2) -> np.ndarray:
+    """Butterworth band-pass (low-pass when lo_hz is 0); the upper edge is kept below 0.45 fs."""
+    hi = min(hi_hz, 0.45 * fs)
+    if lo_hz <= 0:
+        return np.asarray(signal.butter(order, hi, btype="lowpass", fs=fs, output="sos"))
+    return np.asarray(signal.butter(order, [lo_hz, hi], btype="bandpass", fs=fs, output="sos"))
+
+
+@lru_cache(maxsize=32)
+def _sos_zi(fs: float, lo_hz: float, hi_hz: float, order: int) -> np.ndarray:
+    return np.asarray(signal.sosfilt_zi(bandpass_sos(fs, lo_hz, hi_hz, order)))
+
+
+def bandpass(sweeps: np.ndarray, fs: float, band_hz: tuple[float, float], order: int = 2) -> np.ndarray:
+    """Zero-phase band-pass inside each sweep window (forward-backward: latencies are not shifted).
+
+    The edges are extended with their end values (one period of the low edge) so the high-pass starts
+    settled; an odd reflection would mirror a large response (an MEP) into the padding and leave its
+    high-pass transient as an offset across the sweep. (scipy's sosfiltfilt with padtype="constant", with
+    the filter's initial state cached: this runs once per sweep in the live path.)"""
+    key = (float(fs), float(band_hz[0]), float(band_hz[1]), order)
+    sos, zi = bandpass_sos(*key), _sos_zi(*key)
+    x = np.asarray(sweeps, dtype=np.float64)
+    n = x.shape[-1]
+    padlen = min(n - 1, int(fs / band_hz[0]) if band_hz[0] > 0 else 3 * (2 * len(sos) + 1))
+    ext = np.concatenate([np.repeat(x[..., :1], padlen, -1), x, np.repeat(x[..., -1:], padlen, -1)], axis=-1)
+    shape = (len(sos),) + (1,) * (x.ndim - 1) + (2,)
+    zi_b = zi.reshape(shape)
+    y, _ = signal.sosfilt(sos, ext, axis=-1, zi=zi_b * ext[..., :1][None])
+    y, _ = signal.sosfilt(sos, y[..., ::-1], axis=-1, zi=zi_b * y[..., -1:][None])
+    return np.ascontiguousarray(y[..., ::-1][..., padlen: padlen + n])
+
+
+class MainsCanceller:
+    """Adaptive cancellation of mains (50 and/or 60 Hz and harmonics) across sweeps.
+
+    Mains is locked to wall-clock time, not to the stimulus: with a stimulus rate that does not divide the
+    mains frequency it lands at a different phase in every sweep. The canceller fits sines and cosines of
+    absolute time (stim_time_s + sample offset) by least squares accumulated over earlier sweeps with a
+    forgetting factor (memory of ~memory_sweeps sweeps); the evoked response, being at a random mains phase
+    in each sweep, averages out of that fit instead of being removed, which a per-sweep notch on a 50 ms
+    window could not guarantee. A sweep is cleaned with the estimate from the sweeps before it (causal), then
+    joins the estimate. Mains frequency drift (grid: a few mHz) over the memory (~5 s at 4.7 Hz) leaves a
+    few % of the hum; a shorter memory would let more of the response leak into the estimate.
+    """
+
+    def __init__(self, fs: float, n_samples: int, pre_samples: int, mains_hz: tuple[float, ...] = (50.0, 60.0),
+                 harmonics: int = 3, memory_sweeps: float = 25.0, exclude: slice | None = None,
+                 fit_mask: np.ndarray | None = None):
+        self.fs = float(fs)
+        self.freqs = np.array([f * k for f in mains_hz for k in range(1, harmonics + 1) if f * k < 0.45 * fs])
+        self.offsets_s = (np.arange(n_samples) - pre_samples) / self.fs
+        # Samples the fit learns from: all but the artefact, or only fit_mask (MEPs: where no response is,
+        # since a 1 mV response would leak into the estimate far more than a µV EP does).
+        self.keep = np.ones(n_samples, dtype=bool) if fit_mask is None else np.asarray(fit_mask, dtype=bool).copy()
+        if exclude is not None:
+            self.keep[exclude] = False
+        self.forget = 1.0 - 1.0 / memory_sweeps
+        m = 2 * len(self.freqs)
+        self.gram = np.zeros((m, m))
+        self.rhs: np.ndarray | None = None
+        self.n_updates = 0
+
+    def _design(self, stim_time_s: float, kept_only: bool = False) -> np.ndarray:
+        """[n_samples, 2 n_freqs] cosines and sines of absolute time: the angle-sum identity on cached
+        per-sample terms (trigonometry of the stimulus time only: 2 n_freqs values per sweep)."""
+        if not hasattr(self, "_cb"):
+            b = 2 * np.pi * np.outer(self.offsets_s, self.freqs)
+            self._cb, self._sb = np.cos(b), np.sin(b)
+            self._cbk, self._sbk = self._cb[self.keep], self._sb[self.keep]
+        a = 2 * np.pi * np.mod(stim_time_s * self.freqs, 1.0)  # wrapped: exact even hours into a case
+        ca, sa = np.cos(a), np.sin(a)
+        cb, sb = (self._cbk, self._sbk) if kept_only else (self._cb, self._sb)
+        return np.concatenate([ca * cb - sa * sb, sa * cb + ca * sb], axis=1)
+
+    def apply(self, sweep: np.ndarray, stim_time_s: float) -> np.ndarray:
+        """Cancel mains in one sweep [..., n_samples] (a copy), then learn from it."""
+        if len(self.freqs) == 0:
+            return np.array(sweep, dtype=np.float64)
+        x = np.asarray(sweep, dtype=np.float64)
+        out = x.copy()
+        if self.rhs is not None and self.n_updates >= 3:
+            # Ridge of 1e-6 of the mean diagonal: harmless when 50 and 60 Hz are both fitted.
+            ridge = 1e-6 * np.trace(self.gram) / len(self.gram) * np.eye(len(self.gram))
+            coef = np.linalg.solve(self.gram + ridge, self.rhs.reshape(len(self.gram), -1))
+            out -= (self._design(stim_time_s) @ coef).T.reshape(x.shape)
+        dk = self._design(stim_time_s, kept_only=True)
+        xk = x.reshape(-1, x.shape[-1])[:, self.keep]
+        rhs = dk.T @ xk.T  # [2 n_freqs, n_rows]
+        self.gram = self.forget * self.gram + dk.T @ dk
+        self.rhs = rhs if self.rhs is None or self.rhs.shape != rhs.shape else self.forget * self.rhs + rhs
+        self.n_updates += 1
+        return out
+
+
+@dataclass
+class Conditioner:
+    """The whole per-sweep conditioning for one recording: blank, detrend, mains, band-pass."""
+
+    fs: float
+    n_samples: int
+    pre_samples: int
+    band_hz: tuple[float, float]
+    blank_ms: tuple[float, float]
+    mains_hz: tuple[float, ...] = (50.0, 60.0)
+    mains_fit_mask: np.ndarray | None = None
+    # Offset removal: a straight-line detrend over the sweep (EPs are far below the noise), or, when
+    # given, the mean of these samples (MEPs: a 2 mV response would tilt a fitted line by tens of µV).
+    baseline_mask: np.ndarray | None = None
+    mains: MainsCanceller | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.blank = blank_slice(self.fs, self.pre_samples, self.n_samples, self.blank_ms)
+        if self.mains is None and self.mains_hz:
+            self.mains = MainsCanceller(self.fs, self.n_samples, self.pre_samples, self.mains_hz,
+                                        exclude=self.blank, fit_mask=self.mains_fit_mask)
+
+    def __call__(self, sweep_uv: np.ndarray, stim_time_s: float) -> np.ndarray:
+        x = blank_stimulus(sweep_uv, self.fs, self.pre_samples, self.blank_ms)
+        if self.baseline_mask is None:
+            x = detrend(x)
+        else:
+            x = x - x[..., self.baseline_mask].mean(axis=-1, keepdims=True)
+        if self.mains is not None:
+            x = self.mains.apply(x, stim_time_s)
+        x = bandpass(x, self.fs, self.band_hz)
+        x[..., self.blank] = 0.0  # no information there: keep it out of averages and fits
+        return x
+
+
+REASONS = ("flat", "saturation", "cautery", "amplitude")
+
+
+@dataclass
+class ArtifactRejector:
+    """Per-channel sweep rejection with a count of rejected sweeps per reason.
+
+    Checks, in order (a sweep is counted once, under the first reason that applies):
+    - flat: raw peak-to-peak below flat_uv (lead off to a rail, disconnected amplifier);
+    - saturation: raw samples at or beyond saturation_uv (±187.5 mV full scale at PGA gain 24, less margin);
+    - cautery: high-frequency RMS (first difference, raw) above cautery_factor times its running median and
+      rising more than twice as much as the conditioned RMS: electrocautery is large, white and reaches far
+      above the EP band, while the usual background is mostly low-frequency;
+    - amplitude: conditioned peak beyond amplitude_uv, or conditioned RMS more than rms_factor times its
+      running median (EMG bursts, movement).
+    Running medians cover the last `history` sweeps that were not flat or saturated, so a lasting change of
+    noise level is learnt after half a history instead of rejecting everything from then on.
+    """
+
+    n_channels: int
+    amplitude_uv: float = 100.0
+    rms_factor: float = 3.0
+    cautery_factor: float = 4.0
+    saturation_uv: float = 180_000.0
+    flat_uv: float = 0.05
+    history: int = 100
+    min_history: int = 10
+    adaptive_rms: bool = True
+    counts: list[dict[str, int]] = field(init=False)
+    n_seen: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self.counts = [dict.fromkeys(REASONS, 0) for _ in range(self.n_channels)]
+        self._hf = np.zeros((self.history, self.n_channels))  # ring buffers of the last `history` sweeps
+        self._rms = np.zeros((self.history, self.n_channels))
+        self._filled = 0
+        self._pos = 0
+
+    def check(self, raw_uv: np.ndarray, conditioned: np.ndarray, keep: np.ndarray | None = None) -> list[str | None]:
+        """Reasons ([n_channels], None = accepted) for one sweep; raw and conditioned are [n_channels, n].
+
+        keep masks the samples to judge (the stimulus blanking and, for MEPs, the response are excluded
+        from the adaptive measures by the caller)."""
+        raw = np.asarray(raw_uv, dtype=np.float64).reshape(self.n_channels, -1)
+        cond = np.asarray(conditioned, dtype=np.float64).reshape(self.n_channels, -1)
+        if keep is not None:
+            raw_k, cond_k = raw[:, keep], cond[:, keep]
+        else:
+            raw_k, cond_k = raw, cond
+        ptp = np.ptp(raw_k, axis=1)
+        flat = ptp < self.flat_uv
+        sat = np.max(np.abs(raw), axis=1) >= self.saturation_uv
+        hf = np.sqrt(np.mean(np.diff(raw_k, axis=1) ** 2, axis=1))
+        rms = np.sqrt(np.mean(cond_k**2, axis=1))
+        cautery = np.zeros(self.n_channels, dtype=bool)
+        loud = np.max(np.abs(cond_k), axis=1) > self.amplitude_uv
+        if self._filled >= self.min_history:
+            hist = slice(0, self._filled)
+            hf_ratio = hf / np.maximum(np.median(self._hf[hist], axis=0), 1e-12)
+            rms_ratio = rms / np.maximum(np.median(self._rms[hist], axis=0), 1e-12)
+            # Cautery is white (an aliased MHz carrier) on top of a background whose power sits at low
+            # frequencies, so its high-frequency power rises far more than the in-band RMS; a general
+            # rise of the noise raises both alike and is judged by amplitude instead.
+            cautery = (hf_ratio > self.cautery_factor) & (hf_ratio > 2.0 * rms_ratio)
+            if self.adaptive_rms:
+                loud |= rms_ratio > self.rms_factor
+        usable = ~(flat | sat)
+        if usable.any():
+            # Store the metrics of usable channels; the others repeat their last value.
+            last = (self._pos - 1) % self.history
+            self._hf[self._pos] = np.where(usable, hf, self._hf[last] if self._filled else hf)
+            self._rms[self._pos] = np.where(usable, rms, self._rms[last] if self._filled else rms)
+            self._pos = (self._pos + 1) % self.history
+            self._filled = min(self._filled + 1, self.history)
+        reasons: list[str | None] = []
+        for ch in range(self.n_channels):
+            reason = next((r for r, hit in zip(REASONS, (flat[ch], sat[ch], cautery[ch], loud[ch]), strict=True)
+                           if hit), None)
+            if reason is not None:
+                self.counts[ch][reason] += 1
+            reasons.append(reason)
+        self.n_seen += 1
+        return reasons

@@ -1,0 +1,207 @@
+"""One recording's evaluator: conditioning, rejection, averages, baseline, tracker and alerts, sweep by sweep.
+
+Causal by construction: process() sees one sweep (all channels) at a time, and everything it decides uses
+that sweep and the state left by earlier ones. The baseline is set on demand (set_baseline()), at the first
+sweep after baseline_end_s, or — with baseline_end_s=None — automatically once every channel's split halves
+reproduce (ionm.pipeline.baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ionm.pipeline import conditioning, modalities
+from ionm.pipeline.alerts import AlertEvent, MepAlerts, SsepAlerts
+from ionm.pipeline.averaging import Average, PerChannelAverages
+from ionm.pipeline.baseline import BaselineAccumulator
+from ionm.pipeline.conditioning import ArtifactRejector, Conditioner
+from ionm.pipeline.peaks import MepFeatures, Peak, PeakMarker, mep_features
+from ionm.pipeline.tracker import KalmanState, Tracker
+
+
+@dataclass
+class EvaluatorConfig:
+    mains_hz: tuple[float, ...] = (50.0, 60.0)  # both by default: the fit of an absent one is ~zero
+    z: float = 3.5  # evidence (standard errors beyond a criterion) for warning / alert / recovery
+    confirm: int = 3  # consecutive sweeps (SSEP) with that evidence before alert
+    mep_confirm: int = 2  # consecutive trials (MEP)
+    average: tuple[str, float] = ("exponential", 100.0)  # display averages (kind, n); per channel: averages=
+    averages: list[tuple[str, float]] | None = None
+    amplitude_uv: float | None = None  # rejection limit after conditioning (default per modality)
+    min_baseline_sweeps: int = 32  # SSEP sweeps (MEP: 2 trials) a channel needs to get a baseline
+    modality_overrides: dict[str, object] = field(default_factory=dict)  # e.g. {"amplitude_ratio_alert": 0.4}
+
+
+@dataclass
+class SweepResult:
+    t_s: float
+    reasons: list[str | None]  # per channel: rejection reason, None if accepted
+    states: list[str]
+    alerts: list[AlertEvent]  # alerts raised by this sweep
+    tracker: KalmanState | None = None  # SSEP, once the baseline is set
+    mep: MepFeatures | None = None  # MEP
+
+
+class Evaluator:
+    def __init__(self, fs: float, pre_samples: int, n_samples: int, modality: str, channel_names: list[str],
+                 baseline_end_s: float | None = None, config: EvaluatorConfig | None = None):
+        self.cfg = config or EvaluatorConfig()
+        self.modality = modalities.get(modality, **self.cfg.modality_overrides)
+        self.fs, self.pre, self.n = float(fs), int(pre_samples), int(n_samples)
+        self.names = list(channel_names)
+        n_ch = len(self.names)
+        self.baseline_end_s = baseline_end_s
+        m = self.modality
+        blank = conditioning.blank_slice(self.fs, self.pre, self.n, m.blank_ms)
+        blank_end = blank.stop
+        self.blank_end = blank_end
+        keep = np.ones(self.n, dtype=bool)
+        keep[blank] = False
+        if m.single_trial:
+            # MEP: the response is the signal; judge cautery and the noise on what precedes the train, or
+            # else on the sweep's last 10 ms (MEPs are over by ~60 ms).
+            keep[self.pre:] = False
+            if keep.sum() < 16:
+                keep[:] = False
+                keep[-max(16, int(0.010 * self.fs)):] = True
+        self.keep = keep
+        # MEP: no mains cancellation. Trains come every few seconds (too sparse to follow the mains phase)
+        # and a 1 mV response dwarfs 15 µV of hum; the onset threshold is set above the noise, hum included.
+        self.cond = Conditioner(self.fs, self.n, self.pre, m.band_hz, m.blank_ms,
+                                () if m.single_trial else self.cfg.mains_hz,
+                                baseline_mask=keep if m.single_trial else None)
+        amp_limit = self.cfg.amplitude_uv or (20_000.0 if m.single_trial else 250.0)
+        self.rejector = ArtifactRejector(n_ch, amplitude_uv=amp_limit, adaptive_rms=not m.single_trial)
+        window = np.zeros(self.n, dtype=bool)
+        window[blank_end:] = True
+        self.window = window
+        kinds = self.cfg.averages or [self.cfg.average] * n_ch
+        self.averages = PerChannelAverages(kinds, self.n, window)
+        self.sites = [modalities.site_of(nm, m.name) for nm in self.names]
+        self.markers = [PeakMarker(m, site, self.fs, self.pre) for site in self.sites]
+        self.tracker = Tracker(self.fs, self.n, self.pre, blank_end, m.band_hz[1], n_ch)
+        self.accum = BaselineAccumulator(n_ch, self.n, self.tracker.idx, window=window)
+        self.baseline_set = False
+        self.tracked = np.zeros(n_ch, dtype=bool)
+        self.baseline_peaks: list[dict[str, Peak]] = [{} for _ in range(n_ch)]
+        self.ssep_alerts = SsepAlerts(m, self.names, z=self.cfg.z, confirm=self.cfg.confirm)
+        self.mep_alerts = MepAlerts(m, self.names, confirm=self.cfg.mep_confirm)
+        self._mep_base: list[list[tuple[float, float]]] = [[] for _ in range(n_ch)]
+        self.mep_baseline = np.full((n_ch, 2), np.nan)  # (p2p µV, onset ms) medians
+        self.last_t = -np.inf
+
+    # -- baseline -------------------------------------------------------------------------------------
+    def set_baseline(self) -> None:
+        """Freeze the baseline from what was accumulated (on demand, or at baseline_end_s)."""
+        if self.modality.single_trial:
+            for c, trials in enumerate(self._mep_base):
+                good = [(p, o) for p, o in trials if np.isfinite(o)]
+                if len(good) >= min(2, self.cfg.min_baseline_sweeps):
+                    self.mep_baseline[c] = np.median(np.array(good), axis=0)
+            self.tracked = np.isfinite(self.mep_baseline[:, 0])
+        else:
+            mean, a, b = self.accum.halves()
+            n_ch = len(self.names)
+            stacks = [self.accum.stack(c) for c in range(n_ch)]
+            k = max(1, max(len(s) for s in stacks))
+            stack = np.zeros((k, n_ch, len(self.tracker.idx)))
+            for c, s in enumerate(stacks):
+                if len(s):
+                    stack[-len(s):, c] = s
+                    stack[: k - len(s), c] = s[0]  # pad (never used when enough baseline sweeps)
+            self.tracker.set_baseline(mean, a, b, stack)
+            assert self.tracker.bank is not None
+            enough = np.array([len(s) >= self.cfg.min_baseline_sweeps for s in stacks])
+            self.tracker.bank.valid &= enough
+            self.tracked = self.tracker.bank.valid.copy()
+            base = Average(mean, a, b, self.accum.n.astype(float), np.zeros(n_ch), np.zeros(n_ch))
+            self.baseline_peaks = [self.markers[c].measure(base.channel(c)) for c in range(n_ch)]
+        self.baseline_set = True
+
+    def baseline_reference(self, ch: int) -> tuple[float, float]:
+        """(amplitude µV, latency ms) that ratio 1 stands for on a channel: the named pair's peak to peak
+        and the first peak's latency at baseline (SSEP), or the baseline medians (MEP)."""
+        if self.modality.single_trial:
+            return float(self.mep_baseline[ch, 0]), float(self.mep_baseline[ch, 1])
+        peaks = self.baseline_peaks[ch]
+        pair = self.markers[ch].pair
+        if pair and "%s-%s" % pair in peaks:
+            p = peaks["%s-%s" % pair]
+            return abs(p.amplitude_uv), p.latency_ms
+        if peaks:
+            p = next(iter(peaks.values()))
+            return abs(p.amplitude_uv), p.latency_ms
+        return float("nan"), float("nan")
+
+    # -- one sweep ------------------------------------------------------------------------------------
+    def process(self, sweep_uv: np.ndarray, stim_time_s: float) -> SweepResult:
+        """Evaluate one sweep [n_channels, n_samples] (µV, raw) stimulated at stim_time_s."""
+        raw = np.asarray(sweep_uv, dtype=np.float64).reshape(len(self.names), self.n)
+        t = float(stim_time_s)
+        if (not self.baseline_set and self.baseline_end_s is not None and t > self.baseline_end_s):
+            self.set_baseline()
+        finite = np.all(np.isfinite(raw), axis=1)
+        if not finite.all():
+            raw = np.where(np.isfinite(raw), raw, 0.0)
+        x = self.cond(raw, t)
+        reasons = self.rejector.check(raw, x, self.keep)
+        for c in np.flatnonzero(~finite):
+            if reasons[c] is not None:
+                self.rejector.counts[c][reasons[c]] -= 1  # type: ignore[index]
+            self.rejector.counts[c]["nonfinite"] = self.rejector.counts[c].get("nonfinite", 0) + 1
+            reasons[c] = "nonfinite"
+        ok = np.array([r is None for r in reasons])
+        self.last_t = t
+        if self.modality.single_trial:
+            return self._mep(x, t, reasons, ok)
+        self.averages.update(x, ok)
+        events: list[AlertEvent] = []
+        state = None
+        if not self.baseline_set:
+            self.accum.add(x, ok)
+            if self.baseline_end_s is None and bool(np.all(self.accum.is_stable())):
+                self.set_baseline()
+        else:
+            self.tracker.update(x, ok)
+            est = self.tracker.estimates()
+            before = len(self.ssep_alerts.events)
+            restart = self.ssep_alerts.update(est, t, ok, self.tracked)
+            for ch in restart:
+                self.tracker.windows.reset(ch)
+            events = self.ssep_alerts.events[before:]
+            state = self.tracker.kalman.state()
+        states = self.ssep_alerts.state if self.baseline_set else ["normal"] * len(self.names)
+        return SweepResult(t, reasons, list(states), events, tracker=state)
+
+    def _mep(self, x: np.ndarray, t: float, reasons: list[str | None], ok: np.ndarray) -> SweepResult:
+        feats = mep_features(x, self.fs, self.pre, self.blank_end, noise_mask=self.keep)
+        events: list[AlertEvent] = []
+        if not self.baseline_set:
+            for c in np.flatnonzero(ok):
+                self._mep_base[c].append((float(feats.p2p_uv[c]), float(feats.onset_ms[c])))
+            if self.baseline_end_s is None and all(len(b) >= 3 for b in self._mep_base):
+                self.set_baseline()
+        else:
+            ratio = feats.p2p_uv / self.mep_baseline[:, 0]
+            onset_ratio = feats.onset_ms / self.mep_baseline[:, 1]
+            loss = ~np.isfinite(feats.onset_ms) | (feats.p2p_uv < self.modality.loss_uv)
+            before = len(self.mep_alerts.events)
+            self.mep_alerts.update(ratio, onset_ratio, loss, t, ok, self.tracked)
+            events = self.mep_alerts.events[before:]
+        states = self.mep_alerts.state if self.baseline_set else ["normal"] * len(self.names)
+        return SweepResult(t, reasons, list(states), events, mep=feats)
+
+    # -- read-outs ------------------------------------------------------------------------------------
+    @property
+    def alerts(self) -> list[AlertEvent]:
+        return self.mep_alerts.events if self.modality.single_trial else self.ssep_alerts.events
+
+    def rejected(self) -> dict[str, dict[str, int]]:
+        return {nm: {k: v for k, v in counts.items() if v} for nm, counts in zip(self.names, self.rejector.counts,
+                                                                                   strict=True)}
+
+    def peaks(self, ch: int) -> dict[str, Peak]:
+        """Named peaks of a channel's current display average (manual overrides: self.markers[ch])."""
+        return self.markers[ch].measure(self.averages.estimate().channel(ch))
