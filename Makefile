@@ -21,13 +21,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/ionm demo
 
-# Debian's chromium for the console's browser tests (Playwright drives it; it never downloads a browser).
-$(CHROMIUM):
+# Debian's chromium for the console's browser tests (Playwright drives it; it never downloads a browser),
+# and poppler's pdftoppm to look at the PDF reports.
+$(CHROMIUM) /usr/bin/pdftoppm:
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium poppler-utils >/dev/null
 
 # The whole suite, slow tests included; pytest-timeout turns a hang into a failure.
-test: $(STAMP) $(CHROMIUM)
+test: $(STAMP) $(CHROMIUM) /usr/bin/pdftoppm
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 $(STUBS)/.installed: Makefile
@@ -38,7 +39,7 @@ $(STUBS)/.installed: Makefile
 # ruff everywhere; mypy on the host package; the firmware against the RP2350 MicroPython stubs.
 lint: $(STAMP) $(STUBS)/.installed
 	$(BIN)/ruff check .
-	$(BIN)/mypy host/ionm hardware/ionm_hw
+	MYPYPATH=host:hardware $(BIN)/mypy host/ionm hardware/ionm_hw
 	$(BIN)/python tools/typecheck_firmware.py --stubs $(STUBS)
 
 # Every firmware and protocol module compiled for the board's architecture.

@@ -388,9 +388,9 @@ def _shape(s: Settings, table: npt.NDArray[np.float64] | None, cycles: npt.NDArr
 def divider_ratio(board_def: Mapping[str, Any] | None = None) -> float:
     """Amplifier-input volts per generator-terminal volt of the bench divider (board.json `bench`)."""
     if board_def is None:
-        from ionm import board
+        import ionm.board
 
-        board_def = board.load()
+        board_def = ionm.board.load()
     bench = board_def["bench"]
     top, bottom = float(bench["divider_r_top_ohm"]), float(bench["divider_r_bottom_ohm"])
     if top < 0 or bottom <= 0:

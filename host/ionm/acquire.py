@@ -115,10 +115,19 @@ class SweepSpec:
     channels: tuple[int, ...]  # board channels recorded for this program
     pre_ms: float
     post_ms: float
+    train: int = 1  # stimuli per sweep: a TcMEP train's sweep is aligned to its last pulse
+    train_gap_ms: float = 12.0  # pulses further apart than this start a new train
+
+
+OTHER_ARTEFACT_MS = 3.0  # blanked after every stimulus that falls inside another stimulus's sweep
 
 
 class LiveCase:
-    """Sweeps from a BoardSession: feed() blocks and events (as the session's callbacks), iterate sweeps()."""
+    """Sweeps from a BoardSession: feed() blocks and events (as the session's callbacks), iterate sweeps().
+
+    Interleaved programs put other outputs' stimuli inside a sweep (four outputs at 4.7 Hz are 53 ms apart;
+    a tibial sweep is 95 ms long). The host knows every stimulus index, so their artefacts are blanked by
+    linear interpolation over OTHER_ARTEFACT_MS; the sweep's own stimulus is left for the pipeline."""
 
     def __init__(self, specs: dict[int, SweepSpec], channel_names: dict[int, str], history_s: float = 2.0) -> None:
         self.specs = specs
@@ -129,10 +138,20 @@ class LiveCase:
         self._buf_first = 0  # sample index of _buf[0]
         self._valid_until = 0  # samples below this index are in _buf (or NaN where lost)
         self._pending: list[tuple[int, int]] = []  # (stim index, program)
+        self._trains: dict[int, list[int]] = {}  # program -> pulse indices of the train in progress
+        self._stimuli: list[int] = []  # recent stimulus indices of every program (artefacts to blank)
+        self.blanked = 0  # artefacts of other stimuli blanked inside sweeps
         self._out: queue.Queue[Sweep | None] = queue.Queue()
         self._lock = threading.Lock()
         self.t0_index = 0
         self.sweeps_cut = 0
+
+    def set_specs(self, specs: dict[int, SweepSpec]) -> None:
+        """New programs on the board: sweeps of the old ones still pending are dropped, not mislabelled."""
+        with self._lock:
+            self.specs = specs
+            self._pending = []
+            self._trains = {}
 
     def set_configuration(self, conf_reply: dict[str, Any]) -> None:
         with self._lock:
@@ -168,8 +187,21 @@ class LiveCase:
 
     def on_event(self, body: dict[str, Any]) -> None:
         if body.get("kind") == "stim" and body.get("program", -1) in self.specs:
+            prog, index = int(body["program"]), int(body["index"])
+            spec = self.specs[prog]
             with self._lock:
-                self._pending.append((int(body["index"]), int(body["program"])))
+                self._stimuli.append(index)
+                del self._stimuli[:-64]
+                if spec.train > 1:  # collect the train; its sweep is locked to the last pulse
+                    fs = float(self._conf["rate_hz"]) if self._conf else 1.0
+                    train = self._trains.setdefault(prog, [])
+                    if train and index - train[-1] > spec.train_gap_ms * fs / 1000:
+                        train.clear()  # an incomplete train (a latch lost): start over
+                    train.append(index)
+                    if len(train) < spec.train:
+                        return
+                    train.clear()
+                self._pending.append((index, prog))
                 self._cut_ready()
 
     def _cut_ready(self) -> None:
@@ -177,12 +209,16 @@ class LiveCase:
             return
         fs = float(self._conf["rate_hz"])
         chan_pos = {c: i for i, c in enumerate(self._conf["channels"])}
+        # one block more than the window: a stimulus latched in the window's last block is reported just
+        # after that block's data, and must be known before its artefact can be blanked
+        margin = int(self._conf["samples_per_frame"])
+        blank = max(1, int(round(OTHER_ARTEFACT_MS * fs / 1000)))
         keep = []
         for stim, prog in self._pending:
             spec = self.specs[prog]
             pre = int(round(spec.pre_ms * fs / 1000))
             post = int(round(spec.post_ms * fs / 1000))
-            if stim + post > self._valid_until:
+            if stim + post + margin > self._valid_until:
                 keep.append((stim, prog))
                 continue
             lo = stim - pre - self._buf_first
@@ -190,6 +226,15 @@ class LiveCase:
                 continue  # older than the history: dropped (cannot happen unless the host stalled > history)
             cols = [chan_pos[c] for c in spec.channels if c in chan_pos]
             data = self._buf[lo:lo + pre + post, cols].T.copy()
+            for other in self._stimuli:  # blank the artefacts of the other stimuli inside this sweep
+                a = other - (stim - pre)
+                if other == stim or a + blank <= 0 or a >= pre + post:
+                    continue
+                a0, a1 = max(a, 1), min(a + blank, pre + post - 1)
+                left, right = data[:, a0 - 1], data[:, a1]
+                frac = (np.arange(a0, a1) - (a0 - 1)) / (a1 - (a0 - 1))
+                data[:, a0:a1] = left[:, None] + (right - left)[:, None] * frac[None, :]
+                self.blanked += 1
             self.sweeps_cut += 1
             self._out.put(Sweep(t_s=stim / fs, stim_index=stim, modality=spec.modality, source=spec.source, fs=fs,
                                 pre_samples=pre, channels=tuple(spec.channels),

@@ -17,6 +17,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("ionm.stream", "stream from a board and print link statistics"),
     "demo": ("ionm.demo", "the virtual board and the console, for a first look"),
     "evaluate": ("ionm.evaluate", "evaluate a sweep file (.npz) offline: alerts or per-trial features"),
+    "console": ("ionm.console_cmd", "the case console: live waveforms, trends, alerts, notes, stimulation"),
+    "users": ("ionm.console.users_cmd", "console user accounts (technologist, physician, read-only)"),
+    "replay": ("ionm.replay", "play a recorded case through the console"),
+    "export": ("ionm.export", "export a recorded case as EDF+/BDF+ or CSV"),
+    "report": ("ionm.report", "write a recorded case's PDF report"),
+    "flash": ("ionm.flash", "build the firmware and flash it to a board, or update a running board"),
+    "calibrate": ("ionm.calibrate", "calibrate a board's amplifier and stimulator"),
+    "bench": ("ionm.benchtest", "verify a board against its specification with a signal generator"),
 }
 
 

@@ -227,7 +227,12 @@ class BoardLink:
             hb_samples = int(self.heartbeat_s * conf["rate_hz"])
             if first + n - self._hb_board_index >= hb_samples or first + n < self._hb_board_index:
                 self._hb_board_index = first + n
-                self.send(m.HEARTBEAT, {})
+                if not self._stop.is_set():
+                    try:
+                        self.send(m.HEARTBEAT, {})
+                    except Exception:  # the port closed under us: closing is not an error
+                        if not self._stop.is_set():
+                            raise
         self.stats.data_frames += 1
         self.stats.samples_received += n
         for ch in channels:

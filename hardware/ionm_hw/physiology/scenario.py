@@ -80,9 +80,9 @@ DEFAULTS: dict[str, Any] = {
 
 def scenarios_dir() -> Path:
     try:
-        from ionm import paths
+        import ionm.paths
 
-        return paths.scenarios_dir()
+        return ionm.paths.scenarios_dir()
     except FileNotFoundError:
         return Path(__file__).resolve().parents[2] / "scenarios"
 

@@ -1,0 +1,781 @@
+"""The case engine: case state built from sweeps through the pipeline, commands, and frames for the clients.
+
+One engine thread does everything that changes case state, in order: it takes sweeps from a queue (filled by
+the source thread), runs each through its stream's Evaluator (ionm.pipeline), records it, and executes user
+commands between sweeps — so there are no locks on case state. What the clients see leaves as frames: small
+JSON documents, each the whole current state of one part (a stream's averages, the alert list, link health),
+so a client that falls behind can skip to the newest without missing anything; only trend points and timeline
+events are incremental (see server.Hub).
+
+A stream is one stimulated site (modality/source, e.g. "ssep-lower/L tibial"); each has its own Evaluator.
+Baselines are set on demand (B): a new Evaluator is fed the stream's recent raw sweeps and its baseline set on
+a background thread (set_baseline costs ~1 s per stream, longer than a sweep period), then caught up with the
+sweeps that arrived meanwhile and swapped in. The same mechanism re-baselines and, after a restart, rebuilds the
+baselines recorded in the store from the recorded sweeps.
+
+Sources are swappable: any iterable of ionm.sweep.Sweep, optionally with link_health() -> dict and close().
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ionm.console.stimulation import Stimulation, StimulationError
+from ionm.console.store import CaseStore
+from ionm.sweep import Sweep
+
+ROLES = ("technologist", "physician", "read-only")
+PERMISSIONS: dict[str, set[str]] = {
+    "technologist": {"baseline", "ack", "note", "stim", "peak", "close"},
+    "physician": {"ack", "note"},
+    "read-only": set(),
+}
+DISPLAY_POINTS = 400  # samples per displayed trace: enough for a 400 px wide plot
+STACK_EVERY_S = 10.0  # case seconds between traces of the waveform stack (and stored averages)
+STACK_DEPTH = 8
+TREND_EVERY_S = 1.0  # case seconds between trend points per stream
+BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
+LINK_EVERY_S = 1.0
+PUBLISH_EVERY_S = 0.1  # when sweeps queue up (fast replay), frames at least this often
+
+
+class CommandError(Exception):
+    pass
+
+
+def _num(v: Any, digits: int = 3) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return round(f, digits) if math.isfinite(f) else None
+
+
+def decimate(x: np.ndarray, points: int = DISPLAY_POINTS) -> tuple[np.ndarray, int]:
+    """[..., n] -> [..., <= points] by block means (keeps peak latency within a block); returns the step."""
+    step = max(1, int(math.ceil(x.shape[-1] / points)))
+    m = x.shape[-1] // step * step
+    return x[..., :m].reshape(*x.shape[:-1], -1, step).mean(axis=-1), step
+
+
+def trace(w: np.ndarray) -> list[float | None]:
+    """A displayed trace as JSON numbers (µV to 1/1000; a gap where the value is not finite)."""
+    return [round(float(v), 3) if math.isfinite(v) else None for v in w]
+
+
+def short_name(name: str) -> str:
+    """'C4'-Fz (L median cortical N20)' -> "C4'-Fz L median cortical N20" without the clutter."""
+    return name.replace("(", "").replace(")", "")
+
+
+@dataclass
+class Stream:
+    key: str
+    modality: str
+    source: str
+    fs: float
+    pre: int
+    n: int
+    names: list[str]
+    channels: tuple[int, ...]
+    evaluator: Any
+    display_cond: Any  # stateless conditioning for the single-trial (MEP) display
+    show: list[bool]
+    seq: int = 0
+    rejected: int = 0
+    recent: deque[tuple[float, np.ndarray]] = field(default_factory=deque)
+    baseline: dict[str, Any] | None = None
+    baseline_pending: bool = False
+    catchup: list[tuple[float, np.ndarray]] | None = None
+    stack: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STACK_DEPTH))
+    last_stack_t: float = -math.inf
+    last_trend_t: float = -math.inf
+    t_s: float = 0.0
+    last_trial: np.ndarray | None = None  # MEP: the newest conditioned trial
+    last_mep: Any = None
+    last_tracker: Any = None
+    states: list[str] = field(default_factory=list)
+    dirty: bool = False
+    arr0: float | None = None  # arrival (wall) of the oldest sweep not yet in a published frame
+    arr1: float = 0.0
+
+
+class CaseEngine:
+    """Case state for one case of the store. Feed it with run_source() (or put_sweep()), command it with submit(),
+    listen with subscribe()."""
+
+    def __init__(self, store: CaseStore, case_id: int, *, stimulation: Stimulation | None = None,
+                 link_health: Callable[[], dict[str, Any]] | None = None, auto_baseline_s: float | None = None,
+                 queue_size: int = 2048, evaluator_config: Any = None, record: bool = True):
+        self.store = store
+        self.case_id = int(case_id)
+        self.case = store.case(case_id)
+        self.stimulation = stimulation
+        self.link_health = link_health
+        self.auto_baseline_s = auto_baseline_s
+        self.evaluator_config = evaluator_config
+        self.record = record  # False for replays into a scratch store that must not grow (not used by default)
+        self.streams: dict[str, Stream] = {}
+        self.alerts: list[dict[str, Any]] = []
+        self.timeline: list[dict[str, Any]] = []
+        self.trend: dict[str, list[dict[str, Any]]] = {}
+        self.link: dict[str, Any] = {}
+        self.paused_source = False
+        self.t_s = 0.0
+        self.stats: dict[str, Any] = {"sweeps": 0, "frames": 0, "engine_latency_ms": deque(maxlen=2000)}
+        self._sweeps: queue.Queue[Sweep | None] = queue.Queue(maxsize=queue_size)
+        self._arrivals: dict[int, float] = {}
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], cf.Future[Any]]] = queue.SimpleQueue()
+        self._subscribers: list[Callable[[list[tuple[str, str, float | None]], list[str]], None]] = []
+        self._baseline_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._running = False
+        self._source_done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._bl_thread: threading.Thread | None = None
+        self._last_publish = 0.0
+        self._last_link = 0.0
+        self._alert_seq = 0
+        self._timeline_seq = 0
+        self._sources: list[Any] = []
+        self.errors: deque[str] = deque(maxlen=100)
+        self._schedule: list[tuple[float, Callable[[], None]]] = []  # (case time, action): replays
+
+    # ================================================================ lifecycle
+    def start(self) -> None:
+        # Import the pipeline now (scipy takes a second): not on the first sweep, where it would delay the view.
+        from ionm.pipeline import conditioning, evaluator  # noqa: F401
+
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="case-engine", daemon=True)
+        self._thread.start()
+        self._bl_thread = threading.Thread(target=self._baseline_loop, name="case-baselines", daemon=True)
+        self._bl_thread.start()
+
+    def stop(self) -> None:
+        for src in self._sources:
+            close = getattr(src, "close", None)
+            if close:
+                close()
+        self._running = False
+        if self._thread:
+            self._thread.join(timeout=10)
+        self._baseline_jobs.put(lambda: None)
+        self.store.flush()
+
+    def run_source(self, source: Iterable[Sweep]) -> threading.Thread:
+        """Iterate the source on its own thread, feeding the engine (blocking when the queue is full, which only
+        a faster-than-real-time source can fill)."""
+        self._sources.append(source)
+        self._source_done.clear()
+
+        def pump() -> None:
+            try:
+                for sw in source:
+                    if not self._running:
+                        break
+                    self.put_sweep(sw)
+            finally:
+                self._source_done.set()
+
+        t = threading.Thread(target=pump, name="sweep-source", daemon=True)
+        t.start()
+        return t
+
+    def at(self, t_s: float, action: Callable[[], None]) -> None:
+        """Run action on the engine thread once the case reaches t_s (a replay re-enacts recorded baselines and
+        shows recorded notes when they happened). Call before start()."""
+        self._schedule.append((float(t_s), action))
+        self._schedule.sort(key=lambda x: x[0])
+
+    def put_sweep(self, sweep: Sweep) -> None:
+        self._arrivals[id(sweep)] = time.time()
+        self._sweeps.put(sweep)
+
+    def subscribe(self, callback: Callable[[list[tuple[str, str, float | None]], list[str]], None]) -> None:
+        """callback(frames, appends) on the engine thread: frames are (key, json, arrival of the oldest sweep in
+        it or None), appends json strings. It must not block (the server hands them to its event loop)."""
+        self._subscribers.append(callback)
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Until the source is exhausted and every queued sweep processed (tests, replays)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._source_done.is_set() and self._sweeps.empty() and not any(
+                    s.baseline_pending for s in self.streams.values()):
+                return self.call(lambda: True, timeout=max(0.1, end - time.monotonic()))
+            time.sleep(0.02)
+        return False
+
+    # ================================================================ commands
+    def submit(self, user: str, role: str, msg: dict[str, Any]) -> cf.Future[Any]:
+        """A user command, executed on the engine thread between sweeps; the future holds the reply."""
+        return self._submit(lambda: self._command(user, role, msg))
+
+    def call(self, fn: Callable[[], Any], timeout: float = 30.0) -> Any:
+        """Run fn on the engine thread and return its result (tests, snapshots)."""
+        return self._submit(fn).result(timeout)
+
+    def _submit(self, fn: Callable[[], Any]) -> cf.Future[Any]:
+        fut: cf.Future[Any] = cf.Future()
+        self._commands.put((fn, fut))
+        return fut
+
+    def _command(self, user: str, role: str, msg: dict[str, Any]) -> dict[str, Any]:
+        cmd = str(msg.get("cmd", ""))
+        if cmd not in PERMISSIONS.get(role, set()):
+            self.store.audit(self.case_id, user, "denied", {"cmd": cmd, "role": role})
+            raise CommandError("%s may not %s" % (role, cmd or "do that"))
+        if cmd == "note":
+            text = str(msg.get("text", "")).strip()
+            if not text:
+                raise CommandError("empty note")
+            self.store.add_note(self.case_id, self.t_s, user, text)
+            self.store.audit(self.case_id, user, "note", {"t_s": self.t_s, "text": text})
+            self._event("note", text, user)
+            return {"t_s": self.t_s}
+        if cmd == "ack":
+            return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip())
+        if cmd == "baseline":
+            keys = [str(msg["stream"])] if msg.get("stream") else list(self.streams)
+            started = [k for k in keys if k in self.streams and self.request_baseline(k, user)]
+            if not started:
+                raise CommandError("no stream to set a baseline on (no sweeps yet, or one is being set)")
+            return {"streams": started}
+        if cmd == "stim":
+            return self._stim(user, dict(msg.get("command") or {}), bool(msg.get("confirmed")))
+        if cmd == "peak":
+            return self._peak(user, msg)
+        if cmd == "close":
+            self.store.close_case(self.case_id, user, str(msg.get("note", "")))
+            self._event("event", "case closed", user)
+            return {"closed": True}
+        raise CommandError("unknown command %r" % cmd)
+
+    def _ack(self, user: str, uid: str, note: str) -> dict[str, Any]:
+        alert = next((a for a in self.alerts if a["uid"] == uid), None)
+        if alert is None:
+            raise CommandError("no alert %r" % uid)
+        if alert.get("ack"):
+            raise CommandError("alert already acknowledged by %s" % alert["ack"]["user"])
+        if not note:
+            raise CommandError("an acknowledgement needs a note (what was done, who was told)")
+        self.store.add_ack(self.case_id, uid, self.t_s, user, note)
+        self.store.audit(self.case_id, user, "ack", {"alert": uid, "note": note, "t_s": self.t_s})
+        alert["ack"] = {"user": user, "note": note, "wall": time.time(), "t_s": self.t_s}
+        self._event("ack", "%s: %s" % (alert["label"], note), user)
+        self._publish_alerts()
+        return {"alert": uid}
+
+    def _stim(self, user: str, command: dict[str, Any], confirmed: bool) -> dict[str, Any]:
+        if self.stimulation is None:
+            raise CommandError("no stimulator connected")
+        if command.get("action") == "tcmep_train" and not confirmed:
+            raise CommandError("a TcMEP train needs confirmation (bite block in place, surgeon warned)")
+        try:
+            state = self.stimulation.apply(command)
+        except StimulationError as exc:
+            self.store.audit(self.case_id, user, "stim.refused", {"command": command, "reason": str(exc)})
+            raise CommandError(str(exc)) from None
+        self.store.add_program(self.case_id, self.t_s, user, "stimulation", {"command": command, "program": state})
+        self.store.audit(self.case_id, user, "stim", {"command": command})
+        self._event("stim", describe_stim(command), user)
+        self._publish_stim()
+        return {"program": state}
+
+    def _peak(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        st = self.streams.get(str(msg.get("stream")))
+        if st is None or st.modality == "mep":
+            raise CommandError("no SSEP stream %r" % msg.get("stream"))
+        ch, name = int(msg.get("channel", -1)), str(msg.get("name", ""))
+        if not 0 <= ch < len(st.names):
+            raise CommandError("no channel %d" % ch)
+        lat = msg.get("latency_ms")
+        try:
+            if lat is None:
+                st.evaluator.markers[ch].clear(name)
+            else:
+                st.evaluator.markers[ch].override(name, float(lat))
+        except KeyError as exc:
+            raise CommandError(str(exc)) from None
+        self.store.add_peak_mark(self.case_id, st.key, self.t_s, user, ch, name, None if lat is None else float(lat))
+        self.store.audit(self.case_id, user, "peak", {"stream": st.key, "channel": ch, "name": name,
+                                                       "latency_ms": lat})
+        st.dirty = True
+        return {}
+
+    # ================================================================ the engine thread
+    def _loop(self) -> None:
+        while self._running:
+            try:
+                self._step()
+            except Exception as exc:  # one bad sweep or frame must not stop monitoring: record and go on
+                self.errors.append(repr(exc))
+                self.store.audit(self.case_id, "system", "engine.error", {"error": repr(exc), "t_s": self.t_s})
+        self._run_commands()
+
+    def _step(self) -> None:
+        self._run_commands()
+        try:
+            sw = self._sweeps.get(timeout=0.05)
+        except queue.Empty:
+            sw = None
+        if sw is not None:
+            self._process(sw, self._arrivals.pop(id(sw), time.time()))
+        now = time.monotonic()
+        if self._sweeps.empty() or now - self._last_publish >= PUBLISH_EVERY_S:
+            self._publish_dirty()
+        if self.link_health is not None and now - self._last_link >= LINK_EVERY_S:
+            self._last_link = now
+            self._poll_link()
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def _new_stream(self, sw: Sweep, key: str) -> Stream:
+        from ionm.pipeline import conditioning, modalities
+
+        names = list(sw.channel_names)
+        side = modalities.side_of(sw.source)
+        show = [side is None or modalities.side_of(nm) in (None, side) for nm in names]
+        m = modalities.get(sw.modality)
+        cond = conditioning.Conditioner(sw.fs, sw.data_uv.shape[1], sw.pre_samples, m.band_hz, m.blank_ms, ())
+        depth = BASELINE_SWEEPS["mep" if sw.modality == "mep" else "ssep"]
+        st = Stream(key, sw.modality, sw.source, float(sw.fs), int(sw.pre_samples), int(sw.data_uv.shape[1]), names,
+                    tuple(sw.channels), self._evaluator(sw.fs, sw.pre_samples, sw.data_uv.shape[1], sw.modality, names),
+                    cond, show, recent=deque(maxlen=depth), states=["normal"] * len(names))
+        self.streams[key] = st
+        self.trend.setdefault(key, [])
+        return st
+
+    def _evaluator(self, fs: float, pre: int, n: int, modality: str, names: list[str]) -> Any:
+        from ionm.pipeline.evaluator import Evaluator, EvaluatorConfig
+
+        # baseline_end_s = inf: the evaluator never sets a baseline by itself; the engine decides when.
+        return Evaluator(fs, pre, n, modality, names, baseline_end_s=math.inf,
+                         config=self.evaluator_config or EvaluatorConfig())
+
+    def _process(self, sw: Sweep, arrival: float) -> None:
+        key = "%s/%s" % (sw.modality, sw.source)
+        st = self.streams.get(key)
+        if st is None:
+            st = self._new_stream(sw, key)
+            self.store.add_stream(self.case_id, key, sw)
+            self.store.add_program(self.case_id, sw.t_s, "system", "montage",
+                                   {"stream": key, "channels": list(sw.channels), "names": st.names})
+            self._event("event", "stream %s started (%d channels)" % (key, len(st.names)), "system")
+        data = np.asarray(sw.data_uv, dtype=np.float32)
+        res = st.evaluator.process(data, sw.t_s)
+        st.recent.append((sw.t_s, data))
+        if st.catchup is not None:
+            st.catchup.append((sw.t_s, data))
+        self.store.add_sweep(self.case_id, key, st.seq, sw, res.reasons)
+        st.seq += 1
+        st.rejected += any(r is not None for r in res.reasons)
+        st.t_s = self.t_s = max(self.t_s, sw.t_s)
+        st.states = list(res.states)
+        if res.mep is not None:
+            st.last_mep = res.mep
+            st.last_trial = st.display_cond(data.astype(np.float64), sw.t_s)
+        if res.tracker is not None:
+            st.last_tracker = res.tracker
+        for ev in res.alerts:
+            self._alert(st, ev)
+        if sw.t_s - st.last_trend_t >= TREND_EVERY_S:
+            st.last_trend_t = sw.t_s
+            self._trend_point(st)
+        if sw.t_s - st.last_stack_t >= STACK_EVERY_S:
+            st.last_stack_t = sw.t_s
+            self._stack_push(st, "periodic")
+        while self._schedule and self._schedule[0][0] <= self.t_s:
+            self._schedule.pop(0)[1]()
+        if self.auto_baseline_s is not None and sw.t_s >= self.auto_baseline_s and st.baseline is None \
+                and not st.baseline_pending:
+            self.request_baseline(key, "system")
+        st.dirty = True
+        st.arr0 = arrival if st.arr0 is None else st.arr0
+        st.arr1 = arrival
+        self.stats["sweeps"] += 1
+
+    # ---------------------------------------------------------------- what a stream shows
+    def _display(self, st: Stream) -> tuple[np.ndarray, list[float]]:
+        """The traces shown for a stream [ch, n] (µV): the running average (SSEP) or the newest trial (MEP)."""
+        if st.modality == "mep":
+            x = st.last_trial if st.last_trial is not None else np.zeros((len(st.names), st.n))
+            return x, [1.0] * len(st.names)
+        avg = st.evaluator.averages.estimate()
+        return avg.mean, [float(v) for v in avg.n]
+
+    def _ratios(self, st: Stream) -> tuple[list[float | None], list[float | None]]:
+        ev = st.evaluator
+        n = len(st.names)
+        if not ev.baseline_set:
+            return [None] * n, [None] * n
+        if st.modality == "mep" and st.last_mep is not None:
+            amp = st.last_mep.p2p_uv / ev.mep_baseline[:, 0]
+            lat = st.last_mep.onset_ms / ev.mep_baseline[:, 1]
+        elif st.last_tracker is not None:
+            amp, lat = st.last_tracker.amplitude, st.last_tracker.latency
+        else:
+            return [None] * n, [None] * n
+        return ([_num(a, 4) if ev.tracked[c] else None for c, a in enumerate(amp)],
+                [_num(v, 4) if ev.tracked[c] else None for c, v in enumerate(lat)])
+
+    def _measures(self, st: Stream) -> tuple[list[float | None], list[float | None], list[list[dict[str, Any]]]]:
+        """Per channel: amplitude µV and latency ms of the main measure, and the marked peaks."""
+        n = len(st.names)
+        amp: list[float | None] = [None] * n
+        lat: list[float | None] = [None] * n
+        marks: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+        if st.modality == "mep":
+            if st.last_mep is not None:
+                for c in range(n):
+                    amp[c], lat[c] = _num(st.last_mep.p2p_uv[c], 1), _num(st.last_mep.onset_ms[c], 2)
+                    if lat[c] is not None:
+                        marks[c].append({"name": "onset", "lat": lat[c], "amp": 0.0})
+            return amp, lat, marks
+        for c in range(n):
+            peaks = st.evaluator.peaks(c)
+            pair = st.evaluator.markers[c].pair
+            main = peaks.get("%s-%s" % pair) if pair else None
+            if main is None and peaks:
+                main = next(iter(peaks.values()))
+            if main is not None:
+                amp[c], lat[c] = _num(abs(main.amplitude_uv), 3), _num(main.latency_ms, 2)
+            marks[c] = [{"name": p.name, "lat": _num(p.latency_ms, 2), "amp": _num(p.amplitude_uv, 3),
+                         "manual": p.manual} for nm, p in peaks.items() if "-" not in nm]
+        return amp, lat, marks
+
+    def _stream_frame(self, st: Stream) -> dict[str, Any]:
+        ev = st.evaluator
+        x, counts = self._display(st)
+        wave, step = decimate(np.asarray(x, dtype=np.float64))
+        base = None
+        if st.baseline is not None:
+            base = decimate(st.baseline["mean"])[0]
+        amp, lat, marks = self._measures(st)
+        ra, rl = self._ratios(st)
+        m = ev.modality
+        chans = []
+        for c, name in enumerate(st.names):
+            ref = st.baseline["refs"][c] if st.baseline is not None else None
+            chans.append({
+                "name": short_name(name), "show": st.show[c], "state": st.states[c],
+                "n": round(counts[c], 1), "wave": trace(wave[c]),
+                "base": None if base is None else trace(base[c]),
+                "peaks": marks[c], "amp": amp[c], "lat": lat[c], "amp_ratio": ra[c], "lat_ratio": rl[c],
+                "ref": ref,
+            })
+        return {
+            "key": st.key, "modality": st.modality, "source": st.source, "t_s": round(st.t_s, 3), "seq": st.seq,
+            "rejected": st.rejected, "x0_ms": -st.pre / st.fs * 1000.0, "dt_ms": step / st.fs * 1000.0,
+            "units": "µV", "channels": chans,
+            "baseline": None if st.baseline is None else {"t_s": st.baseline["t_s"], "user": st.baseline["user"]},
+            "baseline_pending": st.baseline_pending,
+            "criteria": {"amp_alert": _num(m.amplitude_ratio_alert), "lat_alert": _num(m.latency_ratio_alert),
+                         "amp_warning": _num(m.amplitude_ratio_warning), "lat_warning": _num(m.latency_ratio_warning)},
+        }
+
+    def _stack_push(self, st: Stream, why: str) -> None:
+        x, counts = self._display(st)
+        self.store.add_average(self.case_id, st.key, st.t_s, why, counts, x)
+        if why != "periodic":
+            return
+        wave, _ = decimate(np.asarray(x, dtype=np.float64))
+        st.stack.append({"t_s": round(st.t_s, 2), "waves": [trace(w) for w in wave]})
+        self._emit([("stack:" + st.key, {"key": st.key, "traces": list(st.stack)})], [])
+
+    def _trend_point(self, st: Stream) -> None:
+        amp, lat, _ = self._measures(st)
+        ra, rl = self._ratios(st)
+        body = {"amp_uv": amp, "lat_ms": lat, "amp": ra, "lat": rl, "states": st.states}
+        self.store.add_measurement(self.case_id, st.key, st.t_s, body)
+        point = {"k": "trend", "s": st.key, "t": round(st.t_s, 2), "amp": ra, "lat": rl}
+        self.trend[st.key].append(point)
+        self._emit([], [point])
+
+    # ---------------------------------------------------------------- alerts and the timeline
+    def _alert(self, st: Stream, ev: Any) -> None:
+        self._alert_seq += 1
+        uid = "%s-A%d" % (self.case["uid"], self._alert_seq)
+        row = {"uid": uid, "stream": st.key, "t_s": float(ev.t_s), "channel": int(ev.channel),
+               "channel_name": ev.channel_name, "criterion": ev.criterion,
+               "amplitude_ratio": _num(ev.amplitude_ratio, 4), "latency_ratio": _num(ev.latency_ratio, 4),
+               "scope": ev.scope}
+        self.store.add_alert(self.case_id, row)
+        self.store.audit(self.case_id, "system", "alert", row)
+        self._stack_push(st, "alert")
+        label = alert_label(row)
+        self.alerts.append(row | {"label": label, "wall": time.time(), "ack": None})
+        self._event("alert", label, "system")
+        self._publish_alerts()
+
+    def _event(self, kind: str, text: str, user: str, t_s: float | None = None, wall: float | None = None) -> None:
+        self._timeline_seq += 1
+        item = {"k": "event", "id": self._timeline_seq, "t_s": round(self.t_s if t_s is None else t_s, 2),
+                "wall": round(time.time() if wall is None else wall, 3), "kind": kind, "user": user, "text": text}
+        self.timeline.append(item)
+        self._emit([], [item])
+
+    # ---------------------------------------------------------------- baselines
+    def request_baseline(self, key: str, user: str) -> bool:
+        """Start setting a stream's baseline from its recent sweeps (engine thread). False if it cannot now."""
+        st = self.streams[key]
+        if st.baseline_pending or not st.recent:
+            return False
+        sweeps = list(st.recent)
+        st.baseline_pending = True
+        st.catchup = []
+        st.dirty = True
+        self._baseline_jobs.put(lambda: self._build_baseline(st, sweeps, user, self.t_s))
+        self.store.audit(self.case_id, user, "baseline.request", {"stream": key, "sweeps": len(sweeps)})
+        return True
+
+    def _baseline_loop(self) -> None:
+        while self._running:
+            job = self._baseline_jobs.get()
+            job()
+
+    def _build_baseline(self, st: Stream, sweeps: list[tuple[float, np.ndarray]], user: str, t_req: float) -> None:
+        """Baseline thread: a fresh evaluator fed with the recent sweeps, baseline set; then swapped in."""
+        try:
+            ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names)
+            for t, x in sweeps:
+                ev.process(x, t)
+            ev.set_baseline()
+        except Exception as exc:
+            err = repr(exc)
+            self._submit(lambda: self._baseline_failed(st, user, err))
+            return
+        self._submit(lambda: self._baseline_ready(st, ev, sweeps, user, t_req))
+
+    def _baseline_failed(self, st: Stream, user: str, err: str) -> None:
+        st.baseline_pending, st.catchup, st.dirty = False, None, True
+        self.store.audit(self.case_id, user, "baseline.failed", {"stream": st.key, "error": err})
+        self._event("event", "baseline of %s failed: %s" % (st.key, err), "system")
+
+    def _baseline_ready(self, st: Stream, ev: Any, sweeps: list[tuple[float, np.ndarray]], user: str,
+                        t_req: float) -> None:
+        for t, x in st.catchup or []:
+            res = ev.process(x, t)
+            for a in res.alerts:
+                self._alert(st, a)
+        for ch, marker in enumerate(st.evaluator.markers):  # manual peak marks outlive the swap
+            for name, lat in marker.overrides.items():
+                ev.markers[ch].override(name, lat)
+        st.evaluator, st.catchup, st.baseline_pending = ev, None, False
+        if st.modality == "mep":
+            mean = np.median(np.stack([st.display_cond(x.astype(np.float64), t) for t, x in sweeps]), axis=0)
+        else:
+            mean = ev.accum.halves()[0]
+        refs = []
+        for c in range(len(st.names)):
+            amp, lat = ev.baseline_reference(c)
+            refs.append({"amp_uv": _num(amp), "lat_ms": _num(lat), "tracked": bool(ev.tracked[c])})
+        peaks = [{nm: {"lat": _num(p.latency_ms), "amp": _num(p.amplitude_uv)} for nm, p in bp.items()}
+                 for bp in ev.baseline_peaks]
+        first_t, last_t = sweeps[0][0], sweeps[-1][0]
+        st.baseline = {"t_s": round(t_req, 2), "user": user, "mean": mean, "refs": refs}
+        st.states = ["normal"] * len(st.names)
+        self.store.add_baseline(self.case_id, st.key, t_req, user, first_t, last_t, refs, peaks, mean)
+        self.store.audit(self.case_id, user, "baseline", {"stream": st.key, "t_s": t_req, "sweeps": len(sweeps),
+                                                          "first_t": first_t, "last_t": last_t,
+                                                          "tracked": [r["tracked"] for r in refs]})
+        untracked = [short_name(st.names[c]) for c in range(len(st.names)) if not refs[c]["tracked"] and st.show[c]]
+        text = "baseline %s from %d sweeps" % (st.key, len(sweeps))
+        if untracked:
+            text += " (not reproducible, not tracked: %s)" % ", ".join(untracked)
+        self._event("baseline", text, user)
+        self._stack_push(st, "baseline")
+        st.dirty = True
+
+    # ---------------------------------------------------------------- link health, stimulation
+    def _poll_link(self) -> None:
+        assert self.link_health is not None
+        try:
+            link = dict(self.link_health())
+        except Exception as exc:
+            link = {"state": "error", "error": repr(exc)}
+        old = set(self.link.get("leadoff", []))
+        new = set(link.get("leadoff", []))
+        for name in sorted(new - old):
+            self._event("event", "lead off: %s" % short_name(name), "system")
+            self.store.audit(self.case_id, "system", "leadoff", {"channel": name, "t_s": self.t_s})
+        for name in sorted(old - new):
+            self._event("event", "lead back on: %s" % short_name(name), "system")
+            self.store.audit(self.case_id, "system", "leadon", {"channel": name, "t_s": self.t_s})
+        self.link = link
+        self._emit([("link", link | {"t_s": round(self.t_s, 2)})], [])
+
+    def _publish_stim(self) -> None:
+        if self.stimulation is not None:
+            self._emit([("stim", {"program": self.stimulation.state(), "limits": self.stimulation.limits()})], [])
+
+    def _publish_alerts(self) -> None:
+        self._emit([("alerts", {"alerts": [{k: v for k, v in a.items()} for a in self.alerts]})], [])
+
+    # ---------------------------------------------------------------- frames out
+    def _publish_dirty(self) -> None:
+        frames = []
+        now = time.time()
+        for st in self.streams.values():
+            if not st.dirty:
+                continue
+            f = self._stream_frame(st)
+            f["arr0"], f["arr1"] = st.arr0, st.arr1
+            frames.append(("stream:" + st.key, f))
+            if st.arr0 is not None:
+                self.stats["engine_latency_ms"].append((now - st.arr0) * 1000.0)
+            st.dirty, st.arr0 = False, None
+        self._last_publish = time.monotonic()
+        if frames:
+            self.stats["frames"] += len(frames)
+            self._emit(frames, [])
+
+    def _emit(self, frames: list[tuple[str, dict[str, Any]]], appends: list[dict[str, Any]]) -> None:
+        if not self._subscribers:
+            return
+        fj = [(k, json.dumps(v, separators=(",", ":"), allow_nan=False), v.get("arr0")) for k, v in frames]
+        aj = [json.dumps(a, separators=(",", ":"), allow_nan=False) for a in appends]
+        for cb in self._subscribers:
+            cb(fj, aj)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole state for a new client (engine thread: use call(engine.snapshot))."""
+        frames = {"stream:" + k: self._stream_frame(st) for k, st in self.streams.items()}
+        frames.update({"stack:" + k: {"key": k, "traces": list(st.stack)} for k, st in self.streams.items()})
+        frames["alerts"] = {"alerts": list(self.alerts)}
+        if self.link:
+            frames["link"] = self.link | {"t_s": round(self.t_s, 2)}
+        if self.stimulation is not None:
+            frames["stim"] = {"program": self.stimulation.state(), "limits": self.stimulation.limits()}
+        frames["case"] = self.case_info()
+        return {"frames": frames, "appends": [p for k in self.trend for p in self.trend[k]] + list(self.timeline)}
+
+    def case_info(self) -> dict[str, Any]:
+        c = self.store.case(self.case_id)
+        return {"id": c["id"], "uid": c["uid"], "patient_id": c["patient_id"], "procedure": c["procedure"],
+                "created": c["created"], "closed": c["closed"], "meta": c["meta"]}
+
+    # ================================================================ resuming a case after a restart
+    def resume(self) -> float:
+        """Rebuild the state of a case from the store (call before start()); returns the last recorded stimulus
+        time, from which the source should continue."""
+        cid = self.case_id
+        last_t = 0.0
+        baselines = {b["stream"]: b for b in self.store.baselines(cid)}  # the newest per stream wins
+        for meta in self.store.streams(cid):
+            key = meta["key"]
+            rows = self.store.query("SELECT COUNT(*), MAX(t_s) FROM sweeps WHERE case_id = ? AND stream = ?",
+                                    (cid, key))
+            count, t_max = int(rows[0][0]), rows[0][1]
+            if not count:
+                continue
+            last_t = max(last_t, float(t_max))
+            b = baselines.get(key)
+            first = None
+            for sw, _ in self.store.iter_sweeps(cid, key, t_from=float(t_max) - 120.0):
+                if first is None:
+                    first = sw
+                    st = self._new_stream(sw, key)
+                st.evaluator.process(np.asarray(sw.data_uv), sw.t_s)
+                st.recent.append((sw.t_s, np.asarray(sw.data_uv)))
+                st.t_s = sw.t_s
+            st.seq = count
+            if b is not None:
+                ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names)
+                used = [(sw.t_s, np.asarray(sw.data_uv)) for sw, _ in
+                        self.store.iter_sweeps(cid, key, t_from=b["first_t"], t_to=b["last_t"])]
+                for t, x in used:
+                    ev.process(x, t)
+                ev.set_baseline()
+                for t, x in st.recent:
+                    if t > b["last_t"]:
+                        ev.process(x, t)
+                st.evaluator = ev
+                st.baseline = {"t_s": b["t_s"], "user": b["user"], "mean": b["mean"], "refs": b["refs"]}
+            st.last_trend_t = st.last_stack_t = st.t_s
+            self.trend[key] = [{"k": "trend", "s": key, "t": round(float(m["t_s"]), 2), "amp": m["body"]["amp"],
+                                "lat": m["body"]["lat"]} for m in self.store.rows("measurements", cid)
+                               if m["stream"] == key]
+            for t, _why, mean in self.store.averages(cid, key)[-STACK_DEPTH:]:
+                wave, _ = decimate(np.asarray(mean, dtype=np.float64))
+                st.stack.append({"t_s": round(t, 2), "waves": [trace(w) for w in wave]})
+        acks = {a["alert_uid"]: a for a in self.store.rows("acks", cid)}
+        for a in self.store.rows("alerts", cid):
+            ack = acks.get(a["uid"])
+            row = {k: a[k] for k in ("uid", "stream", "t_s", "channel", "channel_name", "criterion",
+                                     "amplitude_ratio", "latency_ratio", "scope")}
+            self.alerts.append(row | {"label": alert_label(row), "wall": a["wall"],
+                                      "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
+                                                                       "wall": ack["wall"], "t_s": ack["t_s"]}})
+        self._alert_seq = len(self.alerts)
+        for item in timeline_from_store(self.store, cid):
+            self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
+        self.t_s = last_t
+        self.store.audit(cid, "system", "case.resume", {"t_s": last_t})
+        self._event("event", "case resumed after a restart at %.1f s" % last_t, "system")
+        return last_t
+
+
+def alert_label(a: dict[str, Any]) -> str:
+    amp, lat = a.get("amplitude_ratio"), a.get("latency_ratio")
+    parts = []
+    if amp is not None:
+        parts.append("amplitude %d %%" % round(100 * amp))
+    if lat is not None:
+        parts.append("latency %d %%" % round(100 * lat))
+    return "%s %s: %s (%s; %s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
+                                   ", ".join(parts), a["scope"])
+
+
+def describe_stim(cmd: dict[str, Any]) -> str:
+    action = cmd.get("action")
+    if action == "tcmep_train":
+        return "TcMEP train delivered"
+    if action == "stop_all":
+        return "all stimulation stopped"
+    rest = ", ".join("%s %s" % (k, v) for k, v in cmd.items() if k != "action")
+    return "%s: %s" % (action, rest)
+
+
+def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
+    """The case's events in time order, as the console timeline and the report show them."""
+    items: list[dict[str, Any]] = []
+    for n in store.rows("notes", case_id):
+        items.append({"t_s": n["t_s"], "wall": n["wall"], "kind": n["kind"], "user": n["user"], "text": n["text"]})
+    alerts = {}
+    for a in store.rows("alerts", case_id):
+        alerts[a["uid"]] = alert_label(a)
+        items.append({"t_s": a["t_s"], "wall": a["wall"], "kind": "alert", "user": "system",
+                      "text": alerts[a["uid"]]})
+    for a in store.rows("acks", case_id):
+        items.append({"t_s": a["t_s"], "wall": a["wall"], "kind": "ack", "user": a["user"],
+                      "text": "%s: %s" % (alerts.get(a["alert_uid"], a["alert_uid"]), a["note"])})
+    for b in store.rows("baselines", case_id):
+        items.append({"t_s": b["t_s"], "wall": b["wall"], "kind": "baseline", "user": b["user"],
+                      "text": "baseline %s" % b["stream"]})
+    for p in store.rows("programs", case_id):
+        if p["kind"] == "stimulation":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "stim", "user": p["user"],
+                          "text": describe_stim(p["body"]["command"])})
+    items.sort(key=lambda i: (i["wall"], i["t_s"]))
+    return items

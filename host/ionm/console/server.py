@@ -1,0 +1,345 @@
+"""The web console: aiohttp pages and one WebSocket per viewer, every one behind a login.
+
+Fan-out (Hub): the engine thread hands each batch of frames to the event loop (call_soon_threadsafe: never
+blocks). Every client has a slot per frame key holding only the newest frame, plus a list of incremental items
+(trend points, timeline events); its own sender task sends whatever is there when the socket is ready. A slow
+viewer therefore only skips intermediate frames of its own and never delays acquisition or another viewer; one
+that falls so far behind that its incremental list overflows gets a fresh snapshot instead.
+
+Latency: each stream frame carries the arrival time of the oldest sweep it includes (arr0); the sender records
+send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure
+arrival-to-render.
+
+Security: no page, asset or socket without a valid session (middleware); login rate limited per name and per
+address; cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
+commands are checked against the role by the engine, and every change lands in the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from ionm.console.auth import Accounts, Identity, RateLimiter, Sessions
+from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
+from ionm.console.store import CaseStore, StoreError
+
+STATIC = Path(__file__).resolve().parent / "static"
+COOKIE = "ionm_session"
+MAX_BACKLOG = 4000  # incremental items queued for one client before it is resynchronised instead
+DURABLE = {"ack", "note", "stim", "baseline", "close", "peak"}
+IDENTITY = web.RequestKey("identity", Identity)
+
+
+class Client:
+    def __init__(self, ident: Identity):
+        self.ident = ident
+        self.frames: dict[str, str] = {}
+        self.arr0: dict[str, float] = {}
+        self.appends: list[str] = []
+        self.resync = True  # the first message is a snapshot
+        self.wake = asyncio.Event()
+        self.wake.set()
+
+
+class Hub:
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.clients: set[Client] = set()
+        self.latency_ms: deque[float] = deque(maxlen=5000)
+
+    def publish(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
+        """Engine thread: hand over without waiting."""
+        self.loop.call_soon_threadsafe(self._distribute, frames, appends)
+
+    def _distribute(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
+        for c in self.clients:
+            for key, js, arr0 in frames:
+                c.frames[key] = js
+                if arr0 is not None:
+                    c.arr0[key] = min(arr0, c.arr0.get(key, arr0))  # a coalesced frame answers for its oldest sweep
+            if not c.resync:
+                c.appends.extend(appends)
+                if len(c.appends) > MAX_BACKLOG:
+                    c.appends.clear()
+                    c.resync = True
+            c.wake.set()
+
+    def update_message(self, c: Client) -> tuple[str, dict[str, float]]:
+        frames = ",".join("%s:%s" % (json.dumps(k), v) for k, v in c.frames.items())
+        lat = {k: c.arr0[k] for k in c.frames if k in c.arr0}
+        msg = '{"type":"update","frames":{%s},"appends":[%s],"arr0":%s}' % (frames, ",".join(c.appends),
+                                                                                json.dumps(lat))
+        c.frames, c.arr0, c.appends = {}, {}, []
+        return msg, lat
+
+
+def _stats(values: Any) -> dict[str, float | int | None]:
+    v = np.asarray(list(values), dtype=float)
+    if not len(v):
+        return {"n": 0, "median": None, "p95": None, "p99": None, "max": None}
+    return {"n": int(len(v)), "median": round(float(np.median(v)), 2), "p95": round(float(np.percentile(v, 95)), 2),
+            "p99": round(float(np.percentile(v, 99)), 2), "max": round(float(v.max()), 2)}
+
+
+def _login_page(message: str = "", status: int = 200) -> web.Response:
+    text = (STATIC / "login.html").read_text(encoding="utf-8").replace("{{message}}", html.escape(message))
+    return web.Response(text=text, content_type="text/html", status=status, headers=_SECURITY_HEADERS)
+
+
+_SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+                               "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",  # no-referrer would make the browser send Origin: null
+    "Cache-Control": "no-store",
+}
+
+
+class ConsoleServer:
+    def __init__(self, engine: CaseEngine, store: CaseStore, *, tls: ssl.SSLContext | None = None,
+                 login_limit: int = 5, login_window_s: float = 300.0, auth_store: CaseStore | None = None):
+        """auth_store: where accounts, sessions and login audit live when not in the case store (a replay runs
+        on a scratch case store but logs in against the real accounts)."""
+        self.engine = engine
+        self.store = auth_store or store
+        self.case_store = store
+        self.tls = tls
+        self.accounts = Accounts(self.store)
+        self.sessions = Sessions(self.store)
+        self.user_limiter = RateLimiter(login_limit, login_window_s)
+        self.addr_limiter = RateLimiter(login_limit * 4, login_window_s)
+        self.hub: Hub | None = None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = threading.Event()
+
+    # ---------------------------------------------------------------- app
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._auth_middleware], client_max_size=64 * 1024)
+        app.router.add_get("/login", self._login_get)
+        app.router.add_post("/login", self._login_post)
+        app.router.add_post("/logout", self._logout)
+        app.router.add_get("/", self._index)
+        app.router.add_get("/ws", self._ws)
+        app.router.add_get("/api/stats", self._api_stats)
+        app.router.add_get("/static/{name}", self._static)
+        return app
+
+    @web.middleware
+    async def _auth_middleware(self, request: web.Request,
+                               handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if request.method == "POST" and not self._same_origin(request):
+            return web.Response(status=403, text="cross-origin request refused")
+        if request.path == "/login":
+            return await handler(request)
+        ident = self.sessions.check(request.cookies.get(COOKIE))
+        if ident is None:
+            if request.method == "GET" and request.path == "/":
+                raise web.HTTPSeeOther("/login")
+            return web.Response(status=401, text="login required")
+        request[IDENTITY] = ident
+        resp = await handler(request)
+        return resp
+
+    def _same_origin(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if not origin or origin == "null":
+            return origin is None
+        return urlsplit(origin).netloc == request.host
+
+    async def _login_get(self, request: web.Request) -> web.StreamResponse:
+        return _login_page()
+
+    async def _login_post(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        name, password = str(form.get("user", "")).strip(), str(form.get("password", ""))
+        addr = request.remote or "?"
+        wait = max(self.user_limiter.retry_after("u:" + name), self.addr_limiter.retry_after("a:" + addr))
+        if wait > 0:
+            self.store.audit(None, name or "?", "login.limited", {"addr": addr})
+            resp = _login_page("Too many failed attempts: try again in %d s." % int(wait + 1), 429)
+            resp.headers["Retry-After"] = str(int(wait + 1))
+            return resp
+        loop = asyncio.get_running_loop()
+        role = await loop.run_in_executor(None, self.accounts.authenticate, name, password)  # argon2: ~50 ms
+        if role is None:
+            self.user_limiter.fail("u:" + name)
+            self.addr_limiter.fail("a:" + addr)
+            self.store.audit(None, name or "?", "login.failed", {"addr": addr})
+            return _login_page("Wrong user name or password.", 401)
+        token = await loop.run_in_executor(None, self.sessions.create, name)
+        self.store.audit(None, name, "login", {"addr": addr, "role": role})
+        resp = web.HTTPSeeOther("/")
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=self.tls is not None, path="/",
+                        max_age=int(self.sessions.hours * 3600))
+        raise resp
+
+    async def _logout(self, request: web.Request) -> web.StreamResponse:
+        ident = request[IDENTITY]
+        self.sessions.revoke(ident.sid)
+        self.store.audit(None, ident.user, "logout", {})
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(COOKIE, path="/")
+        raise resp
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC / "index.html", headers=_SECURITY_HEADERS)
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(path, headers=_SECURITY_HEADERS)
+
+    async def _api_stats(self, request: web.Request) -> web.StreamResponse:
+        assert self.hub is not None
+        return web.json_response({
+            "ws_latency_ms": _stats(self.hub.latency_ms),
+            "engine_latency_ms": _stats(self.engine.stats["engine_latency_ms"]),
+            "sweeps": self.engine.stats["sweeps"], "clients": len(self.hub.clients),
+            "t_s": round(self.engine.t_s, 3), "errors": list(self.engine.errors)[-5:],
+        })
+
+    # ---------------------------------------------------------------- the socket
+    async def _ws(self, request: web.Request) -> web.StreamResponse:
+        assert self.hub is not None
+        if not self._same_origin(request):
+            return web.Response(status=403, text="cross-origin socket refused")
+        ident = request[IDENTITY]
+        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        client = Client(ident)
+        self.hub.clients.add(client)
+        self.case_store.audit(self.engine.case_id, ident.user, "view.open", {"role": ident.role,
+                                                                             "addr": request.remote})
+        sender = asyncio.create_task(self._sender(ws, client))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                if self.sessions.check(request.cookies.get(COOKIE)) is None:  # logged out or disabled meanwhile
+                    break
+                await self._on_message(ws, client, msg.data)
+        finally:
+            self.hub.clients.discard(client)
+            sender.cancel()
+            try:
+                self.case_store.audit(self.engine.case_id, ident.user, "view.close", {})
+            except StoreError:
+                pass  # shutting down: the store closed first
+        return ws
+
+    async def _sender(self, ws: web.WebSocketResponse, c: Client) -> None:
+        assert self.hub is not None
+        loop = asyncio.get_running_loop()
+        try:
+            while not ws.closed:
+                await c.wake.wait()
+                c.wake.clear()
+                if c.resync:
+                    c.resync = False
+                    c.frames, c.arr0, c.appends = {}, {}, []  # the snapshot supersedes what was queued
+                    snap = await loop.run_in_executor(None, self.engine.call, self.engine.snapshot)
+                    msg = json.dumps({"type": "snapshot", "user": c.ident.user, "role": c.ident.role,
+                                      "permissions": sorted(PERMISSIONS.get(c.ident.role, ())),
+                                      "server_wall": time.time(), **snap}, separators=(",", ":"), allow_nan=False)
+                    await ws.send_str(msg)
+                    continue
+                if not c.frames and not c.appends:
+                    continue
+                msg, lat = self.hub.update_message(c)
+                now = time.time()
+                for arr0 in lat.values():
+                    self.hub.latency_ms.append((now - arr0) * 1000.0)
+                await ws.send_str(msg)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+
+    async def _on_message(self, ws: web.WebSocketResponse, c: Client, data: str) -> None:
+        try:
+            msg = json.loads(data)
+            req = msg.get("req")
+        except (ValueError, AttributeError):
+            return
+        if msg.get("cmd") == "ping":
+            await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": True, "result": {"wall": time.time()}}))
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            result = await asyncio.wrap_future(self.engine.submit(c.ident.user, c.ident.role, msg))
+            if msg.get("cmd") in DURABLE:
+                await loop.run_in_executor(None, self.case_store.flush)  # on disk before the user is told it is done
+            reply = {"type": "reply", "req": req, "ok": True, "result": result}
+        except CommandError as exc:
+            reply = {"type": "reply", "req": req, "ok": False, "error": str(exc)}
+        await ws.send_str(json.dumps(reply, default=str))
+
+    # ---------------------------------------------------------------- running
+    async def start(self, host: str, port: int) -> str:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.hub = Hub(loop)
+        self.engine.subscribe(self.hub.publish)
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls)
+        await site.start()
+        server: Any = site._server
+        sockets = server.sockets if server is not None else []
+        bound = sockets[0].getsockname()[1] if sockets else port
+        shown = "localhost" if host in ("127.0.0.1", "::1") and self.tls else host
+        self.url = "%s://%s:%d/" % ("https" if self.tls else "http", shown, bound)
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve from a thread with its own event loop (tests, embedding); returns the URL."""
+        ready = threading.Event()
+
+        def main() -> None:
+            async def serve() -> None:
+                await self.start(host, port)
+                ready.set()
+                while not self._stopped.is_set():
+                    await asyncio.sleep(0.05)
+                await self.stop()
+
+            asyncio.run(serve())
+
+        self._thread = threading.Thread(target=main, name="console-server", daemon=True)
+        self._thread.start()
+        if not ready.wait(15):
+            raise RuntimeError("console server did not start")
+        return self.url
+
+    def stop_thread(self) -> None:
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx

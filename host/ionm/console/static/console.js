@@ -1,0 +1,427 @@
+// IONM case console: renders the state the server sends; every action goes back over the socket as a command.
+// No framework, no build step. State arrives as frames (whole current state of one part) and appends
+// (trend points, timeline events); drawing happens on animation frames, never in the message handler.
+"use strict";
+
+const S = {
+  ws: null, req: 0, pending: {}, user: "", role: "", perms: new Set(),
+  frames: {},            // key -> newest frame
+  trend: {},             // stream -> [{t, amp[], lat[]}]
+  timeline: new Map(),   // id -> event
+  paused: false, dirty: new Set(), selected: null,
+  latency: [],           // ms from sweep arrival (server) to rendered (here), per stream frame
+  pendingLat: {},        // stream key -> arr0 waiting for the next draw
+  renders: 0,
+};
+window.ionm = S;  // for tests and for curious readers in the devtools
+
+const COLORS = ["#58a6ff", "#f778ba", "#7ee787", "#ffa657", "#d2a8ff", "#79c0ff", "#ff7b72", "#e3b341"];
+const STATE_COLOR = { normal: "#3fb950", warning: "#f5b70a", alert: "#ff4d4f" };
+const $ = (id) => document.getElementById(id);
+const fmtT = (t) => { t = Math.max(0, t || 0); const m = Math.floor(t / 60), s = Math.floor(t % 60);
+  return String(m).padStart(2, "0") + ":" + String(s).padStart(2, "0"); };
+const can = (p) => S.perms.has(p);
+
+// ------------------------------------------------------------------ connection
+function connect() {
+  const proto = location.protocol === "https:" ? "wss:" : "ws:";
+  const ws = new WebSocket(proto + "//" + location.host + "/ws");
+  S.ws = ws;
+  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+  ws.onclose = () => {
+    $("linkpill").className = "pill bad"; $("linkpill").textContent = "console disconnected";
+    setTimeout(() => fetch("/api/stats").then((r) => { if (r.status === 401) location.href = "/login"; else connect(); })
+      .catch(() => setTimeout(connect, 2000)), 1000);
+  };
+}
+
+function send(msg) {
+  return new Promise((resolve, reject) => {
+    const req = ++S.req;
+    S.pending[req] = { resolve, reject };
+    S.ws.send(JSON.stringify(Object.assign({ req }, msg)));
+  });
+}
+
+function command(msg, okText) {
+  return send(msg).then((r) => { if (okText) toast(okText, true); return r; })
+    .catch((e) => { toast(e.message || String(e)); throw e; });
+}
+
+function onMessage(m) {
+  if (m.type === "reply") {
+    const p = S.pending[m.req]; delete S.pending[m.req];
+    if (p) { if (m.ok) p.resolve(m.result); else p.reject(new Error(m.error)); }
+    return;
+  }
+  if (m.type === "snapshot") {
+    S.user = m.user; S.role = m.role; S.perms = new Set(m.permissions);
+    S.frames = {}; S.trend = {}; S.timeline = new Map();
+    $("who").textContent = m.user + " (" + m.role + ")";
+    document.body.dataset.role = m.role;
+    $("noteform").classList.toggle("hidden", !can("note"));
+  }
+  for (const [k, f] of Object.entries(m.frames || {})) applyFrame(k, f);
+  for (const a of m.appends || []) applyAppend(a);
+  for (const [k, t] of Object.entries(m.arr0 || {})) S.pendingLat[k] = Math.min(S.pendingLat[k] || Infinity, t);
+  schedule();
+}
+
+function applyFrame(key, f) {
+  S.frames[key] = f;
+  if (key.startsWith("stream:") || key.startsWith("stack:")) { ensurePanel(f.key); S.dirty.add(f.key); }
+  else S.dirty.add(key);
+}
+
+function applyAppend(a) {
+  if (a.k === "trend") {
+    const arr = S.trend[a.s] || (S.trend[a.s] = []);
+    if (!arr.length || a.t > arr[arr.length - 1].t) arr.push(a);
+    S.dirty.add(a.s);
+  } else if (a.k === "event") {
+    S.timeline.set(a.id, a); S.dirty.add("timeline");
+  }
+}
+
+// ------------------------------------------------------------------ drawing
+let scheduled = false;
+function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
+
+function draw() {
+  scheduled = false;
+  if (S.paused) return;
+  const dirty = S.dirty; S.dirty = new Set();
+  const c = S.frames.case;
+  if (c) $("caseinfo").textContent = "Case " + c.uid + (c.patient_id ? " · patient " + c.patient_id : "") +
+    (c.procedure ? " · " + c.procedure : "") + (c.closed ? " · CLOSED" : "");
+  let t = 0;
+  for (const [k, f] of Object.entries(S.frames)) if (k.startsWith("stream:")) t = Math.max(t, f.t_s);
+  $("clock").textContent = fmtT(t);
+  for (const key of dirty) {
+    if (key === "alerts") drawBanner();
+    else if (key === "link") drawLink();
+    else if (key === "stim") drawStim();
+    else if (key === "timeline") drawTimeline();
+    else if (S.frames["stream:" + key]) drawStream(key);
+  }
+  const now = Date.now();
+  for (const [k, t0] of Object.entries(S.pendingLat)) if (k.startsWith("stream:")) S.latency.push(now - t0 * 1000);
+  if (S.latency.length > 5000) S.latency.splice(0, S.latency.length - 5000);
+  S.pendingLat = {};
+  S.renders++;
+}
+
+function ensurePanel(key) {
+  const id = "panel-" + key;
+  if (document.getElementById(id)) return;
+  const el = document.createElement("div");
+  el.className = "stream"; el.id = id; el.dataset.key = key;
+  el.innerHTML = '<div class="title"><b></b><span class="meta"></span>' +
+    '<button class="small basebtn" title="Set this stream\'s baseline">Baseline</button></div>' +
+    '<div class="plots"><canvas class="wave"></canvas><canvas class="trend"></canvas></div>';
+  el.querySelector("b").textContent = key.replace("/", " · ");
+  el.addEventListener("click", () => select(key));
+  el.querySelector(".basebtn").addEventListener("click", (e) => { e.stopPropagation();
+    command({ cmd: "baseline", stream: key }, "Setting baseline of " + key); });
+  const streams = $("streams");
+  const order = (k) => (k.startsWith("ssep-upper") ? 0 : k.startsWith("ssep-lower") ? 1 : 2) + (k.includes("R ") ? 0.5 : 0);
+  const after = [...streams.children].find((c) => order(c.dataset.key) > order(key));
+  streams.insertBefore(el, after || null);
+  if (!S.selected) select(key);
+}
+
+function select(key) {
+  S.selected = key;
+  for (const el of document.querySelectorAll(".stream")) el.classList.toggle("selected", el.dataset.key === key);
+}
+
+function sizeCanvas(cv) {
+  const r = cv.getBoundingClientRect(), dpr = window.devicePixelRatio || 1;
+  const w = Math.max(50, Math.round(r.width * dpr)), h = Math.max(50, Math.round(r.height * dpr));
+  if (cv.width !== w || cv.height !== h) { cv.width = w; cv.height = h; }
+  const ctx = cv.getContext("2d");
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  return [ctx, r.width, r.height];
+}
+
+function drawStream(key) {
+  const f = S.frames["stream:" + key];
+  const panel = document.getElementById("panel-" + key);
+  if (!f || !panel) return;
+  const shown = f.channels.map((c, i) => [c, i]).filter(([c]) => c.show);
+  const worst = shown.some(([c]) => c.state === "alert") ? "alert" : shown.some(([c]) => c.state === "warning") ? "warning" : "";
+  panel.classList.toggle("alert", worst === "alert"); panel.classList.toggle("warning", worst === "warning");
+  const base = f.baseline ? "baseline " + fmtT(f.baseline.t_s) + " (" + f.baseline.user + ")" :
+    f.baseline_pending ? "baseline being set…" : "no baseline";
+  panel.querySelector(".meta").textContent = f.seq + (f.modality === "mep" ? " trains" : " sweeps") + " · " +
+    f.rejected + " rejected · " + base;
+  panel.querySelector(".basebtn").disabled = !can("baseline");
+  drawWaves(panel.querySelector("canvas.wave"), f, shown, S.frames["stack:" + key]);
+  drawTrend(panel.querySelector("canvas.trend"), f, shown, S.trend[key] || []);
+}
+
+function drawWaves(cv, f, shown, stack) {
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  if (!shown.length) return;
+  const left = 8, right = 8, top = 4, bottom = 18;
+  const n = shown[0][0].wave.length, x0 = f.x0_ms, dt = f.dt_ms, span = n * dt;
+  const X = (ms) => left + (ms - x0) / span * (W - left - right);
+  // time grid every 10 ms
+  ctx.strokeStyle = "#1d2b3b"; ctx.fillStyle = "#6e849b"; ctx.font = "10px sans-serif"; ctx.lineWidth = 1;
+  for (let ms = Math.ceil(x0 / 10) * 10; ms <= x0 + span; ms += 10) {
+    ctx.beginPath(); ctx.moveTo(X(ms), top); ctx.lineTo(X(ms), H - bottom); ctx.stroke();
+    ctx.fillText(ms + (ms === 0 ? " ms" : ""), X(ms) - 4, H - 5);
+  }
+  const rowH = (H - top - bottom) / shown.length;
+  const traces = stack && stack.traces ? stack.traces : [];
+  shown.forEach(([c, i], r) => {
+    const y0 = top + r * rowH, mid = y0 + rowH * 0.62;
+    let peak = 0;
+    for (const arr of [c.wave, c.base || []]) for (const v of arr) if (v !== null && Math.abs(v) > peak) peak = Math.abs(v);
+    const scale = peak > 0 ? (rowH * 0.42) / peak : 1;
+    const line = (arr, color, width, dy, dash) => {
+      ctx.strokeStyle = color; ctx.lineWidth = width; ctx.setLineDash(dash || []); ctx.beginPath();
+      let pen = false;
+      arr.forEach((v, k) => { if (v === null) { pen = false; return; }
+        const x = X(x0 + k * dt), y = mid + dy - v * scale;   // negative up: the neurophysiology convention
+        if (pen) ctx.lineTo(x, y); else { ctx.moveTo(x, y); pen = true; } });
+      ctx.stroke(); ctx.setLineDash([]);
+    };
+    // the stack: the previous averages as a waterfall above the newest, older ones higher and fainter
+    ctx.save(); ctx.beginPath(); ctx.rect(0, y0 + 28, W, rowH - 28); ctx.clip();
+    traces.slice(-5, -1).forEach((tr, k, all) => {
+      const w = tr.waves[i]; if (!w) return;
+      const age = all.length - k;
+      line(w, "rgba(150,170,195," + (0.18 + 0.3 / age) + ")", 1, -age * rowH * 0.07);
+    });
+    ctx.restore();
+    if (c.base) line(c.base, "#3fb950", 1.5, 0, [5, 3]);
+    line(c.wave, COLORS[i % COLORS.length], 2, 0);
+    for (const p of c.peaks || []) {
+      if (p.lat === null) continue;
+      const x = X(p.lat), y = mid - (p.amp || 0) * scale;
+      ctx.fillStyle = p.manual ? "#ffa657" : "#e6edf3";
+      ctx.beginPath(); ctx.moveTo(x, y - 4); ctx.lineTo(x - 4, y - 11); ctx.lineTo(x + 4, y - 11); ctx.fill();
+      ctx.font = "10px sans-serif"; ctx.fillText(p.name, x - 8, y - 13);
+    }
+    ctx.fillStyle = STATE_COLOR[c.state] || "#e6edf3"; ctx.font = "bold 11px sans-serif";
+    ctx.fillText("● " + c.name, left + 2, y0 + 12);
+    ctx.font = "11px sans-serif"; ctx.fillStyle = "#c9d6e3";
+    let txt = "";
+    if (c.amp !== null) txt += c.amp.toFixed(c.amp < 10 ? 2 : 0) + " µV";
+    if (c.lat !== null) txt += "  " + c.lat.toFixed(1) + " ms";
+    if (c.amp_ratio !== null) txt += "  (" + Math.round(c.amp_ratio * 100) + " %";
+    if (c.lat_ratio !== null && c.amp_ratio !== null) txt += ", " + Math.round(c.lat_ratio * 100) + " %";
+    if (c.amp_ratio !== null) txt += ")";
+    txt += "   n=" + Math.round(c.n) + "   ±" + (peak >= 100 ? Math.round(peak) : peak > 0 ? peak.toPrecision(2) : "0") + " µV";
+    ctx.fillText(txt, left + 2, y0 + 25);
+  });
+}
+
+function drawTrend(cv, f, shown, pts) {
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const left = 34, right = 8, gap = 16, top = 14, bottom = 16;
+  const ph = (H - top - bottom - gap) / 2;
+  const tracked = shown.filter(([c]) => c.ref && c.ref.tracked);
+  ctx.font = "11px sans-serif"; ctx.fillStyle = "#8aa0b8";
+  if (!f.baseline) { ctx.fillText(f.baseline_pending ? "baseline being set…" : "no baseline: press B", left, H / 2); return; }
+  const tNow = f.t_s, tMin = Math.max(0, f.baseline.t_s - 10, tNow - 600), tSpan = Math.max(30, tNow - tMin);
+  const X = (t) => left + (t - tMin) / tSpan * (W - left - right);
+  const plots = [
+    { name: "amplitude % of baseline", key: "amp", lo: 0, hi: 150, alert: f.criteria.amp_alert, warn: f.criteria.amp_warning },
+    { name: "latency % of baseline", key: "lat", lo: 85, hi: 125, alert: f.criteria.lat_alert, warn: f.criteria.lat_warning },
+  ];
+  plots.forEach((p, k) => {
+    const y0 = top + k * (ph + gap);
+    const Y = (v) => y0 + ph - (Math.min(Math.max(v, p.lo), p.hi) - p.lo) / (p.hi - p.lo) * ph;
+    ctx.strokeStyle = "#26364a"; ctx.strokeRect(left, y0, W - left - right, ph);
+    ctx.fillStyle = "#8aa0b8"; ctx.fillText(p.name, left + 4, y0 - 3);
+    for (const v of [p.lo, 100, p.hi]) ctx.fillText(String(v), 4, Y(v) + 4);
+    ctx.strokeStyle = "#3a4d63"; ctx.beginPath(); ctx.moveTo(left, Y(100)); ctx.lineTo(W - right, Y(100)); ctx.stroke();
+    for (const [lvl, color, dash] of [[p.alert, "#ff4d4f", []], [p.warn, "#f5b70a", [4, 3]]]) {
+      if (lvl === null || lvl === undefined) continue;
+      ctx.strokeStyle = color; ctx.setLineDash(dash); ctx.beginPath();
+      ctx.moveTo(left, Y(lvl * 100)); ctx.lineTo(W - right, Y(lvl * 100)); ctx.stroke(); ctx.setLineDash([]);
+    }
+    for (const [c, i] of tracked) {
+      ctx.strokeStyle = COLORS[i % COLORS.length]; ctx.lineWidth = 1.5; ctx.beginPath();
+      let pen = false;
+      for (const pt of pts) {
+        if (pt.t < tMin) continue;
+        const v = pt[p.key] ? pt[p.key][i] : null;
+        if (v === null || v === undefined) { pen = false; continue; }
+        if (pen) ctx.lineTo(X(pt.t), Y(v * 100)); else { ctx.moveTo(X(pt.t), Y(v * 100)); pen = true; }
+      }
+      ctx.stroke(); ctx.lineWidth = 1;
+    }
+  });
+  ctx.fillStyle = "#6e849b"; ctx.fillText(fmtT(tMin), left, H - 3); ctx.fillText(fmtT(tNow), W - right - 30, H - 3);
+  if (!tracked.length) { ctx.fillStyle = "#f5b70a"; ctx.fillText("no reproducible channel tracked", left + 4, top + ph / 2); }
+}
+
+function unacked() { return ((S.frames.alerts || {}).alerts || []).filter((a) => !a.ack); }
+
+function drawBanner() {
+  const list = unacked(), el = $("banner");
+  el.classList.toggle("hidden", list.length === 0);
+  el.innerHTML = "";
+  for (const a of list) {
+    const row = document.createElement("div"); row.className = "item"; row.dataset.uid = a.uid;
+    const span = document.createElement("span");
+    span.textContent = "⚠ ALERT " + fmtT(a.t_s) + "  " + a.label;
+    row.appendChild(span);
+    if (can("ack")) {
+      const b = document.createElement("button"); b.textContent = "Acknowledge (A)"; b.className = "small ackbtn";
+      b.addEventListener("click", () => openAck(a)); row.appendChild(b);
+    }
+    el.appendChild(row);
+  }
+}
+
+function drawLink() {
+  const l = S.frames.link; if (!l) return;
+  const lost = l.samples_lost || 0, off = l.leadoff || [];
+  const pill = $("linkpill");
+  pill.className = "pill " + (l.state !== "streaming" ? "bad" : (lost || off.length) ? "warn" : "ok");
+  pill.textContent = l.state === "streaming" ? (off.length ? "lead off: " + off.length : "link ok") : "link " + l.state;
+  const rows = [["source", l.source || "?"], ["state", l.state], ["lost samples", lost]];
+  if (l.sweeps !== undefined) rows.push(["sweeps", l.sweeps]);
+  rows.push(["lead-off", off.length ? off.join(", ") : "none"]);
+  for (const [k, v] of Object.entries(l.stim_impedance_ohm || {})) rows.push(["stim " + k, (v / 1000).toFixed(1) + " kΩ"]);
+  for (const [k, v] of Object.entries(l.extra || {})) rows.push([k, v]);
+  const el = $("link"); el.className = "kv"; el.innerHTML = "";
+  for (const [k, v] of rows) {
+    const a = document.createElement("span"); a.textContent = k;
+    const b = document.createElement("span"); b.textContent = String(v);
+    if ((k === "lead-off" && off.length) || (k === "lost samples" && lost)) b.className = "bad";
+    el.append(a, b);
+  }
+}
+
+function drawStim() {
+  const s = S.frames.stim; if (!s) return;
+  const el = $("stim"), lim = s.limits, p = s.program, edit = can("stim");
+  el.innerHTML = "";
+  const t = document.createElement("table"); t.className = "stim";
+  t.innerHTML = "<tr><th>SSEP</th><th>on</th><th>mA</th><th>µs</th><th>Hz</th></tr>";
+  for (const [o, v] of Object.entries(p.ssep)) {
+    const tr = document.createElement("tr");
+    const cell = (node) => { const td = document.createElement("td"); td.appendChild(node); tr.appendChild(td); };
+    cell(document.createTextNode(v.site));
+    const on = document.createElement("input"); on.type = "checkbox"; on.checked = v.enabled; on.disabled = !edit;
+    on.addEventListener("change", () => stim({ action: "ssep", output: +o, enabled: on.checked }));
+    cell(on);
+    for (const [k, step, min, max] of [["current_ma", lim.current_step_ma, 0, lim.current_ma_max],
+      ["width_us", lim.width_step_us, lim.width_us_min, lim.width_us_max], ["rate_hz", 0.1, 0.1, lim.rate_hz_max_per_output]]) {
+      const inp = document.createElement("input"); inp.type = "number"; inp.step = step; inp.min = min; inp.max = max;
+      inp.value = v[k]; inp.disabled = !edit; inp.dataset.output = o; inp.dataset.field = k;
+      inp.addEventListener("change", () => stim({ action: "ssep", output: +o, [k]: +inp.value }));
+      cell(inp);
+    }
+    t.appendChild(tr);
+  }
+  el.appendChild(t);
+  const tc = p.tcmep, d = document.createElement("div"); d.style.marginTop = ".5em";
+  d.innerHTML = "<b>TcMEP</b> ";
+  for (const [k, label, step, min, max] of [["train_pulses", "pulses", 1, 1, lim.train_pulses_max],
+    ["ipi_ms", "IPI ms", 0.5, lim.train_ipi_ms_min, lim.train_ipi_ms_max], ["repeat_s", "repeat s", 1, 0, 600]]) {
+    const inp = document.createElement("input"); inp.type = "number"; inp.step = step; inp.min = min; inp.max = max;
+    inp.value = tc[k]; inp.disabled = !edit; inp.style.width = "3.6em"; inp.title = label;
+    inp.addEventListener("change", () => stim({ action: "tcmep", [k]: +inp.value }));
+    d.append(label + " ", inp, " ");
+  }
+  const b = document.createElement("button"); b.textContent = "Train (T)"; b.className = "danger small"; b.id = "tcmepbtn";
+  b.disabled = !edit; b.addEventListener("click", openTcmep); d.appendChild(b);
+  const stop = document.createElement("button"); stop.textContent = "Stop all"; stop.className = "small";
+  stop.disabled = !edit; stop.addEventListener("click", () => stim({ action: "stop_all" })); d.append(" ", stop);
+  el.appendChild(d);
+}
+
+function stim(cmd, confirmed) {
+  return command({ cmd: "stim", command: cmd, confirmed: !!confirmed }).catch(() => drawStim());
+}
+
+function drawTimeline() {
+  const el = $("timeline"); el.innerHTML = "";
+  const items = [...S.timeline.values()].sort((a, b) => b.id - a.id).slice(0, 300);
+  for (const e of items) {
+    const li = document.createElement("li");
+    const t = document.createElement("span"); t.className = "t"; t.textContent = fmtT(e.t_s);
+    const k = document.createElement("span"); k.className = "k " + e.kind; k.textContent = e.kind;
+    const x = document.createElement("span"); x.textContent = " " + e.text + " ";
+    const u = document.createElement("span"); u.className = "u"; u.textContent = e.user === "system" ? "" : "— " + e.user;
+    li.append(t, k, x, u); el.appendChild(li);
+  }
+}
+
+// ------------------------------------------------------------------ actions
+function toast(text, info) {
+  const el = $("toast"); el.textContent = text; el.className = info ? "info" : "";
+  clearTimeout(toast.timer); toast.timer = setTimeout(() => el.classList.add("hidden"), 3500);
+}
+
+function openAck(a) {
+  if (!can("ack")) { toast("Your role (" + S.role + ") cannot acknowledge alerts"); return; }
+  a = a || unacked()[0]; if (!a) { toast("No alert to acknowledge", true); return; }
+  const dlg = $("ackdialog"); $("acktext").textContent = fmtT(a.t_s) + "  " + a.label; $("acknote").value = "";
+  dlg.dataset.uid = a.uid; dlg.showModal(); $("acknote").focus();
+}
+
+function openTcmep() {
+  if (!can("stim")) { toast("Your role (" + S.role + ") cannot stimulate"); return; }
+  const s = S.frames.stim; if (!s) return;
+  $("tcmeptext").textContent = s.program.tcmep.train_pulses + " pulses, " + s.program.tcmep.ipi_ms + " ms apart.";
+  $("tcmepcheck").checked = false; $("tcmepdialog").showModal();
+}
+
+function openBaseline() {
+  if (!can("baseline")) { toast("Your role (" + S.role + ") cannot set baselines"); return; }
+  $("baseselected").textContent = "Selected: " + (S.selected || "none"); $("basedialog").showModal();
+}
+
+function togglePause() {
+  S.paused = !S.paused; $("paused").classList.toggle("hidden", !S.paused);
+  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(/^(stream|stack):/, "")); S.dirty.add("timeline"); schedule(); }
+}
+
+function setup() {
+  $("ackdialog").addEventListener("close", () => {
+    const dlg = $("ackdialog");
+    if (dlg.returnValue !== "ok") return;
+    const note = $("acknote").value.trim();
+    if (!note) { toast("An acknowledgement needs a note"); return; }
+    command({ cmd: "ack", alert: dlg.dataset.uid, note }, "Alert acknowledged");
+  });
+  $("basedialog").addEventListener("close", () => {
+    const v = $("basedialog").returnValue;
+    if (v === "all") command({ cmd: "baseline" }, "Setting baselines of all streams");
+    else if (v === "selected" && S.selected) command({ cmd: "baseline", stream: S.selected }, "Setting baseline of " + S.selected);
+  });
+  $("tcmepdialog").addEventListener("close", () => {
+    if ($("tcmepdialog").returnValue !== "ok") return;
+    if (!$("tcmepcheck").checked) { toast("Confirm bite block and warning first"); return; }
+    stim({ action: "tcmep_train" }, true);
+  });
+  $("noteform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const text = $("note").value.trim(); if (!text) return;
+    command({ cmd: "note", text }, "Note added").then(() => { $("note").value = ""; $("note").blur(); });
+  });
+  document.addEventListener("keydown", (e) => {
+    const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(document.activeElement.tagName);
+    if (e.key === "Escape" && typing) { document.activeElement.blur(); return; }
+    if (typing || e.ctrlKey || e.metaKey || e.altKey || document.querySelector("dialog[open]")) return;
+    const k = e.key.toLowerCase();
+    if (k === " ") { e.preventDefault(); togglePause(); }
+    else if (k === "b") { e.preventDefault(); openBaseline(); }
+    else if (k === "n") { e.preventDefault(); if (!can("note")) toast("Your role cannot add notes"); else $("note").focus(); }
+    else if (k === "a") { e.preventDefault(); openAck(); }
+    else if (k === "t") { e.preventDefault(); openTcmep(); }
+  });
+  window.addEventListener("resize", () => { for (const k of Object.keys(S.frames)) if (k.startsWith("stream:")) S.dirty.add(k.slice(7)); schedule(); });
+  connect();
+}
+
+document.addEventListener("DOMContentLoaded", setup);

@@ -1,0 +1,218 @@
+"""`ionm console`: the case console — live view, alerts, notes, stimulation — in a browser, with remote oversight.
+
+    ionm console --sim [--scenario NAME]              the virtual board: the firmware on MicroPython, a patient
+    ionm console --sim --direct [--fast]              the scenario's physiology straight from the patient model
+    ionm console --port /dev/ttyACM0                  the board
+
+The console serves on --listen (default 127.0.0.1:8080). For an oversight physician on another machine, listen
+on a reachable address AND give --cert/--key (TLS); accounts are made with `ionm users add`. Restarting with
+the same --db resumes the case that was open (sweeps, baselines, alerts, notes); `--new-case` starts another.
+docs/CONSOLE.md has the walk-through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+HELP = "the case console: live waveforms, trends, alerts, notes and stimulation in a browser"
+
+
+def default_db() -> str:
+    return os.environ.get("IONM_DB") or str(Path.home() / ".local" / "share" / "ionm" / "cases.db")
+
+
+def add_db_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", default=default_db(), help="case store (SQLite; default $IONM_DB or %(default)s)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--sim", action="store_true", help="the virtual board with a simulated patient")
+    src.add_argument("--port", metavar="PATH", help="the board's serial port")
+    p.add_argument("--direct", action="store_true",
+                   help="--sim: sweeps straight from the patient model, without the firmware (quick looks)")
+    p.add_argument("--scenario", default="stable", help="--sim: scenario name or JSON path (default %(default)s)")
+    p.add_argument("--seed", type=int, default=1, help="--sim: patient seed")
+    p.add_argument("--fast", action="store_true", help="--sim: as fast as the host can (no real-time pacing)")
+    p.add_argument("--speed", type=float, default=1.0, help="--sim: times real time (default 1)")
+    p.add_argument("--events-at", type=float, metavar="S", help="--sim: move the scenario's events to start at S s")
+    p.add_argument("--mep-every", type=float, default=0.0, metavar="S",
+                   help="--sim: TcMEP train every S s (0: on demand)")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default %(default)s")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    add_db_argument(p)
+    p.add_argument("--cert", help="TLS certificate (PEM); with --key serves https/wss")
+    p.add_argument("--key", help="TLS private key (PEM)")
+    p.add_argument("--new-case", action="store_true", help="start a new case even if one is open")
+    p.add_argument("--patient-id", default="", help="patient identifier (no names are stored)")
+    p.add_argument("--procedure", default="", help="procedure, e.g. 'posterior fusion T4-L2'")
+    p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError("--listen wants HOST:PORT, e.g. 127.0.0.1:8080")
+    return host.strip("[]"), int(port)
+
+
+def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
+    """The scenario with its events moved so the first starts at at_s (recoveries and ends move along)."""
+    events = scenario.get("events", [])
+    if not events:
+        return scenario
+    shift = at_s - min(float(e["onset_s"]) for e in events)
+    for e in events:
+        e["onset_s"] = float(e["onset_s"]) + shift
+        if "end_s" in e:
+            e["end_s"] = float(e["end_s"]) + shift
+        if isinstance(e.get("recovery"), dict) and "onset_s" in e["recovery"]:
+            e["recovery"]["onset_s"] = float(e["recovery"]["onset_s"]) + shift
+    return scenario
+
+
+def _live_source(port: str, program: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """(sweep source, stimulation, link_health) for a board on `port` (real or virtual)."""
+    from ionm import link as ln
+    from ionm.console.boardcase import BoardCase
+
+    try:
+        case = BoardCase(port, program=program)
+    except (ln.LinkError, ln.BoardError) as exc:
+        raise SystemExit("ionm console: %s" % exc) from None
+    return case, case, case.link_health
+
+
+def _virtual_board(scenario: dict[str, Any], seed: int) -> Any:
+    """Start the virtual board with this scenario (written out: the model process reads it by path)."""
+    import json
+    import tempfile
+
+    from ionm.sim import VirtualBoard
+
+    fh = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="ionm-scenario-", delete=False)
+    json.dump(scenario, fh)
+    fh.close()
+    return VirtualBoard(scenario=fh.name, seed=seed, stderr=open(os.devnull, "w"))
+
+
+def run(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    import webbrowser
+
+    from ionm.console.auth import Accounts
+    from ionm.console.engine import CaseEngine
+    from ionm.console.server import ConsoleServer, tls_context
+    from ionm.console.simcase import SimulatedCase
+    from ionm.console.stimulation import RecordedStimulation, default_program
+    from ionm.console.store import CaseStore
+
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        print("ionm console: %s" % exc, file=sys.stderr)
+        return 2
+    if bool(args.cert) != bool(args.key):
+        print("ionm console: --cert and --key go together", file=sys.stderr)
+        return 2
+    if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
+        print("ionm console: WARNING: listening on %s without TLS: passwords and patient data cross the network "
+              "in clear. Give --cert/--key for remote oversight." % host, file=sys.stderr)
+    store = CaseStore(args.db)
+    accounts = Accounts(store)
+    if not accounts.list():
+        print("ionm console: no user accounts in %s. Create one first:\n  ionm users add NAME --role technologist "
+              "--db %s" % (args.db, args.db), file=sys.stderr)
+        store.close()
+        return 2
+
+    case_id = None if args.new_case else store.open_case_id()
+    resuming = case_id is not None
+    if case_id is not None:
+        meta = store.case(case_id)["meta"]
+    else:
+        meta = {"source": "sim" if args.sim else "board", "port": args.port}
+        if args.sim:
+            meta.update(scenario=args.scenario, seed=args.seed, events_at=args.events_at, mep_every=args.mep_every)
+        case_id = store.open_case(patient_id=args.patient_id, procedure=args.procedure, meta=meta)
+
+    board = None
+    source: Any
+    stimulation: Any
+    if args.sim and not args.direct:
+        from ionm_hw.patient import load_scenario
+
+        scenario = load_scenario(meta.get("scenario", args.scenario))
+        if meta.get("events_at") is not None:
+            scenario = shift_events(scenario, float(meta["events_at"]))
+        board = _virtual_board(scenario, int(meta.get("seed", args.seed)))
+        print("ionm console: virtual board at %s (firmware on MicroPython, scenario %s)"
+              % (board.device, meta.get("scenario", args.scenario)), flush=True)
+        program = default_program(scenario)
+        program["tcmep"]["repeat_s"] = float(meta.get("mep_every") or 0.0)
+        source, stimulation, link_health = _live_source(board.device, program)
+        engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
+                            auto_baseline_s=args.auto_baseline)
+        if resuming:
+            engine.resume()
+    elif args.sim:
+        from ionm_hw.patient import load_scenario
+
+        scenario = load_scenario(meta.get("scenario", args.scenario))
+        if meta.get("events_at") is not None:
+            scenario = shift_events(scenario, float(meta["events_at"]))
+        program = default_program(scenario)
+        program["tcmep"]["repeat_s"] = float(meta.get("mep_every") or 0.0)
+        stimulation = RecordedStimulation(program)
+        engine = CaseEngine(store, case_id, stimulation=stimulation, auto_baseline_s=args.auto_baseline,
+                            queue_size=32 if args.fast else 2048)  # a fast source runs just ahead, not minutes
+        start_s = engine.resume() + 0.25 if resuming else 0.0
+        source = SimulatedCase(scenario, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
+                                    stimulation=stimulation, start_s=start_s)
+        engine.link_health = source.link_health
+    else:
+        source, stimulation, link_health = _live_source(args.port)
+        engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
+                            auto_baseline_s=args.auto_baseline)
+        if resuming:
+            engine.resume()
+    tls = tls_context(args.cert, args.key) if args.cert else None
+    server = ConsoleServer(engine, store, tls=tls)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        url = await server.start(host, port)
+        engine.start()
+        engine.run_source(source)
+        case = store.case(case_id)
+        print("ionm console: %s case %s at %s" % ("resumed" if resuming else "opened", case["uid"], url), flush=True)
+        if not args.no_browser:
+            webbrowser.open(url)
+        await stop.wait()
+        await server.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+        if hasattr(source, "close"):
+            source.close()
+        if board is not None:
+            board.close()
+        store.close()
+        print("ionm console: stopped (the case stays open; run again to resume)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="ionm console", description=HELP)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

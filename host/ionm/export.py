@@ -1,0 +1,187 @@
+"""`ionm export CASE --edf OUT` / `--csv OUT`: a recorded case for other tools.
+
+EDF+/BDF+ (by OUT's suffix: .bdf writes 24-bit BDF+, anything else 16-bit EDF+): one file per stream (a
+stimulated site, e.g. "ssep-lower/L tibial"), because each stream has its own window and channels. Every
+data record is one raw sweep (µV). By default the file is EDF+C with the sweeps end to end, which every EDF
+reader opens (EDFlib/pyedflib refuse EDF+D): file time is then not case time, so each "stim <site> t=<case
+time>" annotation, at the stimulus of its record, says when it really was. --discontinuous writes EDF+D
+instead: each record's time-keeping annotation is its window's true onset in the case. Other annotations:
+"rejected: <reasons>" for rejected sweeps, and the case events (alerts, acknowledgements, notes, baselines,
+stimulation changes) with the user who made them. With several streams OUT is a name pattern:
+case.edf -> case.ssep-lower_L-tibial.edf, ...
+
+CSV: one tidy table: the trend measurements (per stream, channel and case second: amplitude, latency, ratios
+to baseline, state) and the events, distinguished by the "kind" column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import math
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HELP = "export a recorded case: EDF+/BDF+ with annotations (--edf) or CSV (--csv)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ionm.console_cmd import add_db_argument
+
+    p.add_argument("case", nargs="?", help="case id or uid (default: the newest)")
+    add_db_argument(p)
+    p.add_argument("--edf", metavar="OUT", help="EDF+ (or BDF+ if OUT ends in .bdf), one file per stream")
+    p.add_argument("--csv", metavar="OUT", help="measurements and events as CSV")
+    p.add_argument("--stream", help="only this stream (e.g. 'ssep-lower/L tibial')")
+    p.add_argument("--discontinuous", action="store_true",
+                   help="EDF+D: every sweep at its true case time (EDFlib/pyedflib cannot read +D files)")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("/", "_")).strip("-")
+
+
+def _edf_text(text: str) -> str:
+    """EDF+ annotation text: printable, no TAL separators."""
+    return re.sub(r"[\x00-\x1f]", " ", text)[:200]
+
+
+def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = False, discontinuous: bool = False) -> int:
+    """One stream of a case as EDF+ / BDF+ (one sweep per data record); returns the number of sweeps."""
+    import edfio
+    from edfio import edf_annotations as ea  # the TAL helpers (pinned edfio): edfio itself writes only EDF+C
+
+    from ionm.console.engine import timeline_from_store
+
+    case = store.case(case_id)
+    meta = next(s for s in store.streams(case_id) if s["key"] == stream)
+    fs, pre, n = float(meta["fs"]), int(meta["pre_samples"]), int(meta["n_samples"])
+    sweeps = list(store.iter_sweeps(case_id, stream))
+    if not sweeps:
+        return 0
+    data = np.stack([sw.data_uv for sw, _ in sweeps]).astype(np.float64)  # [k, ch, n]
+    duration = n / fs
+    signal_cls: Any = edfio.BdfSignal if bdf else edfio.EdfSignal
+    signals = []
+    for c, name in enumerate(meta["channel_names"]):
+        x = data[:, c, :].reshape(-1)
+        lo, hi = float(np.floor(x.min())) - 1.0, float(np.ceil(x.max())) + 1.0
+        signals.append(signal_cls(x, fs, label=name.split(" (")[0][:16], transducer_type="AgCl electrode",
+                                  physical_dimension="uV",
+                                  physical_range=(lo, hi), prefiltering="none (raw)",
+                                  **({"digital_range": (-8388608, 8388607)} if bdf else {})))
+    stims = np.array([sw.t_s for sw, _ in sweeps])
+    events = timeline_from_store(store, case_id)
+    if discontinuous:
+        # Every record at its true time: the time-keeping TAL of record k is its window's onset in the case.
+        onsets = stims - pre / fs
+        records: list[list[Any]] = [[ea._EdfTAL(float(round(o, 6)), None, [""])] for o in onsets]
+        for k, (sw, reasons) in enumerate(sweeps):
+            records[k].append(ea._EdfTAL(float(round(sw.t_s, 6)), None, ["stim " + meta["source"]]))
+            bad = sorted({r for r in reasons if r})
+            if bad:
+                records[k].append(ea._EdfTAL(float(round(sw.t_s, 6)), None, ["rejected: " + ", ".join(bad)]))
+        for item in events:
+            k = max(0, int(np.searchsorted(onsets, item["t_s"], side="right")) - 1)
+            text = "%s (%s): %s" % (item["kind"], item["user"], item["text"])
+            records[k].append(ea._EdfTAL(float(round(max(item["t_s"], onsets[0]), 6)), None, [_edf_text(text)]))
+        raw = [ea._EdfAnnotationsDataRecord(r).to_bytes() for r in records]
+        signals.append(ea._data_records_to_annotations_signal(raw, signal_cls, duration))
+        annotations = None
+    else:
+        # Sweeps end to end (file time is not case time): each stimulus annotation carries its case time.
+        annotations = []
+        for k, (sw, reasons) in enumerate(sweeps):
+            annotations.append(edfio.EdfAnnotation(k * duration + pre / fs, None,
+                                                   "stim %s t=%.4f" % (meta["source"], sw.t_s)))
+            bad = sorted({r for r in reasons if r})
+            if bad:
+                annotations.append(edfio.EdfAnnotation(k * duration + pre / fs, None, "rejected: " + ", ".join(bad)))
+        for item in events:
+            k = min(int(np.searchsorted(stims, item["t_s"], side="left")), len(sweeps) - 1)
+            annotations.append(edfio.EdfAnnotation(k * duration, None, _edf_text("%s (%s) t=%.2f: %s" % (
+                item["kind"], item["user"], item["t_s"], item["text"]))))
+    start = datetime.datetime.fromtimestamp(case["created"])
+    recording = edfio.Recording(startdate=start.date(), hospital_administration_code=case["uid"],
+                                equipment_code="ionm-console")
+    patient = edfio.Patient(code=(case["patient_id"] or "X").replace(" ", "_"))
+    cls: Any = edfio.Bdf if bdf else edfio.Edf
+    edf = cls(signals, patient=patient, recording=recording, starttime=start.time().replace(microsecond=0),
+              data_record_duration=duration, annotations=annotations)
+    if discontinuous:
+        edf._set_reserved("BDF+D" if bdf else "EDF+D")  # edfio writes +C itself; the TALs above make it +D
+    edf.write(out)
+    return len(sweeps)
+
+
+def write_csv(store: Any, case_id: int, out: Path, stream: str | None = None) -> int:
+    """Measurements and events of a case as one CSV; returns the number of rows."""
+    from ionm.console.engine import timeline_from_store
+
+    names = {s["key"]: s["channel_names"] for s in store.streams(case_id)}
+    cols = ["t_s", "kind", "stream", "channel", "amplitude_uv", "latency_ms", "amplitude_ratio", "latency_ratio",
+            "state", "user", "text"]
+    rows = 0
+
+    def num(v: Any) -> str:
+        return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else "%g" % v
+
+    with open(out, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for m in store.rows("measurements", case_id):
+            if stream and m["stream"] != stream:
+                continue
+            b = m["body"]
+            for c, name in enumerate(names.get(m["stream"], [])):
+                w.writerow(["%.4f" % m["t_s"], "measurement", m["stream"], name, num(b["amp_uv"][c]),
+                            num(b["lat_ms"][c]), num(b["amp"][c]), num(b["lat"][c]), b["states"][c], "", ""])
+                rows += 1
+        for item in timeline_from_store(store, case_id):
+            w.writerow(["%.4f" % item["t_s"], item["kind"], "", "", "", "", "", "", "", item["user"], item["text"]])
+            rows += 1
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    from ionm.console.store import CaseStore, StoreError
+
+    if not args.edf and not args.csv:
+        print("ionm export: say what to write: --edf OUT and/or --csv OUT", file=sys.stderr)
+        return 2
+    store = CaseStore(args.db)
+    try:
+        case = store.case(args.case)
+        cid = int(case["id"])
+        keys = [s["key"] for s in store.streams(cid)]
+        if args.stream:
+            if args.stream not in keys:
+                raise StoreError("no stream %r in case %s (streams: %s)" % (args.stream, case["uid"], ", ".join(keys)))
+            keys = [args.stream]
+        if args.edf:
+            out = Path(args.edf)
+            bdf = out.suffix.lower() == ".bdf"
+            for key in keys:
+                path = out if len(keys) == 1 else out.with_name("%s.%s%s" % (out.stem, slug(key), out.suffix or ".edf"))
+                n = write_edf(store, cid, key, path, bdf, args.discontinuous)
+                print("ionm export: %s: %d sweeps -> %s" % (key, n, path))
+        if args.csv:
+            n = write_csv(store, cid, Path(args.csv), args.stream)
+            print("ionm export: %d rows -> %s" % (n, args.csv))
+    except StoreError as exc:
+        print("ionm export: %s" % exc, file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="ionm export", description=HELP)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

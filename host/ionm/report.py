@@ -1,0 +1,242 @@
+"""`ionm report CASE --out FILE.pdf`: the case report, from the store alone.
+
+Pages: (1) case summary — identifiers, times, streams with sweep and rejection counts, alert counts, closing
+status; (2) baselines — every stream's baseline waveforms with the reference amplitude and latency of each
+channel; (3) one page per alert — the channel's average before the alert, at it and after it, overlaid on the
+baseline, the trend around it, and who acknowledged it with what note; (4) interventions and notes — the
+timeline (continued on further pages when long); (5) closing status — the final state of every tracked
+channel, alerts left unacknowledged, and whether the audit trail's hash chain is intact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import textwrap
+from typing import Any
+
+import numpy as np
+
+HELP = "write the case report (PDF): summary, baselines, alerts with waveforms, notes, closing status"
+
+A4 = (8.27, 11.69)
+AFTER_S = 30.0  # the "after" average: the first stored at least this long after the alert
+BEFORE_S = 30.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ionm.console_cmd import add_db_argument
+
+    p.add_argument("case", nargs="?", help="case id or uid (default: the newest)")
+    add_db_argument(p)
+    p.add_argument("--out", required=True, metavar="FILE.pdf")
+
+
+def _when(wall: float | None) -> str:
+    return "-" if wall is None else datetime.datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _mmss(t: float) -> str:
+    return "%02d:%02d" % (int(t) // 60, int(t) % 60)
+
+
+def _text_page(pdf: Any, title: str, lines: list[str], per_page: int = 58) -> int:
+    """Plain text pages (wrapped); returns how many were written."""
+    import matplotlib.pyplot as plt
+
+    wrapped: list[str] = []
+    for line in lines:
+        wrapped += textwrap.wrap(line, 100, subsequent_indent="        ") or [""]
+    pages = max(1, (len(wrapped) + per_page - 1) // per_page)
+    for p in range(pages):
+        fig = plt.figure(figsize=A4)
+        fig.text(0.07, 0.95, title + (" (continued)" if p else ""), fontsize=15, weight="bold")
+        fig.text(0.07, 0.92, "\n".join(wrapped[p * per_page:(p + 1) * per_page]), fontsize=8.5, va="top",
+                 family="monospace")
+        pdf.savefig(fig)
+        plt.close(fig)
+    return pages
+
+
+def _trace_axes(ax: Any, stream: dict[str, Any], wave: np.ndarray, label: str, color: str, ls: str = "-") -> None:
+    t = (np.arange(wave.shape[-1]) - stream["pre_samples"]) / stream["fs"] * 1000.0
+    ax.plot(t, -wave, color=color, ls=ls, lw=1.0, label=label)  # negative up, as on the console
+
+
+def write_report(store: Any, case_ref: Any, out: str) -> int:
+    """Write the PDF; returns the number of pages."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    from ionm.console.engine import alert_label, short_name, timeline_from_store
+
+    case = store.case(case_ref)
+    cid = int(case["id"])
+    streams = {s["key"]: s for s in store.streams(cid)}
+    counts = {r["stream"]: (r["n"], r["rej"], r["t0"], r["t1"]) for r in store.query(
+        "SELECT stream, COUNT(*) AS n, SUM(n_accepted < json_array_length(reasons)) AS rej, MIN(t_s) AS t0, "
+        "MAX(t_s) AS t1 FROM sweeps WHERE case_id = ? GROUP BY stream", (cid,))}
+    alerts = store.rows("alerts", cid)
+    acks = {a["alert_uid"]: a for a in store.rows("acks", cid)}
+    audit = store.rows("audit", cid)
+    closing = next((a for a in reversed(audit) if a["action"] == "case.close"), None)
+    baselines = store.baselines(cid)
+    measurements = store.rows("measurements", cid)
+    timeline = timeline_from_store(store, cid)
+    t_end = max([c[3] for c in counts.values()] + [0.0])
+    pages = 0
+
+    with PdfPages(out, metadata={"Title": "IONM case report %s" % case["uid"], "Creator": "ionm report"}) as pdf:
+        # 1. summary
+        lines = ["Case            %s (id %d)" % (case["uid"], cid),
+                 "Patient ID      %s" % (case["patient_id"] or "(not given)"),
+                 "Procedure       %s" % (case["procedure"] or "(not given)"),
+                 "Opened          %s" % _when(case["created"]),
+                 "Recorded        %s of case time" % _mmss(t_end),
+                 "Source          %s" % ", ".join("%s=%s" % kv for kv in case["meta"].items() if kv[1] is not None),
+                 "Status          %s" % ("closed %s by %s" % (_when(closing["wall"]), closing["user"]) if closing
+                                        else "OPEN (not closed)"),
+                 "", "Streams (stimulated site: sweeps, sweeps with a rejected channel)"]
+        for key, (n, n_rej, t0, t1) in counts.items():
+            lines.append("  %-24s %6d sweeps  %5d rejected   %s - %s" % (key, n, n_rej or 0, _mmss(t0), _mmss(t1)))
+        unacked = [a for a in alerts if a["uid"] not in acks]
+        lines += ["", "Alerts          %d (%d acknowledged, %d not acknowledged)" % (
+            len(alerts), len(alerts) - len(unacked), len(unacked))]
+        for a in alerts:
+            lines.append("  %s  %s" % (_mmss(a["t_s"]), alert_label(a)))
+        users = sorted({a["user"] for a in audit if a["user"] != "system"})
+        lines += ["", "People on the record: %s" % (", ".join(users) or "-"),
+                  "Baselines set: %d" % len(baselines),
+                  "Notes: %d" % sum(1 for t in timeline if t["kind"] == "note")]
+        pages += _text_page(pdf, "IONM case report — summary", lines)
+
+        # 2. baselines
+        if baselines:
+            latest = {}
+            for b in baselines:
+                latest[b["stream"]] = b
+            fig, axes = plt.subplots(len(latest), 1, figsize=A4, squeeze=False)
+            fig.suptitle("Baselines (latest per stream; %d set in all)" % len(baselines), fontsize=14, weight="bold")
+            for ax, (key, b) in zip(axes[:, 0], latest.items(), strict=True):
+                st = streams[key]
+                span = np.nanmax(np.abs(b["mean"])) or 1.0
+                for c, name in enumerate(st["channel_names"]):
+                    ref = b["refs"][c]
+                    _trace_axes(ax, st, b["mean"][c] - 2.2 * span * c, "", "C%d" % c)
+                    ax.text(1.01, 1 - (c + 0.5) / len(st["channel_names"]),
+                            "%s\n%s µV  %s ms%s" % (short_name(name)[:34], ref["amp_uv"], ref["lat_ms"],
+                                                    "" if ref["tracked"] else "  (not tracked)"),
+                            transform=ax.transAxes, fontsize=6, va="center", color="C%d" % c)
+                ax.set_title("%s — set at %s by %s from sweeps %s-%s" % (key, _mmss(b["t_s"]), b["user"],
+                                                                         _mmss(b["first_t"]), _mmss(b["last_t"])),
+                             fontsize=8)
+                ax.set_yticks([])
+                ax.set_xlabel("ms", fontsize=7)
+                ax.tick_params(labelsize=7)
+            fig.subplots_adjust(right=0.7, hspace=0.6, top=0.93, bottom=0.05, left=0.06)
+            pdf.savefig(fig)
+            plt.close(fig)
+            pages += 1
+
+        # 3. one page per alert
+        for a in alerts:
+            st = streams[a["stream"]]
+            c = int(a["channel"])
+            avgs = store.averages(cid, a["stream"])
+            base = next((b for b in reversed(baselines) if b["stream"] == a["stream"] and b["t_s"] <= a["t_s"]), None)
+            before = next((x for x in reversed(avgs) if x[0] <= a["t_s"] - BEFORE_S), None)
+            at = next((x for x in avgs if x[1] == "alert" and abs(x[0] - a["t_s"]) < 1e-6), None)
+            after = next((x for x in avgs if x[0] >= a["t_s"] + AFTER_S), None)
+            fig = plt.figure(figsize=A4)
+            fig.suptitle("Alert %s at %s" % (a["uid"], _mmss(a["t_s"])), fontsize=14, weight="bold")
+            fig.text(0.07, 0.925, alert_label(a), fontsize=9)
+            ax = fig.add_axes((0.08, 0.55, 0.86, 0.33))
+            if base is not None:
+                _trace_axes(ax, st, base["mean"][c], "baseline %s" % _mmss(base["t_s"]), "green", "--")
+            for item, name, color in ((before, "before", "0.45"), (at, "at alert", "red"), (after, "after", "C0")):
+                if item is not None:
+                    _trace_axes(ax, st, item[2][c], "%s (%s)" % (name, _mmss(item[0])), color)
+            ax.set_title("%s · %s" % (a["stream"], short_name(a["channel_name"])), fontsize=9)
+            ax.set_xlabel("ms after stimulus (negative up)", fontsize=8)
+            ax.set_ylabel("µV", fontsize=8)
+            ax.legend(fontsize=7, loc="upper right")
+            ax.tick_params(labelsize=7)
+            ax2 = fig.add_axes((0.08, 0.27, 0.86, 0.2))
+            pts = [(m["t_s"], m["body"]["amp"][c], m["body"]["lat"][c]) for m in measurements
+                   if m["stream"] == a["stream"] and abs(m["t_s"] - a["t_s"]) <= 300]
+            if pts:
+                t = np.array([p[0] for p in pts])
+                amp = np.array([np.nan if p[1] is None else p[1] for p in pts], dtype=float)
+                lat = np.array([np.nan if p[2] is None else p[2] for p in pts], dtype=float)
+                ax2.plot(t, 100 * amp, label="amplitude %", color="C0")
+                ax2.plot(t, 100 * lat, label="latency %", color="C1")
+            ax2.axvline(a["t_s"], color="red", lw=0.8)
+            ax2.axhline(100, color="0.7", lw=0.6)
+            ax2.set_xlabel("case time, s", fontsize=8)
+            ax2.set_ylabel("% of baseline", fontsize=8)
+            ax2.legend(fontsize=7, loc="lower left")
+            ax2.tick_params(labelsize=7)
+            ack = acks.get(a["uid"])
+            ack_text = ("Acknowledged %s (case %s) by %s:\n%s" % (_when(ack["wall"]), _mmss(ack["t_s"]), ack["user"],
+                                                                    textwrap.fill(ack["note"], 100))
+                        if ack else "NOT ACKNOWLEDGED")
+            fig.text(0.07, 0.2, ack_text, fontsize=9, va="top", color="black" if ack else "red")
+            pdf.savefig(fig)
+            plt.close(fig)
+            pages += 1
+
+        # 4. interventions and notes
+        lines = ["%s  %-8s %-14s %s" % (_mmss(i["t_s"]), i["kind"], i["user"][:14], i["text"]) for i in timeline]
+        pages += _text_page(pdf, "Interventions, events and notes", lines or ["(none)"])
+
+        # 5. closing status
+        last: dict[str, dict[str, Any]] = {}
+        for m in measurements:
+            last[m["stream"]] = m
+        lines = ["Status: %s" % ("closed %s by %s%s" % (_when(closing["wall"]), closing["user"],
+                                                        (": " + closing["detail"].get("note", ""))
+                                                        if closing["detail"].get("note") else "")
+                                 if closing else "OPEN: the case was not closed"), ""]
+        lines.append("Final state per channel (amplitude / latency in % of baseline):")
+        for key, m in last.items():
+            lines.append("  %s at %s" % (key, _mmss(m["t_s"])))
+            for c, name in enumerate(streams[key]["channel_names"]):
+                a_, l_ = m["body"]["amp"][c], m["body"]["lat"][c]
+                if a_ is None and l_ is None:
+                    continue
+                lines.append("    %-44s %-8s %5s %%  %5s %%" % (short_name(name)[:44], m["body"]["states"][c],
+                                                               "-" if a_ is None else round(100 * a_),
+                                                               "-" if l_ is None else round(100 * l_)))
+        lines += ["", "Alerts not acknowledged: %d" % len(unacked)]
+        lines += ["  %s  %s" % (_mmss(a["t_s"]), alert_label(a)) for a in unacked]
+        lines += ["", "Audit trail: %d entries for this case; hash chain %s." % (
+            len(audit), "intact" if store.verify_audit() else "BROKEN (the record was altered outside the console)")]
+        lines += ["", "Report written %s." % _when(datetime.datetime.now().timestamp()), "",
+                  "Reviewed by (physician): ______________________________   Date: ____________"]
+        pages += _text_page(pdf, "Closing status", lines)
+    return pages
+
+
+def run(args: argparse.Namespace) -> int:
+    from ionm.console.store import CaseStore, StoreError
+
+    store = CaseStore(args.db)
+    try:
+        n = write_report(store, args.case, args.out)
+    except StoreError as exc:
+        print("ionm report: %s" % exc, file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    print("ionm report: %d pages -> %s" % (n, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="ionm report", description=HELP)
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

@@ -1,0 +1,210 @@
+"""The console in a real browser (Playwright driving Debian's chromium): what a technologist and a remote
+physician see and do. Pixels are checked on the canvases, not only the DOM."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ionm.console.auth import Accounts
+from ionm.console.engine import CaseEngine
+from ionm.console.scripted import injury_scenario
+from ionm.console.server import ConsoleServer
+from ionm.console.simcase import SimulatedCase
+from ionm.console.stimulation import RecordedStimulation, default_program
+from ionm.console.store import CaseStore
+
+CHROMIUM = os.environ.get("IONM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+USERS = {"tech": ("technologist", "tech-password-1"), "doc": ("physician", "doc-password-1"),
+         "viewer": ("read-only", "viewer-password-1")}
+SHOTS = Path(os.environ.get("IONM_SCREENSHOTS", "build/screenshots"))
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")]
+
+
+class Case:
+    """A simulated case served by a console in this process."""
+
+    def __init__(self, tmp: Path, scenario: Any, speed: float, mep_every: float = 0.0):
+        self.store = CaseStore(tmp / "cases.db")
+        acc = Accounts(self.store)
+        for name, (role, pw) in USERS.items():
+            acc.add(name, role, pw)
+        self.case_id = self.store.open_case(patient_id="SIM-7", procedure="posterior fusion T10-L2 (simulated)")
+        program = default_program(scenario if isinstance(scenario, dict) else None)
+        program["tcmep"]["repeat_s"] = mep_every
+        self.stim = RecordedStimulation(program)
+        self.source = SimulatedCase(scenario, 1, speed=speed, stimulation=self.stim)
+        self.engine = CaseEngine(self.store, self.case_id, stimulation=self.stim, link_health=self.source.link_health)
+        self.server = ConsoleServer(self.engine, self.store)
+        self.url = self.server.start_in_thread()
+        self.engine.start()
+        self.engine.run_source(self.source)
+
+    def close(self) -> None:
+        self.server.stop_thread()
+        self.engine.stop()
+        self.store.close()
+
+
+@pytest.fixture
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def login(browser: Any, url: str, user: str) -> Any:
+    page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    page.goto(url)
+    page.fill("#user", user)
+    page.fill("#password", USERS[user][1])
+    page.click("#signin")
+    page.wait_for_selector(".stream canvas.wave", timeout=15000)
+    return page
+
+
+def canvas_pixels(page: Any, selector: str) -> np.ndarray:
+    """The canvas as an RGB array, read back from the browser (what was drawn, not the DOM)."""
+    from PIL import Image
+
+    url = page.eval_on_selector(selector, "c => c.toDataURL('image/png')")
+    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+    return np.asarray(img)
+
+
+def poll(page: Any, js: str, timeout: float) -> None:
+    """Wait until a JS expression is true (the console's CSP forbids wait_for_function's eval)."""
+    end = time.monotonic() + timeout
+    while not page.evaluate(js):
+        assert time.monotonic() < end, "timed out waiting for %s" % js
+        time.sleep(0.05)
+
+
+def case_time(page: Any) -> float:
+    return float(page.evaluate("Math.max(0, ...Object.entries(window.ionm.frames)"
+                               ".filter(([k]) => k.startsWith('stream:')).map(([, f]) => f.t_s))"))
+
+
+def wait_case_time(page: Any, t_s: float, timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while case_time(page) < t_s:
+        assert time.monotonic() < end, "the case did not reach %.1f s" % t_s
+        time.sleep(0.1)
+
+
+def test_live_view_renders_and_keeps_up(tmp_path: Path, browser: Any) -> None:
+    case = Case(tmp_path, "stable", speed=1.0, mep_every=2.0)
+    try:
+        tech = login(browser, case.url, "tech")
+        doc = login(browser, case.url, "doc")
+        wait_case_time(tech, 3.0)
+        tech.evaluate("window.ionm.latency = []")  # steady state: start-up is reported separately below
+        startup = list(case.server.hub.latency_ms)
+        case.server.hub.latency_ms.clear()
+        wait_case_time(tech, 6.0)
+        # Waveforms are drawn: coloured trace pixels on every stream's canvas, in both browsers.
+        for page in (tech, doc):
+            keys = page.eval_on_selector_all(".stream", "els => els.map(e => e.dataset.key)")
+            assert sorted(keys) == sorted(["ssep-upper/L median", "ssep-upper/R median", "ssep-lower/L tibial",
+                                           "ssep-lower/R tibial", "mep/TcMEP"])
+            for key in keys:
+                px = canvas_pixels(page, '[data-key="%s"] canvas.wave' % key).astype(int)
+                chroma = px.max(axis=2) - px.min(axis=2)
+                assert (chroma > 80).sum() > 500, "no trace drawn for %s" % key  # the traces are coloured
+                cols = np.flatnonzero((chroma > 80).any(axis=0))
+                assert cols.max() - cols.min() > 0.8 * px.shape[1], key  # ...across the whole sweep
+        # A note typed by the technologist (N) reaches the physician's screen live.
+        tech.keyboard.press("n")
+        tech.keyboard.type("patient positioned prone")
+        tech.keyboard.press("Enter")
+        doc.wait_for_selector("#timeline li:has-text('patient positioned prone')", timeout=3000)
+        # Latency: from a sweep's arrival at the engine to the browser having drawn it.
+        time.sleep(4.0)
+        lat = np.array(tech.evaluate("window.ionm.latency"))
+        stats = tech.evaluate("fetch('/api/stats').then(r => r.json())")
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        tech.screenshot(path=str(SHOTS / "console-live.png"))
+        print("browser arrival-to-render latency: n=%d median %.1f ms p95 %.1f ms max %.1f ms; server %s; "
+              "first 3 s: max %.0f ms" % (len(lat), np.median(lat), np.percentile(lat, 95), lat.max(),
+                                          stats["ws_latency_ms"], max(startup, default=0)))
+        assert len(lat) > 50
+        assert np.percentile(lat, 95) <= 100.0
+        assert stats["ws_latency_ms"]["p95"] <= 100.0
+        assert tech.errors == [] and doc.errors == []
+    finally:
+        case.close()
+
+
+def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(tmp_path: Path,
+                                                                                 browser: Any) -> None:
+    onset = 16.0
+    case = Case(tmp_path, injury_scenario(onset), speed=2.0, mep_every=1.0)
+    try:
+        tech = login(browser, case.url, "tech")
+        doc = login(browser, case.url, "doc")
+        viewer = login(browser, case.url, "viewer")
+        wait_case_time(tech, 10.0)
+        tech.keyboard.press("b")
+        tech.click("#baseall")
+        poll(tech, "Object.values(window.ionm.frames).filter(f => f && f.baseline).length === 5", 20.0)
+        assert case_time(tech) < onset, "baselines must be set before the injury"
+        # The injury: the banner appears in every browser, naming the injured leg.
+        for page in (tech, doc, viewer):
+            page.wait_for_selector("#banner .item", timeout=30000)
+        alerts = tech.evaluate("window.ionm.frames.alerts.alerts")
+        assert all(a["t_s"] > onset for a in alerts) and alerts[0]["t_s"] < onset + 5.0
+        assert "L " in tech.inner_text("#banner")
+        banner_px = element_pixels(tech, "#banner")
+        assert banner_px[..., 0].mean() > 150 > banner_px[..., 1].mean()  # it is red, not just in the DOM
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        tech.screenshot(path=str(SHOTS / "console-alert.png"))
+        # Read-only cannot acknowledge (no button, A refused); the technologist acknowledges with a note.
+        assert viewer.locator("#banner .ackbtn").count() == 0
+        viewer.keyboard.press("a")
+        viewer.wait_for_selector("#toast:has-text('cannot acknowledge')", timeout=3000)
+        n_alerts = len(alerts)
+        for _ in range(n_alerts):
+            tech.keyboard.press("a")
+            tech.fill("#acknote", "surgeon informed, correction released")
+            tech.click("#ackok")
+            poll(tech, "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length < %d" % n_alerts, 5.0)
+            n_alerts -= 1
+        doc.wait_for_selector("#banner", state="hidden", timeout=5000)  # the physician sees it acknowledged
+    finally:
+        case.close()
+    store = CaseStore(tmp_path / "cases.db")
+    try:
+        acks = [a for a in store.rows("audit", case.case_id) if a["action"] == "ack"]
+        assert len(acks) == len(alerts)
+        assert all(a["user"] == "tech" and a["detail"]["note"] == "surgeon informed, correction released"
+                   for a in acks)
+        assert {a["detail"]["alert"] for a in acks} == {a["uid"] for a in alerts}
+        assert any(a["action"] == "baseline.request" and a["user"] == "tech" for a in store.rows("audit", case.case_id))
+        assert store.verify_audit()
+    finally:
+        store.close()
+
+
+def element_pixels(page: Any, selector: str) -> np.ndarray:
+    """An element's pixels as the browser rendered them (a screenshot of that element)."""
+    from PIL import Image
+
+    png = page.locator(selector).screenshot()
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)

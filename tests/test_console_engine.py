@@ -1,0 +1,133 @@
+"""The case engine, the simulated case, stimulation limits and the fan-out to web clients (no browser)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ionm.console.engine import CaseEngine, CommandError
+from ionm.console.scripted import ack_all, command, injury_scenario, run_case
+from ionm.console.server import MAX_BACKLOG, Client, Hub
+from ionm.console.simcase import SimulatedCase
+from ionm.console.stimulation import RecordedStimulation, StimulationError, limits, validate
+from ionm.console.store import CaseStore
+
+TECH = ("tech", "technologist")
+
+
+@pytest.fixture(scope="module")
+def injured_case(tmp_path_factory: pytest.TempPathFactory):
+    """A simulated case with a left leg motor injury at 16 s: baselines at 10 s, alert, acknowledgement."""
+    db = tmp_path_factory.mktemp("engine") / "cases.db"
+    store = CaseStore(db)
+    engine, cid = run_case(store, injury_scenario(16.0), duration_s=26.0, mep_every=1.0, actions=[
+        (10.0, command(*TECH, {"cmd": "baseline"})),
+        (12.0, command(*TECH, {"cmd": "note", "text": "prone, arms tucked"})),
+        (24.0, ack_all("doc", "physician", "surgeon informed, correction released")),
+    ])
+    yield store, engine, cid
+    store.close()
+
+
+def test_simulated_case_interleaves_sites_at_their_rates() -> None:
+    sc = SimulatedCase("stable", speed=0.0, duration_s=6.0)
+    sc.stimulation.apply({"action": "tcmep", "repeat_s": 2.0})
+    sweeps = list(sc)
+    by = {}
+    for sw in sweeps:
+        by.setdefault(sw.source, []).append(sw.t_s)
+    assert set(by) == {"L median", "R median", "L tibial", "R tibial", "TcMEP"}
+    for site in ("L median", "R median", "L tibial", "R tibial"):
+        period = np.diff(by[site])
+        assert np.allclose(period, 1 / 4.7, atol=1.5 / 8000), site  # continuous across rendering chunks
+    assert np.allclose(np.diff(by["TcMEP"]), 2.0, atol=1e-3)
+    firsts = sorted(v[0] for k, v in by.items() if k != "TcMEP")
+    assert min(np.diff(firsts)) > 0.03  # the four outputs are staggered, not simultaneous
+
+
+def test_stimulation_is_bounded_by_the_board() -> None:
+    lim = limits()
+    stim = RecordedStimulation()
+    with pytest.raises(StimulationError, match="current"):
+        stim.apply({"action": "ssep", "output": 0, "current_ma": lim["current_ma_max"] + 1})
+    with pytest.raises(StimulationError, match="charge"):
+        stim.apply({"action": "ssep", "output": 0, "current_ma": 90.0, "width_us": 1000})
+    with pytest.raises(StimulationError, match="mains"):
+        stim.apply({"action": "ssep", "output": 0, "rate_hz": 5.0})
+    with pytest.raises(StimulationError, match="pulses"):
+        stim.apply({"action": "tcmep", "train_pulses": lim["train_pulses_max"] + 1})
+    assert stim.state()["ssep"]["0"]["current_ma"] == 25.0  # nothing refused was applied
+    new = validate({"action": "ssep", "output": 0, "current_ma": 30.0}, stim.state(), lim)
+    assert new["ssep"]["0"]["current_ma"] == 30.0
+    stim.apply({"action": "tcmep_train"})
+    with pytest.raises(StimulationError, match="apart"):
+        stim.apply({"action": "tcmep_train"})
+
+
+def test_injury_raises_focal_alert_acknowledged_in_the_record(injured_case) -> None:
+    store, engine, cid = injured_case
+    alerts = store.rows("alerts", cid)
+    assert alerts, "no alert after the injury"
+    assert all(a["t_s"] > 16.0 for a in alerts)  # nothing before the injury
+    assert all(a["t_s"] < 21.0 for a in alerts)  # detected within 5 s at one train a second
+    injured = {"AHL1-AHL2 (L abductor hallucis)", "TAL1-TAL2 (L tibialis anterior)"}
+    assert {a["channel_name"] for a in alerts} <= injured
+    acks = store.rows("acks", cid)
+    assert {a["alert_uid"] for a in acks} == {a["uid"] for a in alerts}
+    assert all(a["user"] == "doc" and "surgeon informed" in a["note"] for a in acks)
+    audit = store.rows("audit", cid)
+    assert [a["detail"]["alert"] for a in audit if a["action"] == "ack"] == [a["uid"] for a in alerts]
+    assert any(a["action"] == "note" and a["user"] == "tech" for a in audit)
+    assert len({b["stream"] for b in store.baselines(cid)}) == 5
+    assert store.verify_audit()
+
+
+def test_engine_enforces_roles_and_notes(tmp_path: Path) -> None:
+    store = CaseStore(tmp_path / "c.db")
+    cid = store.open_case()
+    engine = CaseEngine(store, cid, stimulation=RecordedStimulation())
+    engine.start()
+    try:
+        for role, cmd in (("read-only", {"cmd": "note", "text": "x"}), ("read-only", {"cmd": "ack", "alert": "a"}),
+                          ("physician", {"cmd": "stim", "command": {"action": "stop_all"}}),
+                          ("physician", {"cmd": "baseline"})):
+            with pytest.raises(CommandError, match="may not"):
+                engine.submit("u", role, cmd).result(5)
+        with pytest.raises(CommandError, match="confirmation"):
+            engine.submit(*TECH, {"cmd": "stim", "command": {"action": "tcmep_train"}}).result(5)
+        with pytest.raises(CommandError, match="mA"):
+            engine.submit(*TECH, {"cmd": "stim", "command": {"action": "ssep", "output": 1,
+                                                             "current_ma": 500}}).result(5)
+        engine.submit(*TECH, {"cmd": "stim", "command": {"action": "tcmep_train"}, "confirmed": True}).result(5)
+    finally:
+        engine.stop()
+    actions = [(a["user"], a["action"]) for a in store.rows("audit", cid)]
+    assert actions.count(("u", "denied")) == 4
+    assert ("tech", "stim.refused") in actions and ("tech", "stim") in actions
+    assert [p["body"]["command"]["action"] for p in store.rows("programs", cid)] == ["tcmep_train"]
+    store.close()
+
+
+def test_hub_keeps_only_the_newest_frame_for_a_slow_client() -> None:
+    async def scenario() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        slow = Client.__new__(Client)
+        Client.__init__(slow, None)  # type: ignore[arg-type]
+        slow.resync = False
+        hub.clients.add(slow)
+        for k in range(200):  # 200 updates of one stream while the client sends nothing
+            hub._distribute([("stream:a", json.dumps({"k": k}), 100.0 + k)], [json.dumps({"k": "trend", "i": k})])
+        assert list(slow.frames) == ["stream:a"] and json.loads(slow.frames["stream:a"]) == {"k": 199}
+        assert slow.arr0["stream:a"] == 100.0  # latency is counted from the oldest sweep the frame stands for
+        msg, _ = hub.update_message(slow)
+        body = json.loads(msg)
+        assert body["frames"]["stream:a"]["k"] == 199 and len(body["appends"]) == 200
+        for _ in range(MAX_BACKLOG + 1):  # incremental items overflow: a fresh snapshot instead
+            hub._distribute([], ["{}"])
+        assert slow.resync and not slow.appends
+
+    asyncio.run(scenario())
