@@ -1,69 +1,63 @@
-"""`ionm demo` (what `make demo` runs): the virtual board with a patient scenario, and the live view.
+"""`ionm demo` (what `make demo` runs): the case console on the virtual board, ready for a first look.
 
-Until the web console lands this shows live link statistics in the terminal: the board streams the
-scenario's signals and the numbers say whether anything is lost. Ctrl-C stops board and view.
+It starts the virtual board — the firmware from firmware/ on MicroPython, a simulated patient with an acute
+cord injury scripted a few minutes in — opens a new case in a demo store (build/demo/cases.db), makes a
+technologist and an oversight-physician account with fresh passwords, and serves the console. Open the URL
+in one browser as the technologist and in a second one as the physician: both see the case live. Baselines
+are set automatically after a minute (or press B); the alert that follows the injury asks to be
+acknowledged (A). Ctrl-C stops the console and the board; the case stays in the store (replay, export and
+report work on it).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
-import time
-from typing import Any
+from pathlib import Path
 
-HELP = "the virtual board and the console, for a first look"
+HELP = "the case console on the virtual board, for a first look"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="stable")
+    p.add_argument("--scenario", default="acute_cord_injury", help="default %(default)s")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")
+    p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser")
+    p.add_argument("--db", default=str(Path("build") / "demo" / "cases.db"))
+    p.add_argument("--events-at", type=float, default=150.0, metavar="S",
+                   help="when the scenario's injury begins, seconds into the case (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from ionm import link as ln
-    from ionm.protocol import messages as m
-    from ionm.sim import VirtualBoard
+    from ionm import console_cmd
+    from ionm.console.auth import Accounts
+    from ionm.console.store import CaseStore
 
-    print("ionm demo: starting the virtual board (firmware on MicroPython, scenario %r)..." % args.scenario)
-    last: dict[str, Any] = {}
-
-    def on_data(block: ln.DataBlock) -> None:
-        last["block"] = block
-
-    with VirtualBoard(scenario=args.scenario, seed=args.seed) as board:
-        print("ionm demo: the board is at %s (any ionm tool can open it while this runs)" % board.device)
-        link = ln.BoardLink(ln.open_port(board.device), on_data=on_data, heartbeat_s=0.025)
-        try:
-            welcome = ln.connect(link, timeout=10)
-            info = welcome["info"]
-            print("ionm demo: board %s, firmware %s on %s %s" % (
-                info["board"]["serial"], info["firmware"]["version"], info["micropython"]["implementation"],
-                info["micropython"]["version"]))
-            conf = link.request(m.CONFIGURE, {"rate_hz": 4000, "samples_per_frame": 64})
-            link.request(m.START, {})
-            print("ionm demo: streaming %d channels at %d Hz; Ctrl-C to stop\n" % (len(conf["channels"]),
-                                                                                  conf["rate_hz"]))
-            t0 = time.monotonic()
-            while not args.seconds or time.monotonic() - t0 < args.seconds:
-                time.sleep(1.0)
-                s = link.stats
-                block = last.get("block")
-                uv = ""
-                if block is not None:
-                    scale = conf["vref_uv"] / conf["full_scale_code"] / conf["gain"][0]
-                    uv = "  ch0 %+9.1f µV" % (float(block.counts[-1, 0]) * scale)
-                sys.stdout.write("\r%6.0f s  frames %7d  bytes %10d  rejected %d  lost %d  gaps %d%s   " % (
-                    time.monotonic() - t0, s.frames, s.bytes, s.frames_rejected, s.samples_lost,
-                    s.sequence_gaps, uv))
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            try:
-                link.request(m.STOP, {}, timeout=0.5, retries=0)
-            except (ln.LinkError, ln.BoardError):
-                pass
-            link.close()
-    print("\nionm demo: stopped")
-    return 0
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    store = CaseStore(args.db)
+    accounts = Accounts(store)
+    existing = {str(a["name"]) for a in accounts.list()}
+    creds = {}
+    for name, role in (("tech", "technologist"), ("doctor", "physician")):
+        password = secrets.token_urlsafe(9)
+        if name in existing:
+            accounts.set_password(name, password, by="ionm demo")
+        else:
+            accounts.add(name, role, password, by="ionm demo")
+        creds[name] = (role, password)
+    store.close()
+    print("ionm demo: accounts for this run (store %s):" % args.db)
+    for name, (role, password) in creds.items():
+        print("    %-12s %-8s password %s" % (role, name, password))
+    print("ionm demo: log in as the technologist in one browser and as the physician in a second one.")
+    no_browser = args.no_browser or not (os.environ.get("DISPLAY") or sys.platform == "darwin")
+    cargs = ["--sim", "--scenario", args.scenario, "--seed", str(args.seed), "--listen", args.listen,
+             "--db", args.db, "--new-case", "--auto-baseline", "60", "--events-at", str(args.events_at),
+             "--mep-every", "10", "--patient-id", "DEMO-0001", "--procedure", "simulated posterior fusion"]
+    if no_browser:
+        cargs.append("--no-browser")
+    parser = argparse.ArgumentParser(prog="ionm console")
+    console_cmd.add_arguments(parser)
+    return console_cmd.run(parser.parse_args(cargs))
