@@ -12,13 +12,12 @@
 #   a few samples ahead so that the comparator always holds a near target and new pulses queue behind it.
 # - Host silence: machine.WDT resets the board if the main loop stops feeding it.
 # The pins and limits come from board.json (boardcfg); nothing here restates them.
-import select
-import sys
 import time
 
 import machine
 import rp2
 from micropython import const
+from stdio_host import StdioHost
 
 # The PIO assembler's names (wait, jmp, x, ...) exist only inside @rp2.asm_pio bodies. The type checker
 # is told this flag is true (tools/mypy-firmware.ini: always_true) so it reads their stubs; the board
@@ -116,11 +115,7 @@ class Board:
         self._dac_buf = bytearray(3)
         self.head = bytearray(8)
         self.latches = bytearray(LATCH_SIZE * MAX_LATCHES)
-        self.host_in = sys.stdin.buffer
-        self.host_out = sys.stdout.buffer
-        self._poll = select.poll()
-        self._poll.register(sys.stdin, select.POLLIN)
-        self._one = bytearray(1)
+        self.host = StdioHost()
         self._dma = rp2.DMA()
         self._sm_read = None
         self._sm_cmp = None
@@ -156,26 +151,15 @@ class Board:
     def reset(self):
         machine.reset()
 
-    # -- host link (USB CDC) -----------------------------------------------------------------------------
+    # -- host link ------------------------------------------------------------------------------------------
     def host_wait(self, timeout_ms):
-        for _ in self._poll.ipoll(timeout_ms):
-            return True
-        return False
+        return self.host.wait(timeout_ms)
 
     def host_read(self, buf):
-        n = 0
-        while n < len(buf):
-            ready = False
-            for _ in self._poll.ipoll(0):
-                ready = True
-            if not ready or self.host_in.readinto(self._one) != 1:
-                break
-            buf[n] = self._one[0]
-            n += 1
-        return n
+        return self.host.read(buf)
 
     def host_write(self, buf, off, n):
-        self.host_out.write(buf, off, n)
+        self.host.write(buf, off, n)
 
     # -- acquisition -------------------------------------------------------------------------------------------
     def start_stream(self, raw, rate_hz):

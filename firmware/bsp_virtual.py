@@ -3,13 +3,13 @@
 # ADS1299 chain, stimulator and PIO live in the hardware-model process (hardware/ionm_hw/server.py), reached
 # over a Unix socket with the small binary records documented there.
 import os
-import select
 import socket  # type: ignore[import-not-found]  # unix port only: the board has no sockets here
 import struct
 import sys
 import time
 
 from micropython import const
+from stdio_host import StdioHost
 
 NAME = "virtual"
 _PIN_START = const(0)
@@ -92,11 +92,7 @@ class Board:
         self.adc_start = _ModelPin(self, _PIN_START)
         self.adc_reset = _ModelPin(self, _PIN_RESET)
         self.adc_pwdn = _ModelPin(self, _PIN_PWDN)
-        self.host_in = sys.stdin.buffer
-        self.host_out = sys.stdout.buffer
-        self._poll = select.poll()
-        self._poll.register(self.host_in, select.POLLIN)
-        self._one = bytearray(1)
+        self.host = StdioHost()
         self.sock.write(b"H")
         n = self.sock.read(1)[0]
         self._serial = self.sock.read(n).decode()
@@ -123,34 +119,15 @@ class Board:
     def reset(self):
         sys.exit(75)  # the sim restarts an exited firmware, as the board's reset would
 
-    # -- host link ---------------------------------------------------------------------------------------
+    # -- host link ------------------------------------------------------------------------------------------
     def host_wait(self, timeout_ms):
-        """Block until host bytes are available or timeout_ms passes (the idle loop's only wait)."""
-        for _ in self._poll.ipoll(timeout_ms):
-            return True
-        return False
+        return self.host.wait(timeout_ms)
 
     def host_read(self, buf):
-        """Copy the host bytes available now (at most len(buf)) into buf; returns the count. Never blocks."""
-        n = 0
-        limit = len(buf)
-        poll = self._poll
-        inp = self.host_in
-        one = self._one
-        while n < limit:
-            ready = False
-            for _ in poll.ipoll(0):
-                ready = True
-            if not ready:
-                break
-            if inp.readinto(one) != 1:
-                break
-            buf[n] = one[0]
-            n += 1
-        return n
+        return self.host.read(buf)
 
     def host_write(self, buf, off, n):
-        self.host_out.write(buf, off, n)
+        self.host.write(buf, off, n)
 
     # -- acquisition: DRDY-paced blocks, as DMA delivers them ------------------------------------------
     def start_stream(self, raw, rate_hz):

@@ -11,12 +11,11 @@ resumes acquisition and stimulation stays off until the technologist turns it on
 from __future__ import annotations
 
 import copy
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 from ionm.acquire import BoardSession, LiveCase, SweepSpec
-from ionm.console.stimulation import SSEP_OUTPUTS, StimulationError, default_program, limits, validate
+from ionm.console.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
 from ionm.sweep import Sweep
 
 RATE_HZ = 8000  # SSEP wants >= 5-10 kHz; 16 channels at 8 kHz use 80 % of the USB link budget
@@ -31,14 +30,12 @@ def default_montage() -> list[dict[str, str]]:
     return DEFAULT_MONTAGE
 
 
-class BoardCase:
+class BoardCase(ProgramHolder):
     def __init__(self, port: str, montage: list[dict[str, str]] | None = None,
                  program: dict[str, Any] | None = None) -> None:
+        super().__init__(program)
         self.montage = montage or default_montage()
         self.names = {i: "%s (%s)" % (c["derivation"], c["label"]) for i, c in enumerate(self.montage)}
-        self._limits = limits()
-        self._program = copy.deepcopy(program or default_program())
-        self._lock = threading.Lock()
         self.case = LiveCase({}, self.names)
         self._leadoff = 0
         self._events: list[dict[str, Any]] = []
@@ -49,14 +46,7 @@ class BoardCase:
         self._tcmep_index = -1
         self._load(self._program)
 
-    # -- the console's Stimulation interface ----------------------------------------------------------
-    def limits(self) -> dict[str, Any]:
-        return dict(self._limits)
-
-    def state(self) -> dict[str, Any]:
-        with self._lock:
-            return copy.deepcopy(self._program)
-
+    # -- the console's Stimulation interface (limits and state from ProgramHolder) ---------------------------
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         from ionm import link as ln
 

@@ -136,17 +136,13 @@ def validate(cmd: dict[str, Any], program: dict[str, Any], lim: dict[str, Any]) 
     return new
 
 
-class RecordedStimulation:
-    """Keeps the program and records every command; the simulated case reads program() and takes the trains
-    requested on demand. Thread-safe (the web server sets, the simulated source reads)."""
+class ProgramHolder:
+    """The program and the limits it is checked against, behind a lock (the web server sets, sources read)."""
 
     def __init__(self, program: dict[str, Any] | None = None, defn: dict[str, Any] | None = None):
         self._limits = limits(defn)
         self._program = copy.deepcopy(program or default_program())
         self._lock = threading.Lock()
-        self._trains: list[float] = []  # wall times of trains requested on demand
-        self._last_train = -1e9
-        self.log: list[dict[str, Any]] = []
 
     def limits(self) -> dict[str, Any]:
         return dict(self._limits)
@@ -154,6 +150,17 @@ class RecordedStimulation:
     def state(self) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self._program)
+
+
+class RecordedStimulation(ProgramHolder):
+    """Keeps the program and records every command; the simulated case reads program() and takes the trains
+    requested on demand. Thread-safe (the web server sets, the simulated source reads)."""
+
+    def __init__(self, program: dict[str, Any] | None = None, defn: dict[str, Any] | None = None):
+        super().__init__(program, defn)
+        self._trains: list[float] = []  # wall times of trains requested on demand
+        self._last_train = -1e9
+        self.log: list[dict[str, Any]] = []
 
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
