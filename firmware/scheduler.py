@@ -78,6 +78,8 @@ class Scheduler:
                 if since_ms < self.sup.train_interval_ms_min:
                     raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "the last TcMEP train was %d ms ago;"
                                           " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
+            if prog["kind"] == "tcmep":
+                self.last_train_index = start  # taken now: a second request before it is armed is refused
             self.running.append(_Running(pid, prog, t0))
         return start
 
@@ -114,7 +116,7 @@ class Scheduler:
                 # Backstop whatever the programs say: no output pulses faster than its maximum rate, no
                 # TcMEP train closer than the minimum train interval to the previous one.
                 if p["kind"] == "tcmep":
-                    last = self.last_train_index
+                    last = self.last_train_index if run.k else None  # (start() reserved the first train)
                     gap = self.sup.train_interval_ms_min * fs // 1000
                 else:
                     last = self.last_index[p["output"]]
