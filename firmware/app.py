@@ -43,6 +43,7 @@ class Firmware:
         self.slot = slot
         self.fw_hash = version.firmware_hash()
         self.heap_peak = 0
+        self.last_run = None  # (end index, rate, ticks_ms at stop) of the previous acquisition run
         self.handlers = {
             m.HELLO: self.on_hello,
             m.GET_INFO: self.on_get_info,
@@ -116,6 +117,10 @@ class Firmware:
         if self.acq is None:
             raise m.ProtocolError(m.E_STATE, "configure before start")
         if not self.acq.running:
+            if self.last_run is not None:  # the sample index restarts: keep the stimulation intervals honest
+                end, fs, stopped_ms = self.last_run
+                gap = self.bsp.ticks_diff(self.bsp.ticks_ms(), stopped_ms)
+                self.scheduler.rebase(end, fs, self.acq.cfg.rate_hz, max(gap, 0))
             self.acq.start()
         self.link.ack(rid, {"cfg": self.acq.cfg.cfg_id})
 
@@ -125,6 +130,7 @@ class Firmware:
         if self.acq is not None and self.acq.running:
             self.acq.stop()
             samples = self.acq.next_index
+            self.last_run = (samples, self.acq.cfg.rate_hz, self.bsp.ticks_ms())
         self.link.ack(rid, {"samples": samples})
 
     def on_stim_program(self, rid, body):
@@ -140,7 +146,7 @@ class Firmware:
         only = body.get("program")
         if only is not None and (not isinstance(only, int) or not 0 <= only < len(self.scheduler.programs)):
             raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d" % (len(self.scheduler.programs) - 1))
-        start = self.scheduler.start(self.acq.next_index, self.acq.cfg.rate_hz, only)
+        start = self.scheduler.start(self.acq.next_index, self.acq.cfg.rate_hz, self.acq.writer.nsamp, only)
         self.link.ack(rid, {"start_index": start})
 
     def on_stim_stop(self, rid, body):
@@ -225,6 +231,7 @@ class Firmware:
         if silent > HOST_LOST_MS and self.acq is not None and self.acq.running:
             self.scheduler.stop()
             self.acq.stop()
+            self.last_run = (self.acq.next_index, self.acq.cfg.rate_hz, self.bsp.ticks_ms())
             self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
 
     def after_block(self):
@@ -264,9 +271,9 @@ class Firmware:
                              % self.supervisor.watchdog_ms})
             return
         if acq.epochs:
-            sched.tick(acq.next_index, deadline, acq.cfg.pre + acq.writer.nsamp, acq.window)
+            sched.tick(acq.next_index, deadline, acq.writer.nsamp, acq.cfg.pre + acq.writer.nsamp, acq.window)
         else:
-            sched.tick(acq.next_index, deadline)
+            sched.tick(acq.next_index, deadline, acq.writer.nsamp)
 
     def status(self):
         """Heap and link counters: how close the board runs to its memory, seen from the host. Collecting

@@ -63,12 +63,16 @@ class Scheduler:
         self.stop()
         self.programs = programs
 
-    def start(self, now_index, fs, only=None):
-        """Start all programs (or program `only`) from the next horizon on. Returns the start index."""
+    def start(self, now_index, fs, block, only=None):
+        """Start all programs (or program `only`) from the next horizon on. Returns the start index.
+        block: samples per DMA block; a block longer than half the watchdog cannot be scheduled safely."""
+        if block * 1000 > fs * self.sup.watchdog_ms // 2:
+            raise m.ProtocolError(m.E_STATE, "stimulation needs blocks of at most %d ms; this configuration's are"
+                                  " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
         if self.running and only is None:
             self.stop()
         self.fs = fs
-        start = now_index + fs * _HORIZON_MS // 1000
+        start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
         t0 = start * 1000000 // fs
         ids = range(len(self.programs)) if only is None else [only]
         for pid in ids:
@@ -91,14 +95,15 @@ class Scheduler:
         self.armed = []
         return cancelled
 
-    def tick(self, next_index, deadline_index, lead=0, on_arm=None):
-        """Arm every pulse due before min(next_index + horizon + lead, deadline_index). lead (samples)
-        extends the horizon so that epoch windows are known before their pre-stimulus samples arrive;
-        on_arm(index) is told of every pulse armed."""
+    def tick(self, next_index, deadline_index, block, lead=0, on_arm=None):
+        """Arm every pulse due before min(next_index + horizon + lead, deadline_index). The horizon covers
+        at least the next block (block samples): ticks come once per block, and a pulse not armed before
+        its block is read would be late. lead (samples) extends the horizon so that epoch windows are known
+        before their pre-stimulus samples arrive; on_arm(index) is told of every pulse armed."""
         if not self.running:
             return
         fs = self.fs
-        limit = min(next_index + max(fs * _HORIZON_MS // 1000, 1) + lead, deadline_index)
+        limit = min(next_index + max(fs * _HORIZON_MS // 1000, 2 * block) + lead, deadline_index)
         for run in self.running:
             while True:
                 nxt = run.next_pulse()
@@ -110,6 +115,7 @@ class Scheduler:
                 if index >= limit:
                     break
                 if index < next_index:  # a stalled loop must not fire a burst of late pulses: skip them
+                    self.pulses_skipped += 1
                     run.k += 1
                     continue
                 p = run.prog
@@ -140,6 +146,18 @@ class Scheduler:
                     on_arm(index)
                 run.k += 1
         self.running = [r for r in self.running if not r.done]
+
+    def rebase(self, old_end, old_fs, new_fs, gap_ms):
+        """Acquisition restarted (its sample index begins at 0 again): move the remembered pulse and train
+        times onto the new clock, in the past by the time between the runs, so that the minimum intervals
+        still hold across a stop and start (clearing them would let a quick restart bypass them)."""
+        def conv(i):
+            if i is None:
+                return None
+            return (i - old_end) * new_fs // old_fs - gap_ms * new_fs // 1000
+
+        self.last_index = [conv(i) for i in self.last_index]
+        self.last_train_index = conv(self.last_train_index)
 
     def match_latch(self, index, output):
         """(program id, requested µA) of the armed pulse a latch reports, or (-1, 0)."""

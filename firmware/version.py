@@ -24,7 +24,8 @@ def _source_dirs():
 def firmware_hash():
     import bootslot
 
-    for manifest in (bootslot.SLOT_DIR + "/fw_manifest.json" if bootslot.SLOT_DIR else "", "/fw_manifest.json"):
+    base = (bootslot.state_dir() or "") + "/fw_manifest.json"  # `ionm flash` writes it at the flash root
+    for manifest in (bootslot.SLOT_DIR + "/fw_manifest.json" if bootslot.SLOT_DIR else "", base):
         if not manifest:
             continue
         try:

@@ -187,3 +187,25 @@ def test_fuzzed_command_stream_never_delivers_a_pulse_outside_the_limits(stim_bo
         assert len(train) <= s["train_pulses_max"]
     for a, b in zip(trains, trains[1:], strict=False):
         assert (b[0] - a[0]) * 1000 // fs >= s["tcmep_train_interval_ms_min"] - 1
+
+
+def test_minimum_intervals_hold_across_an_acquisition_restart(stim_board):
+    """The sample index restarts with acquisition: pulses must still flow after a restart, and a TcMEP train
+    requested right after a restart must still respect the minimum interval since the previous one."""
+    vb, link, events = stim_board
+    link.request(m.STIM_PROGRAM, {"programs": [
+        {"kind": "pulse", "output": 0, "current_ua": 10000, "width_us": 100, "rate_mhz": 9700},
+        {"kind": "tcmep", "count": 3, "ipi_us": 3000}]})
+    link.request(m.STIM_START, {"program": 1})  # a train now
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(0.3)
+    link.request(m.STOP, {})
+    link.request(m.START, {})  # index back to 0
+    with pytest.raises(ln.BoardError) as err:
+        link.request(m.STIM_START, {"program": 1})
+    assert err.value.code == m.E_LIMIT_TRAIN_INTERVAL
+    n = len([e for e in events if e["kind"] == "stim" and e["output"] == 0])
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(0.5)
+    after = [e for e in events if e["kind"] == "stim" and e["output"] == 0][n:]
+    assert len(after) >= 3  # pulses resume on the new clock

@@ -196,6 +196,8 @@ def serve_client(model: HardwareModel, conn: socket.socket) -> None:
         elif op == b"G":
             pin, level = _recv_exact(conn, 2)
             model.chain.set_pin(PIN_NAMES.get(pin, "?"), level)
+            if PIN_NAMES.get(pin) == "start" and level:
+                model.was_running = False  # conversions restart: index 0, a new wall-clock origin
         elif op == b"P":
             model.arm_pulse(*PULSE_REQ.unpack(_recv_exact(conn, PULSE_REQ.size)))
         elif op == b"T":
