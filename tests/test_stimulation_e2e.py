@@ -209,3 +209,36 @@ def test_minimum_intervals_hold_across_an_acquisition_restart(stim_board):
     time.sleep(0.5)
     after = [e for e in events if e["kind"] == "stim" and e["output"] == 0][n:]
     assert len(after) >= 3  # pulses resume on the new clock
+
+
+def test_a_compliance_fault_stops_all_stimulation_with_an_event_that_says_why(tmp_path):
+    """A stimulating electrode at 20 kΩ: the 400 V output stage cannot drive 25 mA (at most 20 mA). The
+    current-sense readback shows it; the firmware stops every output and says why."""
+    from ionm.sim import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    events: list[dict] = []
+    with VirtualBoard(bench=True, pulse_log=str(log), faults=["impedance:1:20000"],
+                      stderr=open(tmp_path / "err", "w")) as vb:
+        link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=0.025)
+        try:
+            ln.connect(link, timeout=10)
+            link.request(m.CONFIGURE, {"rate_hz": 4000, "samples_per_frame": 20})
+            link.request(m.START, {})
+            link.request(m.STIM_PROGRAM, {"programs": [
+                {"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700},
+                {"kind": "pulse", "output": 1, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
+                 "phase_us": 100000}]})
+            link.request(m.STIM_START, {})
+            time.sleep(1.0)
+        finally:
+            link.close()
+    faults = [e for e in events if e["kind"] == "fault"]
+    assert len(faults) == 1 and faults[0]["fault"] == "compliance" and faults[0]["output"] == 1
+    assert "impedance" in faults[0]["detail"] and "stimulation stopped" in faults[0]["detail"]
+    delivered = [json.loads(line) for line in open(log)]
+    limited = [p for p in delivered if p["compliance_limited"]]
+    assert len(limited) == 1 and limited[0]["delivered_ma"] == pytest.approx(20.0)
+    # nothing after the faulty pulse but what was already armed inside the board's short horizon
+    horizon = 2 * 20 + 4000 * 20 // 1000
+    assert all(p["index"] <= limited[0]["index"] + horizon for p in delivered)

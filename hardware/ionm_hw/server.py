@@ -69,10 +69,16 @@ class HardwareModel:
         self.wall0 = 0.0
         self.was_running = False
         self.divider = divider_ratio(self.defn)
+        self.impedance_override: dict[int, float] = {}  # stimulator output -> ohms (an electrode fault)
         for fault in faults or []:
             kind, _, rest = fault.partition(":")
-            ch, _, value = rest.partition(":")
-            self.chain.faults[int(ch)] = "dead" if kind == "dead" else "gain:%s" % value
+            where, _, value = rest.partition(":")
+            if kind == "impedance":
+                self.impedance_override[int(where)] = float(value)
+            elif kind in ("dead", "gain"):
+                self.chain.faults[int(where)] = "dead" if kind == "dead" else "gain:%s" % value
+            else:
+                raise ValueError("unknown fault %r: dead:CH, gain:CH:FRACTION or impedance:OUTPUT:OHMS" % fault)
 
     # ---- the analogue inputs --------------------------------------------------------------------
     def _patient(self, fs: int) -> Any:
@@ -100,6 +106,8 @@ class HardwareModel:
         return volts, None
 
     def _impedance(self, output: int, index: int, fs: int) -> float:
+        if output in self.impedance_override:
+            return self.impedance_override[output]
         if self.inputs == "patient":
             return float(self._patient(fs).stim_impedance_ohm(output, index))
         return 1000.0  # bench load resistor on every output
@@ -221,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", choices=("patient", "bench"), default="patient")
     ap.add_argument("--generator", action="store_true", help="start the SCPI signal generator")
     ap.add_argument("--pulse-log", help="append every delivered pulse as a JSON line here")
-    ap.add_argument("--fault", action="append", default=[], help="dead:CH or gain:CH:FRACTION")
+    ap.add_argument("--fault", action="append", default=[],
+                    help="dead:CH, gain:CH:FRACTION or impedance:OUTPUT:OHMS (a stimulating electrode)")
     args = ap.parse_args(argv)
 
     gen = server = None

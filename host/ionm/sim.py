@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", action="store_true", help="start the SCPI signal generator (prints its resource)")
     p.add_argument("--pulse-log", help="append each delivered stimulus pulse as a JSON line to this file")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="inject an analogue fault: dead:CH or gain:CH:FRACTION (repeatable)")
+                   help="inject a fault: dead:CH, gain:CH:FRACTION, impedance:OUTPUT:OHMS (repeatable)")
     p.add_argument("--state-dir", help="the board's flash filesystem (calibration, firmware slots); default: fresh")
 
 
