@@ -100,7 +100,9 @@ class BoardCase(ProgramHolder):
     def _event(self, body: dict[str, Any]) -> None:
         self.case.on_event(body)
         kind = body.get("kind")
-        if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost", "boot"):
+        session = getattr(self, "session", None)  # (events arrive while the session is being opened)
+        reset = kind == "boot" and session is not None and session.link.handshaken  # a boot mid-case
+        if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost") or reset:
             self._events.append(body)
         if kind == "recovered":
             with self._lock:  # the board reset: stimulation is off until the technologist resumes it
