@@ -124,3 +124,21 @@ def test_stream_port_speaking_something_else_is_named_as_such():
         os.close(slave)
     assert result.returncode != 0
     assert "not with the ionm protocol" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_sim_takes_its_children_with_it():
+    """kill -9 leaves no cleanup code to run: the children must still not outlive the virtual board."""
+    proc = subprocess.Popen(ionm_cmd("sim", "--bench"), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    proc.stdout.readline()
+    kids = [int(k.split()[0]) for k in _children(proc.pid)]
+    assert len(kids) == 2
+    proc.kill()
+    proc.wait(timeout=5)
+    deadline = time.monotonic() + 5
+    alive = kids
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in kids if os.path.exists("/proc/%d" % p)
+                 and open("/proc/%d/stat" % p).read().split()[2] != "Z"]
+    assert not alive

@@ -97,7 +97,9 @@ def _virtual_board(scenario: dict[str, Any], seed: int) -> Any:
     fh = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="ionm-scenario-", delete=False)
     json.dump(scenario, fh)
     fh.close()
-    return VirtualBoard(scenario=fh.name, seed=seed, stderr=open(os.devnull, "w"))
+    board = VirtualBoard(scenario=fh.name, seed=seed, stderr=open(os.devnull, "w"))
+    board.scenario_file = fh.name  # removed when the console stops
+    return board
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,12 +204,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     finally:
-        engine.stop()
-        if hasattr(source, "close"):
-            source.close()
-        if board is not None:
-            board.close()
-        store.close()
+        # each step on its own: a failure in one must not leave the virtual board running
+        for step in (engine.stop, getattr(source, "close", None), board.close if board is not None else None,
+                     store.close):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception as exc:  # say it, and go on cleaning up
+                print("ionm console: while stopping: %s" % exc, file=sys.stderr)
+        if board is not None and board.scenario_file:
+            Path(board.scenario_file).unlink(missing_ok=True)
         print("ionm console: stopped (the case stays open; run again to resume)", flush=True)
     return 0
 

@@ -40,6 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="the board's flash filesystem (calibration, firmware slots); default: fresh")
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the process that started it dies, so that a
+    virtual board never outlives a console or sim that was killed without cleaning up."""
+    try:
+        import ctypes
+        import signal as _signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(_signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: close() still stops the children
+        pass
+
+
 class VirtualBoard:
     """The two processes and the pty; usable from tests as a context manager."""
 
@@ -49,6 +61,7 @@ class VirtualBoard:
         from ionm import mpy, paths
 
         self.tmp = Path(tempfile.mkdtemp(prefix="ionm-sim-"))
+        self.scenario_file: str | None = None  # a scenario written out for this board, removed by its owner
         self.socket_path = str(self.tmp / "model.sock")
         self.stderr = stderr if stderr is not None else sys.stderr
         model_cmd = [sys.executable, "-m", "ionm_hw.server", "--socket", self.socket_path, "--serial", serial,
@@ -61,7 +74,8 @@ class VirtualBoard:
             model_cmd += ["--pulse-log", pulse_log]
         for f in faults or []:
             model_cmd += ["--fault", f]
-        self.model = subprocess.Popen(model_cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.model = subprocess.Popen(model_cmd, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                      preexec_fn=_die_with_parent)
         assert self.model.stdout is not None
         ready = self.model.stdout.readline().split()
         if not ready or ready[0] != "READY":
@@ -85,7 +99,7 @@ class VirtualBoard:
 
     def _start_firmware(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.fw_cmd, stdin=self.master, stdout=self.master, stderr=self.stderr,
-                                env=self.fw_env)
+                                env=self.fw_env, preexec_fn=_die_with_parent)
 
     def reset_board(self) -> None:
         """Power-cycle the board: kill the firmware and start it again (the analogue world persists)."""
