@@ -1,9 +1,10 @@
 """Detection benchmark: the evaluator against a conventional 300-sweep block average, on the virtual patient.
 
-run(quick=False) -> dict. Scenario runs are drawn with seeds from SEED_BASE up, never used in development
-(development and tests use seeds below 100). Each run records one stimulated side (left median for
-ssep-upper, left tibial for ssep-lower) with ionm_hw.sweeps.record_sweeps, all channels of that modality,
-and evaluates it twice:
+run(quick=False) -> dict. Scenario runs are drawn with seeds from SEED_BASE up, never used in development:
+development used run(seed_base=500, 520, 540, 560, 580) (seeds 500-599) and the tests seeds below 100. Each
+run records one stimulated side (left median for ssep-upper, left tibial for ssep-lower) with
+ionm_hw.sweeps.record_sweeps, every channel the default montage records for that modality (as the console's
+stream of that site holds them), and evaluates it twice:
 
 - the evaluator (ionm.pipeline.evaluator, as `ionm evaluate` runs it);
 - the conventional reference, implemented here: the same conditioning and artifact rejection, then
@@ -13,11 +14,13 @@ and evaluates it twice:
   transitions into alert.
 
 Both are scored on the stimulated side's cortical channel (the channel the simulator reports as carrying
-that response best): an "event" is a stretch of time during which the scripted truth meets an ACNS
-criterion (amplitude <= 50 % or latency >= 110 %); time to alert is from the event's start to the first
-alert in it (or up to 30 s after it ends); an event without one is missed; an alert outside every event is
-false. False alerts per 8 h are per recording-hour of post-baseline time outside events. The evaluator's
-alerts on the other channels the simulator scores (the peripheral nerve channel) are counted too.
+that response best; with the whole montage recorded it is always a recorded one, whereas before a patient
+whose Cz'-Fpz coupling beat CPz-CP4's was scored on the last recorded channel, a nerve): an "event" is a
+stretch of time during which the scripted truth meets an ACNS criterion (amplitude <= 50 % or latency
+>= 110 %); time to alert is from the event's start to the first alert in it (or up to 30 s after it ends); an
+event without one is missed; an alert outside every event is false. False alerts per 8 h are per
+recording-hour of post-baseline time outside events. The evaluator's alerts on the other channels the
+simulator scores (the peripheral nerve and cervical channels) are counted too.
 
 Scenario kinds (targets: the stimulated side's cortical response unless noted):
   stable      nothing changes
@@ -80,11 +83,13 @@ def _scenario(kind: str, modality: str, rng: np.random.Generator, baseline_end: 
 
 
 def _channels(modality: str) -> list[int]:
-    """Both cortical channels (for the global/focal scope) and the stimulated (left) side's nerve channel."""
+    """Every channel the default montage records for the modality, as the console's stream of that stimulated
+    site holds them: both cortical channels (for the global/focal scope), the nerve and cervical channels, and
+    for the leg the midline Cz'-Fpz backup derivation. The conventional reference judges one channel (the
+    stimulated side's best cortical channel) as a reader would; the evaluator sees the whole stream."""
     from ionm_hw.physiology.montage import DEFAULT_MONTAGE
 
-    want = ("C3'-Fz", "C4'-Fz", "EpL-Fz") if modality == "ssep-upper" else ("CPz-CP4", "CPz-CP3", "PFLp-PFLd")
-    return [i for i, m in enumerate(DEFAULT_MONTAGE) if m["derivation"] in want]
+    return [i for i, m in enumerate(DEFAULT_MONTAGE) if m["modality"] == modality]
 
 
 def _events(t: np.ndarray, amp: np.ndarray, lat: np.ndarray) -> list[tuple[float, float]]:

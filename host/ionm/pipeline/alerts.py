@@ -49,10 +49,12 @@ class AlertEvent:
                 "scope": self.scope}
 
 
-def scope_of(channel: int, changed: np.ndarray, names: list[str]) -> str:
-    """Global when a channel on the other side (or of unknown side) changed too, focal if none did."""
+def scope_of(channel: int, changed: np.ndarray, names: list[str], same_response: list[int] | None = None) -> str:
+    """Global when a channel on the other side (or of unknown side) changed too, focal if none did. Channels
+    recording the same response as this one (its pool, e.g. a midline derivation of it) are not peers."""
     sides = [side_of(n) for n in names]
-    peers = [c for c in range(len(names)) if c != channel
+    skip = set(same_response or []) | {channel}
+    peers = [c for c in range(len(names)) if c not in skip
              and (sides[channel] is None or sides[c] is None or sides[c] != sides[channel])]
     if not peers:
         return "unknown"
@@ -62,13 +64,16 @@ def scope_of(channel: int, changed: np.ndarray, names: list[str]) -> str:
 class SsepAlerts:
     """The SSEP state machine for all channels of a recording."""
 
-    def __init__(self, modality: Modality, names: list[str], z: float = 3.5, confirm: int = 3, min_n: int = 8,
-                 present_z: float = 4.0, z_change: float = 5.0, z_point: float = 0.5):
+    def __init__(self, modality: Modality, names: list[str], z: float = 3.5, confirm: int = 3, min_n: int = 16,
+                 present_z: float = 4.0, z_change: float = 4.25, z_above: float = -1.0, z_latency: float = 5.0,
+                 z_scope: float = 2.0, z_scope_drop: float = 3.0, members: list[list[int]] | None = None):
         self.m = modality
         self.names = list(names)
         self.z, self.confirm, self.min_n, self.present_z = z, confirm, min_n, present_z
-        self.z_change, self.z_point = z_change, z_point
+        self.z_change, self.z_above, self.z_latency, self.z_scope = z_change, z_above, z_latency, z_scope
+        self.z_scope_drop = z_scope_drop
         n = len(names)
+        self.members = members or [[c] for c in range(n)]  # channels recording the same response (pools)
         self.state = [NORMAL] * n
         self.streak = np.zeros(n, dtype=int)
         self.changed = np.zeros(n, dtype=bool)
@@ -76,47 +81,56 @@ class SsepAlerts:
 
     def _evidence(self, est: WindowEstimates, amp_level: float, lat_level: float
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Per channel: amplitude criterion met, latency criterion met, and the deciding window's estimates.
+        """Per channel: the strongest amplitude and latency evidence over the windows (z; an acute change
+        counts as infinitely strong), and the deciding window's estimates.
 
-        Amplitude: (level - a) / se > z on some window (a is the fit at the best latency, which if anything
-        overestimates a weak response: the test errs towards not alerting), or, for an acute change, a drop
-        from the level before the window significant at z_change with a below the level by z_point standard
-        errors (a reader's "reproducible acute 50 % drop"). Latency: the likelihood-ratio
-        statistic for s > level exceeds z^2 on some window, with the response itself present there
-        (amplitude / SE > present_z)."""
+        Amplitude, on some window: the level itself below the criterion, (level - a) / se > z; or an acute
+        change: a drop from the reference before the window significant at z_change (beyond the drift
+        tolerance), with the window not above the criterion, (a - level) / se < z_above (a reader's
+        "reproducible acute 50 % drop"). Latency: the likelihood-ratio statistic for s > level exceeds
+        z_latency^2 with the response present (a / se > present_z); or, after an acute change as above, the best
+        fit lies beyond the level (the statistic is positive) with the response present."""
         ok = est.valid & (est.n[None, :] >= self.min_n)
-        za = np.where(ok, (amp_level - est.amplitude) / est.amplitude_se, -np.inf)
-        # Acute path: a change from the level just before the window, significant at z_change, to an
-        # estimate below the criterion by z_point standard errors. Expressed on the same scale as za.
-        zc = (est.ref_amplitude - est.amplitude) / np.hypot(est.amplitude_se, est.ref_amplitude_se)
-        below = (amp_level - est.amplitude) / est.amplitude_se > self.z_point
-        acute = ok & np.isfinite(zc) & (zc > self.z_change) & below
-        za = np.where(acute, np.maximum(za, self.z + 1e-9), za)
-        # The response must be there to have a latency: its (latency-marginalised) amplitude significant.
+        se = est.level_se(amp_level)
+        za = np.where(ok, (amp_level - est.amplitude) / se, -np.inf)
+        acute = ok & (est.drop_z > self.z_change)
+        near = (est.amplitude - amp_level) / se < self.z_above
+        za = np.where(acute & near, np.inf, za)
         present = est.amplitude / est.amplitude_se > self.present_z
         lr = est.latency_lr(lat_level)
-        zl = np.where(ok & present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr), -np.inf)
+        # The statistic maximises over latencies, windows and time: it needs z_latency where a plain z needs z.
+        zl = np.where(ok & present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
+        zl = np.where(acute & present & (lr > 0), np.inf, zl)
         zbest = np.maximum(za, zl)
         w = np.argmax(zbest, axis=1)
         rows = np.arange(len(w))
-        return (np.asarray((za > self.z).any(axis=1)), np.asarray((zl > self.z).any(axis=1)),
-                est.amplitude[rows, w], est.latency[rows, w])
+        return za.max(axis=1), zl.max(axis=1), est.amplitude[rows, w], est.latency[rows, w]
 
     def _recovered(self, est: WindowEstimates) -> np.ndarray:
         """Evidence the other way on some window: amplitude above and latency at or below the criteria."""
         ok = est.valid & (est.n[None, :] >= self.min_n)
-        za = (est.amplitude - self.m.amplitude_ratio_alert) / est.amplitude_se
+        za = (est.amplitude - self.m.amplitude_ratio_alert) / est.level_se(self.m.amplitude_ratio_alert)
         lr = -est.latency_lr(self.m.latency_ratio_alert)
         return (ok & (za > self.z) & (lr > self.z**2)).any(axis=1)
 
     def update(self, est: WindowEstimates, t_s: float, accepted: np.ndarray, tracked: np.ndarray) -> list[int]:
         """Advance the states with this sweep's window estimates; returns the channels whose windows must
         restart (entered or left alert). New AlertEvents are appended to self.events."""
-        amp_a, lat_a, amp, lat = self._evidence(est, self.m.amplitude_ratio_alert, self.m.latency_ratio_alert)
-        amp_w, lat_w, _, _ = self._evidence(est, self.m.amplitude_ratio_warning, self.m.latency_ratio_warning)
+        za_a, zl_a, amp, lat = self._evidence(est, self.m.amplitude_ratio_alert, self.m.latency_ratio_alert)
+        amp_a, lat_a = za_a > self.z, zl_a > self.z
+        za_w, zl_w, _, _ = self._evidence(est, self.m.amplitude_ratio_warning, self.m.latency_ratio_warning)
+        amp_w, lat_w = za_w > self.z, zl_w > self.z
+        # Scope asks whether anything changed elsewhere at the same time, not whether that change is alarming:
+        # evidence beyond the warning levels at z_scope standard errors, or a drop from the sweeps before
+        # (beyond the drift tolerance) at z_scope_drop, is enough. A global decline reaches the channels at
+        # different moments of their noise: one crosses the criterion while the other is still above the
+        # warning level, but already falling.
+        valid = est.valid & (est.n[None, :] >= self.min_n)
+        dropping = np.where(valid, est.drop_z, -np.inf).max(axis=1) > self.z_scope_drop
+        amp_s, lat_s = (za_w > self.z_scope) | dropping, zl_w > self.z_scope
         recovered = self._recovered(est)
         restart: list[int] = []
-        self.changed = tracked & (amp_w | lat_w | np.array([s != NORMAL for s in self.state]))
+        self.changed = tracked & (amp_s | lat_s | np.array([s != NORMAL for s in self.state]))
         for c in np.flatnonzero(accepted & tracked):
             if self.state[c] == ALERT:
                 self.streak[c] = self.streak[c] + 1 if recovered[c] else 0
@@ -130,7 +144,7 @@ class SsepAlerts:
                 crit = "amplitude+latency" if amp_a[c] and lat_a[c] else "amplitude" if amp_a[c] else "latency"
                 self.state[c], self.streak[c] = ALERT, 0
                 self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, float(amp[c]), float(lat[c]),
-                                              scope_of(int(c), self.changed, self.names)))
+                                              scope_of(int(c), self.changed, self.names, self.members[c])))
                 restart.append(int(c))
             else:
                 self.state[c] = WARNING if (met or amp_w[c] or lat_w[c]) else NORMAL

@@ -45,6 +45,14 @@ class BaselineAccumulator:
         mean = (self.sums[0] + self.sums[1]) / np.maximum(na + nb, 1)[:, None]
         return mean, a, b
 
+    def aligned(self) -> tuple[np.ndarray, np.ndarray]:
+        """The recent sweeps of all channels at the tracker's indices, [k, ch, len(idx)] (float32), and which
+        channel accepted each, [k, ch]: rows line up across channels (cross-channel correlations)."""
+        if not self.recent:
+            n_ch = self.counts.shape[1]
+            return np.zeros((0, n_ch, len(self.idx)), dtype=np.float32), np.zeros((0, n_ch), dtype=bool)
+        return np.stack([s for s, _ in self.recent]), np.stack([ok for _, ok in self.recent])
+
     def stack(self, channel: int) -> np.ndarray:
         """Recent accepted sweeps of one channel at the tracker's indices, [k, len(idx)]."""
         rows = [s[channel] for s, ok in self.recent if ok[channel]]

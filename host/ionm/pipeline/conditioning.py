@@ -86,24 +86,50 @@ def _sos_zi(fs: float, lo_hz: float, hi_hz: float, order: int) -> np.ndarray:
     return np.asarray(signal.sosfilt_zi(bandpass_sos(fs, lo_hz, hi_hz, order)))
 
 
+@lru_cache(maxsize=32)
+def _tail_map(fs: float, lo_hz: float, hi_hz: float, order: int, padlen: int) -> np.ndarray:
+    """The backward pass's initial state [n_sections * 2] as a linear map of the forward pass's final state at
+    the sweep's end and the sweep's last value [n_sections * 2 + 1]: the extension is a constant, so filtering
+    it forward, then backward from its steady state, is linear in those and is done once here, not per sweep."""
+    sos, zi = bandpass_sos(fs, lo_hz, hi_hz, order), _sos_zi(fs, lo_hz, hi_hz, order)
+    n_state = zi.size
+    out = np.zeros((n_state, n_state + 1))
+    for j in range(n_state + 1):
+        z0 = np.zeros(n_state)
+        if j < n_state:
+            z0[j] = 1.0
+        c = 1.0 if j == n_state else 0.0
+        y, _ = signal.sosfilt(sos, np.full(padlen, c), zi=z0.reshape(zi.shape))
+        _, zb = signal.sosfilt(sos, y[::-1], zi=zi * y[-1])
+        out[:, j] = zb.ravel()
+    return out
+
+
 def bandpass(sweeps: np.ndarray, fs: float, band_hz: tuple[float, float], order: int = 2) -> np.ndarray:
     """Zero-phase band-pass inside each sweep window (forward-backward: latencies are not shifted).
 
     The edges are extended with their end values (one period of the low edge) so the high-pass starts
     settled; an odd reflection would mirror a large response (an MEP) into the padding and leave its
-    high-pass transient as an offset across the sweep. (scipy's sosfiltfilt with padtype="constant", with
-    the filter's initial state cached: this runs once per sweep in the live path.)"""
+    high-pass transient as an offset across the sweep. The result is that of sosfiltfilt with
+    padtype="constant", for less work (this runs once per sweep live): the forward pass starts in the steady
+    state of the first value (scipy's sosfilt_zi), which is exactly where a run over the constant left
+    extension would leave it; the right extension's forward and backward passes are linear in the forward
+    state at the sweep's end and the last value, so they are a precomputed map (_tail_map); and the backward
+    pass's output over the left extension would be discarded, so it stops at the sweep's start."""
     key = (float(fs), float(band_hz[0]), float(band_hz[1]), order)
     sos, zi = bandpass_sos(*key), _sos_zi(*key)
     x = np.asarray(sweeps, dtype=np.float64)
     n = x.shape[-1]
     padlen = min(n - 1, int(fs / band_hz[0]) if band_hz[0] > 0 else 3 * (2 * len(sos) + 1))
-    ext = np.concatenate([np.repeat(x[..., :1], padlen, -1), x, np.repeat(x[..., -1:], padlen, -1)], axis=-1)
     shape = (len(sos),) + (1,) * (x.ndim - 1) + (2,)
     zi_b = zi.reshape(shape)
-    y, _ = signal.sosfilt(sos, ext, axis=-1, zi=zi_b * ext[..., :1][None])
-    y, _ = signal.sosfilt(sos, y[..., ::-1], axis=-1, zi=zi_b * y[..., -1:][None])
-    return np.ascontiguousarray(y[..., ::-1][..., padlen: padlen + n])
+    y, zf = signal.sosfilt(sos, x, axis=-1, zi=zi_b * x[..., :1][None])
+    # zf [n_sections, ..., 2] -> [..., n_sections * 2] with the last value appended, through the map.
+    state = np.concatenate([np.moveaxis(zf, 0, -2).reshape(x.shape[:-1] + (-1,)), x[..., -1:]], axis=-1)
+    zb = state @ _tail_map(*key, padlen).T
+    zb = np.moveaxis(zb.reshape(x.shape[:-1] + (len(sos), 2)), -2, 0)
+    y, _ = signal.sosfilt(sos, y[..., ::-1], axis=-1, zi=zb)
+    return np.asarray(y[..., ::-1])
 
 
 class MainsCanceller:
@@ -136,35 +162,51 @@ class MainsCanceller:
         self.rhs: np.ndarray | None = None
         self.n_updates = 0
 
-    def _design(self, stim_time_s: float, kept_only: bool = False) -> np.ndarray:
-        """[n_samples, 2 n_freqs] cosines and sines of absolute time: the angle-sum identity on cached
-        per-sample terms (trigonometry of the stimulus time only: 2 n_freqs values per sweep)."""
-        if not hasattr(self, "_cb"):
-            b = 2 * np.pi * np.outer(self.offsets_s, self.freqs)
-            self._cb, self._sb = np.cos(b), np.sin(b)
-            self._cbk, self._sbk = self._cb[self.keep], self._sb[self.keep]
-        a = 2 * np.pi * np.mod(stim_time_s * self.freqs, 1.0)  # wrapped: exact even hours into a case
-        ca, sa = np.cos(a), np.sin(a)
-        cb, sb = (self._cbk, self._sbk) if kept_only else (self._cb, self._sb)
-        return np.concatenate([ca * cb - sa * sb, sa * cb + ca * sb], axis=1)
+    def _basis(self) -> None:
+        """Per-sample terms of the angle-sum identity, cached: cos and sin of 2 pi f x (sample offset) [n, nf],
+        side by side, and the same with the samples the fit ignores zeroed; and the fit's Gram matrix at
+        stimulus phase 0, from which any phase's is a rotation."""
+        b = 2 * np.pi * np.outer(self.offsets_s, self.freqs)
+        self._b = np.concatenate([np.cos(b), np.sin(b)], axis=1)  # [n, 2 nf]
+        self._bk = self._b * self.keep[:, None]
+        self._g0 = self._bk.T @ self._bk
 
-    def apply(self, sweep: np.ndarray, stim_time_s: float) -> np.ndarray:
-        """Cancel mains in one sweep [..., n_samples] (a copy), then learn from it."""
+    def _rotation(self, stim_time_s: float) -> np.ndarray:
+        """[2 nf, 2 nf] R with design(t) = basis @ R: cos(a + b) = cos a cos b - sin a sin b, sin(a + b) =
+        sin a cos b + cos a sin b, a the phase of the stimulus time (trigonometry of 2 nf values per sweep)."""
+        a = 2 * np.pi * np.mod(stim_time_s * self.freqs, 1.0)  # wrapped: exact even hours into a case
+        ca, sa = np.diag(np.cos(a)), np.diag(np.sin(a))
+        return np.block([[ca, sa], [-sa, ca]])
+
+    def _design(self, stim_time_s: float) -> np.ndarray:
+        """[n_samples, 2 n_freqs] cosines and sines of absolute time."""
+        if not hasattr(self, "_b"):
+            self._basis()
+        return np.asarray(self._b @ self._rotation(stim_time_s))
+
+    def apply(self, sweep: np.ndarray, stim_time_s: float, in_place: bool = False) -> np.ndarray:
+        """Cancel mains in one sweep [..., n_samples] (a copy, or the float64 sweep itself if in_place), having
+        learnt from it first (its own estimate is not used on it: the cancellation stays causal)."""
         if len(self.freqs) == 0:
             return np.array(sweep, dtype=np.float64)
+        if not hasattr(self, "_b"):
+            self._basis()
         x = np.asarray(sweep, dtype=np.float64)
-        out = x.copy()
+        rows = x.reshape(-1, x.shape[-1])
+        rot = self._rotation(stim_time_s)
+        coef = None
         if self.rhs is not None and self.n_updates >= 3:
             # Ridge of 1e-6 of the mean diagonal: harmless when 50 and 60 Hz are both fitted.
             ridge = 1e-6 * np.trace(self.gram) / len(self.gram) * np.eye(len(self.gram))
             coef = np.linalg.solve(self.gram + ridge, self.rhs.reshape(len(self.gram), -1))
-            out -= (self._design(stim_time_s) @ coef).T.reshape(x.shape)
-        dk = self._design(stim_time_s, kept_only=True)
-        xk = x.reshape(-1, x.shape[-1])[:, self.keep]
-        rhs = dk.T @ xk.T  # [2 n_freqs, n_rows]
-        self.gram = self.forget * self.gram + dk.T @ dk
+        # The fit's terms at this phase: design' x = R' (basis' x) and design' design = R' G0 R.
+        rhs = rot.T @ (rows @ self._bk).T  # [2 n_freqs, n_rows]
+        self.gram = self.forget * self.gram + rot.T @ self._g0 @ rot
         self.rhs = rhs if self.rhs is None or self.rhs.shape != rhs.shape else self.forget * self.rhs + rhs
         self.n_updates += 1
+        out = x if in_place and x is sweep else x.copy()
+        if coef is not None:
+            out -= (self._b @ (rot @ coef)).T.reshape(x.shape)
         return out
 
 
@@ -191,19 +233,43 @@ class Conditioner:
                                         exclude=self.blank, fit_mask=self.mains_fit_mask)
 
     def __call__(self, sweep_uv: np.ndarray, stim_time_s: float) -> np.ndarray:
-        x = blank_stimulus(sweep_uv, self.fs, self.pre_samples, self.blank_ms)
+        x = blank_stimulus(sweep_uv, self.fs, self.pre_samples, self.blank_ms)  # a float64 copy, changed in place
         if self.baseline_mask is None:
-            x = detrend(x)
+            a, pinv = _line_basis(x.shape[-1])
+            x -= (x @ pinv.T) @ a.T
         else:
-            x = x - x[..., self.baseline_mask].mean(axis=-1, keepdims=True)
+            x -= x[..., self.baseline_mask].mean(axis=-1, keepdims=True)
         if self.mains is not None:
-            x = self.mains.apply(x, stim_time_s)
+            x = self.mains.apply(x, stim_time_s, in_place=True)
         x = bandpass(x, self.fs, self.band_hz)
         x[..., self.blank] = 0.0  # no information there: keep it out of averages and fits
         return x
 
 
 REASONS = ("flat", "saturation", "cautery", "amplitude")
+
+
+@lru_cache(maxsize=64)
+def _runs_cached(n: int, keep_bytes: bytes | None) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    if keep_bytes is None:
+        return (slice(0, n),), ()
+    keep = np.frombuffer(keep_bytes, dtype=bool)
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
+    kept = tuple(slice(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
+    bounds = [0] + [v for r in kept for v in (r.start, r.stop)] + [n]
+    others = tuple(slice(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if b > a)
+    return kept or (slice(0, 0),), others
+
+
+def _runs(n: int, keep: np.ndarray | None) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The runs of samples a mask keeps, and the runs it leaves out, as slices (cached per mask)."""
+    return _runs_cached(n, None if keep is None else np.ascontiguousarray(keep, dtype=bool).tobytes())
+
+
+def _sumsq(x: np.ndarray) -> np.ndarray:
+    """Sum of squares along the last axis, accumulated in float64."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return np.asarray(np.einsum("cn,cn->c", x64, x64))
 
 
 @dataclass
@@ -233,9 +299,12 @@ class ArtifactRejector:
     adaptive_rms: bool = True
     counts: list[dict[str, int]] = field(init=False)
     n_seen: int = field(init=False, default=0)
+    # The last sweep's conditioned RMS against its running median, per channel (1 until there is a history).
+    noise_ratio: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.counts = [dict.fromkeys(REASONS, 0) for _ in range(self.n_channels)]
+        self.noise_ratio = np.ones(self.n_channels)
         self._hf = np.zeros((self.history, self.n_channels))  # ring buffers of the last `history` sweeps
         self._rms = np.zeros((self.history, self.n_channels))
         self._filled = 0
@@ -246,23 +315,31 @@ class ArtifactRejector:
 
         keep masks the samples to judge (the stimulus blanking and, for MEPs, the response are excluded
         from the adaptive measures by the caller)."""
-        raw = np.asarray(raw_uv, dtype=np.float64).reshape(self.n_channels, -1)
-        cond = np.asarray(conditioned, dtype=np.float64).reshape(self.n_channels, -1)
-        if keep is not None:
-            raw_k, cond_k = raw[:, keep], cond[:, keep]
-        else:
-            raw_k, cond_k = raw, cond
-        ptp = np.ptp(raw_k, axis=1)
-        flat = ptp < self.flat_uv
-        sat = np.max(np.abs(raw), axis=1) >= self.saturation_uv
-        hf = np.sqrt(np.mean(np.diff(raw_k, axis=1) ** 2, axis=1))
-        rms = np.sqrt(np.mean(cond_k**2, axis=1))
+        raw = np.asarray(raw_uv).reshape(self.n_channels, -1)  # float32 as recorded is fine for these measures
+        cond = np.asarray(conditioned).reshape(self.n_channels, -1)
+        kept, others = _runs(raw.shape[1], keep)
+        # One pass per measure over views of the kept runs (no masked copies: this runs on every sweep).
+        hi = np.max([raw[:, r].max(axis=1) for r in kept], axis=0)
+        lo = np.min([raw[:, r].min(axis=1) for r in kept], axis=0)
+        flat = hi - lo < self.flat_uv
+        peak = np.maximum(hi, -lo)
+        for r in others:
+            peak = np.maximum(peak, np.maximum(raw[:, r].max(axis=1), -raw[:, r].min(axis=1)))
+        sat = peak >= self.saturation_uv
+        n_d = sum(r.stop - r.start - 1 for r in kept)
+        hf = np.sqrt(sum(_sumsq(np.diff(raw[:, r], axis=1)) for r in kept) / max(n_d, 1))
+        n_k = sum(r.stop - r.start for r in kept)
+        rms = np.sqrt(sum(_sumsq(cond[:, r]) for r in kept) / max(n_k, 1))
+        cpeak = np.max([np.maximum(cond[:, r].max(axis=1), -cond[:, r].min(axis=1)) for r in kept], axis=0)
         cautery = np.zeros(self.n_channels, dtype=bool)
-        loud = np.max(np.abs(cond_k), axis=1) > self.amplitude_uv
+        loud = cpeak > self.amplitude_uv
+        self.noise_ratio = np.ones(self.n_channels)
         if self._filled >= self.min_history:
             hist = slice(0, self._filled)
-            hf_ratio = hf / np.maximum(np.median(self._hf[hist], axis=0), 1e-12)
-            rms_ratio = rms / np.maximum(np.median(self._rms[hist], axis=0), 1e-12)
+            med = np.median(np.stack([self._hf[hist], self._rms[hist]], axis=1), axis=0)  # [2, ch]
+            hf_ratio = hf / np.maximum(med[0], 1e-12)
+            rms_ratio = rms / np.maximum(med[1], 1e-12)
+            self.noise_ratio = rms_ratio
             # Cautery is white (an aliased MHz carrier) on top of a background whose power sits at low
             # frequencies, so its high-frequency power rises far more than the in-band RMS; a general
             # rise of the noise raises both alike and is judged by amplitude instead.
@@ -277,12 +354,11 @@ class ArtifactRejector:
             self._rms[self._pos] = np.where(usable, rms, self._rms[last] if self._filled else rms)
             self._pos = (self._pos + 1) % self.history
             self._filled = min(self._filled + 1, self.history)
-        reasons: list[str | None] = []
-        for ch in range(self.n_channels):
-            reason = next((r for r, hit in zip(REASONS, (flat[ch], sat[ch], cautery[ch], loud[ch]), strict=True)
-                           if hit), None)
-            if reason is not None:
-                self.counts[ch][reason] += 1
-            reasons.append(reason)
+        hits = np.stack([flat, sat, cautery, loud])  # in the order of REASONS: the first that applies counts
+        reasons: list[str | None] = [None] * self.n_channels
+        for ch in np.flatnonzero(hits.any(axis=0)):
+            reason = REASONS[int(np.argmax(hits[:, ch]))]
+            self.counts[ch][reason] += 1
+            reasons[ch] = reason
         self.n_seen += 1
         return reasons

@@ -91,6 +91,7 @@ class Evaluator:
         self._mep_base: list[list[tuple[float, float]]] = [[] for _ in range(n_ch)]
         self.mep_baseline = np.full((n_ch, 2), np.nan)  # (p2p µV, onset ms) medians
         self.last_t = -np.inf
+        self._first_t = np.inf  # first sweep's stimulus time (the baseline's span)
 
     # -- baseline -------------------------------------------------------------------------------------
     def set_baseline(self) -> None:
@@ -104,18 +105,16 @@ class Evaluator:
         else:
             mean, a, b = self.accum.halves()
             n_ch = len(self.names)
-            stacks = [self.accum.stack(c) for c in range(n_ch)]
-            k = max(1, max(len(s) for s in stacks))
-            stack = np.zeros((k, n_ch, len(self.tracker.idx)))
-            for c, s in enumerate(stacks):
-                if len(s):
-                    stack[-len(s):, c] = s
-                    stack[: k - len(s), c] = s[0]  # pad (never used when enough baseline sweeps)
-            self.tracker.set_baseline(mean, a, b, stack)
-            assert self.tracker.bank is not None
-            enough = np.array([len(s) >= self.cfg.min_baseline_sweeps for s in stacks])
-            self.tracker.bank.valid &= enough
-            self.tracked = self.tracker.bank.valid.copy()
+            stack, ok = self.accum.aligned()
+            n_base = self.accum.n
+            enough = n_base >= self.cfg.min_baseline_sweeps
+            span = self.last_t - self._first_t if np.isfinite(self._first_t) else 0.0
+            dt = span / max(len(stack) - 1, 1) if len(stack) > 1 else 1.0
+            self.tracker.set_baseline(mean, a, b, stack, ok & enough[None, :], n_base, self.sites, self.names,
+                                      baseline_end_s=self.last_t if np.isfinite(self.last_t) else 0.0,
+                                      baseline_dt_s=dt)
+            self.tracked = self.tracker.tracked & enough
+            self.ssep_alerts.members = self.tracker.members
             base = Average(mean, a, b, self.accum.n.astype(float), np.zeros(n_ch), np.zeros(n_ch))
             self.baseline_peaks = [self.markers[c].measure(base.channel(c)) for c in range(n_ch)]
         self.baseline_set = True
@@ -138,7 +137,10 @@ class Evaluator:
     # -- one sweep ------------------------------------------------------------------------------------
     def process(self, sweep_uv: np.ndarray, stim_time_s: float) -> SweepResult:
         """Evaluate one sweep [n_channels, n_samples] (µV, raw) stimulated at stim_time_s."""
-        raw = np.asarray(sweep_uv, dtype=np.float64).reshape(len(self.names), self.n)
+        # As recorded (float32 in files and from the board): conditioning makes its own float64 copy.
+        raw = np.asarray(sweep_uv).reshape(len(self.names), self.n)
+        if not np.issubdtype(raw.dtype, np.floating):
+            raw = raw.astype(np.float64)
         t = float(stim_time_s)
         if (not self.baseline_set and self.baseline_end_s is not None and t > self.baseline_end_s):
             self.set_baseline()
@@ -154,6 +156,7 @@ class Evaluator:
             reasons[c] = "nonfinite"
         ok = np.array([r is None for r in reasons])
         self.last_t = t
+        self._first_t = min(self._first_t, t)
         if self.modality.single_trial:
             return self._mep(x, t, reasons, ok)
         self.averages.update(x, ok)
@@ -164,10 +167,10 @@ class Evaluator:
             if self.baseline_end_s is None and bool(np.all(self.accum.is_stable())):
                 self.set_baseline()
         else:
-            self.tracker.update(x, ok)
+            self.tracker.update(x, ok, t, self.rejector.noise_ratio)
             est = self.tracker.estimates()
             before = len(self.ssep_alerts.events)
-            restart = self.ssep_alerts.update(est, t, ok, self.tracked)
+            restart = self.ssep_alerts.update(est, t, self.tracker.pooled_ok, self.tracked)
             for ch in restart:
                 self.tracker.windows.reset(ch)
             events = self.ssep_alerts.events[before:]

@@ -101,19 +101,25 @@ def site_of(channel_name: str, modality: str) -> str:
 _MUSCLES = ("apb", "adm", "fdi", "ah", "ta", "tib", "gas", "quad", "vl", "med", "uln", "abd", "bic", "del")
 
 
+def is_midline(channel_name: str) -> bool:
+    """True for a derivation between midline 10-20 electrodes only (Cz'-Fpz): no side, but a known place."""
+    electrodes = re.findall(r"[a-z]+[0-9]*", channel_name.split("(")[0].lower().replace("'", ""))
+    return bool(electrodes) and all(re.fullmatch(r"(?:fp|af|f|fc|c|cp|p|po|o)z", e) for e in electrodes)
+
+
 def side_of(channel_name: str) -> str | None:
     """'left', 'right' or None from a channel name: L/R words or prefixes (L-APB, RTA, left tibial), else
-    the 10-20 rule on the first electrode (odd numbers left, even right, z midline: C3'-Fz is left)."""
+    the 10-20 rule on the derivation's electrodes (odd numbers left, even right, z midline: C3'-Fz is left).
+    The derivation is the text before any parenthesis, so that a component in a label ("Cz'-Fpz (tibial
+    cortical P37)") is not read as electrode P37."""
     tokens = re.findall(r"[a-z0-9]+", channel_name.lower())
     for t in tokens:
         if t in ("l", "lt", "left") or (t[:1] == "l" and t[1:] in _MUSCLES):
             return "left"
         if t in ("r", "rt", "right") or (t[:1] == "r" and t[1:] in _MUSCLES):
             return "right"
-    for t in tokens:
+    for t in re.findall(r"[a-z0-9]+", channel_name.split("(")[0].lower()):
         m = re.fullmatch(r"(?:fp|af|f|fc|c|cp|p|po|o|t|tp|ft)(\d+)", t)
         if m:
             return "left" if int(m.group(1)) % 2 == 1 else "right"
-        if re.fullmatch(r"(?:fp|af|f|fc|c|cp|p|po|o)z", t):
-            continue  # midline: look at the next electrode
     return None
