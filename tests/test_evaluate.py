@@ -185,3 +185,20 @@ def test_round_trip_keeps_the_interchange_keys(tmp_path):
     np.testing.assert_array_equal(sf.stim_time_s, d["stim_time_s"])
     with np.load(tmp_path / "a.npz") as z:
         assert set(z.files) == {*sweepfile.REQUIRED, "channel_names"}
+
+
+def test_baseline_reports_how_well_each_level_is_known(tmp_path):
+    # Same response on both channels, one 20 dB noisier: its baseline level is known ~10x less well, and the
+    # text report says that a change there takes longer to confirm.
+    d = make_ssep(int(90 * 4.7), seed=23, snr_db=np.array([-8.0, -28.0]), n_channels=2, baseline_end_s=80.0,
+                  channel_names=["C4'-Fz (L median)", "C3'-Fz (R median)"])
+    path = tmp_path / "weak.npz"
+    sweepfile.save(path, d)
+    base = evaluate(sweepfile.from_mapping(d))["baseline"]
+    good, weak = base["C4'-Fz (L median)"], base["C3'-Fz (R median)"]
+    assert good["tracked"] and 0 < good["level_se"] < 0.05
+    assert weak["level_se"] is None or weak["level_se"] > 5 * good["level_se"]
+    text = _cli(str(path)).stdout
+    line = next(ln for ln in text.splitlines() if "C3'-Fz" in ln)
+    assert ("known to ±" in line) if weak["tracked"] else ("not tracked" in line)
+    assert "known to ±" not in next(ln for ln in text.splitlines() if "C4'-Fz" in ln)

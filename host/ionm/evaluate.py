@@ -73,7 +73,9 @@ def evaluate(sf: Any, *, trials: bool = False, mains: str = "both") -> dict[str,
                                       else ev.ssep_alerts.state, strict=True))
         out["baseline"] = {name: {"amplitude_uv": _num(ev.baseline_reference(c)[0], 3),
                                   "latency_ms": _num(ev.baseline_reference(c)[1], 3),
-                                  "tracked": bool(ev.tracked[c])} for c, name in enumerate(sf.channel_names)}
+                                  "tracked": bool(ev.tracked[c]),
+                                  "level_se": _num(ev.baseline_level_se(c), 4)}
+                           for c, name in enumerate(sf.channel_names)}
     return out
 
 
@@ -85,8 +87,10 @@ def _print_text(res: dict[str, Any], trials: bool) -> None:
     print("%d sweeps, %d channels, modality %s, baseline up to %.1f s"
           % (res["n_sweeps"], len(res["channels"]), res["file_modality"], res["baseline_end_s"]))
     for name, b in res["baseline"].items():
+        se = b["level_se"]
+        weak = " (known to ±%.0f %%: a change takes longer to confirm)" % (100 * se) if se and se > 0.1 else ""
         print("  %-40s baseline %s µV at %s ms%s" % (name, b["amplitude_uv"], b["latency_ms"],
-                                                      "" if b["tracked"] else " (not tracked)"))
+                                                      weak if b["tracked"] else " (not tracked)"))
     if not res["alerts"]:
         print("no alerts")
     for a in res["alerts"]:

@@ -134,6 +134,14 @@ class Evaluator:
             return abs(p.amplitude_uv), p.latency_ms
         return float("nan"), float("nan")
 
+    def baseline_level_se(self, ch: int) -> float:
+        """Relative standard error of the baseline level a channel is judged against (through its pool; SSEP,
+        NaN when not tracked or MEP). A baseline known to ±20 % bounds every decision: a loss of the response is
+        then at most 5 SE from the baseline, and 2.5 SE from the 50 % criterion, however long the average."""
+        if self.modality.single_trial or not self.baseline_set or not self.tracked[ch]:
+            return float("nan")
+        return float(self.tracker.windows.baseline_se[ch])
+
     # -- one sweep ------------------------------------------------------------------------------------
     def process(self, sweep_uv: np.ndarray, stim_time_s: float) -> SweepResult:
         """Evaluate one sweep [n_channels, n_samples] (µV, raw) stimulated at stim_time_s."""
