@@ -7,10 +7,13 @@ machine):
 
 - realtime_ratio: seconds of recording per second of processing, for tibial SSEP sweeps (5 + 95 ms at
   16 kSPS) at 4.7 Hz on all 16 channels, after the baseline is set (the tracker and the alert logic run).
+  The recording is processed PASSES times by a fresh evaluator and the best pass is reported, every pass
+  listed beside it (timeit's convention: on a shared machine the slower passes measure other work, not the
+  pipeline; the spread says how much).
 - continuous_ratio: the same work per input sample, as if the sweep windows tiled the stream end to end
   (16 x 16000 samples/s): the stricter reading of "16 channels at 16 kSPS".
 - per-sweep latency: wall time of one Evaluator.process call (conditioning, rejection, averages, tracker,
-  window test, alerts) for all 16 channels, percentiles in ms; latency_ratio = 10 ms / p99.
+  window test, alerts) for all 16 channels, percentiles in ms over every pass; latency_ratio = 10 ms / p99.
 The one-off baseline set-up (filter banks, 16 noise models) is reported separately.
 """
 
@@ -26,6 +29,7 @@ RATE_HZ = 4.7
 N_CHANNELS = 16
 REQUIRED_RATIO = 100.0
 REQUIRED_LATENCY_MS = 10.0
+PASSES = 3
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -38,18 +42,23 @@ def run(quick: bool = False) -> dict[str, Any]:
     d = make_ssep(n, seed=1234, modality="ssep-lower", fs=FS, rate_hz=RATE_HZ, pre_ms=5.0, post_ms=95.0,
                   snr_db=-15.0, n_channels=N_CHANNELS, baseline_end_s=baseline_end)
     sweeps, stim = d["sweeps"], d["stim_time_s"]
-    ev = Evaluator(FS, int(d["pre_samples"]), sweeps.shape[-1], "ssep-lower", list(d["channel_names"]), None)
-    lat = np.empty(n)
-    for i in range(n):
-        if i == n_base:
+    passes, lat_live, setup = [], [], []
+    for _ in range(PASSES):
+        ev = Evaluator(FS, int(d["pre_samples"]), sweeps.shape[-1], "ssep-lower", list(d["channel_names"]), None)
+        lat = np.empty(n)
+        for i in range(n):
+            if i == n_base:
+                t0 = time.perf_counter()
+                ev.set_baseline()
+                setup.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            ev.set_baseline()
-            setup_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ev.process(sweeps[i], float(stim[i]))
-        lat[i] = time.perf_counter() - t0
-    live = lat[n_base:]
-    busy = float(np.sum(live))
+            ev.process(sweeps[i], float(stim[i]))
+            lat[i] = time.perf_counter() - t0
+        passes.append(float(np.sum(lat[n_base:])))
+        lat_live.append(lat[n_base:])
+        base_phase = lat[:n_base]
+    busy = min(passes)
+    live = np.concatenate(lat_live)
     recorded_s = n_live / RATE_HZ
     samples = n_live * sweeps.shape[-1]
     ratio = recorded_s / busy
@@ -59,12 +68,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         "channels": N_CHANNELS, "fs_hz": FS, "sweep_samples": int(sweeps.shape[-1]), "rate_hz": RATE_HZ,
         "sweeps_timed": n_live,
         "realtime_ratio": round(ratio, 1), "realtime_ratio_vs_required": round(ratio / REQUIRED_RATIO, 2),
+        "realtime_ratio_passes": [round(recorded_s / b, 1) for b in passes],
         "continuous_ratio": round(continuous, 1),
         "continuous_ratio_vs_required": round(continuous / REQUIRED_RATIO, 2),
         "sweep_latency_ms": {"p50": round(p50, 3), "p99": round(p99, 3), "max": round(pmax, 3)},
         "latency_ratio_vs_required": round(REQUIRED_LATENCY_MS / p99, 2),
-        "baseline_setup_s": round(setup_s, 3),
-        "baseline_phase_sweep_ms_p50": round(float(np.median(lat[:n_base])) * 1e3, 3),
+        "baseline_setup_s": round(min(setup), 3),
+        "baseline_phase_sweep_ms_p50": round(float(np.median(base_phase)) * 1e3, 3),
     }
 
 

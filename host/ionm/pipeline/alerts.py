@@ -90,13 +90,11 @@ class SsepAlerts:
         "reproducible acute 50 % drop"). Latency: the likelihood-ratio statistic for s > level exceeds
         z_latency^2 with the response present (a / se > present_z); or, after an acute change as above, the best
         fit lies beyond the level (the statistic is positive) with the response present."""
-        ok = est.valid & (est.n[None, :] >= self.min_n)
+        ok, acute, present = self._shared(est)
         se = est.level_se(amp_level)
         za = np.where(ok, (amp_level - est.amplitude) / se, -np.inf)
-        acute = ok & (est.drop_z > self.z_change)
         near = (est.amplitude - amp_level) / se < self.z_above
         za = np.where(acute & near, np.inf, za)
-        present = est.amplitude / est.amplitude_se > self.present_z
         lr = est.latency_lr(lat_level)
         # The statistic maximises over latencies, windows and time: it needs z_latency where a plain z needs z.
         zl = np.where(ok & present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
@@ -106,9 +104,18 @@ class SsepAlerts:
         rows = np.arange(len(w))
         return za.max(axis=1), zl.max(axis=1), est.amplitude[rows, w], est.latency[rows, w]
 
+    def _shared(self, est: WindowEstimates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """[ch, n_w] what every level's evidence uses (computed once per sweep): the windows long enough to
+        judge, those with an acute drop, and those where the response is present."""
+        cache = est.__dict__.setdefault("_alerts", {})
+        if self not in cache:
+            ok = est.valid & (est.n[None, :] >= self.min_n)
+            cache[self] = (ok, ok & (est.drop_z > self.z_change), est.amplitude / est.amplitude_se > self.present_z)
+        return cache[self]  # type: ignore[no-any-return]
+
     def _recovered(self, est: WindowEstimates) -> np.ndarray:
         """Evidence the other way on some window: amplitude above and latency at or below the criteria."""
-        ok = est.valid & (est.n[None, :] >= self.min_n)
+        ok = self._shared(est)[0]
         za = (est.amplitude - self.m.amplitude_ratio_alert) / est.level_se(self.m.amplitude_ratio_alert)
         lr = -est.latency_lr(self.m.latency_ratio_alert)
         return (ok & (za > self.z) & (lr > self.z**2)).any(axis=1)
@@ -125,8 +132,7 @@ class SsepAlerts:
         # (beyond the drift tolerance) at z_scope_drop, is enough. A global decline reaches the channels at
         # different moments of their noise: one crosses the criterion while the other is still above the
         # warning level, but already falling.
-        valid = est.valid & (est.n[None, :] >= self.min_n)
-        dropping = np.where(valid, est.drop_z, -np.inf).max(axis=1) > self.z_scope_drop
+        dropping = np.where(self._shared(est)[0], est.drop_z, -np.inf).max(axis=1) > self.z_scope_drop
         amp_s, lat_s = (za_w > self.z_scope) | dropping, zl_w > self.z_scope
         recovered = self._recovered(est)
         restart: list[int] = []

@@ -172,7 +172,11 @@ class ExponentialAverager(_Averager):
             self._count[h, sel] += 1
             # Start as a plain mean, then settle to weight 2/n: no start-up bias towards zero.
             w = np.maximum(1.0 / self._count[h, sel], 2.0 / self.n)
-            self._half[h, sel] += w[:, None] * (sweep[sel] - self._half[h, sel])
+            if sel.all():  # the usual case: every channel at once, in place (no gather and scatter of rows)
+                half = self._half[h]
+                half += w[:, None] * (sweep - half)
+            else:
+                self._half[h, sel] += w[:, None] * (sweep[sel] - self._half[h, sel])
 
     def estimate(self) -> Average:
         na, nb = self._count

@@ -169,14 +169,21 @@ class MainsCanceller:
         b = 2 * np.pi * np.outer(self.offsets_s, self.freqs)
         self._b = np.concatenate([np.cos(b), np.sin(b)], axis=1)  # [n, 2 nf]
         self._bk = self._b * self.keep[:, None]
+        self._b_rows = np.ascontiguousarray(self._b.T)  # [2 nf, n]: the fit subtracted as rows, not columns
         self._g0 = self._bk.T @ self._bk
 
     def _rotation(self, stim_time_s: float) -> np.ndarray:
         """[2 nf, 2 nf] R with design(t) = basis @ R: cos(a + b) = cos a cos b - sin a sin b, sin(a + b) =
         sin a cos b + cos a sin b, a the phase of the stimulus time (trigonometry of 2 nf values per sweep)."""
         a = 2 * np.pi * np.mod(stim_time_s * self.freqs, 1.0)  # wrapped: exact even hours into a case
-        ca, sa = np.diag(np.cos(a)), np.diag(np.sin(a))
-        return np.block([[ca, sa], [-sa, ca]])
+        ca, sa = np.cos(a), np.sin(a)
+        nf = len(a)
+        rot = np.zeros((2 * nf, 2 * nf))  # [[diag cos, diag sin], [-diag sin, diag cos]]
+        d = np.arange(nf)
+        rot[d, d] = rot[d + nf, d + nf] = ca
+        rot[d, d + nf] = sa
+        rot[d + nf, d] = -sa
+        return rot
 
     def _design(self, stim_time_s: float) -> np.ndarray:
         """[n_samples, 2 n_freqs] cosines and sines of absolute time."""
@@ -197,8 +204,9 @@ class MainsCanceller:
         coef = None
         if self.rhs is not None and self.n_updates >= 3:
             # Ridge of 1e-6 of the mean diagonal: harmless when 50 and 60 Hz are both fitted.
-            ridge = 1e-6 * np.trace(self.gram) / len(self.gram) * np.eye(len(self.gram))
-            coef = np.linalg.solve(self.gram + ridge, self.rhs.reshape(len(self.gram), -1))
+            g = self.gram.copy()
+            g.flat[:: len(g) + 1] += 1e-6 * np.trace(self.gram) / len(g)
+            coef = np.linalg.solve(g, self.rhs.reshape(len(g), -1))
         # The fit's terms at this phase: design' x = R' (basis' x) and design' design = R' G0 R.
         rhs = rot.T @ (rows @ self._bk).T  # [2 n_freqs, n_rows]
         self.gram = self.forget * self.gram + rot.T @ self._g0 @ rot
@@ -206,7 +214,7 @@ class MainsCanceller:
         self.n_updates += 1
         out = x if in_place and x is sweep else x.copy()
         if coef is not None:
-            out -= (self._b @ (rot @ coef)).T.reshape(x.shape)
+            out -= ((rot @ coef).T @ self._b_rows).reshape(x.shape)
         return out
 
 
@@ -249,27 +257,43 @@ class Conditioner:
 REASONS = ("flat", "saturation", "cautery", "amplitude")
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where a keep mask's samples are, in the forms the per-sweep measures use: the starts of the runs of
+    equal keep (np.ufunc.reduceat segments), which of them are kept, and the kept samples and kept pairs of
+    neighbours (first differences within a kept run) as 0/1 weights for a matrix-vector sum."""
+
+    starts: np.ndarray
+    kept: np.ndarray
+    weight: np.ndarray  # [n]
+    pair_weight: np.ndarray  # [n - 1]
+    n_kept: int
+    n_pairs: int
+
+
 @lru_cache(maxsize=64)
-def _runs_cached(n: int, keep_bytes: bytes | None) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    if keep_bytes is None:
-        return (slice(0, n),), ()
-    keep = np.frombuffer(keep_bytes, dtype=bool)
-    edges = np.flatnonzero(np.diff(np.concatenate([[False], keep, [False]]).astype(np.int8)))
-    kept = tuple(slice(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True))
-    bounds = [0] + [v for r in kept for v in (r.start, r.stop)] + [n]
-    others = tuple(slice(a, b) for a, b in zip(bounds[::2], bounds[1::2], strict=True) if b > a)
-    return kept or (slice(0, 0),), others
+def _layout_cached(n: int, keep_bytes: bytes | None) -> _Layout:
+    keep = np.ones(n, dtype=bool) if keep_bytes is None else np.frombuffer(keep_bytes, dtype=bool).copy()
+    if not keep.any():  # nothing left to judge: judge everything rather than nothing
+        keep[:] = True
+    starts = np.flatnonzero(np.concatenate([[True], keep[1:] != keep[:-1]]))
+    pairs = keep[1:] & keep[:-1]
+    return _Layout(starts, keep[starts], keep.astype(np.float64), pairs.astype(np.float64), int(keep.sum()),
+                   int(pairs.sum()))
 
 
-def _runs(n: int, keep: np.ndarray | None) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """The runs of samples a mask keeps, and the runs it leaves out, as slices (cached per mask)."""
-    return _runs_cached(n, None if keep is None else np.ascontiguousarray(keep, dtype=bool).tobytes())
+def _layout(n: int, keep: np.ndarray | None) -> _Layout:
+    """The layout of a keep mask over n samples (cached per mask: the same mask comes with every sweep)."""
+    return _layout_cached(n, None if keep is None else np.ascontiguousarray(keep, dtype=bool).tobytes())
 
 
-def _sumsq(x: np.ndarray) -> np.ndarray:
-    """Sum of squares along the last axis, accumulated in float64."""
-    x64 = np.asarray(x, dtype=np.float64)
-    return np.asarray(np.einsum("cn,cn->c", x64, x64))
+def _median_last(x: np.ndarray) -> np.ndarray:
+    """np.median over the last axis, as its own partition (np.median's generality costs more than the work on
+    a [2, 16, 100] history)."""
+    n = x.shape[-1]
+    lo, hi = (n - 1) // 2, n // 2
+    part = np.partition(x, (lo, hi), axis=-1)
+    return np.asarray(0.5 * (part[..., lo] + part[..., hi]))
 
 
 @dataclass
@@ -305,8 +329,9 @@ class ArtifactRejector:
     def __post_init__(self) -> None:
         self.counts = [dict.fromkeys(REASONS, 0) for _ in range(self.n_channels)]
         self.noise_ratio = np.ones(self.n_channels)
-        self._hf = np.zeros((self.history, self.n_channels))  # ring buffers of the last `history` sweeps
-        self._rms = np.zeros((self.history, self.n_channels))
+        # Ring buffer of the last `history` sweeps' (high-frequency RMS, conditioned RMS) per channel, the sweeps
+        # on the last axis (the median partitions contiguous rows).
+        self._hist = np.zeros((2, self.n_channels, self.history))
         self._filled = 0
         self._pos = 0
 
@@ -317,26 +342,24 @@ class ArtifactRejector:
         from the adaptive measures by the caller)."""
         raw = np.asarray(raw_uv).reshape(self.n_channels, -1)  # float32 as recorded is fine for these measures
         cond = np.asarray(conditioned).reshape(self.n_channels, -1)
-        kept, others = _runs(raw.shape[1], keep)
-        # One pass per measure over views of the kept runs (no masked copies: this runs on every sweep).
-        hi = np.max([raw[:, r].max(axis=1) for r in kept], axis=0)
-        lo = np.min([raw[:, r].min(axis=1) for r in kept], axis=0)
+        lay = _layout(raw.shape[1], keep)
+        # Per run of kept or left-out samples, one reduceat call each (no masked copies: this runs every sweep).
+        seg_hi = np.maximum.reduceat(raw, lay.starts, axis=1)
+        seg_lo = np.minimum.reduceat(raw, lay.starts, axis=1)
+        hi, lo = seg_hi[:, lay.kept].max(axis=1), seg_lo[:, lay.kept].min(axis=1)
         flat = hi - lo < self.flat_uv
-        peak = np.maximum(hi, -lo)
-        for r in others:
-            peak = np.maximum(peak, np.maximum(raw[:, r].max(axis=1), -raw[:, r].min(axis=1)))
-        sat = peak >= self.saturation_uv
-        n_d = sum(r.stop - r.start - 1 for r in kept)
-        hf = np.sqrt(sum(_sumsq(np.diff(raw[:, r], axis=1)) for r in kept) / max(n_d, 1))
-        n_k = sum(r.stop - r.start for r in kept)
-        rms = np.sqrt(sum(_sumsq(cond[:, r]) for r in kept) / max(n_k, 1))
-        cpeak = np.max([np.maximum(cond[:, r].max(axis=1), -cond[:, r].min(axis=1)) for r in kept], axis=0)
+        sat = np.maximum(seg_hi.max(axis=1), -seg_lo.min(axis=1)) >= self.saturation_uv  # every sample counts
+        d = np.diff(raw.astype(np.float64), axis=1)
+        hf = np.sqrt((d * d) @ lay.pair_weight / max(lay.n_pairs, 1))
+        c64 = np.asarray(cond, dtype=np.float64)
+        rms = np.sqrt((c64 * c64) @ lay.weight / max(lay.n_kept, 1))
+        cpeak = np.maximum(np.maximum.reduceat(c64, lay.starts, axis=1)[:, lay.kept].max(axis=1),
+                           -np.minimum.reduceat(c64, lay.starts, axis=1)[:, lay.kept].min(axis=1))
         cautery = np.zeros(self.n_channels, dtype=bool)
         loud = cpeak > self.amplitude_uv
         self.noise_ratio = np.ones(self.n_channels)
         if self._filled >= self.min_history:
-            hist = slice(0, self._filled)
-            med = np.median(np.stack([self._hf[hist], self._rms[hist]], axis=1), axis=0)  # [2, ch]
+            med = _median_last(self._hist[:, :, : self._filled])  # [2, ch]
             hf_ratio = hf / np.maximum(med[0], 1e-12)
             rms_ratio = rms / np.maximum(med[1], 1e-12)
             self.noise_ratio = rms_ratio
@@ -350,8 +373,8 @@ class ArtifactRejector:
         if usable.any():
             # Store the metrics of usable channels; the others repeat their last value.
             last = (self._pos - 1) % self.history
-            self._hf[self._pos] = np.where(usable, hf, self._hf[last] if self._filled else hf)
-            self._rms[self._pos] = np.where(usable, rms, self._rms[last] if self._filled else rms)
+            new = np.stack([hf, rms])
+            self._hist[:, :, self._pos] = np.where(usable, new, self._hist[:, :, last] if self._filled else new)
             self._pos = (self._pos + 1) % self.history
             self._filled = min(self._filled + 1, self.history)
         hits = np.stack([flat, sat, cautery, loud])  # in the order of REASONS: the first that applies counts

@@ -421,7 +421,10 @@ class WindowEstimates:
 
     def level_se(self, level: float) -> np.ndarray:
         """[ch, n_w] SE of the window amplitude against the level (ratio): the window's and the calibration's."""
-        return np.asarray(np.hypot(self.amplitude_se, level * self.calibration_se[:, None]))
+        cache = self.__dict__.setdefault("_se", {})
+        if level not in cache:
+            cache[level] = np.asarray(np.hypot(self.amplitude_se, level * self.calibration_se[:, None]))
+        return np.asarray(cache[level])
 
     def latency_lr(self, level: float) -> np.ndarray:
         """[ch, n_w] log-likelihood-ratio statistic (x2) for latency above `level` against at or below it:
@@ -433,9 +436,9 @@ class WindowEstimates:
         return np.asarray(cache[level])
 
     def _latency_lr(self, level: float) -> np.ndarray:
-        above = TEST_GRID > level + 1e-9
-        hi = self.zsq[..., above].max(axis=-1) if above.any() else np.zeros(self.zsq.shape[:2])
-        lo = self.zsq[..., ~above].max(axis=-1) if (~above).any() else np.zeros(self.zsq.shape[:2])
+        j = int(np.searchsorted(TEST_GRID, level + 1e-9, side="right"))  # TEST_GRID[j:] > level (it ascends)
+        hi = self.zsq[..., j:].max(axis=-1) if j < len(TEST_GRID) else np.zeros(self.zsq.shape[:2])
+        lo = self.zsq[..., :j].max(axis=-1) if j > 0 else np.zeros(self.zsq.shape[:2])
         return np.asarray(hi - lo)
 
 
@@ -457,29 +460,72 @@ class WindowTest:
         self.delta0, self.drift_per_s, self.min_reference = float(delta0), float(drift_per_s), int(min_reference)
         finite = self.references[self.references > 0]
         self.size = int(self.lengths.max() + (finite.max() if len(finite) else 0) + 1)
-        n_t = len(TEST_GRID)
+        n_t, k = len(TEST_GRID), REFERENCE_LATENCIES
         self.n_channels = n_channels
-        # Rings of running totals, rows = channel * size + position: (y / v, 1 / v, y^2 / v) per latency, the
-        # stimulus times, and the Kalman latency posterior after each sweep.
+        # Rings of running totals, rows = channel * (size + 1) + position: (y / v, 1 / v, y^2 / v) per latency
+        # (the three side by side, so that one gather fetches a latency's three), and the stimulus times.
         # Row channel * (size + 1) + size holds the running totals at the channel's last restart.
         rows = n_channels * (self.size + 1)
-        self.ring = np.zeros((rows, 3, n_t))
+        self.ring = np.zeros((rows, n_t, 3))
         self.ring_t = np.zeros(rows)
-        self.ring_w = np.zeros((rows, n_t))
+        # The Kalman latency posterior after each sweep, as the reference measure reads it: the REFERENCE_LATENCIES
+        # test latencies around its mode (from ring_first), their weights normalised, and the baseline response
+        # under those weights (ring_rho). Kept per row when the row is written, not per window when read.
+        self.ring_first = np.zeros(rows, dtype=np.int64)
+        self.ring_wk = np.zeros((rows, k))
+        self.ring_rho = np.full(rows, 1e-3)
+        self._row_channel = np.arange(rows) // (self.size + 1)
+        self.rho = np.ones((n_channels, n_t))  # the baseline response measured at each test latency
+        self._k = np.arange(k)
         self.base = np.arange(n_channels) * (self.size + 1)
         i1 = int(np.argmin(np.abs(TEST_GRID - 1.0)))
-        self.ring_w[self.base, i1] = 1.0  # before any sweep, and at the baseline: the response at latency ratio 1
-        self.ring_w[self.base + self.size, i1] = 1.0
+        # Before any sweep, and at the baseline: the response at latency ratio 1.
+        start = np.zeros((1, n_t))
+        start[0, i1] = 1.0
+        for row in (self.base, self.base + self.size):
+            self._set_posterior(row, np.repeat(start, n_channels, axis=0))
         self.count = np.zeros(n_channels, dtype=np.int64)
         self.start = np.zeros(n_channels, dtype=np.int64)
         self.restarted = np.zeros(n_channels, dtype=bool)
-        # The baseline as a reference: its SE, sweep count, mean interval and end time.
+        # The baseline as a reference (set_baseline): its SE, sweep count, mean interval and end time.
         self.baseline_se = np.zeros(n_channels)  # the calibration's SE (amplitude ratio)
+        self._se_b = np.zeros((n_channels, 1))  # the same, infinite ones as 1e6
         self.baseline_var1 = np.ones(n_channels)  # one sweep's variance of y(1)
         self.baseline_n = np.zeros(n_channels)
         self.baseline_dt = 1.0
         self.baseline_end = 0.0
-        self.rho = np.ones((n_channels, n_t))  # the baseline response measured at each test latency
+        # Index helpers for estimates(): reference lengths, the K latencies, and each (channel, window)'s row of
+        # the window means [ch, n_w, n_t] flattened.
+        self._m_req = self.references[None, None, :]
+        self._m_finite = self._m_req > 0
+        n_w = len(self.lengths)
+        self._cw = (np.arange(n_channels * n_w).reshape(n_channels, n_w) * n_t)[:, :, None, None]
+        self._cwm = np.arange(n_channels * n_w).reshape(n_channels, n_w) * len(self.references)
+
+    def set_baseline(self, se: np.ndarray, var1: np.ndarray, n: np.ndarray, dt_s: float, end_s: float,
+                     rho: np.ndarray) -> None:
+        """The baseline as a reference: the calibration's SE [ch], one sweep's variance of y(1) [ch], its sweep
+        count [ch], mean interval and end time (s), and its response at each test latency [ch, n_t]."""
+        self.baseline_se = np.asarray(se, dtype=float)
+        self._se_b = np.nan_to_num(self.baseline_se, posinf=1e6)[:, None]
+        self.baseline_var1 = np.asarray(var1, dtype=float)
+        self.baseline_n = np.asarray(n, dtype=float)
+        self.baseline_dt, self.baseline_end = float(dt_s), float(end_s)
+        self.rho = np.asarray(rho, dtype=float)
+        rho = np.take(self.rho, self._row_channel[:, None] * self.rho.shape[1] + self.ring_first[:, None] + self._k)
+        self.ring_rho = np.maximum(np.sum(self.ring_wk * rho, axis=-1), 1e-3)
+
+    def _set_posterior(self, rows: np.ndarray, w: np.ndarray) -> None:
+        """Store the latency posterior w [len(rows), n_t] (test grid) of these rows, as estimates() reads it."""
+        n_t = w.shape[-1]
+        first = np.clip(np.argmax(w, axis=-1) - REFERENCE_LATENCIES // 2, 0, n_t - REFERENCE_LATENCIES)
+        top = first[:, None] + self._k
+        wk = np.take(w, np.arange(len(w))[:, None] * n_t + top)
+        wk /= np.maximum(wk.sum(axis=-1, keepdims=True), 1e-300)
+        self.ring_first[rows] = first
+        self.ring_wk[rows] = wk
+        rho = np.take(self.rho, self._row_channel[rows][:, None] * n_t + top)
+        self.ring_rho[rows] = np.maximum(np.sum(wk * rho, axis=-1), 1e-3)
 
     def push(self, y: np.ndarray, v: np.ndarray, accepted: np.ndarray, t_s: float, kalman_w: np.ndarray) -> None:
         """One sweep's pooled fits y [ch, n_s] with variances v [ch, n_s] (full grid), and the Kalman latency
@@ -490,9 +536,9 @@ class WindowTest:
         now = self.base[ch] + self.count[ch] % self.size
         nxt = self.base[ch] + (self.count[ch] + 1) % self.size
         yt, inv = y[ch, ::2], 1.0 / v[ch, ::2]
-        self.ring[nxt] = self.ring[now] + np.stack([yt * inv, inv, yt * yt * inv], axis=1)
+        self.ring[nxt] = self.ring[now] + np.stack([yt * inv, inv, yt * yt * inv], axis=-1)
         self.ring_t[nxt] = self.ring_t[now] + t_s
-        self.ring_w[nxt] = to_test_grid(kalman_w[ch])
+        self._set_posterior(nxt, to_test_grid(kalman_w[ch]))
         self.count[ch] += 1
 
     def reset(self, ch: int | np.ndarray) -> None:
@@ -501,16 +547,16 @@ class WindowTest:
         self.start[ch] = self.count[ch]
         self.restarted[ch] = True
         now = self.base[ch] + self.count[ch] % self.size
-        self.ring[self.base[ch] + self.size] = self.ring[now]
-        self.ring_t[self.base[ch] + self.size] = self.ring_t[now]
-        self.ring_w[self.base[ch] + self.size] = self.ring_w[now]
+        keep = self.base[ch] + self.size
+        for ring in (self.ring, self.ring_t, self.ring_first, self.ring_wk, self.ring_rho):
+            ring[keep] = ring[now]
 
     @staticmethod
     def _moments(sums: np.ndarray, nn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and variance of the mean per latency, from weighted sums [..., 3, n_t] over nn sweeps [...]. The
+        """Mean and variance of the mean per latency, from weighted sums [..., n_t, 3] over nn sweeps [...]. The
         variance is the model's, or larger when the window's own scatter says so (non-stationary noise,
         trial-to-trial variability)."""
-        s1, sw, s2 = sums[..., 0, :], np.maximum(sums[..., 1, :], 1e-300), sums[..., 2, :]
+        s1, sw, s2 = sums[..., 0], np.maximum(sums[..., 1], 1e-300), sums[..., 2]
         mean = s1 / sw
         chi = np.maximum(s2 - s1 * mean, 0.0)
         return mean, np.maximum(1.0, chi / np.maximum(nn[..., None] - 1.0, 1.0)) / sw
@@ -520,10 +566,11 @@ class WindowTest:
         prior_center with SD prior_sd (at least 0.03), plus 1 % spread over the grid so that an acute jump can
         still be found."""
         ln = self.lengths
+        n_t = len(TEST_GRID)
         sd = np.maximum(np.asarray(prior_sd), 0.03)
         dens = np.exp(-0.5 * ((TEST_GRID[None, :] - np.asarray(prior_center)[:, None]) / sd[:, None]) ** 2)
         dens /= dens.sum(axis=1, keepdims=True)
-        log_prior = np.log(0.99 * dens + 0.01 / len(TEST_GRID))[:, None, :]
+        log_prior = np.log(0.99 * dens + 0.01 / n_t)[:, None, :]
         base = self.base[:, None]
         avail = (self.count - self.start)[:, None]
         n_eff = np.minimum(ln[None, :], avail)  # windows shorter than asked for when there is not enough
@@ -531,8 +578,8 @@ class WindowTest:
         now = base + (self.count % self.size)[:, None]
         begin = self.count[:, None] - n_eff
         past = base + begin % self.size
-        ring_now, ring_past = self.ring[now], self.ring[past]  # [ch, 1 | n_w, 3, n_t]
-        mean, var = self._moments(ring_now - ring_past, n_eff.astype(float))
+        ring = self.ring
+        mean, var = self._moments(np.take(ring, now, 0) - np.take(ring, past, 0), n_eff.astype(float))  # [ch, n_w, n_t]
         zsq = np.where(mean > 0, mean * mean / var, 0.0)
         logw = log_prior + 0.5 * zsq
         logw -= logw.max(axis=-1, keepdims=True)
@@ -541,41 +588,38 @@ class WindowTest:
         amp = np.einsum("cwt,cwt->cw", w, mean)
         dev = mean - amp[..., None]
         amp_se = np.sqrt(np.einsum("cwt,cwt->cw", w, var + dev * dev))
-        se_b = np.nan_to_num(self.baseline_se, posinf=1e6)[:, None]
+        se_b = self._se_b
         lat = w @ TEST_GRID
-        t_now = self.ring_t[now]
         t_past = self.ring_t[past]
-        t_win = (t_now - t_past) / np.maximum(n_eff, 1)
+        t_win = (self.ring_t[now] - t_past) / np.maximum(n_eff, 1)
         # References, all at once on a third axis [ch, n_w, n_m]: the m sweeps before each window, or (m = 0)
         # everything since the last restart (its running totals sit in the ring's extra row per channel).
         at_baseline = ~self.restarted[:, None, None]
         avail_ref = (begin - self.start[:, None])[..., None]
-        m_req = self.references[None, None, :]
-        finite = m_req > 0
+        m_req, finite = self._m_req, self._m_finite
         m_eff = np.where(finite, np.minimum(avail_ref, m_req), avail_ref)
         r_past = np.where(finite, base[..., None] + (begin[..., None] - m_eff) % self.size,
                           (base + self.size)[..., None])
         # Reference and window are measured where the reference's response was: the Kalman latency posterior at
         # the reference's start (before any change the window may hold), on the REFERENCE_LATENCIES test
         # latencies around its mode (it is concentrated: the rest carries ~1 %).
-        wk_full = self.ring_w[r_past]  # [ch, n_w, n_m, n_t]
-        first = np.clip(np.argmax(wk_full, axis=-1) - REFERENCE_LATENCIES // 2, 0,
-                        len(TEST_GRID) - REFERENCE_LATENCIES)
-        top = first[..., None] + np.arange(REFERENCE_LATENCIES)  # [ch, n_w, n_m, K]
-        wk = np.take_along_axis(wk_full, top, -1)
-        wk /= np.maximum(wk.sum(axis=-1, keepdims=True), 1e-300)
-        rho_k = np.maximum(np.sum(wk * self.rho[np.arange(len(top))[:, None, None, None], top], axis=-1), 1e-3)
-        y_k = np.sum(wk * np.take_along_axis(mean[:, :, None, :], top, -1), axis=-1) / rho_k
-        y_k_se = np.sqrt(np.sum(wk * np.take_along_axis(var[:, :, None, :], top, -1), axis=-1)) / rho_k
-        sums = self.ring[past[..., None, None], :, top] - self.ring[r_past[..., None], :, top]  # [.., n_m, K, 3]
+        top = np.take(self.ring_first, r_past)[..., None] + self._k  # [ch, n_w, n_m, K]
+        wk, rho_k = np.take(self.ring_wk, r_past, 0), np.take(self.ring_rho, r_past)
+        at = self._cw + top  # the window's (mean, var) at those latencies, in the flattened [ch, n_w, n_t]
+        dot = "cwmk,cwmk->cwm"  # a weighted sum over the K latencies (einsum: ~3x a sum of products here)
+        y_k = np.einsum(dot, wk, np.take(mean, at)) / rho_k
+        y_k_se = np.sqrt(np.einsum(dot, wk, np.take(var, at))) / rho_k
+        flat = self.ring.reshape(-1, 3)
+        # np.take: a gather along the first axis, several times faster than the equivalent fancy index.
+        sums = np.take(flat, past[..., None, None] * n_t + top, 0) - np.take(flat, r_past[..., None] * n_t + top, 0)
         t_sum = t_past[..., None] - self.ring_t[r_past]
         n_b = self.baseline_n[:, None, None]
         # The baseline fills a reference that reaches back to it, up to m sweeps (all of it for m = 0).
         fill = np.where(at_baseline, np.where(finite, np.minimum(np.maximum(m_req - m_eff, 0), n_b), n_b), 0.0)
-        rmean, rvar = self._moments(np.moveaxis(sums, -1, -2), m_eff.astype(float))
+        rmean, rvar = self._moments(sums, m_eff.astype(float))
         have = m_eff >= self.min_reference
-        ref = np.where(have, np.sum(wk * rmean, axis=-1) / rho_k, 0.0)
-        ref_var = np.where(have, np.sum(wk * rvar, axis=-1) / rho_k**2, np.inf)
+        ref = np.where(have, np.einsum(dot, wk, rmean) / rho_k, 0.0)
+        ref_var = np.where(have, np.einsum(dot, wk, rvar) / rho_k**2, np.inf)
         # The baseline's part: level 1, sampled like `fill` sweeps of the pool's per-sweep variance. Its
         # calibration is a scale on the window (and on the sweeps after the baseline) rather than an offset:
         # the window's fit, times the baseline's share of the reference, times the calibration's SE.
@@ -591,9 +635,9 @@ class WindowTest:
         delta = self.delta0 + self.drift_per_s * np.maximum(t_win[..., None] - t_centre, 0.0)
         z = (level - delta - y_k) / np.hypot(y_k_se, level_se)
         z = np.where(valid[..., None] & (tot > 0), z, -np.inf)
-        best = np.argmax(z, axis=-1)[..., None]
-        drop_z = np.take_along_axis(z, best, -1)[..., 0]
-        drop_ref = np.where(np.isfinite(drop_z), np.take_along_axis(level, best, -1)[..., 0], np.nan)
+        drop_z = z.max(axis=-1)
+        best = np.argmax(z, axis=-1) + self._cwm  # in the flattened [ch, n_w, n_m]
+        drop_ref = np.where(np.isfinite(drop_z), np.take(level, best), np.nan)
         return WindowEstimates(ln, valid, amp, amp_se, lat, zsq, drop_z, drop_ref, se_b[:, 0])
 
 
@@ -605,6 +649,7 @@ class Tracker:
         self.fs, self.pre = float(fs), int(pre_samples)
         q = decimation_for(fs, band_hi_hz)
         self.idx = np.arange(max(fit_start, pre_samples + 1), n_samples, q)
+        self._decimate = slice(int(self.idx[0]) if len(self.idx) else n_samples, n_samples, q)  # idx as a view
         self.n_channels = n_channels
         self.bank: Bank | None = None
         self.pooling: Pooling | None = None
@@ -662,13 +707,10 @@ class Tracker:
         n_b = np.array([max((n_baseline[k] for k in m), default=0) for m in self.pooling.members], dtype=float)
         cal = np.array([np.sqrt(np.sum(self.pooling._weights(tuple(m))[0][:, I1] ** 2 * bank.baseline_se[m] ** 2))
                         if m else np.inf for m in self.pooling.members])
-        self.windows.baseline_se = cal
-        self.windows.baseline_var1 = np.where(np.isfinite(pooled_var), pooled_var, 1e12)
-        self.windows.baseline_n = n_b
-        self.windows.baseline_dt = float(baseline_dt_s)
-        self.windows.baseline_end = float(baseline_end_s)
-        self.windows.rho = np.array([np.einsum("ks,ks->s", *self._rho_weights(m))[::2] if m
-                                     else np.ones(len(TEST_GRID)) for m in self.pooling.members])
+        rho = np.array([np.einsum("ks,ks->s", *self._rho_weights(m))[::2] if m else np.ones(len(TEST_GRID))
+                        for m in self.pooling.members])
+        self.windows.set_baseline(cal, np.where(np.isfinite(pooled_var), pooled_var, 1e12), n_b,
+                                  baseline_dt_s, baseline_end_s, rho)
 
     def _rho_weights(self, mem: list[int]) -> tuple[np.ndarray, np.ndarray]:
         assert self.pooling is not None and self.bank is not None
@@ -690,7 +732,7 @@ class Tracker:
         if self.bank is None or self.pooling is None:
             return
         ok = np.asarray(accepted, dtype=bool) & self.bank.valid
-        x = np.asarray(sweep[:, self.idx], dtype=np.float32)
+        x = np.asarray(sweep[:, self._decimate], dtype=np.float32)
         # float32 bank (7 digits for fits whose noise is ~1e-2 of the baseline; a batched product, not einsum)
         y = np.matmul(self._filters32, x[..., None])[..., 0].astype(np.float64)
         scale = None if noise_ratio is None else np.maximum(np.asarray(noise_ratio, dtype=float), 1.0) ** 2
