@@ -20,7 +20,10 @@ stretch of time during which the scripted truth meets an ACNS criterion (amplitu
 >= 110 %); time to alert is from the event's start to the first alert in it (or up to 30 s after it ends); an
 event without one is missed; an alert outside every event is false. False alerts per 8 h are per
 recording-hour of post-baseline time outside events. The evaluator's alerts on the other channels the
-simulator scores (the peripheral nerve and cervical channels) are counted too.
+simulator scores (the peripheral nerve and cervical channels) are counted too. Each run also reports how well
+the scored channel's baseline level was known (scored_level_se) and, per event, loss_z_bound: the z an ideal
+test of a complete loss against the 50 % criterion could reach with every sweep of the event (_loss_bound);
+evaluator.missed_runs lists the runs with a missed event with those figures.
 
 Scenario kinds (targets: the stimulated side's cortical response unless noted):
   stable      nothing changes
@@ -180,7 +183,8 @@ def _reference(d: dict[str, Any], ch: int) -> list[float]:
     return alerts
 
 
-def _evaluator(d: dict[str, Any]) -> dict[str, list[float]]:
+def _evaluator(d: dict[str, Any]) -> tuple[dict[str, list[float]], Any]:
+    """Alert times per channel name, and the evaluator (for what it knew of each channel's baseline)."""
     from ionm.pipeline.evaluator import Evaluator
 
     sweeps = np.asarray(d["sweeps"])
@@ -191,7 +195,19 @@ def _evaluator(d: dict[str, Any]) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in d["channel_names"]}
     for a in ev.alerts:
         out[a.channel_name].append(a.t_s)
-    return out
+    return out, ev
+
+
+def _loss_bound(ev: Any, ch: int, n_sweeps: int) -> float | None:
+    """The z at which an ideal test could put a complete loss below the 50 % criterion, using every one of
+    n_sweeps sweeps of the event at the response's known latency: 0.5 / hypot(SE of the mean of n sweeps,
+    0.5 x the baseline level's SE), from the evaluator's own noise model of the channel's pool. Below the
+    evaluator's evidence level (z 3.5) no average of the event can confirm the loss against that baseline."""
+    se_b = ev.baseline_level_se(ch)
+    if not np.isfinite(se_b) or n_sweeps <= 0:
+        return None
+    var1 = float(ev.tracker.windows.baseline_var1[ch])
+    return round(0.5 / float(np.hypot(np.sqrt(var1 / n_sweeps), 0.5 * se_b)), 2)
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -261,10 +277,12 @@ def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[st
         events = _events(t[post], d["truth"]["amplitude"][post, cortical], d["truth"]["latency"][post, cortical])
         outside = float(np.sum(np.diff(t[post]))) - sum(e - s for s, e in events)
         hours += max(outside, 0.0) / 3600.0
-        ev_alerts = _evaluator(d)
+        ev_alerts, ev = _evaluator(d)
         per = {"evaluator": ev_alerts[d["channel_names"][ch]], "reference": _reference(d, ch)}
+        missed_here = {}
         for who, alerts in per.items():
             tta, missed, false = _score(alerts, events)
+            missed_here[who] = missed
             r = res[who]
             r["tta"] += tta
             r["missed"] += missed
@@ -277,7 +295,14 @@ def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[st
                 continue
             ev_j = _events(t[post], d["truth"]["amplitude"][post, j], d["truth"]["latency"][post, j])
             other_false += _score(ev_alerts[d["channel_names"][cj]], ev_j)[2]
+        # How well the scored channel's baseline level is known, and for each event the z an ideal test of a
+        # complete loss could reach over the whole event (+ the grace): what any method could confirm here.
+        level_se = ev.baseline_level_se(ch)
+        bounds = [_loss_bound(ev, ch, int(np.sum((t >= s0) & (t <= s1 + GRACE_S)))) for s0, s1 in events]
         runs.append({"seed": seed, "kind": kind, "modality": modality, "events": len(events),
+                     "scored_channel": d["channel_names"][ch], "missed": missed_here,
+                     "scored_level_se": round(level_se, 3) if np.isfinite(level_se) else None,
+                     "loss_z_bound": bounds,
                      "evaluator_alerts": [round(a, 1) for a in per["evaluator"]],
                      "reference_alerts": [round(a, 1) for a in per["reference"]],
                      "event_starts": [round(s, 1) for s, _ in events]})
@@ -286,6 +311,10 @@ def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[st
         out[who] = {**_stats(r["tta"]), "events": r["events"], "missed": r["missed"], "false_alerts": r["false"],
                     "false_per_8h": round(r["false"] / max(hours, 1e-9) * 8.0, 2)}
     out["evaluator"]["false_alerts_other_channels"] = other_false
+    # Each run with a missed event, with what the evaluator knew of the scored channel's baseline.
+    out["evaluator"]["missed_runs"] = [{k: r[k] for k in ("seed", "kind", "modality", "scored_channel",
+                                                         "scored_level_se", "loss_z_bound", "event_starts")}
+                                       for r in runs if r["missed"]["evaluator"]]
     em, rm = out["evaluator"]["median_s"], out["reference"]["median_s"]
     ew, rw = out["evaluator"]["worst_s"], out["reference"]["worst_s"]
     out["ratio_median_tta"] = round(em / rm, 3) if em is not None and rm else None
