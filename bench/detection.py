@@ -22,7 +22,8 @@ event without one is missed; an alert outside every event is false. False alerts
 recording-hour of post-baseline time outside events. The evaluator's alerts on the other channels the
 simulator scores (the peripheral nerve and cervical channels) are counted too. Each run also reports how well
 the scored channel's baseline level was known (scored_level_se) and, per event, loss_z_bound: the z an ideal
-test of a complete loss against the 50 % criterion could reach with every sweep of the event (_loss_bound);
+test of a complete loss against the 50 % criterion could reach with every sweep of the event, and with the
+evaluator's longest window of them (_loss_bound);
 evaluator.missed_runs lists the runs with a missed event with those figures.
 
 Scenario kinds (targets: the stimulated side's cortical response unless noted):
@@ -298,7 +299,11 @@ def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[st
         # How well the scored channel's baseline level is known, and for each event the z an ideal test of a
         # complete loss could reach over the whole event (+ the grace): what any method could confirm here.
         level_se = ev.baseline_level_se(ch)
-        bounds = [_loss_bound(ev, ch, int(np.sum((t >= s0) & (t <= s1 + GRACE_S)))) for s0, s1 in events]
+        # The same with the evaluator's longest window in place of the whole event.
+        longest = int(ev.tracker.windows.lengths.max())
+        n_event = [int(np.sum((t >= s0) & (t <= s1 + GRACE_S))) for s0, s1 in events]
+        bounds = [{"whole_event": _loss_bound(ev, ch, n), "longest_window": _loss_bound(ev, ch, min(n, longest))}
+                  for n in n_event]
         runs.append({"seed": seed, "kind": kind, "modality": modality, "events": len(events),
                      "scored_channel": d["channel_names"][ch], "missed": missed_here,
                      "scored_level_se": round(level_se, 3) if np.isfinite(level_se) else None,
