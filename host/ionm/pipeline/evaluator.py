@@ -152,7 +152,9 @@ class Evaluator:
         t = float(stim_time_s)
         if (not self.baseline_set and self.baseline_end_s is not None and t > self.baseline_end_s):
             self.set_baseline()
-        finite = np.all(np.isfinite(raw), axis=1)
+        # A channel's float64 sum is finite exactly when its samples are (float32 samples cannot overflow it; a
+        # float64 sweep beyond ~1e304 µV counts as non-finite, garbage either way): one reduction, not a mask.
+        finite = np.isfinite(raw.sum(axis=1, dtype=np.float64))
         if not finite.all():
             raw = np.where(np.isfinite(raw), raw, 0.0)
         x = self.cond(raw, t)

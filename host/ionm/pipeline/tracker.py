@@ -657,7 +657,6 @@ class Tracker:
         self.q_a = q_a
         self.kalman = GridKalman(n_channels, q_a)
         self.windows = WindowTest(n_channels)
-        self.last_single = np.full((n_channels, 2), np.nan)  # (a, s) from this sweep alone
         self.pooled_ok = np.zeros(n_channels, dtype=bool)  # per channel: its pool had an accepted sweep
         self._filters32 = np.zeros((n_channels, len(S_GRID), len(self.idx)), dtype=np.float32)
 
@@ -739,7 +738,4 @@ class Tracker:
         yp, vp, pok = self.pooling.combine(y, ok, scale)
         self.kalman.update(yp, vp, pok)
         self.windows.push(yp, vp, pok, t_s, self.kalman.w)
-        i = np.argmax(np.where(yp > 0, yp**2 / vp, 0.0), axis=1)
-        single = np.stack([yp[np.arange(len(i)), i], S_GRID[i]], -1)
-        self.last_single = np.where(pok[:, None], single, np.nan)
         self.pooled_ok = pok
