@@ -176,3 +176,22 @@ def test_scope_from_channel_sides():
 def test_threshold_rise():
     assert threshold_rise_alert(np.array([250, 300, 380, 390]), 250.0)
     assert not threshold_rise_alert(np.array([250, 380, 300]), 250.0)
+
+
+def test_non_finite_samples_reject_only_their_channel_with_their_own_reason():
+    # A sweep file from another tool may carry NaN or inf (a dropped packet, a divide by zero upstream): that
+    # channel's sweep is rejected as "nonfinite", counted once, and the other channel carries on.
+    d = make_ssep(int(90 * 4.7), seed=46, snr_db=-8.0, n_channels=2, baseline_end_s=60.0, channel_names=NAMES)
+    sw = np.array(d["sweeps"])
+    sw[100, 0, 50] = np.nan
+    sw[101, 1, 7] = np.inf
+    sw[102, 0, :] = -np.inf
+    ev = Evaluator(float(d["fs"]), int(d["pre_samples"]), sw.shape[-1], "ssep-upper", NAMES, 60.0)
+    reasons = [ev.process(sw[i], float(d["stim_time_s"][i])).reasons for i in range(len(sw))]
+    assert reasons[100] == ["nonfinite", None]
+    assert reasons[101] == [None, "nonfinite"]
+    assert reasons[102] == ["nonfinite", None]
+    counts = ev.rejected()
+    assert counts[NAMES[0]].get("nonfinite") == 2 and counts[NAMES[1]].get("nonfinite") == 1
+    assert sum(counts[NAMES[0]].values()) == sum(r[0] is not None for r in reasons)
+    assert ev.alerts == []
