@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm.console.engine import CaseEngine, CommandError
+from ionm.console.engine import CaseEngine, CommandError, short_name
 from ionm.console.scripted import ack_all, command, injury_scenario, run_case
 from ionm.console.server import MAX_BACKLOG, Client, Hub
 from ionm.console.simcase import SimulatedCase
 from ionm.console.stimulation import RecordedStimulation, StimulationError, limits, validate
 from ionm.console.store import CaseStore
+from ionm.pipeline.evaluator import WEAK_BASELINE_SE
 
 TECH = ("tech", "technologist")
 
@@ -131,3 +132,27 @@ def test_hub_keeps_only_the_newest_frame_for_a_slow_client() -> None:
         assert slow.resync and not slow.appends
 
     asyncio.run(scenario())
+
+
+def test_baseline_event_names_the_weak_baselines_and_stores_their_level_se(injured_case) -> None:
+    # A 10 s baseline (~47 sweeps per site) leaves some cortical levels known to worse than ±10 %: the
+    # technologist is told which, at the moment the baseline is set, and the case keeps each level's SE.
+    store, engine, cid = injured_case
+    texts = [e["text"] for e in engine.timeline if e.get("kind") == "baseline"]
+    weak_seen = 0
+    for b in store.baselines(cid):
+        st = engine.streams[b["stream"]]
+        if st.modality == "mep":
+            continue
+        text = next(t for t in texts if t.startswith("baseline %s from " % b["stream"]))
+        tail = text.partition("(weak")[2]
+        for c, ref in enumerate(b["refs"]):
+            se = ref["level_se"]
+            assert (se is not None) == ref["tracked"]
+            if se is None or not st.show[c]:
+                continue
+            assert 0 < se <= 1 / 3
+            named = short_name(st.names[c]) + " level ±%.0f %%" % (100 * se) in tail
+            assert named == (se > WEAK_BASELINE_SE), (b["stream"], st.names[c], se)
+            weak_seen += named
+    assert weak_seen > 0

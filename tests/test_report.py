@@ -61,3 +61,10 @@ def test_report_pages(case_db: Path, tmp_path: Path) -> None:
         red = (px[..., 0] > 180) & (px[..., 1] < 90) & (px[..., 2] < 90)
         if 2 <= k < 2 + n_alerts:
             assert red.sum() > 50, "alert page %d has no red 'at alert' trace" % (k + 1)
+
+
+def test_baseline_table_marks_untracked_and_weak_channels_and_reads_older_cases() -> None:
+    assert report._baseline_note({"tracked": False, "level_se": None}) == "  (not tracked)"
+    assert report._baseline_note({"tracked": True, "level_se": 0.19}) == "  (weak: level ±19 %)"
+    assert report._baseline_note({"tracked": True, "level_se": 0.04}) == ""
+    assert report._baseline_note({"tracked": True}) == ""  # a case stored before level_se was kept

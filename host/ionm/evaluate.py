@@ -80,6 +80,8 @@ def evaluate(sf: Any, *, trials: bool = False, mains: str = "both") -> dict[str,
 
 
 def _print_text(res: dict[str, Any], trials: bool) -> None:
+    from ionm.pipeline.evaluator import WEAK_BASELINE_SE
+
     if trials:
         for row in res["trials"]:
             print("  ".join("%s=%s" % (k, v) for k, v in row.items()))
@@ -88,7 +90,8 @@ def _print_text(res: dict[str, Any], trials: bool) -> None:
           % (res["n_sweeps"], len(res["channels"]), res["file_modality"], res["baseline_end_s"]))
     for name, b in res["baseline"].items():
         se = b["level_se"]
-        weak = " (known to ±%.0f %%: a change takes longer to confirm)" % (100 * se) if se and se > 0.1 else ""
+        weak = (" (known to ±%.0f %%: a change takes longer to confirm)" % (100 * se)
+                if se and se > WEAK_BASELINE_SE else "")
         print("  %-40s baseline %s µV at %s ms%s" % (name, b["amplitude_uv"], b["latency_ms"],
                                                       weak if b["tracked"] else " (not tracked)"))
     if not res["alerts"]:

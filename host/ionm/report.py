@@ -37,6 +37,17 @@ def _when(wall: float | None) -> str:
     return "-" if wall is None else datetime.datetime.fromtimestamp(wall).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _baseline_note(ref: dict[str, Any]) -> str:
+    """What the baseline table says after a channel's reference: not tracked, or a weak baseline (level known to
+    worse than ±10 %; older cases stored no level SE)."""
+    from ionm.pipeline.evaluator import WEAK_BASELINE_SE
+
+    if not ref["tracked"]:
+        return "  (not tracked)"
+    se = ref.get("level_se")
+    return "  (weak: level ±%.0f %%)" % (100 * se) if se is not None and se > WEAK_BASELINE_SE else ""
+
+
 def _mmss(t: float) -> str:
     return "%02d:%02d" % (int(t) // 60, int(t) % 60)
 
@@ -129,7 +140,7 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
                     _trace_axes(ax, st, b["mean"][c] - 2.2 * span * c, "", "C%d" % c)
                     ax.text(1.01, 1 - (c + 0.5) / len(st["channel_names"]),
                             "%s\n%s µV  %s ms%s" % (short_name(name)[:34], ref["amp_uv"], ref["lat_ms"],
-                                                    "" if ref["tracked"] else "  (not tracked)"),
+                                                    _baseline_note(ref)),
                             transform=ax.transAxes, fontsize=6, va="center", color="C%d" % c)
                 ax.set_title("%s — set at %s by %s from sweeps %s-%s" % (key, _mmss(b["t_s"]), b["user"],
                                                                          _mmss(b["first_t"]), _mmss(b["last_t"])),

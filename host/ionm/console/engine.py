@@ -589,7 +589,9 @@ class CaseEngine:
         refs = []
         for c in range(len(st.names)):
             amp, lat = ev.baseline_reference(c)
-            refs.append({"amp_uv": _num(amp), "lat_ms": _num(lat), "tracked": bool(ev.tracked[c])})
+            se = ev.baseline_level_se(c) if st.modality != "mep" else float("nan")
+            refs.append({"amp_uv": _num(amp), "lat_ms": _num(lat), "tracked": bool(ev.tracked[c]),
+                         "level_se": _num(se, 4)})
         peaks = [{nm: {"lat": _num(p.latency_ms), "amp": _num(p.amplitude_uv)} for nm, p in bp.items()}
                  for bp in ev.baseline_peaks]
         first_t, last_t = sweeps[0][0], sweeps[-1][0]
@@ -603,6 +605,10 @@ class CaseEngine:
         text = "baseline %s from %d sweeps" % (st.key, len(sweeps))
         if untracked:
             text += " (not reproducible, not tracked: %s)" % ", ".join(untracked)
+        weak = [(short_name(st.names[c]), se) for c, se in ev.weak_baselines().items() if st.show[c]]
+        if weak:
+            text += " (weak baseline, a change takes longer to confirm: %s)" % ", ".join(
+                "%s level ±%.0f %%" % (nm, 100 * se) for nm, se in weak)
         self._event("baseline", text, user)
         self._stack_push(st, "baseline")
         st.dirty = True
