@@ -252,6 +252,30 @@ def _mep_accuracy(quick: bool, seed_base: int) -> dict[str, Any]:
                                    "p95": round(float(np.percentile(a, 95)), 4)}}
 
 
+def _summary(out: dict[str, Any]) -> list[str]:
+    """The report's figures as lines for the terminal (build/bench.json has everything)."""
+    def tta(r: dict[str, Any]) -> str:
+        return ("median %s s, worst %s s to alert, %d of %d missed, %d false (%s per 8 h)"
+                % (r["median_s"], r["worst_s"], r["missed"], r["events"], r["false_alerts"], r["false_per_8h"]))
+    lines = ["%d runs, %.2f h monitored outside events" % (out["runs"], out["monitored_hours"]),
+             "evaluator: " + tta(out["evaluator"]),
+             "reference (%d-sweep blocks): " % BLOCK + tta(out["reference"]),
+             "ratio of medians %s (goal <= 0.33), of worst %s" % (out["ratio_median_tta"], out["ratio_worst_tta"])]
+    for r in out["evaluator"]["missed_runs"]:
+        b = r["loss_z_bound"][0] if r["loss_z_bound"] else {}
+        lines.append("missed: seed %d (%s, %s) on %s, baseline level known to %s, ideal loss z %s over the event, "
+                     "%s over the longest window" % (r["seed"], r["kind"], r["modality"], r["scored_channel"],
+                                                     "±%.0f %%" % (100 * r["scored_level_se"])
+                                                     if r["scored_level_se"] is not None else "?",
+                                                     b.get("whole_event"), b.get("longest_window")))
+    m = out["mep_accuracy"]
+    lines.append("MEP: %d of %d trials detected; onset error median %.2f ms, p95 %.2f ms; peak-to-peak error median "
+                 "%.1f %%, area %.1f %%" % (m["detected"], m["trials"], m["onset_abs_error_ms"]["median"],
+                                          m["onset_abs_error_ms"]["p95"], 100 * m["p2p_abs_rel_error"]["median"],
+                                          100 * m["area_abs_rel_error"]["median"]))
+    return lines
+
+
 def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[str, str]] | None = None
         ) -> dict[str, Any]:
     """The benchmark (seed_base and kinds are for development runs on other seeds; the report uses the
@@ -328,6 +352,7 @@ def run(quick: bool = False, *, seed_base: int = SEED_BASE, kinds: list[tuple[st
                    "no_missed_change": out["evaluator"]["missed"] == 0,
                    "false_per_8h_le_1": out["evaluator"]["false_per_8h"] <= 1.0}
     out["mep_accuracy"] = _mep_accuracy(quick, seed_base)
+    out["summary"] = _summary(out)
     out["details"] = runs
     out["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     return out

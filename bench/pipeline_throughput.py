@@ -64,7 +64,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     ratio = recorded_s / busy
     continuous = samples / FS / busy
     p50, p99, pmax = (float(np.percentile(live, q)) * 1e3 for q in (50, 99, 100))
+    summary = [
+        "%d ch x %.0f kSPS SSEP sweeps at %.1f Hz: %.1fx real time (best of %d passes: %s; goal %.0fx), "
+        "continuous %.1fx" % (N_CHANNELS, FS / 1e3, RATE_HZ, ratio, PASSES,
+                              ", ".join("%.1f" % (recorded_s / b) for b in passes), REQUIRED_RATIO, continuous),
+        "per-sweep latency p50 %.2f ms, p99 %.2f ms (goal %.0f ms); baseline set-up %.2f s"
+        % (p50, p99, REQUIRED_LATENCY_MS, min(setup))]
     return {
+        "summary": summary,
         "channels": N_CHANNELS, "fs_hz": FS, "sweep_samples": int(sweeps.shape[-1]), "rate_hz": RATE_HZ,
         "sweeps_timed": n_live,
         "realtime_ratio": round(ratio, 1), "realtime_ratio_vs_required": round(ratio / REQUIRED_RATIO, 2),
