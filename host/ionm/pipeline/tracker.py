@@ -558,8 +558,12 @@ class WindowTest:
         trial-to-trial variability)."""
         s1, sw, s2 = sums[..., 0], np.maximum(sums[..., 1], 1e-300), sums[..., 2]
         mean = s1 / sw
-        chi = np.maximum(s2 - s1 * mean, 0.0)
-        return mean, np.maximum(1.0, chi / np.maximum(nn[..., None] - 1.0, 1.0)) / sw
+        var = s2 - s1 * mean  # the weighted scatter (chi-square), turned into the variance in place
+        np.maximum(var, 0.0, out=var)
+        var /= np.maximum(nn - 1.0, 1.0)[..., None]
+        np.maximum(var, 1.0, out=var)
+        var /= sw
+        return mean, var
 
     def estimates(self, prior_center: np.ndarray, prior_sd: np.ndarray) -> WindowEstimates:
         """Estimates for every window length ending at the newest sweep. The latency prior: a normal around
@@ -603,15 +607,17 @@ class WindowTest:
         # Reference and window are measured where the reference's response was: the Kalman latency posterior at
         # the reference's start (before any change the window may hold), on the REFERENCE_LATENCIES test
         # latencies around its mode (it is concentrated: the rest carries ~1 %).
-        top = np.take(self.ring_first, r_past)[..., None] + self._k  # [ch, n_w, n_m, K]
+        first = np.take(self.ring_first, r_past)  # [ch, n_w, n_m]: the K latencies are first + self._k
         wk, rho_k = np.take(self.ring_wk, r_past, 0), np.take(self.ring_rho, r_past)
-        at = self._cw + top  # the window's (mean, var) at those latencies, in the flattened [ch, n_w, n_t]
+        k = self._k
+        at = (self._cw[..., 0] + first)[..., None] + k  # the window's (mean, var) there, flattened [ch, n_w, n_t]
         dot = "cwmk,cwmk->cwm"  # a weighted sum over the K latencies (einsum: ~3x a sum of products here)
         y_k = np.einsum(dot, wk, np.take(mean, at)) / rho_k
         y_k_se = np.sqrt(np.einsum(dot, wk, np.take(var, at))) / rho_k
         flat = self.ring.reshape(-1, 3)
         # np.take: a gather along the first axis, several times faster than the equivalent fancy index.
-        sums = np.take(flat, past[..., None, None] * n_t + top, 0) - np.take(flat, r_past[..., None] * n_t + top, 0)
+        sums = (np.take(flat, (past[..., None] * n_t + first)[..., None] + k, 0)
+                - np.take(flat, (r_past * n_t + first)[..., None] + k, 0))
         t_sum = t_past[..., None] - self.ring_t[r_past]
         n_b = self.baseline_n[:, None, None]
         # The baseline fills a reference that reaches back to it, up to m sweeps (all of it for m = 0).
