@@ -79,8 +79,8 @@ class SsepAlerts:
         self.changed = np.zeros(n, dtype=bool)
         self.events: list[AlertEvent] = []
 
-    def _evidence(self, est: WindowEstimates, amp_level: float, lat_level: float
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _evidence(self, est: WindowEstimates, amp_level: float, lat_level: float, deciding: bool = True
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Per channel: the strongest amplitude and latency evidence over the windows (z; an acute change
         counts as infinitely strong), and the deciding window's estimates.
 
@@ -89,18 +89,20 @@ class SsepAlerts:
         tolerance), with the window not above the criterion, (a - level) / se < z_above (a reader's
         "reproducible acute 50 % drop"). Latency: the likelihood-ratio statistic for s > level exceeds
         z_latency^2 with the response present (a / se > present_z); or, after an acute change as above, the best
-        fit lies beyond the level (the statistic is positive) with the response present."""
+        fit lies beyond the level (the statistic is positive) with the response present. The deciding window's
+        estimates only when `deciding` (else None)."""
         ok, acute, present = self._shared(est)
-        se = est.level_se(amp_level)
-        za = np.where(ok, (amp_level - est.amplitude) / se, -np.inf)
-        near = (est.amplitude - amp_level) / se < self.z_above
-        za = np.where(acute & near, np.inf, za)
+        below = (amp_level - est.amplitude) / est.level_se(amp_level)
+        # Near: (a - level) / se < z_above, i.e. below > -z_above.
+        za = np.where(acute & (below > -self.z_above), np.inf, np.where(ok, below, -np.inf))
         lr = est.latency_lr(lat_level)
         # The statistic maximises over latencies, windows and time: it needs z_latency where a plain z needs z.
-        zl = np.where(ok & present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
+        ok_present = ok & present
+        zl = np.where(ok_present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
         zl = np.where(acute & present & (lr > 0), np.inf, zl)
-        zbest = np.maximum(za, zl)
-        w = np.argmax(zbest, axis=1)
+        if not deciding:
+            return za.max(axis=1), zl.max(axis=1), None, None
+        w = np.argmax(np.maximum(za, zl), axis=1)
         rows = np.arange(len(w))
         return za.max(axis=1), zl.max(axis=1), est.amplitude[rows, w], est.latency[rows, w]
 
@@ -124,8 +126,10 @@ class SsepAlerts:
         """Advance the states with this sweep's window estimates; returns the channels whose windows must
         restart (entered or left alert). New AlertEvents are appended to self.events."""
         za_a, zl_a, amp, lat = self._evidence(est, self.m.amplitude_ratio_alert, self.m.latency_ratio_alert)
+        assert amp is not None and lat is not None
         amp_a, lat_a = za_a > self.z, zl_a > self.z
-        za_w, zl_w, _, _ = self._evidence(est, self.m.amplitude_ratio_warning, self.m.latency_ratio_warning)
+        za_w, zl_w, _, _ = self._evidence(est, self.m.amplitude_ratio_warning, self.m.latency_ratio_warning,
+                                          deciding=False)
         amp_w, lat_w = za_w > self.z, zl_w > self.z
         # Scope asks whether anything changed elsewhere at the same time, not whether that change is alarming:
         # evidence beyond the warning levels at z_scope standard errors, or a drop from the sweeps before
