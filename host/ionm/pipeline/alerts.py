@@ -141,23 +141,26 @@ class SsepAlerts:
         recovered = self._recovered(est)
         restart: list[int] = []
         self.changed = tracked & (amp_s | lat_s | np.array([s != NORMAL for s in self.state]))
-        for c in np.flatnonzero(accepted & tracked):
-            if self.state[c] == ALERT:
-                self.streak[c] = self.streak[c] + 1 if recovered[c] else 0
-                if self.streak[c] >= self.confirm:
-                    self.state[c], self.streak[c] = NORMAL, 0
-                    restart.append(int(c))
-                continue
-            met = amp_a[c] or lat_a[c]
-            self.streak[c] = self.streak[c] + 1 if met else 0
-            if self.streak[c] >= self.confirm:
+        # Streaks, vectorised over channels (the per-channel work is only for the rare transitions): in alert,
+        # sweeps of recovery evidence; otherwise sweeps meeting a criterion. Only accepted, tracked channels move.
+        live = accepted & tracked
+        in_alert = np.array([st == ALERT for st in self.state])
+        met = amp_a | lat_a
+        self.streak = np.where(live, np.where(np.where(in_alert, recovered, met), self.streak + 1, 0), self.streak)
+        done = live & (self.streak >= self.confirm)
+        for c in np.flatnonzero(done):
+            if in_alert[c]:
+                self.state[c] = NORMAL
+            else:
                 crit = "amplitude+latency" if amp_a[c] and lat_a[c] else "amplitude" if amp_a[c] else "latency"
-                self.state[c], self.streak[c] = ALERT, 0
+                self.state[c] = ALERT
                 self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, float(amp[c]), float(lat[c]),
                                               scope_of(int(c), self.changed, self.names, self.members[c])))
-                restart.append(int(c))
-            else:
-                self.state[c] = WARNING if (met or amp_w[c] or lat_w[c]) else NORMAL
+            self.streak[c] = 0
+            restart.append(int(c))
+        worse = met | amp_w | lat_w
+        for c in np.flatnonzero(live & ~in_alert & ~done):
+            self.state[c] = WARNING if worse[c] else NORMAL
         return restart
 
 
