@@ -353,7 +353,8 @@ class GridKalman:
         if len(ch) == 0:
             return
         self._state = None
-        w, m, v = self.w[ch], self.m[ch], self.v[ch]
+        every = len(ch) == self.n_channels  # the usual case: no gathers and scatters of the state rows
+        w, m, v = (self.w, self.m, self.v) if every else (self.w[ch], self.m[ch], self.v[ch])
         # Predict: latency transition with moment matching of the amplitude Gaussians, then amplitude walk.
         n = len(ch)
         moved = np.concatenate([w, w * m, w * (v + m**2)]) @ self.trans_t  # the three moments in one product
@@ -361,7 +362,7 @@ class GridKalman:
         safe = np.maximum(w, 1e-300)
         m = moved[n: 2 * n] / safe
         v = np.maximum(moved[2 * n:] / safe - m**2, 1e-12) + self.q_a**2
-        yc, rc = y[ch], r[ch]
+        yc, rc = (y, r) if every else (y[ch], r[ch])
         s_tot = v + rc
         logl = yc**2 / (2 * rc) + 0.5 * np.log(rc / s_tot) - (yc - m) ** 2 / (2 * s_tot)
         k = v / s_tot
@@ -370,8 +371,11 @@ class GridKalman:
         logw = np.log(safe) + logl
         logw -= logw.max(axis=1, keepdims=True)
         w = np.exp(logw)
-        self.w[ch] = w / w.sum(axis=1, keepdims=True)
-        self.m[ch], self.v[ch] = m, v
+        w /= w.sum(axis=1, keepdims=True)
+        if every:
+            self.w, self.m, self.v = w, m, v
+        else:
+            self.w[ch], self.m[ch], self.v[ch] = w, m, v
 
     def state(self) -> KalmanState:
         """Posterior means and SDs of (a, s) per channel (computed once per update: the window test and the
