@@ -97,8 +97,7 @@ class SsepAlerts:
         za = np.where(acute & (below > -self.z_above), np.inf, np.where(ok, below, -np.inf))
         lr = est.latency_lr(lat_level)
         # The statistic maximises over latencies, windows and time: it needs z_latency where a plain z needs z.
-        ok_present = ok & present
-        zl = np.where(ok_present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
+        zl = np.where(ok & present, np.sqrt(np.maximum(lr, 0.0)) * np.sign(lr) * (self.z / self.z_latency), -np.inf)
         zl = np.where(acute & present & (lr > 0), np.inf, zl)
         if not deciding:
             return za.max(axis=1), zl.max(axis=1), None, None

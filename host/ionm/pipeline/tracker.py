@@ -503,7 +503,7 @@ class WindowTest:
         self._m_req = self.references[None, None, :]
         self._m_finite = self._m_req > 0
         n_w = len(self.lengths)
-        self._cw = (np.arange(n_channels * n_w).reshape(n_channels, n_w) * n_t)[:, :, None, None]
+        self._cw = (np.arange(n_channels * n_w).reshape(n_channels, n_w) * n_t)[:, :, None]
         self._cwm = np.arange(n_channels * n_w).reshape(n_channels, n_w) * len(self.references)
 
     def set_baseline(self, se: np.ndarray, var1: np.ndarray, n: np.ndarray, dt_s: float, end_s: float,
@@ -586,8 +586,8 @@ class WindowTest:
         now = base + (self.count % self.size)[:, None]
         begin = self.count[:, None] - n_eff
         past = base + begin % self.size
-        ring = self.ring
-        mean, var = self._moments(np.take(ring, now, 0) - np.take(ring, past, 0), n_eff.astype(float))  # [ch, n_w, n_t]
+        # [ch, n_w, n_t] each (np.take: a gather along the first axis, several times faster than fancy indexing)
+        mean, var = self._moments(np.take(self.ring, now, 0) - np.take(self.ring, past, 0), n_eff.astype(float))
         zsq = np.where(mean > 0, mean * mean / var, 0.0)
         logw = log_prior + 0.5 * zsq
         logw -= logw.max(axis=-1, keepdims=True)
@@ -614,12 +614,11 @@ class WindowTest:
         first = np.take(self.ring_first, r_past)  # [ch, n_w, n_m]: the K latencies are first + self._k
         wk, rho_k = np.take(self.ring_wk, r_past, 0), np.take(self.ring_rho, r_past)
         k = self._k
-        at = (self._cw[..., 0] + first)[..., None] + k  # the window's (mean, var) there, flattened [ch, n_w, n_t]
+        at = (self._cw + first)[..., None] + k  # the window's (mean, var) there, flattened [ch, n_w, n_t]
         dot = "cwmk,cwmk->cwm"  # a weighted sum over the K latencies (einsum: ~3x a sum of products here)
         y_k = np.einsum(dot, wk, np.take(mean, at)) / rho_k
         y_k_se = np.sqrt(np.einsum(dot, wk, np.take(var, at))) / rho_k
         flat = self.ring.reshape(-1, 3)
-        # np.take: a gather along the first axis, several times faster than the equivalent fancy index.
         sums = (np.take(flat, (past[..., None] * n_t + first)[..., None] + k, 0)
                 - np.take(flat, (r_past * n_t + first)[..., None] + k, 0))
         t_sum = t_past[..., None] - self.ring_t[r_past]
