@@ -174,8 +174,9 @@ class MainsCanceller:
         self._g0 = self._bk.T @ self._bk
 
     def _rotation(self, stim_time_s: float) -> np.ndarray:
-        """[2 nf, 2 nf] R with design(t) = basis @ R: cos(a + b) = cos a cos b - sin a sin b, sin(a + b) =
-        sin a cos b + cos a sin b, a the phase of the stimulus time (trigonometry of 2 nf values per sweep)."""
+        """[2 nf, 2 nf] R with design(t) = basis @ R, design(t) the cosines and sines of absolute time for a sweep
+        stimulated at t: cos(a + b) = cos a cos b - sin a sin b, sin(a + b) = sin a cos b + cos a sin b, a the
+        phase of the stimulus time (trigonometry of 2 nf values per sweep)."""
         a = 2 * np.pi * np.mod(stim_time_s * self.freqs, 1.0)  # wrapped: exact even hours into a case
         ca, sa = np.cos(a), np.sin(a)
         nf = len(a)
@@ -185,12 +186,6 @@ class MainsCanceller:
         rot[d, d + nf] = sa
         rot[d + nf, d] = -sa
         return rot
-
-    def _design(self, stim_time_s: float) -> np.ndarray:
-        """[n_samples, 2 n_freqs] cosines and sines of absolute time."""
-        if not hasattr(self, "_b"):
-            self._basis()
-        return np.asarray(self._b @ self._rotation(stim_time_s))
 
     def apply(self, sweep: np.ndarray, stim_time_s: float, in_place: bool = False) -> np.ndarray:
         """Cancel mains in one sweep [..., n_samples] (a copy, or the float64 sweep itself if in_place), having
