@@ -81,8 +81,9 @@ class Decoder:
         while True:
             start = buf.find(SYNC, pos)
             if start < 0:
-                # keep a trailing 0xA5: it may be the first half of a SYNC
-                keep = 1 if len(buf) and buf[-1] == SYNC[0] else 0
+                # keep a trailing 0xA5 not yet consumed: it may be the first half of a SYNC (one that ends the
+                # frame just decoded is that frame's, not a new start)
+                keep = 1 if len(buf) > pos and buf[-1] == SYNC[0] else 0
                 self.garbage_bytes += len(buf) - pos - keep
                 pos = len(buf) - keep
                 break

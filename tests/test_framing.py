@@ -38,6 +38,11 @@ def cases():
     big = bytearray(a); big[2] = 0xFF; big[3] = 0xFF
     out.append(("oversized length", [bytes(big) + c], [b""], [1, 0, 0, 0]))
     out.append(("split sync", [a + c[:1], c[1:]], [b"alpha", b""], [0, 0, 0, 0]))
+    # A frame whose CRC ends in 0xA5 (the first half of SYNC): that byte is the frame's, not a new start.
+    seq = [s for s in range(5000) if frame(b"tail", s)[-1] == 0xA5][0]
+    t = frame(b"tail", seq)
+    out.append(("frame ending in 0xa5, byte by byte", [bytes([x]) for x in t], [b"tail"], [0, 0, 0, 0]))
+    out.append(("frame ending in 0xa5, then a frame", [t, a], [b"tail", b"alpha"], [0, 0, 0, 0]))
     return out
 
 def run_cases():
@@ -47,7 +52,8 @@ def run_cases():
         got = []
         for ch in chunks:
             got += [binascii.hexlify(p).decode() for _s, p in d.feed(ch)]
-        res.append({"name": name, "payloads": got, "rejected": d.rejected, "garbage": d.garbage_bytes})
+        res.append({"name": name, "payloads": got, "rejected": d.rejected, "garbage": d.garbage_bytes,
+                    "left": len(d.buf)})
     return res
 """
 
@@ -82,6 +88,19 @@ def test_framing_cases(interp, mpy_results):
 
 def test_both_interpreters_agree_on_garbage_counts(mpy_results):
     assert [r["garbage"] for r in cpython_results()] == [r["garbage"] for r in mpy_results]
+
+
+@pytest.mark.parametrize("interp", ["cpython", "micropython"])
+def test_clean_streams_count_no_garbage_and_leave_nothing_behind(interp, mpy_results):
+    # Garbage is counted exactly: never negative, and zero on a stream of whole frames however it is split
+    # (a trailing 0xA5 that belongs to a decoded frame once counted -1 and stayed in the buffer).
+    results = cpython_results() if interp == "cpython" else mpy_results
+    assert all(r["garbage"] >= 0 for r in results)
+    clean = {"roundtrip", "byte by byte", "split sync", "frame ending in 0xa5, byte by byte",
+             "frame ending in 0xa5, then a frame"}
+    for r in results:
+        if r["name"] in clean:
+            assert (r["garbage"], r["left"]) == (0, 0), r["name"]
 
 
 def test_crc_is_crc32_iso_hdlc_check_value_on_both():
