@@ -8,12 +8,12 @@ import time
 from typing import Any
 
 from ionm import board
-from ionm.acquire import BoardSession
+from ionm.board.acquire import BoardSession
 
 
 def virtual_case(model_s: float) -> dict[str, Any]:
     """A simulated case in fast virtual time: the patient, four interleaved SSEP programs, the firmware."""
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     rate = 4000
     with VirtualBoard(scenario="acute_cord_injury", seed=2, fast=True, stderr=open("/dev/null", "w")) as vb:
@@ -36,7 +36,7 @@ def virtual_case(model_s: float) -> dict[str, Any]:
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     model_s = 60.0 if quick else 600.0
     rate, spf, channels = 4000, 64, 16

@@ -11,8 +11,9 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from ionm import board, mpy
-from ionm.link import decode_samples
+from ionm import board
+from ionm.board import mpy
+from ionm.board.link import decode_samples
 from ionm.protocol import framing, messages as m
 
 CONFIGS = [(16, 1), (16, 8), (16, 22), (16, 64), (16, 170), (4, 86), (8, 43), (8, 256)]  # (channels, spf)

@@ -26,7 +26,7 @@ def run_ionm(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProce
 @pytest.fixture
 def virtual_board(tmp_path: Path) -> Iterator:
     """A bench-wired virtual board in real time (inputs on the bench divider, no patient)."""
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     log = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(bench=True, pulse_log=str(tmp_path / "pulses.jsonl"), stderr=log) as board:
@@ -37,7 +37,7 @@ def virtual_board(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def connected(virtual_board) -> Iterator:
     """(board, link, welcome) with the handshake done and heartbeats running."""
-    from ionm import link as ln
+    from ionm.board import link as ln
 
     link = ln.BoardLink(ln.open_port(virtual_board.device), heartbeat_s=0.025)
     try:

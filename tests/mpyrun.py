@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ionm import mpy
+from ionm.board import mpy
 
 PRELUDE = """
 import sys, json

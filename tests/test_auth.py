@@ -12,11 +12,11 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from ionm.board.stimulation import RecordedStimulation
+from ionm.case.store import CaseStore
 from ionm.console.auth import Accounts, AuthError, RateLimiter, Sessions
 from ionm.console.engine import CaseEngine
 from ionm.console.server import COOKIE, ConsoleServer
-from ionm.console.stimulation import RecordedStimulation
-from ionm.console.store import CaseStore
 
 USERS = {"tech": ("technologist", "tech-password-1"), "doc": ("physician", "doc-password-1"),
          "viewer": ("read-only", "viewer-password-1")}

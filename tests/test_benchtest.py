@@ -11,22 +11,22 @@ import time
 import numpy as np
 import pytest
 
-from ionm import benchtest
-from ionm.boardtools import analysis, limits
-from ionm.boardtools.progress import ProgressBar
+from ionm.board.tools import analysis, bench as benchtest, limits
+from ionm.board.tools.progress import ProgressBar
+from ionm.cli import bench as bench_cmd
 
 
 def run_bench(vb, capsys, *extra: str) -> tuple[int, str, str]:
     p = argparse.ArgumentParser()
-    benchtest.add_arguments(p)
-    status = benchtest.run(p.parse_args(["--port", vb.device, "--generator", vb.generator_resource, *extra]))
+    bench_cmd.add_arguments(p)
+    status = bench_cmd.run(p.parse_args(["--port", vb.device, "--generator", vb.generator_resource, *extra]))
     out, err = capsys.readouterr()
     return status, out, err
 
 
 @pytest.fixture
 def bench_board(request, tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     log = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(bench=True, generator=True, faults=getattr(request, "param", []), stderr=log) as vb:
@@ -142,8 +142,8 @@ def test_a_capture_with_a_gap_is_refused_even_when_the_gap_completes_it():
     """The loss accounting of a capture, fed blocks directly: a gap is a loss (retry=True), never data."""
     import threading
 
-    from ionm import link as ln
-    from ionm.boardtools.session import CaptureError, ToolSession
+    from ionm.board import link as ln
+    from ionm.board.tools.session import CaptureError, ToolSession
 
     s = object.__new__(ToolSession)  # no board: only the data path
     s._cv, s.events, s._blocks, s._cfg, s._base, s._expected, s._lost = threading.Condition(), [], [], 7, None, 0, 0

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ionm import board, link as ln, paths
+from ionm import board, paths
+from ionm.board import link as ln
 from ionm.protocol import cbor, messages as m
 
 D = board.load()

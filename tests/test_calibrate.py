@@ -11,10 +11,11 @@ import json
 import numpy as np
 import pytest
 
-from ionm import board, calibrate
-from ionm.boardtools import calibration as calmod, measure
-from ionm.boardtools.instrument import Generator
-from ionm.boardtools.session import ToolSession
+from ionm import board
+from ionm.board.tools import calibration as calmod, measure
+from ionm.board.tools.instrument import Generator
+from ionm.board.tools.session import ToolSession
+from ionm.cli import calibrate
 
 D = board.load()
 
@@ -29,7 +30,7 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
 
 @pytest.fixture
 def bench_board(request, tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     faults = getattr(request, "param", [])
     log = open(tmp_path / "board.stderr", "w")

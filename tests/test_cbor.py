@@ -26,7 +26,7 @@ import cbor2
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ionm import mpy
+from ionm.board import mpy
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "protocol"))

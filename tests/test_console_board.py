@@ -8,13 +8,13 @@ import time
 
 import pytest
 
-from ionm.console.boardcase import BoardCase
-from ionm.console.stimulation import StimulationError
+from ionm.board.boardcase import BoardCase
+from ionm.board.stimulation import StimulationError
 
 
 @pytest.fixture
 def board_case(tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     err = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(scenario="stable", seed=2, stderr=err) as vb:

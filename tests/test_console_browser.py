@@ -13,13 +13,13 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ionm.board.simcase import SimulatedCase
+from ionm.board.stimulation import RecordedStimulation, default_program
+from ionm.case.store import CaseStore
 from ionm.console.auth import Accounts
 from ionm.console.engine import CaseEngine
 from ionm.console.scripted import injury_scenario
 from ionm.console.server import ConsoleServer
-from ionm.console.simcase import SimulatedCase
-from ionm.console.stimulation import RecordedStimulation, default_program
-from ionm.console.store import CaseStore
 
 CHROMIUM = os.environ.get("IONM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm.console.engine import CaseEngine, CommandError, short_name
+from ionm.board.simcase import SimulatedCase
+from ionm.board.stimulation import RecordedStimulation, StimulationError, limits, validate
+from ionm.case.store import CaseStore
+from ionm.case.timeline import short_name
+from ionm.console.engine import CaseEngine, CommandError
 from ionm.console.scripted import ack_all, command, injury_scenario, run_case
 from ionm.console.server import MAX_BACKLOG, Client, Hub
-from ionm.console.simcase import SimulatedCase
-from ionm.console.stimulation import RecordedStimulation, StimulationError, limits, validate
-from ionm.console.store import CaseStore
 from ionm.pipeline.evaluator import WEAK_BASELINE_SE
 
 TECH = ("tech", "technologist")

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm.evaluate import evaluate
 from ionm.pipeline import sweepfile
+from ionm.pipeline.offline import evaluate
 from ionm.pipeline.synthetic import make_mep, make_ssep
 
 BIN = Path(sys.executable).parent

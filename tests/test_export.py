@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm import export
+from ionm.case.store import CaseStore
+from ionm.cli import export
 from ionm.console.scripted import command, injury_scenario, run_case
-from ionm.console.store import CaseStore
 
 TECH = ("tech", "technologist")
 

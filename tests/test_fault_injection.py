@@ -8,8 +8,8 @@ import time
 
 from faultproxy import FaultProxy
 
-from ionm import link as ln
-from ionm.acquire import BoardSession
+from ionm.board import link as ln
+from ionm.board.acquire import BoardSession
 
 
 def test_host_rejects_exactly_the_damaged_frames_counts_losses_exactly_and_survives_a_reset(virtual_board):

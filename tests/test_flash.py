@@ -15,8 +15,10 @@ import tty
 
 import pytest
 
-from ionm import board, flash, link as ln, mpy
-from ionm.boardtools import image
+from ionm import board
+from ionm.board import link as ln, mpy
+from ionm.board.tools import flash, image
+from ionm.cli import flash as flash_cmd
 from ionm.protocol import cbor
 
 D = board.load()
@@ -24,8 +26,8 @@ D = board.load()
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     p = argparse.ArgumentParser()
-    flash.add_arguments(p)
-    status = flash.run(p.parse_args(list(argv)))
+    flash_cmd.add_arguments(p)
+    status = flash_cmd.run(p.parse_args(list(argv)))
     out, err = capsys.readouterr()
     return status, out, err
 
@@ -121,7 +123,7 @@ def test_flash_over_the_raw_repl_writes_verifies_and_records(unix_repl, tmp_path
 
 def test_the_flashed_files_boot_as_the_firmware(unix_repl, tmp_path):
     """The deployed .mpy files alone (no source tree on the path) run as the board's firmware."""
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     port, fs = unix_repl
     flash.flash(port, tmp_path / "build", soft_reset=False, progress=False)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import pyvisa
 
-from ionm import link as ln
-from ionm.acquire import BoardSession
+from ionm.board import link as ln
+from ionm.board.acquire import BoardSession
 from ionm_hw.generator import generator_volts_for
 
 
 def test_generator_sine_at_the_input_is_measured_by_the_board(tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     err = open(tmp_path / "board.stderr", "w")
     blocks: list[ln.DataBlock] = []

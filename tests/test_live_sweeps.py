@@ -6,11 +6,11 @@ import time
 
 import numpy as np
 
-from ionm.acquire import BoardSession, LiveCase, SweepSpec
+from ionm.board.acquire import BoardSession, LiveCase, SweepSpec
 
 
 def test_live_sweeps_are_locked_to_the_latched_stimulus(tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     err = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(scenario="stable", seed=3, stderr=err) as vb:
@@ -57,7 +57,7 @@ def test_live_sweeps_are_locked_to_the_latched_stimulus(tmp_path):
 
 def test_epoch_mode_sends_only_stimulus_windows_and_announces_the_gaps(tmp_path):
     """Board-side epochs: complete sweeps, nothing counted as lost, the rest of the time not sent."""
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     err = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(scenario="stable", seed=4, stderr=err) as vb:

@@ -12,7 +12,7 @@ import pycddl
 import pytest
 from mpyrun import run_json
 
-from ionm import link as ln
+from ionm.board import link as ln
 from ionm.protocol import cbor, framing, messages as m
 
 PROTO = Path(__file__).resolve().parents[1] / "protocol"

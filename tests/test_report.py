@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm import report
+from ionm.case import report
+from ionm.case.store import CaseStore
+from ionm.cli import report as report_cmd
 from ionm.console.scripted import ack_all, command, injury_scenario, run_case
-from ionm.console.store import CaseStore
 
 TECH = ("tech", "technologist")
 
@@ -35,8 +36,8 @@ def case_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_report_pages(case_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.pdf"
     p = argparse.ArgumentParser()
-    report.add_arguments(p)
-    assert report.run(p.parse_args(["--db", str(case_db), "--out", str(out)])) == 0
+    report_cmd.add_arguments(p)
+    assert report_cmd.run(p.parse_args(["--db", str(case_db), "--out", str(out)])) == 0
     store = CaseStore(case_db)
     try:
         cid = store.case()["id"]

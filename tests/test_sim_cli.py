@@ -11,7 +11,7 @@ import numpy as np
 import pyvisa
 from conftest import ionm_cmd
 
-from ionm.acquire import BoardSession
+from ionm.board.acquire import BoardSession
 
 
 def test_generator_resource_is_printed_alone_on_the_second_line():
@@ -33,7 +33,7 @@ def test_generator_resource_is_printed_alone_on_the_second_line():
 
 
 def record(seed: int, n_samples: int = 8000) -> np.ndarray:
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     blocks = []
     with VirtualBoard(scenario="stable", seed=seed, fast=True, stderr=subprocess.DEVNULL) as vb:

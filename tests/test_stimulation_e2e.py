@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from ionm import board, link as ln
+from ionm import board
+from ionm.board import link as ln
 from ionm.protocol import messages as m
 
 D = board.load()
@@ -23,7 +24,7 @@ def pulses(board_fixture) -> list[dict]:
 
 @pytest.fixture
 def stim_board(tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     log = tmp_path / "pulses.jsonl"
     err = open(tmp_path / "board.stderr", "w")
@@ -65,7 +66,7 @@ def test_interleaved_ssep_schedule_indices_match_the_delivered_pulse_log(stim_bo
 
 
 def test_watchdog_stops_stimulation_within_100ms_of_host_silence(tmp_path):
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     log = tmp_path / "pulses.jsonl"
     err = open(tmp_path / "board.stderr", "w")
@@ -214,7 +215,7 @@ def test_minimum_intervals_hold_across_an_acquisition_restart(stim_board):
 def test_a_compliance_fault_stops_all_stimulation_with_an_event_that_says_why(tmp_path):
     """A stimulating electrode at 20 kΩ: the 400 V output stage cannot drive 25 mA (at most 20 mA). The
     current-sense readback shows it; the firmware stops every output and says why."""
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     log = tmp_path / "pulses.jsonl"
     events: list[dict] = []

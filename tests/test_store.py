@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ionm.console.store import CaseStore, decode_array, encode_array
+from ionm.case.store import CaseStore, decode_array, encode_array
 from ionm.sweep import Sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def test_writes_are_committed_within_the_interval(store: CaseStore) -> None:
 
 # ------------------------------------------------------------------------- kill -9 of the whole host process
 def _console(db: Path, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "ionm.console_cmd", "--sim", "--direct", "--scenario", "stable", "--db", str(db),
+    cmd = [sys.executable, "-m", "ionm.cli.console", "--sim", "--direct", "--scenario", "stable", "--db", str(db),
            "--no-browser", "--listen", "127.0.0.1:0"]
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "host"))
 
-from ionm import firmware_build  # noqa: E402
+from ionm.board import firmware as firmware_build  # noqa: E402
 
 
 def main() -> int:

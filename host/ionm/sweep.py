@@ -1,5 +1,5 @@
 """One stimulus-locked sweep: what every sweep source yields and what the pipeline, the case store and
-the console consume. Sources: the live board (ionm.acquire), and scenario recordings (ionm_hw.sweeps)."""
+the console consume. Sources: the live board (ionm.board.acquire), and scenario recordings (ionm_hw.sweeps)."""
 
 from __future__ import annotations
 

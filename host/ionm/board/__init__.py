@@ -1,4 +1,11 @@
-"""The board definition (hardware/board.json): the single source of truth for pins, ranges and limits."""
+"""The board side of the host: everything between the board's USB port and a stream of sweeps.
+
+This module is the board definition (hardware/board.json), the single source of truth for pins, ranges and
+limits; the package holds the serial link (link), acquisition into sweeps (acquire), stimulation programs
+validated against the limits (stimulation), live sources for a case (boardcase: a board; simcase: the patient
+model straight), the virtual board (virtual), the firmware build and the MicroPython runner (firmware, mpy),
+and the flash/calibrate/bench tools (tools). It knows nothing of the pipeline, the case record or the console.
+"""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ionm import link as ln
+from ionm.board import link as ln
 from ionm.protocol import messages as m
 from ionm.sweep import Sweep
 

@@ -14,8 +14,8 @@ import copy
 from collections.abc import Iterator
 from typing import Any
 
-from ionm.acquire import BoardSession, LiveCase, SweepSpec
-from ionm.console.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
+from ionm.board.acquire import BoardSession, LiveCase, SweepSpec
+from ionm.board.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
 from ionm.sweep import Sweep
 
 RATE_HZ = 8000  # SSEP wants >= 5-10 kHz; 16 channels at 8 kHz use 80 % of the USB link budget
@@ -48,7 +48,7 @@ class BoardCase(ProgramHolder):
 
     # -- the console's Stimulation interface (limits and state from ProgramHolder) ---------------------------
     def apply(self, command: dict[str, Any]) -> dict[str, Any]:
-        from ionm import link as ln
+        from ionm.board import link as ln
 
         with self._lock:
             new = validate(command, self._program, self._limits)

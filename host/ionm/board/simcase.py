@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ionm.console.stimulation import SSEP_OUTPUTS, RecordedStimulation, default_program
+from ionm.board.stimulation import SSEP_OUTPUTS, RecordedStimulation, default_program
 from ionm.sweep import Sweep
 
 WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (15.0, 85.0)}

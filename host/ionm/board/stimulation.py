@@ -2,7 +2,7 @@
 
 The console never talks to a stimulator directly: it validates a command against hardware/board.json
 (validate()), then hands it to a Stimulation. RecordedStimulation keeps the program and records every
-command (the simulated case reads its program from it); the live board's implementation (ionm.acquire)
+command (the simulated case reads its program from it); the live board's implementation (ionm.board.acquire)
 sends the same commands to the firmware, which checks the same limits again.
 
 Commands (dicts, "action" says which):

@@ -3,27 +3,12 @@ link statistics. The first thing to run against a new board or cable."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
 from typing import Any
 
-HELP = "stream from a board and print link statistics"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="serial device of the board (e.g. /dev/ttyACM0)")
-    p.add_argument("--seconds", type=float, default=5.0, help="how long to stream")
-    p.add_argument("--rate", type=int, default=2000, help="samples per second per channel")
-    p.add_argument("--channels", default="all", help="comma-separated channel numbers, or 'all'")
-    p.add_argument("--samples-per-frame", type=int, default=32)
-    p.add_argument("--input", default="normal", choices=("normal", "shorted", "test"))
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-
 
 def stream(port: str, seconds: float, config: dict[str, Any]) -> dict[str, Any]:
-    from ionm import link as ln
+    from ionm.board import link as ln
     from ionm.protocol import messages as m
 
     transport = ln.open_port(port)
@@ -63,26 +48,3 @@ def stream(port: str, seconds: float, config: dict[str, Any]) -> dict[str, Any]:
         "seconds": round(elapsed, 3),
         "bytes_per_s": round(s.bytes / elapsed) if elapsed else 0,
     }
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm import link as ln
-
-    config: dict[str, Any] = {"rate_hz": args.rate, "samples_per_frame": args.samples_per_frame, "input": args.input}
-    if args.channels != "all":
-        config["channels"] = [int(c) for c in args.channels.split(",")]
-    try:
-        result = stream(args.port, args.seconds, config)
-    except ln.LinkError as exc:
-        print("ionm stream: %s" % exc, file=sys.stderr)
-        return 2
-    except ln.BoardError as exc:
-        print("ionm stream: the board refused: %s" % exc, file=sys.stderr)
-        return 3
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key in ("frames", "bytes", "frames_rejected", "samples_lost", "sequence_gaps", "channels",
-                    "sample_rate_hz", "bytes_per_s"):
-            print("%-16s %s" % (key, result[key]))
-    return 0 if result["samples_lost"] == 0 and result["frames_rejected"] == 0 else 1

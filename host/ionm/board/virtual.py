@@ -9,35 +9,16 @@ SIGINT/SIGTERM stop both children; exit status 0.
 
 from __future__ import annotations
 
-import argparse
 import os
 import pty
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import tty
 from pathlib import Path
 from typing import Any
-
-HELP = "run the virtual board (firmware on MicroPython + hardware model)"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", default="stable", help="hardware/scenarios/NAME.json (default: stable)")
-    p.add_argument("--seed", type=int, default=1, help="the same seed gives the same data")
-    p.add_argument("--serial", default="SIM-0001", help="board serial (sets the unit's analogue errors)")
-    p.add_argument("--fast", action="store_true", help="virtual time as fast as possible (default: real time)")
-    p.add_argument("--bench", action="store_true",
-                   help="amplifier inputs wired to the signal generator through the bench divider, not a patient")
-    p.add_argument("--generator", action="store_true", help="start the SCPI signal generator (prints its resource)")
-    p.add_argument("--pulse-log", help="append each delivered stimulus pulse as a JSON line to this file")
-    p.add_argument("--fault", action="append", default=[], metavar="SPEC",
-                   help="inject a fault: dead:CH, gain:CH:FRACTION, impedance:OUTPUT:OHMS (repeatable)")
-    p.add_argument("--state-dir", help="the board's flash filesystem (calibration, firmware slots); default: fresh")
 
 
 def _die_with_parent() -> None:
@@ -58,7 +39,8 @@ class VirtualBoard:
     def __init__(self, *, scenario: str = "stable", seed: int = 1, serial: str = "SIM-0001", fast: bool = False,
                  bench: bool = False, generator: bool = False, pulse_log: str | None = None,
                  faults: list[str] | None = None, stderr: Any = None, state_dir: str | None = None) -> None:
-        from ionm import mpy, paths
+        from ionm import paths
+        from ionm.board import mpy
 
         self.tmp = Path(tempfile.mkdtemp(prefix="ionm-sim-"))
         self.scenario_file: str | None = None  # a scenario written out for this board, removed by its owner
@@ -150,39 +132,3 @@ class VirtualBoard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def run(args: argparse.Namespace) -> int:
-    stopping = False
-
-    def stop(_sig: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        board = VirtualBoard(scenario=args.scenario, seed=args.seed, serial=args.serial, fast=args.fast,
-                             bench=args.bench, generator=args.generator, pulse_log=args.pulse_log,
-                             faults=args.fault, state_dir=args.state_dir)
-    except (RuntimeError, FileNotFoundError) as exc:
-        print("ionm sim: %s" % exc, file=sys.stderr)
-        return 1
-    try:
-        print(board.device, flush=True)
-        if args.generator:
-            print(board.generator_resource, flush=True)
-        while not stopping:
-            time.sleep(0.1)
-            if stopping:
-                break
-            try:
-                board.poll()
-            except RuntimeError as exc:
-                if stopping:
-                    break
-                print("ionm sim: %s" % exc, file=sys.stderr)
-                return 1
-    finally:
-        board.close()
-    return 0

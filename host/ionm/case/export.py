@@ -16,30 +16,14 @@ to baseline, state) and the events, distinguished by the "kind" column.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import math
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-HELP = "export a recorded case: EDF+/BDF+ with annotations (--edf) or CSV (--csv)"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ionm.console_cmd import add_db_argument
-
-    p.add_argument("case", nargs="?", help="case id or uid (default: the newest)")
-    add_db_argument(p)
-    p.add_argument("--edf", metavar="OUT", help="EDF+ (or BDF+ if OUT ends in .bdf), one file per stream")
-    p.add_argument("--csv", metavar="OUT", help="measurements and events as CSV")
-    p.add_argument("--stream", help="only this stream (e.g. 'ssep-lower/L tibial')")
-    p.add_argument("--discontinuous", action="store_true",
-                   help="EDF+D: every sweep at its true case time (EDFlib/pyedflib cannot read +D files)")
 
 
 def slug(text: str) -> str:
@@ -56,7 +40,7 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
     import edfio
     from edfio import edf_annotations as ea  # the TAL helpers (pinned edfio): edfio itself writes only EDF+C
 
-    from ionm.console.engine import timeline_from_store
+    from ionm.case.timeline import timeline_from_store
 
     case = store.case(case_id)
     meta = next(s for s in store.streams(case_id) if s["key"] == stream)
@@ -121,7 +105,7 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
 
 def write_csv(store: Any, case_id: int, out: Path, stream: str | None = None) -> int:
     """Measurements and events of a case as one CSV; returns the number of rows."""
-    from ionm.console.engine import timeline_from_store
+    from ionm.case.timeline import timeline_from_store
 
     names = {s["key"]: s["channel_names"] for s in store.streams(case_id)}
     cols = ["t_s", "kind", "stream", "channel", "amplitude_uv", "latency_ms", "amplitude_ratio", "latency_ratio",
@@ -146,42 +130,3 @@ def write_csv(store: Any, case_id: int, out: Path, stream: str | None = None) ->
             w.writerow(["%.4f" % item["t_s"], item["kind"], "", "", "", "", "", "", "", item["user"], item["text"]])
             rows += 1
     return rows
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm.console.store import CaseStore, StoreError
-
-    if not args.edf and not args.csv:
-        print("ionm export: say what to write: --edf OUT and/or --csv OUT", file=sys.stderr)
-        return 2
-    store = CaseStore(args.db)
-    try:
-        case = store.case(args.case)
-        cid = int(case["id"])
-        keys = [s["key"] for s in store.streams(cid)]
-        if args.stream:
-            if args.stream not in keys:
-                raise StoreError("no stream %r in case %s (streams: %s)" % (args.stream, case["uid"], ", ".join(keys)))
-            keys = [args.stream]
-        if args.edf:
-            out = Path(args.edf)
-            bdf = out.suffix.lower() == ".bdf"
-            for key in keys:
-                path = out if len(keys) == 1 else out.with_name("%s.%s%s" % (out.stem, slug(key), out.suffix or ".edf"))
-                n = write_edf(store, cid, key, path, bdf, args.discontinuous)
-                print("ionm export: %s: %d sweeps -> %s" % (key, n, path))
-        if args.csv:
-            n = write_csv(store, cid, Path(args.csv), args.stream)
-            print("ionm export: %d rows -> %s" % (n, args.csv))
-    except StoreError as exc:
-        print("ionm export: %s" % exc, file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ionm export", description=HELP)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

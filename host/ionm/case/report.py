@@ -10,27 +10,15 @@ channel, alerts left unacknowledged, and whether the audit trail's hash chain is
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import sys
 import textwrap
 from typing import Any
 
 import numpy as np
 
-HELP = "write the case report (PDF): summary, baselines, alerts with waveforms, notes, closing status"
-
 A4 = (8.27, 11.69)
 AFTER_S = 30.0  # the "after" average: the first stored at least this long after the alert
 BEFORE_S = 30.0
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ionm.console_cmd import add_db_argument
-
-    p.add_argument("case", nargs="?", help="case id or uid (default: the newest)")
-    add_db_argument(p)
-    p.add_argument("--out", required=True, metavar="FILE.pdf")
 
 
 def _when(wall: float | None) -> str:
@@ -83,7 +71,7 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
-    from ionm.console.engine import alert_label, short_name, timeline_from_store
+    from ionm.case.timeline import alert_label, short_name, timeline_from_store
 
     case = store.case(case_ref)
     cid = int(case["id"])
@@ -230,24 +218,3 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
                   "Reviewed by (physician): ______________________________   Date: ____________"]
         pages += _text_page(pdf, "Closing status", lines)
     return pages
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm.console.store import CaseStore, StoreError
-
-    store = CaseStore(args.db)
-    try:
-        n = write_report(store, args.case, args.out)
-    except StoreError as exc:
-        print("ionm report: %s" % exc, file=sys.stderr)
-        return 2
-    finally:
-        store.close()
-    print("ionm report: %d pages -> %s" % (n, args.out))
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ionm report", description=HELP)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -1,4 +1,4 @@
-"""`ionm` command line: one module per subcommand.
+"""`ionm` command line: one module per subcommand, thin argument parsing that calls the packages.
 
 Each subcommand module defines HELP (one line), add_arguments(parser) and run(args) -> int (exit status).
 Subcommand modules keep heavy imports (matplotlib, scipy, web stack) inside run(), so `ionm stream`
@@ -13,18 +13,18 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     # name: (module, one-line help)
-    "sim": ("ionm.sim", "run the virtual board (firmware on MicroPython + hardware model)"),
-    "stream": ("ionm.stream", "stream from a board and print link statistics"),
-    "demo": ("ionm.demo", "the virtual board and the console, for a first look"),
-    "evaluate": ("ionm.evaluate", "evaluate a sweep file (.npz) offline: alerts or per-trial features"),
-    "console": ("ionm.console_cmd", "the case console: live waveforms, trends, alerts, notes, stimulation"),
-    "users": ("ionm.console.users_cmd", "console user accounts (technologist, physician, read-only)"),
-    "replay": ("ionm.replay", "play a recorded case through the console"),
-    "export": ("ionm.export", "export a recorded case as EDF+/BDF+ or CSV"),
-    "report": ("ionm.report", "write a recorded case's PDF report"),
-    "flash": ("ionm.flash", "build the firmware and flash it to a board, or update a running board"),
-    "calibrate": ("ionm.calibrate", "calibrate a board's amplifier and stimulator"),
-    "bench": ("ionm.benchtest", "verify a board against its specification with a signal generator"),
+    "sim": ("ionm.cli.sim", "run the virtual board (firmware on MicroPython + hardware model)"),
+    "stream": ("ionm.cli.stream", "stream from a board and print link statistics"),
+    "demo": ("ionm.cli.demo", "the virtual board and the console, for a first look"),
+    "evaluate": ("ionm.cli.evaluate", "evaluate a sweep file (.npz) offline: alerts or per-trial features"),
+    "console": ("ionm.cli.console", "the case console: live waveforms, trends, alerts, notes, stimulation"),
+    "users": ("ionm.cli.users", "console user accounts (technologist, physician, read-only)"),
+    "replay": ("ionm.cli.replay", "play a recorded case through the console"),
+    "export": ("ionm.cli.export", "export a recorded case as EDF+/BDF+ or CSV"),
+    "report": ("ionm.cli.report", "write a recorded case's PDF report"),
+    "flash": ("ionm.cli.flash", "build the firmware and flash it to a board, or update a running board"),
+    "calibrate": ("ionm.cli.calibrate", "calibrate a board's amplifier and stimulator"),
+    "bench": ("ionm.cli.bench", "verify a board against its specification with a signal generator"),
 }
 
 

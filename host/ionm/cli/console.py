@@ -18,15 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ionm.cli.common import add_db_argument, fail, parse_listen
+
 HELP = "the case console: live waveforms, trends, alerts, notes and stimulation in a browser"
-
-
-def default_db() -> str:
-    return os.environ.get("IONM_DB") or str(Path.home() / ".local" / "share" / "ionm" / "cases.db")
-
-
-def add_db_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", default=default_db(), help="case store (SQLite; default $IONM_DB or %(default)s)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -53,13 +47,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
 
 
-def parse_listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError("--listen wants HOST:PORT, e.g. 127.0.0.1:8080")
-    return host.strip("[]"), int(port)
-
-
 def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
     """The scenario with its events moved so the first starts at at_s (recoveries and ends move along)."""
     events = scenario.get("events", [])
@@ -75,10 +62,23 @@ def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
     return scenario
 
 
+def _simulated_case(meta: dict[str, Any], args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scenario of a simulated case (as opened: a resumed case keeps its own) and its stimulation program."""
+    from ionm.board.stimulation import default_program
+    from ionm_hw.patient import load_scenario
+
+    scenario = load_scenario(meta.get("scenario", args.scenario))
+    if meta.get("events_at") is not None:
+        scenario = shift_events(scenario, float(meta["events_at"]))
+    program = default_program(scenario)
+    program["tcmep"]["repeat_s"] = float(meta.get("mep_every") or 0.0)
+    return scenario, program
+
+
 def _live_source(port: str, program: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
     """(sweep source, stimulation, link_health) for a board on `port` (real or virtual)."""
-    from ionm import link as ln
-    from ionm.console.boardcase import BoardCase
+    from ionm.board import link as ln
+    from ionm.board.boardcase import BoardCase
 
     try:
         case = BoardCase(port, program=program)
@@ -92,7 +92,7 @@ def _virtual_board(scenario: dict[str, Any], seed: int) -> Any:
     import json
     import tempfile
 
-    from ionm.sim import VirtualBoard
+    from ionm.board.virtual import VirtualBoard
 
     fh = tempfile.NamedTemporaryFile("w", suffix=".json", prefix="ionm-scenario-", delete=False)
     json.dump(scenario, fh)
@@ -103,25 +103,20 @@ def _virtual_board(scenario: dict[str, Any], seed: int) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-    import webbrowser
-
+    from ionm.board.simcase import SimulatedCase
+    from ionm.board.stimulation import RecordedStimulation
+    from ionm.case.store import CaseStore
     from ionm.console.auth import Accounts
     from ionm.console.engine import CaseEngine
+    from ionm.console.serve import serve
     from ionm.console.server import ConsoleServer, tls_context
-    from ionm.console.simcase import SimulatedCase
-    from ionm.console.stimulation import RecordedStimulation, default_program
-    from ionm.console.store import CaseStore
 
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
-        print("ionm console: %s" % exc, file=sys.stderr)
-        return 2
+        return fail("console", 2, "%s" % exc)
     if bool(args.cert) != bool(args.key):
-        print("ionm console: --cert and --key go together", file=sys.stderr)
-        return 2
+        return fail("console", 2, "--cert and --key go together")
     if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
         print("ionm console: WARNING: listening on %s without TLS: passwords and patient data cross the network "
               "in clear. Give --cert/--key for remote oversight." % host, file=sys.stderr)
@@ -146,30 +141,18 @@ def run(args: argparse.Namespace) -> int:
     board = None
     source: Any
     stimulation: Any
+    if args.sim:
+        scenario, program = _simulated_case(meta, args)
     if args.sim and not args.direct:
-        from ionm_hw.patient import load_scenario
-
-        scenario = load_scenario(meta.get("scenario", args.scenario))
-        if meta.get("events_at") is not None:
-            scenario = shift_events(scenario, float(meta["events_at"]))
         board = _virtual_board(scenario, int(meta.get("seed", args.seed)))
         print("ionm console: virtual board at %s (firmware on MicroPython, scenario %s)"
               % (board.device, meta.get("scenario", args.scenario)), flush=True)
-        program = default_program(scenario)
-        program["tcmep"]["repeat_s"] = float(meta.get("mep_every") or 0.0)
         source, stimulation, link_health = _live_source(board.device, program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
                             auto_baseline_s=args.auto_baseline)
         if resuming:
             engine.resume()
     elif args.sim:
-        from ionm_hw.patient import load_scenario
-
-        scenario = load_scenario(meta.get("scenario", args.scenario))
-        if meta.get("events_at") is not None:
-            scenario = shift_events(scenario, float(meta["events_at"]))
-        program = default_program(scenario)
-        program["tcmep"]["repeat_s"] = float(meta.get("mep_every") or 0.0)
         stimulation = RecordedStimulation(program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, auto_baseline_s=args.auto_baseline,
                             queue_size=32 if args.fast else 2048)  # a fast source runs just ahead, not minutes
@@ -186,23 +169,12 @@ def run(args: argparse.Namespace) -> int:
     tls = tls_context(args.cert, args.key) if args.cert else None
     server = ConsoleServer(engine, store, tls=tls)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        url = await server.start(host, port)
-        engine.start()
-        engine.run_source(source)
+    def announce(url: str) -> None:
         case = store.case(case_id)
         print("ionm console: %s case %s at %s" % ("resumed" if resuming else "opened", case["uid"], url), flush=True)
-        if not args.no_browser:
-            webbrowser.open(url)
-        await stop.wait()
-        await server.stop()
 
     try:
-        asyncio.run(main())
+        serve(server, engine, source, host, port, open_browser=not args.no_browser, announce=announce)
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
         for step in (engine.stop, getattr(source, "close", None), board.close if board is not None else None,
@@ -218,8 +190,3 @@ def run(args: argparse.Namespace) -> int:
         print("ionm console: stopped (the case stays open; run again to resume)", flush=True)
     return 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ionm console", description=HELP)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

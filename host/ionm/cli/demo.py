@@ -31,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ionm import console_cmd
+    from ionm.case.store import CaseStore
+    from ionm.cli import console as console_cmd
     from ionm.console.auth import Accounts
-    from ionm.console.store import CaseStore
 
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     store = CaseStore(args.db)

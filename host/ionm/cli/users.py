@@ -13,12 +13,12 @@ import argparse
 import getpass
 import sys
 
+from ionm.cli.common import add_db_argument, fail
+
 HELP = "console user accounts: add, list, passwd, role, disable"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ionm.console_cmd import add_db_argument
-
     sub = p.add_subparsers(dest="action", required=True)
     a = sub.add_parser("add", help="add an account")
     a.add_argument("name")
@@ -47,8 +47,8 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ionm.case.store import CaseStore
     from ionm.console.auth import Accounts, AuthError
-    from ionm.console.store import CaseStore
 
     store = CaseStore(args.db)
     accounts = Accounts(store)
@@ -70,14 +70,8 @@ def run(args: argparse.Namespace) -> int:
             accounts.disable(args.name, by=by)
             print("ionm users: %s disabled" % args.name)
     except AuthError as exc:
-        print("ionm users: %s" % exc, file=sys.stderr)
-        return 2
+        return fail("users", 2, "%s" % exc)
     finally:
         store.close()
     return 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ionm users", description=HELP)
-    add_arguments(parser)
-    sys.exit(run(parser.parse_args()))

@@ -1,10 +1,13 @@
-"""The case console: case store, engine, web console with remote oversight (docs/CONSOLE.md).
+"""The case console: the engine and the web console with remote oversight (docs/CONSOLE.md).
 
 Modules, each with one job:
-- store: the case store on SQLite (WAL), append-only, written in batches by one writer thread.
-- auth: user accounts (argon2), roles, signed session cookies, login rate limiting.
-- stimulation: the stimulation interface the console commands go through, bounded by hardware/board.json.
-- simcase: a simulated case (scenario physiology rendered sweep by sweep) as a sweep source.
 - engine: case state built from sweeps through the pipeline; commands; frames for the web clients.
-- server: aiohttp app (pages, WebSocket), per-client latest-state queues.
+- server: aiohttp app (pages, WebSocket), per-client latest-state queues; static/ holds the pages.
+- auth: user accounts (argon2), roles, signed session cookies, login rate limiting.
+- serve: one engine, its source and the web server until a signal (`ionm console`, `ionm replay`).
+- replay: a recorded case through a fresh engine.
+- scripted: a whole simulated case run unattended through the engine (tests, benchmarks).
+
+The case record itself (store, timeline, export, report) is ionm.case; sweep sources and stimulation are
+ionm.board.
 """

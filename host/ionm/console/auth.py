@@ -22,8 +22,8 @@ import time
 from collections import deque
 from dataclasses import dataclass
 
+from ionm.case.store import CaseStore
 from ionm.console.engine import ROLES
-from ionm.console.store import CaseStore
 
 SESSION_HOURS = 12.0  # a long case fits in one session
 MIN_PASSWORD = 8

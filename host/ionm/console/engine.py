@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ionm.console.stimulation import Stimulation, StimulationError
-from ionm.console.store import CaseStore
+from ionm.board.stimulation import Stimulation, StimulationError
+from ionm.case.store import CaseStore
+from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
 from ionm.sweep import Sweep
 
 ROLES = ("technologist", "physician", "read-only")
@@ -72,11 +73,6 @@ def decimate(x: np.ndarray, points: int = DISPLAY_POINTS) -> tuple[np.ndarray, i
 def trace(w: np.ndarray) -> list[float | None]:
     """A displayed trace as JSON numbers (µV to 1/1000; a gap where the value is not finite)."""
     return [round(float(v), 3) if math.isfinite(v) else None for v in w]
-
-
-def short_name(name: str) -> str:
-    """'C4'-Fz (L median cortical N20)' -> "C4'-Fz L median cortical N20" without the clutter."""
-    return name.replace("(", "").replace(")", "")
 
 
 @dataclass
@@ -740,48 +736,3 @@ class CaseEngine:
         self.store.audit(cid, "system", "case.resume", {"t_s": last_t})
         self._event("event", "case resumed after a restart at %.1f s" % last_t, "system")
         return last_t
-
-
-def alert_label(a: dict[str, Any]) -> str:
-    amp, lat = a.get("amplitude_ratio"), a.get("latency_ratio")
-    parts = []
-    if amp is not None:
-        parts.append("amplitude %d %%" % round(100 * amp))
-    if lat is not None:
-        parts.append("latency %d %%" % round(100 * lat))
-    return "%s %s: %s (%s; %s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
-                                   ", ".join(parts), a["scope"])
-
-
-def describe_stim(cmd: dict[str, Any]) -> str:
-    action = cmd.get("action")
-    if action == "tcmep_train":
-        return "TcMEP train delivered"
-    if action == "stop_all":
-        return "all stimulation stopped"
-    rest = ", ".join("%s %s" % (k, v) for k, v in cmd.items() if k != "action")
-    return "%s: %s" % (action, rest)
-
-
-def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
-    """The case's events in time order, as the console timeline and the report show them."""
-    items: list[dict[str, Any]] = []
-    for n in store.rows("notes", case_id):
-        items.append({"t_s": n["t_s"], "wall": n["wall"], "kind": n["kind"], "user": n["user"], "text": n["text"]})
-    alerts = {}
-    for a in store.rows("alerts", case_id):
-        alerts[a["uid"]] = alert_label(a)
-        items.append({"t_s": a["t_s"], "wall": a["wall"], "kind": "alert", "user": "system",
-                      "text": alerts[a["uid"]]})
-    for a in store.rows("acks", case_id):
-        items.append({"t_s": a["t_s"], "wall": a["wall"], "kind": "ack", "user": a["user"],
-                      "text": "%s: %s" % (alerts.get(a["alert_uid"], a["alert_uid"]), a["note"])})
-    for b in store.rows("baselines", case_id):
-        items.append({"t_s": b["t_s"], "wall": b["wall"], "kind": "baseline", "user": b["user"],
-                      "text": "baseline %s" % b["stream"]})
-    for p in store.rows("programs", case_id):
-        if p["kind"] == "stimulation":
-            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "stim", "user": p["user"],
-                          "text": describe_stim(p["body"]["command"])})
-    items.sort(key=lambda i: (i["wall"], i["t_s"]))
-    return items

@@ -11,10 +11,10 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+from ionm.board.simcase import SimulatedCase
+from ionm.board.stimulation import RecordedStimulation, default_program
+from ionm.case.store import CaseStore
 from ionm.console.engine import CaseEngine
-from ionm.console.simcase import SimulatedCase
-from ionm.console.stimulation import RecordedStimulation, default_program
-from ionm.console.store import CaseStore
 
 
 def injury_scenario(onset_s: float, name: str = "acute_cord_injury", ramp_s: float = 1.0) -> dict[str, Any]:

@@ -32,9 +32,9 @@ from urllib.parse import urlsplit
 import numpy as np
 from aiohttp import WSMsgType, web
 
+from ionm.case.store import CaseStore, StoreError
 from ionm.console.auth import Accounts, Identity, RateLimiter, Sessions
 from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
-from ionm.console.store import CaseStore, StoreError
 
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "ionm_session"

@@ -1,7 +1,7 @@
 """`ionm bench`: automated verification of a board against the limits of its definition, with the bench
 signal generator wired through the divider (hardware/BENCH-WIRING.md) and driven over VISA.
 
-Checks (limits: board.json `bench_limits`, see ionm.boardtools.limits), the board's calibration applied:
+Checks (limits: board.json `bench_limits`, see ionm.board.tools.limits), the board's calibration applied:
 - amplitude accuracy at every PGA gain (a generator sine through the divider) and the match between channels;
 - frequency response: the upper −3 dB point and the flatness of the passband;
 - input-referred noise with the inputs shorted inside the ADS1299;
@@ -17,15 +17,11 @@ Checks (limits: board.json `bench_limits`, see ionm.boardtools.limits), the boar
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-HELP = "verify a board on the bench with the signal generator; checks against board.json limits"
 
 SIGNAL_VPP_UV = 2000.0  # 2 mVpp at the input (2 Vpp at the generator): inside the ±187 mV range at gain 24
 AMPLITUDE_HZ = 40.0  # sinc³ droop at 8 kSPS: 0.01 %
@@ -40,14 +36,6 @@ BURST_HZ = 200.0  # timing: one square cycle, 5 ms, +1 mV then −1 mV at the in
 BURST_DELAY_S = 0.005
 TIMING_TRIALS = 2
 NO_SIGNAL = 0.1  # a channel reading less than this fraction of the applied level has no signal
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="serial device of the board (e.g. /dev/ttyACM0)")
-    p.add_argument("--generator", required=True, metavar="RESOURCE",
-                   help="VISA resource of the bench generator (e.g. TCPIP::192.168.1.20::5025::SOCKET)")
-    p.add_argument("--report", metavar="DIR", help="write report.json, report.txt and PNG plots here")
-    p.add_argument("--json", action="store_true", help="print report.json instead of the summary")
 
 
 @dataclass
@@ -93,7 +81,7 @@ class Bench:
 
     # ---- stimulator ---------------------------------------------------------------------------------------
     def stimulator(self) -> None:
-        from ionm.boardtools import measure
+        from ionm.board.tools import measure
 
         outputs = int(self.defn["stimulator"]["outputs"])
         rb = measure.stimulator_readback(self.s, outputs=outputs, levels_ua=STIM_LEVELS_UA, pulses=STIM_PULSES,
@@ -113,7 +101,7 @@ class Bench:
     def noise_averaging_mains(self) -> None:
         import numpy as np
 
-        from ionm.boardtools import analysis, measure
+        from ionm.board.tools import analysis, measure
 
         rate = int(self.lim["noise_rate_hz"])
         n_sweeps = int(self.lim["mains_sweeps"])
@@ -188,7 +176,7 @@ class Bench:
     def amplitude(self) -> None:
         import numpy as np
 
-        from ionm.boardtools import measure
+        from ionm.board.tools import measure
 
         rate = int(self.lim["frequency_response_rate_hz"])
         limit = self.lim["amplitude_accuracy_pct"]
@@ -224,7 +212,7 @@ class Bench:
     def frequency_response(self) -> None:
         import numpy as np
 
-        from ionm.boardtools import analysis, measure
+        from ionm.board.tools import analysis, measure
 
         rate = int(self.lim["frequency_response_rate_hz"])
         freqs = [f for f in RESPONSE_HZ if f < rate / 2]
@@ -306,10 +294,10 @@ def _welch(x: Any, fs: float) -> dict[str, list[float]]:
 # ---- report ---------------------------------------------------------------------------------------------------
 def bench(port: str, generator: str) -> dict[str, Any]:
     from ionm import board
-    from ionm.boardtools import limits
-    from ionm.boardtools.calibration import now_iso
-    from ionm.boardtools.instrument import Generator
-    from ionm.boardtools.session import ToolSession
+    from ionm.board.tools import limits
+    from ionm.board.tools.calibration import now_iso
+    from ionm.board.tools.instrument import Generator
+    from ionm.board.tools.session import ToolSession
 
     defn = board.load()
     lim, source = limits.bench_limits(defn)
@@ -393,27 +381,3 @@ def _plots(data: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "noise.png", dpi=100)
         plt.close(fig)
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm import link as ln
-    from ionm.boardtools.instrument import GeneratorError
-    from ionm.boardtools.measure import StimulatorError
-    from ionm.boardtools.session import CaptureError
-
-    try:
-        report = bench(args.port, args.generator)
-    except (ln.LinkError, GeneratorError, CaptureError) as exc:
-        print("ionm bench: %s" % exc, file=sys.stderr)
-        return 2
-    except (ln.BoardError, StimulatorError) as exc:
-        print("ionm bench: %s" % exc, file=sys.stderr)
-        return 2
-    if args.report:
-        write_report(report, Path(args.report))
-    if args.json:
-        plain = {k: v for k, v in report.items() if k != "data"}
-        print(json.dumps(plain, indent=1, default=str))
-    else:
-        sys.stdout.write(summary(report))
-    return 0 if report["passed"] else 1

@@ -16,15 +16,9 @@ Calibrated at gain 24, the gain IONM recordings use; the correction applies to t
 
 from __future__ import annotations
 
-import argparse
-import getpass
-import json
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-HELP = "calibrate a board's amplifier and stimulator; store it on the board and the host"
 
 RATE_HZ = 2000  # one rate for every capture (sinc³ droop at 10 Hz: 0.01 %)
 GAIN = 24
@@ -37,20 +31,10 @@ STIM_LEVELS_UA = [5000, 10000, 20000]
 STIM_PULSES = 3
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="serial device of the board (e.g. /dev/ttyACM0)")
-    p.add_argument("--generator", metavar="RESOURCE",
-                   help="VISA resource of the bench generator wired through the divider: the gain reference")
-    p.add_argument("--operator", default=None, help="who calibrates (default: the login name)")
-    p.add_argument("--store", help="directory for the host copy (default: ~/.local/share/ionm/calibration)")
-    p.add_argument("--show", action="store_true", help="print the calibration the board holds; change nothing")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 @dataclass
 class Outcome:
     serial: str
-    calibration: Any  # boardtools.calibration.Calibration
+    calibration: Any  # ionm.board.tools.calibration.Calibration
     reference: str  # "generator" | "test signal" (per channel in channel_reference)
     channel_reference: list[str]
     adc: dict[str, Any]  # measured: offset_uv, amplitude_uv, nominal_uv per channel
@@ -70,7 +54,7 @@ class CalibrationRefused(Exception):
 
 def measure_adc(session: Any, gen: Any, defn: dict[str, Any]) -> tuple[list[int], list[int], list[str], dict[str, Any]]:
     """(gain ppm, offset nV, reference per channel, measurements) from raw captures."""
-    from ionm.boardtools import measure
+    from ionm.board.tools import measure
 
     zero, _uv = measure.shorted(session, rate_hz=RATE_HZ, gain=GAIN, seconds=SHORTED_S)
     ts = measure.test_signal(session, rate_hz=RATE_HZ, gain=GAIN, seconds=TEST_SIGNAL_S)
@@ -105,7 +89,7 @@ def measure_adc(session: Any, gen: Any, defn: dict[str, Any]) -> tuple[list[int]
 def measure_stim(session: Any, defn: dict[str, Any], held_ppm: list[int]) -> tuple[list[int], dict[str, Any]]:
     """(stim gain ppm per output, measurements). The fit is against the DAC setting the board made, so the
     result does not depend on the calibration the board held before."""
-    from ionm.boardtools import measure
+    from ionm.board.tools import measure
 
     outputs = int(defn["stimulator"]["outputs"])
     rb = measure.stimulator_readback(session, outputs=outputs, levels_ua=STIM_LEVELS_UA, pulses=STIM_PULSES,
@@ -122,7 +106,7 @@ def measure_stim(session: Any, defn: dict[str, Any], held_ppm: list[int]) -> tup
 
 def explain_adc(gain_ppm: list[int], reference: list[str], adc: dict[str, Any], defn: dict[str, Any]) -> None:
     """OutOfBounds naming each channel whose gain correction is implausible, with what was measured."""
-    from ionm.boardtools.calibration import OutOfBounds
+    from ionm.board.tools.calibration import OutOfBounds
 
     bound = defn["adc"]["calibration_bounds"]["gain_correction_max"]
     bad = []
@@ -143,7 +127,7 @@ def explain_adc(gain_ppm: list[int], reference: list[str], adc: dict[str, Any], 
 
 
 def check_offsets(stim: dict[str, Any], defn: dict[str, Any]) -> None:
-    from ionm.boardtools.calibration import OutOfBounds
+    from ionm.board.tools.calibration import OutOfBounds
 
     bound = defn["stimulator"]["calibration_bounds"]["offset_max_ua"]
     bad = ["stimulator output %d: offset %+.0f µA is outside ±%d µA (board.json stimulator.calibration_bounds."
@@ -158,7 +142,7 @@ def verify(session: Any, gen: Any, cal: Any, reference: list[str], stored: Any, 
     shorted inputs now read their nominal values, and the outputs deliver what is requested."""
     import numpy as np
 
-    from ionm.boardtools import measure
+    from ionm.board.tools import measure
 
     checks = []
     same = stored.to_board() == cal.to_board()
@@ -205,9 +189,9 @@ def calibrate(port: str, *, generator: str | None = None, operator: str, store: 
     """Measure, check bounds, write to the board, verify, keep the host copy. Raises OutOfBounds (nothing
     written), or returns an Outcome whose verification may have failed."""
     from ionm import board
-    from ionm.boardtools import calibration as calmod, limits
-    from ionm.boardtools.instrument import Generator
-    from ionm.boardtools.session import ToolSession
+    from ionm.board.tools import calibration as calmod, limits
+    from ionm.board.tools.instrument import Generator
+    from ionm.board.tools.session import ToolSession
     from ionm.protocol import messages as m
 
     defn = board.load()
@@ -238,84 +222,3 @@ def calibrate(port: str, *, generator: str | None = None, operator: str, store: 
         "verified": outcome.verified, "board": info["board"], "firmware": info["firmware"],
         "capture_retries": outcome.retries}))
     return outcome
-
-
-# ---- command line ----------------------------------------------------------------------------------------------
-def _print_outcome(o: Outcome) -> None:
-    cal = o.calibration
-    print("board %s: calibrated %s by %s (gain reference: %s; ADC at gain %d)" % (o.serial, cal.date, cal.operator,
-                                                                                o.reference, GAIN))
-    print(" ch   offset µV   gain error %   reference")
-    for i, ch in enumerate(o.adc["channels"]):
-        gain_err = (1.0 / (1.0 + cal.adc_gain_ppm[i] / 1e6) - 1.0) * 100.0
-        print("%3d  %+10.3f   %+11.4f   %s" % (ch, cal.adc_offset_nv[i] / 1000.0, gain_err, o.channel_reference[i]))
-    print("out  gain error %%   offset µA   (current-sense readback at %s µA)" % "/".join(map(str, STIM_LEVELS_UA)))
-    for out, (slope, icpt) in enumerate(zip(o.stim["slope"], o.stim["intercept_ua"], strict=True)):
-        print("%3d  %+11.4f   %+9.1f" % (out, (slope - 1.0) * 100.0, icpt))
-    for v in o.verification:
-        print("verify %-16s %s  %s" % (v["name"], "PASS" if v["passed"] else "FAIL",
-                                      v["detail"] if v["value"] is None else "%.4g %s (limit %g %s), %s"
-                                      % (v["value"], v["unit"], v["limit"], v["unit"], v["detail"])))
-    for r in o.retries:
-        print("capture taken again: %s" % r)
-    print("stored on the board and in %s" % o.stored)
-
-
-def _show(port: str, store: Path | None, as_json: bool) -> int:
-    from ionm.boardtools import calibration as calmod
-    from ionm.boardtools.session import ToolSession
-
-    with ToolSession(port) as session:
-        held, serial = session.calibration(), session.serial
-    host = calmod.load(serial, store)
-    same = host is not None and host[0].to_board() == held.to_board()
-    if as_json:
-        print(json.dumps({"board_serial": serial, **asdict(held), "host_copy_matches": same}, indent=1))
-        return 0
-    if held.date is None:
-        print("board %s: not calibrated" % serial)
-        return 0
-    print("board %s: calibrated %s by %s" % (serial, held.date, held.operator))
-    print(" ch   offset µV   gain correction ppm")
-    for ch, (g, off) in enumerate(zip(held.adc_gain_ppm, held.adc_offset_nv, strict=True)):
-        print("%3d  %+10.3f   %+10d" % (ch, off / 1000.0, g))
-    print("out  gain correction ppm")
-    for out, g in enumerate(held.stim_gain_ppm):
-        print("%3d  %+10d" % (out, g))
-    print("host copy: %s" % ("matches" if same else "absent" if host is None else "DIFFERS from the board"))
-    return 0
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm import link as ln
-    from ionm.boardtools.calibration import OutOfBounds
-    from ionm.boardtools.instrument import GeneratorError
-    from ionm.boardtools.measure import StimulatorError
-    from ionm.boardtools.session import CaptureError
-
-    store = Path(args.store) if args.store else None
-    try:
-        if args.show:
-            return _show(args.port, store, args.json)
-        operator = args.operator or getpass.getuser()
-        outcome = calibrate(args.port, generator=args.generator, operator=operator, store=store)
-    except OutOfBounds as exc:
-        print("ionm calibrate: refused, nothing stored: %s" % exc, file=sys.stderr)
-        return 1
-    except (ln.LinkError, CaptureError, GeneratorError) as exc:
-        print("ionm calibrate: %s" % exc, file=sys.stderr)
-        return 2
-    except (ln.BoardError, StimulatorError) as exc:
-        print("ionm calibrate: %s" % exc, file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps({"board_serial": outcome.serial, **asdict(outcome.calibration),
-                          "reference": outcome.channel_reference, "adc": outcome.adc, "stimulator": outcome.stim,
-                          "verification": outcome.verification, "verified": outcome.verified,
-                          "capture_retries": outcome.retries, "stored": outcome.stored}, indent=1))
-    else:
-        _print_outcome(outcome)
-    if not outcome.verified:
-        print("ionm calibrate: the verification pass FAILED (see above)", file=sys.stderr)
-        return 1
-    return 0

@@ -18,34 +18,16 @@ refused before anything is written.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-HELP = "build the firmware and install it on a board (REPL, or --update over the protocol)"
-
 UPDATE_CHUNK = 4096  # bytes per fw-chunk: the protocol's maximum
 SLOT_STATE = ("fw_boot.json", "fw_boot.json.new", "fw_staging.bin")  # the boot stage's records (firmware/bootslot.py)
 SLOT_DIRS = ("fw_a", "fw_b")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", help="serial device of the board (e.g. /dev/ttyACM0)")
-    p.add_argument("--dry-run", action="store_true", help="build and print the manifest; no board needed")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--update", action="store_true",
-                   help="update a board that runs the ionm firmware, over the protocol (no REPL needed)")
-    p.add_argument("--out", help="build directory (default: a temporary one)")
-    p.add_argument("--no-soft-reset", action="store_true",
-                   help="REPL flash without soft resets: files go to the REPL's current directory and the board "
-                        "is left in its REPL (ports without soft reset, such as the MicroPython unix port)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # ---- full flash over the REPL --------------------------------------------------------------------------------
@@ -72,9 +54,9 @@ def deploy(repl: Any, out: Path, *, progress: bool = True) -> dict[str, Any]:
     """Build for the architecture of the board in its raw REPL (a ReplBoard), refuse it if its MicroPython
     cannot load the build, then write, verify and switch in every file and record the manifest. Returns
     the manifest written."""
-    from ionm.boardtools import image
-    from ionm.boardtools.calibration import now_iso
-    from ionm.boardtools.progress import ProgressBar
+    from ionm.board.tools import image
+    from ionm.board.tools.calibration import now_iso
+    from ionm.board.tools.progress import ProgressBar
 
     impl = repl.implementation()
     build = image.build(out, image.arch_of(int(impl["mpy"])))
@@ -115,7 +97,7 @@ def deploy(repl: Any, out: Path, *, progress: bool = True) -> dict[str, Any]:
 def flash(port: str, out: Path, *, soft_reset: bool = True, progress: bool = True) -> dict[str, Any]:
     """Full flash over the REPL; returns {manifest, running} (running: the firmware the board reports
     over the protocol after its reset, or None without a reset)."""
-    from ionm.boardtools.repl import ReplBoard, ReplError
+    from ionm.board.tools.repl import ReplBoard, ReplError
 
     try:
         repl = ReplBoard(port, soft_reset=soft_reset)
@@ -136,7 +118,7 @@ def flash(port: str, out: Path, *, soft_reset: bool = True, progress: bool = Tru
 
 def _why_no_repl(port: str) -> str:
     """If the port speaks the ionm protocol, say so: its firmware ignores Ctrl-C, so there is no REPL."""
-    from ionm import link as ln
+    from ionm.board import link as ln
 
     try:
         link = ln.BoardLink(ln.open_port(port))
@@ -155,7 +137,7 @@ def _why_no_repl(port: str) -> str:
 
 
 def _running_firmware(port: str, timeout: float = 15.0) -> dict[str, Any] | None:
-    from ionm import link as ln
+    from ionm.board import link as ln
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -177,8 +159,8 @@ def _running_firmware(port: str, timeout: float = 15.0) -> dict[str, Any] | None
 def send_image(session: Any, img: bytes, *, chunk: int = UPDATE_CHUNK, progress: bool = True) -> dict[str, Any]:
     """fw-begin, fw-chunk (resuming where the board says when a chunk is refused), fw-commit. Returns the
     commit's ack {slot, hash}."""
-    from ionm import link as ln
-    from ionm.boardtools.progress import ProgressBar
+    from ionm.board import link as ln
+    from ionm.board.tools.progress import ProgressBar
     from ionm.protocol import messages as m
 
     session.request(m.FW_BEGIN, {"size": len(img), "sha256": hashlib.sha256(img).digest(), "chunk": chunk})
@@ -207,9 +189,9 @@ def update(port: str, out: Path, *, img: bytes | None = None, chunk: int = UPDAT
            boot_timeout: float = 30.0) -> dict[str, Any]:
     """Protocol-level update with a build for the board's architecture (img: send these bytes instead of
     the build's image). Returns {ok, rolled_back, slot, hash, previous, running, detail}."""
-    from ionm import link as ln
-    from ionm.boardtools import image
-    from ionm.boardtools.session import ToolSession
+    from ionm.board import link as ln
+    from ionm.board.tools import image
+    from ionm.board.tools.session import ToolSession
     from ionm.protocol import messages as m
 
     with ToolSession(port) as session:
@@ -254,78 +236,3 @@ def update(port: str, out: Path, *, img: bytes | None = None, chunk: int = UPDAT
             result["detail"] = ("running firmware %s from slot %s" % (running.get("version"), ack["slot"])
                                 if result["ok"] else "the board reports hash %s" % str(running.get("hash"))[:16])
             return result
-
-
-# ---- command line ----------------------------------------------------------------------------------------------
-def _print_manifest(manifest: dict[str, Any]) -> None:
-    for f in manifest["files"]:
-        print("%-20s %7d  %s" % (f["name"], f["size"], f["sha256"]))
-    print("firmware %s for %s (.mpy v%d): %d files, %d bytes, image %d bytes\nhash %s"
-          % (manifest["version"], manifest["arch"], manifest["mpy_version"], len(manifest["files"]),
-             sum(f["size"] for f in manifest["files"]), manifest["image_bytes"], manifest["hash"]))
-
-
-def run(args: argparse.Namespace) -> int:
-    from ionm import firmware_build, link as ln
-    from ionm.boardtools import image
-
-    if not args.dry_run and not args.port:
-        print("ionm flash: --port is required (or --dry-run)", file=sys.stderr)
-        return 2
-    tmp = None
-    if args.out:
-        out = Path(args.out)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="ionm-flash-")
-        out = Path(tmp.name) / "firmware"
-    try:
-        if args.dry_run:
-            try:
-                manifest = image.build(out).manifest()
-            except firmware_build.BuildError as exc:
-                print("ionm flash: build failed: %s" % exc, file=sys.stderr)
-                return 1
-            if args.json:
-                print(json.dumps(manifest, indent=1))
-            else:
-                _print_manifest(manifest)
-            return 0
-        progress = not args.quiet and not args.json
-        try:
-            if args.update:
-                res = update(args.port, out, progress=progress)
-                if args.json:
-                    print(json.dumps(res, indent=1))
-                else:
-                    print("%s: %s" % ("updated" if res["ok"] else "UPDATE FAILED", res["detail"]))
-                    print("previous %s %s\nnow      %s %s" % (
-                        res["previous"]["version"], res["previous"]["hash"][:16],
-                        (res["running"] or {}).get("version"), str((res["running"] or {}).get("hash"))[:16]))
-                return 0 if res["ok"] else 1
-            res = flash(args.port, out, soft_reset=not args.no_soft_reset, progress=progress)
-        except firmware_build.BuildError as exc:
-            print("ionm flash: build failed: %s" % exc, file=sys.stderr)
-            return 1
-        except image.Incompatible as exc:
-            print("ionm flash: refused: %s" % exc, file=sys.stderr)
-            return 1
-        except FlashError as exc:
-            print("ionm flash: %s" % exc, file=sys.stderr)
-            return 1
-        except ln.LinkError as exc:
-            print("ionm flash: %s" % exc, file=sys.stderr)
-            return 2
-        except ln.BoardError as exc:
-            print("ionm flash: the board refused: %s" % exc, file=sys.stderr)
-            return 1
-        if args.json:
-            print(json.dumps(res, indent=1))
-        else:
-            _print_manifest(res["manifest"])
-            running = res["running"]
-            print("verified on the board%s" % ("; running firmware %s" % running["version"] if running else
-                                              " (not reset: start main.py to run it)"))
-        return 0
-    finally:
-        if tmp is not None:
-            tmp.cleanup()

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ionm import board, firmware_build, paths
+from ionm import board, paths
+from ionm.board import firmware as firmware_build
 from ionm.protocol import cbor
 
 BOOT_STAGE = ("main.py", "bootslot.mpy", "bootslot.py")  # replaced only by a full flash, never by an update

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ionm.boardtools import analysis
-from ionm.boardtools.calibration import Calibration
-from ionm.boardtools.session import ATTEMPTS, ToolSession
+from ionm.board.tools import analysis
+from ionm.board.tools.calibration import Calibration
+from ionm.board.tools.session import ATTEMPTS, ToolSession
 
 # ADS1299 internal test signal (CONFIG2 INT_CAL = 1, CAL_AMP0 = 0): a square wave of ±VREF/2.4 mV, i.e.
 # ±vref_uv / 2400 µV, at fCLK / 2^21 (~0.98 Hz). It passes through the same PGA as an external input.

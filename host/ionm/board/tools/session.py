@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ionm import link as ln
-from ionm.boardtools.calibration import Calibration
+from ionm.board import link as ln
+from ionm.board.tools.calibration import Calibration
 from ionm.protocol import messages as m
 
 SETTLE_SAMPLES = 8  # dropped at the start of a capture: more than the ADS1299's sinc filter settling (4 tDR)

@@ -1,0 +1,34 @@
+"""Serve one engine and its sweep source until SIGINT/SIGTERM: what `ionm console` and `ionm replay` share."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import webbrowser
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ionm.console.engine import CaseEngine
+from ionm.console.server import ConsoleServer
+
+
+def serve(server: ConsoleServer, engine: CaseEngine, source: Iterable[Any], host: str, port: int, *,
+          open_browser: bool, announce: Callable[[str], None]) -> None:
+    """Start the web server, the engine and the source; `announce(url)` once all three run; block until a
+    signal, then stop the web server (the caller stops the engine and the source, whatever happened)."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        url = await server.start(host, port)
+        engine.start()
+        engine.run_source(source)
+        announce(url)
+        if open_browser:
+            webbrowser.open(url)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
