@@ -36,10 +36,11 @@ $(STUBS)/.installed: Makefile
 	    micropython-rp2-rpi-pico2-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2
 	touch $@
 
-# ruff everywhere; mypy on the host package; the firmware against the RP2350 MicroPython stubs.
+# ruff everywhere; mypy on the host package; the host's import layers; the firmware against the RP2350 stubs.
 lint: $(STAMP) $(STUBS)/.installed
 	$(BIN)/ruff check .
 	MYPYPATH=host:hardware $(BIN)/mypy host/ionm hardware/ionm_hw
+	$(BIN)/lint-imports --no-logo --no-cache
 	$(BIN)/python tools/typecheck_firmware.py --stubs $(STUBS)
 
 # Every firmware and protocol module compiled for the board's architecture.
