@@ -103,7 +103,7 @@ def test_writes_are_committed_within_the_interval(store: CaseStore) -> None:
 
 # ------------------------------------------------------------------------- kill -9 of the whole host process
 def _console(db: Path, log: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-m", "ionm.cli.console", "--sim", "--direct", "--scenario", "stable", "--db", str(db),
+    cmd = [sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario", "stable", "--db", str(db),
            "--no-browser", "--listen", "127.0.0.1:0"]
     return subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
 
@@ -190,3 +190,56 @@ def test_no_user_accounts_means_no_console(tmp_path: Path) -> None:
     assert s.cases() == []
     s.close()
     assert os.path.exists(tmp_path / "cases.db")
+
+
+def test_a_stream_and_time_is_stored_once(store: CaseStore) -> None:
+    """The schema refuses a second sweep at the same (case, stream, time): the refusal is counted and audited,
+    and the store goes on recording (a duplicate must not stop the writer)."""
+    rng = np.random.default_rng(2)
+    cid = store.open_case()
+    first, again, later = _sweep(1.0, rng), _sweep(1.0, rng), _sweep(1.2, rng)
+    store.add_stream(cid, "ssep-upper/L median", first)
+    store.add_sweep(cid, "ssep-upper/L median", 0, first, [None] * 3)
+    store.add_sweep(cid, "ssep-upper/L median", 1, again, [None] * 3)
+    store.add_sweep(cid, "ssep-upper/L median", 2, later, [None] * 3)
+    store.flush()
+    kept = [sw for sw, _ in store.iter_sweeps(cid)]
+    assert [sw.t_s for sw in kept] == [1.0, 1.2]
+    assert np.array_equal(kept[0].data_uv, first.data_uv)  # the first one stays, never overwritten
+    assert store.duplicates_refused == 1
+    refused = [a for a in store.rows("audit", cid) if a["action"] == "sweep.duplicate"]
+    assert len(refused) == 1 and refused[0]["detail"]["stream"] == "ssep-upper/L median"
+    assert store.verify_audit()
+    with pytest.raises(sqlite3.IntegrityError):  # enforced by the schema, not only by the writer
+        con = sqlite3.connect(store.path)
+        try:
+            con.execute("INSERT INTO sweeps (case_id, stream, seq, t_s, stim_index, wall, n_accepted, reasons, "
+                        "codec, data) VALUES (?, 'ssep-upper/L median', 9, 1.2, 0, 0, 3, '[]', 'x', x'00')", (cid,))
+        finally:
+            con.close()
+
+
+def test_a_store_holding_old_duplicates_still_opens_and_refuses_new_ones(tmp_path: Path) -> None:
+    """A store written before (stream, time) was unique may hold duplicates: it opens, keeps them, and refuses
+    further ones."""
+    db = tmp_path / "old.db"
+    s = CaseStore(db)
+    cid = s.open_case()
+    s.close()
+    con = sqlite3.connect(db)
+    con.execute("DROP INDEX sweeps_once")
+    for seq in (0, 1):
+        con.execute("INSERT INTO sweeps (case_id, stream, seq, t_s, stim_index, wall, n_accepted, reasons, codec, "
+                    "data) VALUES (?, 'mep/TcMEP', ?, 5.0, 0, 0, 0, '[]', 'x', x'00')", (cid, seq))
+    con.commit()
+    con.close()
+    s = CaseStore(db)
+    try:
+        rng = np.random.default_rng(3)
+        sw = _sweep(5.0, rng)
+        s.add_sweep(cid, "mep/TcMEP", 2, sw, [None] * 3)
+        s.add_sweep(cid, "mep/TcMEP", 3, _sweep(5.2, rng), [None] * 3)
+        s.flush()
+        assert s.count_sweeps(cid) == 3 and s.duplicates_refused == 1
+    finally:
+        s.close()

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
     t_s REAL NOT NULL, stim_index INTEGER NOT NULL, wall REAL NOT NULL, n_accepted INTEGER NOT NULL,
     reasons TEXT NOT NULL, codec TEXT NOT NULL, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS sweeps_by_stream ON sweeps (case_id, stream, t_s);
+CREATE UNIQUE INDEX IF NOT EXISTS sweeps_once ON sweeps (case_id, stream, t_s);
 CREATE TABLE IF NOT EXISTS averages (
     id INTEGER PRIMARY KEY, case_id INTEGER NOT NULL, stream TEXT NOT NULL, t_s REAL NOT NULL, wall REAL NOT NULL,
     why TEXT NOT NULL, n TEXT NOT NULL, codec TEXT NOT NULL, data BLOB NOT NULL);
@@ -86,6 +86,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     revoked INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_SWEEPS_UNIQUE = "CREATE UNIQUE INDEX IF NOT EXISTS sweeps_once ON sweeps (case_id, stream, t_s);"
+_SWEEPS_PLAIN = "CREATE INDEX IF NOT EXISTS sweeps_by_stream ON sweeps (case_id, stream, t_s);"
 
 
 def _triggers() -> str:
@@ -137,8 +140,14 @@ class CaseStore:
         self.commit_interval_s = float(commit_interval_s)
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         con = self._connect()
-        con.executescript(SCHEMA + _triggers())
+        try:
+            con.executescript(SCHEMA + _triggers())
+        except sqlite3.IntegrityError:
+            # A store written before (stream, time) was unique, holding duplicates: keep them (the record is
+            # append-only) and keep the plain index; new duplicates are still refused by the writer below.
+            con.executescript(SCHEMA.replace(_SWEEPS_UNIQUE, _SWEEPS_PLAIN) + _triggers())
         con.close()
+        self.duplicates_refused = 0  # sweeps refused because their (case, stream, time) was stored already
         self._local = threading.local()
         self._q: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._error: BaseException | None = None
@@ -235,8 +244,21 @@ class CaseStore:
             self._last_hash = h
             return
         cols = list(row)
-        con.execute("INSERT INTO %s (%s) VALUES (%s)" % (kind, ", ".join(cols), ", ".join("?" * len(cols))),
-                    [row[c] for c in cols])
+        sql = "INSERT INTO %s (%s) VALUES (%s)" % (kind, ", ".join(cols), ", ".join("?" * len(cols)))
+        if kind != "sweeps":
+            con.execute(sql, [row[c] for c in cols])
+            return
+        if con.execute("SELECT 1 FROM sweeps WHERE case_id = ? AND stream = ? AND t_s = ?",
+                       (row["case_id"], row["stream"], row["t_s"])).fetchone() is None:
+            con.execute(sql, [row[c] for c in cols])
+            return
+        # A second sweep at a time already stored (a source whose clock restarted): the first one stays, the
+        # refusal is counted and audited, and recording goes on. Checked here as well as by the unique index
+        # so that one duplicate never aborts the batch it arrived in.
+        self.duplicates_refused += 1
+        self._apply(con, "audit", {"case_id": row["case_id"], "wall": row["wall"], "user": "system",
+                                   "action": "sweep.duplicate",
+                                   "detail": {"stream": row["stream"], "t_s": row["t_s"], "seq": row["seq"]}})
 
     def _put(self, table: str, row: dict[str, Any]) -> None:
         if self._error is not None:
