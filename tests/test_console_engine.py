@@ -157,3 +157,40 @@ def test_baseline_event_names_the_weak_baselines_and_stores_their_level_se(injur
             assert named == (se > WEAK_BASELINE_SE), (b["stream"], st.names[c], se)
             weak_seen += named
     assert weak_seen > 0
+
+
+def test_a_resumed_case_keeps_its_clock_when_the_source_restarts_at_zero(tmp_path: Path) -> None:
+    """After a crash the board (real or virtual) boots again and counts its samples from 0. The case clock goes
+    on from the stored case time: no (stream, time) is stored twice, and trends and averages continue."""
+    store = CaseStore(tmp_path / "cases.db")
+    try:
+        from ionm_hw.patient import load_scenario
+
+        _, cid = run_case(store, load_scenario("stable"), duration_s=14.0, mep_every=2.0,
+                          actions=[(6.0, command(*TECH, {"cmd": "baseline"}))])
+        store.flush()
+        n_before = store.count_sweeps(cid)
+        stim = RecordedStimulation()
+        stim.apply({"action": "tcmep", "repeat_s": 2.0})
+        engine = CaseEngine(store, cid, stimulation=stim, queue_size=32)
+        last_t = engine.resume()
+        assert last_t > 13.0
+        source = SimulatedCase("stable", 2, speed=0.0, stimulation=stim, duration_s=14.0)  # from t = 0 again
+        engine.start()
+        engine.run_source(source)
+        assert engine.wait_idle(120.0)
+        engine.stop()
+        assert store.duplicates_refused == 0
+        assert engine.t_s > last_t + 12.0  # the clock moved on by what the new source delivered
+        after = [sw.t_s for sw, _ in store.iter_sweeps(cid, t_from=last_t + 1e-9)]
+        assert store.count_sweeps(cid) == n_before + len(after) == n_before + source.sweeps_sent
+        for key in {s["key"] for s in store.streams(cid)}:
+            t = [sw.t_s for sw, _ in store.iter_sweeps(cid, key)]
+            assert np.all(np.diff(t) > 0), key  # one time line per stream, never going back
+        trend_after = [m for m in store.rows("measurements", cid) if m["t_s"] > last_t + 5.0]
+        assert {m["stream"] for m in trend_after} == {s["key"] for s in store.streams(cid)}
+        assert any(t > last_t + 5.0 for t, _, _ in store.averages(cid, "ssep-upper/L median"))
+        events = [a for a in store.rows("audit", cid) if a["action"] == "source.clock"]
+        assert len(events) == 1 and events[0]["detail"]["offset_s"] > last_t
+    finally:
+        store.close()

@@ -26,7 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,8 @@ TREND_EVERY_S = 1.0  # case seconds between trend points per stream
 BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
 LINK_EVERY_S = 1.0
 PUBLISH_EVERY_S = 0.1  # when sweeps queue up (fast replay), frames at least this often
+CLOCK_BACKSTEP_S = 1.0  # a source's time going back further than this (any stream) is a restarted clock
+CLOCK_GAP_MIN_S = 0.5  # case time put between the last sweep before a clock restart and the first after it
 
 
 class CommandError(Exception):
@@ -146,6 +148,10 @@ class CaseEngine:
         self._sources: list[Any] = []
         self.errors: deque[str] = deque(maxlen=100)
         self._schedule: list[tuple[float, Callable[[], None]]] = []  # (case time, action): replays
+        # Case time = source time + offset. A board counts samples from its boot, so after a board reset or a
+        # console restart its sweeps start again near 0; the offset keeps the case clock going forward.
+        self.clock_offset_s = 0.0
+        self._last_sweep_wall: float | None = None  # wall clock of the newest sweep recorded
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -369,8 +375,28 @@ class CaseEngine:
         return Evaluator(fs, pre, n, modality, names, baseline_end_s=math.inf,
                          config=self.evaluator_config or EvaluatorConfig())
 
+    def _case_time(self, sw: Sweep, key: str) -> Sweep:
+        """The sweep on the case clock. A source whose time went back (a stream's time not increasing, or any
+        stream more than CLOCK_BACKSTEP_S behind the case) restarted its clock: the case time goes on from where
+        it was, by the wall time that passed (at least CLOCK_GAP_MIN_S), and the restart is audited."""
+        t = sw.t_s + self.clock_offset_s
+        st = self.streams.get(key)
+        if (st is not None and t <= st.t_s) or t < self.t_s - CLOCK_BACKSTEP_S:
+            gap = CLOCK_GAP_MIN_S
+            if self._last_sweep_wall is not None:
+                gap = max(gap, time.time() - self._last_sweep_wall)
+            self.clock_offset_s = self.t_s + gap - sw.t_s
+            t = sw.t_s + self.clock_offset_s
+            detail = {"offset_s": round(self.clock_offset_s, 6), "source_t_s": sw.t_s, "case_t_s": round(t, 6)}
+            self.store.audit(self.case_id, "system", "source.clock", detail)
+            self._event("event", "the source's clock restarted (board reset or console restart): case time goes on "
+                        "at %.1f s" % t, "system")
+        return sw if t == sw.t_s else replace(sw, t_s=t)
+
     def _process(self, sw: Sweep, arrival: float) -> None:
         key = "%s/%s" % (sw.modality, sw.source)
+        sw = self._case_time(sw, key)
+        self._last_sweep_wall = time.time()
         st = self.streams.get(key)
         if st is None:
             st = self._new_stream(sw, key)
@@ -683,6 +709,8 @@ class CaseEngine:
         time, from which the source should continue."""
         cid = self.case_id
         last_t = 0.0
+        walls = self.store.query("SELECT MAX(wall) FROM sweeps WHERE case_id = ?", (cid,))
+        self._last_sweep_wall = walls[0][0] if walls and walls[0][0] is not None else None
         baselines = {b["stream"]: b for b in self.store.baselines(cid)}  # the newest per stream wins
         for meta in self.store.streams(cid):
             key = meta["key"]
