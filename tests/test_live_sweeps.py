@@ -90,3 +90,39 @@ def test_epoch_mode_sends_only_stimulus_windows_and_announces_the_gaps(tmp_path)
     # a 60 ms window per 213 ms stimulus period (plus block rounding): far less than streaming everything
     sent = stats.samples_received / (stats.samples_received + stats.samples_skipped)
     assert 0.2 < sent < 0.5
+
+
+def test_a_second_acquisition_run_restarts_the_index_without_counting_a_loss(tmp_path):
+    """After a stop (or the board's host-lost), START begins a new run at sample index 0. The link must not
+    read that as 2^32 samples lost, and the sweeps of the new run must be cut again."""
+    from ionm.board.virtual import VirtualBoard
+
+    err = open(tmp_path / "board.stderr", "w")
+    with VirtualBoard(scenario="stable", seed=3, stderr=err) as vb:
+        spec = SweepSpec("ssep-upper", "L median", channels=tuple(range(16)), pre_ms=10, post_ms=50)
+        case = LiveCase({0: spec}, channel_names={})
+        session = BoardSession(vb.device, on_data=case.on_data, on_event=case.on_event)
+        firsts: list[int] = []
+        session.link.on_data = lambda block: (firsts.append(block.first_index), session._data(block))
+        try:
+            case.set_configuration(session.configure({"rate_hz": 4000, "samples_per_frame": 40}))
+            session.load_programs([{"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200,
+                                    "rate_mhz": 4700}])
+            for _run in range(2):
+                session.start()
+                session.start_stimulation()
+                time.sleep(1.5)
+                session.stop()
+                time.sleep(0.2)
+        finally:
+            session.close()
+            case.close()
+    err.close()
+    assert session.link.stats.samples_lost == 0
+    restarts = [i for i in range(1, len(firsts)) if firsts[i] < firsts[i - 1]]
+    assert len(restarts) == 1 and firsts[restarts[0]] == 0, firsts[:3]
+    sweeps = list(case.sweeps(timeout=1))
+    t = [sw.t_s for sw in sweeps]
+    back = [i for i in range(1, len(t)) if t[i] < t[i - 1]]
+    assert len(back) == 1 and back[0] >= 4 and len(t) - back[0] >= 4, t  # sweeps from both runs
+    assert case.runs == 2

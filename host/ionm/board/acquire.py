@@ -103,7 +103,7 @@ class BoardSession:
             self.recovering.clear()
         if self._user_event:
             self._user_event({"kind": "recovered", "resets": self.resets,
-                              "detail": "board reset: acquisition resumed, stimulation stopped until resumed"})
+                              "detail": "board reset: acquisition resumed, programs reloaded (stimulation stopped)"})
 
 
 @dataclass
@@ -145,6 +145,7 @@ class LiveCase:
         self._lock = threading.Lock()
         self.t0_index = 0
         self.sweeps_cut = 0
+        self.runs = 1  # acquisition runs seen (a new one starts at index 0)
 
     def set_specs(self, specs: dict[int, SweepSpec]) -> None:
         """New programs on the board: sweeps of the old ones still pending are dropped, not mislabelled."""
@@ -171,6 +172,16 @@ class LiveCase:
             buf = self._buf
             n_buf = buf.shape[0]
             start, n = block.first_index, block.counts.shape[0]
+            if start < self._buf_first or (start == 0 and self._valid_until > 0):
+                # A new acquisition run (after host-lost, a stop, a board reset): its index restarts at 0, so
+                # the old run's samples and pending stimuli are over. Its sweeps restart the source's clock.
+                buf[:] = np.nan
+                self._buf_first = start
+                self._valid_until = start
+                self._pending = []
+                self._trains = {}
+                self._stimuli = []
+                self.runs += 1
             end = start + n
             if end - self._buf_first > n_buf:  # slide the window (lost stretches stay NaN)
                 shift = end - self._buf_first - n_buf

@@ -209,8 +209,8 @@ class BoardLink:
         channels = conf["channels"]
         counts = decode_samples(samples, len(channels))
         expected = self._expected.get(cfg)
-        if expected is None:
-            first = first32
+        if expected is None or (first32 == 0 and expected & 0xFFFFFFFF != 0):
+            first = first32  # the first block, or a new acquisition run (SPEC §5.4: every run starts at 0)
         else:  # unwrap the 32-bit index against what we expected next
             first = expected + ((first32 - expected) & 0xFFFFFFFF)
             if first > expected:
