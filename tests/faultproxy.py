@@ -7,6 +7,7 @@ import os
 import pty
 import random
 import threading
+import time
 import tty
 
 import cbor2
@@ -30,6 +31,7 @@ class FaultProxy:
         self.samples_destroyed = 0
         self.frames_damaged = 0
         self.enabled = threading.Event()
+        self._host_quiet_until = 0.0
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._up, daemon=True),
                          threading.Thread(target=self._down, daemon=True)]
@@ -83,13 +85,17 @@ class FaultProxy:
                         out = self._garbage() + out
                 os.write(self.master, out)
 
-    def _up(self) -> None:  # host -> board, untouched
+    def hold_host(self, seconds: float) -> None:
+        """The host goes quiet for the board: its bytes are dropped for `seconds` (a starved or stalled host)."""
+        self._host_quiet_until = time.monotonic() + seconds
+
+    def _up(self) -> None:  # host -> board, untouched unless the host is held quiet
         while not self._stop.is_set():
             try:
                 data = os.read(self.master, 4096)
             except OSError:
                 return
-            if data:
+            if data and time.monotonic() >= self._host_quiet_until:
                 self.board.write(data)
 
     def close(self) -> None:

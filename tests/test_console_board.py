@@ -56,3 +56,54 @@ def test_board_case_streams_controls_and_refuses(board_case):
     time.sleep(0.8)
     mep = [s for s in sweeps if s.modality == "mep"]
     assert len(mep) == 1  # a 5-pulse train is one sweep, locked to its last pulse
+
+
+@pytest.fixture
+def held_board_case(tmp_path):
+    """A board case whose host-to-board bytes a fault proxy can hold back (a starved host)."""
+    from faultproxy import FaultProxy
+
+    from ionm.board.virtual import VirtualBoard
+
+    err = open(tmp_path / "board.stderr", "w")
+    with VirtualBoard(scenario="stable", seed=3, stderr=err) as vb:
+        proxy = FaultProxy(vb.device, seed=1, p_damage=0.0, p_garbage=0.0)
+        case = BoardCase(proxy.device)
+        sweeps: list = []
+        reader = threading.Thread(target=lambda: sweeps.extend(case), daemon=True)
+        reader.start()
+        try:
+            yield case, sweeps, proxy
+        finally:
+            case.close()
+            reader.join(timeout=5)
+            proxy.close()
+    err.close()
+
+
+def _kinds(case) -> list[str]:
+    return [e["kind"] for e in case.link_health()["board_events"]]
+
+
+@pytest.mark.parametrize("quiet_s, stopped_by", [(0.4, "watchdog"), (2.6, "host-lost")])
+def test_a_quiet_host_is_reported_and_stimulation_rearmed(held_board_case, quiet_s, stopped_by):
+    """The board stops stimulation after 100 ms of host silence (and acquisition after 2 s). The host reports
+    what the board did, restarts what the technologist had running, says that it did, and sweeps resume."""
+    case, sweeps, proxy = held_board_case
+    time.sleep(1.5)
+    assert {s.source for s in sweeps} == {"L median", "R median", "L tibial", "R tibial"}
+    proxy.hold_host(quiet_s)
+    deadline = time.monotonic() + 20.0
+    while "rearmed" not in _kinds(case) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    health = case.link_health()
+    kinds = [e["kind"] for e in health["board_events"]]
+    assert stopped_by in kinds and "rearmed" in kinds, health
+    assert health["stimulation_stopped"] is None  # running again
+    rearm = next(e for e in health["board_events"] if e["kind"] == "rearmed")
+    assert "L median" in rearm["detail"] and "R tibial" in rearm["detail"]
+    assert [e["seq"] for e in health["board_events"]] == sorted({e["seq"] for e in health["board_events"]})
+    n = len(sweeps)
+    time.sleep(1.5)
+    assert {s.source for s in sweeps[n:]} == {"L median", "R median", "L tibial", "R tibial"}
+    assert case.state()["ssep"]["0"]["enabled"]  # the program was never turned off

@@ -4,13 +4,20 @@ link health. Works with the reference board or the virtual board alike (both are
 Stimulation commands are validated here against the board definition (the console's own check, for a clear
 message) and then sent as firmware programs, which the board validates again: enabled SSEP outputs become
 pulse programs interleaved within one period (e.g. four outputs at 4.7 Hz a quarter period apart), and the
-TcMEP program is a trigger-train program started on demand or repeating. After a board reset the session
-resumes acquisition and stimulation stays off until the technologist turns it on again.
+TcMEP program is a trigger-train program started on demand or repeating.
+
+When the board stops stimulation on its own (host silence: `watchdog` after 100 ms, `host-lost` after 2 s, which
+also stops acquisition; or a reset), the host restarts what the technologist had running as soon as the board
+answers again, and logs that it did (`board_events`, which the console turns into technical alarms). It does
+so at most REARM_MAX times in REARM_WINDOW_S: a host that keeps starving the board gets a loud refusal, not a
+loop. An output fault (compliance, over-current) is never re-armed automatically: the electrode needs a person.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +28,12 @@ from ionm.sweep import Sweep
 RATE_HZ = 8000  # SSEP wants >= 5-10 kHz; 16 channels at 8 kHz use 80 % of the USB link budget
 SAMPLES_PER_FRAME = 64
 WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (15.0, 85.0)}
+REARM_MAX = 3  # automatic re-arms allowed ...
+REARM_WINDOW_S = 60.0  # ... within this many seconds
+REARM_TRY_S = 30.0  # how long a re-arm keeps trying while the board does not answer
+BOARD_EVENTS_KEPT = 200
+STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
+              "(acquisition stopped too)", "recovered": "the board reset"}
 
 
 def default_montage() -> list[dict[str, str]]:
@@ -38,7 +51,16 @@ class BoardCase(ProgramHolder):
         self.names = {i: "%s (%s)" % (c["derivation"], c["label"]) for i, c in enumerate(self.montage)}
         self.case = LiveCase({}, self.names)
         self._leadoff = 0
-        self._events: list[dict[str, Any]] = []
+        self._board_events: list[dict[str, Any]] = []  # {seq, kind, detail, wall}: what the board did, and the host
+        self._seq = 0
+        self.stimulation_stopped: str | None = None  # why the board is not stimulating although the program says so
+        self._rearms: list[float] = []  # monotonic times of automatic re-arms
+        self._rearm_lock = threading.Lock()
+        # Not the program's lock: apply() holds that while it waits for a reply, which the link's reader thread
+        # delivers after the events before it.
+        self._events_lock = threading.Lock()
+        self._closed = False
+        self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
         self.session = BoardSession(port, on_data=self._data, on_event=self._event)
         conf = self.session.configure({"rate_hz": RATE_HZ, "samples_per_frame": SAMPLES_PER_FRAME})
         self.case.set_configuration(conf)
@@ -60,6 +82,8 @@ class BoardCase(ProgramHolder):
             except ln.BoardError as exc:  # the board's own limits refused it: say so, change nothing
                 raise StimulationError("the board refused: %s" % exc.detail) from None
             self._program = new
+            if command.get("action") != "tcmep_train":
+                self.stimulation_stopped = None  # the technologist's program is on the board again
             return copy.deepcopy(new)
 
     def _load(self, program: dict[str, Any]) -> None:
@@ -99,16 +123,73 @@ class BoardCase(ProgramHolder):
 
     def _event(self, body: dict[str, Any]) -> None:
         self.case.on_event(body)
-        kind = body.get("kind")
+        kind = str(body.get("kind"))
         session = getattr(self, "session", None)  # (events arrive while the session is being opened)
         reset = kind == "boot" and session is not None and session.link.handshaken  # a boot mid-case
-        if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost") or reset:
-            self._events.append(body)
-        if kind == "recovered":
-            with self._lock:  # the board reset: stimulation is off until the technologist resumes it
-                for v in self._program["ssep"].values():
-                    v["enabled"] = False
-                self._program["tcmep"]["repeat_s"] = 0.0
+        if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost", "latch-overflow") or reset:
+            self._log(kind, str(body.get("detail") or _describe(body)))
+        if kind == "recovered" and self.session.conf_reply is not None:
+            self.case.set_configuration(self.session.conf_reply)  # the reset board's configuration (new cfg id)
+        if kind == "host-lost":
+            self._acquisition_stopped = True  # restarted by the re-arm (it may already be waiting: watchdog)
+        if kind == "fault":
+            self.stimulation_stopped = "output fault: %s" % (body.get("detail") or body.get("fault"))
+        elif kind in STOPPED_BY and self._running_list():
+            self.stimulation_stopped = STOPPED_BY[kind]
+            # not on this thread: the link's reader delivers events, and a request needs it to read the reply
+            threading.Thread(target=self._rearm, args=(kind,), name="ionm-rearm", daemon=True).start()
+
+    def _log(self, kind: str, detail: str) -> None:
+        with self._events_lock:
+            self._seq += 1
+            self._board_events.append({"seq": self._seq, "kind": kind, "detail": detail, "wall": time.time()})
+            del self._board_events[:-BOARD_EVENTS_KEPT]
+
+    def _running_list(self) -> list[str]:
+        """What the technologist has running: enabled SSEP sites and a repeating TcMEP program. Read without the
+        program's lock (see _events_lock): apply() replaces the program whole, never edits it in place."""
+        p = self._program
+        out = [SSEP_OUTPUTS[int(o)] for o, v in sorted(p["ssep"].items()) if v["enabled"]]
+        if p["tcmep"]["repeat_s"]:
+            out.append("TcMEP every %g s" % p["tcmep"]["repeat_s"])
+        return out
+
+    def _rearm(self, why: str) -> None:
+        """Restart what was running once the board answers (acquisition too after host-lost)."""
+        from ionm.board import link as ln
+
+        with self._rearm_lock:
+            now = time.monotonic()
+            self._rearms = [t for t in self._rearms if now - t < REARM_WINDOW_S]
+            if len(self._rearms) >= REARM_MAX:
+                self._log("rearm-refused", "stimulation stopped by the board %d times in %.0f s (last: %s): not "
+                          "re-armed automatically; the host is overloaded or the link unreliable. Turn stimulation "
+                          "on again by hand." % (len(self._rearms) + 1, REARM_WINDOW_S, STOPPED_BY[why]))
+                return
+            deadline = now + REARM_TRY_S
+            while not self._closed:
+                try:
+                    if self.session.recovering.is_set():
+                        raise ln.LinkError("the board is being reconfigured")
+                    if self._acquisition_stopped:
+                        self.session.start()
+                        self._acquisition_stopped = False
+                    with self._lock:
+                        program = copy.deepcopy(self._program)
+                    self._load(program)
+                    break
+                except (ln.LinkError, ln.BoardError) as exc:
+                    if time.monotonic() > deadline:
+                        self._log("rearm-failed", "stimulation could not be re-armed after %s: %s"
+                                  % (STOPPED_BY[why], exc))
+                        return
+                    time.sleep(0.2)
+            if self._closed:
+                return
+            self._rearms.append(time.monotonic())
+            self.stimulation_stopped = None
+            self._log("rearmed", "stimulation re-armed by the host after %s: %s"
+                      % (STOPPED_BY[why], ", ".join(self._running_list()) or "nothing was running"))
 
     def link_health(self) -> dict[str, Any]:
         s = self.session.link.stats
@@ -117,21 +198,41 @@ class BoardCase(ProgramHolder):
             "source": "board %s (%s)" % (board["serial"], board["support"]),
             "state": "recovering" if self.session.recovering.is_set() else "streaming",
             "samples_lost": s.samples_lost,
+            "samples_received": s.samples_received,
             "frames_rejected": s.frames_rejected,
             "board_resets": s.board_resets,
             "sweeps": self.case.sweeps_cut,
             "leadoff": [self.names[i] for i in range(len(self.names)) if self._leadoff >> i & 1],
-            "events": [e.get("detail") or e.get("kind") for e in self._events[-5:]],
+            "board_events": self._events_copy(),
+            "stimulation_stopped": self.stimulation_stopped,
         }
+
+    def _events_copy(self) -> list[dict[str, Any]]:
+        with self._events_lock:
+            return [dict(e) for e in self._board_events]
 
     # -- the console's source protocol ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Sweep]:
         yield from self.case.sweeps()
 
     def close(self) -> None:
+        self._closed = True
         self.case.close()
         try:
             self.session.stop_stimulation()
         except Exception:  # closing after the board is gone must not raise
             pass
         self.session.close()
+
+
+def _describe(body: dict[str, Any]) -> str:
+    kind = body.get("kind")
+    if kind == "overrun":
+        return "%s samples lost inside the board (overrun)" % body.get("lost")
+    if kind == "host-lost":
+        return "no frame from the host for %s ms: acquisition and stimulation stopped" % body.get("silent_ms")
+    if kind == "boot":
+        return "the board reset (firmware %s)" % body.get("firmware")
+    if kind == "latch-overflow":
+        return "%s stimulus latches lost" % body.get("lost")
+    return str(kind)
