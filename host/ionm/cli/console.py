@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patient-id", default="", help="patient identifier (no names are stored)")
     p.add_argument("--procedure", default="", help="procedure, e.g. 'posterior fusion T4-L2'")
     p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
+    p.add_argument("--stall-alarm", type=float, default=2.0, metavar="S",
+                   help="technical alarm when a running stream delivers no sweep for S s (default %(default)s)")
 
 
 def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
@@ -149,12 +151,13 @@ def run(args: argparse.Namespace) -> int:
               % (board.device, meta.get("scenario", args.scenario)), flush=True)
         source, stimulation, link_health = _live_source(board.device, program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
-                            auto_baseline_s=args.auto_baseline)
+                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm)
         if resuming:
             engine.resume()
     elif args.sim:
         stimulation = RecordedStimulation(program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, auto_baseline_s=args.auto_baseline,
+                            stall_alarm_s=args.stall_alarm,
                             queue_size=32 if args.fast else 2048)  # a fast source runs just ahead, not minutes
         start_s = engine.resume() + 0.25 if resuming else 0.0
         source = SimulatedCase(scenario, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
@@ -163,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         source, stimulation, link_health = _live_source(args.port)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
-                            auto_baseline_s=args.auto_baseline)
+                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm)
         if resuming:
             engine.resume()
     tls = tls_context(args.cert, args.key) if args.cert else None

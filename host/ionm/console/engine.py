@@ -34,6 +34,7 @@ import numpy as np
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
 from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
+from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
 from ionm.sweep import Sweep
 
 ROLES = ("technologist", "physician", "read-only")
@@ -48,6 +49,7 @@ STACK_DEPTH = 8
 TREND_EVERY_S = 1.0  # case seconds between trend points per stream
 BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
 LINK_EVERY_S = 1.0
+TECHNICAL_EVERY_S = 0.25  # how often the technical alarms are checked (wall s)
 PUBLISH_EVERY_S = 0.1  # when sweeps queue up (fast replay), frames at least this often
 CLOCK_BACKSTEP_S = 1.0  # a source's time going back further than this (any stream) is a restarted clock
 CLOCK_GAP_MIN_S = 0.5  # case time put between the last sweep before a clock restart and the first after it
@@ -115,7 +117,8 @@ class CaseEngine:
 
     def __init__(self, store: CaseStore, case_id: int, *, stimulation: Stimulation | None = None,
                  link_health: Callable[[], dict[str, Any]] | None = None, auto_baseline_s: float | None = None,
-                 queue_size: int = 2048, evaluator_config: Any = None, record: bool = True):
+                 queue_size: int = 2048, evaluator_config: Any = None, record: bool = True,
+                 stall_alarm_s: float = STALL_S):
         self.store = store
         self.case_id = int(case_id)
         self.case = store.case(case_id)
@@ -129,6 +132,8 @@ class CaseEngine:
         self.timeline: list[dict[str, Any]] = []
         self.trend: dict[str, list[dict[str, Any]]] = {}
         self.link: dict[str, Any] = {}
+        self.technical = TechnicalAlarms(stall_s=stall_alarm_s)
+        self._last_technical = 0.0
         self.paused_source = False
         self.t_s = 0.0
         self.stats: dict[str, Any] = {"sweeps": 0, "frames": 0, "engine_latency_ms": deque(maxlen=2000)}
@@ -340,6 +345,9 @@ class CaseEngine:
         if self.link_health is not None and now - self._last_link >= LINK_EVERY_S:
             self._last_link = now
             self._poll_link()
+        if now - self._last_technical >= TECHNICAL_EVERY_S:
+            self._last_technical = now
+            self._check_technical()
 
     def _run_commands(self) -> None:
         while True:
@@ -397,6 +405,7 @@ class CaseEngine:
         key = "%s/%s" % (sw.modality, sw.source)
         sw = self._case_time(sw, key)
         self._last_sweep_wall = time.time()
+        self.technical.sweep(key, self._last_sweep_wall)
         st = self.streams.get(key)
         if st is None:
             st = self._new_stream(sw, key)
@@ -650,12 +659,61 @@ class CaseEngine:
         for name in sorted(old - new):
             self._event("event", "lead back on: %s" % short_name(name), "system")
             self.store.audit(self.case_id, "system", "leadon", {"channel": name, "t_s": self.t_s})
+        for ev in self.technical.new_board_events(link.get("board_events", [])):
+            text = "board: %s" % ev["detail"]
+            self._technical_record(text, "board." + str(ev["kind"]), {"seq": ev["seq"], "detail": ev["detail"]})
+        stim_changed = link.get("stimulation_stopped") != self.link.get("stimulation_stopped")
         self.link = link
         self._emit([("link", link | {"t_s": round(self.t_s, 2)})], [])
+        if stim_changed:
+            self._publish_stim()
+
+    # ---------------------------------------------------------------- technical alarms
+    def _running_streams(self) -> set[str]:
+        """Streams whose stimulation is on: those a stalled source leaves without sweeps."""
+        if self._source_done.is_set() or not self._sources:
+            return set()
+        if self.stimulation is None:
+            return set(self.streams)
+        from ionm.board.stimulation import SSEP_OUTPUTS
+
+        p = self.stimulation.state()
+        on = {SSEP_OUTPUTS[int(o)] for o, v in p["ssep"].items() if v.get("enabled")}
+        return {k for k, st in self.streams.items()
+                if (st.modality == "mep" and p["tcmep"].get("repeat_s")) or (st.modality != "mep" and st.source in on)}
+
+    def _check_technical(self) -> None:
+        raised, cleared = self.technical.check(time.time(), self.t_s, self._running_streams(), self.link)
+        for a in raised:
+            self._technical_record("TECHNICAL ALARM: %s" % a.text, "technical.raise", {"key": a.key, "text": a.text})
+        for a in cleared:
+            lasted = time.time() - a.since_wall
+            self._technical_record("technical alarm cleared after %.0f s: %s" % (lasted, a.text), "technical.clear",
+                                   {"key": a.key, "text": a.text, "lasted_s": round(lasted, 1)})
+        if raised or cleared:
+            self._publish_technical()
+
+    def _technical_record(self, text: str, action: str, detail: dict[str, Any]) -> None:
+        """On every viewer's timeline, in the audit trail and in the case record (report, export)."""
+        self.store.add_note(self.case_id, self.t_s, "system", text, kind="technical")
+        self.store.audit(self.case_id, "system", action, detail | {"t_s": round(self.t_s, 3)})
+        self._event("technical", text, "system")
+
+    def _publish_technical(self) -> None:
+        self._emit([("technical", self.technical.frame())], [])
+
+    def technical_alarms(self) -> list[Alarm]:
+        return list(self.technical.active.values())
+
+    def _stim_frame(self) -> dict[str, Any]:
+        assert self.stimulation is not None
+        # what the board is doing, beside what the program asks for: they differ when the board stopped it
+        return {"program": self.stimulation.state(), "limits": self.stimulation.limits(),
+                "board_stopped": self.link.get("stimulation_stopped")}
 
     def _publish_stim(self) -> None:
         if self.stimulation is not None:
-            self._emit([("stim", {"program": self.stimulation.state(), "limits": self.stimulation.limits()})], [])
+            self._emit([("stim", self._stim_frame())], [])
 
     def _publish_alerts(self) -> None:
         self._emit([("alerts", {"alerts": [{k: v for k, v in a.items()} for a in self.alerts]})], [])
@@ -694,7 +752,8 @@ class CaseEngine:
         if self.link:
             frames["link"] = self.link | {"t_s": round(self.t_s, 2)}
         if self.stimulation is not None:
-            frames["stim"] = {"program": self.stimulation.state(), "limits": self.stimulation.limits()}
+            frames["stim"] = self._stim_frame()
+        frames["technical"] = self.technical.frame()
         frames["case"] = self.case_info()
         return {"frames": frames, "appends": [p for k in self.trend for p in self.trend[k]] + list(self.timeline)}
 
