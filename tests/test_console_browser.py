@@ -179,13 +179,13 @@ def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(
         assert viewer.locator("#banner .ackbtn").count() == 0
         viewer.keyboard.press("a")
         viewer.wait_for_selector("#toast:has-text('cannot acknowledge')", timeout=3000)
-        n_alerts = len(alerts)
-        for _ in range(n_alerts):
+        unacked = "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length"
+        while tech.evaluate(unacked):  # A acknowledges the top banner row: every alert of that channel
+            n_alerts = tech.evaluate(unacked)
             tech.keyboard.press("a")
             tech.fill("#acknote", "surgeon informed, correction released")
             tech.click("#ackok")
-            poll(tech, "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length < %d" % n_alerts, 5.0)
-            n_alerts -= 1
+            poll(tech, "%s < %d" % (unacked, n_alerts), 5.0)
         doc.wait_for_selector("#banner", state="hidden", timeout=5000)  # the physician sees it acknowledged
     finally:
         case.close()
@@ -208,3 +208,55 @@ def element_pixels(page: Any, selector: str) -> np.ndarray:
 
     png = page.locator(selector).screenshot()
     return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(float)
+
+
+def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: Any) -> None:
+    """The banner keeps one row per channel with a count, at most five rows and then "+N more", so the panels
+    stay in view; a paused viewer still sees new alerts and technical alarms; a technical alarm has a band of
+    its own colour above the alerts; acknowledging a row acknowledges every alert of that channel."""
+    from ionm.case.timeline import alert_label
+
+    case = Case(tmp_path, "stable", speed=2.0)
+    try:
+        tech = login(browser, case.url, "tech")
+        doc = login(browser, case.url, "doc")
+        wait_case_time(tech, 3.0)
+        doc.keyboard.press(" ")
+        doc.wait_for_selector("#paused:not(.hidden)")
+        engine = case.engine
+
+        def storm() -> None:
+            for k in range(9):  # six channels once, then channel 0 three times (the newest: the top row)
+                ch = k + 1 if k < 6 else 0
+                row = {"uid": "storm-%d" % k, "stream": "ssep-lower/L tibial", "t_s": 4.0 + k, "channel": ch,
+                       "channel_name": "ch%d (test)" % ch, "criterion": "amplitude", "amplitude_ratio": 0.4,
+                       "latency_ratio": 1.0, "scope": "focal"}
+                engine.alerts.append(row | {"label": alert_label(row), "wall": time.time(), "ack": None})
+            engine._publish_alerts()
+            health = case.source.link_health  # and the board reports that it stopped stimulating
+            engine.link_health = lambda: health() | {"stimulation_stopped": "no frame from the host for 100 ms"}
+
+        engine.call(storm)
+        for page in (tech, doc):  # the paused physician too
+            page.wait_for_selector("#techbanner .item", timeout=5000)
+            poll(page, "document.querySelectorAll('#banner .item').length === 6", 5.0)
+            text = page.inner_text("#banner")
+            assert "×3" in text and "+2 more channels in alert (2 alerts)" in text
+            assert "TECHNICAL" in page.inner_text("#techbanner")
+            assert "stimulation stopped by the board: no frame from the host" in page.inner_text("#techbanner")
+            assert "Board NOT stimulating" in page.inner_text("#stim")
+            assert page.inner_text("#linkpill") == "TECHNICAL ALARM"
+            streams_top = page.eval_on_selector("#streams", "e => e.getBoundingClientRect().top")
+            assert streams_top < 400, streams_top  # the banners never push the panels out of view
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        doc.screenshot(path=str(SHOTS / "console-storm-paused.png"))
+        px = element_pixels(doc, "#techbanner")
+        assert px[..., 2].mean() > 120 > px[..., 0].mean()  # blue, not the alerts' red
+        tech.click("#banner .item:first-child .ackbtn")
+        assert "3 alerts on this channel" in tech.inner_text("#acktext")
+        tech.fill("#acknote", "electrode checked")
+        tech.click("#ackok")
+        poll(tech, "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length === 6", 5.0)
+        assert tech.errors == [] and doc.errors == []
+    finally:
+        case.close()

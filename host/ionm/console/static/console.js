@@ -87,10 +87,16 @@ function applyAppend(a) {
 let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
+// Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline"]);
+
 function draw() {
   scheduled = false;
-  if (S.paused) return;
-  const dirty = S.dirty; S.dirty = new Set();
+  let dirty = S.dirty; S.dirty = new Set();
+  if (S.paused) {
+    for (const k of dirty) if (!ALWAYS.has(k)) S.dirty.add(k);  // drawn on resume
+    dirty = new Set([...dirty].filter((k) => ALWAYS.has(k)));
+  }
   const c = S.frames.case;
   if (c) $("caseinfo").textContent = "Case " + c.uid + (c.patient_id ? " · patient " + c.patient_id : "") +
     (c.procedure ? " · " + c.procedure : "") + (c.closed ? " · CLOSED" : "");
@@ -99,6 +105,7 @@ function draw() {
   $("clock").textContent = fmtT(t);
   for (const key of dirty) {
     if (key === "alerts") drawBanner();
+    else if (key === "technical") { drawTech(); drawLink(); }
     else if (key === "link") drawLink();
     else if (key === "stim") drawStim();
     else if (key === "timeline") drawTimeline();
@@ -263,20 +270,56 @@ function drawTrend(cv, f, shown, pts) {
 
 function unacked() { return ((S.frames.alerts || {}).alerts || []).filter((a) => !a.ack); }
 
+const BANNER_ROWS = 5;  // more would push the waveforms out of view: the rest are counted in one line
+
+// One row per channel (stream + channel): its newest unacknowledged alert, and how many it has.
+function alertGroups() {
+  const groups = new Map();
+  for (const a of unacked()) {
+    const k = a.stream + "#" + a.channel, g = groups.get(k);
+    if (g) { g.alerts.push(a); if (a.t_s >= g.latest.t_s) g.latest = a; }
+    else groups.set(k, { alerts: [a], latest: a });
+  }
+  return [...groups.values()].sort((x, y) => y.latest.t_s - x.latest.t_s);
+}
+
 function drawBanner() {
-  const list = unacked(), el = $("banner");
-  el.classList.toggle("hidden", list.length === 0);
+  const groups = alertGroups(), el = $("banner");
+  el.classList.toggle("hidden", groups.length === 0);
   el.innerHTML = "";
-  for (const a of list) {
+  for (const g of groups.slice(0, BANNER_ROWS)) {
+    const a = g.latest;
     const row = document.createElement("div"); row.className = "item"; row.dataset.uid = a.uid;
     const span = document.createElement("span");
-    span.textContent = "⚠ ALERT " + fmtT(a.t_s) + "  " + a.label;
+    span.textContent = "⚠ ALERT " + fmtT(a.t_s) + "  " + a.label + (g.alerts.length > 1 ? "  ×" + g.alerts.length : "");
     row.appendChild(span);
     if (can("ack")) {
       const b = document.createElement("button"); b.textContent = "Acknowledge (A)"; b.className = "small ackbtn";
-      b.addEventListener("click", () => openAck(a)); row.appendChild(b);
+      b.addEventListener("click", () => openAck(g)); row.appendChild(b);
     }
     el.appendChild(row);
+  }
+  if (groups.length > BANNER_ROWS) {
+    const more = document.createElement("div"); more.className = "item more";
+    const n = groups.slice(BANNER_ROWS).reduce((s, g) => s + g.alerts.length, 0);
+    more.textContent = "+" + (groups.length - BANNER_ROWS) + " more channels in alert (" + n + " alerts): see the timeline";
+    el.appendChild(more);
+  }
+}
+
+function drawTech() {
+  const list = (S.frames.technical || {}).alarms || [], el = $("techbanner");
+  el.classList.toggle("hidden", list.length === 0);
+  el.innerHTML = "";
+  for (const a of list.slice(0, BANNER_ROWS)) {
+    const row = document.createElement("div"); row.className = "item"; row.dataset.key = a.key;
+    row.textContent = "⚠ TECHNICAL " + fmtT(a.since_t) + "  " + a.text;
+    el.appendChild(row);
+  }
+  if (list.length > BANNER_ROWS) {
+    const more = document.createElement("div"); more.className = "item more";
+    more.textContent = "+" + (list.length - BANNER_ROWS) + " more technical alarms";
+    el.appendChild(more);
   }
 }
 
@@ -284,8 +327,10 @@ function drawLink() {
   const l = S.frames.link; if (!l) return;
   const lost = l.samples_lost || 0, off = l.leadoff || [];
   const pill = $("linkpill");
-  pill.className = "pill " + (l.state !== "streaming" ? "bad" : (lost || off.length) ? "warn" : "ok");
-  pill.textContent = l.state === "streaming" ? (off.length ? "lead off: " + off.length : "link ok") : "link " + l.state;
+  const tech = ((S.frames.technical || {}).alarms || []).length;
+  pill.className = "pill " + (l.state !== "streaming" || tech ? "bad" : (lost || off.length) ? "warn" : "ok");
+  pill.textContent = tech ? "TECHNICAL ALARM" : l.state === "streaming" ? (off.length ? "lead off: " + off.length :
+    "link ok") : "link " + l.state;
   const rows = [["source", l.source || "?"], ["state", l.state], ["lost samples", lost]];
   if (l.sweeps !== undefined) rows.push(["sweeps", l.sweeps]);
   rows.push(["lead-off", off.length ? off.join(", ") : "none"]);
@@ -304,6 +349,11 @@ function drawStim() {
   const s = S.frames.stim; if (!s) return;
   const el = $("stim"), lim = s.limits, p = s.program, edit = can("stim");
   el.innerHTML = "";
+  if (s.board_stopped) {  // the program below is what was asked; the board is not doing it
+    const w = document.createElement("div"); w.className = "boardstopped";
+    w.textContent = "Board NOT stimulating: " + s.board_stopped;
+    el.appendChild(w);
+  }
   const t = document.createElement("table"); t.className = "stim";
   t.innerHTML = "<tr><th>SSEP</th><th>on</th><th>mA</th><th>µs</th><th>Hz</th></tr>";
   for (const [o, v] of Object.entries(p.ssep)) {
@@ -362,11 +412,15 @@ function toast(text, info) {
   clearTimeout(toast.timer); toast.timer = setTimeout(() => el.classList.add("hidden"), 3500);
 }
 
-function openAck(a) {
+// Acknowledges a banner row: every unacknowledged alert of that channel, with the one note.
+function openAck(g) {
   if (!can("ack")) { toast("Your role (" + S.role + ") cannot acknowledge alerts"); return; }
-  a = a || unacked()[0]; if (!a) { toast("No alert to acknowledge", true); return; }
-  const dlg = $("ackdialog"); $("acktext").textContent = fmtT(a.t_s) + "  " + a.label; $("acknote").value = "";
-  dlg.dataset.uid = a.uid; dlg.showModal(); $("acknote").focus();
+  g = g || alertGroups()[0]; if (!g) { toast("No alert to acknowledge", true); return; }
+  const dlg = $("ackdialog");
+  $("acktext").textContent = fmtT(g.latest.t_s) + "  " + g.latest.label +
+    (g.alerts.length > 1 ? "  (" + g.alerts.length + " alerts on this channel)" : "");
+  $("acknote").value = "";
+  dlg.dataset.uids = JSON.stringify(g.alerts.map((a) => a.uid)); dlg.showModal(); $("acknote").focus();
 }
 
 function openTcmep() {
@@ -392,7 +446,9 @@ function setup() {
     if (dlg.returnValue !== "ok") return;
     const note = $("acknote").value.trim();
     if (!note) { toast("An acknowledgement needs a note"); return; }
-    command({ cmd: "ack", alert: dlg.dataset.uid, note }, "Alert acknowledged");
+    const uids = JSON.parse(dlg.dataset.uids || "[]");
+    Promise.all(uids.map((uid) => command({ cmd: "ack", alert: uid, note })))
+      .then(() => toast(uids.length > 1 ? uids.length + " alerts acknowledged" : "Alert acknowledged", true));
   });
   $("basedialog").addEventListener("close", () => {
     const v = $("basedialog").returnValue;
