@@ -34,9 +34,15 @@ def firmware_hash():
         except (OSError, ValueError, KeyError):
             pass
     h = hashlib.sha256()
+    buf = bytearray(1024)  # read in pieces: a whole source file in one allocation fails on a fragmented heap
+    view = memoryview(buf)
     for d in _source_dirs():
         for name in sorted(os.listdir(d)):
             if name.endswith(".py"):
                 with open(d + "/" + name, "rb") as fh:
-                    h.update(fh.read())
+                    while True:
+                        n = fh.readinto(buf)
+                        if not n:
+                            break
+                        h.update(view[:n])
     return binascii.hexlify(h.digest()).decode()
