@@ -288,7 +288,8 @@ class Firmware:
                          "heap_free": gc.mem_free(), "heap_peak": self.heap_peak,
                          "rx_rejected": self.link.decoder.rejected_total(), "rx_bad": self.link.bad_messages,
                          "samples_lost": acq.samples_lost if acq else 0,
-                         "pulses_skipped": self.scheduler.pulses_skipped})
+                         "pulses_skipped": self.scheduler.pulses_skipped,
+                         "pulses_held": self.scheduler.pulses_held})
 
     def stim_fault(self, fault, index, output, detail):
         cancelled = self.scheduler.stop()

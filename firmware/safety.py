@@ -39,6 +39,9 @@ class Supervisor:
         self.train_ipi_us_max = s["train_ipi_us_max"]
         self.train_interval_ms_min = s["tcmep_train_interval_ms_min"]
         self.watchdog_ms = s["watchdog_ms"]
+        hold = st["tcmep_holdoff_ms"]  # no other stimulus this long around a TcMEP train (scheduler)
+        self.holdoff_before_ms = hold["before"]
+        self.holdoff_after_ms = hold["after"]
         self.impedance_ohm = [self.reference_ohm] * self.outputs  # refined from current-sense readback
 
     # -- single pulse ---------------------------------------------------------------------------------

@@ -3,11 +3,19 @@
 # computed from the program start (t_k = phase + k * 1e9 / rate_mHz µs), never accumulated, so a 4.7 Hz
 # program does not drift in eight hours. Pulses are armed only a short horizon ahead and never past the
 # watchdog deadline (last host frame + watchdog_ms): a board whose host went quiet stops by construction.
+# No other stimulus falls near a TcMEP train: pulses from the hold-off before its first trigger to the
+# hold-off after its last are held (not delivered, counted), so that no SSEP sweep holds a train and no
+# MEP window holds an SSEP pulse or the muscle response it evokes.
 import random
 
 import messages as m
 
 _HORIZON_MS = 20  # how far ahead pulses are handed to the PIO
+
+
+def _train_samples(prog, fs):
+    """Samples from a train's first trigger to its last."""
+    return (prog["count"] - 1) * prog["ipi_us"] * fs // 1000000
 
 
 class _Running:
@@ -50,9 +58,11 @@ class Scheduler:
         self.fs = 0
         self.armed = []  # (index, program id, output, requested µA) awaiting their latch, in index order
         self.last_train_index = None
+        self.last_train_samples = 0  # first to last trigger of the last train
         self.last_index = [None] * supervisor.outputs  # per output: the most recent armed pulse
         self.pulses_armed = 0
         self.pulses_skipped = 0  # pulses dropped to keep the minimum interval (two programs, jitter)
+        self.pulses_held = 0  # pulses not delivered because they fell in a TcMEP train's hold-off
 
     @property
     def active(self):
@@ -73,8 +83,15 @@ class Scheduler:
             self.stop()
         self.fs = fs
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
-        t0 = start * 1000000 // fs
         ids = range(len(self.programs)) if only is None else [only]
+        if only is not None and self.programs[only]["kind"] == "tcmep":
+            # pulses armed (or just delivered) inside the coming train's hold-off cannot be taken back:
+            # the train waits until they are far enough behind it (at most the hold-off, 100 ms)
+            before = self.sup.holdoff_before_ms * fs // 1000
+            for last in self.last_index:
+                if last is not None and last + before > start:
+                    start = last + before
+        t0 = start * 1000000 // fs
         for pid in ids:
             prog = self.programs[pid]
             if prog["kind"] == "tcmep" and self.last_train_index is not None:
@@ -84,6 +101,7 @@ class Scheduler:
                                           " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
+                self.last_train_samples = _train_samples(prog, fs)
             self.running.append(_Running(pid, prog, t0))
         return start
 
@@ -131,9 +149,14 @@ class Scheduler:
                     self.pulses_skipped += 1
                     run.k += 1
                     continue
+                if p["kind"] != "tcmep" and self._held(index):
+                    self.pulses_held += 1
+                    run.k += 1
+                    continue
                 if p["kind"] == "tcmep":
                     self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
                     self.last_train_index = index
+                    self.last_train_samples = _train_samples(p, fs)
                 else:
                     dac = current
                     if self.calibration is not None:  # the DAC setting that delivers `current`, capped
@@ -146,6 +169,26 @@ class Scheduler:
                     on_arm(index)
                 run.k += 1
         self.running = [r for r in self.running if not r.done]
+
+    def _held(self, index):
+        """Does a pulse at sample `index` fall in the hold-off of the last train or of a coming one?"""
+        fs = self.fs
+        before = self.sup.holdoff_before_ms * fs // 1000
+        after = self.sup.holdoff_after_ms * fs // 1000
+        t = self.last_train_index
+        if t is not None and t - before <= index <= t + self.last_train_samples + after:
+            return True
+        for run in self.running:
+            p = run.prog
+            if p["kind"] != "tcmep":
+                continue
+            nxt = run.next_pulse()  # the run's next train (not consumed: tcmep times are exact)
+            if nxt is None:
+                continue
+            t = (nxt[0] * fs + 999999) // 1000000
+            if t - before <= index <= t + _train_samples(p, fs) + after:
+                return True
+        return False
 
     def rebase(self, old_end, old_fs, new_fs, gap_ms):
         """Acquisition restarted (its sample index begins at 0 again): move the remembered pulse and train

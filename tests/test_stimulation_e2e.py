@@ -243,3 +243,35 @@ def test_a_compliance_fault_stops_all_stimulation_with_an_event_that_says_why(tm
     # nothing after the faulty pulse but what was already armed inside the board's short horizon
     horizon = 2 * 20 + 4000 * 20 // 1000
     assert all(p["index"] <= limited[0]["index"] + horizon for p in delivered)
+
+
+def test_ssep_pulses_are_held_off_around_every_tcmep_train(stim_board):
+    """Four interleaved SSEP programs at 4.7 Hz with repeating TcMEP trains: no SSEP pulse is delivered from
+    the hold-off before a train (the longest SSEP sweep, so no SSEP sweep holds a train) to the end of the
+    MEP window after its last pulse, SSEP resumes on its own grid in between, and the board counts what it
+    held (status event)."""
+    vb, link, events = stim_board
+    fs = 4000
+    hold = D["stimulator"]["tcmep_holdoff_ms"]
+    before, after = hold["before"] * fs // 1000, hold["after"] * fs // 1000
+    period_us = 1e9 / 4700
+    progs = [{"kind": "pulse", "output": o, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
+              "phase_us": int(o * period_us / 4)} for o in range(4)]
+    progs.append({"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 1000})
+    link.request(m.STIM_PROGRAM, {"programs": progs})
+    link.request(m.STIM_START, {})
+    time.sleep(4.6)
+    link.request(m.STIM_STOP, {})
+    time.sleep(0.3)
+    log = pulses(vb)
+    trigger = [p["index"] for p in log if p["output"] == -1]
+    ssep = [p["index"] for p in log if p["output"] >= 0]
+    trains = [trigger[i:i + 5] for i in range(0, len(trigger), 5)]
+    assert len(trains) >= 4 and all(len(t) == 5 for t in trains[:-1])
+    for t in trains:
+        inside = [i for i in ssep if t[0] - before <= i <= t[-1] + after]
+        assert not inside, "SSEP pulses %s inside the hold-off of the train at %d" % (inside, t[0])
+    # between trains, every output keeps pulsing (one 4.7 Hz period is 851 samples at 4 kHz)
+    assert len(ssep) >= 4 * 4.0 * 4.7 * 0.7
+    status = [e for e in events if e["kind"] == "status"]
+    assert status and status[-1]["pulses_held"] >= 4 * (len(trains) - 1)
