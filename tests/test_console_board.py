@@ -107,3 +107,43 @@ def test_a_quiet_host_is_reported_and_stimulation_rearmed(held_board_case, quiet
     time.sleep(1.5)
     assert {s.source for s in sweeps[n:]} == {"L median", "R median", "L tibial", "R tibial"}
     assert case.state()["ssep"]["0"]["enabled"]  # the program was never turned off
+
+
+def test_tcmep_every_4s_with_four_ssep_programs_gives_clean_mep_trials(tmp_path):
+    """Four interleaved SSEP outputs at 4.7 Hz and a TcMEP train every 4 s, as a case runs: no MEP trial's
+    window holds an SSEP pulse (the board holds them off and counts it), no SSEP sweep holds a train, and
+    nothing had to be rejected on the host."""
+    import json
+
+    from ionm.board.boardcase import WINDOW_MS
+    from ionm.board.virtual import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    err = open(tmp_path / "board.stderr", "w")
+    with VirtualBoard(scenario="stable", seed=4, stderr=err, pulse_log=str(log)) as vb:
+        case = BoardCase(vb.device)
+        sweeps: list = []
+        reader = threading.Thread(target=lambda: sweeps.extend(case), daemon=True)
+        reader.start()
+        try:
+            case.apply({"action": "tcmep", "train_pulses": 5, "ipi_ms": 3.0, "repeat_s": 4.0})
+            time.sleep(9.5)
+            health = case.link_health()
+        finally:
+            case.close()
+            reader.join(timeout=5)
+    err.close()
+    delivered = [json.loads(line) for line in log.read_text().splitlines()]
+    ssep_pulses = [p["index"] for p in delivered if p["output"] >= 0]
+    trains = [p["index"] for p in delivered if p["output"] < 0]
+    mep = [s for s in sweeps if s.modality == "mep"]
+    assert len(mep) >= 2 and len(trains) >= 5 * len(mep)
+    pre, post = (round(ms * 8000 / 1000) for ms in WINDOW_MS["mep"])
+    for s in mep:
+        inside = [i for i in ssep_pulses if s.stim_index - pre <= i < s.stim_index + post]
+        assert not inside, "SSEP pulses %s inside the MEP trial at %d" % (inside, s.stim_index)
+    for s in (s for s in sweeps if s.modality != "mep"):
+        first = s.stim_index - s.pre_samples
+        assert not [i for i in trains if first <= i < first + s.data_uv.shape[1]]
+    assert health["pulses_held"] >= 4 * (len(mep) - 1)
+    assert health["sweeps_rejected"] == {}

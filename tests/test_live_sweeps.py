@@ -126,3 +126,44 @@ def test_a_second_acquisition_run_restarts_the_index_without_counting_a_loss(tmp
     back = [i for i in range(1, len(t)) if t[i] < t[i - 1]]
     assert len(back) == 1 and back[0] >= 4 and len(t) - back[0] >= 4, t  # sweeps from both runs
     assert case.runs == 2
+
+
+def _feed(case: LiveCase, n_samples: int, events: list[dict], fs: int = 4000, spf: int = 40) -> None:
+    """Blocks of zeros with the stim events delivered just after the block that holds them (as the board)."""
+    from ionm.board.link import DataBlock
+
+    case.set_configuration({"cfg": 1, "rate_hz": fs, "channels": [0, 1], "gain": [24, 24], "vref_uv": 4.5e6,
+                            "full_scale_code": 2 ** 23 - 1, "samples_per_frame": spf})
+    pending = sorted(events, key=lambda e: e["index"])
+    for first in range(0, n_samples, spf):
+        case.on_data(DataBlock(1, first, 0, np.zeros((spf, 2), dtype=np.int32)))
+        while pending and pending[0]["index"] < first + spf:
+            case.on_event(pending.pop(0))
+
+
+def test_a_foreign_stimulus_rejects_an_mep_trial_and_a_train_rejects_an_ssep_sweep():
+    """What another stimulus evokes outlasts its artefact: an SSEP pulse inside an MEP window (its M- and
+    F-waves) and a TcMEP train inside an SSEP sweep are rejected, counted by reason; an SSEP pulse inside
+    another SSEP sweep is only blanked."""
+    from ionm.board.acquire import REJECT_STIMULUS_IN_MEP, REJECT_TRAIN_IN_SWEEP
+
+    specs = {0: SweepSpec("ssep-upper", "L median", (0,), 5.0, 50.0),
+             1: SweepSpec("ssep-upper", "R median", (0,), 5.0, 50.0),
+             2: SweepSpec("mep", "TcMEP", (1,), 15.0, 85.0, train=5)}
+    case = LiveCase(specs, channel_names={})
+    fs = 4000
+    stim = lambda i, p: {"kind": "stim", "index": i, "program": p}  # noqa: E731
+    train = lambda i0: [stim(i0 + k * 12, 2) for k in range(5)]  # noqa: E731  (3 ms apart at 4 kHz)
+    events = [stim(1000, 0), stim(1100, 1)]  # R median 25 ms into the L median sweep: blanked
+    events += train(2000) + [stim(2048 + 200, 0)]  # an SSEP pulse 50 ms after the train's last pulse
+    events += [stim(3800, 1)] + train(3900)  # a train 25 ms into an R median sweep
+    events += train(6000)  # a clean train
+    _feed(case, 8000, events, fs)
+    case.close()
+    sweeps = list(case.sweeps(timeout=1))
+    mep = [s for s in sweeps if s.modality == "mep"]
+    assert [s.stim_index for s in mep] == [3948, 6048]  # (the R median pulse lies before the 3948 window)
+    ssep = [(s.source, s.stim_index) for s in sweeps if s.modality != "mep"]
+    assert ssep == [("L median", 1000), ("R median", 1100), ("L median", 2248)]
+    assert case.rejected == {REJECT_STIMULUS_IN_MEP: 1, REJECT_TRAIN_IN_SWEEP: 1}
+    assert case.blanked >= 1

@@ -122,12 +122,22 @@ class SweepSpec:
 OTHER_ARTEFACT_MS = 3.0  # blanked after every stimulus that falls inside another stimulus's sweep
 
 
+REJECT_TRAIN_IN_SWEEP = "TcMEP train inside the sweep"
+REJECT_STIMULUS_IN_MEP = "another stimulus inside the MEP window"
+
+
 class LiveCase:
     """Sweeps from a BoardSession: feed() blocks and events (as the session's callbacks), iterate sweeps().
 
     Interleaved programs put other outputs' stimuli inside a sweep (four outputs at 4.7 Hz are 53 ms apart;
     a tibial sweep is 95 ms long). The host knows every stimulus index, so their artefacts are blanked by
-    linear interpolation over OTHER_ARTEFACT_MS; the sweep's own stimulus is left for the pipeline."""
+    linear interpolation over OTHER_ARTEFACT_MS; the sweep's own stimulus is left for the pipeline.
+
+    Two foreign stimuli are not blanked but rejected, because what they evoke lasts longer than their
+    artefact: a TcMEP train inside any other sweep (muscle responses of mV over the whole window), and any
+    other stimulus inside an MEP window (an SSEP pulse's M-wave and F-wave in the muscle recorded). The
+    board's hold-off (protocol/SPEC.md §5.8) keeps both from happening; a rejection means it did not, and
+    is counted by reason (`rejected`)."""
 
     def __init__(self, specs: dict[int, SweepSpec], channel_names: dict[int, str], history_s: float = 2.0) -> None:
         self.specs = specs
@@ -139,8 +149,9 @@ class LiveCase:
         self._valid_until = 0  # samples below this index are in _buf (or NaN where lost)
         self._pending: list[tuple[int, int]] = []  # (stim index, program)
         self._trains: dict[int, list[int]] = {}  # program -> pulse indices of the train in progress
-        self._stimuli: list[int] = []  # recent stimulus indices of every program (artefacts to blank)
+        self._stimuli: list[tuple[int, int]] = []  # recent (stimulus index, program) of every program
         self.blanked = 0  # artefacts of other stimuli blanked inside sweeps
+        self.rejected: dict[str, int] = {}  # sweeps not delivered, by reason
         self._out: queue.Queue[Sweep | None] = queue.Queue()
         self._lock = threading.Lock()
         self.t0_index = 0
@@ -201,7 +212,7 @@ class LiveCase:
             prog, index = int(body["program"]), int(body["index"])
             spec = self.specs[prog]
             with self._lock:
-                self._stimuli.append(index)
+                self._stimuli.append((index, prog))
                 del self._stimuli[:-64]
                 if spec.train > 1:  # collect the train; its sweep is locked to the last pulse
                     fs = float(self._conf["rate_hz"]) if self._conf else 1.0
@@ -235,9 +246,13 @@ class LiveCase:
             lo = stim - pre - self._buf_first
             if lo < 0:
                 continue  # older than the history: dropped (cannot happen unless the host stalled > history)
+            reason = self._foreign(stim, prog, pre, post)
+            if reason is not None:
+                self.rejected[reason] = self.rejected.get(reason, 0) + 1
+                continue
             cols = [chan_pos[c] for c in spec.channels if c in chan_pos]
             data = self._buf[lo:lo + pre + post, cols].T.copy()
-            for other in self._stimuli:  # blank the artefacts of the other stimuli inside this sweep
+            for other, _ in self._stimuli:  # blank the artefacts of the other stimuli inside this sweep
                 a = other - (stim - pre)
                 if other == stim or a + blank <= 0 or a >= pre + post:
                     continue
@@ -252,6 +267,23 @@ class LiveCase:
                                 channel_names=tuple(self.channel_names.get(c, "ch%d" % c) for c in spec.channels),
                                 data_uv=data))
         self._pending = keep
+
+    def rejected_counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.rejected)
+
+    def _foreign(self, stim: int, prog: int, pre: int, post: int) -> str | None:
+        """Why the sweep of `prog` at `stim` must be rejected for another program's stimulus, or None."""
+        mep = self.specs[prog].train > 1
+        for other, other_prog in self._stimuli:
+            if other_prog == prog or not stim - pre <= other < stim + post:
+                continue
+            spec = self.specs.get(other_prog)
+            if spec is not None and spec.train > 1:
+                return REJECT_TRAIN_IN_SWEEP
+            if mep:
+                return REJECT_STIMULUS_IN_MEP
+        return None
 
     def sweeps(self, timeout: float | None = None) -> Iterator[Sweep]:
         """Sweeps in stimulus order as they complete; ends after close()."""

@@ -61,6 +61,7 @@ class BoardCase(ProgramHolder):
         self._events_lock = threading.Lock()
         self._closed = False
         self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
+        self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
         self.session = BoardSession(port, on_data=self._data, on_event=self._event)
         conf = self.session.configure({"rate_hz": RATE_HZ, "samples_per_frame": SAMPLES_PER_FRAME})
         self.case.set_configuration(conf)
@@ -124,6 +125,9 @@ class BoardCase(ProgramHolder):
     def _event(self, body: dict[str, Any]) -> None:
         self.case.on_event(body)
         kind = str(body.get("kind"))
+        if kind == "status":
+            self.pulses_held = int(body.get("pulses_held", 0))
+            return
         session = getattr(self, "session", None)  # (events arrive while the session is being opened)
         reset = kind == "boot" and session is not None and session.link.handshaken  # a boot mid-case
         if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost", "latch-overflow") or reset:
@@ -205,6 +209,9 @@ class BoardCase(ProgramHolder):
             "leadoff": [self.names[i] for i in range(len(self.names)) if self._leadoff >> i & 1],
             "board_events": self._events_copy(),
             "stimulation_stopped": self.stimulation_stopped,
+            "pulses_held": self.pulses_held,
+            "sweeps_rejected": self.case.rejected_counts(),
+            "artefacts_blanked": self.case.blanked,
         }
 
     def _events_copy(self) -> list[dict[str, Any]]:

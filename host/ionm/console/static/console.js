@@ -334,13 +334,16 @@ function drawLink() {
   const rows = [["source", l.source || "?"], ["state", l.state], ["lost samples", lost]];
   if (l.sweeps !== undefined) rows.push(["sweeps", l.sweeps]);
   rows.push(["lead-off", off.length ? off.join(", ") : "none"]);
+  // the board's TcMEP hold-off (SSEP pulses not delivered around a train) and sweeps the host rejected
+  if (l.pulses_held !== undefined) rows.push(["SSEP held for TcMEP", l.pulses_held]);
+  for (const [why, n] of Object.entries(l.sweeps_rejected || {})) rows.push(["rejected: " + why, n]);
   for (const [k, v] of Object.entries(l.stim_impedance_ohm || {})) rows.push(["stim " + k, (v / 1000).toFixed(1) + " kΩ"]);
   for (const [k, v] of Object.entries(l.extra || {})) rows.push([k, v]);
   const el = $("link"); el.className = "kv"; el.innerHTML = "";
   for (const [k, v] of rows) {
     const a = document.createElement("span"); a.textContent = k;
     const b = document.createElement("span"); b.textContent = String(v);
-    if ((k === "lead-off" && off.length) || (k === "lost samples" && lost)) b.className = "bad";
+    if ((k === "lead-off" && off.length) || (k === "lost samples" && lost) || k.startsWith("rejected")) b.className = "bad";
     el.append(a, b);
   }
 }
