@@ -158,8 +158,58 @@ def test_mep_amplitude_criterion_needs_two_trials():
     d = make_mep(20, seed=46, amplitude_uv=amp, baseline_end_s=60.0, channel_names=["R APB"])
     ev, states = _evaluate(d)
     assert [(a.criterion, a.t_s) for a in ev.alerts] == [("amplitude", float(d["stim_time_s"][15]))]
-    assert states[10] == ["warning"] and states[15] == ["alert"]
+    assert states[10] == ["normal"] and states[15] == ["alert"]  # one small trial is not evidence
     assert ev.alerts[0].amplitude_ratio == pytest.approx(150 / 900, abs=0.03)
+
+
+MEP_NAMES = ["APB-L (L APB)", "APB-R (R APB)", "AH-L (L AH)", "AH-R (R AH)", "TA-L (L TA)", "TA-R (R TA)"]
+
+
+def _lognormal_trials(n: int, cv: float, seed: int, n_channels: int = 6) -> np.ndarray:
+    """Trial amplitude factors (median 1) with the given trial-to-trial coefficient of variation."""
+    sd = np.sqrt(np.log(1 + cv**2))
+    return np.exp(np.random.default_rng(seed).normal(0.0, sd, (n, n_channels)))
+
+
+def test_mep_normal_trial_variability_never_alerts():
+    """CV 48 % (hand), every channel, 600 trains after a 5-train baseline: single small trials come and go,
+    no channel alerts (an alert needs 2 of 3 trials at -80 %)."""
+    amp = 1000.0 * _lognormal_trials(605, 0.48, seed=7)
+    d = make_mep(605, seed=8, amplitude_uv=amp, interval_s=4.0, baseline_end_s=20.0, n_channels=6,
+                 channel_names=MEP_NAMES, onset_ms=[[20, 20, 38, 38, 28, 28]])
+    ev, _ = _evaluate(d)
+    assert ev.tracked.all() and ev.alerts == []
+
+
+def test_mep_channel_in_alert_does_not_alert_again_until_recovered():
+    """Left TA to ~15 % (trials scattering across the 20 % line): one alert, however long it lasts; back to
+    baseline, it recovers; a second drop is a second alert."""
+    n = 120
+    f = _lognormal_trials(n, 0.35, seed=11, n_channels=1)[:, 0]
+    level = np.ones(n)
+    level[20:90] = 0.15
+    level[100:] = 0.08
+    d = make_mep(n, seed=12, amplitude_uv=(800.0 * f * level)[:, None], interval_s=4.0, baseline_end_s=20.0,
+                 channel_names=["TA-L (L TA)"], onset_ms=28.0)
+    ev, states = _evaluate(d)
+    t = d["stim_time_s"]
+    assert [a.t_s for a in ev.alerts][:1] and t[20] < ev.alerts[0].t_s <= t[21]  # within 2 trains
+    assert len(ev.alerts) == 2 and t[100] < ev.alerts[1].t_s <= t[101]
+    assert "normal" in [st[0] for st in states[90:100]]
+
+
+def test_one_sided_leg_mep_loss_with_unchanged_controls_is_focal():
+    """Left leg muscles to 10 %; arms and the right leg unchanged at CV 27-48 %: two focal alerts."""
+    n = 80
+    f = _lognormal_trials(n, 0.45, seed=21)
+    level = np.ones((n, 6))
+    level[40:, 2] = level[40:, 4] = 0.10
+    d = make_mep(n, seed=22, amplitude_uv=900.0 * f * level, interval_s=4.0, baseline_end_s=20.0, n_channels=6,
+                 channel_names=MEP_NAMES, onset_ms=[[20, 20, 38, 38, 28, 28]])
+    ev, _ = _evaluate(d)
+    assert sorted(a.channel_name for a in ev.alerts) == [MEP_NAMES[2], MEP_NAMES[4]]
+    assert {a.scope for a in ev.alerts} == {"focal"}
+    assert all(d["stim_time_s"][40] < a.t_s <= d["stim_time_s"][41] for a in ev.alerts)
 
 
 def test_scope_from_channel_sides():

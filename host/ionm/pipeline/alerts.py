@@ -8,10 +8,17 @@ alert needs the same strength of evidence the other way (amplitude above and lat
 on `confirm` consecutive sweeps; on entering or leaving alert the channel's windows restart, so a new alert
 needs evidence gathered after the last change.
 
-MEP (judged per trial): loss (no response above loss_uv), amplitude at or below 20 % of baseline (the -80 %
-rule; configurable, e.g. 0.5 or 0.35 for -50/-65 %), onset latency at or above 110 %; alert when met on
-`confirm` consecutive trials (default 2: one small trial is common with 27-48 % trial-to-trial CV).
-Threshold rise (a stimulation parameter, not a waveform) is threshold_rise_alert().
+MEP (single trials, CV 27-48 % and all-or-none): each trial gives a ratio to the baseline median (a loss, no
+response above loss_uv, counts as ratio 0). The evidence is the last `window` accepted trials (default 3):
+the channel alerts when `confirm` of them (default 2, so the newest among them) meet the criterion: amplitude
+at or below 20 % of baseline (the -80 % rule; configurable, e.g. 0.5 or 0.35 for -50/-65 %), and below the
+baseline's own spread (exp(-spread_z x its log-amplitude SD): a channel whose baseline trials scatter widely
+needs a deeper drop), or onset latency at or above its criterion. One small trial is normal; two of three
+are not (a lognormal CV of 48 % puts a trial under 20 % once in ~6000). A channel in alert stays there
+until it has recovered: the window's median back at or above the warning level (50 %) with a response in
+the newest trial, and only then can it alert again, on new trials. Warning: the window's median at or
+below the warning level. Threshold rise (a stimulation parameter, not a waveform) is
+threshold_rise_alert().
 
 Scope: an alert is "global" when another channel, on the other side or of unknown side, is itself changed
 at that moment (warning or alert, or significant evidence beyond the warning levels) — anaesthetics and
@@ -164,38 +171,63 @@ class SsepAlerts:
 
 
 class MepAlerts:
-    """The MEP state machine: per-trial ratios against the baseline medians, confirmed over trials."""
+    """The MEP state machine: the last `window` trials' ratios against the baseline, with hysteresis."""
 
-    def __init__(self, modality: Modality, names: list[str], confirm: int = 2):
+    def __init__(self, modality: Modality, names: list[str], confirm: int = 2, window: int = 3,
+                 spread_z: float = 3.0):
         self.m = modality
         self.names = list(names)
-        self.confirm = confirm
+        self.confirm, self.window, self.spread_z = confirm, max(window, confirm), spread_z
         n = len(names)
         self.state = [NORMAL] * n
-        self.streak = np.zeros(n, dtype=int)
         self.events: list[AlertEvent] = []
+        self.history: list[list[tuple[float, float, bool]]] = [[] for _ in range(n)]  # (ratio, onset ratio, loss)
+        self.amplitude_level = np.full(n, modality.amplitude_ratio_alert)  # per channel, after set_spread()
+        self.changed = np.zeros(n, dtype=bool)
+
+    def set_spread(self, log_sd: np.ndarray) -> None:
+        """The baseline trials' SD of log amplitude per channel: a criterion inside the normal scatter of a
+        channel is moved below it (never above the modality's criterion)."""
+        sd = np.nan_to_num(np.asarray(log_sd, dtype=float), nan=0.0)
+        self.amplitude_level = np.minimum(self.m.amplitude_ratio_alert, np.exp(-self.spread_z * sd))
+
+    def _window(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h = self.history[c][-self.window:]
+        return (np.array([r for r, _, _ in h]), np.array([o for _, o, _ in h]), np.array([lo for _, _, lo in h]))
 
     def update(self, p2p_ratio: np.ndarray, onset_ratio: np.ndarray, loss: np.ndarray, t_s: float,
                accepted: np.ndarray, tracked: np.ndarray) -> None:
         m = self.m
-        amp_met = p2p_ratio <= m.amplitude_ratio_alert
-        lat_met = ~loss & (onset_ratio >= m.latency_ratio_alert)
-        met = loss | amp_met | lat_met
-        worse = met | (p2p_ratio <= m.amplitude_ratio_warning) | (~loss & (onset_ratio >= m.latency_ratio_warning))
-        changed = tracked & (worse | np.array([s != NORMAL for s in self.state]))
-        for c in np.flatnonzero(accepted & tracked):
+        ratio = np.where(loss, 0.0, p2p_ratio)
+        live = accepted & tracked
+        for c in np.flatnonzero(live):
+            self.history[c].append((float(ratio[c]), float(onset_ratio[c]), bool(loss[c])))
+            del self.history[c][:-self.window]
+        median = np.full(len(self.names), np.nan)
+        for c in np.flatnonzero(tracked):
+            if self.history[c]:
+                median[c] = float(np.median(self._window(c)[0]))
+        worse = median <= m.amplitude_ratio_warning
+        self.changed = tracked & (worse | np.array([s != NORMAL for s in self.state]))
+        for c in np.flatnonzero(live):
+            r, o, lost = self._window(c)
             if self.state[c] == ALERT:
-                self.streak[c] = self.streak[c] + 1 if not met[c] else 0
-                if self.streak[c] >= self.confirm:
-                    self.state[c], self.streak[c] = NORMAL, 0
+                if median[c] >= m.amplitude_ratio_warning and not lost[-1]:
+                    self.state[c] = NORMAL  # recovered: a new alert needs new trials
+                    self.history[c] = self.history[c][-1:]
                 continue
-            self.streak[c] = self.streak[c] + 1 if met[c] else 0
-            if self.streak[c] >= self.confirm:
-                crit = "loss" if loss[c] else "amplitude+latency" if amp_met[c] and lat_met[c] else \
-                    "amplitude" if amp_met[c] else "latency"
-                self.state[c], self.streak[c] = ALERT, 0
-                self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, float(p2p_ratio[c]),
-                                              float(onset_ratio[c]), scope_of(int(c), changed, self.names)))
+            amp_met = (r <= self.amplitude_level[c]) | lost
+            lat_met = ~lost & (o >= m.latency_ratio_alert)
+            met = amp_met | lat_met
+            if met[-1] and int(met.sum()) >= self.confirm:
+                n_amp, n_lat = int(amp_met.sum()), int(lat_met.sum())
+                crit = "loss" if lost[met].all() else "amplitude+latency" if n_amp >= self.confirm and \
+                    n_lat >= self.confirm else "amplitude" if n_amp >= n_lat else "latency"
+                self.state[c] = ALERT
+                onsets = o[met & ~lost]
+                self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, float(np.median(r[met])),
+                                              float(np.median(onsets)) if len(onsets) else float("nan"),
+                                              scope_of(int(c), self.changed, self.names)))
             else:
                 self.state[c] = WARNING if worse[c] else NORMAL
 

@@ -32,7 +32,9 @@ class EvaluatorConfig:
     mains_hz: tuple[float, ...] = (50.0, 60.0)  # both by default: the fit of an absent one is ~zero
     z: float = 3.5  # evidence (standard errors beyond a criterion) for warning / alert / recovery
     confirm: int = 3  # consecutive sweeps (SSEP) with that evidence before alert
-    mep_confirm: int = 2  # consecutive trials (MEP)
+    mep_confirm: int = 2  # trials of the last mep_window meeting a criterion (MEP)
+    mep_window: int = 3  # the MEP trials judged together
+    mep_baseline_trials: int = 3  # trials with a response an MEP channel needs to get a baseline
     average: tuple[str, float] = ("exponential", 100.0)  # display averages (kind, n); per channel: averages=
     averages: list[tuple[str, float]] | None = None
     amplitude_uv: float | None = None  # rejection limit after conditioning (default per modality)
@@ -93,7 +95,7 @@ class Evaluator:
         self.tracked = np.zeros(n_ch, dtype=bool)
         self.baseline_peaks: list[dict[str, Peak]] = [{} for _ in range(n_ch)]
         self.ssep_alerts = SsepAlerts(m, self.names, z=self.cfg.z, confirm=self.cfg.confirm)
-        self.mep_alerts = MepAlerts(m, self.names, confirm=self.cfg.mep_confirm)
+        self.mep_alerts = MepAlerts(m, self.names, confirm=self.cfg.mep_confirm, window=self.cfg.mep_window)
         self._mep_base: list[list[tuple[float, float]]] = [[] for _ in range(n_ch)]
         self.mep_baseline = np.full((n_ch, 2), np.nan)  # (p2p µV, onset ms) medians
         self.last_t = -np.inf
@@ -103,11 +105,16 @@ class Evaluator:
     def set_baseline(self) -> None:
         """Freeze the baseline from what was accumulated (on demand, or at baseline_end_s)."""
         if self.modality.single_trial:
+            # A channel's baseline is the median of its trials with a response, when it has enough of them and
+            # they are most of its trials (a muscle that answers one train in three has no baseline to lose).
+            log_sd = np.full(len(self.names), np.nan)
             for c, trials in enumerate(self._mep_base):
-                good = [(p, o) for p, o in trials if np.isfinite(o)]
-                if len(good) >= min(2, self.cfg.min_baseline_sweeps):
-                    self.mep_baseline[c] = np.median(np.array(good), axis=0)
+                good = np.array([(p, o) for p, o in trials if np.isfinite(o)]).reshape(-1, 2)
+                if len(good) >= self.cfg.mep_baseline_trials and 2 * len(good) > len(trials):
+                    self.mep_baseline[c] = np.median(good, axis=0)
+                    log_sd[c] = np.std(np.log(good[:, 0]), ddof=1)
             self.tracked = np.isfinite(self.mep_baseline[:, 0])
+            self.mep_alerts.set_spread(log_sd)
         else:
             mean, a, b = self.accum.halves()
             n_ch = len(self.names)
@@ -205,7 +212,7 @@ class Evaluator:
         if not self.baseline_set:
             for c in np.flatnonzero(ok):
                 self._mep_base[c].append((float(feats.p2p_uv[c]), float(feats.onset_ms[c])))
-            if self.baseline_end_s is None and all(len(b) >= 3 for b in self._mep_base):
+            if self.baseline_end_s is None and all(len(b) >= self.cfg.mep_baseline_trials for b in self._mep_base):
                 self.set_baseline()
         else:
             ratio = feats.p2p_uv / self.mep_baseline[:, 0]
