@@ -191,7 +191,7 @@ class MepAlerts:
         sd = np.nan_to_num(np.asarray(log_sd, dtype=float), nan=0.0)
         self.amplitude_level = np.minimum(self.m.amplitude_ratio_alert, np.exp(-self.spread_z * sd))
 
-    def _window(self, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _window(self, c: int | np.integer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h = self.history[c][-self.window:]
         return (np.array([r for r, _, _ in h]), np.array([o for _, o, _ in h]), np.array([lo for _, _, lo in h]))
 
