@@ -107,9 +107,10 @@ def test_mep_trial_features_against_known_truth(seed):
     f = mep_features(sweeps - sweeps[:, :pre].mean(axis=1, keepdims=True), fs, pre, start)
     truth = d["truth"]
     onset_err = np.abs(f.onset_ms - truth["onset_ms"][:, 0])
-    # Onset = the first phase's e^-2 point (2 sigma before its peak), as the generator defines it. A small
-    # first phase that stays under the threshold moves the onset to the next phase: rare, hence the tail.
-    assert np.median(onset_err) < 0.25 and np.percentile(onset_err, 95) < 1.0 and onset_err.max() < 2.0
+    # Onset = where the generated response leaves zero (its first phase rises from there as a quarter sine). The
+    # detector finds it once the rise clears 2 noise SD: a few samples late at most (measured: median 0.03 ms,
+    # max 0.21 ms over both seeds; before the onset detector's rewrite, against an e^-2 point, median 0.36 ms).
+    assert np.median(onset_err) < 0.1 and np.percentile(onset_err, 95) < 0.25 and onset_err.max() < 0.5
     np.testing.assert_allclose(f.p2p_uv, truth["p2p_uv"][:, 0], rtol=0.05)
     area_err = np.abs(f.area_uv_ms / truth["area_uv_ms"][:, 0] - 1)
     assert np.median(area_err) < 0.05 and area_err.max() < 0.25

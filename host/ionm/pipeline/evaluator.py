@@ -17,7 +17,7 @@ from ionm.pipeline.alerts import AlertEvent, MepAlerts, SsepAlerts
 from ionm.pipeline.averaging import Average, PerChannelAverages
 from ionm.pipeline.baseline import BaselineAccumulator
 from ionm.pipeline.conditioning import ArtifactRejector, Conditioner
-from ionm.pipeline.peaks import MepFeatures, Peak, PeakMarker, mep_features
+from ionm.pipeline.peaks import MepFeatures, Peak, PeakMarker, mep_features, mep_onset_window_ms
 from ionm.pipeline.tracker import KalmanState, Tracker
 
 # A tracked channel whose baseline level is known to worse than ±10 % (relative SE) is a weak baseline: the
@@ -25,6 +25,11 @@ from ionm.pipeline.tracker import KalmanState, Tracker
 # (a complete loss against a ±19 % baseline could not be confirmed at 3.5 SE within 1024 sweeps in the
 # detection bench). Reported to the technologist, who can re-baseline on more sweeps or watch another channel.
 WEAK_BASELINE_SE = 0.1
+# An MEP onset is searched from this fraction of the earliest typical onset of the channel's muscle (APB 18 ms ->
+# 12.6 ms, TA 25 -> 17.5 ms, abductor hallucis 35 -> 24.5 ms; none for an unrecognised label): an artefact tail
+# or a stray stimulus a few ms after the train is never taken for the response, while a short patient's or a
+# child's earlier onsets (an adult's lower edge minus 30 %) are still found.
+MEP_ONSET_FLOOR = 0.7
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Evaluator:
         blank = conditioning.blank_slice(self.fs, self.pre, self.n, m.blank_ms)
         blank_end = blank.stop
         self.blank_end = blank_end
+        self.mep_min_onset_ms = np.array([MEP_ONSET_FLOOR * mep_onset_window_ms(str(nm))[0] for nm in self.names])
         keep = np.ones(self.n, dtype=bool)
         keep[blank] = False
         if m.single_trial:
@@ -207,7 +213,8 @@ class Evaluator:
         return SweepResult(t, reasons, list(states), events, tracker=state)
 
     def _mep(self, x: np.ndarray, t: float, reasons: list[str | None], ok: np.ndarray) -> SweepResult:
-        feats = mep_features(x, self.fs, self.pre, self.blank_end, noise_mask=self.keep)
+        feats = mep_features(x, self.fs, self.pre, self.blank_end, noise_mask=self.keep,
+                             min_onset_ms=self.mep_min_onset_ms)
         events: list[AlertEvent] = []
         if not self.baseline_set:
             for c in np.flatnonzero(ok):

@@ -7,6 +7,7 @@ se = |half_a - half_b| / 2 (the full average has half the variance of each half)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,75 +110,187 @@ class PeakMarker:
 
 @dataclass
 class MepFeatures:
-    onset_ms: np.ndarray  # NaN where no response crossed the threshold
+    onset_ms: np.ndarray  # NaN where no response reached the threshold
     p2p_uv: np.ndarray
     area_uv_ms: np.ndarray
-    threshold_uv: np.ndarray
+    threshold_uv: np.ndarray  # the peak-to-peak presence threshold used, µV
+
+
+# Typical MEP onset windows (ms after the stimulus) by muscle: the lower edge is the earliest onset a
+# response of that muscle can have, so anything earlier (a stimulus-artefact tail after the blanking) is not
+# it. Sources: MEPFeatX's onset table for adults (Nguyen et al., Sci Rep 13, 2023; github.com/
+# NeuromodulationUEF/MEPFeatX, reference/data/onset_threshold.xlsx): hand 18-28, forearm 13-22, biceps 13-22,
+# tibialis anterior 25-42 ms; mep-cmap-analyser's normative profiles (pypi.org/project/mep-cmap-analyser):
+# vastus lateralis 18-35, leg 28-45 ms; foot muscles (abductor hallucis, EHB/EDB) 35-60 ms, the longest
+# corticospinal path (TcMEP AH onsets of ~40-50 ms in adults; the wide upper edge allows for height).
+# Matched in order, first hit wins: full names before abbreviations.
+_ONSET_WINDOWS_MS: tuple[tuple[tuple[str, ...], tuple[float, float]], ...] = (
+    (("hallucis", "foot", "ehb", "edb", "ah", "fhb"), (35.0, 60.0)),
+    (("tibialis", "tib", "ta"), (25.0, 42.0)),
+    (("gastrocnemius", "gastroc", "gas", "soleus", "sol", "hamstring", "ham", "peroneus", "per"), (28.0, 45.0)),
+    (("quadriceps", "quad", "vastus", "vl", "vm", "rf", "adductor", "add"), (18.0, 35.0)),
+    (("pollicis", "digiti", "interosseous", "thenar", "hand", "apb", "adm", "fdi"), (18.0, 28.0)),
+    (("forearm", "carpi", "digitorum", "brachioradialis", "ecr", "fcr", "edc", "fds", "br"), (13.0, 22.0)),
+    (("biceps", "triceps", "deltoid", "bic", "tri", "del"), (13.0, 22.0)),
+)
+
+
+def mep_onset_window_ms(channel_name: str) -> tuple[float, float]:
+    """Typical (earliest, latest) MEP onset in ms for the muscle named in a channel label ("L APB",
+    "R tibialis anterior", "RTA", "L abductor hallucis"), or (0, inf) when no muscle is recognised. The
+    earliest onset is meant for mep_features(min_onset_ms=...)."""
+    words = re.findall(r"[a-z]+", channel_name.lower())
+    tokens = set(words)
+    for w in words:  # side glued to an abbreviation: "LAPB", "RTA"
+        if len(w) > 2 and w[0] in "lr":
+            tokens.add(w[1:])
+    for names, window in _ONSET_WINDOWS_MS:
+        for name in names:
+            if name in tokens or (len(name) > 4 and any(w.startswith(name) for w in words)):
+                return window
+    return 0.0, float("inf")
+
+
+# A phase is the start of the response when its peak reaches 6 noise SD: the published reference's
+# criterion (3 x its 3-MAD band), and out of reach of Gaussian noise (p ~ 2e-9 per sample).
+FIRST_PHASE_SD = 6.0
+# The onset is where that phase's rising edge is back inside 2 noise SD of the baseline ...
+ONSET_BAND_SD = 2.0
+# ... or, if later, where its slope falls to 1 SD of the baseline's slope: the knee, when the trace sat
+# a few µV off the pre-stimulus mean (slow wander, an offset) just before the response.
+ONSET_SLOPE_SD = 1.0
+# Phases separated by up to 4 ms of baseline are one response: a slow TA response crosses the baseline
+# between phases for up to ~3 ms. A longer gap is a break, so that a noise or EMG spike 5 ms or more
+# before the response is not its onset.
+PHASE_GAP_MS = 4.0
+# The level an MEP's area is taken about: the median of the trace over this stretch before the onset.
+AREA_LEVEL_MS = 3.0
+# Noise SD never taken below 0.5 µV (the amplifier's own floor), so that noiseless input has an onset.
+NOISE_FLOOR_UV = 0.5
 
 
 def mep_features(sweeps: np.ndarray, fs: float, pre_samples: int, start: int, min_threshold_uv: float = 50.0,
                  noise_factor: float = 5.0, noise_uv: float | np.ndarray | None = None,
-                 noise_mask: np.ndarray | None = None,
-                 onset_fraction: float = float(np.exp(-2.0))) -> MepFeatures:
+                 noise_mask: np.ndarray | None = None, onset_fraction: float | None = None,
+                 min_onset_ms: float | np.ndarray | None = None) -> MepFeatures:
     """Onset latency (ms), peak-to-peak amplitude (µV) and rectified area (µV·ms) of single MEP trials.
 
-    sweeps: conditioned [..., n_samples]; start: first sample after the stimulus blanking. The detection
-    threshold is the larger of min_threshold_uv and noise_factor x the noise SD (noise_uv, or the SD of the
-    samples in noise_mask, by default those before the stimulus, when there are at least 16).
+    sweeps: conditioned [..., n_samples]; start: first sample after the stimulus blanking; min_onset_ms:
+    the earliest onset the muscle can have (scalar, or per channel: broadcast against sweeps.shape[:-1];
+    see mep_onset_window_ms), so that an artefact tail after the blanking is not taken for the response.
+    The response window runs from the later of the two to the end of the sweep.
 
-    Onset: where the response rises out of the baseline, defined as the point before the first threshold
-    crossing where |x| falls to onset_fraction of the first phase's peak (e^-2: for a gaussian phase that
-    is 2 sigma before its peak, whatever the amplitude), or to twice the noise SD if that is higher;
-    interpolated between samples. The end mirrors it after the last crossing (the last phase's e^-2
-    level); p2p is measured over the response and the area integrates |x| from onset to end (µV·ms).
-    No crossing: onset NaN, area 0, p2p over the whole post-stimulus window (the noise's)."""
+    Baseline and noise: the mean and SD of the samples in noise_mask (by default those up to 0.5 ms before
+    the stimulus) when there are at least 16; noise_uv overrides the SD.
+
+    Present: the peak-to-peak over the response window reaches the threshold, max(min_threshold_uv,
+    2 x noise_factor x SD) (noise_factor SDs either side of the baseline).
+
+    Onset: the response's first phase is the earliest excursion beyond FIRST_PHASE_SD noise SD that is joined
+    to the largest one by gaps of at most PHASE_GAP_MS; the onset is where that phase's rising edge leaves
+    the ONSET_BAND_SD band around the baseline, or its knee (slope down to ONSET_SLOPE_SD slope SDs) if
+    later; interpolated between samples. onset_fraction (e.g. e^-2) additionally raises the band to that
+    fraction of the first phase's peak (the former definition).
+
+    p2p runs from the onset to the end of the window, so that no phase, however small or late, is cut. The
+    end, for the area, mirrors the onset after the last excursion beyond FIRST_PHASE_SD joined to the largest
+    by gaps of at most PHASE_GAP_MS; the area integrates |x - level| from onset to end (µV·ms), level being
+    the trace's median over AREA_LEVEL_MS before the onset. No response: onset NaN, area 0, p2p over the
+    window (the noise's).
+    """
     x = np.asarray(sweeps, dtype=np.float64)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    n_rows, n_samples = x2.shape
     if noise_mask is None:
-        noise_mask = np.zeros(x2.shape[-1], dtype=bool)
+        noise_mask = np.zeros(n_samples, dtype=bool)
         noise_mask[: max(0, pre_samples - int(0.0005 * fs))] = True
-    pre_seg = x2[:, noise_mask]
+    noise_mask = np.asarray(noise_mask, dtype=bool)
+    have_noise = int(noise_mask.sum()) >= 16
+    baseline = x2[:, noise_mask].mean(axis=1) if have_noise else np.zeros(n_rows)
+    y = x2 - baseline[:, None]
     if noise_uv is not None:
         sd = np.broadcast_to(np.asarray(noise_uv, dtype=float), lead).reshape(-1)
-    elif pre_seg.shape[1] >= 16:
-        sd = np.std(pre_seg, axis=1)
+    elif have_noise:
+        sd = np.std(y[:, noise_mask], axis=1)
     else:
-        sd = np.zeros(len(x2))
-    thr = np.maximum(min_threshold_uv, noise_factor * sd)
-    post = np.abs(x2[:, start:])
-    above = post > thr[:, None]
-    any_above = above.any(axis=1)
-    first = np.argmax(above, axis=1)
-    last = post.shape[1] - 1 - np.argmax(above[:, ::-1], axis=1)
-    onset = np.full(len(x2), np.nan)
-    p2p = np.ptp(x2[:, start:], axis=1) if post.shape[1] else np.zeros(len(x2))
-    area = np.zeros(len(x2))
-    for r in np.flatnonzero(any_above):
-        f = int(first[r])
-        seg = x2[r, start:]
-        # The first phase: from the crossing to the next change of sign; its peak sets the onset level.
-        sign = np.sign(seg[f])
-        change = np.flatnonzero(np.sign(seg[f:]) != sign)
-        end1 = f + (int(change[0]) if len(change) else len(seg) - f)
-        peak = float(np.max(np.abs(seg[f:end1])))
-        level = max(onset_fraction * peak, 2.0 * sd[r])
-        below = np.flatnonzero(post[r, :f + 1] <= level)
-        if len(below):
-            k = int(below[-1])  # post[k] <= level < post[k + 1]: interpolate the crossing
-            y0, y1 = post[r, k], post[r, k + 1]
-            foot = k + (level - y0) / (y1 - y0) if y1 > y0 else float(k)
-        else:
-            foot = 0.0
-        onset[r] = (start + foot - pre_samples) / fs * 1e3
-        # The end, mirrored: after the last crossing, where |x| falls to the same fraction of the last phase.
-        e = int(last[r])
-        change = np.flatnonzero(np.sign(seg[: e + 1]) != np.sign(seg[e]))
-        begin_last = int(change[-1]) + 1 if len(change) else 0
-        level_end = max(onset_fraction * float(np.max(post[r, begin_last: e + 1])), 2.0 * sd[r])
-        after = np.flatnonzero(post[r, e:] <= level_end)
-        stop = e + (int(after[0]) if len(after) else len(seg) - e)
-        resp = x2[r, start + int(np.floor(foot)): start + stop]
-        p2p[r] = np.ptp(resp) if len(resp) else 0.0
-        area[r] = np.sum(np.abs(resp)) / fs * 1e3
+        sd = np.zeros(n_rows)
+    slope = np.gradient(y, axis=1) if n_samples > 1 else np.zeros_like(y)  # µV per sample
+    slope_sd = np.std(slope[:, noise_mask], axis=1) if have_noise else np.full(n_rows, np.nan)
+    thr = np.maximum(min_threshold_uv, 2.0 * noise_factor * sd)
+    noise = np.maximum(sd, NOISE_FLOOR_UV)
+
+    first_sample = np.full(n_rows, int(start))
+    if min_onset_ms is not None:
+        earliest = np.nan_to_num(np.broadcast_to(np.asarray(min_onset_ms, dtype=float), lead).reshape(-1))
+        first_sample = np.maximum(first_sample, pre_samples + np.ceil(earliest * 1e-3 * fs).astype(int))
+    first_sample = np.clip(first_sample, 0, n_samples)
+    gap = int(round(PHASE_GAP_MS * 1e-3 * fs))
+
+    onset = np.full(n_rows, np.nan)
+    p2p = np.zeros(n_rows)
+    area = np.zeros(n_rows)
+    for r in range(n_rows):
+        s0 = int(first_sample[r])
+        w = y[r, s0:]
+        if len(w) < 2:
+            continue
+        p2p[r] = np.ptp(w)
+        if p2p[r] < thr[r]:
+            continue
+        out = np.flatnonzero(np.abs(w) > FIRST_PHASE_SD * noise[r])
+        main = int(np.argmax(np.abs(w)))
+        if not len(out):  # a response under 6 SD per side (p2p threshold met): the largest peak stands alone
+            out = np.array([main])
+        # The onset: back from the largest peak through excursions joined by short gaps, so that a stray
+        # noise or EMG spike well before the response is not its start.
+        before = out[: min(int(np.searchsorted(out, main)), len(out) - 1) + 1]
+        breaks = np.flatnonzero(np.diff(before) > gap)
+        first = int(before[breaks[-1] + 1]) if len(breaks) else int(before[0])
+
+        polarity = np.sign(w[first])
+        band = ONSET_BAND_SD * noise[r]
+        if onset_fraction is not None:
+            change = np.flatnonzero(np.sign(w[first:]) != polarity)
+            end_first = first + (int(change[0]) if len(change) else len(w) - first)
+            band = max(band, onset_fraction * float(np.max(polarity * w[first:end_first])))
+        foot = _crossing_before(polarity * w, first, band)
+        if np.isfinite(slope_sd[r]) and slope_sd[r] > 0:
+            knee = _crossing_before(polarity * slope[r, s0:], first, ONSET_SLOPE_SD * slope_sd[r])
+            foot = min(max(foot, knee), float(first))
+        onset[r] = (s0 + foot - pre_samples) / fs * 1e3
+
+        # The area is taken about the level the trace sat at just before the onset (the median of up to
+        # AREA_LEVEL_MS there), not the pre-stimulus mean: a TcMEP sweep's pre-stimulus samples hold the train's
+        # earlier pulses, and their tails leave the post-stimulus trace tens of µV off that mean, which would
+        # be integrated over the whole response and keep its end from being found.
+        i0 = int(np.floor(foot))
+        lead_in = w[max(0, i0 - int(round(AREA_LEVEL_MS * 1e-3 * fs))): i0]
+        v = w - (float(np.median(lead_in)) if len(lead_in) >= 8 else 0.0)
+        # The end: forward from the largest peak through excursions beyond FIRST_PHASE_SD joined by the same
+        # short gaps, so that a late noise spike does not stretch the area over baseline; then back inside the
+        # band.
+        after = main + np.flatnonzero(np.abs(v[main:]) > FIRST_PHASE_SD * noise[r])
+        stops = np.flatnonzero(np.diff(after) > gap)
+        last = int(after[stops[0]] if len(stops) else after[-1]) if len(after) else main
+        polarity_end = np.sign(v[last])
+        inside = np.flatnonzero(polarity_end * v[last:] <= band)
+        stop = last + (int(inside[0]) if len(inside) else len(w) - 1 - last)
+        # p2p from the onset to the end of the window: no phase of the response, however small or late, is
+        # cut, and noise after the response is far smaller than the response's own peaks.
+        p2p[r] = np.ptp(w[i0:])
+        area[r] = np.sum(np.abs(v[i0: stop + 1])) / fs * 1e3
     return MepFeatures(onset.reshape(lead), p2p.reshape(lead), area.reshape(lead), thr.reshape(lead))
+
+
+def _crossing_before(v: np.ndarray, i: int, level: float) -> float:
+    """The fractional index before sample i (where v > level) at which v last rose through level; 0 if v
+    was above it from the start."""
+    inside = np.flatnonzero(v[: i + 1] <= level)
+    if not len(inside):
+        return 0.0
+    k = int(inside[-1])
+    if k >= i:
+        return float(i)
+    lo, hi = v[k], v[k + 1]
+    return k + (level - lo) / (hi - lo) if hi > lo else float(k)

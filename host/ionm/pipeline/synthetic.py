@@ -29,15 +29,23 @@ def ssep_waveform(t_ms: np.ndarray, components: tuple[tuple[float, float, float]
 
 def mep_waveform(t_ms: np.ndarray, onset_ms: float, amplitude_uv: float, shape_seed: int = 0) -> np.ndarray:
     """A polyphasic muscle response, peak to peak amplitude_uv: 4 alternating gaussian phases, the first
-    peaking 2 sigma after onset_ms (so the onset is where the first phase reaches e^-2 of its peak)."""
+    peaking 2 sigma after onset_ms. The response is zero before onset_ms: the first phase rises from it as a
+    quarter sine to its peak and the later ones are held to the same ramp, so it leaves the baseline exactly at
+    onset_ms, steeply, as a motor unit volley does and as a reader marks the onset (a gaussian's tail would leave
+    it wherever the noise lets one see it: up to a sigma earlier on a large response)."""
     rng = np.random.default_rng(shape_seed)
     out = np.zeros_like(t_ms, dtype=float)
     t, sign = onset_ms, 1.0 if rng.random() < 0.5 else -1.0
+    ramp = np.ones_like(out)
     for k in range(4):
         sigma = rng.uniform(0.6, 1.5)
+        a = sign * rng.uniform(0.5, 1.0) * 0.85**k
         if k == 0:
             t += 2.0 * sigma
-        out += sign * rng.uniform(0.5, 1.0) * 0.85**k * np.exp(-0.5 * ((t_ms - t) / sigma) ** 2)
+            ramp = np.sin(0.5 * np.pi * np.clip((t_ms - onset_ms) / (2.0 * sigma), 0.0, 1.0))
+            out += a * np.where(t_ms < t, ramp, np.exp(-0.5 * ((t_ms - t) / sigma) ** 2))
+        else:
+            out += ramp * a * np.exp(-0.5 * ((t_ms - t) / sigma) ** 2)
         sign = -sign
         t += rng.uniform(1.8, 3.5)
     return out * amplitude_uv / max(float(np.ptp(out)), 1e-12)
