@@ -194,3 +194,32 @@ def test_a_resumed_case_keeps_its_clock_when_the_source_restarts_at_zero(tmp_pat
         assert len(events) == 1 and events[0]["detail"]["offset_s"] > last_t
     finally:
         store.close()
+
+
+def test_an_early_baseline_says_what_each_channel_needs_and_completes_by_itself(tmp_path: Path) -> None:
+    """B pressed after 3 s (~14 sweeps a site): the technologist is told, per channel not yet reproducible, how
+    many more sweeps and about how many seconds it needs; the baseline keeps collecting and completes by itself,
+    and channels untracked at first are then tracked (no channel stays silently untracked)."""
+    from ionm_hw.patient import load_scenario
+
+    store = CaseStore(tmp_path / "cases.db")
+    try:
+        engine, cid = run_case(store, load_scenario("stable"), duration_s=90.0, mep_every=2.0,
+                               actions=[(3.0, command(*TECH, {"cmd": "baseline"}))])
+        texts = [(e["t_s"], e["text"]) for e in engine.timeline if e.get("kind") == "baseline"]
+        ssep = [k for k in engine.streams if k.startswith("ssep")]
+        firsts = {k: next(x for _, x in texts if x.startswith("baseline %s from " % k)) for k in ssep}
+        # 14 sweeps reproduce no cortical SSEP: every site is told what it needs and that it goes on collecting.
+        for first in firsts.values():
+            assert "still collecting, completes by itself" in first and "more sweeps (~" in first, first
+        done = [k for k in ssep if any(x.startswith("baseline %s completed by itself from " % k) for _, x in texts)]
+        assert done, texts
+        for k in done:
+            rows = [b for b in store.baselines(cid) if b["stream"] == k]
+            first, final = rows[0]["refs"], rows[-1]["refs"]
+            assert len(rows) >= 2
+            assert sum(r["tracked"] for r in final) > sum(r["tracked"] for r in first), (k, first, final)
+            assert engine.streams[k].collecting is None
+        assert any(a["action"] == "baseline.extend" for a in store.rows("audit", cid))
+    finally:
+        store.close()

@@ -48,6 +48,10 @@ STACK_EVERY_S = 10.0  # case seconds between traces of the waveform stack (and s
 STACK_DEPTH = 8
 TREND_EVERY_S = 1.0  # case seconds between trend points per stream
 BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
+# A baseline that leaves channels untracked keeps collecting up to this many sweeps (SSEP: ~4 min at 4.7 Hz),
+# then completes by itself; a channel that would need more is reported as not reproducible.
+BASELINE_SWEEPS_MAX = {"mep": 15, "ssep": 1200}
+BASELINE_EXTENSIONS_MAX = 8  # automatic rebuilds per baseline request (each one's estimate is better)
 LINK_EVERY_S = 1.0
 TECHNICAL_EVERY_S = 0.25  # how often the technical alarms are checked (wall s)
 PUBLISH_EVERY_S = 0.1  # when sweeps queue up (fast replay), frames at least this often
@@ -98,6 +102,9 @@ class Stream:
     baseline: dict[str, Any] | None = None
     baseline_pending: bool = False
     catchup: list[tuple[float, np.ndarray]] | None = None
+    # a baseline still collecting for untracked channels: {user, t_req, first_t, extension, names, have (sweeps
+    # since first_t), due_n (sweeps it waits for), due_t (about when, case s; NaN: rate unknown), eta}
+    collecting: dict[str, Any] | None = None
     stack: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=STACK_DEPTH))
     last_stack_t: float = -math.inf
     last_trend_t: float = -math.inf
@@ -368,7 +375,7 @@ class CaseEngine:
         show = [side is None or modalities.side_of(nm) in (None, side) for nm in names]
         m = modalities.get(sw.modality)
         cond = conditioning.Conditioner(sw.fs, sw.data_uv.shape[1], sw.pre_samples, m.band_hz, m.blank_ms, ())
-        depth = BASELINE_SWEEPS["mep" if sw.modality == "mep" else "ssep"]
+        depth = BASELINE_SWEEPS_MAX["mep" if sw.modality == "mep" else "ssep"]
         st = Stream(key, sw.modality, sw.source, float(sw.fs), int(sw.pre_samples), int(sw.data_uv.shape[1]), names,
                     tuple(sw.channels), self._evaluator(sw.fs, sw.pre_samples, sw.data_uv.shape[1], sw.modality, names),
                     cond, show, recent=deque(maxlen=depth), states=["normal"] * len(names))
@@ -441,6 +448,10 @@ class CaseEngine:
         if self.auto_baseline_s is not None and sw.t_s >= self.auto_baseline_s and st.baseline is None \
                 and not st.baseline_pending:
             self.request_baseline(key, "system")
+        if st.collecting is not None:
+            st.collecting["have"] += 1
+            if st.collecting["have"] >= st.collecting["due_n"] and not st.baseline_pending:
+                self._extend_baseline(st)
         st.dirty = True
         st.arr0 = arrival if st.arr0 is None else st.arr0
         st.arr1 = arrival
@@ -521,6 +532,9 @@ class CaseEngine:
             "units": "µV", "channels": chans,
             "baseline": None if st.baseline is None else {"t_s": st.baseline["t_s"], "user": st.baseline["user"]},
             "baseline_pending": st.baseline_pending,
+            "collecting": None if st.collecting is None else {
+                "due_in_s": _num(round(max(st.collecting["due_t"] - st.t_s, 0.0), 1)),
+                "channels": st.collecting["eta"]},
             "criteria": {"amp_alert": _num(m.amplitude_ratio_alert), "lat_alert": _num(m.latency_ratio_alert),
                          "amp_warning": _num(m.amplitude_ratio_warning), "lat_warning": _num(m.latency_ratio_warning)},
         }
@@ -572,20 +586,42 @@ class CaseEngine:
         st = self.streams[key]
         if st.baseline_pending or not st.recent:
             return False
-        sweeps = list(st.recent)
+        sweeps = list(st.recent)[-BASELINE_SWEEPS["mep" if st.modality == "mep" else "ssep"]:]
+        st.collecting = None  # a new request replaces any baseline still collecting
+        self._start_baseline(st, sweeps, user, self.t_s, extension=0)
+        self.store.audit(self.case_id, user, "baseline.request", {"stream": key, "sweeps": len(sweeps)})
+        return True
+
+    def _start_baseline(self, st: Stream, sweeps: list[tuple[float, np.ndarray]], user: str, t_req: float,
+                        extension: int) -> None:
         st.baseline_pending = True
         st.catchup = []
         st.dirty = True
-        self._baseline_jobs.put(lambda: self._build_baseline(st, sweeps, user, self.t_s))
-        self.store.audit(self.case_id, user, "baseline.request", {"stream": key, "sweeps": len(sweeps)})
-        return True
+        self._baseline_jobs.put(lambda: self._build_baseline(st, sweeps, user, t_req, extension))
+
+    def _extend_baseline(self, st: Stream) -> None:
+        """The baseline collected long enough for its untracked channels: build it again from every sweep since
+        it began (engine thread). Not while a channel of the stream is in alert: a change must not become the
+        reference."""
+        col = st.collecting
+        assert col is not None
+        if any(s == "alert" for s in st.states):
+            st.collecting = None
+            self._event("baseline", "baseline %s: stopped collecting for %s (the stream is in alert)"
+                        % (st.key, ", ".join(col["names"])), "system")
+            return
+        sweeps = [(t, x) for t, x in st.recent if t >= col["first_t"]]
+        self.store.audit(self.case_id, "system", "baseline.extend", {"stream": st.key, "sweeps": len(sweeps),
+                                                                     "for": col["names"]})
+        self._start_baseline(st, sweeps, col["user"], col["t_req"], extension=col["extension"] + 1)
 
     def _baseline_loop(self) -> None:
         while self._running:
             job = self._baseline_jobs.get()
             job()
 
-    def _build_baseline(self, st: Stream, sweeps: list[tuple[float, np.ndarray]], user: str, t_req: float) -> None:
+    def _build_baseline(self, st: Stream, sweeps: list[tuple[float, np.ndarray]], user: str, t_req: float,
+                        extension: int = 0) -> None:
         """Baseline thread: a fresh evaluator fed with the recent sweeps, baseline set; then swapped in."""
         try:
             ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names)
@@ -596,7 +632,47 @@ class CaseEngine:
             err = repr(exc)
             self._submit(lambda: self._baseline_failed(st, user, err))
             return
-        self._submit(lambda: self._baseline_ready(st, ev, sweeps, user, t_req))
+        self._submit(lambda: self._baseline_ready(st, ev, sweeps, user, t_req, extension))
+
+    def _readiness(self, st: Stream, ev: Any, sweeps: list[tuple[float, np.ndarray]], user: str, t_req: float,
+                   extension: int) -> str:
+        """Per untracked channel, how many more sweeps (and about how many seconds) its baseline needs; the
+        stream keeps collecting for them and completes by itself (st.collecting): it is built again once that
+        many more sweeps have come. '' when all are tracked."""
+        more = ev.baseline_readiness()
+        st.collecting = None
+        untracked = [c for c in range(len(st.names)) if st.show[c] and more[c] != 0]
+        if not untracked:
+            return ""
+        n = len(sweeps)
+        span = sweeps[-1][0] - sweeps[0][0]
+        per_s = (n - 1) / span if n > 1 and span > 0 else 0.0  # sweeps per second on this stream (0: unknown yet)
+        unit = "trials" if st.modality == "mep" else "sweeps"
+        cap = BASELINE_SWEEPS_MAX["mep" if st.modality == "mep" else "ssep"]
+        waiting: dict[str, int] = {}
+        hopeless: list[str] = []
+        for c in untracked:
+            m, name = more[c], short_name(st.names[c])
+            if m is None or n + m > cap or extension >= BASELINE_EXTENSIONS_MAX:
+                hopeless.append(name)
+            else:
+                waiting[name] = int(m)
+        parts = []
+        if waiting:
+            need = max(waiting.values())
+            have = sum(1 for t, _ in st.recent if t >= sweeps[0][0])  # the sweeps so far, with any that came since
+            st.collecting = {"user": user, "t_req": t_req, "first_t": sweeps[0][0], "extension": extension,
+                             "names": list(waiting), "have": have, "due_n": n + need,
+                             "due_t": self.t_s + need / per_s if per_s > 0 else math.nan,
+                             "eta": {nm: round(m / per_s) if per_s > 0 else None for nm, m in waiting.items()}}
+            parts.append("still collecting, completes by itself: " + ", ".join(
+                "%s needs ~%d more %s%s" % (nm, m, unit, " (~%.0f s)" % (m / per_s) if per_s > 0 else "")
+                for nm, m in waiting.items()))
+        if hopeless:
+            parts.append("not reproducible, not tracked: %s" % ", ".join(hopeless))
+        self.store.audit(self.case_id, "system", "baseline.readiness",
+                         {"stream": st.key, "waiting": waiting, "not_reproducible": hopeless})
+        return " (" + "; ".join(parts) + ")"
 
     def _baseline_failed(self, st: Stream, user: str, err: str) -> None:
         st.baseline_pending, st.catchup, st.dirty = False, None, True
@@ -604,7 +680,7 @@ class CaseEngine:
         self._event("event", "baseline of %s failed: %s" % (st.key, err), "system")
 
     def _baseline_ready(self, st: Stream, ev: Any, sweeps: list[tuple[float, np.ndarray]], user: str,
-                        t_req: float) -> None:
+                        t_req: float, extension: int = 0) -> None:
         for t, x in st.catchup or []:
             res = ev.process(x, t)
             for a in res.alerts:
@@ -632,10 +708,9 @@ class CaseEngine:
         self.store.audit(self.case_id, user, "baseline", {"stream": st.key, "t_s": t_req, "sweeps": len(sweeps),
                                                           "first_t": first_t, "last_t": last_t,
                                                           "tracked": [r["tracked"] for r in refs]})
-        untracked = [short_name(st.names[c]) for c in range(len(st.names)) if not refs[c]["tracked"] and st.show[c]]
-        text = "baseline %s from %d sweeps" % (st.key, len(sweeps))
-        if untracked:
-            text += " (not reproducible, not tracked: %s)" % ", ".join(untracked)
+        more = self._readiness(st, ev, sweeps, user, t_req, extension)
+        verb = "from" if not extension else "updated by itself from" if st.collecting else "completed by itself from"
+        text = "baseline %s %s %d sweeps" % (st.key, verb, len(sweeps)) + more
         weak = [(short_name(st.names[c]), se) for c, se in ev.weak_baselines().items() if st.show[c]]
         if weak:
             text += " (weak baseline, a change takes longer to confirm: %s)" % ", ".join(

@@ -18,7 +18,7 @@ from ionm.pipeline.averaging import Average, PerChannelAverages
 from ionm.pipeline.baseline import BaselineAccumulator
 from ionm.pipeline.conditioning import ArtifactRejector, Conditioner
 from ionm.pipeline.peaks import MepFeatures, Peak, PeakMarker, mep_features, mep_onset_window_ms
-from ionm.pipeline.tracker import KalmanState, Tracker
+from ionm.pipeline.tracker import MAX_BASELINE_SE, KalmanState, Tracker
 
 # A tracked channel whose baseline level is known to worse than ±10 % (relative SE) is a weak baseline: the
 # 50 % criterion sits at most 5 of its SEs below the baseline, so confirming a change there takes long averages
@@ -160,6 +160,42 @@ class Evaluator:
         if self.modality.single_trial or not self.baseline_set or not self.tracked[ch]:
             return float("nan")
         return float(self.tracker.windows.baseline_se[ch])
+
+    def baseline_readiness(self) -> list[int | None]:
+        """Per channel, after set_baseline(): how many more sweeps (MEP: trials) its baseline needs to be
+        tracked; 0 when tracked, None when no response was found to extrapolate from.
+
+        SSEP: a baseline is tracked when its level's standard error is at most MAX_BASELINE_SE; that error falls
+        as 1/sqrt(n) with the sweeps averaged, so n x (se / MAX_BASELINE_SE)^2 sweeps are needed in all (an
+        estimate: the split-halves term falls faster, so it errs on the long side)."""
+        n_ch = len(self.names)
+        if not self.baseline_set:
+            return [None] * n_ch
+        out: list[int | None] = []
+        if self.modality.single_trial:
+            for c, trials in enumerate(self._mep_base):
+                good = sum(1 for _, o in trials if np.isfinite(o))
+                if self.tracked[c]:
+                    out.append(0)
+                elif good == 0:
+                    out.append(None)
+                else:  # enough trials with a response, and most of them
+                    out.append(max(self.cfg.mep_baseline_trials - good, len(trials) + 1 - 2 * good, 1))
+            return out
+        bank = self.tracker.bank
+        for c in range(n_ch):
+            n_b = int(self.accum.n[c])
+            if self.tracked[c]:
+                out.append(0)
+            elif n_b < self.cfg.min_baseline_sweeps:  # too few to judge yet: at least the minimum
+                out.append(self.cfg.min_baseline_sweeps - n_b)
+            elif bank is None or not np.isfinite(bank.baseline_se[c]):
+                out.append(None)
+            else:
+                need = int(np.ceil(n_b * (bank.baseline_se[c] / MAX_BASELINE_SE) ** 2))
+                need = max(need, self.cfg.min_baseline_sweeps)
+                out.append(max(need - n_b, 1))
+        return out
 
     def weak_baselines(self) -> dict[int, float]:
         """Tracked channels whose baseline level's relative SE exceeds WEAK_BASELINE_SE: {channel: SE}."""

@@ -158,8 +158,10 @@ function drawStream(key) {
   const shown = f.channels.map((c, i) => [c, i]).filter(([c]) => c.show);
   const worst = shown.some(([c]) => c.state === "alert") ? "alert" : shown.some(([c]) => c.state === "warning") ? "warning" : "";
   panel.classList.toggle("alert", worst === "alert"); panel.classList.toggle("warning", worst === "warning");
-  const base = f.baseline ? "baseline " + fmtT(f.baseline.t_s) + " (" + f.baseline.user + ")" :
+  let base = f.baseline ? "baseline " + fmtT(f.baseline.t_s) + " (" + f.baseline.user + ")" :
     f.baseline_pending ? "baseline being set…" : "no baseline";
+  if (f.collecting) base += " · still collecting for " + Object.keys(f.collecting.channels).join(", ") +
+    (f.collecting.due_in_s == null ? "" : " (~" + Math.round(f.collecting.due_in_s) + " s)");
   panel.querySelector(".meta").textContent = f.seq + (f.modality === "mep" ? " trains" : " sweeps") + " · " +
     f.rejected + " rejected · " + base;
   panel.querySelector(".basebtn").disabled = !can("baseline");
