@@ -163,3 +163,116 @@ def make_mep(n_trials: int, *, seed: int, fs: float = 8000.0, interval_s: float 
             "stim_time_s": stim, "modality": np.array("mep"), "baseline_end_s": np.float64(baseline_end_s),
             "channel_names": np.array(names),
             "truth": {"onset_ms": np.array(onset), "p2p_uv": p2p, "area_uv_ms": area}}
+
+
+# -- multi-derivation recordings of one stimulated limb ---------------------------------------------------------
+# Per derivation: its label (site and side inferred by ionm.pipeline.modalities as for a real montage), the
+# components it records (latency ms, amplitude µV, gaussian SD ms: negative = N) and its background noise in the
+# 30-1000 Hz band (µV RMS per sweep). Figures as in the virtual patient (hardware/ionm_hw/physiology): the nerve
+# responses are sharp, their negative peak 0.8 ms wide at half height (SD 0.34 ms), between two small positive
+# phases; the cervical N13 is ~2 ms wide and the cortical components 3-7 ms. The ipsilateral scalp channel
+# carries a tenth of the cortical response, the other side's nerve channel none.
+_NERVE_SD_MS = 0.8 / (2.0 * np.sqrt(2.0 * np.log(2.0)))  # 0.34 ms: 0.8 ms full width at half maximum
+MONTAGE_UPPER: tuple[tuple[str, tuple[tuple[float, float, float], ...], float], ...] = (
+    ("C4'-Fz (L median cortical N20)", ((19.5, -1.6, 1.3), (24.5, 1.9, 2.2), (32.0, -0.8, 3.5)), 2.5),
+    ("C3'-Fz (R median cortical N20)", ((19.5, -0.16, 1.3), (24.5, 0.19, 2.2)), 2.5),
+    ("Cv5-Fz (cervical N13)", ((11.3, 0.3, 0.6), (13.3, -1.5, 0.9), (15.8, 0.5, 1.3)), 2.0),
+    ("EpL-Fz (L Erb's point N9)", ((8.8, 0.75, 0.25), (9.7, -3.0, _NERVE_SD_MS), (11.0, 1.35, 0.6)), 1.5),
+    ("EpR-Fz (R Erb's point N9)", (), 1.5),
+)
+MONTAGE_LOWER: tuple[tuple[str, tuple[tuple[float, float, float], ...], float], ...] = (
+    ("CPz-CP4 (L tibial cortical P37)", ((38.5, 1.1, 2.0), (46.0, -1.2, 2.8), (56.0, 0.55, 4.0)), 2.5),
+    ("CPz-CP3 (R tibial cortical P37)", ((38.5, 0.33, 2.0), (46.0, -0.36, 2.8)), 2.5),
+    ("PFLp-PFLd (L popliteal fossa)", ((7.8, 0.4, 0.25), (8.7, -2.0, _NERVE_SD_MS), (10.0, 0.8, 0.5)), 1.0),
+    ("PFRp-PFRd (R popliteal fossa)", (), 1.0),
+    ("Cz'-Fpz (tibial cortical P37, both sides)", ((38.5, 0.5, 2.0), (46.0, -0.55, 2.8)), 3.0),
+)
+_CHUNK = 1000  # sweeps rendered at a time (the random draws are the same whatever the recording's length)
+
+
+def ssep_montage_chunks(n_sweeps: int, *, seed: int, modality: str = "ssep-upper", fs: float = 8000.0,
+                        rate_hz: float = 4.7, pre_ms: float = 5.0,
+                        amplitude: Callable[[np.ndarray], np.ndarray] | None = None,
+                        latency: Callable[[np.ndarray], np.ndarray] | None = None,
+                        latency_jitter_ms: float = 0.2, latency_wander_ms: float = 0.2,
+                        wander: Callable[[np.ndarray], np.ndarray] | None = None, amplitude_cv: float = 0.08,
+                        mains_uv: float = 20.0, mains_hz: float = 50.0,
+                        drift_uv: float = 100.0, noise_scale: float = 1.0):
+    """Sweeps of one stimulated limb's montage (MONTAGE_UPPER / MONTAGE_LOWER), in chunks of up to _CHUNK sweeps,
+    each a dict {"stim_time_s" [k], "sweeps" float32 µV [k, n_channels, n_samples], "amplitude", "latency" [k,
+    n_channels] (the scripted truth), "shift_ms" [k] (the jitter and wander, not truth)}; hours of recording never
+    sit in memory at once.
+
+    amplitude, latency: callables of the stimulus times (s) returning the truth [k] or [k, n_channels] (default
+    1). Latency is a stretch about the stimulus, as in make_ssep. On top of the truth, what a stable patient
+    adds without any change: a latency shift of every component, the same on every derivation of the volley,
+    made of trial-to-trial jitter (SD latency_jitter_ms) and a slow wander (three sinusoids of periods 1-15 min,
+    SD latency_wander_ms in total, so peaks of ~2.5 SD; or wander(stimulus times) in ms); a trial-to-trial
+    amplitude variation (lognormal, amplitude_cv); mains locked to wall-clock time at mains_hz with its 2nd and
+    3rd harmonics, its frequency
+    drifting by ±3 mHz, a per-derivation pick-up of mains_uv µV times a lognormal factor; a baseline drift of
+    drift_uv µV made of slow sinusoids (0.05-2 Hz) of absolute time; a 500 µV electrode offset and a
+    stimulus artefact."""
+    montage = MONTAGE_UPPER if modality == "ssep-upper" else MONTAGE_LOWER
+    rng = np.random.default_rng(seed)
+    n_ch = len(montage)
+    pre = int(round(pre_ms * 1e-3 * fs))
+    n = pre + int(round((50.0 if modality == "ssep-upper" else 90.0) * 1e-3 * fs))
+    t_ms = (np.arange(n) - pre) / fs * 1e3
+    first_stim = rng.uniform(0, 1.0 / rate_hz)
+    wander_hz = 1.0 / rng.uniform(60.0, 900.0, 3)
+    wander_phase = rng.uniform(0, 2 * np.pi, 3)
+    mains_gain = mains_uv * np.exp(0.5 * rng.standard_normal(n_ch))
+    mains_phase = rng.uniform(0, 2 * np.pi, (n_ch, 3))
+    drift_hz = rng.uniform(0.05, 2.0, (n_ch, 4))
+    drift_phase = rng.uniform(0, 2 * np.pi, (n_ch, 4))
+    noise_uv = np.array([m[2] for m in montage]) * noise_scale
+    sos = signal.butter(2, [30.0, min(1000.0, 0.45 * fs)], btype="bandpass", fs=fs, output="sos")
+    in_band = float(signal.sosfiltfilt(sos, coloured_noise(rng, (50, n), fs), axis=-1).std())
+    art = 300.0 * np.exp(-np.clip(t_ms, 0, None) / 0.5) * (t_ms >= 0)
+    for start in range(0, n_sweeps, _CHUNK):
+        k = min(_CHUNK, n_sweeps - start)
+        stim = first_stim + np.arange(start, start + k) / rate_hz
+
+        amp, lat = _scripted(amplitude, stim, n_ch), _scripted(latency, stim, n_ch)
+        if wander is None:
+            slow = latency_wander_ms * np.sqrt(2.0 / 3.0) * np.sin(2 * np.pi * np.outer(stim, wander_hz)
+                                                                    + wander_phase).sum(axis=1)
+        else:
+            slow = np.asarray(wander(stim), dtype=float)
+        shift = slow + latency_jitter_ms * rng.standard_normal(k)
+        trial_amp = np.exp(amplitude_cv * rng.standard_normal(k) - 0.5 * amplitude_cv**2)
+        sweeps = coloured_noise(rng, (k, n_ch, n), fs) * (noise_uv / in_band)[None, :, None]
+        tt = t_ms[None, :] - shift[:, None]
+        for c, (_, comps, _) in enumerate(montage):
+            a = (amp[:, c] * trial_amp)[:, None]
+            s = lat[:, c][:, None]
+            for lat_ms, amp_uv, sd_ms in comps:
+                sweeps[:, c] += a * amp_uv * np.exp(-0.5 * ((tt - lat_ms * s) / (sd_ms * s)) ** 2)
+        t_abs = stim[:, None] + (np.arange(n) - pre)[None, :] / fs
+        # Mains phase in cycles: the nominal frequency plus a drift of 3 mHz amplitude over a 97 s period.
+        cycles = mains_hz * t_abs + 0.003 * 97.0 / (2 * np.pi) * (1.0 - np.cos(2 * np.pi * t_abs / 97.0))
+        for c in range(n_ch):
+            for h, rel in ((1, 1.0), (2, 0.1), (3, 0.3)):
+                sweeps[:, c] += mains_gain[c] * rel * np.sin(2 * np.pi * h * cycles + mains_phase[c, h - 1])
+            sweeps[:, c] += 0.5 * drift_uv * np.sin(2 * np.pi * t_abs[..., None] * drift_hz[c]
+                                                     + drift_phase[c]).sum(axis=-1)
+        sweeps += art + 500.0
+        yield {"stim_time_s": stim, "sweeps": sweeps.astype(np.float32), "amplitude": amp, "latency": lat,
+               "shift_ms": shift}
+
+
+def _scripted(v: Callable[[np.ndarray], np.ndarray] | None, stim: np.ndarray, n_ch: int) -> np.ndarray:
+    """A scripted truth at these stimulus times as [k, n_ch] (1 when not scripted)."""
+    out = np.ones(len(stim)) if v is None else np.asarray(v(stim), dtype=float)
+    return np.broadcast_to(out[:, None] if out.ndim == 1 else out, (len(stim), n_ch)).copy()
+
+
+def ssep_montage_header(modality: str = "ssep-upper", fs: float = 8000.0, pre_ms: float = 5.0,
+                        baseline_end_s: float = 240.0) -> dict:
+    """The interchange keys of a ssep_montage_chunks recording other than its sweeps and stimulus times."""
+    montage = MONTAGE_UPPER if modality == "ssep-upper" else MONTAGE_LOWER
+    pre = int(round(pre_ms * 1e-3 * fs))
+    n = pre + int(round((50.0 if modality == "ssep-upper" else 90.0) * 1e-3 * fs))
+    return {"fs": np.float64(fs), "pre_samples": np.int64(pre), "n_samples": n, "modality": np.array(modality),
+            "baseline_end_s": np.float64(baseline_end_s), "channel_names": np.array([m[0] for m in montage])}
