@@ -67,8 +67,26 @@ def browser():
         b.close()
 
 
-def login(browser: Any, url: str, user: str) -> Any:
+# Records every text drawn on a canvas since its last clear (a fillRect from the origin), with its box in CSS px,
+# so that a test can tell whether labels are written over one another.
+TEXT_RECORDER = """(() => {
+  const P = CanvasRenderingContext2D.prototype, fillText = P.fillText, fillRect = P.fillRect;
+  P.fillRect = function (x, y) {
+    if (x === 0 && y === 0) this.canvas.__texts = [];
+    return fillRect.apply(this, arguments);
+  };
+  P.fillText = function (t, x, y) {
+    const size = +((/(\\d+(?:\\.\\d+)?)px/.exec(this.font) || [0, 10])[1]), w = this.measureText(t).width;
+    (this.canvas.__texts = this.canvas.__texts || []).push({t: String(t), x0: x, x1: x + w, y0: y - size, y1: y + 2});
+    return fillText.apply(this, arguments);
+  };
+})();"""
+
+
+def login(browser: Any, url: str, user: str, record_text: bool = False) -> Any:
     page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+    if record_text:
+        page.add_init_script(TEXT_RECORDER)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.errors = errors
@@ -157,7 +175,7 @@ def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(
     onset = 16.0
     case = Case(tmp_path, injury_scenario(onset), speed=2.0, mep_every=1.0)
     try:
-        tech = login(browser, case.url, "tech")
+        tech = login(browser, case.url, "tech", record_text=True)
         doc = login(browser, case.url, "doc")
         viewer = login(browser, case.url, "viewer")
         wait_case_time(tech, 10.0)
@@ -165,6 +183,7 @@ def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(
         tech.click("#baseall")
         poll(tech, "Object.values(window.ionm.frames).filter(f => f && f.baseline).length === 5", 20.0)
         assert case_time(tech) < onset, "baselines must be set before the injury"
+        assert_peak_labels_clear_of_channel_headers(tech)
         # The injury: the banner appears in every browser, naming the injured leg.
         for page in (tech, doc, viewer):
             page.wait_for_selector("#banner .item", timeout=30000)
@@ -200,6 +219,26 @@ def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(
         assert store.verify_audit()
     finally:
         store.close()
+
+
+def assert_peak_labels_clear_of_channel_headers(page: Any) -> None:
+    """On every wave canvas, no peak mark's name (onset, N20, ...) is written over a channel's name or values
+    (before the fix the MEP panel's onset labels, six muscles in one panel, were written over the next
+    channel's name)."""
+    poll(page, "[...document.querySelectorAll('.stream canvas.wave')].some(c => (c.__texts || [])"
+               ".some(x => /^[NP]\\d+$/.test(x.t)))", 20.0)
+    canvases = page.evaluate("[...document.querySelectorAll('.stream canvas.wave')].map(c => c.__texts || [])")
+    labels = 0
+    for texts in canvases:
+        headers = [x for x in texts if x["t"].startswith("● ") or "n=" in x["t"]]
+        marks = [x for x in texts if x not in headers and not x["t"].replace(" ms", "").lstrip("-").isdigit()
+                 and not x["t"].startswith(("no baseline", "baseline being"))]
+        labels += len(marks)
+        for m in marks:
+            for h in headers:
+                overlap = m["x0"] < h["x1"] and h["x0"] < m["x1"] and m["y0"] < h["y1"] and h["y0"] < m["y1"]
+                assert not overlap, (m, h)
+    assert labels > 0
 
 
 def element_pixels(page: Any, selector: str) -> np.ndarray:

@@ -169,6 +169,8 @@ function drawStream(key) {
   drawTrend(panel.querySelector("canvas.trend"), f, shown, S.trend[key] || []);
 }
 
+const HEADER_H = 28;  // px: a wave row's two header lines (channel name at +12, values at +25)
+
 function drawWaves(cv, f, shown, stack) {
   const [ctx, W, H] = sizeCanvas(cv);
   ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
@@ -198,7 +200,7 @@ function drawWaves(cv, f, shown, stack) {
       ctx.stroke(); ctx.setLineDash([]);
     };
     // the stack: the previous averages as a waterfall above the newest, older ones higher and fainter
-    ctx.save(); ctx.beginPath(); ctx.rect(0, y0 + 28, W, rowH - 28); ctx.clip();
+    ctx.save(); ctx.beginPath(); ctx.rect(0, y0 + HEADER_H, W, rowH - HEADER_H); ctx.clip();
     traces.slice(-5, -1).forEach((tr, k, all) => {
       const w = tr.waves[i]; if (!w) return;
       const age = all.length - k;
@@ -207,12 +209,25 @@ function drawWaves(cv, f, shown, stack) {
     ctx.restore();
     if (c.base) line(c.base, "#3fb950", 1.5, 0, [5, 3]);
     line(c.wave, COLORS[i % COLORS.length], 2, 0);
+    // Peak marks: a triangle pointing at the peak with its name above it, or below it, whichever stays inside
+    // the row under its two header lines (channel name and values, y0 .. y0 + HEADER_H). A row too short for
+    // either (six MEP channels in one panel) gets a tick through the trace instead of a name: a label there
+    // would be written over this row's or the next row's channel name.
     for (const p of c.peaks || []) {
       if (p.lat === null) continue;
-      const x = X(p.lat), y = mid - (p.amp || 0) * scale;
-      ctx.fillStyle = p.manual ? "#ffa657" : "#e6edf3";
-      ctx.beginPath(); ctx.moveTo(x, y - 4); ctx.lineTo(x - 4, y - 11); ctx.lineTo(x + 4, y - 11); ctx.fill();
-      ctx.font = "10px sans-serif"; ctx.fillText(p.name, x - 8, y - 13);
+      const x = X(p.lat), y = mid - (p.amp || 0) * scale, lo = y0 + HEADER_H, hi = y0 + rowH;
+      ctx.fillStyle = ctx.strokeStyle = p.manual ? "#ffa657" : "#e6edf3";
+      ctx.font = "10px sans-serif";
+      if (y - 23 >= lo && y - 4 <= hi) {
+        ctx.beginPath(); ctx.moveTo(x, y - 4); ctx.lineTo(x - 4, y - 11); ctx.lineTo(x + 4, y - 11); ctx.fill();
+        ctx.fillText(p.name, x - 8, y - 13);
+      } else if (y + 4 >= lo && y + 23 <= hi) {
+        ctx.beginPath(); ctx.moveTo(x, y + 4); ctx.lineTo(x - 4, y + 11); ctx.lineTo(x + 4, y + 11); ctx.fill();
+        ctx.fillText(p.name, x - 8, y + 21);
+      } else {
+        ctx.lineWidth = 1; ctx.beginPath(); ctx.moveTo(x, Math.max(lo, y - 8)); ctx.lineTo(x, Math.min(hi, y + 8));
+        ctx.stroke();
+      }
     }
     ctx.fillStyle = STATE_COLOR[c.state] || "#e6edf3"; ctx.font = "bold 11px sans-serif";
     ctx.fillText("● " + c.name, left + 2, y0 + 12);
