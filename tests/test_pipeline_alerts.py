@@ -245,3 +245,20 @@ def test_non_finite_samples_reject_only_their_channel_with_their_own_reason():
     assert counts[NAMES[0]].get("nonfinite") == 2 and counts[NAMES[1]].get("nonfinite") == 1
     assert sum(counts[NAMES[0]].values()) == sum(r[0] is not None for r in reasons)
     assert ev.alerts == []
+
+
+def test_one_outlying_baseline_trial_does_not_delay_an_mep_alert():
+    """A baseline of 6 trains at CV 35 % with one trial at a fifth of the others (common: all-or-none, a
+    missed volley): the channel's criterion must not follow that trial deep below 20 %. The TA then drops to
+    12 %: alert within 2 trains. (With the plain SD of the baseline's log amplitudes its criterion fell far
+    below 20 % and this drop took 6 trains; the live-case bench's left TA took 5-6.)"""
+    n = 40
+    f = _lognormal_trials(n, 0.35, seed=31, n_channels=1)[:, 0]
+    f[3] = 0.2
+    level = np.where(np.arange(n) >= 12, 0.12, 1.0)
+    d = make_mep(n, seed=32, amplitude_uv=(800.0 * f * level)[:, None], interval_s=4.0, baseline_end_s=21.0,
+                 channel_names=["TA-L (L TA)"], onset_ms=28.0)
+    ev, _ = _evaluate(d)
+    t = d["stim_time_s"]
+    assert ev.mep_alerts.amplitude_level[0] >= 0.1
+    assert ev.alerts and t[12] < ev.alerts[0].t_s <= t[13]

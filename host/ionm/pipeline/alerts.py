@@ -9,16 +9,16 @@ on `confirm` consecutive sweeps; on entering or leaving alert the channel's wind
 needs evidence gathered after the last change.
 
 MEP (single trials, CV 27-48 % and all-or-none): each trial gives a ratio to the baseline median (a loss, no
-response above loss_uv, counts as ratio 0). The evidence is the last `window` accepted trials (default 3):
-the channel alerts when `confirm` of them (default 2, so the newest among them) meet the criterion: amplitude
-at or below 20 % of baseline (the -80 % rule; configurable, e.g. 0.5 or 0.35 for -50/-65 %), and below the
-baseline's own spread (exp(-spread_z x its log-amplitude SD): a channel whose baseline trials scatter widely
-needs a deeper drop), or onset latency at or above its criterion. One small trial is normal; two of three
-are not (a lognormal CV of 48 % puts a trial under 20 % once in ~6000). A channel in alert stays there
-until it has recovered: the window's median back at or above the warning level (50 %) with a response in
-the newest trial, and only then can it alert again, on new trials. Warning: the window's median at or
-below the warning level. Threshold rise (a stimulation parameter, not a waveform) is
-threshold_rise_alert().
+response above loss_uv, counts as ratio 0). The evidence is the last `window` accepted trials (default 3): the
+channel alerts when `confirm` of them (default 2, so the newest among them) meet the criterion: amplitude at or
+below 20 % of baseline (the -80 % rule; configurable, e.g. 0.5 or 0.35 for -50/-65 %), and below the baseline's own
+spread (exp(-spread_z x its log-amplitude SD): a channel whose baseline trials scatter widely needs a deeper drop,
+down to level_floor, 10 %, at most: a spread estimated from a handful of baseline trials is itself uncertain, and a
+deeper criterion would only delay the alert of a true 80-90 % drop), or onset latency at or above its criterion. One
+small trial is normal; two of three are not (a lognormal CV of 48 % puts a trial under 20 % once in ~6000). A
+channel in alert stays there until it has recovered: the window's median back at or above the warning level (50 %)
+with a response in the newest trial, and only then can it alert again, on new trials. Warning: the window's median
+at or below the warning level. Threshold rise (a stimulation parameter, not a waveform) is threshold_rise_alert().
 
 Scope: an alert is "global" when another channel, on the other side or of unknown side, is itself changed
 at that moment (warning or alert, or significant evidence beyond the warning levels) — anaesthetics and
@@ -174,10 +174,11 @@ class MepAlerts:
     """The MEP state machine: the last `window` trials' ratios against the baseline, with hysteresis."""
 
     def __init__(self, modality: Modality, names: list[str], confirm: int = 2, window: int = 3,
-                 spread_z: float = 3.0):
+                 spread_z: float = 3.0, level_floor: float = 0.1):
         self.m = modality
         self.names = list(names)
         self.confirm, self.window, self.spread_z = confirm, max(window, confirm), spread_z
+        self.level_floor = min(level_floor, modality.amplitude_ratio_alert)
         n = len(names)
         self.state = [NORMAL] * n
         self.events: list[AlertEvent] = []
@@ -187,9 +188,9 @@ class MepAlerts:
 
     def set_spread(self, log_sd: np.ndarray) -> None:
         """The baseline trials' SD of log amplitude per channel: a criterion inside the normal scatter of a
-        channel is moved below it (never above the modality's criterion)."""
+        channel is moved below it (never above the modality's criterion, never below level_floor)."""
         sd = np.nan_to_num(np.asarray(log_sd, dtype=float), nan=0.0)
-        self.amplitude_level = np.minimum(self.m.amplitude_ratio_alert, np.exp(-self.spread_z * sd))
+        self.amplitude_level = np.clip(np.exp(-self.spread_z * sd), self.level_floor, self.m.amplitude_ratio_alert)
 
     def _window(self, c: int | np.integer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         h = self.history[c][-self.window:]

@@ -118,7 +118,9 @@ class Evaluator:
                 good = np.array([(p, o) for p, o in trials if np.isfinite(o)]).reshape(-1, 2)
                 if len(good) >= self.cfg.mep_baseline_trials and 2 * len(good) > len(trials):
                     self.mep_baseline[c] = np.median(good, axis=0)
-                    log_sd[c] = np.std(np.log(good[:, 0]), ddof=1)
+                    # robust: one small or one large baseline trial must not set the channel's criterion
+                    logs = np.log(np.maximum(good[:, 0], 1e-3))
+                    log_sd[c] = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
             self.tracked = np.isfinite(self.mep_baseline[:, 0])
             self.mep_alerts.set_spread(log_sd)
         else:
