@@ -42,6 +42,19 @@ def test_a_slow_stream_is_late_after_three_of_its_intervals_and_a_stopped_one_ne
     assert [a.key for a in ta.check(12.0 + 13.0, 21.5, set(), {})[1]] == ["stall:mep/TcMEP"]  # turned off: cleared
 
 
+def test_a_slow_stream_is_not_late_before_its_intervals_are_known() -> None:
+    """The first TcMEP trains of a case (one every 4 s): 3 s after the first, before two intervals have been
+    seen, is not a stall (the live-case bench raised "no sweep from mep/TcMEP for 2 s" at 3 s and 6 s of every
+    case); the program's interval is the expectation until the arrivals give one."""
+    ta = TechnicalAlarms(stall_s=2.0)
+    ta.sweep("mep/TcMEP", 0.0)
+    assert ta.check(3.0, 3.0, {"mep/TcMEP": 4.0}, {}) == ([], [])
+    ta.sweep("mep/TcMEP", 4.0)
+    assert ta.check(7.0, 7.0, {"mep/TcMEP": 4.0}, {}) == ([], [])
+    assert [a.key for a in ta.check(16.5, 16.5, {"mep/TcMEP": 4.0}, {})[0]] == ["stall:mep/TcMEP"]
+    assert ta.check(3.0, 3.0, {"mep/TcMEP"}, {})[0] == []  # a set: no expectation, as before
+
+
 def test_board_stop_link_state_and_loss_rate() -> None:
     ta = TechnicalAlarms(loss_fraction=0.001, loss_window_s=5.0)
     link = {"state": "streaming", "samples_lost": 0, "samples_received": 0,

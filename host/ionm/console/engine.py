@@ -744,18 +744,25 @@ class CaseEngine:
             self._publish_stim()
 
     # ---------------------------------------------------------------- technical alarms
-    def _running_streams(self) -> set[str]:
-        """Streams whose stimulation is on: those a stalled source leaves without sweeps."""
+    def _running_streams(self) -> dict[str, float]:
+        """Streams whose stimulation is on (those a stalled source leaves without sweeps), each with the
+        interval its program stimulates at (s; 0 if not known)."""
         if self._source_done.is_set() or not self._sources:
-            return set()
+            return {}
         if self.stimulation is None:
-            return set(self.streams)
+            return dict.fromkeys(self.streams, 0.0)
         from ionm.board.stimulation import SSEP_OUTPUTS
 
         p = self.stimulation.state()
-        on = {SSEP_OUTPUTS[int(o)] for o, v in p["ssep"].items() if v.get("enabled")}
-        return {k for k, st in self.streams.items()
-                if (st.modality == "mep" and p["tcmep"].get("repeat_s")) or (st.modality != "mep" and st.source in on)}
+        every = {SSEP_OUTPUTS[int(o)]: 1.0 / float(v.get("rate_hz") or math.inf) for o, v in p["ssep"].items()
+                 if v.get("enabled")}
+        out = {}
+        for k, st in self.streams.items():
+            if st.modality == "mep" and p["tcmep"].get("repeat_s"):
+                out[k] = float(p["tcmep"]["repeat_s"])
+            elif st.modality != "mep" and st.source in every:
+                out[k] = every[st.source]
+        return out
 
     def _check_technical(self) -> None:
         raised, cleared = self.technical.check(time.time(), self.t_s, self._running_streams(), self.link)

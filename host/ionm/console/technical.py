@@ -8,7 +8,8 @@ the timeline, the audit trail and the case record (so the report and the export 
 
 Conditions, checked several times a second on the engine thread:
 - stall: a stream whose stimulation is on delivered no sweep for longer than `stall_s` (default 2 s), or
-  three of its usual intervals if those are longer (a TcMEP train every 4 s is late after 12 s, not 2 s);
+  three of its intervals if those are longer: the intervals it has been arriving at, or the program's
+  (a TcMEP train every 4 s is late after 12 s, not 2 s, from its first train on);
 - stimulation stopped by the board (host silence, reset, output fault) while the program says it runs;
 - lost samples above `loss_fraction` of those received over the last `loss_window_s`;
 - the link not streaming (the board is being reconfigured, or the source failed).
@@ -64,18 +65,20 @@ class TechnicalAlarms:
             self._board_seq = max(int(e["seq"]) for e in out)
         return out
 
-    def check(self, wall: float, t_s: float, running: set[str], link: dict[str, Any]) -> tuple[list[Alarm],
-                                                                                             list[Alarm]]:
+    def check(self, wall: float, t_s: float, running: set[str] | dict[str, float], link: dict[str, Any]
+              ) -> tuple[list[Alarm], list[Alarm]]:
         """Update the active alarms; returns (raised, cleared). `running`: the streams whose stimulation is on
-        (empty once the source has ended)."""
+        (empty once the source has ended), or a mapping of them to the interval their program stimulates at
+        (s; 0 if not known)."""
         now: dict[str, str] = {}
-        for stream in sorted(running):
+        programmed = running if isinstance(running, dict) else dict.fromkeys(running, 0.0)
+        for stream in sorted(programmed):
             arr = self._arrivals.get(stream)
             if not arr:
                 continue  # not started yet: nothing to be late against
             silent = wall - arr[-1]
             usual = statistics.median(b - a for a, b in itertools.pairwise(arr)) if len(arr) > 2 else 0.0
-            if silent > max(self.stall_s, STALL_INTERVALS * usual):
+            if silent > max(self.stall_s, STALL_INTERVALS * max(usual, programmed[stream])):
                 now["stall:" + stream] = "no sweep from %s for %.0f s" % (stream, silent)
         stopped = link.get("stimulation_stopped")
         if stopped:
