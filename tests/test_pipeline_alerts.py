@@ -262,3 +262,23 @@ def test_one_outlying_baseline_trial_does_not_delay_an_mep_alert():
     t = d["stim_time_s"]
     assert ev.mep_alerts.amplitude_level[0] >= 0.1
     assert ev.alerts and t[12] < ev.alerts[0].t_s <= t[13]
+
+
+def test_mep_trials_drowned_in_cautery_are_not_a_loss():
+    """Electrocautery during two trains after the baseline: every channel's background is hundreds of µV, so no
+    response could have been seen. That is not a loss on six muscles at once (the live-case bench's
+    cautery_heavy scenario raised six "loss" alerts at the first trains after B): those trials are rejected as
+    "noise", and a real loss with a quiet background still alerts."""
+    n = 16
+    f = _lognormal_trials(n, 0.35, seed=41)
+    amp = 900.0 * f
+    amp[12:, 4] = 0.0  # then the left TA is lost, with a quiet background
+    d = make_mep(n, seed=42, amplitude_uv=amp, interval_s=4.0, baseline_end_s=21.0, n_channels=6,
+                 channel_names=MEP_NAMES, onset_ms=[[20, 20, 38, 38, 28, 28]])
+    rng = np.random.default_rng(43)
+    burst = 400.0 * rng.standard_normal(d["sweeps"][8:10].shape)  # 400 µV SD, broadband, the whole sweep
+    d["sweeps"][8:10] += burst.astype(np.float32)
+    ev, states = _evaluate(d)
+    assert all(s == ["normal"] * 6 for s in states[:12])
+    assert [a.channel_name for a in ev.alerts] == [MEP_NAMES[4]] and ev.alerts[0].criterion == "loss"
+    assert all(sum(ev.rejected()[nm].values()) >= 2 for nm in MEP_NAMES)  # counted, by whichever reason

@@ -30,6 +30,10 @@ WEAK_BASELINE_SE = 0.1
 # or a stray stimulus a few ms after the train is never taken for the response, while a short patient's or a
 # child's earlier onsets (an adult's lower edge minus 30 %) are still found.
 MEP_ONSET_FLOOR = 0.7
+# An MEP trial is judged on a channel only when a response at this fraction of the channel's baseline would have
+# stood out of its background (mep_features' presence threshold, at least MEP_MIN_THRESHOLD_UV).
+MEP_JUDGEABLE_RATIO = 0.5
+MEP_MIN_THRESHOLD_UV = 50.0
 
 
 @dataclass
@@ -260,6 +264,15 @@ class Evaluator:
             if self.baseline_end_s is None and all(len(b) >= self.cfg.mep_baseline_trials for b in self._mep_base):
                 self.set_baseline()
         else:
+            # A trial whose background (cautery, EMG bursts) is so loud that a response at half the baseline
+            # could not have been told from it says nothing about the response: it is not counted as a loss
+            # but rejected for that channel ("noise"). The presence threshold is 10 noise SD peak to peak.
+            judgeable = feats.threshold_uv <= np.maximum(MEP_JUDGEABLE_RATIO * self.mep_baseline[:, 0],
+                                                         MEP_MIN_THRESHOLD_UV)
+            for c in np.flatnonzero(ok & self.tracked & ~judgeable):
+                reasons[c] = "noise"
+                self.rejector.counts[c]["noise"] = self.rejector.counts[c].get("noise", 0) + 1
+            ok = ok & (judgeable | ~self.tracked)
             ratio = feats.p2p_uv / self.mep_baseline[:, 0]
             onset_ratio = feats.onset_ms / self.mep_baseline[:, 1]
             loss = ~np.isfinite(feats.onset_ms) | (feats.p2p_uv < self.modality.loss_uv)
