@@ -223,6 +223,10 @@ class BoardCase(ProgramHolder):
         yield from self.case.sweeps()
 
     def close(self) -> None:
+        """Stop stimulation and close the link. Idempotent: the engine closes its sources when it stops, and
+        their owner closes them again."""
+        if self._closed:
+            return
         self._closed = True
         self.case.close()
         try:
