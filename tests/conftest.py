@@ -23,6 +23,29 @@ def run_ionm(*args: str, timeout: float = 60, **kw) -> subprocess.CompletedProce
     return subprocess.run(ionm_cmd(*args), capture_output=True, text=True, timeout=timeout, **kw)
 
 
+def store_with_technologist(db: Path, password: str = "long-password-1") -> Path:
+    """A case store at db with one account, "tech" (technologist): what the console needs to start."""
+    from ionm.case.store import CaseStore
+    from ionm.console.auth import Accounts
+
+    store = CaseStore(db)
+    Accounts(store).add("tech", "technologist", password)
+    store.close()
+    return db
+
+
+def replay_headless(store, case_id: int, scratch):
+    """Replay a recorded case into scratch as fast as it goes, without a server: (engine, source) once done."""
+    from ionm.console.replay import prepare
+
+    engine, source = prepare(store, case_id, scratch, speed=0.0)
+    engine.start()
+    engine.run_source(source)
+    assert engine.wait_idle(120.0)
+    engine.stop()
+    return engine, source
+
+
 @pytest.fixture
 def virtual_board(tmp_path: Path) -> Iterator:
     """A bench-wired virtual board in real time (inputs on the bench divider, no patient)."""

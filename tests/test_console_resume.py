@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, ionm_cmd, run_ionm
+from conftest import ROOT, ionm_cmd, replay_headless, run_ionm, store_with_technologist
 
 from ionm.case.store import CaseStore
 
@@ -42,12 +42,7 @@ def _count(db: Path, sql: str, *args: object) -> float:
 
 @pytest.mark.slow
 def test_a_console_killed_mid_case_resumes_its_clock_without_duplicates(tmp_path: Path) -> None:
-    from ionm.console.auth import Accounts
-
-    db = tmp_path / "cases.db"
-    s = CaseStore(db)
-    Accounts(s).add("tech", "technologist", "long-password-1")
-    s.close()
+    db = store_with_technologist(tmp_path / "cases.db")
 
     def averages_after(t: float) -> float:
         return _count(db, "SELECT COUNT(*) FROM averages WHERE t_s > ?", t) if db.exists() else 0
@@ -106,16 +101,10 @@ def test_a_console_killed_mid_case_resumes_its_clock_without_duplicates(tmp_path
         s.close()
 
     # The whole case replays (fast, headless) and exports.
-    from ionm.console.replay import prepare
-
     store, scratch = CaseStore(db), CaseStore(tmp_path / "scratch.db")
     try:
         recorded = store.count_sweeps(cid)
-        engine, source = prepare(store, cid, scratch, speed=0.0)
-        engine.start()
-        engine.run_source(source)
-        assert engine.wait_idle(120.0)
-        engine.stop()
+        _, source = replay_headless(store, cid, scratch)
         assert source.sent == recorded and scratch.count_sweeps(scratch.case()["id"]) == recorded
     finally:
         scratch.close()

@@ -10,11 +10,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ionm_cmd
+from conftest import ionm_cmd, replay_headless
 
 from ionm.case.store import CaseStore
 from ionm.console.auth import Accounts
-from ionm.console.replay import prepare
 from ionm.console.scripted import command, injury_scenario, run_case
 
 TECH = ("tech", "technologist")
@@ -38,11 +37,7 @@ def test_replay_runs_the_recorded_sweeps_baselines_and_notes(case_db: Path, tmp_
     try:
         cid = store.case()["id"]
         recorded = store.count_sweeps(cid)
-        engine, source = prepare(store, cid, scratch, speed=0.0)
-        engine.start()
-        engine.run_source(source)
-        assert engine.wait_idle(120.0)
-        engine.stop()
+        engine, source = replay_headless(store, cid, scratch)
         rid = scratch.case()["id"]
         assert scratch.case()["meta"]["replay_of"] == store.case(cid)["uid"]
         assert source.sent == recorded and scratch.count_sweeps(rid) == recorded

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import store_with_technologist
 
 from ionm.case.store import CaseStore, decode_array, encode_array
 from ionm.sweep import Sweep
@@ -120,13 +121,7 @@ def _wait_line(log: Path, text: str, timeout: float = 60.0) -> str:
 
 @pytest.mark.slow
 def test_kill_9_loses_at_most_a_second_and_the_case_resumes(tmp_path: Path) -> None:
-    from ionm.console.auth import Accounts
-
-    db = tmp_path / "cases.db"
-    s = CaseStore(db)
-    Accounts(s).add("tech", "technologist", "long-password-1")
-    s.close()
-
+    db = store_with_technologist(tmp_path / "cases.db")
     proc = _console(db, tmp_path / "run1.log")
     try:
         _wait_line(tmp_path / "run1.log", "opened case")
