@@ -648,7 +648,7 @@ class CaseEngine:
         span = sweeps[-1][0] - sweeps[0][0]
         per_s = (n - 1) / span if n > 1 and span > 0 else 0.0  # sweeps per second on this stream (0: unknown yet)
         unit = "trials" if st.modality == "mep" else "sweeps"
-        cap = BASELINE_SWEEPS_MAX["mep" if st.modality == "mep" else "ssep"]
+        cap = st.recent.maxlen or math.inf  # BASELINE_SWEEPS_MAX: the sweeps a stream keeps to build from
         waiting: dict[str, int] = {}
         hopeless: list[str] = []
         for c in untracked:

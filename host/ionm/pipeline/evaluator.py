@@ -17,7 +17,7 @@ from ionm.pipeline.alerts import AlertEvent, MepAlerts, SsepAlerts
 from ionm.pipeline.averaging import Average, PerChannelAverages
 from ionm.pipeline.baseline import BaselineAccumulator
 from ionm.pipeline.conditioning import ArtifactRejector, Conditioner
-from ionm.pipeline.peaks import MepFeatures, Peak, PeakMarker, mep_features, mep_onset_window_ms
+from ionm.pipeline.peaks import MIN_THRESHOLD_UV, MepFeatures, Peak, PeakMarker, mep_features, mep_onset_window_ms
 from ionm.pipeline.tracker import MAX_BASELINE_SE, KalmanState, Tracker
 
 # A tracked channel whose baseline level is known to worse than ±10 % (relative SE) is a weak baseline: the
@@ -31,9 +31,8 @@ WEAK_BASELINE_SE = 0.1
 # child's earlier onsets (an adult's lower edge minus 30 %) are still found.
 MEP_ONSET_FLOOR = 0.7
 # An MEP trial is judged on a channel only when a response at this fraction of the channel's baseline would have
-# stood out of its background (mep_features' presence threshold, at least MEP_MIN_THRESHOLD_UV).
+# stood out of its background (mep_features' presence threshold, never under MIN_THRESHOLD_UV).
 MEP_JUDGEABLE_RATIO = 0.5
-MEP_MIN_THRESHOLD_UV = 50.0
 
 
 @dataclass
@@ -268,7 +267,7 @@ class Evaluator:
             # could not have been told from it says nothing about the response: it is not counted as a loss
             # but rejected for that channel ("noise"). The presence threshold is 10 noise SD peak to peak.
             judgeable = feats.threshold_uv <= np.maximum(MEP_JUDGEABLE_RATIO * self.mep_baseline[:, 0],
-                                                         MEP_MIN_THRESHOLD_UV)
+                                                         MIN_THRESHOLD_UV)
             for c in np.flatnonzero(ok & self.tracked & ~judgeable):
                 reasons[c] = "noise"
                 self.rejector.counts[c]["noise"] = self.rejector.counts[c].get("noise", 0) + 1

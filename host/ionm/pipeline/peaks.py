@@ -165,13 +165,16 @@ ONSET_SLOPE_SD = 1.0
 PHASE_GAP_MS = 4.0
 # The level an MEP's area is taken about: the median of the trace over this stretch before the onset.
 AREA_LEVEL_MS = 3.0
+# A response is present when its peak-to-peak reaches at least this (µV), whatever the noise.
+MIN_THRESHOLD_UV = 50.0
 # Noise SD never taken below 0.5 µV (the amplifier's own floor), so that noiseless input has an onset.
 NOISE_FLOOR_UV = 0.5
 
 
-def mep_features(sweeps: np.ndarray, fs: float, pre_samples: int, start: int, min_threshold_uv: float = 50.0,
+def mep_features(sweeps: np.ndarray, fs: float, pre_samples: int, start: int,
+                 min_threshold_uv: float = MIN_THRESHOLD_UV,
                  noise_factor: float = 5.0, noise_uv: float | np.ndarray | None = None,
-                 noise_mask: np.ndarray | None = None, onset_fraction: float | None = None,
+                 noise_mask: np.ndarray | None = None,
                  min_onset_ms: float | np.ndarray | None = None) -> MepFeatures:
     """Onset latency (ms), peak-to-peak amplitude (µV) and rectified area (µV·ms) of single MEP trials.
 
@@ -189,8 +192,7 @@ def mep_features(sweeps: np.ndarray, fs: float, pre_samples: int, start: int, mi
     Onset: the response's first phase is the earliest excursion beyond FIRST_PHASE_SD noise SD that is joined
     to the largest one by gaps of at most PHASE_GAP_MS; the onset is where that phase's rising edge leaves
     the ONSET_BAND_SD band around the baseline, or its knee (slope down to ONSET_SLOPE_SD slope SDs) if
-    later; interpolated between samples. onset_fraction (e.g. e^-2) additionally raises the band to that
-    fraction of the first phase's peak (the former definition).
+    later; interpolated between samples.
 
     p2p runs from the onset to the end of the window, so that no phase, however small or late, is cut. The
     end, for the area, mirrors the onset after the last excursion beyond FIRST_PHASE_SD joined to the largest
@@ -250,10 +252,6 @@ def mep_features(sweeps: np.ndarray, fs: float, pre_samples: int, start: int, mi
 
         polarity = np.sign(w[first])
         band = ONSET_BAND_SD * noise[r]
-        if onset_fraction is not None:
-            change = np.flatnonzero(np.sign(w[first:]) != polarity)
-            end_first = first + (int(change[0]) if len(change) else len(w) - first)
-            band = max(band, onset_fraction * float(np.max(polarity * w[first:end_first])))
         foot = _crossing_before(polarity * w, first, band)
         if np.isfinite(slope_sd[r]) and slope_sd[r] > 0:
             knee = _crossing_before(polarity * slope[r, s0:], first, ONSET_SLOPE_SD * slope_sd[r])

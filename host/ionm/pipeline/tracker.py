@@ -431,6 +431,8 @@ class GridKalman:
 # The window test works on every other latency of the grid (0.02 steps): a fit 0.01 off the response's latency
 # loses ~1 % of its amplitude, and the test's cost halves.
 TEST_GRID = S_GRID[::2]
+TEST_I1 = int(np.argmin(np.abs(TEST_GRID - 1.0)))  # the test latency at ratio 1
+TEST_STEP = float(TEST_GRID[1] - TEST_GRID[0])  # latency ratio between test latencies
 REFERENCE_LATENCIES = 6  # test latencies the reference's latency posterior is kept on
 
 
@@ -519,12 +521,9 @@ class WindowTest:
         self.rho = np.ones((n_channels, n_t))  # the baseline response measured at each test latency
         self._k = np.arange(k)
         self.base = np.arange(n_channels) * (self.size + 1)
-        i1 = int(np.argmin(np.abs(TEST_GRID - 1.0)))
-        self._i1 = i1
-        self._step = float(TEST_GRID[1] - TEST_GRID[0])
         # Before any sweep, and at the baseline: the response at latency ratio 1.
         start = np.zeros((1, n_t))
-        start[0, i1] = 1.0
+        start[0, TEST_I1] = 1.0
         for row in (self.base, self.base + self.size):
             self._set_posterior(row, np.repeat(start, n_channels, axis=0))
         self.count = np.zeros(n_channels, dtype=np.int64)
@@ -572,7 +571,7 @@ class WindowTest:
         baseline response's fit at the new latency: on a 0.8 ms wide nerve peak that is ~0 or negative only 0.4 ms
         away, and the reference and window read hundreds of times their amplitude.)"""
         n_t = self.rho.shape[1]
-        at = np.clip(self._i1 + first[:, None] + self._k - mode[:, None], 0, n_t - 1)
+        at = np.clip(TEST_I1 + first[:, None] + self._k - mode[:, None], 0, n_t - 1)
         rho = np.take(self.rho, self._row_channel[rows][:, None] * n_t + at)
         return np.asarray(np.maximum(np.sum(wk * rho, axis=-1), 1e-3))
 
@@ -702,7 +701,7 @@ class WindowTest:
         # tolerance: a maximum over 9 latencies would lift a weak window by about a standard error.)
         mode = np.take(self.ring_mode, r_past)  # [ch, n_w, n_m]
         tol = self.shift_steps[:, None, None]
-        moved = np.clip(np.rint((lat[..., None] - TEST_GRID[mode]) / self._step), -tol, tol).astype(np.int64)
+        moved = np.clip(np.rint((lat[..., None] - TEST_GRID[mode]) / TEST_STEP), -tol, tol).astype(np.int64)
         at = self._cw[..., None] + np.clip(first + moved, 0, n_t - REFERENCE_LATENCIES)[..., None] + k
         y_k = np.einsum(dot, wk, np.take(mean, at)) / rho_k
         y_k_se = np.sqrt(np.einsum(dot, wk, np.take(var, at))) / rho_k
@@ -796,9 +795,7 @@ class Tracker:
         ms) and the popliteal response (8.7 ms) that is 4 steps, 0.78 and 0.70 ms."""
         bank, pooling = self.bank, self.pooling
         assert bank is not None and pooling is not None
-        step = float(TEST_GRID[1] - TEST_GRID[0])
-        i1 = int(np.argmin(np.abs(TEST_GRID - 1.0)))
-        most = min(i1, len(TEST_GRID) - 1 - i1, int(MAX_TOLERANCE_RATIO / step + 1e-9))
+        most = min(TEST_I1, len(TEST_GRID) - 1 - TEST_I1, int(MAX_TOLERANCE_RATIO / TEST_STEP + 1e-9))
         out = np.zeros(self.n_channels, dtype=np.int64)
         for c, mem in enumerate(pooling.members):
             if not mem:
@@ -806,7 +803,7 @@ class Tracker:
             best = min(mem, key=lambda m: float(bank.var[m, I1]))
             peak_ms, width_ms = float(bank.peak_ms[best]), float(bank.width_ms[best])
             if peak_ms > 0 and width_ms <= NARROW_PEAK_MS:  # False for NaN (no peak)
-                out[c] = min(most, int(LATENCY_TOLERANCE_MS / (peak_ms * step) + 1e-9))
+                out[c] = min(most, int(LATENCY_TOLERANCE_MS / (peak_ms * TEST_STEP) + 1e-9))
         return out
 
     def _rho_weights(self, mem: list[int]) -> tuple[np.ndarray, np.ndarray]:
