@@ -467,7 +467,8 @@ def _evaluate_offline(meta: dict[str, Any], t: np.ndarray, x: np.ndarray, baseli
     sweepfile.save(path, {"fs": np.float64(meta["fs"]), "pre_samples": np.int64(meta["pre_samples"]), "sweeps": x,
                           "stim_time_s": t, "modality": np.array(meta["modality"]),
                           "baseline_end_s": np.float64(baseline_end_s),
-                          "channel_names": np.array(meta["channel_names"])})
+                          "channel_names": np.array(meta["channel_names"]),
+                          "stimulated": np.array(meta["source"])})
     try:
         alerts: list[dict[str, Any]] = evaluate(sweepfile.load(path))["alerts"]
     finally:

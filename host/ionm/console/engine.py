@@ -371,24 +371,24 @@ class CaseEngine:
         from ionm.pipeline import conditioning, modalities
 
         names = list(sw.channel_names)
-        side = modalities.side_of(sw.source)
-        show = [side is None or modalities.side_of(nm) in (None, side) for nm in names]
+        show = modalities.monitored(sw.source, names)  # the evaluator applies the same rule (never tracked)
         m = modalities.get(sw.modality)
         cond = conditioning.Conditioner(sw.fs, sw.data_uv.shape[1], sw.pre_samples, m.band_hz, m.blank_ms, ())
         depth = BASELINE_SWEEPS_MAX["mep" if sw.modality == "mep" else "ssep"]
         st = Stream(key, sw.modality, sw.source, float(sw.fs), int(sw.pre_samples), int(sw.data_uv.shape[1]), names,
-                    tuple(sw.channels), self._evaluator(sw.fs, sw.pre_samples, sw.data_uv.shape[1], sw.modality, names),
+                    tuple(sw.channels), self._evaluator(sw.fs, sw.pre_samples, sw.data_uv.shape[1], sw.modality, names,
+                                                        sw.source),
                     cond, show, recent=deque(maxlen=depth), states=["normal"] * len(names))
         self.streams[key] = st
         self.trend.setdefault(key, [])
         return st
 
-    def _evaluator(self, fs: float, pre: int, n: int, modality: str, names: list[str]) -> Any:
+    def _evaluator(self, fs: float, pre: int, n: int, modality: str, names: list[str], source: str) -> Any:
         from ionm.pipeline.evaluator import Evaluator, EvaluatorConfig
 
         # baseline_end_s = inf: the evaluator never sets a baseline by itself; the engine decides when.
         return Evaluator(fs, pre, n, modality, names, baseline_end_s=math.inf,
-                         config=self.evaluator_config or EvaluatorConfig())
+                         config=self.evaluator_config or EvaluatorConfig(), stimulated=source)
 
     def _case_time(self, sw: Sweep, key: str) -> Sweep:
         """The sweep on the case clock. A source whose time went back (a stream's time not increasing, or any
@@ -624,7 +624,7 @@ class CaseEngine:
                         extension: int = 0) -> None:
         """Baseline thread: a fresh evaluator fed with the recent sweeps, baseline set; then swapped in."""
         try:
-            ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names)
+            ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names, st.source)
             for t, x in sweeps:
                 ev.process(x, t)
             ev.set_baseline()
@@ -872,7 +872,7 @@ class CaseEngine:
                 st.t_s = sw.t_s
             st.seq = count
             if b is not None:
-                ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names)
+                ev = self._evaluator(st.fs, st.pre, st.n, st.modality, st.names, st.source)
                 used = [(sw.t_s, np.asarray(sw.data_uv)) for sw, _ in
                         self.store.iter_sweeps(cid, key, t_from=b["first_t"], t_to=b["last_t"])]
                 for t, x in used:

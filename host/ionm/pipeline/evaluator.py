@@ -62,12 +62,15 @@ class SweepResult:
 
 class Evaluator:
     def __init__(self, fs: float, pre_samples: int, n_samples: int, modality: str, channel_names: list[str],
-                 baseline_end_s: float | None = None, config: EvaluatorConfig | None = None):
+                 baseline_end_s: float | None = None, config: EvaluatorConfig | None = None,
+                 stimulated: str | None = None):
         self.cfg = config or EvaluatorConfig()
         self.modality = modalities.get(modality, **self.cfg.modality_overrides)
         self.fs, self.pre, self.n = float(fs), int(pre_samples), int(n_samples)
         self.names = list(channel_names)
         n_ch = len(self.names)
+        # Channels that monitor this stimulus (the others are never tracked, so never alert): see monitored().
+        self.monitored = np.array(modalities.monitored(stimulated, self.names), dtype=bool)
         self.baseline_end_s = baseline_end_s
         m = self.modality
         blank = conditioning.blank_slice(self.fs, self.pre, self.n, m.blank_ms)
@@ -124,7 +127,7 @@ class Evaluator:
                     # robust: one small or one large baseline trial must not set the channel's criterion
                     logs = np.log(np.maximum(good[:, 0], 1e-3))
                     log_sd[c] = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
-            self.tracked = np.isfinite(self.mep_baseline[:, 0])
+            self.tracked = np.isfinite(self.mep_baseline[:, 0]) & self.monitored
             self.mep_alerts.set_spread(log_sd)
         else:
             mean, a, b = self.accum.halves()
@@ -137,7 +140,7 @@ class Evaluator:
             self.tracker.set_baseline(mean, a, b, stack, ok & enough[None, :], n_base, self.sites, self.names,
                                       baseline_end_s=self.last_t if np.isfinite(self.last_t) else 0.0,
                                       baseline_dt_s=dt)
-            self.tracked = self.tracker.tracked & enough
+            self.tracked = self.tracker.tracked & enough & self.monitored
             self.ssep_alerts.members = self.tracker.members
             base = Average(mean, a, b, self.accum.n.astype(float), np.zeros(n_ch), np.zeros(n_ch))
             self.baseline_peaks = [self.markers[c].measure(base.channel(c)) for c in range(n_ch)]
@@ -180,7 +183,7 @@ class Evaluator:
         if self.modality.single_trial:
             for c, trials in enumerate(self._mep_base):
                 good = sum(1 for _, o in trials if np.isfinite(o))
-                if self.tracked[c]:
+                if self.tracked[c] or not self.monitored[c]:
                     out.append(0)
                 elif good == 0:
                     out.append(None)
@@ -190,7 +193,7 @@ class Evaluator:
         bank = self.tracker.bank
         for c in range(n_ch):
             n_b = int(self.accum.n[c])
-            if self.tracked[c]:
+            if self.tracked[c] or not self.monitored[c]:
                 out.append(0)
             elif n_b < self.cfg.min_baseline_sweeps:  # too few to judge yet: at least the minimum
                 out.append(self.cfg.min_baseline_sweeps - n_b)

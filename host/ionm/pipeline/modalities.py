@@ -107,6 +107,15 @@ def is_midline(channel_name: str) -> bool:
     return bool(electrodes) and all(re.fullmatch(r"(?:fp|af|f|fc|c|cp|p|po|o)z", e) for e in electrodes)
 
 
+def monitored(stimulated: str | None, channel_names: list[str]) -> list[bool]:
+    """Per channel: does it monitor a stimulus at `stimulated` (a site such as "L median", or None)? A channel
+    on the other side of a one-sided stimulus records nothing of it (right Erb's point for the left median
+    nerve): it is neither shown nor tracked, so nothing it picks up (another program's response, artefact) can
+    raise an alert. Channels with no side (midline, cervical) and stimuli with no side (TcMEP) always count."""
+    side = side_of(stimulated) if stimulated else None
+    return [side is None or side_of(nm) in (None, side) for nm in channel_names]
+
+
 def side_of(channel_name: str) -> str | None:
     """'left', 'right' or None from a channel name: L/R words or prefixes (L-APB, RTA, left tibial), else
     the 10-20 rule on the derivation's electrodes (odd numbers left, even right, z midline: C3'-Fz is left).

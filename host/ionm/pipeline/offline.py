@@ -23,7 +23,7 @@ def evaluate(sf: Any, *, trials: bool = False, mains: str = "both") -> dict[str,
 
     mains_hz = {"50": (50.0,), "60": (60.0,), "both": (50.0, 60.0), "off": ()}[mains]
     ev = Evaluator(sf.fs, sf.pre_samples, sf.n_samples, sf.modality, sf.channel_names, sf.baseline_end_s,
-                   EvaluatorConfig(mains_hz=mains_hz))
+                   EvaluatorConfig(mains_hz=mains_hz), stimulated=sf.stimulated)
     rows: list[dict[str, Any]] = []
     for i in range(sf.n_sweeps):
         r = ev.process(sf.sweeps[i], float(sf.stim_time_s[i]))

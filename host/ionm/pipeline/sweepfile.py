@@ -8,6 +8,8 @@ Keys (docs/EVALUATION.md, "Sweep files"):
   modality        'ssep-upper', 'ssep-lower' or 'mep' (str, or a 0-d / 1-element string or bytes array)
   baseline_end_s  the recording up to this time is the stable baseline, scalar
   channel_names   optional, [n_channels] strings
+  stimulated      optional, the stimulated site (e.g. 'L median'): channels on the other side of a one-sided
+                  stimulus are not monitored (modalities.monitored)
 Any numeric dtype is accepted (float32 is the native one). Files are read with allow_pickle=False.
 """
 
@@ -39,6 +41,7 @@ class SweepFile:
     modality: str
     baseline_end_s: float
     channel_names: list[str]
+    stimulated: str | None = None
 
     @property
     def n_sweeps(self) -> int:
@@ -56,7 +59,7 @@ class SweepFile:
         """The recording cut after time t_s (sweeps whose stimulus is at or before it)."""
         keep = self.stim_time_s <= t_s
         return SweepFile(self.fs, self.pre_samples, self.sweeps[keep], self.stim_time_s[keep], self.modality,
-                         self.baseline_end_s, self.channel_names)
+                         self.baseline_end_s, self.channel_names, self.stimulated)
 
 
 def _scalar(d: Mapping[str, Any], key: str) -> float:
@@ -122,7 +125,14 @@ def from_mapping(d: Mapping[str, Any]) -> SweepFile:
             raise SweepFileError("key 'channel_names' must be %d strings, got %s of shape %s"
                                  % (n_channels, cn.dtype, cn.shape))
         names = [_text(v) for v in cn.reshape(-1).tolist()]
-    return SweepFile(fs, int(pre), sweeps, stim, modality, baseline_end, names)
+    stimulated = None
+    if "stimulated" in d:
+        sv = np.asarray(d["stimulated"])
+        if sv.size != 1 or sv.dtype.kind not in "USO":
+            raise SweepFileError("key 'stimulated' must be one string (the stimulated site, e.g. 'L median'), "
+                                 "got %s of shape %s" % (sv.dtype, sv.shape))
+        stimulated = _text(sv.reshape(()).item()).strip() or None
+    return SweepFile(fs, int(pre), sweeps, stim, modality, baseline_end, names, stimulated)
 
 
 def load(path: str | Path) -> SweepFile:
@@ -152,6 +162,8 @@ def save(path: str | Path, sf: SweepFile | Mapping[str, Any]) -> None:
                              "sweeps": np.asarray(sf.sweeps, dtype=np.float32), "stim_time_s": sf.stim_time_s,
                              "modality": np.array(sf.modality), "baseline_end_s": np.float64(sf.baseline_end_s),
                              "channel_names": np.array(sf.channel_names)}
+        if sf.stimulated:
+            d["stimulated"] = np.array(sf.stimulated)
     else:
-        d = {k: sf[k] for k in (*REQUIRED, "channel_names") if k in sf}
+        d = {k: sf[k] for k in (*REQUIRED, "channel_names", "stimulated") if k in sf}
     np.savez(path, **d)
