@@ -223,3 +223,47 @@ def test_an_early_baseline_says_what_each_channel_needs_and_completes_by_itself(
         assert any(a["action"] == "baseline.extend" for a in store.rows("audit", cid))
     finally:
         store.close()
+
+
+def test_a_channel_not_reproducible_yet_keeps_collecting_until_the_cap_instead_of_being_given_up(tmp_path: Path
+                                                                                                   ) -> None:
+    """A small cervical N13 in loud noise: at B (282 sweeps) its response is not found at all, and estimates from
+    a few hundred sweeps are guesses beyond the 1200-sweep cap. Before, the console said "not reproducible, not
+    tracked" at once and never looked again (the live-case bench: cervical channels untracked for the whole
+    case); the response is there and is tracked from ~1200 sweeps, so the baseline must go on collecting for it."""
+    import functools
+
+    from ionm.pipeline.synthetic import ssep_montage_chunks, ssep_montage_header
+    from ionm.sweep import Sweep
+
+    h = ssep_montage_header("ssep-upper")
+    names = tuple(str(n) for n in h["channel_names"])
+    cervical = short_name("Cv5-Fz (cervical N13)")
+
+    def sweeps():
+        k = 0
+        for chunk in ssep_montage_chunks(1400, seed=5, modality="ssep-upper", noise_scale=4.0):
+            for t, x in zip(chunk["stim_time_s"], chunk["sweeps"], strict=True):
+                yield Sweep(float(t), k, "ssep-upper", "L median", float(h["fs"]), int(h["pre_samples"]),
+                            tuple(range(len(names))), names, x)
+                k += 1
+
+    store = CaseStore(tmp_path / "cases.db")
+    try:
+        cid = store.open_case(patient_id="T", procedure="noisy N13")
+        engine = CaseEngine(store, cid, queue_size=32)
+        engine.at(60.0, functools.partial(command(*TECH, {"cmd": "baseline"}), engine))
+        engine.start()
+        engine.run_source(sweeps())
+        assert engine.wait_idle(240.0)
+        engine.stop()
+        texts = [e["text"] for e in engine.timeline if e.get("kind") == "baseline"]
+        assert "%s is not reproducible yet, looks again after" % cervical in texts[0], texts
+        assert not any("not reproducible, not tracked: " in x and cervical in x.split("not tracked: ")[1]
+                       for x in texts[:-1]), texts
+        rows = store.baselines(cid)
+        c = names.index("Cv5-Fz (cervical N13)")
+        assert not rows[0]["refs"][c]["tracked"] and rows[-1]["refs"][c]["tracked"], [r["refs"][c] for r in rows]
+        assert any(a["action"] == "baseline.extend" for a in store.rows("audit", cid))
+    finally:
+        store.close()

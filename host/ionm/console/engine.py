@@ -650,13 +650,20 @@ class CaseEngine:
         unit = "trials" if st.modality == "mep" else "sweeps"
         cap = st.recent.maxlen or math.inf  # BASELINE_SWEEPS_MAX: the sweeps a stream keeps to build from
         waiting: dict[str, int] = {}
+        # No response found yet, or an estimate beyond the cap: from a few hundred sweeps of a small N13 or a P37 of
+        # 0.3 µV both are guesses (one said 29,000 more sweeps for a channel tracked at 1,200), so look again with
+        # twice the sweeps (the noise of the average down by 1/sqrt(2)); only the cap ends the collecting.
+        unsure: list[str] = []
         hopeless: list[str] = []
         for c in untracked:
             m, name = more[c], short_name(st.names[c])
-            if m is None or n + m > cap or extension >= BASELINE_EXTENSIONS_MAX:
+            if extension >= BASELINE_EXTENSIONS_MAX or n >= cap:
                 hopeless.append(name)
+            elif m is None or n + m > cap:
+                unsure.append(name)
             else:
                 waiting[name] = int(m)
+        waiting.update({name: int(min(n, cap - n)) for name in unsure})
         parts = []
         if waiting:
             need = max(waiting.values())
@@ -666,7 +673,8 @@ class CaseEngine:
                              "due_t": self.t_s + need / per_s if per_s > 0 else math.nan,
                              "eta": {nm: round(m / per_s) if per_s > 0 else None for nm, m in waiting.items()}}
             parts.append("still collecting, completes by itself: " + ", ".join(
-                "%s needs ~%d more %s%s" % (nm, m, unit, " (~%.0f s)" % (m / per_s) if per_s > 0 else "")
+                "%s %s ~%d more %s%s" % (nm, "is not reproducible yet, looks again after" if nm in unsure else "needs",
+                                          m, unit, " (~%.0f s)" % (m / per_s) if per_s > 0 else "")
                 for nm, m in waiting.items()))
         if hopeless:
             parts.append("not reproducible, not tracked: %s" % ", ".join(hopeless))
