@@ -24,12 +24,13 @@ after). The 1-min load average at the start of each pass is reported: run from u
 loaded too.
 
 Time. The scenarios last 15-30 min of case time each, twice; in real time that is hours. Each scenario's events
-are moved to start EVENTS_AFTER_BASELINE_S after B (like `ionm console --events-at`) and, in the default
-("compact") plan, the stretches between its event keypoints (onset, end of ramp, recovery onset, end of
-recovery, lead-off end, ...) longer than SEGMENT_MAX_S are shortened to SEGMENT_MAX_S: short ramps keep their
-real speed (an injury over 20 s stays 20 s), slow ones become faster (limb_positioning's 10-min decline takes
-30 s) and long plateaus shorter. Each case ends TAIL_S after its last keypoint, and at least MIN_OBSERVED_S
-after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
+are moved to start at EVENTS_AT_S (like `ionm console --events-at`): once every baseline is complete, at most
+BASELINE_SWEEPS_MAX SSEP sweeps after the case began, as the docs tell the technologist to wait for. In the
+default ("compact") plan, the stretches between its event keypoints (onset, end of ramp, recovery onset, end of
+recovery, lead-off end, ...) where a truth changes are shortened to SEGMENT_MAX_S, and those where every truth
+holds its level to PLATEAU_MAX_S: short ramps keep their real speed (an injury over 20 s stays 20 s), slow ones
+become faster (limb_positioning's 10-min decline takes 30 s) and long plateaus shorter (its 7 min at 45 %
+take 90 s). Each case ends TAIL_S after its last keypoint, and at least MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
 both passes, ~6 min.
 
@@ -76,14 +77,21 @@ from typing import Any
 import numpy as np
 
 from bench.detection import GRACE_S, _events, _score
+from ionm.console.engine import BASELINE_SWEEPS_MAX
 
 QUICK_SCENARIOS = ["acute_cord_injury"]
 SEED_BASE = 7_350_000  # patient seed of the i-th scenario (sorted by name): seeds no test or development run used
 BASELINE_AT_S = 60.0  # B "after a minute or two" (docs/CONSOLE.md): 282 SSEP sweeps per site, the last 6 trains
-EVENTS_AFTER_BASELINE_S = 20.0  # the first event starts this long after B
-SEGMENT_MAX_S = 30.0  # compact plan: no stretch between event keypoints longer than this
+# The first event starts once every baseline is complete, as docs/CONSOLE.md tells the technologist to wait for
+# "completed by itself" before the steps that matter: a baseline collects at most BASELINE_SWEEPS_MAX SSEP sweeps
+# from the start of the case, 1200 at 4.7 Hz less the pulses held for TcMEP trains (~5 %) = ~270 s; then 20 s.
+SSEP_RATE_HZ, HOLDOFF_LOSS = 4.7, 0.05
+EVENTS_AT_S = math.ceil(BASELINE_SWEEPS_MAX["ssep"] / (SSEP_RATE_HZ * (1 - HOLDOFF_LOSS)) + 20.0)
+SEGMENT_MAX_S = 30.0  # compact plan: no stretch between event keypoints longer than this, where the truth moves,
+PLATEAU_MAX_S = 90.0  # ... and where it holds a level (a plateau 10 % past a criterion on a noisy channel needs
+# more than 30 s of evidence; the scenarios' plateaus last minutes)
 TAIL_S = 45.0  # the case goes on this long after its last event keypoint ...
-MIN_OBSERVED_S = 100.0  # ... and at least this long after B
+MIN_OBSERVED_S = EVENTS_AT_S + TAIL_S - BASELINE_AT_S  # ... and at least this long after B (stable: as long)
 MEP_EVERY_S = 4.0  # `--mep-every 4`
 HOGS = 2  # CPU-bound processes competing in the loaded pass
 STALL_S = 30.0  # the case is abandoned when its case time does not advance for this long (wall)
@@ -111,16 +119,33 @@ def _keypoints(events: list[dict[str, Any]]) -> list[float]:
     return sorted(set(keys))
 
 
-def time_map(events: list[dict[str, Any]], at_s: float, segment_max_s: float = math.inf
-             ) -> Callable[[float], float]:
+def _moving(events: list[dict[str, Any]], a: float, b: float) -> bool:
+    """Does any event's truth change (a ramp, a recovery) or any cautery burst last somewhere inside (a, b)?"""
+    spans: list[tuple[float, float]] = []
+    for e in events:
+        on = float(e["onset_s"])
+        if e.get("type") == "change":
+            spans.append((on, on + float(e.get("ramp_s", 0.0))))
+            rec = e.get("recovery")
+            if isinstance(rec, dict):
+                spans.append((float(rec["onset_s"]), float(rec["onset_s"]) + float(rec.get("ramp_s", 0.0))))
+        elif e.get("type") == "cautery":
+            spans.append((on, on + float(e["duration_s"])))
+    return any(lo < b and hi > a for lo, hi in spans)
+
+
+def time_map(events: list[dict[str, Any]], at_s: float, segment_max_s: float = math.inf,
+             plateau_max_s: float | None = None) -> Callable[[float], float]:
     """Natural scenario time -> case time: the first keypoint goes to at_s, each stretch between keypoints keeps
-    its length up to segment_max_s; times before the first or after the last keypoint are shifted."""
+    its length up to segment_max_s, or up to plateau_max_s (default: segment_max_s) where no truth changes;
+    times before the first or after the last keypoint are shifted."""
     keys = _keypoints(events)
     if not keys:
         return lambda t: float(t)
+    plateau = segment_max_s if plateau_max_s is None else plateau_max_s
     mapped = [float(at_s)]
     for a, b in zip(keys, keys[1:], strict=False):
-        mapped.append(mapped[-1] + min(b - a, segment_max_s))
+        mapped.append(mapped[-1] + min(b - a, segment_max_s if _moving(events, a, b) else plateau))
 
     def f(t: float) -> float:
         t = float(t)
@@ -133,13 +158,14 @@ def time_map(events: list[dict[str, Any]], at_s: float, segment_max_s: float = m
     return f
 
 
-def compress_events(scenario: dict[str, Any], at_s: float, segment_max_s: float = math.inf
-                    ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The scenario with its events moved to start at at_s and stretches longer than segment_max_s shortened
-    (segment_max_s = inf: exactly `ionm console --events-at at_s`, cli.console.shift_events); and the plan."""
+def compress_events(scenario: dict[str, Any], at_s: float, segment_max_s: float = math.inf,
+                    plateau_max_s: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scenario with its events moved to start at at_s and stretches longer than segment_max_s (plateaus:
+    plateau_max_s) shortened (segment_max_s = inf: exactly `ionm console --events-at at_s`,
+    cli.console.shift_events); and the plan."""
     out = copy.deepcopy(scenario)
     events = out.get("events", [])
-    f = time_map(events, at_s, segment_max_s)
+    f = time_map(events, at_s, segment_max_s, plateau_max_s)
     keys = _keypoints(events)
     for e in events:
         on = float(e["onset_s"])
@@ -158,14 +184,14 @@ def compress_events(scenario: dict[str, Any], at_s: float, segment_max_s: float 
         e["onset_s"] = f(on)
     plan = {"keypoints": [[round(k, 2), round(f(k), 2)] for k in keys],
             "last_keypoint_s": round(f(keys[-1]), 2) if keys else None,
-            "compressed": any(b - a > segment_max_s for a, b in zip(keys, keys[1:], strict=False))}
+            "compressed": any(f(b) - f(a) < b - a - 1e-9 for a, b in zip(keys, keys[1:], strict=False))}
     return out, plan
 
 
 def case_plan(scenario: dict[str, Any], compact: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """(scenario as the board runs it, plan with the case's end time)."""
-    at = BASELINE_AT_S + EVENTS_AFTER_BASELINE_S
-    scn, plan = compress_events(scenario, at, SEGMENT_MAX_S if compact else math.inf)
+    at = EVENTS_AT_S
+    scn, plan = compress_events(scenario, at, *((SEGMENT_MAX_S, PLATEAU_MAX_S) if compact else (math.inf, None)))
     last = plan["last_keypoint_s"]
     end = max(BASELINE_AT_S + MIN_OBSERVED_S, (last + TAIL_S) if last is not None else 0.0)
     scn["duration_s"] = end
@@ -686,8 +712,9 @@ def _summary(out: dict[str, Any]) -> list[str]:
     ps = [out["passes"][k] for k in ("idle", "loaded")]
     lines = [
         "%d scenario(s), %s plan (B at %.0f s, events from %.0f s%s); idle | loaded (%d CPU hogs)"
-        % (len(out["scenarios"]), out["plan"], BASELINE_AT_S, BASELINE_AT_S + EVENTS_AFTER_BASELINE_S,
-           ", stretches <= %.0f s" % SEGMENT_MAX_S if out["plan"] == "compact" else "", HOGS),
+        % (len(out["scenarios"]), out["plan"], BASELINE_AT_S, EVENTS_AT_S,
+           ", stretches <= %.0f s, plateaus <= %.0f s" % (SEGMENT_MAX_S, PLATEAU_MAX_S)
+           if out["plan"] == "compact" else "", HOGS),
         "wall time %s min; load avg at start %s; observed after baseline %s h" % (
             "%.1f | %.1f" % tuple(x["wall_s"] / 60 for x in ps), "%.1f | %.1f" % tuple(x["loadavg_start"] for x in ps),
             pair(lambda f: "%.3f" % f["observed_h"])),
@@ -785,9 +812,10 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
         old = signal.signal(signal.SIGTERM, term)
     workroot = Path(tempfile.mkdtemp(prefix="ionm-bench-live-"))
     out: dict[str, Any] = {"scenarios": names, "plan": plan, "goals": GOALS, "passes": {},
-                           "settings": {"baseline_at_s": BASELINE_AT_S, "events_after_baseline_s":
-                                        EVENTS_AFTER_BASELINE_S, "segment_max_s": SEGMENT_MAX_S if plan == "compact"
-                                        else None, "tail_s": TAIL_S, "min_observed_s": MIN_OBSERVED_S,
+                           "settings": {"baseline_at_s": BASELINE_AT_S, "events_at_s": EVENTS_AT_S,
+                                        "segment_max_s": SEGMENT_MAX_S if plan == "compact" else None,
+                                        "plateau_max_s": PLATEAU_MAX_S if plan == "compact" else None,
+                                        "tail_s": TAIL_S, "min_observed_s": MIN_OBSERVED_S,
                                         "mep_every_s": MEP_EVERY_S, "grace_s": GRACE_S, "hogs": HOGS,
                                         "seed_base": SEED_BASE}}
     try:

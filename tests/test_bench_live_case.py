@@ -42,10 +42,24 @@ def test_compact_plan_keeps_short_stretches_and_shortens_long_ones():
     assert math.isclose(leadoff["onset_s"], 100.0) and math.isclose(leadoff["end_s"], 140.0)
     assert math.isclose(change["recovery"]["onset_s"], 170.0) and math.isclose(change["recovery"]["ramp_s"], 30.0)
     assert plan["compressed"] and math.isclose(plan["last_keypoint_s"], 200.0)
-    scn, p = live_case.case_plan(_scenario(), compact=True)
-    assert math.isclose(p["end_s"], 200.0 + live_case.TAIL_S) and scn["duration_s"] == p["end_s"]
     _, p = live_case.case_plan({"events": []}, compact=True)
     assert p["end_s"] == live_case.BASELINE_AT_S + live_case.MIN_OBSERVED_S
+
+
+def test_compact_plan_keeps_plateaus_longer_than_ramps_and_starts_after_the_longest_baseline():
+    # The same keypoints; where no truth changes (630-700: the injury's plateau, lead-off under way; 700-900) the
+    # stretch keeps up to 90 s, where one changes (ramps, cautery) up to 30 s.
+    moved, plan = live_case.compress_events(_scenario(), 80.0, 30.0, 90.0)
+    change, leadoff, _ = moved["events"]
+    assert math.isclose(leadoff["onset_s"], 100.0) and math.isclose(leadoff["end_s"], 180.0)
+    assert math.isclose(change["recovery"]["onset_s"], 270.0) and math.isclose(change["recovery"]["ramp_s"], 30.0)
+    assert plan["compressed"] and math.isclose(plan["last_keypoint_s"], 300.0)
+    # The bench's own plan: events once a baseline pressed at B has collected all it may (1200 SSEP sweeps)
+    assert live_case.EVENTS_AT_S * 4.7 > 1200 and live_case.EVENTS_AT_S > live_case.BASELINE_AT_S
+    scn, p = live_case.case_plan(_scenario(), compact=True)
+    assert scn["events"][0]["onset_s"] == live_case.EVENTS_AT_S == p["events_at_s"]
+    assert math.isclose(p["end_s"], live_case.EVENTS_AT_S + 220.0 + live_case.TAIL_S)
+    assert scn["duration_s"] == p["end_s"]
 
 
 def test_mep_events_use_the_mep_criterion_and_ssep_events_the_detection_benchs():
