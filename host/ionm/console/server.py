@@ -237,6 +237,8 @@ class ConsoleServer:
                 if self.sessions.check(request.cookies.get(COOKIE)) is None:  # logged out or disabled meanwhile
                     break
                 await self._on_message(ws, client, msg.data)
+        except ConnectionResetError:  # the viewer went away while being answered: its view ends, nothing else
+            pass
         finally:
             self.hub.clients.discard(client)
             sender.cancel()
