@@ -34,6 +34,7 @@ from aiohttp import WSMsgType, web
 
 from ionm.case.store import CaseStore, StoreError
 from ionm.console.auth import Accounts, Identity, RateLimiter, Sessions
+from ionm.console.commands import CommandInvalid, Schema, loads
 from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -122,6 +123,7 @@ class ConsoleServer:
         self.sessions = Sessions(self.store)
         self.user_limiter = RateLimiter(login_limit, login_window_s)
         self.addr_limiter = RateLimiter(login_limit * 4, login_window_s)
+        self.schema = Schema(engine.stimulation.limits() if engine.stimulation is not None else None)
         self.hub: Hub | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -275,22 +277,31 @@ class ConsoleServer:
             pass
 
     async def _on_message(self, ws: web.WebSocketResponse, c: Client, data: str) -> None:
+        # Checked against the schema (ionm.console.commands) before the engine sees it: a refusal names the field,
+        # the socket stays open, and nothing is executed, stored or audited.
+        req = None
         try:
-            msg = json.loads(data)
-            req = msg.get("req")
-        except (ValueError, AttributeError):
+            raw = loads(data)
+            req = self.schema.request_id(raw)
+            msg = self.schema.check(raw)
+        except CommandInvalid as exc:
+            await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": False, "error": str(exc),
+                                          "field": exc.field}))
             return
-        if msg.get("cmd") == "ping":
+        if msg["cmd"] == "ping":
             await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": True, "result": {"wall": time.time()}}))
             return
         loop = asyncio.get_running_loop()
         try:
             result = await asyncio.wrap_future(self.engine.submit(c.ident.user, c.ident.role, msg))
-            if msg.get("cmd") in DURABLE:
+            if msg["cmd"] in DURABLE:
                 await loop.run_in_executor(None, self.case_store.flush)  # on disk before the user is told it is done
             reply = {"type": "reply", "req": req, "ok": True, "result": result}
         except CommandError as exc:
             reply = {"type": "reply", "req": req, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a defect behind the schema: say so to this viewer, keep its socket
+            self.engine.errors.append(repr(exc))
+            reply = {"type": "reply", "req": req, "ok": False, "error": "command failed: %s" % exc}
         await ws.send_str(json.dumps(reply, default=str))
 
     # ---------------------------------------------------------------- running
