@@ -14,7 +14,7 @@ from yarl import URL
 
 from ionm.board.stimulation import RecordedStimulation
 from ionm.case.store import CaseStore
-from ionm.console.auth import Accounts, AuthError, RateLimiter, Sessions
+from ionm.console.auth import Accounts, AddressBackoff, AuthError, RateLimiter, Sessions
 from ionm.console.engine import CaseEngine
 from ionm.console.server import COOKIE, ConsoleServer
 
@@ -74,6 +74,22 @@ def test_rate_limiter() -> None:
     assert rl.retry_after("k") > 0 and rl.retry_after("other") == 0
     time.sleep(0.35)
     assert rl.retry_after("k") == 0
+
+
+def test_address_backoff_slows_an_address_down_and_forgets() -> None:
+    now = [100.0]
+    b = AddressBackoff(free=3, base_s=1.0, cap_s=10.0, window_s=300.0, clock=lambda: now[0])
+    waits = []
+    for _ in range(9):
+        waits.append(b.reserve("10.0.0.1"))
+        now[0] += waits[-1]  # it waited as told, then failed
+        b.fail("10.0.0.1")
+    assert waits == [0, 0, 0, 1, 2, 4, 8, 10, 10]  # free, then doubling, capped: never a refusal
+    assert b.reserve("10.0.0.2") == 0  # another address is not slowed
+    first, second = b.reserve("10.0.0.1"), b.reserve("10.0.0.1")  # two at once: one after the other
+    assert (first, second) == (10, 20)
+    now[0] += 301 + 30
+    assert b.reserve("10.0.0.1") == 0  # failures older than the window are forgotten
 
 
 @pytest.fixture
@@ -213,3 +229,34 @@ def test_logout_ends_the_session(server) -> None:
                 assert r.status == 401
 
     _run(go())
+
+
+def test_typos_lock_the_account_not_the_colleagues_behind_the_same_address(store: CaseStore) -> None:
+    cid = store.open_case()
+    engine = CaseEngine(store, cid, stimulation=RecordedStimulation())
+    engine.start()
+    srv = ConsoleServer(engine, store, login_limit=3, address_backoff=AddressBackoff(free=2, base_s=0.05, cap_s=0.2))
+    url = srv.start_in_thread()
+
+    async def go() -> None:
+        async with _client() as s:
+            for k in range(3):  # one person's typos
+                assert await _login(s, url, "tech", "wrong-password-%d" % k) == 401
+            assert await _login(s, url, "tech", "tech-password-1") == 429  # that account is locked ...
+            for k in range(12):  # and a spray of names from the same address
+                assert await _login(s, url, "nobody-%d" % k, "guess-%d" % k) == 401
+        async with _client() as s:  # ... but a colleague behind the same address gets in, only slowed down
+            assert await _login(s, url, "doc", "doc-password-1") == 303
+            async with s.get(url + "api/stats") as r:
+                assert r.status == 200
+        async with _client() as s:
+            assert await _login(s, url, "tech", "tech-password-1") == 429  # still locked, for its window
+
+    try:
+        _run(go())
+    finally:
+        srv.stop_thread()
+        engine.stop()
+    store.flush()
+    actions = [r["action"] for r in store.query("SELECT action FROM audit WHERE case_id IS NULL")]
+    assert actions.count("login.failed") == 15 and actions.count("login.limited") == 2 and "login" in actions

@@ -10,8 +10,9 @@ Latency: each stream frame carries the arrival time of the oldest sweep it inclu
 send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure
 arrival-to-render.
 
-Security: no page, asset or socket without a valid session (middleware); login rate limited per name and per
-address; cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
+Security: no page, asset or socket without a valid session (middleware); an account locked after repeated
+failed logins, an address only slowed down (auth.AddressBackoff);
+cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
 commands are checked against the role by the engine, and every change lands in the audit trail.
 """
 
@@ -33,7 +34,7 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from ionm.case.store import CaseStore, StoreError
-from ionm.console.auth import Accounts, Identity, RateLimiter, Sessions
+from ionm.console.auth import Accounts, AddressBackoff, Identity, RateLimiter, Sessions
 from ionm.console.commands import CommandInvalid, Schema, loads
 from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
 
@@ -112,7 +113,8 @@ _SECURITY_HEADERS = {
 
 class ConsoleServer:
     def __init__(self, engine: CaseEngine, store: CaseStore, *, tls: ssl.SSLContext | None = None,
-                 login_limit: int = 5, login_window_s: float = 300.0, auth_store: CaseStore | None = None):
+                 login_limit: int = 5, login_window_s: float = 300.0, auth_store: CaseStore | None = None,
+                 address_backoff: AddressBackoff | None = None):
         """auth_store: where accounts, sessions and login audit live when not in the case store (a replay runs
         on a scratch case store but logs in against the real accounts)."""
         self.engine = engine
@@ -122,7 +124,7 @@ class ConsoleServer:
         self.accounts = Accounts(self.store)
         self.sessions = Sessions(self.store)
         self.user_limiter = RateLimiter(login_limit, login_window_s)
-        self.addr_limiter = RateLimiter(login_limit * 4, login_window_s)
+        self.addr_backoff = address_backoff or AddressBackoff(window_s=login_window_s)
         self.schema = Schema(engine.stimulation.limits() if engine.stimulation is not None else None)
         self.hub: Hub | None = None
         self.url = ""
@@ -172,17 +174,22 @@ class ConsoleServer:
         form = await request.post()
         name, password = str(form.get("user", "")).strip(), str(form.get("password", ""))
         addr = request.remote or "?"
-        wait = max(self.user_limiter.retry_after("u:" + name), self.addr_limiter.retry_after("a:" + addr))
+        # the address is slowed down (a delay, never a refusal: colleagues share a NAT); the account is locked
+        delay = self.addr_backoff.reserve(addr)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        wait = self.user_limiter.retry_after("u:" + name)
         if wait > 0:
             self.store.audit(None, name or "?", "login.limited", {"addr": addr})
-            resp = _login_page("Too many failed attempts: try again in %d s." % int(wait + 1), 429)
+            resp = _login_page("This account is locked after too many failed attempts: try again in %d s."
+                               % int(wait + 1), 429)
             resp.headers["Retry-After"] = str(int(wait + 1))
             return resp
         loop = asyncio.get_running_loop()
         role = await loop.run_in_executor(None, self.accounts.authenticate, name, password)  # argon2: ~50 ms
         if role is None:
             self.user_limiter.fail("u:" + name)
-            self.addr_limiter.fail("a:" + addr)
+            self.addr_backoff.fail(addr)
             self.store.audit(None, name or "?", "login.failed", {"addr": addr})
             return _login_page("Wrong user name or password.", 401)
         token = await loop.run_in_executor(None, self.sessions.create, name)
