@@ -46,12 +46,12 @@ def lost_spans(lost: np.ndarray, names: list[str]) -> list[tuple[int, int, int, 
     """Runs of lost samples [k, ch, n] -> (sweep k, first sample, end sample, annotation text), one per run of
     samples where some channel was lost (the link loses whole frames: every channel at once)."""
     out = []
-    any_lost = lost.any(axis=1)  # [k, n]
-    for k in np.flatnonzero(any_lost.any(axis=1)):
+    any_lost: np.ndarray = np.any(lost, axis=1)  # [k, n]
+    for k in np.flatnonzero(np.any(any_lost, axis=1)):
         row = np.concatenate([[False], any_lost[k], [False]])
         edges = np.flatnonzero(row[1:] != row[:-1])
         for i0, i1 in zip(edges[::2], edges[1::2], strict=True):
-            chans = np.flatnonzero(lost[k, :, i0:i1].any(axis=1))
+            chans = np.flatnonzero(np.any(lost[k, :, i0:i1], axis=1))
             which = "all channels" if len(chans) == len(names) else ", ".join(
                 names[c].split(" (")[0] for c in chans)
             out.append((int(k), int(i0), int(i1), "samples lost: %d (%s), written as 0 uV" % (i1 - i0, which)))
