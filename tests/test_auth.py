@@ -260,3 +260,62 @@ def test_typos_lock_the_account_not_the_colleagues_behind_the_same_address(store
     store.flush()
     actions = [r["action"] for r in store.query("SELECT action FROM audit WHERE case_id IS NULL")]
     assert actions.count("login.failed") == 15 and actions.count("login.limited") == 2 and "login" in actions
+
+
+@pytest.fixture
+def tls_server(store: CaseStore, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    from ionm.console.server import tls_context
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    cid = store.open_case()
+    engine = CaseEngine(store, cid, stimulation=RecordedStimulation())
+    engine.start()
+    srv = ConsoleServer(engine, store, tls=tls_context(str(cert), str(key)))
+    url = srv.start_in_thread()
+    yield srv, url
+    srv.stop_thread()
+    engine.stop()
+
+
+def test_plain_http_to_the_tls_port_is_redirected_to_https(tls_server) -> None:
+    import http.client
+    import ssl
+    import urllib.parse
+
+    srv, url = tls_server
+    assert url.startswith("https://localhost:")
+    port = urllib.parse.urlsplit(url).port
+    for path in ("/login", "/", "/static/console.js?x=1"):
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        plain.request("GET", path, headers={"Host": "or3.example:%d" % port})
+        resp = plain.getresponse()
+        assert resp.status == 301
+        assert resp.getheader("Location") == "https://or3.example:%d%s" % (port, path)
+        assert b"HTTPS only" in resp.read()
+        plain.close()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the test's self-signed certificate
+    secure = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    secure.request("GET", "/login")
+    resp = secure.getresponse()
+    assert resp.status == 200 and b"password" in resp.read().lower()  # TLS itself still served on the same port
+    secure.close()
+
+    async def login() -> None:
+        async with _client(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+            base = "https://127.0.0.1:%d/" % port
+            async with s.post(base + "login", data={"user": "doc", "password": "doc-password-1"},
+                              allow_redirects=False, headers={"Origin": base.rstrip("/")}) as r:
+                assert r.status == 303 and "Secure" in r.headers["Set-Cookie"]
+            ws = await s.ws_connect(base + "ws", origin=base.rstrip("/"))
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "snapshot"  # wss works
+            await ws.close()
+
+    _run(login())

@@ -21,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
+import socket
 import ssl
 import threading
 import time
@@ -132,6 +134,9 @@ class ConsoleServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._sniffers: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- app
     def app(self) -> web.Application:
@@ -319,18 +324,84 @@ class ConsoleServer:
         self.engine.subscribe(self.hub.publish)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls)
-        await site.start()
-        server: Any = site._server
-        sockets = server.sockets if server is not None else []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        if self.tls is not None:
+            bound = self._listen_tls(host, port)
+        else:
+            site = web.TCPSite(self._runner, host, port)
+            await site.start()
+            server: Any = site._server
+            sockets = server.sockets if server is not None else []
+            bound = sockets[0].getsockname()[1] if sockets else port
         shown = "localhost" if host in ("127.0.0.1", "::1") and self.tls else host
         self.url = "%s://%s:%d/" % ("https" if self.tls else "http", shown, bound)
         return self.url
 
     async def stop(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    # ---------------------------------------------------------------- TLS, and plain HTTP on the TLS port
+    def _listen_tls(self, host: str, port: int) -> int:
+        """Listen for https/wss ourselves: a connection that opens with a TLS handshake goes to the web app under
+        TLS; one that speaks plain HTTP (someone typed http://) is answered with a redirect to https instead of
+        the silence of a failed handshake."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept(sock))
+        return int(sock.getsockname()[1])
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError:
+                return  # closed: the server is stopping
+            conn.setblocking(False)
+            task = loop.create_task(self._sniff(conn))
+            self._sniffers.add(task)
+            task.add_done_callback(self._sniffers.discard)
+
+    async def _sniff(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(_peek(loop, conn), 10.0)
+            if first[:1] == b"\x16":  # a TLS handshake record
+                assert self._runner is not None and self.tls is not None
+                await loop.connect_accepted_socket(self._runner.server, conn, ssl=self.tls,  # type: ignore[arg-type]
+                                                   ssl_handshake_timeout=10.0)
+                return
+            if first:
+                await asyncio.wait_for(self._redirect_plain_http(loop, conn), 10.0)
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
+            pass
+        conn.close()
+
+    async def _redirect_plain_http(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            chunk = await loop.sock_recv(conn, 4096)
+            if not chunk:
+                break
+            head += chunk
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        path = parts[1] if len(parts) >= 2 and parts[1].startswith("/") else "/"
+        hosthdr = next((ln.split(":", 1)[1].strip() for ln in lines[1:] if ln.lower().startswith("host:")), "")
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?", hosthdr):
+            hosthdr = urlsplit(self.url).netloc
+        path = re.sub(r"[^\x21-\x7e]", "", path)  # no header injection through the path
+        location = "https://%s%s" % (hosthdr, path)
+        body = ("This console speaks HTTPS only. Open %s\n" % location).encode()
+        resp = ("HTTP/1.1 301 Moved Permanently\r\nLocation: %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n" % (location, len(body))).encode() + body
+        await loop.sock_sendall(conn, resp)
 
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve from a thread with its own event loop (tests, embedding); returns the URL."""
@@ -356,6 +427,22 @@ class ConsoleServer:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first byte a client sent, left in the socket (b"": it closed without sending)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv(1, socket.MSG_PEEK)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
