@@ -316,6 +316,12 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         lines += ["", "Alerts not acknowledged: %d, by channel:" % len(unacked)] + (by_channel or ["  (none)"])
         lines += ["", "Audit trail: %d entries for this case; hash chain %s." % (
             len(audit), "intact" if store.verify_audit() else "BROKEN (the record was altered outside the console)")]
+        led = store.verify(cid)
+        lines += ["", "Record ledger (every row of the case, chained; `ionm verify` checks it): %d records, %s." % (
+            led["entries"], "intact" if led["ok"] else "NOT INTACT: %s" % led["first"]),
+                  "Ledger head: %s" % (led["head"] or "-"),
+                  "Anchored in %s.anchor.json at %s records." % (
+                      str(store.path).rsplit("/", 1)[-1], led["anchor"]["rows"] if led["anchor"] else "no")]
         lines += ["", "Report written %s." % _when(datetime.datetime.now().timestamp()), "",
                   "Reviewed by (physician): ______________________________   Date: ____________"]
         pages += _text_page(pdf, "Closing status", lines)
