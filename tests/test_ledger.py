@@ -186,6 +186,17 @@ def test_an_edit_with_the_chain_recomputed_is_caught_by_the_anchor(recorded: Pat
     assert len(res["problems"]) == 1  # the chain itself is consistent again: only the anchor tells
 
 
+def test_opening_a_rewritten_store_to_read_it_does_not_launder_the_anchor(recorded: Path, tmp_path: Path) -> None:
+    db = copy_of(recorded, tmp_path)
+    sql(db, "DROP TRIGGER acks_no_update", "UPDATE acks SET note = 'forged' WHERE rowid = %d" % rowids(db, "acks")[0])
+    _rechain(db)
+    CaseStore(db).close()  # as `ionm report` opens it: nothing written, nothing anchored
+    done = subprocess.run(ionm_cmd("verify", "--db", str(db)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "NOT intact" in done.stdout
+    res = check(db)
+    assert not res["ok"] and any("rewritten" in p or "no longer reaches" in p for p in res["problems"])
+
+
 def test_the_newest_records_cut_off_with_their_ledger_entries_are_caught(recorded: Path, tmp_path: Path) -> None:
     db = copy_of(recorded, tmp_path)
     con = sqlite3.connect(db)

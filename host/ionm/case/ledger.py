@@ -90,13 +90,11 @@ class Ledger:
         con.executescript(SCHEMA)
         self.cols = columns(con)
         self.path = anchor_path(db)
+        # the heads of the chains this store wrote to: only those are anchored by it (opening a store to read it,
+        # as the report does, never moves an anchor)
         self.heads: dict[str, tuple[int, str]] = {}
-        for case_id, seq, h in con.execute(
-                "SELECT case_id, seq, hash FROM ledger WHERE id IN (SELECT MAX(id) FROM ledger GROUP BY case_id)"):
-            self.heads[chain_key(case_id)] = (int(seq), str(h))
         self.anchors = self._read_anchor()
-        self._check_anchors(con)
-        self.dirty = True
+        self.dirty = self._check_anchors(con)
 
     def _read_anchor(self) -> dict[str, Any]:
         try:
@@ -110,17 +108,22 @@ class Ledger:
         data.setdefault("conflicts", [])
         return dict(data)
 
-    def _check_anchors(self, con: sqlite3.Connection) -> None:
+    def _check_anchors(self, con: sqlite3.Connection) -> bool:
         """A chain that no longer reaches its anchored head keeps that head, as a conflict, before anything moves
-        the anchor forward."""
+        the anchor forward. True if one was found (the sidecar must say so)."""
+        found_any = False
         for key, a in list(self.anchors["chains"].items()):
             case_id = None if key == "store" else int(key)
             row = con.execute("SELECT hash FROM ledger WHERE case_id IS ? AND seq = ?", (case_id, int(a["rows"])))
             found = row.fetchone()
             if found is None or found[0] != a["head"]:
-                self.anchors["conflicts"].append({"chain": key, "rows": a["rows"], "head": a["head"],
-                                                  "wall": time.time(),
-                                                  "problem": "the record no longer reaches this anchored head"})
+                known = any(c.get("chain") == key and c.get("head") == a["head"] for c in self.anchors["conflicts"])
+                if not known:
+                    self.anchors["conflicts"].append({"chain": key, "rows": a["rows"], "head": a["head"],
+                                                      "wall": time.time(),
+                                                      "problem": "the record no longer reaches this anchored head"})
+                    found_any = True
+        return found_any
 
     def append(self, con: sqlite3.Connection, table: str, row_id: int, row: dict[str, Any],
                case_id: int | None) -> None:
@@ -155,12 +158,13 @@ class Ledger:
         for c in on_disk["conflicts"]:
             if c not in self.anchors["conflicts"]:
                 self.anchors["conflicts"].append(c)
+        conflicted = {c.get("chain") for c in self.anchors["conflicts"]}
         for key, (seq, h) in self.heads.items():
             old = chains.get(key)
-            if old is None or int(old["rows"]) <= seq:
-                chains[key] = {"rows": seq, "head": h}
+            if old is None or (int(old["rows"]) < seq and key not in conflicted):
+                chains[key] = {"rows": seq, "head": h}  # (a conflicted chain keeps the head it was cut from)
         self.anchors["updated"] = time.time()
-        tmp = self.path.with_suffix(".json.tmp")
+        tmp = self.path.with_suffix(".json.%d.tmp" % os.getpid())  # two processes on one store: no mixed file
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(self.anchors, fh, indent=1, sort_keys=True)
             fh.flush()
@@ -177,7 +181,7 @@ def verify(db: str | Path, case_id: int) -> dict[str, Any]:
     """Check one case's record against its ledger and its anchor. Returns {ok, entries, head, anchor, problems,
     first}: `first` names the first bad record (None when intact); `notes` says what is not a failure (entries
     written after the newest anchor, by a console killed between its commit and its checkpoint)."""
-    con = sqlite3.connect("file:%s?mode=ro" % db, uri=True)
+    con = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
     con.row_factory = sqlite3.Row
     problems: list[str] = []
     notes: list[str] = []
@@ -251,3 +255,16 @@ def verify(db: str | Path, case_id: int) -> dict[str, Any]:
         problems.append("the anchor file has no head for case %d" % case_id)
     return {"ok": not problems, "entries": len(entries), "head": head, "anchor": anchor, "problems": problems,
             "first": problems[0] if problems else None, "notes": notes}
+
+
+def find_case(db: str | Path, ref: str | None) -> dict[str, Any] | None:
+    """A case (id, uid) by id or uid, or the newest; read-only (verifying writes nothing, not even an anchor)."""
+    con = sqlite3.connect(Path(db).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        rows = list(con.execute("SELECT id, uid FROM cases ORDER BY id"))
+    finally:
+        con.close()
+    for cid, uid in (rows if ref is not None else rows[-1:]):
+        if ref is None or str(cid) == str(ref) or uid == str(ref):
+            return {"id": int(cid), "uid": str(uid)}
+    return None

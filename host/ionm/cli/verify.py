@@ -21,19 +21,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ionm.case.ledger import verify
-    from ionm.case.store import CaseStore, StoreError
+    import sqlite3
+
+    from ionm.case.ledger import find_case, verify
 
     if not os.path.isfile(args.db):
         return fail("verify", 2, "no case store %s" % args.db)
-    store = CaseStore(args.db)
-    try:
-        case = store.case(args.case)
-        store.flush()
-    except StoreError as exc:
-        return fail("verify", 2, "%s" % exc)
-    finally:
-        store.close()
+    try:  # read-only: verifying must not write to the store or move its anchor
+        case = find_case(args.db, args.case)
+    except sqlite3.Error as exc:
+        return fail("verify", 2, "%s is not a case store: %s" % (args.db, exc))
+    if case is None:
+        return fail("verify", 2, "no case %r in %s" % (args.case, args.db) if args.case else "no cases in %s" % args.db)
     res = verify(args.db, int(case["id"]))
     if res["ok"]:
         print("ionm verify: case %s intact: %d records chained, head %s, anchored at %d%s" % (
