@@ -14,7 +14,7 @@ from yarl import URL
 
 from ionm.board.stimulation import RecordedStimulation
 from ionm.case.store import CaseStore
-from ionm.console.auth import Accounts, AuthError, RateLimiter, Sessions
+from ionm.console.auth import Accounts, AddressBackoff, AuthError, RateLimiter, Sessions
 from ionm.console.engine import CaseEngine
 from ionm.console.server import COOKIE, ConsoleServer
 
@@ -74,6 +74,22 @@ def test_rate_limiter() -> None:
     assert rl.retry_after("k") > 0 and rl.retry_after("other") == 0
     time.sleep(0.35)
     assert rl.retry_after("k") == 0
+
+
+def test_address_backoff_slows_an_address_down_and_forgets() -> None:
+    now = [100.0]
+    b = AddressBackoff(free=3, base_s=1.0, cap_s=10.0, window_s=300.0, clock=lambda: now[0])
+    waits = []
+    for _ in range(9):
+        waits.append(b.reserve("10.0.0.1"))
+        now[0] += waits[-1]  # it waited as told, then failed
+        b.fail("10.0.0.1")
+    assert waits == [0, 0, 0, 1, 2, 4, 8, 10, 10]  # free, then doubling, capped: never a refusal
+    assert b.reserve("10.0.0.2") == 0  # another address is not slowed
+    first, second = b.reserve("10.0.0.1"), b.reserve("10.0.0.1")  # two at once: one after the other
+    assert (first, second) == (10, 20)
+    now[0] += 301 + 30
+    assert b.reserve("10.0.0.1") == 0  # failures older than the window are forgotten
 
 
 @pytest.fixture
@@ -213,3 +229,93 @@ def test_logout_ends_the_session(server) -> None:
                 assert r.status == 401
 
     _run(go())
+
+
+def test_typos_lock_the_account_not_the_colleagues_behind_the_same_address(store: CaseStore) -> None:
+    cid = store.open_case()
+    engine = CaseEngine(store, cid, stimulation=RecordedStimulation())
+    engine.start()
+    srv = ConsoleServer(engine, store, login_limit=3, address_backoff=AddressBackoff(free=2, base_s=0.05, cap_s=0.2))
+    url = srv.start_in_thread()
+
+    async def go() -> None:
+        async with _client() as s:
+            for k in range(3):  # one person's typos
+                assert await _login(s, url, "tech", "wrong-password-%d" % k) == 401
+            assert await _login(s, url, "tech", "tech-password-1") == 429  # that account is locked ...
+            for k in range(12):  # and a spray of names from the same address
+                assert await _login(s, url, "nobody-%d" % k, "guess-%d" % k) == 401
+        async with _client() as s:  # ... but a colleague behind the same address gets in, only slowed down
+            assert await _login(s, url, "doc", "doc-password-1") == 303
+            async with s.get(url + "api/stats") as r:
+                assert r.status == 200
+        async with _client() as s:
+            assert await _login(s, url, "tech", "tech-password-1") == 429  # still locked, for its window
+
+    try:
+        _run(go())
+    finally:
+        srv.stop_thread()
+        engine.stop()
+    store.flush()
+    actions = [r["action"] for r in store.query("SELECT action FROM audit WHERE case_id IS NULL")]
+    assert actions.count("login.failed") == 15 and actions.count("login.limited") == 2 and "login" in actions
+
+
+@pytest.fixture
+def tls_server(store: CaseStore, tmp_path: Path):
+    import shutil
+    import subprocess
+
+    from ionm.console.server import tls_context
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    cid = store.open_case()
+    engine = CaseEngine(store, cid, stimulation=RecordedStimulation())
+    engine.start()
+    srv = ConsoleServer(engine, store, tls=tls_context(str(cert), str(key)))
+    url = srv.start_in_thread()
+    yield srv, url
+    srv.stop_thread()
+    engine.stop()
+
+
+def test_plain_http_to_the_tls_port_is_redirected_to_https(tls_server) -> None:
+    import http.client
+    import ssl
+    import urllib.parse
+
+    srv, url = tls_server
+    assert url.startswith("https://localhost:")
+    port = urllib.parse.urlsplit(url).port
+    for path in ("/login", "/", "/static/console.js?x=1"):
+        plain = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        plain.request("GET", path, headers={"Host": "or3.example:%d" % port})
+        resp = plain.getresponse()
+        assert resp.status == 301
+        assert resp.getheader("Location") == "https://or3.example:%d%s" % (port, path)
+        assert b"HTTPS only" in resp.read()
+        plain.close()
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the test's self-signed certificate
+    secure = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ctx)
+    secure.request("GET", "/login")
+    resp = secure.getresponse()
+    assert resp.status == 200 and b"password" in resp.read().lower()  # TLS itself still served on the same port
+    secure.close()
+
+    async def login() -> None:
+        async with _client(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+            base = "https://127.0.0.1:%d/" % port
+            async with s.post(base + "login", data={"user": "doc", "password": "doc-password-1"},
+                              allow_redirects=False, headers={"Origin": base.rstrip("/")}) as r:
+                assert r.status == 303 and "Secure" in r.headers["Set-Cookie"]
+            ws = await s.ws_connect(base + "ws", origin=base.rstrip("/"))
+            assert json.loads((await ws.receive(timeout=10)).data)["type"] == "snapshot"  # wss works
+            await ws.close()
+
+    _run(login())

@@ -53,3 +53,39 @@ def test_the_same_seed_gives_the_same_samples():
     a, b, c = record(5), record(5), record(6)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_sim_refuses_an_unknown_scenario_at_start_and_lists_the_available_ones():
+    from ionm_hw.patient import scenario_names
+
+    done = subprocess.run(ionm_cmd("sim", "--scenario", "no-such-scenario"), capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+    assert done.returncode == 2
+    assert done.stdout == ""  # no serial device was announced: nothing was started
+    assert "no-such-scenario" in done.stderr
+    for name in scenario_names():
+        assert name in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_console_sim_refuses_an_unknown_scenario_before_opening_a_case(tmp_path):
+    from conftest import store_with_technologist
+
+    from ionm.case.store import CaseStore
+    from ionm_hw.patient import scenario_names
+
+    db = store_with_technologist(tmp_path / "cases.db")
+    for extra in ([], ["--direct"]):
+        done = subprocess.run(ionm_cmd("console", "--sim", *extra, "--scenario", "no-such-scenario", "--db", str(db),
+                                       "--no-browser", "--listen", "127.0.0.1:0"),
+                              capture_output=True, text=True, timeout=60, start_new_session=True)
+        assert done.returncode == 2, done.stderr
+        assert "no-such-scenario" in done.stderr
+        for name in scenario_names():
+            assert name in done.stderr
+        assert "Traceback" not in done.stderr
+    store = CaseStore(db)
+    try:
+        assert store.open_case_id() is None  # refused before anything entered the record
+    finally:
+        store.close()

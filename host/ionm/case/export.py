@@ -6,7 +6,9 @@ data record is one raw sweep (µV). By default the file is EDF+C with the sweeps
 reader opens (EDFlib/pyedflib refuse EDF+D): file time is then not case time, so each "stim <site> t=<case
 time>" annotation, at the stimulus of its record, says when it really was. --discontinuous writes EDF+D
 instead: each record's time-keeping annotation is its window's true onset in the case. Other annotations:
-"rejected: <reasons>" for rejected sweeps, and the case events (alerts, acknowledgements, notes, baselines,
+"rejected: <reasons>" for rejected sweeps; "samples lost: N (channels)", with its duration, over every stretch
+of samples lost on the link (written as 0 µV: EDF has no "no value", and a NaN must never reach a file); and
+the case events (each once) (alerts, acknowledgements, notes, baselines,
 stimulation changes) with the user who made them. With several streams OUT is a name pattern:
 case.edf -> case.ssep-lower_L-tibial.edf, ...
 
@@ -35,6 +37,40 @@ def _edf_text(text: str) -> str:
     return re.sub(r"[\x00-\x1f]", " ", text)[:200]
 
 
+def sw_time(stim_t: float, i: int, pre: int, fs: float) -> float:
+    """Case time of sample i of the sweep whose stimulus was at stim_t."""
+    return stim_t + (i - pre) / fs
+
+
+def lost_spans(lost: np.ndarray, names: list[str]) -> list[tuple[int, int, int, str]]:
+    """Runs of lost samples [k, ch, n] -> (sweep k, first sample, end sample, annotation text), one per run of
+    samples where some channel was lost (the link loses whole frames: every channel at once)."""
+    out = []
+    any_lost: np.ndarray = np.any(lost, axis=1)  # [k, n]
+    for k in np.flatnonzero(np.any(any_lost, axis=1)):
+        row = np.concatenate([[False], any_lost[k], [False]])
+        edges = np.flatnonzero(row[1:] != row[:-1])
+        for i0, i1 in zip(edges[::2], edges[1::2], strict=True):
+            chans = np.flatnonzero(np.any(lost[k, :, i0:i1], axis=1))
+            which = "all channels" if len(chans) == len(names) else ", ".join(
+                names[c].split(" (")[0] for c in chans)
+            out.append((int(k), int(i0), int(i1), "samples lost: %d (%s), written as 0 uV" % (i1 - i0, which)))
+    return out
+
+
+def _unique_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The case events, each (time, kind, user, text) once: a baseline rebuilt by itself repeats its request's
+    time and wording, and must not become a second annotation."""
+    seen: set[tuple[Any, ...]] = set()
+    out = []
+    for item in events:
+        key = (round(float(item["t_s"]), 2), item["kind"], item["user"], item["text"])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out
+
+
 def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = False, discontinuous: bool = False) -> int:
     """One stream of a case as EDF+ / BDF+ (one sweep per data record); returns the number of sweeps."""
     import edfio
@@ -49,18 +85,21 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
     if not sweeps:
         return 0
     data = np.stack([sw.data_uv for sw, _ in sweeps]).astype(np.float64)  # [k, ch, n]
+    lost = ~np.isfinite(data)  # samples lost on the link (NaN): written as 0 µV and marked by an annotation
+    data[lost] = 0.0
     duration = n / fs
     signal_cls: Any = edfio.BdfSignal if bdf else edfio.EdfSignal
     signals = []
     for c, name in enumerate(meta["channel_names"]):
         x = data[:, c, :].reshape(-1)
-        lo, hi = float(np.floor(x.min())) - 1.0, float(np.ceil(x.max())) + 1.0
+        lo, hi = float(np.floor(min(x.min(), 0.0))) - 1.0, float(np.ceil(max(x.max(), 0.0))) + 1.0
         signals.append(signal_cls(x, fs, label=name.split(" (")[0][:16], transducer_type="AgCl electrode",
                                   physical_dimension="uV",
                                   physical_range=(lo, hi), prefiltering="none (raw)",
                                   **({"digital_range": (-8388608, 8388607)} if bdf else {})))
     stims = np.array([sw.t_s for sw, _ in sweeps])
-    events = timeline_from_store(store, case_id)
+    events = _unique_events(timeline_from_store(store, case_id))
+    gaps = lost_spans(lost, meta["channel_names"])
     if discontinuous:
         # Every record at its true time: the time-keeping TAL of record k is its window's onset in the case.
         onsets = stims - pre / fs
@@ -70,6 +109,9 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
             bad = sorted({r for r in reasons if r})
             if bad:
                 records[k].append(ea._EdfTAL(float(round(sw.t_s, 6)), None, ["rejected: " + ", ".join(bad)]))
+        for k, i0, i1, text in gaps:
+            records[k].append(ea._EdfTAL(float(round(onsets[k] + i0 / fs, 6)), float(round((i1 - i0) / fs, 6)),
+                                         [text]))
         for item in events:
             k = max(0, int(np.searchsorted(onsets, item["t_s"], side="right")) - 1)
             text = "%s (%s): %s" % (item["kind"], item["user"], item["text"])
@@ -86,6 +128,9 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
             bad = sorted({r for r in reasons if r})
             if bad:
                 annotations.append(edfio.EdfAnnotation(k * duration + pre / fs, None, "rejected: " + ", ".join(bad)))
+        for k, i0, i1, text in gaps:
+            annotations.append(edfio.EdfAnnotation(k * duration + i0 / fs, (i1 - i0) / fs,
+                                                   "%s t=%.4f" % (text, sw_time(stims[k], i0, pre, fs))))
         for item in events:
             k = min(int(np.searchsorted(stims, item["t_s"], side="left")), len(sweeps) - 1)
             annotations.append(edfio.EdfAnnotation(k * duration, None, _edf_text("%s (%s) t=%.2f: %s" % (

@@ -4,8 +4,10 @@ Pages: (1) case summary — identifiers, times, streams with sweep and rejection
 status; (2) baselines — every stream's baseline waveforms with the reference amplitude and latency of each
 channel; (3) one page per alert — the channel's average before the alert, at it and after it, overlaid on the
 baseline, the trend around it, and who acknowledged it with what note; (4) interventions and notes — the
-timeline (continued on further pages when long); (5) closing status — the final state of every tracked
-channel, alerts left unacknowledged, and whether the audit trail's hash chain is intact.
+timeline (continued on further pages when long); (5) technical events — stimulation stops, technical alarms,
+samples lost (counts and times) and restarts; (6) closing status — the final state of every tracked channel,
+the alerts left unacknowledged grouped by channel, and whether the audit trail's hash chain is intact.
+Waveforms are drawn negative up on a truly inverted axis (the tick labels are true µV).
 """
 
 from __future__ import annotations
@@ -59,8 +61,105 @@ def _text_page(pdf: Any, title: str, lines: list[str], per_page: int = 58) -> in
 
 
 def _trace_axes(ax: Any, stream: dict[str, Any], wave: np.ndarray, label: str, color: str, ls: str = "-") -> None:
+    """A trace in true µV on an axis drawn negative up (the neurophysiology convention): the values are plotted as
+    they are and the axis is inverted, so the tick labels stay true and "negative up" is what the reader sees."""
     t = (np.arange(wave.shape[-1]) - stream["pre_samples"]) / stream["fs"] * 1000.0
-    ax.plot(t, -wave, color=color, ls=ls, lw=1.0, label=label)  # negative up, as on the console
+    ax.plot(t, wave, color=color, ls=ls, lw=1.0, label=label)
+    if not ax.yaxis_inverted():
+        ax.invert_yaxis()
+
+
+def lost_samples(store: Any, cid: int) -> list[dict[str, Any]]:
+    """Samples missing from the recorded sweeps (lost on the link: NaN in the record), as episodes: sweeps of any
+    stream less than 2 s apart belong to one. Each: first and last sweep time, sweeps affected, samples missing
+    (per channel-independent sample time) and the streams."""
+    from ionm.case.store import unpack
+
+    rows = store.query("SELECT stream, t_s, data FROM sweeps WHERE case_id = ? AND reasons LIKE '%nonfinite%' "
+                       "ORDER BY t_s, id", (cid,))
+    episodes: list[dict[str, Any]] = []
+    for r in rows:
+        x = unpack(r["data"])
+        n = int(np.count_nonzero(~np.isfinite(x).all(axis=0)))
+        if not n:
+            continue
+        t = float(r["t_s"])
+        if episodes and t - episodes[-1]["t1"] <= 2.0:
+            e = episodes[-1]
+        else:
+            e = {"t0": t, "t1": t, "sweeps": 0, "samples": 0, "streams": []}
+            episodes.append(e)
+        e["t1"], e["sweeps"], e["samples"] = t, e["sweeps"] + 1, e["samples"] + n
+        if r["stream"] not in e["streams"]:
+            e["streams"].append(r["stream"])
+    return episodes
+
+
+def technical_events(store: Any, cid: int) -> list[str]:
+    """The technical-events section: stimulation stops, technical alarms, lost samples (counts and times) and
+    restarts, counted first, then listed in time order."""
+    notes = [n for n in store.rows("notes", cid) if n["kind"] == "technical"]
+    audit = store.rows("audit", cid)
+    programs = [p for p in store.rows("programs", cid) if p["kind"] == "stimulation"
+                and (p["body"].get("command") or {}).get("action") == "stop_all"]
+    items: list[tuple[float, str, str]] = []
+    board_stops = [n for n in notes if "stimulation stopped" in n["text"] and n["text"].startswith("TECHNICAL")]
+    for n in board_stops:
+        items.append((n["t_s"], "stim stop", n["text"]))
+    for p in programs:
+        items.append((p["t_s"], "stim stop", "all stimulation stopped by %s" % p["user"]))
+    raised = [n for n in notes if n["text"].startswith("TECHNICAL ALARM") and n not in board_stops]
+    for n in notes:
+        if n in board_stops:
+            continue
+        kind = "alarm" if n["text"].startswith("TECHNICAL ALARM") else "cleared" if n["text"].startswith(
+            "technical alarm cleared") else "board"
+        items.append((n["t_s"], kind, n["text"]))
+    episodes = lost_samples(store, cid)
+    for e in episodes:
+        items.append((e["t0"], "lost", "%d samples missing from %d sweeps, %s-%s (%s)" % (
+            e["samples"], e["sweeps"], _mmss(e["t0"]), _mmss(e["t1"]), ", ".join(e["streams"]))))
+    resumes = [a for a in audit if a["action"] == "case.resume"]
+    clocks = [a for a in audit if a["action"] == "source.clock"]
+    for a in resumes:
+        items.append((float(a["detail"].get("t_s", 0.0)), "restart", "console restarted; the case resumed (%s)"
+                      % _when(a["wall"])))
+    for a in clocks:
+        items.append((float(a["detail"].get("case_t_s", 0.0)), "restart",
+                      "the source's clock restarted (board reset or console restart)"))
+    lines = ["Stimulation stops:   %d (by the board %d, by a user %d)" % (len(board_stops) + len(programs),
+                                                                        len(board_stops), len(programs)),
+             "Technical alarms:    %d raised" % (len(raised) + len(board_stops)),
+             "Lost samples:        %d missing from recorded sweeps, in %d episode(s)" % (
+                 sum(e["samples"] for e in episodes), len(episodes)),
+             "Restarts:            %d (console %d, source clock %d)" % (len(resumes) + len(clocks), len(resumes),
+                                                                       len(clocks)),
+             ""]
+    items.sort(key=lambda i: i[0])
+    lines += ["%s  %-9s %s" % (_mmss(t), kind, text) for t, kind, text in items] or ["(no technical events)"]
+    return lines
+
+
+def unacknowledged_by_channel(alerts: list[dict[str, Any]], acks: dict[str, Any]) -> list[str]:
+    """Alerts left unacknowledged, one line per channel: how many, first and last, the criteria, the lowest
+    amplitude and highest latency in % of baseline."""
+    from ionm.case.timeline import short_name
+
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for a in alerts:
+        if a["uid"] not in acks:
+            groups.setdefault((a["stream"], int(a["channel"])), []).append(a)
+    lines = []
+    for (stream, _), rows in sorted(groups.items(), key=lambda g: g[1][0]["t_s"]):
+        amps = [a["amplitude_ratio"] for a in rows if a["amplitude_ratio"] is not None]
+        lats = [a["latency_ratio"] for a in rows if a["latency_ratio"] is not None]
+        worst = ", ".join(([("amplitude down to %d %%" % round(100 * min(amps)))] if amps else []) +
+                          ([("latency up to %d %%" % round(100 * max(lats)))] if lats else []))
+        lines.append("  %s %s: %d alert%s, %s-%s (%s%s)" % (
+            stream, short_name(rows[0]["channel_name"]), len(rows), "" if len(rows) == 1 else "s",
+            _mmss(rows[0]["t_s"]), _mmss(rows[-1]["t_s"]), ", ".join(sorted({a["criterion"] for a in rows})),
+            "; " + worst if worst else ""))
+    return lines
 
 
 def write_report(store: Any, case_ref: Any, out: str) -> int:
@@ -103,10 +202,11 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         for key, (n, n_rej, t0, t1) in counts.items():
             lines.append("  %-24s %6d sweeps  %5d rejected   %s - %s" % (key, n, n_rej or 0, _mmss(t0), _mmss(t1)))
         unacked = [a for a in alerts if a["uid"] not in acks]
+        by_channel = unacknowledged_by_channel(alerts, acks)
         lines += ["", "Alerts          %d (%d acknowledged, %d not acknowledged)" % (
             len(alerts), len(alerts) - len(unacked), len(unacked))]
-        for a in alerts:
-            lines.append("  %s  %s" % (_mmss(a["t_s"]), alert_label(a)))
+        if unacked:
+            lines += ["", "Unacknowledged alerts by channel (%d channels)" % len(by_channel)] + by_channel
         users = sorted({a["user"] for a in audit if a["user"] != "system"})
         lines += ["", "People on the record: %s" % (", ".join(users) or "-"),
                   "Baselines set: %d" % len(baselines),
@@ -125,7 +225,7 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
                 span = np.nanmax(np.abs(b["mean"])) or 1.0
                 for c, name in enumerate(st["channel_names"]):
                     ref = b["refs"][c]
-                    _trace_axes(ax, st, b["mean"][c] - 2.2 * span * c, "", "C%d" % c)
+                    _trace_axes(ax, st, b["mean"][c] + 2.2 * span * c, "", "C%d" % c)  # channel 0 on top
                     ax.text(1.01, 1 - (c + 0.5) / len(st["channel_names"]),
                             "%s\n%s µV  %s ms%s" % (short_name(name)[:34], ref["amp_uv"], ref["lat_ms"],
                                                     _baseline_note(ref)),
@@ -160,8 +260,8 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
                 if item is not None:
                     _trace_axes(ax, st, item[2][c], "%s (%s)" % (name, _mmss(item[0])), color)
             ax.set_title("%s · %s" % (a["stream"], short_name(a["channel_name"])), fontsize=9)
-            ax.set_xlabel("ms after stimulus (negative up)", fontsize=8)
-            ax.set_ylabel("µV", fontsize=8)
+            ax.set_xlabel("ms after stimulus", fontsize=8)
+            ax.set_ylabel("µV (negative up)", fontsize=8)
             ax.legend(fontsize=7, loc="upper right")
             ax.tick_params(labelsize=7)
             ax2 = fig.add_axes((0.08, 0.27, 0.86, 0.2))
@@ -188,11 +288,14 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
             plt.close(fig)
             pages += 1
 
-        # 4. interventions and notes
+        # 4. technical events: the equipment, not the patient
+        pages += _text_page(pdf, "Technical events", technical_events(store, cid))
+
+        # 5. interventions and notes
         lines = ["%s  %-8s %-14s %s" % (_mmss(i["t_s"]), i["kind"], i["user"][:14], i["text"]) for i in timeline]
         pages += _text_page(pdf, "Interventions, events and notes", lines or ["(none)"])
 
-        # 5. closing status
+        # 6. closing status
         last: dict[str, dict[str, Any]] = {}
         for m in measurements:
             last[m["stream"]] = m
@@ -210,10 +313,15 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
                 lines.append("    %-44s %-8s %5s %%  %5s %%" % (short_name(name)[:44], m["body"]["states"][c],
                                                                "-" if a_ is None else round(100 * a_),
                                                                "-" if l_ is None else round(100 * l_)))
-        lines += ["", "Alerts not acknowledged: %d" % len(unacked)]
-        lines += ["  %s  %s" % (_mmss(a["t_s"]), alert_label(a)) for a in unacked]
+        lines += ["", "Alerts not acknowledged: %d, by channel:" % len(unacked)] + (by_channel or ["  (none)"])
         lines += ["", "Audit trail: %d entries for this case; hash chain %s." % (
             len(audit), "intact" if store.verify_audit() else "BROKEN (the record was altered outside the console)")]
+        led = store.verify(cid)
+        lines += ["", "Record ledger (every row of the case, chained; `ionm verify` checks it): %d records, %s." % (
+            led["entries"], "intact" if led["ok"] else "NOT INTACT: %s" % led["first"]),
+                  "Ledger head: %s" % (led["head"] or "-"),
+                  "Anchored in %s.anchor.json at %s records." % (
+                      str(store.path).rsplit("/", 1)[-1], led["anchor"]["rows"] if led["anchor"] else "no")]
         lines += ["", "Report written %s." % _when(datetime.datetime.now().timestamp()), "",
                   "Reviewed by (physician): ______________________________   Date: ____________"]
         pages += _text_page(pdf, "Closing status", lines)

@@ -9,7 +9,8 @@ Why it is built this way:
   (0.5 s) with synchronous=FULL, so a kill -9 of the host loses at most the last half second of sweeps.
   flush() waits for a commit: acknowledgements and notes are durable before the user is told they are.
 - The audit trail is a hash chain (each row's hash covers the previous hash), so a row removed or edited
-  behind SQLite's back shows up in verify_audit().
+  behind SQLite's back shows up in verify_audit(). Beyond it, every row of every case table is chained in the
+  ledger and the chain heads are anchored in a sidecar file after every commit (ionm.case.ledger; verify()).
 - Sweeps are float32 µV, byte-shuffled and zlib-compressed (lossless; ~0.8 of raw on noisy sweeps).
 """
 
@@ -28,12 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from ionm.case.ledger import SCHEMA as LEDGER_SCHEMA, Ledger, verify as verify_ledger
 from ionm.sweep import Sweep
 
 CODEC = "f32-shuffle-zlib1"
 
 APPEND_ONLY = ("cases", "streams", "sweeps", "averages", "baselines", "measurements", "alerts", "acks", "notes",
-               "programs", "peak_marks", "audit")
+               "programs", "peak_marks", "audit", "ledger")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cases (
@@ -85,7 +87,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, user TEXT NOT NULL, created REAL NOT NULL, expires REAL NOT NULL,
     revoked INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+""" + LEDGER_SCHEMA
 
 _SWEEPS_UNIQUE = "CREATE UNIQUE INDEX IF NOT EXISTS sweeps_once ON sweeps (case_id, stream, t_s);"
 _SWEEPS_PLAIN = "CREATE INDEX IF NOT EXISTS sweeps_by_stream ON sweeps (case_id, stream, t_s);"
@@ -153,8 +155,12 @@ class CaseStore:
         self._error: BaseException | None = None
         self._closed = False
         self.commits = 0
+        self._ready = threading.Event()
         self._writer = threading.Thread(target=self._write_loop, name="case-store-writer", daemon=True)
         self._writer.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise StoreError("case store %s cannot be opened for writing: %r" % (self.path, self._error))
 
     # ---------------------------------------------------------------- connections
     def _connect(self) -> sqlite3.Connection:
@@ -185,6 +191,14 @@ class CaseStore:
         con = self._connect()
         prev = con.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
         self._last_hash = prev[0] if prev else ""
+        try:
+            self._ledger = Ledger(con, self.path)
+        except BaseException as exc:  # the store must not write what it cannot chain
+            self._error = exc
+            self._ready.set()
+            con.close()
+            return
+        self._ready.set()
         in_tx = False
         last_commit = time.monotonic()
         waiters: list[threading.Event] = []
@@ -209,10 +223,11 @@ class CaseStore:
                         box.append(fn(con))
                     except BaseException as exc:  # report to the caller, keep writing
                         box.append(exc)
+                    self._anchor()
                     done.set()
                 elif kind != "tick":
                     if not in_tx:
-                        con.execute("BEGIN")
+                        con.execute("BEGIN IMMEDIATE")  # the write lock now: the ledger's head is read in it
                         in_tx = True
                     self._apply(con, kind, item)
             except BaseException as exc:
@@ -222,6 +237,7 @@ class CaseStore:
                 try:
                     con.execute("COMMIT")
                     self.commits += 1
+                    self._anchor()  # the checkpoint: the chain heads leave the database once durable in it
                 except sqlite3.Error as exc:
                     self._error = exc
                 in_tx = False
@@ -232,25 +248,38 @@ class CaseStore:
                 for w in waiters:
                     w.set()
                 waiters = []
+        self._anchor()
         con.close()
+
+    def _anchor(self) -> None:
+        try:
+            self._ledger.write_anchor()
+        except OSError as exc:
+            self._error = exc
+
+    def _insert(self, con: sqlite3.Connection, kind: str, row: dict[str, Any]) -> None:
+        """One row and its ledger entry, in the same transaction."""
+        row = self._ledger.coerced(kind, row)
+        cols = list(row)
+        cur = con.execute("INSERT INTO %s (%s) VALUES (%s)" % (kind, ", ".join(cols), ", ".join("?" * len(cols))),
+                          [row[c] for c in cols])
+        self._ledger.append(con, kind, int(cur.lastrowid or 0), row, row.get("case_id"))
 
     def _apply(self, con: sqlite3.Connection, kind: str, row: dict[str, Any]) -> None:
         if kind == "audit":
             detail = json.dumps(row["detail"], sort_keys=True, default=str)
             h = _hash(self._last_hash, row["wall"], row["user"], row["action"], detail, row["case_id"])
-            con.execute("INSERT INTO audit (case_id, wall, user, action, detail, prev_hash, hash) "
-                        "VALUES (?,?,?,?,?,?,?)",
-                        (row["case_id"], row["wall"], row["user"], row["action"], detail, self._last_hash, h))
+            self._insert(con, "audit", {"case_id": row["case_id"], "wall": row["wall"], "user": row["user"],
+                                        "action": row["action"], "detail": detail, "prev_hash": self._last_hash,
+                                        "hash": h})
             self._last_hash = h
             return
-        cols = list(row)
-        sql = "INSERT INTO %s (%s) VALUES (%s)" % (kind, ", ".join(cols), ", ".join("?" * len(cols)))
         if kind != "sweeps":
-            con.execute(sql, [row[c] for c in cols])
+            self._insert(con, kind, row)
             return
         if con.execute("SELECT 1 FROM sweeps WHERE case_id = ? AND stream = ? AND t_s = ?",
                        (row["case_id"], row["stream"], row["t_s"])).fetchone() is None:
-            con.execute(sql, [row[c] for c in cols])
+            self._insert(con, kind, row)
             return
         # A second sweep at a time already stored (a source whose clock restarted): the first one stays, the
         # refusal is counted and audited, and recording goes on. Checked here as well as by the unique index
@@ -305,9 +334,15 @@ class CaseStore:
         uid = time.strftime("%Y%m%d-%H%M%S", time.localtime(wall)) + "-%04x" % (int(wall * 1e6) & 0xFFFF)
 
         def insert(con: sqlite3.Connection) -> int:
+            row = {"uid": uid, "created": wall, "patient_id": patient_id, "procedure": procedure,
+                   "meta": json.dumps(meta or {})}
+            con.execute("BEGIN IMMEDIATE")
             cur = con.execute("INSERT INTO cases (uid, created, patient_id, procedure, meta) VALUES (?,?,?,?,?)",
-                              (uid, wall, patient_id, procedure, json.dumps(meta or {})))
-            return int(cur.lastrowid or 0)
+                              tuple(row.values()))
+            case_id = int(cur.lastrowid or 0)
+            self._ledger.append(con, "cases", case_id, row, case_id)
+            con.execute("COMMIT")
+            return case_id
 
         case_id = int(self._call(insert))
         self.audit(case_id, user, "case.open", {"uid": uid, "patient_id": patient_id, "procedure": procedure})
@@ -445,6 +480,11 @@ class CaseStore:
         return [{k: r[k] for k in r.keys() if k != "data"} | {"refs": json.loads(r["refs"]),
                                                               "peaks": json.loads(r["peaks"]),
                                                               "mean": unpack(r["data"])} for r in rows]
+
+    def verify(self, case_id: int) -> dict[str, Any]:
+        """The case's record checked against its ledger and the anchor file (ionm.case.ledger.verify)."""
+        self.flush()
+        return verify_ledger(self.path, case_id)
 
     def verify_audit(self) -> bool:
         """True when the audit hash chain is intact from the first row to the last."""

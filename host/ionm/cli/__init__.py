@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("ionm.cli.replay", "play a recorded case through the console"),
     "export": ("ionm.cli.export", "export a recorded case as EDF+/BDF+ or CSV"),
     "report": ("ionm.cli.report", "write a recorded case's PDF report"),
+    "verify": ("ionm.cli.verify", "check a recorded case for tampering against its ledger and anchor"),
     "flash": ("ionm.cli.flash", "build the firmware and flash it to a board, or update a running board"),
     "calibrate": ("ionm.cli.calibrate", "calibrate a board's amplifier and stimulator"),
     "bench": ("ionm.cli.bench", "verify a board against its specification with a signal generator"),

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ionm.cli.common import add_db_argument, fail, parse_listen
+from ionm.cli.common import add_db_argument, fail, parse_listen, scenario_error
 
 HELP = "the case console: live waveforms, trends, alerts, notes and stimulation in a browser"
 
@@ -119,6 +119,10 @@ def run(args: argparse.Namespace) -> int:
         return fail("console", 2, "%s" % exc)
     if bool(args.cert) != bool(args.key):
         return fail("console", 2, "--cert and --key go together")
+    if args.sim:
+        problem = scenario_error(args.scenario)
+        if problem:
+            return fail("console", 2, problem)
     if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
         print("ionm console: WARNING: listening on %s without TLS: passwords and patient data cross the network "
               "in clear. Give --cert/--key for remote oversight." % host, file=sys.stderr)

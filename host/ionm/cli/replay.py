@@ -1,4 +1,6 @@
-"""`ionm replay CASE`: play a recorded case through the console (ionm.console.replay), paced or --fast."""
+"""`ionm replay CASE`: play a recorded case through the console (ionm.console.replay), paced or --fast, until the
+recording ends (exit 0, the alerts of the replay counted against the recorded ones), or until a signal; with
+--keep-serving the console stays up after the end until a signal."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import sys
 
 from ionm.cli.common import add_db_argument, parse_listen
 
-HELP = "play a recorded case through the console (paced or --fast)"
+HELP = "play a recorded case through the console (paced or --fast) until it ends"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cert")
     p.add_argument("--key")
     p.add_argument("--keep", metavar="PATH", help="keep the replay's scratch store here")
+    p.add_argument("--keep-serving", action="store_true",
+                   help="go on serving the console after the recording ended, until SIGINT/SIGTERM")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,9 +54,19 @@ def run(args: argparse.Namespace) -> int:
     server = ConsoleServer(engine, scratch, tls=tls_context(args.cert, args.key) if args.cert else None,
                            auth_store=store)
 
+    def at_end() -> bool:
+        engine.store.flush()
+        replayed = len(engine.store.rows("alerts", engine.case_id))
+        recorded = len(store.rows("alerts", int(case["id"])))
+        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s"
+              % (source.sent, replayed, recorded, "; serving until a signal" if args.keep_serving else ""),
+              flush=True)
+        return bool(args.keep_serving)
+
     try:
         serve(server, engine, source, host, port, open_browser=not args.no_browser,
-              announce=lambda url: print("ionm replay: case %s at %s" % (case["uid"], url), flush=True))
+              announce=lambda url: print("ionm replay: case %s at %s" % (case["uid"], url), flush=True),
+              at_end=at_end)
     finally:
         engine.stop()
         scratch.close()

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from ionm.board.virtual import VirtualBoard
-from ionm.cli.common import fail
+from ionm.cli.common import fail, scenario_error
 
 HELP = "run the virtual board (firmware on MicroPython + hardware model)"
 
@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    problem = scenario_error(args.scenario)
+    if problem:
+        return fail("sim", 2, problem)
     stopping = False
 
     def stop(_sig: int, _frame: Any) -> None:

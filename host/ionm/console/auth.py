@@ -6,8 +6,11 @@
   a per-installation secret kept in the store. The session id must also be live in the sessions table, so a
   logout or a disabled account ends the session at once; the role is read from the account on every request,
   so a role change takes effect without a new login.
-- Login attempts are limited per user name and per client address (sliding window), so a password cannot be
-  guessed online.
+- Login attempts: an account is locked after `limit` failed attempts on it within the window, wherever they
+  came from (RateLimiter, per user name); an address is only slowed down, never locked out (AddressBackoff):
+  a hospital NAT puts a whole OR suite behind one address, and one person's typos must not lock out the
+  colleagues behind it. Together a password cannot be guessed online, neither on one account nor by spraying
+  many.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 from ionm.case.store import CaseStore
 from ionm.console.engine import ROLES
@@ -178,3 +182,44 @@ class RateLimiter:
     def fail(self, key: str) -> None:
         with self._lock:
             self._fails.setdefault(key, deque()).append(time.monotonic())
+
+
+class AddressBackoff:
+    """Per client address: the first `free` failures within `window_s` cost nothing; after that, each attempt from
+    the address waits base * 2^(failures - free) seconds (at most `cap_s`) after the previous one. Attempts that
+    arrive together queue one after another (each reserves its slot), so parallel requests gain nothing. A wait
+    is a delay, never a refusal: a colleague behind the same address with the right password gets in, later."""
+
+    def __init__(self, free: int = 3, base_s: float = 1.0, cap_s: float = 10.0, window_s: float = 300.0,
+                 clock: Any = time.monotonic):
+        self.free, self.base_s, self.cap_s, self.window_s, self.clock = free, base_s, cap_s, window_s, clock
+        self._fails: dict[str, deque[float]] = {}
+        self._next: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _step(self, q: deque[float]) -> float:
+        f = len(q)
+        return 0.0 if f < self.free else min(self.cap_s, self.base_s * 2.0 ** (f - self.free))
+
+    def reserve(self, addr: str) -> float:
+        """Seconds this attempt from addr must wait before its password is checked (0: now)."""
+        with self._lock:
+            now = self.clock()
+            q = self._fails.get(addr)
+            while q and now - q[0] > self.window_s:
+                q.popleft()
+            if not q:
+                self._fails.pop(addr, None)
+                self._next.pop(addr, None)
+                return 0.0
+            step = self._step(q)
+            if step <= 0:
+                return 0.0
+            slot = max(now, q[-1] + step, self._next.get(addr, 0.0))
+            self._next[addr] = slot + step
+            return slot - now
+
+    def fail(self, addr: str) -> None:
+        with self._lock:
+            self._fails.setdefault(addr, deque()).append(self.clock())
+

@@ -34,6 +34,7 @@ import numpy as np
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
 from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
+from ionm.console.display import bounded_snapshot
 from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
 from ionm.sweep import Sweep
 
@@ -845,7 +846,9 @@ class CaseEngine:
             frames["stim"] = self._stim_frame()
         frames["technical"] = self.technical.frame()
         frames["case"] = self.case_info()
-        return {"frames": frames, "appends": [p for k in self.trend for p in self.trend[k]] + list(self.timeline)}
+        # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
+        return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
+                                {k: st.show for k, st in self.streams.items()})
 
     def case_info(self) -> dict[str, Any]:
         c = self.store.case(self.case_id)

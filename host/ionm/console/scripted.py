@@ -31,8 +31,9 @@ def injury_scenario(onset_s: float, name: str = "acute_cord_injury", ramp_s: flo
 def run_case(store: CaseStore, scenario: dict[str, Any], *, duration_s: float, seed: int = 1,
              mep_every: float = 1.0, ssep: bool = True, patient_id: str = "TEST-1", procedure: str = "simulated",
              actions: list[tuple[float, Callable[[CaseEngine], Any]]] | None = None,
-             timeout_s: float = 300.0) -> tuple[CaseEngine, int]:
-    """Run a simulated case to its end (unpaced); returns the stopped engine and the case id."""
+             timeout_s: float = 300.0, speed: float = 0.0) -> tuple[CaseEngine, int]:
+    """Run a simulated case to its end (unpaced, or at `speed` times real time, as a live case runs); returns the
+    stopped engine and the case id."""
     program = default_program(scenario)
     program["tcmep"]["repeat_s"] = mep_every
     if not ssep:
@@ -41,10 +42,10 @@ def run_case(store: CaseStore, scenario: dict[str, Any], *, duration_s: float, s
     stim = RecordedStimulation(program)
     cid = store.open_case(patient_id=patient_id, procedure=procedure,
                           meta={"source": "sim", "scenario": scenario.get("name"), "seed": seed})
-    engine = CaseEngine(store, cid, stimulation=stim, queue_size=32)
+    engine = CaseEngine(store, cid, stimulation=stim, queue_size=32 if speed <= 0 else 2048)
     for t, fn in actions or []:
         engine.at(t, functools.partial(fn, engine))
-    source = SimulatedCase(scenario, seed, speed=0.0, stimulation=stim, duration_s=duration_s)
+    source = SimulatedCase(scenario, seed, speed=speed, stimulation=stim, duration_s=duration_s)
     engine.link_health = source.link_health
     engine.start()
     engine.run_source(source)

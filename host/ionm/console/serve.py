@@ -13,9 +13,12 @@ from ionm.console.server import ConsoleServer
 
 
 def serve(server: ConsoleServer, engine: CaseEngine, source: Iterable[Any], host: str, port: int, *,
-          open_browser: bool, announce: Callable[[str], None]) -> None:
+          open_browser: bool, announce: Callable[[str], None], at_end: Callable[[], bool] | None = None) -> None:
     """Start the web server, the engine and the source; `announce(url)` once all three run; block until a
-    signal, then stop the web server (the caller stops the engine and the source, whatever happened)."""
+    signal, then stop the web server (the caller stops the engine and the source, whatever happened).
+
+    at_end (a source that ends, such as a recording): called once the source is exhausted and every sweep of it
+    processed; serving stops then unless it returns True (keep serving until a signal)."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -28,6 +31,12 @@ def serve(server: ConsoleServer, engine: CaseEngine, source: Iterable[Any], host
         announce(url)
         if open_browser:
             webbrowser.open(url)
+        if at_end is not None:
+            while not stop.is_set():  # short waits: a signal must not wait for a thread
+                if await loop.run_in_executor(None, engine.wait_idle, 0.5):
+                    if not at_end():
+                        stop.set()
+                    break
         await stop.wait()
         await server.stop()
 

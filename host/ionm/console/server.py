@@ -10,8 +10,9 @@ Latency: each stream frame carries the arrival time of the oldest sweep it inclu
 send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure
 arrival-to-render.
 
-Security: no page, asset or socket without a valid session (middleware); login rate limited per name and per
-address; cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
+Security: no page, asset or socket without a valid session (middleware); an account locked after repeated
+failed logins, an address only slowed down (auth.AddressBackoff);
+cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
 commands are checked against the role by the engine, and every change lands in the audit trail.
 """
 
@@ -20,6 +21,8 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import re
+import socket
 import ssl
 import threading
 import time
@@ -33,7 +36,8 @@ import numpy as np
 from aiohttp import WSMsgType, web
 
 from ionm.case.store import CaseStore, StoreError
-from ionm.console.auth import Accounts, Identity, RateLimiter, Sessions
+from ionm.console.auth import Accounts, AddressBackoff, Identity, RateLimiter, Sessions
+from ionm.console.commands import CommandInvalid, Schema, loads
 from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -111,7 +115,8 @@ _SECURITY_HEADERS = {
 
 class ConsoleServer:
     def __init__(self, engine: CaseEngine, store: CaseStore, *, tls: ssl.SSLContext | None = None,
-                 login_limit: int = 5, login_window_s: float = 300.0, auth_store: CaseStore | None = None):
+                 login_limit: int = 5, login_window_s: float = 300.0, auth_store: CaseStore | None = None,
+                 address_backoff: AddressBackoff | None = None):
         """auth_store: where accounts, sessions and login audit live when not in the case store (a replay runs
         on a scratch case store but logs in against the real accounts)."""
         self.engine = engine
@@ -121,13 +126,17 @@ class ConsoleServer:
         self.accounts = Accounts(self.store)
         self.sessions = Sessions(self.store)
         self.user_limiter = RateLimiter(login_limit, login_window_s)
-        self.addr_limiter = RateLimiter(login_limit * 4, login_window_s)
+        self.addr_backoff = address_backoff or AddressBackoff(window_s=login_window_s)
+        self.schema = Schema(engine.stimulation.limits() if engine.stimulation is not None else None)
         self.hub: Hub | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = threading.Event()
+        self._listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._sniffers: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- app
     def app(self) -> web.Application:
@@ -170,17 +179,22 @@ class ConsoleServer:
         form = await request.post()
         name, password = str(form.get("user", "")).strip(), str(form.get("password", ""))
         addr = request.remote or "?"
-        wait = max(self.user_limiter.retry_after("u:" + name), self.addr_limiter.retry_after("a:" + addr))
+        # the address is slowed down (a delay, never a refusal: colleagues share a NAT); the account is locked
+        delay = self.addr_backoff.reserve(addr)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        wait = self.user_limiter.retry_after("u:" + name)
         if wait > 0:
             self.store.audit(None, name or "?", "login.limited", {"addr": addr})
-            resp = _login_page("Too many failed attempts: try again in %d s." % int(wait + 1), 429)
+            resp = _login_page("This account is locked after too many failed attempts: try again in %d s."
+                               % int(wait + 1), 429)
             resp.headers["Retry-After"] = str(int(wait + 1))
             return resp
         loop = asyncio.get_running_loop()
         role = await loop.run_in_executor(None, self.accounts.authenticate, name, password)  # argon2: ~50 ms
         if role is None:
             self.user_limiter.fail("u:" + name)
-            self.addr_limiter.fail("a:" + addr)
+            self.addr_backoff.fail(addr)
             self.store.audit(None, name or "?", "login.failed", {"addr": addr})
             return _login_page("Wrong user name or password.", 401)
         token = await loop.run_in_executor(None, self.sessions.create, name)
@@ -237,6 +251,8 @@ class ConsoleServer:
                 if self.sessions.check(request.cookies.get(COOKIE)) is None:  # logged out or disabled meanwhile
                     break
                 await self._on_message(ws, client, msg.data)
+        except ConnectionResetError:  # the viewer went away while being answered: its view ends, nothing else
+            pass
         finally:
             self.hub.clients.discard(client)
             sender.cancel()
@@ -273,22 +289,31 @@ class ConsoleServer:
             pass
 
     async def _on_message(self, ws: web.WebSocketResponse, c: Client, data: str) -> None:
+        # Checked against the schema (ionm.console.commands) before the engine sees it: a refusal names the field,
+        # the socket stays open, and nothing is executed, stored or audited.
+        req = None
         try:
-            msg = json.loads(data)
-            req = msg.get("req")
-        except (ValueError, AttributeError):
+            raw = loads(data)
+            req = self.schema.request_id(raw)
+            msg = self.schema.check(raw)
+        except CommandInvalid as exc:
+            await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": False, "error": str(exc),
+                                          "field": exc.field}))
             return
-        if msg.get("cmd") == "ping":
+        if msg["cmd"] == "ping":
             await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": True, "result": {"wall": time.time()}}))
             return
         loop = asyncio.get_running_loop()
         try:
             result = await asyncio.wrap_future(self.engine.submit(c.ident.user, c.ident.role, msg))
-            if msg.get("cmd") in DURABLE:
+            if msg["cmd"] in DURABLE:
                 await loop.run_in_executor(None, self.case_store.flush)  # on disk before the user is told it is done
             reply = {"type": "reply", "req": req, "ok": True, "result": result}
         except CommandError as exc:
             reply = {"type": "reply", "req": req, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a defect behind the schema: say so to this viewer, keep its socket
+            self.engine.errors.append(repr(exc))
+            reply = {"type": "reply", "req": req, "ok": False, "error": "command failed: %s" % exc}
         await ws.send_str(json.dumps(reply, default=str))
 
     # ---------------------------------------------------------------- running
@@ -299,18 +324,84 @@ class ConsoleServer:
         self.engine.subscribe(self.hub.publish)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.tls)
-        await site.start()
-        server: Any = site._server
-        sockets = server.sockets if server is not None else []
-        bound = sockets[0].getsockname()[1] if sockets else port
+        if self.tls is not None:
+            bound = self._listen_tls(host, port)
+        else:
+            site = web.TCPSite(self._runner, host, port)
+            await site.start()
+            server: Any = site._server
+            sockets = server.sockets if server is not None else []
+            bound = sockets[0].getsockname()[1] if sockets else port
         shown = "localhost" if host in ("127.0.0.1", "::1") and self.tls else host
         self.url = "%s://%s:%d/" % ("https" if self.tls else "http", shown, bound)
         return self.url
 
     async def stop(self) -> None:
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        if self._listener is not None:
+            self._listener.close()
         if self._runner is not None:
             await self._runner.cleanup()
+
+    # ---------------------------------------------------------------- TLS, and plain HTTP on the TLS port
+    def _listen_tls(self, host: str, port: int) -> int:
+        """Listen for https/wss ourselves: a connection that opens with a TLS handshake goes to the web app under
+        TLS; one that speaks plain HTTP (someone typed http://) is answered with a redirect to https instead of
+        the silence of a failed handshake."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accept_task = asyncio.get_running_loop().create_task(self._accept(sock))
+        return int(sock.getsockname()[1])
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError:
+                return  # closed: the server is stopping
+            conn.setblocking(False)
+            task = loop.create_task(self._sniff(conn))
+            self._sniffers.add(task)
+            task.add_done_callback(self._sniffers.discard)
+
+    async def _sniff(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(_peek(loop, conn), 10.0)
+            if first[:1] == b"\x16":  # a TLS handshake record
+                assert self._runner is not None and self.tls is not None
+                await loop.connect_accepted_socket(self._runner.server, conn, ssl=self.tls,  # type: ignore[arg-type]
+                                                   ssl_handshake_timeout=10.0)
+                return
+            if first:
+                await asyncio.wait_for(self._redirect_plain_http(loop, conn), 10.0)
+        except (OSError, TimeoutError, ssl.SSLError, asyncio.CancelledError):
+            pass
+        conn.close()
+
+    async def _redirect_plain_http(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 16384:
+            chunk = await loop.sock_recv(conn, 4096)
+            if not chunk:
+                break
+            head += chunk
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        path = parts[1] if len(parts) >= 2 and parts[1].startswith("/") else "/"
+        hosthdr = next((ln.split(":", 1)[1].strip() for ln in lines[1:] if ln.lower().startswith("host:")), "")
+        if not re.fullmatch(r"[A-Za-z0-9.\-]+(:\d+)?|\[[0-9A-Fa-f:.]+\](:\d+)?", hosthdr):
+            hosthdr = urlsplit(self.url).netloc
+        path = re.sub(r"[^\x21-\x7e]", "", path)  # no header injection through the path
+        location = "https://%s%s" % (hosthdr, path)
+        body = ("This console speaks HTTPS only. Open %s\n" % location).encode()
+        resp = ("HTTP/1.1 301 Moved Permanently\r\nLocation: %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n" % (location, len(body))).encode() + body
+        await loop.sock_sendall(conn, resp)
 
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve from a thread with its own event loop (tests, embedding); returns the URL."""
@@ -336,6 +427,22 @@ class ConsoleServer:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:
+    """The first byte a client sent, left in the socket (b"": it closed without sending)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), readable)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(conn.fileno())
+    return conn.recv(1, socket.MSG_PEEK)
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:
