@@ -41,7 +41,7 @@ DEAD_MS = 3.0
 GAP_MS = 100.0  # neurotonic firing down to 10 Hz stays one train
 NOISE_FRAMES = 400  # 2 s of quiet frames
 NOISE_UPDATE_FRAMES = 20  # the noise median is refreshed every 100 ms
-AFTER_BLANK_MS = 2.0  # the step at a blanking window's end rings this long in the cautery band
+AFTER_BLANK_MS = 20.0  # the step at a blanking window's end (held value -> signal) rings this long (20 Hz high-pass)
 CAUTERY_HOLD_MS = 100.0
 CAUTERY_GUARD_MS = 100.0
 A_TRAIN_HZ = (50.0, 250.0)
@@ -106,9 +106,11 @@ class _Channel:
             self.noise_uv = float(np.median(self.noise))
         return max(self.cfg.threshold_uv, self.cfg.noise_factor * self.noise_uv)
 
-    def frame(self, band: np.ndarray, high_rms: float, raw_sd: float, first: int, out: list[EmgEvent]) -> None:
+    def frame(self, band: np.ndarray, high_rms: float, raw_sd: float, blanked: np.ndarray, first: int,
+              out: list[EmgEvent]) -> None:
         """One frame: band-passed µV from sample index first, the cautery band's rms (µV; 0 where the frame
-        is blanked or just after) and the raw signal's SD (µV)."""
+        is mostly blanked), the raw signal's SD (µV) and which samples are blanked or just after (the step at
+        a window's end rings there, so they never set a peak)."""
         end = first + band.size
         hold = int(CAUTERY_HOLD_MS * 1e-3 * self.fs)
         guard = int(CAUTERY_GUARD_MS * 1e-3 * self.fs)
@@ -155,7 +157,8 @@ class _Channel:
         if self.group is not None:
             g = self.group
             start = max(g.times[0] - first, 0)
-            g.peak = max(g.peak, float(np.max(mag[start:])) if start < mag.size else 0.0)
+            clean = mag[start:][~blanked[start:]]
+            g.peak = max(g.peak, float(np.max(clean)) if clean.size else 0.0)
             keep = int(A_TRAIN_ANALYSIS_S * self.fs) - g.n_kept
             if keep > 0 and start < band.size:
                 piece = band[start : start + keep]
@@ -299,7 +302,7 @@ class FreeRunDetector:
         raw_sd = x.reshape(len(self.channels), n_frames, f).std(axis=2)
         for k in range(n_frames):
             for c, ch in enumerate(self.channels):
-                ch.frame(band[c, k * f : (k + 1) * f], float(high_rms[c, k]), float(raw_sd[c, k]),
+                ch.frame(band[c, k * f : (k + 1) * f], float(high_rms[c, k]), float(raw_sd[c, k]), ~keep[k],
                          first + k * f, out)
         return sorted(out, key=lambda e: (e.t_s, e.channel))
 
