@@ -176,3 +176,34 @@ def test_a_rate_too_low_for_the_cautery_band_is_refused():
         emg.FreeRunDetector(2000.0, NAMES)
     with pytest.raises(ValueError, match="3 channels"):
         emg.FreeRunDetector(FS, NAMES[:2]).push(np.zeros((3, 100)))
+
+
+@pytest.mark.parametrize("name", freerun.scenario_names())
+def test_each_free_run_scenario_is_detected_as_scripted(name):
+    rec, labels = freerun.render_scenario(name, 131)
+    events, a_train_s = emg.detect(rec.samples_uv, rec.fs_hz, labels, rec.stim_times_s)
+    trains = [t for t in rec.truth if t.kind in ("neurotonic", "a_train")]
+    assert len(trains) >= 6
+    for t in trains:
+        assert [e.kind for e in events if e.channel == labels[t.channel]
+                and abs(e.t_s - t.onset_s) <= ONSET_TOL_S] == [t.kind], t
+    discharges = [t for t in rec.truth if t.kind in freerun.DISCHARGE_KINDS]
+    for e in events:
+        assert e.kind == "cautery" or any(
+            labels[t.channel] == e.channel and t.onset_s - ONSET_TOL_S <= e.t_s <= t.end_s + ONSET_TOL_S
+            for t in discharges), e
+    for c, label in enumerate(labels):
+        truth_s = sum(t.end_s - t.onset_s for t in rec.truth if t.kind == "a_train" and t.channel == c)
+        assert a_train_s[label] == pytest.approx(truth_s, rel=0.01, abs=0.01)
+    if name == "cpa_facial_traction":
+        assert a_train_s["L orbicularis oris"] > 10.0  # the facial-nerve warning level is passed
+
+
+def test_free_run_scenario_channels_are_checked(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"duration_s": 5, "channels": ["a"], "events": [{"kind": "spike", "channel": "b", '
+                   '"onset_s": 1, "peak_uv": 50}]}')
+    with pytest.raises(ValueError, match="'b' is not one of"):
+        freerun.load_scenario(str(bad))
+    with pytest.raises(FileNotFoundError, match="cpa_facial_traction"):
+        freerun.load_scenario("no_such_case")

@@ -22,11 +22,16 @@ keyed by event index and channel, so the same seed and script give the same samp
 
 render(...) returns the samples in µV [n_channels, n_samples] and the truth: one TruthEvent per event
 (kind, channel, onset_s, end_s, rate_hz, peak_uv). random_script(...) draws a script for tests and benches.
+Scenarios (hardware/scenarios/freerun/NAME.json, render_scenario) script whole cases: lumbar nerve-root
+retraction, a cerebellopontine-angle tumour with facial-nerve traction, a thyroidectomy with recurrent
+laryngeal nerve traction.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -269,3 +274,43 @@ def random_script(seed: int, duration_s: float, n_channels: int, *, neurotonic_p
         script.append({"kind": "stimulus", "times_s": list(np.arange(0.25, duration_s, 1.0 / stim_rate_hz)),
                        "peak_uv": 3000.0})
     return script
+
+
+def scenarios_dir() -> Path:
+    """hardware/scenarios/freerun/: free-run EMG scenarios (a subdirectory, so the sweep scenarios'
+    scenario_names() and their tests never see them)."""
+    from ionm_hw.physiology.scenario import scenarios_dir as sweep_scenarios
+
+    return sweep_scenarios() / "freerun"
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in scenarios_dir().glob("*.json"))
+
+
+def load_scenario(name_or_path: str) -> dict[str, Any]:
+    """A free-run scenario: {"name", "description", "duration_s", "channels": [labels], "events": [...]},
+    events as render() takes them but with "channel" given by label. Returns it with channels as indices."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".json" and path.is_file()):
+        path = scenarios_dir() / f"{name_or_path}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no free-run scenario {name_or_path!r}; available: {', '.join(scenario_names())}")
+    with open(path, encoding="utf-8") as fh:
+        data: dict[str, Any] = json.load(fh)
+    labels = list(data["channels"])
+    events = []
+    for ev in data["events"]:
+        ev = dict(ev)
+        if "channel" in ev:
+            if ev["channel"] not in labels:
+                raise ValueError("%s: event channel %r is not one of %s" % (path.name, ev["channel"], labels))
+            ev["channel"] = labels.index(ev["channel"])
+        events.append(ev)
+    return {**data, "events": events}
+
+
+def render_scenario(name_or_path: str, seed: int, fs_hz: float = 8000.0, **kw: Any) -> tuple[Recording, list[str]]:
+    """(recording, channel labels) of a free-run scenario."""
+    sc = load_scenario(name_or_path)
+    return render(float(sc["duration_s"]), fs_hz, len(sc["channels"]), sc["events"], seed, **kw), list(sc["channels"])
