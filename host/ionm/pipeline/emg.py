@@ -12,15 +12,15 @@ Per channel, per sample:
 2. a causal band-pass (Butterworth, 20–1000 Hz) for discharges, and a causal high-pass above 1.5 kHz for
    cautery: MUPs and A-trains have almost no power there, cautery (aliased RF) is white;
 3. a frame whose high-band rms exceeds cautery_uv is cautery; the cautery period lasts until
-   CAUTERY_HOLD_MS after the last such frame, and no discharge is counted in it;
+   CAUTERY_HOLD_MS after the last such frame (its fading ramp), and no discharge is counted in it;
 4. a discharge is an upward crossing of |x| over the threshold, max(threshold_uv, noise_factor × noise),
    at least DEAD_MS after the previous one (the two phases of a MUP are one discharge); noise is the
    median rms of the last NOISE_FRAMES quiet frames (no crossing, no cautery);
 5. discharges less than GAP_MS apart form a group; a group ends GAP_MS after its last discharge and is
    then classified: 1 discharge: spike; sinusoidal (≥ A_TRAIN_CONCENTRATION of the power within ±15 % of
    the dominant frequency, 50–250 Hz) and at least A_TRAIN_MIN_MS long: a_train; ≥ NEUROTONIC_MIN
-   discharges over ≥ NEUROTONIC_MIN_MS: neurotonic; otherwise burst. A group that touches a cautery
-   period (within CAUTERY_GUARD_MS) is dropped.
+   discharges over ≥ NEUROTONIC_MIN_MS: neurotonic; otherwise burst. A group still open when cautery
+   starts is dropped (its discharges were the cautery's onset).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ NOISE_FRAMES = 400  # 2 s of quiet frames
 NOISE_UPDATE_FRAMES = 20  # the noise median is refreshed every 100 ms
 AFTER_BLANK_MS = 20.0  # the step at a blanking window's end (held value -> signal) rings this long (20 Hz high-pass)
 CAUTERY_HOLD_MS = 100.0
-CAUTERY_GUARD_MS = 100.0
 A_TRAIN_HZ = (50.0, 250.0)
 A_TRAIN_CONCENTRATION = 0.5
 A_TRAIN_MIN_MS = 30.0
@@ -98,7 +97,6 @@ class _Channel:
         self.cautery_start: int | None = None
         self.cautery_last = -(10**12)  # last cautery frame's end sample
         self.cautery_peak = 0.0
-        self.cautery_end = -(10**12)  # end of the last closed cautery period
         self.a_train_s = 0.0
 
     def threshold(self, frame_index: int) -> float:
@@ -113,7 +111,6 @@ class _Channel:
         a window's end rings there, so they never set a peak)."""
         end = first + band.size
         hold = int(CAUTERY_HOLD_MS * 1e-3 * self.fs)
-        guard = int(CAUTERY_GUARD_MS * 1e-3 * self.fs)
         if high_rms > self.cfg.cautery_uv:
             if self.cautery_start is None:
                 self.cautery_start = first
@@ -126,7 +123,6 @@ class _Channel:
                 out.append(EmgEvent(self.cautery_start / self.fs, self.cautery_last / self.fs, self.name, "cautery",
                                     None, self.cautery_peak))
                 self.cautery_start = None
-                self.cautery_end = self.cautery_last
             else:
                 self.above = False
                 return
@@ -147,9 +143,6 @@ class _Channel:
             if self.group is not None and t - self.group.times[-1] > gap:
                 self._close(out)
             if self.group is None:
-                if t - self.cautery_end < guard:
-                    self.last_discharge = t
-                    continue
                 self.group = _Group([t], 0.0)
             else:
                 self.group.times.append(t)
@@ -186,7 +179,7 @@ class _Channel:
             if conc >= A_TRAIN_CONCENTRATION and A_TRAIN_HZ[0] <= f0 <= A_TRAIN_HZ[1] \
                     and (t1 - t0) * 1e3 >= A_TRAIN_MIN_MS:
                 kind, rate = "a_train", cycles
-                t1 = max(t1, t0 + 1.0 / f0)  # the last half-cycle crossing to the end of its cycle
+                t1 = max(t1, t0 + 1.0 / f0)  # at least one cycle long
                 self.a_train_s += t1 - t0
             elif n >= NEUROTONIC_MIN and (t1 - t0) * 1e3 >= NEUROTONIC_MIN_MS:
                 kind, rate = "neurotonic", (n - 1) / (t1 - t0)
