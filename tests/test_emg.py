@@ -207,3 +207,17 @@ def test_free_run_scenario_channels_are_checked(tmp_path):
         freerun.load_scenario(str(bad))
     with pytest.raises(FileNotFoundError, match="cpa_facial_traction"):
         freerun.load_scenario("no_such_case")
+
+
+def test_an_open_train_is_visible_from_its_onset_before_it_ends():
+    script = [{"kind": "neurotonic", "channel": 1, "onset_s": 1.0, "duration_s": 3.0, "rate_hz": 40.0,
+               "peak_uv": 150.0}]
+    rec = freerun.render(6.0, FS, len(NAMES), script, 116, spontaneous_per_min=0.0)
+    det = emg.FreeRunDetector(FS, NAMES)
+    assert det.push(rec.samples_uv[:, : int(0.9 * FS)]) == [] and det.ongoing() == []
+    assert det.push(rec.samples_uv[:, int(0.9 * FS) : int(1.3 * FS)]) == []  # not ended: nothing final yet
+    (now,) = det.ongoing()
+    assert now.channel == NAMES[1] and now.kind == "ongoing"
+    assert now.t_s == pytest.approx(rec.truth[0].onset_s, abs=0.005) and now.end_s > 1.2
+    (final,) = det.push(rec.samples_uv[:, int(1.3 * FS) :])
+    assert final.kind == "neurotonic" and final.t_s == now.t_s and det.ongoing() == []

@@ -243,6 +243,12 @@ class FreeRunDetector:
         idx = [int(round(float(t) * self.fs)) for t in np.atleast_1d(np.asarray(times_s, dtype=float))]
         self._stims = sorted(self._stims + idx)
 
+    def ongoing(self) -> list[EmgEvent]:
+        """Discharge groups still open (kind "ongoing", end_s = the latest discharge, rate_hz None): a display
+        can mark a train from its onset instead of waiting for its end; the final event replaces it."""
+        return [EmgEvent(c.group.times[0] / self.fs, c.group.times[-1] / self.fs, c.name, "ongoing", None,
+                         c.group.peak) for c in self.channels if c.group is not None]
+
     def cumulative_a_train_s(self) -> dict[str, float]:
         return {c.name: c.a_train_s for c in self.channels}
 
