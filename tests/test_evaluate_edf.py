@@ -112,6 +112,14 @@ def _bad(tmp_path: Path, recording, case: str) -> Path:
     if case == "empty":
         (tmp_path / "b.bdf").write_bytes(b"")
         return tmp_path / "b.bdf"
+    if case == "discontinuous":
+        raw = bytearray(_write(tmp_path / "g.edf", x, FS, NAMES).read_bytes())
+        assert raw[192:197] == b"EDF+C"
+        raw[192:197] = b"EDF+D"
+        keeping = raw.index(b"+2\x14\x14")  # the time-keeping annotation of the third 1-s data record
+        raw[keeping : keeping + 2] = b"+7"  # which now starts at 7 s: a 5-s gap after the second
+        (tmp_path / "b.edf").write_bytes(bytes(raw))
+        return tmp_path / "b.edf"
     if case == "missing":
         return tmp_path / "nothing.edf"
     raise AssertionError(case)
@@ -128,6 +136,7 @@ def _bad(tmp_path: Path, recording, case: str) -> Path:
     ("not an EDF", "not an EDF or BDF file"),
     ("empty", "the file is empty"),
     ("missing", "cannot read the file"),
+    ("discontinuous", "the recording is discontinuous"),
 ])
 def test_bad_files_exit_2_with_a_message_naming_the_fault(recording, tmp_path, case, message):
     path = _bad(tmp_path, recording, case)
@@ -142,3 +151,14 @@ def test_trials_is_refused_for_a_continuous_recording(recording, tmp_path):
     path = _write(tmp_path / "r.edf", recording.samples_uv[:, : int(2 * FS)], FS, NAMES)
     r = _cli(str(path), "--trials")
     assert r.returncode == 2 and "--trials applies to sweep files" in r.stderr
+
+
+def test_until_analyses_the_samples_up_to_that_time(recording, tmp_path):
+    path = _write(tmp_path / "u.edf", recording.samples_uv, FS, NAMES, recording.stim_times_s)
+    full = json.loads(_cli(str(path), "--json").stdout)["events"]
+    cut = json.loads(_cli(str(path), "--json", "--until", "20").stdout)
+    assert cut["duration_s"] == 20.0
+    assert all(e["end_s"] <= 20.0 for e in cut["events"])
+    # Events that ended (a gap of 100 ms without discharge) before the cut are the same as in the whole file.
+    assert [e for e in cut["events"] if e["end_s"] < 19.8] == [e for e in full if e["end_s"] < 19.8]
+    assert len(cut["events"]) < len(full)

@@ -93,6 +93,9 @@ def load(path: str | Path) -> ContinuousRecording:
         raise EdfFileError("not a valid %s file: %s" % ("BDF" if bdf else "EDF", exc)) from None
     if not signals:
         raise EdfFileError("the file has no signals (only annotations)")
+    if not edf.is_continuous:
+        raise EdfFileError("the recording is discontinuous (EDF+D/BDF+D: its data records have gaps); "
+                           "free-run EMG needs one continuous stretch")
     names: list[str] = []
     for i, sig in enumerate(signals):
         label = sig.label.strip()
