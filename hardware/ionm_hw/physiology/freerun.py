@@ -95,7 +95,8 @@ def _get(ev: dict[str, Any], key: str, default: Any = None) -> Any:
 
 
 def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[str, Any]], seed: int, *,
-           noise_uv: float = 3.0, spontaneous_per_min: float = 2.0) -> Recording:
+           noise_uv: float = 3.0, spontaneous_per_min: float = 2.0, mains_uv: float = 0.0,
+           mains_hz: float = 50.0) -> Recording:
     """The recording of a script (list of event dicts, times in s from the start):
 
       {"kind": "spike"|"burst", "channel", "onset_s", "peak_uv"}
@@ -106,7 +107,8 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
       {"kind": "transection", "channel", "onset_s"}
 
     noise_uv: background rms per channel (white, µV); spontaneous_per_min: single MUPs per channel
-    (30–80 µV). Every discharge is in the truth, spontaneous ones included.
+    (30–80 µV); mains_uv: peak mains hum at mains_hz with a 3rd harmonic of 20 %, its phase per channel.
+    Every discharge is in the truth, spontaneous ones included.
     """
     if fs_hz < 2000:
         raise ValueError("free-run EMG needs fs >= 2000 Hz (MUP phases are 0.3–1 ms), got %g" % fs_hz)
@@ -227,6 +229,9 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
             amp = gc.uniform(30.0, 80.0) * (1 if gc.random() < 0.5 else -1)
             spike(ch, float(t), float(amp), gc)
         out[ch] += noise_uv * g.standard_normal(n)
+        if mains_uv:
+            phase = 2 * np.pi * mains_hz * np.arange(n) / fs_hz + g.uniform(0, 2 * np.pi)
+            out[ch] += mains_uv * (np.sin(phase) + 0.2 * np.sin(3 * phase)) / 1.2
     truth.sort(key=lambda e: (e.onset_s, e.channel))
     return Recording(fs_hz, out, truth, sorted(stim_times))
 
