@@ -230,8 +230,9 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
             spike(ch, float(t), float(amp), gc)
         out[ch] += noise_uv * g.standard_normal(n)
         if mains_uv:
-            phase = 2 * np.pi * mains_hz * np.arange(n) / fs_hz + g.uniform(0, 2 * np.pi)
-            out[ch] += mains_uv * (np.sin(phase) + 0.2 * np.sin(3 * phase)) / 1.2
+            # its own stream: hum on or off leaves every other draw (noise, MUPs) as it was
+            mains_phase = 2 * np.pi * mains_hz * np.arange(n) / fs_hz + keyed.rng(seed, FREERUN, 6, ch).uniform(0, 7)
+            out[ch] += mains_uv * (np.sin(mains_phase) - 0.2 * np.sin(3 * mains_phase)) / 1.2  # peak 1.2 at π/2
     truth.sort(key=lambda e: (e.onset_s, e.channel))
     return Recording(fs_hz, out, truth, sorted(stim_times))
 
