@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case"]
+ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case", "emg"]
 
 
 def main() -> int:

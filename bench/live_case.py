@@ -30,7 +30,8 @@ default ("compact") plan, the stretches between its event keypoints (onset, end 
 recovery, lead-off end, ...) where a truth changes are shortened to SEGMENT_MAX_S, and those where every truth
 holds its level to PLATEAU_MAX_S: short ramps keep their real speed (an injury over 20 s stays 20 s), slow ones
 become faster (limb_positioning's 10-min decline takes 30 s) and long plateaus shorter (its 7 min at 45 %
-take 90 s). Each case ends TAIL_S after its last keypoint, and at least MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
+take 90 s). Each case ends TAIL_S after its last keypoint, and at least MIN_OBSERVED_S after B. Each scenario's
+plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
 both passes, ~6 min.
 

@@ -4,8 +4,9 @@ short throughput run for its report's shape: no timing is asserted)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from bench import detection, pipeline_throughput
+from bench import detection, emg, pipeline_throughput
 
 
 def test_events_are_the_stretches_where_the_truth_meets_a_criterion():
@@ -48,3 +49,22 @@ def test_throughput_report_lists_every_pass_and_reports_the_best():
     assert r["realtime_ratio"] == max(passes)
     assert 0 < r["sweep_latency_ms"]["p50"] <= r["sweep_latency_ms"]["p99"] <= r["sweep_latency_ms"]["max"]
     assert len(r["summary"]) == 2 and "best of %d passes" % pipeline_throughput.PASSES in r["summary"][0]
+
+
+def test_emg_scoring_finds_trains_by_kind_and_onset_and_counts_discharges_with_no_truth():
+    from ionm.pipeline.emg import EmgEvent
+    from ionm_hw.physiology.freerun import TruthEvent
+
+    names = ["a", "b"]
+    truth = [TruthEvent("a_train", 0, 10.0, 12.0, 100.0, 100.0), TruthEvent("neurotonic", 1, 20.0, 21.0, 40.0, 90.0),
+             TruthEvent("neurotonic", 0, 30.0, 31.0, 40.0, 90.0), TruthEvent("spike", 1, 40.0, 40.0, None, 60.0)]
+    events = [EmgEvent(10.03, 12.0, "a", "a_train", 100.0, 100.0),  # found, 30 ms late
+              EmgEvent(20.06, 21.0, "b", "neurotonic", 40.0, 90.0),  # 60 ms late: missed
+              EmgEvent(30.0, 31.0, "a", "burst", None, 90.0),  # wrong kind: missed, but not false
+              EmgEvent(40.0, 40.0, "a", "spike", None, 60.0),  # the spike was on b: false
+              EmgEvent(50.0, 52.0, "a", "cautery", None, 500.0)]  # cautery is never a false discharge
+    s = emg._score(truth, events, names)
+    assert s["found"] == {"neurotonic": 0, "a_train": 1} and s["total"] == {"neurotonic": 2, "a_train": 1}
+    assert s["onset_errors_s"] == [pytest.approx(0.03)]
+    assert [m["onset_s"] for m in s["missed"]] == [20.0, 30.0]
+    assert s["false"] == [{"t_s": 40.0, "channel": "a", "kind": "spike"}]

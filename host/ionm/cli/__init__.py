@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("ionm.cli.sim", "run the virtual board (firmware on MicroPython + hardware model)"),
     "stream": ("ionm.cli.stream", "stream from a board and print link statistics"),
     "demo": ("ionm.cli.demo", "the virtual board and the console, for a first look"),
-    "evaluate": ("ionm.cli.evaluate", "evaluate a sweep file (.npz) offline: alerts or per-trial features"),
+    "evaluate": ("ionm.cli.evaluate", "evaluate a sweep file (.npz) or an EDF/BDF recording (free-run EMG) offline"),
     "console": ("ionm.cli.console", "the case console: live waveforms, trends, alerts, notes, stimulation"),
     "users": ("ionm.cli.users", "console user accounts (technologist, physician, read-only)"),
     "replay": ("ionm.cli.replay", "play a recorded case through the console"),

@@ -1,4 +1,5 @@
-"""`ionm evaluate FILE.npz`: the offline evaluation of a sweep file (ionm.pipeline.offline), as text or JSON."""
+"""`ionm evaluate FILE`: a sweep file (.npz: alerts or per-trial features, ionm.pipeline.offline) or a continuous
+EDF/EDF+/BDF recording (.edf, .bdf: free-running EMG events, ionm.pipeline.emg), as text or JSON."""
 
 from __future__ import annotations
 
@@ -10,18 +11,20 @@ from typing import Any
 from ionm.cli.common import fail
 from ionm.pipeline.offline import evaluate
 
-HELP = "evaluate a sweep file (.npz) offline: alerts or per-trial features"
+HELP = "evaluate a sweep file (.npz: alerts or per-trial features) or an EDF/BDF recording (free-run EMG events)"
+CONTINUOUS_SUFFIXES = (".edf", ".bdf")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE.npz", help="sweep file (keys: fs, pre_samples, sweeps, stim_time_s, "
-                        "modality, baseline_end_s, optional channel_names)")
+    parser.add_argument("file", metavar="FILE", help="sweep file .npz (keys: fs, pre_samples, sweeps, stim_time_s, "
+                        "modality, baseline_end_s, optional channel_names), or a continuous .edf/.bdf recording "
+                        "(labelled channels, EDF+ 'stim' annotations for stimulus times): free-run EMG events")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--trials", action="store_true", help="per-sweep features instead of alerts")
+    parser.add_argument("--trials", action="store_true", help="per-sweep features instead of alerts (sweep files)")
     parser.add_argument("--mains", choices=("50", "60", "both", "off"), default="both",
-                        help="mains frequency to cancel (default: both 50 and 60 Hz)")
+                        help="mains frequency to cancel in sweep files (default: both 50 and 60 Hz)")
     parser.add_argument("--until", type=float, default=None, metavar="T_S",
-                        help="evaluate only sweeps stimulated at or before T_S seconds")
+                        help="evaluate only sweeps stimulated at or before T_S seconds (EDF/BDF: samples up to T_S)")
 
 
 def _print_text(res: dict[str, Any], trials: bool) -> None:
@@ -49,9 +52,55 @@ def _print_text(res: dict[str, Any], trials: bool) -> None:
             print("  rejected on %s: %s" % (name, ", ".join("%s %d" % kv for kv in counts.items())))
 
 
+def _print_emg_text(res: dict[str, Any]) -> None:
+    print("%s: %d channels at %g Hz, %.1f s, %d stimuli" % (res["file"], len(res["channels"]), res["fs_hz"],
+                                                           res["duration_s"], res["n_stimuli"]))
+    if not res["events"]:
+        print("no discharges")
+    for e in res["events"]:
+        rate = "" if e["rate_hz"] is None else "  %.1f Hz" % e["rate_hz"]
+        print("%10.3f–%.3f s  %-24s %-10s %6.0f µV%s" % (e["t_s"], e["end_s"], e["channel"], e["kind"], e["peak_uv"],
+                                                        rate))
+    for c in res["cautery"]:
+        print("%10.3f–%.3f s  %-24s cautery (suppressed)" % (c["t_s"], c["end_s"], c["channel"]))
+    for name, s in res["a_train_cumulative_s"].items():
+        if s > 0:
+            print("cumulative A-train time on %s: %.2f s" % (name, s))
+
+
+def _run_continuous(args: argparse.Namespace) -> int:
+    from ionm.pipeline import edffile, emg
+
+    if args.trials:
+        return fail("evaluate", 2, "--trials applies to sweep files (.npz), not to a continuous recording")
+    try:
+        rec = edffile.load(args.file)
+    except edffile.EdfFileError as exc:
+        return fail("evaluate", 2, "%s: %s" % (args.file, exc))
+    x = rec.samples_uv
+    if args.until is not None:
+        x = x[:, : max(int(args.until * rec.fs), 0)]
+    events, a_train_s = emg.detect(x, rec.fs, rec.channel_names, rec.stim_times_s)
+    res: dict[str, Any] = {
+        "file": str(args.file), "fs_hz": rec.fs, "channels": rec.channel_names,
+        "duration_s": round(x.shape[1] / rec.fs, 6), "n_stimuli": len(rec.stim_times_s),
+        "events": [e.as_json() for e in events if e.kind != "cautery"],
+        "cautery": [e.as_json() for e in events if e.kind == "cautery"],
+        "a_train_cumulative_s": {k: round(v, 4) for k, v in a_train_s.items()},
+    }
+    if args.json:
+        json.dump(res, sys.stdout, ensure_ascii=False, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        _print_emg_text(res)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from ionm.pipeline import sweepfile
 
+    if str(args.file).lower().endswith(CONTINUOUS_SUFFIXES):
+        return _run_continuous(args)
     try:
         sf = sweepfile.load(args.file)
     except sweepfile.SweepFileError as exc:

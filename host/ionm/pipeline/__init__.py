@@ -12,6 +12,8 @@ Stages, one module each (data flows top to bottom; every stage takes arrays shap
 - alerts: baselines, ACNS criteria, persistence, states normal/warning/alert, global vs focal scope.
 - evaluator: ties the stages together for one recording, causally, sweep by sweep.
 - sweepfile: the .npz interchange format (read, validate, write).
+- emg: free-running EMG (continuous, not sweeps): spikes, bursts, neurotonic trains, A-trains, cautery;
+  causal and block-size independent. edffile reads continuous EDF/EDF+/BDF recordings for it.
 
 docs/EVALUATION.md describes the method and its assumptions.
 """
