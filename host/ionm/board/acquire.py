@@ -29,8 +29,6 @@ class BoardSession:
                  on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._user_event = on_event
         self._user_data = on_data
-        self.link = ln.BoardLink(ln.open_port(port), on_data=self._data, on_event=self._event, heartbeat_s=0.025)
-        self.welcome = ln.connect(self.link, timeout=10)
         self.config: dict[str, Any] | None = None
         self.conf_reply: dict[str, Any] | None = None
         self.programs: list[dict[str, Any]] | None = None
@@ -38,6 +36,8 @@ class BoardSession:
         self.resets = 0
         self.recovering = threading.Event()
         self._lock = threading.Lock()
+        self.link = ln.BoardLink(ln.open_port(port), on_data=self._data, on_event=self._event, heartbeat_s=0.025)
+        self.welcome = ln.connect(self.link, timeout=10)
 
     # -- commands ------------------------------------------------------------------------------------
     def configure(self, config: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +79,10 @@ class BoardSession:
             self._user_data(block)
 
     def _event(self, body: dict[str, Any]) -> None:
-        if body.get("kind") == "boot" and self.link.handshaken:
+        # An event can arrive before self.link is assigned (a board booting as the port opens): no session yet,
+        # so no reset mid-session; the reader thread must not die of it (the live-case bench saw it do so).
+        link = getattr(self, "link", None)
+        if body.get("kind") == "boot" and link is not None and link.handshaken:
             self.resets += 1
             self.recovering.set()
             threading.Thread(target=self._recover, name="ionm-recover", daemon=True).start()

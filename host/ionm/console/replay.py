@@ -62,7 +62,7 @@ def _build(engine: CaseEngine, store: CaseStore, case_id: int, b: dict[str, Any]
     """A fresh evaluator with recorded baseline b set (any thread): fed the recorded sweeps b was built from."""
     names = list(meta["channel_names"])
     ev = engine._evaluator(float(meta["fs"]), int(meta["pre_samples"]), int(meta["n_samples"]), meta["modality"],
-                           names)
+                           names, meta["source"])
     sweeps = [(sw.t_s, np.asarray(sw.data_uv, dtype=np.float32))
               for sw, _ in store.iter_sweeps(case_id, b["stream"], t_from=b["first_t"], t_to=b["last_t"])]
     for t, x in sweeps:
