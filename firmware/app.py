@@ -6,6 +6,7 @@ import sys
 
 import boardcfg
 import bootslot
+import link
 import messages as m
 import storage
 import version
@@ -31,7 +32,7 @@ class Firmware:
         self.adc = ADS1299(self.bsp.adc_spi, self.bsp.adc_cs, self.bsp.adc_start, self.bsp.adc_reset,
                            self.bsp.adc_pwdn, self.bsp.sleep_us)
         self.adc.power_up()
-        self.link = Link(self.bsp, self.defn["link"]["max_payload_bytes"])
+        self.link = Link(self.bsp, self.defn["link"]["max_request_bytes"])
         self.acq = None
         self.cfg_id = 0
         self.last_host_ms = self.bsp.ticks_ms()
@@ -223,8 +224,12 @@ class Firmware:
                 handler(rid, body)
             except m.ProtocolError as exc:
                 self.link.error(rid, exc.code, exc.detail)
+            except MemoryError:  # a request too big for the heap: refused, the board keeps running
+                body = None
+                gc.collect()
+                self.link.error(rid, m.E_INTERNAL, link.OOM_DETAIL)
             except Exception as exc:  # a bug must not take the board down; say what happened
-                self.link.error(rid, m.E_INTERNAL, "%s: %s" % (type(exc).__name__, exc))
+                self.link.error_from(rid, m.E_INTERNAL, "%s: %s", (type(exc).__name__, exc))
 
     def check_host(self):
         silent = self.bsp.ticks_diff(self.bsp.ticks_ms(), self.last_host_ms)
@@ -286,7 +291,7 @@ class Firmware:
         acq = self.acq
         self.link.event({"kind": "status", "index": acq.next_index if acq else 0, "heap_used": used,
                          "heap_free": gc.mem_free(), "heap_peak": self.heap_peak,
-                         "rx_rejected": self.link.decoder.rejected_total(), "rx_bad": self.link.bad_messages,
+                         "rx_rejected": self.link.reader.rejected_total(), "rx_bad": self.link.bad_messages,
                          "samples_lost": acq.samples_lost if acq else 0,
                          "pulses_skipped": self.scheduler.pulses_skipped,
                          "pulses_held": self.scheduler.pulses_held})

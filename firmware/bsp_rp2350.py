@@ -155,8 +155,8 @@ class Board:
     def host_wait(self, timeout_ms):
         return self.host.wait(timeout_ms)
 
-    def host_read(self, buf):
-        return self.host.read(buf)
+    def host_read(self, buf, off, n):
+        return self.host.read(buf, off, n)
 
     def host_write(self, buf, off, n):
         self.host.write(buf, off, n)

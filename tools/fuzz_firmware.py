@@ -17,7 +17,6 @@ import json
 import random
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
