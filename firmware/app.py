@@ -311,6 +311,7 @@ class Firmware:
                     self.status()
             else:
                 self.bsp.host_wait(IDLE_WAIT_MS)
+            acq = None  # a configure request replaces the acquisition: its old buffers must be free to reuse
             self.service_host()
             self.check_host()
             self.bsp.feed_watchdog()
