@@ -37,9 +37,10 @@ class Firmware:
         self.cfg_id = 0
         self.last_host_ms = self.bsp.ticks_ms()
         self.last_host_index = 0  # acquisition sample index when the host was last heard (watchdog clock)
-        self.supervisor = Supervisor(self.defn)
         self.calibration = storage.Calibration(self.bsp, self.defn)
-        self.scheduler = Scheduler(self.bsp, self.supervisor, self.calibration)
+        self.supervisor = Supervisor(self.defn, self.calibration)
+        self.scheduler = Scheduler(self.bsp, self.supervisor)
+        self.program_specs = None  # the programs as the host sent them (validated again at every stim-start)
         self.updater = Updater(self.bsp)
         self.slot = slot
         self.fw_hash = version.firmware_hash()
@@ -137,6 +138,7 @@ class Firmware:
     def on_stim_program(self, rid, body):
         programs = self.supervisor.check_programs(body.get("programs"))  # all or nothing
         self.scheduler.load(programs)
+        self.program_specs = body.get("programs")
         self.link.ack(rid, {"programs": len(programs)})
 
     def on_stim_start(self, rid, body):
@@ -144,6 +146,8 @@ class Firmware:
             raise m.ProtocolError(m.E_STATE, "start acquisition first: pulses are timed by the ADC sample clock")
         if not self.scheduler.programs:
             raise m.ProtocolError(m.E_STATE, "load a stimulation program first")
+        # validated again: a calibration written since stim-program changes what the outputs deliver
+        self.supervisor.check_programs(self.program_specs)
         only = body.get("program")
         if only is not None and (not isinstance(only, int) or not 0 <= only < len(self.scheduler.programs)):
             raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d" % (len(self.scheduler.programs) - 1))
@@ -259,9 +263,10 @@ class Firmware:
             if flags & 2:
                 self.stim_fault("compliance", index, output, "output %d could not drive %d µA (delivered %d µA):"
                                 " electrode impedance too high" % (output, requested, measured))
-            elif output >= 0 and measured > requested + requested // 10 + 1000:
-                self.stim_fault("over-current", index, output, "output %d delivered %d µA for %d µA requested"
-                                % (output, measured, requested))
+            elif output >= 0:
+                err = self.supervisor.readback_error(requested, measured, width, 2 if flags & 1 else 1)
+                if err is not None:
+                    self.stim_fault("over-current", index, output, "output %d %s" % (output, err))
         if acq.latched > len(lat) // 12:
             self.link.event({"kind": "latch-overflow", "lost": acq.latched - len(lat) // 12})
         sched.forget_before(acq.next_index)
@@ -279,6 +284,10 @@ class Firmware:
             sched.tick(acq.next_index, deadline, acq.writer.nsamp, acq.cfg.pre + acq.writer.nsamp, acq.window)
         else:
             sched.tick(acq.next_index, deadline, acq.writer.nsamp)
+        if sched.refused is not None:  # a pulse broke a limit as it was armed: nothing more is delivered
+            index, output, detail = sched.refused
+            sched.refused = None
+            self.stim_fault("limit", index, output, detail)
 
     def status(self):
         """Heap and link counters: how close the board runs to its memory, seen from the host. Collecting

@@ -49,10 +49,10 @@ class _Running:
 
 
 class Scheduler:
-    def __init__(self, bsp, supervisor, calibration=None):
+    def __init__(self, bsp, supervisor):
         self.bsp = bsp
         self.sup = supervisor
-        self.calibration = calibration
+        self.refused = None  # (index, output, detail) of a pulse that broke a limit as it was armed
         self.programs = []
         self.running = []
         self.fs = 0
@@ -158,10 +158,18 @@ class Scheduler:
                     self.last_train_index = index
                     self.last_train_samples = _train_samples(p, fs)
                 else:
-                    dac = current
-                    if self.calibration is not None:  # the DAC setting that delivers `current`, capped
-                        dac = self.calibration.stim_dac_ua(p["output"], current, self.sup.current_ua_max)
-                    self.bsp.arm_pulse(index, p["output"], dac, p["width_us"], p["biphasic"])
+                    # the DAC setting that delivers `current` (calibration gain), checked once more against
+                    # every delivery limit as it is armed: a program validated before a calibration change
+                    # (or any path that bypassed validation) never reaches the output stage
+                    out = p["output"]
+                    dac = self.sup.dac_ua(out, current)
+                    err = self.sup.delivery_error(out, dac if dac > current else current, p["width_us"],
+                                                  2 if p["biphasic"] else 1)
+                    if err is not None:
+                        self.refused = (index, out, "pulse refused as it was armed: " + err[1])
+                        self.stop()
+                        return
+                    self.bsp.arm_pulse(index, out, dac, p["width_us"], p["biphasic"])
                     self.last_index[p["output"]] = index
                 self.armed.append((index, run.pid, p["output"], current))
                 self.pulses_armed += 1

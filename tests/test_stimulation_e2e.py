@@ -275,3 +275,52 @@ def test_ssep_pulses_are_held_off_around_every_tcmep_train(stim_board):
     assert len(ssep) >= 4 * 4.0 * 4.7 * 0.7
     status = [e for e in events if e["kind"] == "status"]
     assert status and status[-1]["pulses_held"] >= 4 * (len(trains) - 1)
+
+
+def _cal(stim_gain_ppm: list[int]) -> dict:
+    return {"date": "2026-12-05T00:00:00Z", "operator": "test", "adc_gain_ppm": [0] * 16, "adc_offset_nv": [0] * 16,
+            "stim_gain_ppm": stim_gain_ppm}
+
+
+def test_over_current_readback_stops_stimulation_and_a_calibration_cannot_carry_a_program_past_a_limit(tmp_path):
+    """Issue 17: SIM-0001's output 1 delivers about 2 % over its command uncalibrated: 101.96 mA read back for
+    100 mA, above the 100 mA limit, with no fault. Now the readback trips an over-current fault (board.json
+    safety.over_current_tolerance_pct, and never above a limit by more than one DAC step) and nothing is
+    delivered after the horizon already armed. And a program accepted before a +10 % calibration is refused
+    at stim-start with the limit it would now break (55 mA x 1000 us > 50 uC)."""
+    from ionm.board.virtual import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    events: list[dict] = []
+    i_max = int(D["safety"]["current_ma_max"] * 1000)
+    with VirtualBoard(bench=True, pulse_log=str(log), stderr=open(tmp_path / "err", "w")) as vb:
+        link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=0.025)
+        try:
+            ln.connect(link, timeout=10)
+            link.request(m.CONFIGURE, {"rate_hz": 4000, "samples_per_frame": 20})
+            link.request(m.START, {})
+            link.request(m.STIM_PROGRAM, {"programs": [
+                {"kind": "pulse", "output": 1, "current_ua": i_max, "width_us": 50, "rate_mhz": 9700}]})
+            link.request(m.STIM_START, {})
+            time.sleep(1.0)
+            faults = [e for e in events if e["kind"] == "fault"]
+            link.request(m.STIM_PROGRAM, {"programs": [
+                {"kind": "pulse", "output": 0, "current_ua": 50000, "width_us": 1000, "rate_mhz": 4700}]})
+            link.request(m.CAL_WRITE, _cal([100000, 0, 0, 0]))
+            with pytest.raises(ln.BoardError) as err:
+                link.request(m.STIM_START, {})
+            assert err.value.code == m.E_LIMIT_CHARGE, err.value
+            with pytest.raises(ln.BoardError) as err:  # and the same program sent again is refused outright
+                link.request(m.STIM_PROGRAM, {"programs": [
+                    {"kind": "pulse", "output": 0, "current_ua": 50000, "width_us": 1000, "rate_mhz": 4700}]})
+            assert err.value.code == m.E_LIMIT_CHARGE
+        finally:
+            link.close()
+        vb.poll()
+    assert len(faults) == 1 and faults[0]["fault"] == "over-current" and faults[0]["output"] == 1, faults
+    delivered = [json.loads(line) for line in open(log)]
+    assert delivered and max(p["measured_ma"] for p in delivered) > D["safety"]["current_ma_max"]
+    first = delivered[0]["index"]
+    horizon = max(2 * 20, 4000 * 20 // 1000)  # what the scheduler had already handed to the PIO
+    assert all(p["index"] <= first + horizon for p in delivered), delivered
+    assert all(p["output"] == 1 for p in delivered)  # the refused 55 mA program never ran
