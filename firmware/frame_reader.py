@@ -2,10 +2,12 @@
 # straight into it, frames are found, checked and handed out in place, and nothing is allocated per byte
 # or per frame (it runs under micropython.heap_lock() in the tests). The host's decoder
 # (protocol/framing.py) grows its buffer as bytes arrive; a board cannot: a hostile or broken host must not
-# be able to exhaust its heap. The buffer holds two frames of the largest request the board accepts, which
-# is what the truncated-frame rule needs (a later frame complete inside a pending one). A frame with a good
-# header whose LEN is above that capacity (and within the protocol's 8192) is *oversize*: counted, and its
-# LEN + 14 bytes are dropped as they arrive, never stored.
+# be able to exhaust its heap. The buffer holds one frame of the largest request the board accepts and one
+# read chunk more: enough for the truncated-frame rule (a later complete frame inside a pending one) with the
+# frames a host sends while a long one is pending (heartbeats, short requests); a later frame too long to be
+# complete before the pending one is resolves it as a CRC failure instead, and is found right after. A frame
+# with a good header whose LEN is above the capacity (and within the protocol's 8192) is *oversize*: counted,
+# and its LEN + 14 bytes are dropped as they arrive, never stored.
 import micropython
 from frame_writer import CRC_TABLE
 from micropython import const
@@ -54,10 +56,10 @@ class FrameReader:
     """next() returns the payload length of the next valid frame (its payload is buf[start:start + length],
     its SEQ in seq, both valid until the next read) or -1 when more bytes are needed."""
 
-    def __init__(self, schema, capacity):
+    def __init__(self, schema, capacity, lookahead=256):
         self.schema = schema & 0xFFFF
         self.capacity = capacity  # largest payload stored
-        self.buf = bytearray(2 * (capacity + _OVERHEAD))
+        self.buf = bytearray(capacity + _OVERHEAD + lookahead)
         self.fill = 0  # bytes in buf
         self.pos = 0  # first byte not yet consumed
         self.discard = 0  # bytes of an oversize frame still to drop as they arrive
@@ -73,7 +75,7 @@ class FrameReader:
 
     def space(self):
         """Bytes that may be read into buf at fill (consumed bytes are moved out of the way first). Never 0:
-        a pending frame is at most half the buffer, and it is complete before the buffer is full."""
+        a pending frame is shorter than the buffer, and it is complete (or resolved) before it is full."""
         pos = self.pos
         if pos:
             n = self.fill - pos

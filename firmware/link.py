@@ -18,7 +18,7 @@ from micropython import const
 
 _RX_CHUNK = const(256)  # bytes read from the host per poll
 _HEADER = const(10)
-_TX_SIZE = const(2048)  # replies and events up to this many bytes are framed without allocating
+_TX_SIZE = const(1024)  # replies and events up to this many bytes are framed without allocating
 _ERR_SIZE = const(320)  # an error reply: envelope, name and up to ~250 bytes of detail
 _DETAIL_MAX = const(240)  # bytes of detail kept (cut at a character boundary)
 OOM_DETAIL = "out of memory while handling the request; nothing was changed"
@@ -80,7 +80,7 @@ def _text(buf, p, s, room):
 class Link:
     def __init__(self, bsp, capacity):
         self.bsp = bsp
-        self.reader = FrameReader(m.SCHEMA, capacity)
+        self.reader = FrameReader(m.SCHEMA, capacity, _RX_CHUNK)
         self.view = memoryview(self.reader.buf)
         self.tx = bytearray(_TX_SIZE)
         self.err = bytearray(_ERR_SIZE)
