@@ -37,6 +37,7 @@ class Firmware:
         self.cfg_id = 0
         self.last_host_ms = self.bsp.ticks_ms()
         self.last_host_index = 0  # acquisition sample index when the host was last heard (watchdog clock)
+        self.poll_index = 0  # the sample being converted when the host link was last read
         self.calibration = storage.Calibration(self.bsp, self.defn)
         self.supervisor = Supervisor(self.defn, self.calibration)
         self.scheduler = Scheduler(self.bsp, self.supervisor)
@@ -124,6 +125,7 @@ class Firmware:
                 gap = self.bsp.ticks_diff(self.bsp.ticks_ms(), stopped_ms)
                 self.scheduler.rebase(end, fs, self.acq.cfg.rate_hz, max(gap, 0))
             self.acq.start()
+            self.poll_index = self.last_host_index = 0  # the watchdog clock restarts with the sample index
         self.link.ack(rid, {"cfg": self.acq.cfg.cfg_id})
 
     def on_stop(self, rid, body):
@@ -214,11 +216,22 @@ class Firmware:
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def service_host(self):
+        """Read the host's frames and handle its requests. Hearing the host (SPEC 5.6): any frame that passed
+        the frame layer (header, CRC, schema), whatever its payload. Its time on the watchdog clock is the
+        sample that was being converted when the link was read before: the frame arrived after that (a
+        lower bound, so the 100 ms hold from its true arrival), and it is the hardware's clock, not the
+        index of the last block processed, which lags it while the loop catches up after a stall (the cause of
+        spurious trips with a live host, issue 17)."""
+        acq = self.acq
+        now = self.bsp.sample_now(acq.cfg.rate_hz) if acq is not None and acq.running else self.poll_index
+        acq = None
+        reader = self.link.reader
+        frames = reader.frames
         msgs = self.link.poll()
-        if msgs:
+        if reader.frames != frames:
             self.last_host_ms = self.bsp.ticks_ms()
-            if self.acq is not None:
-                self.last_host_index = self.acq.next_index
+            self.last_host_index = self.poll_index
+        self.poll_index = now
         for msg in msgs:
             mtype, rid, body = msg
             handler = self.handlers.get(mtype)
@@ -244,7 +257,7 @@ class Firmware:
             self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
 
     def after_block(self):
-        """Stimulus latches become events; faults and host silence stop stimulation; arm what is due."""
+        """Stimulus latches of the block just read become events; faults stop stimulation."""
         acq = self.acq
         if acq is None:
             return
@@ -270,13 +283,22 @@ class Firmware:
         if acq.latched > len(lat) // 12:
             self.link.event({"kind": "latch-overflow", "lost": acq.latched - len(lat) // 12})
         sched.forget_before(acq.next_index)
-        if not sched.active:
+
+    def arm(self):
+        """Host silence stops stimulation (the hardware's clock past the watchdog deadline); arm what is due,
+        never past that deadline."""
+        acq = self.acq
+        sched = self.scheduler
+        if acq is None or not acq.running or not sched.active:
             return
         watchdog = self.supervisor.watchdog_ms * acq.cfg.rate_hz // 1000
         deadline = self.last_host_index + watchdog
-        if acq.next_index >= deadline:
+        now = self.bsp.sample_now(acq.cfg.rate_hz)
+        if now < acq.next_index:
+            now = acq.next_index
+        if now >= deadline:
             cancelled = sched.stop()
-            self.link.event({"kind": "watchdog", "index": acq.next_index, "last_host_index": self.last_host_index,
+            self.link.event({"kind": "watchdog", "index": now, "last_host_index": self.last_host_index,
                              "cancelled": cancelled, "detail": "no frame from the host for %d ms: stimulation stopped"
                              % self.supervisor.watchdog_ms})
             return
@@ -316,12 +338,16 @@ class Firmware:
             if acq is not None and acq.running:
                 acq.step()
                 self.after_block()
-                if acq.blocks % STATUS_EVERY_BLOCKS == 0:
+                status = acq.blocks % STATUS_EVERY_BLOCKS == 0
+                acq = None  # a configure request replaces the acquisition: its old buffers must be free to reuse
+                self.service_host()  # before the watchdog looks at host silence: what has arrived counts
+                self.arm()
+                if status:
                     self.status()
             else:
                 self.bsp.host_wait(IDLE_WAIT_MS)
-            acq = None  # a configure request replaces the acquisition: its old buffers must be free to reuse
-            self.service_host()
+                acq = None
+                self.service_host()
             self.check_host()
             self.bsp.feed_watchdog()
 

@@ -18,6 +18,12 @@ def _train_samples(prog, fs):
     return (prog["count"] - 1) * prog["ipi_us"] * fs // 1000000
 
 
+def _trigger_offset(prog, k, fs):
+    """Samples from a train's first trigger to its k-th (the PIO times the interval in µs from the first
+    edge; this is the latest sample the k-th can fall on)."""
+    return k * prog["ipi_us"] * fs // 1000000
+
+
 class _Running:
     def __init__(self, pid, prog, t0_us):
         self.pid = pid
@@ -25,6 +31,8 @@ class _Running:
         self.t0_us = t0_us
         self.k = 0
         self.done = False
+        self.sub = 0  # tcmep: triggers of the current train already armed (0: no train under way)
+        self.train_at = 0  # tcmep: sample index of the current train's first trigger
 
     def next_pulse(self):
         """(t_us, current_ua) of the k-th pulse, or None when the program has run its course."""
@@ -123,6 +131,8 @@ class Scheduler:
         fs = self.fs
         limit = min(next_index + max(fs * _HORIZON_MS // 1000, 2 * block) + lead, deadline_index)
         for run in self.running:
+            if run.sub and not self._arm_triggers(run, limit):
+                continue  # a train under way, cut at the limit: the rest of it waits for the next tick
             while True:
                 nxt = run.next_pulse()
                 if nxt is None:
@@ -154,9 +164,19 @@ class Scheduler:
                     run.k += 1
                     continue
                 if p["kind"] == "tcmep":
-                    self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
+                    # A train's triggers are armed one by one up to the limit, like any pulse, so that a host
+                    # that falls silent mid-train stops it at the watchdog deadline, not after the train.
                     self.last_train_index = index
                     self.last_train_samples = _train_samples(p, fs)
+                    self.armed.append((index, run.pid, -1, 0))
+                    self.pulses_armed += 1
+                    if on_arm is not None:
+                        on_arm(index)
+                    run.train_at = index
+                    run.sub = 0
+                    if not self._arm_triggers(run, limit):
+                        break
+                    continue
                 else:
                     # the DAC setting that delivers `current` (calibration gain), checked once more against
                     # every delivery limit as it is armed: a program validated before a calibration change
@@ -177,6 +197,23 @@ class Scheduler:
                     on_arm(index)
                 run.k += 1
         self.running = [r for r in self.running if not r.done]
+
+    def _arm_triggers(self, run, limit):
+        """Arm the current train's triggers that fall before limit. True when the whole train is armed (the
+        run moves on to its next train), False when some wait for a later tick."""
+        p = run.prog
+        k = run.sub
+        count = p["count"]
+        while k < count and run.train_at + _trigger_offset(p, k, self.fs) < limit:
+            k += 1
+        if k > run.sub:
+            self.bsp.arm_trigger_train(run.train_at, count, p["ipi_us"], run.sub, k)
+            run.sub = k
+        if k < count:
+            return False
+        run.sub = 0
+        run.k += 1
+        return True
 
     def _held(self, index):
         """Does a pulse at sample `index` fall in the hold-off of the last train or of a coming one?"""
