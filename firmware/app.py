@@ -96,6 +96,13 @@ class Firmware:
         if not isinstance(versions, list) or m.VERSION not in versions:
             raise m.ProtocolError(m.E_VERSION, "board speaks protocol version %d; host offered %r"
                                   % (m.VERSION, versions))
+        if "schema" in body:  # all 32 bits: the frame header carries only the low 16
+            schema = body["schema"]
+            if not isinstance(schema, int) or isinstance(schema, bool):
+                raise m.ProtocolError(m.E_BAD_FIELD, "schema must be an unsigned integer")
+            if schema != m.SCHEMA:
+                raise m.ProtocolError(m.E_VERSION, "host schema 0x%08x differs from the board's 0x%08x: other"
+                                      " message definitions" % (schema & 0xFFFFFFFF, m.SCHEMA))
         self.link.send([m.WELCOME, rid, {"version": m.VERSION, "schema": m.SCHEMA, "caps": self.capabilities(),
                                          "info": self.info()}])
         bootslot.confirm()  # a host got this far with the running firmware: a trial slot is kept
@@ -150,9 +157,12 @@ class Firmware:
             raise m.ProtocolError(m.E_STATE, "load a stimulation program first")
         # validated again: a calibration written since stim-program changes what the outputs deliver
         self.supervisor.check_programs(self.program_specs)
-        only = body.get("program")
-        if only is not None and (not isinstance(only, int) or not 0 <= only < len(self.scheduler.programs)):
-            raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d" % (len(self.scheduler.programs) - 1))
+        only = None
+        if "program" in body:  # absent: all programs; present: an index (null is not "all")
+            only = body["program"]
+            if not isinstance(only, int) or isinstance(only, bool) or not 0 <= only < len(self.scheduler.programs):
+                raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d (leave it out for all)"
+                                      % (len(self.scheduler.programs) - 1))
         start = self.scheduler.start(self.acq.next_index, self.acq.cfg.rate_hz, self.acq.writer.nsamp, only)
         self.link.ack(rid, {"start_index": start})
 

@@ -164,6 +164,13 @@ class Supervisor:
             if not isinstance(prog, dict):
                 raise m.ProtocolError(m.E_BAD_FIELD, "program %d is not a map" % i)
             checked.append(self.check_program(prog))
+        trains = [p for p in checked if p["kind"] == "tcmep"]
+        if len(trains) > 1:
+            # a stim-start of all starts every program at the same sample: two TcMEP programs would put two
+            # trains together, closer than the minimum train interval (validated whole, here, not at start)
+            raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "%d TcMEP programs would start their trains together;"
+                                  " trains must be at least %d ms apart: one TcMEP program per set"
+                                  % (len(trains), self.train_interval_ms_min))
         per_output = [0] * self.outputs
         total = 0
         for p in checked:
