@@ -85,10 +85,13 @@ class Firmware:
 
     def capabilities(self):
         adc = self.defn["adc"]
+        lk = self.defn["link"]
+        sup = self.supervisor
         return {"channels": self.chips * adc["channels_per_chip"], "rates_hz": adc["rates_hz"],
                 "gains": adc["gains"], "stim_outputs": self.defn["stimulator"]["outputs"],
-                "max_payload": self.defn["link"]["max_payload_bytes"],
-                "link_budget_bytes_per_s": self.defn["link"]["budget_bytes_per_s"]}
+                "max_payload": lk["max_payload_bytes"], "max_request": lk["max_request_bytes"],
+                "link_budget_bytes_per_s": lk["budget_bytes_per_s"],
+                "heartbeat_interval_ms": lk["host_heartbeat_interval_ms"], "stim": sup.limits()}
 
     # -- requests -------------------------------------------------------------------------------------------
     def on_hello(self, rid, body):

@@ -53,6 +53,21 @@ class Supervisor:
         self.holdoff_after_ms = hold["after"]
         self.impedance_ohm = [self.reference_ohm] * self.outputs  # refined from current-sense readback
         self.readback_tolerance_pct = s["over_current_tolerance_pct"]
+        self.impedance_ohm_max = int(s["impedance_ohm_max"])
+
+    def limits(self):
+        """The limits as the welcome's caps.stim gives them to the host (integers, SPEC 5.1)."""
+        return {"current_ua_max": self.current_ua_max, "current_step_ua": self.current_step_ua,
+                "width_us_min": self.width_us_min, "width_us_max": self.width_us_max,
+                "width_step_us": self.width_step_us, "charge_nc_per_phase_max": self.charge_pc_max // 1000,
+                "energy_uj_per_pulse_max": self.energy_uj_max, "energy_reference_ohm": self.reference_ohm,
+                "compliance_v": self.compliance_v, "over_current_tolerance_pct": self.readback_tolerance_pct,
+                "impedance_ohm_max": self.impedance_ohm_max, "rate_mhz_max_per_output": self.rate_mhz_max_output,
+                "rate_mhz_max_total": self.rate_mhz_max_total, "train_pulses_max": self.train_pulses_max,
+                "train_ipi_us_min": self.train_ipi_us_min, "train_ipi_us_max": self.train_ipi_us_max,
+                "train_interval_ms_min": self.train_interval_ms_min, "holdoff_ms_before": self.holdoff_before_ms,
+                "holdoff_ms_after": self.holdoff_after_ms, "watchdog_ms": self.watchdog_ms,
+                "waveforms": ["monophasic", "biphasic"]}
 
     # -- what an output delivers ------------------------------------------------------------------------
     def dac_ua(self, output, current_ua):
