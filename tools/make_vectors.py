@@ -43,7 +43,7 @@ def examples() -> list[tuple[str, list]]:
                                         "samples_per_frame": 32, "leadoff": True}]),
         ("configure-ack", [m.ACK, 3, {"cfg": 1, "rate_hz": 4000, "channels": [0, 1, 8, 15], "gain": [24, 24, 24, 24],
                                       "input": ["normal"] * 4, "samples_per_frame": 32, "vref_uv": 4500000,
-                                      "full_scale_code": 8388607, "wire_bytes_per_s": 53500}]),
+                                      "full_scale_code": 8388607, "wire_bytes_per_s": 52125}]),
         ("start", [m.START, 4, {}]),
         ("stop", [m.STOP, 5, {}]),
         ("heartbeat", [m.HEARTBEAT, 0, {}]),
