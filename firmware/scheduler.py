@@ -89,6 +89,8 @@ class Scheduler:
                                   " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
         if self.running and only is None:
             self.stop()
+        elif only is not None:  # one program started again restarts it (it never runs twice)
+            self.running = [r for r in self.running if r.pid != only]
         self.fs = fs
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
         ids = range(len(self.programs)) if only is None else [only]
