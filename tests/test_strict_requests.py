@@ -51,3 +51,25 @@ def test_a_tcmep_set_that_cannot_keep_the_train_interval_is_refused_at_stim_prog
         err = refused(link, m.STIM_PROGRAM, {"programs": [PULSE, TRAIN, second]})
         assert err.code == m.E_LIMIT_TRAIN_INTERVAL, err
     assert link.request(m.STIM_PROGRAM, {"programs": [PULSE, TRAIN]})["programs"] == 2
+
+
+def test_starting_a_running_program_again_restarts_it_instead_of_running_it_twice(connected):
+    """SPEC 5.8: stim-start {program: i} again restarts program i. (It used to add a second run of it, whose
+    pulses the per-output minimum interval then had to skip: pulses_skipped in the status event.)"""
+    import time
+
+    _vb, link, _w = connected
+    events: list[dict] = []
+    link.on_event = events.append
+    link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0], "samples_per_frame": 8})
+    link.request(m.START, {})
+    link.request(m.STIM_PROGRAM, {"programs": [dict(PULSE, rate_mhz=9700)]})
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(0.05)
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(1.0)
+    link.request(m.STIM_STOP, {})
+    stims = [e for e in events if e["kind"] == "stim"]
+    status = [e for e in events if e["kind"] == "status"]
+    assert len(stims) >= 5 and status
+    assert status[-1]["pulses_skipped"] == 0, status[-1]
