@@ -87,11 +87,6 @@ class Scheduler:
         if block * 1000 > fs * self.sup.watchdog_ms // 2:
             raise m.ProtocolError(m.E_STATE, "stimulation needs blocks of at most %d ms; this configuration's are"
                                   " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
-        if self.running and only is None:
-            self.stop()
-        elif only is not None:  # one program started again restarts it (it never runs twice)
-            self.running = [r for r in self.running if r.pid != only]
-        self.fs = fs
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
         ids = range(len(self.programs)) if only is None else [only]
         if only is not None and self.programs[only]["kind"] == "tcmep":
@@ -101,14 +96,21 @@ class Scheduler:
             for last in self.last_index:
                 if last is not None and last + before > start:
                     start = last + before
-        t0 = start * 1000000 // fs
-        for pid in ids:
+        for pid in ids:  # refused before anything changes: a refused request has no effect
             prog = self.programs[pid]
             if prog["kind"] == "tcmep" and self.last_train_index is not None:
                 since_ms = (start - self.last_train_index) * 1000 // fs
                 if since_ms < self.sup.train_interval_ms_min:
                     raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "the last TcMEP train was %d ms ago;"
                                           " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
+        if self.running and only is None:
+            self.stop()
+        elif only is not None:  # one program started again restarts it (it never runs twice)
+            self.running = [r for r in self.running if r.pid != only]
+        self.fs = fs
+        t0 = start * 1000000 // fs
+        for pid in ids:
+            prog = self.programs[pid]
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
                 self.last_train_samples = _train_samples(prog, fs)
