@@ -231,10 +231,9 @@ class Firmware:
     def service_host(self):
         """Read the host's frames and handle its requests. Hearing the host (SPEC 5.6): any frame that passed
         the frame layer (header, CRC, schema), whatever its payload. Its time on the watchdog clock is the
-        sample that was being converted when the link was read before: the frame arrived after that (a
-        lower bound, so the 100 ms hold from its true arrival), and it is the hardware's clock, not the
-        index of the last block processed, which lags it while the loop catches up after a stall (the cause of
-        spurious trips with a live host, issue 17)."""
+        sample being converted when the board reads it: the hardware's clock, not the index of the last
+        block processed, which lags it while the loop catches up after a stall (the cause of spurious trips
+        with a live host, issue 17: a backlog of blocks made a 10 ms heartbeat gap look like 100 ms)."""
         acq = self.acq
         now = self.bsp.sample_now(acq.cfg.rate_hz) if acq is not None and acq.running else self.poll_index
         acq = None
@@ -243,7 +242,7 @@ class Firmware:
         msgs = self.link.poll()
         if reader.frames != frames:
             self.last_host_ms = self.bsp.ticks_ms()
-            self.last_host_index = self.poll_index
+            self.last_host_index = now
         self.poll_index = now
         for msg in msgs:
             mtype, rid, body = msg
