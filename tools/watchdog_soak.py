@@ -4,7 +4,8 @@ it under load to see what a busy machine does (issue 17: 0 trips in 30 minutes w
 
     ../shared/checks/under-load .venv/bin/python tools/watchdog_soak.py --minutes 30
 
-prints one JSON line: minutes, trips, and for each trip the board's view (its sample index when it tripped,
+Stimulation is started again after each trip, so that every trip in the run is counted. Prints one JSON
+line: minutes, trips, stimuli delivered, and for each trip the board's view (its sample index when it tripped,
 the index at which it last heard the host) and the host's (the wall-clock gap before the trip between the
 heartbeats it wrote). Exit status 0 with no trip.
 """
@@ -53,9 +54,17 @@ def run(minutes: float, heartbeat_ms: float, rate_hz: int, samples_per_frame: in
                 {"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 2000}]})
             link.request(m.STIM_START, {})
             t_end = time.monotonic() + minutes * 60
+            seen = 0
             while time.monotonic() < t_end:
                 time.sleep(0.5)
                 vb.poll()
+                trips_now = sum(1 for _t, e in events if e["kind"] == "watchdog")
+                if trips_now > seen:  # stimulation stopped: start it again, so that every trip is counted
+                    seen = trips_now
+                    try:
+                        link.request(m.STIM_START, {})
+                    except ln.BoardError:  # (a TcMEP train too soon after the last: next round)
+                        seen -= 1
         finally:
             stop.set()
             link.close()
@@ -71,7 +80,8 @@ def run(minutes: float, heartbeat_ms: float, rate_hz: int, samples_per_frame: in
     kinds: dict[str, int] = {}
     for _t, e in events:
         kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-    return {"minutes": minutes, "heartbeat_ms": heartbeat_ms, "rate_hz": rate_hz,
+    stims = sum(1 for _t, e in events if e["kind"] == "stim")
+    return {"minutes": minutes, "heartbeat_ms": heartbeat_ms, "rate_hz": rate_hz, "stims": stims,
             "samples_per_frame": samples_per_frame, "trips": len(trips), "detail": trips[:10], "events": kinds,
             "heartbeats": len(sent)}
 
