@@ -6,6 +6,7 @@ import sys
 
 import boardcfg
 import bootslot
+import link
 import messages as m
 import storage
 import version
@@ -31,14 +32,16 @@ class Firmware:
         self.adc = ADS1299(self.bsp.adc_spi, self.bsp.adc_cs, self.bsp.adc_start, self.bsp.adc_reset,
                            self.bsp.adc_pwdn, self.bsp.sleep_us)
         self.adc.power_up()
-        self.link = Link(self.bsp, self.defn["link"]["max_payload_bytes"])
+        self.link = Link(self.bsp, self.defn["link"]["max_request_bytes"])
         self.acq = None
         self.cfg_id = 0
         self.last_host_ms = self.bsp.ticks_ms()
         self.last_host_index = 0  # acquisition sample index when the host was last heard (watchdog clock)
-        self.supervisor = Supervisor(self.defn)
+        self.poll_index = 0  # the sample being converted when the host link was last read
         self.calibration = storage.Calibration(self.bsp, self.defn)
-        self.scheduler = Scheduler(self.bsp, self.supervisor, self.calibration)
+        self.supervisor = Supervisor(self.defn, self.calibration)
+        self.scheduler = Scheduler(self.bsp, self.supervisor)
+        self.program_specs = None  # the programs as the host sent them (validated again at every stim-start)
         self.updater = Updater(self.bsp)
         self.slot = slot
         self.fw_hash = version.firmware_hash()
@@ -82,10 +85,13 @@ class Firmware:
 
     def capabilities(self):
         adc = self.defn["adc"]
+        lk = self.defn["link"]
+        sup = self.supervisor
         return {"channels": self.chips * adc["channels_per_chip"], "rates_hz": adc["rates_hz"],
                 "gains": adc["gains"], "stim_outputs": self.defn["stimulator"]["outputs"],
-                "max_payload": self.defn["link"]["max_payload_bytes"],
-                "link_budget_bytes_per_s": self.defn["link"]["budget_bytes_per_s"]}
+                "max_payload": lk["max_payload_bytes"], "max_request": lk["max_request_bytes"],
+                "link_budget_bytes_per_s": lk["budget_bytes_per_s"],
+                "heartbeat_interval_ms": lk["host_heartbeat_interval_ms"], "stim": sup.limits()}
 
     # -- requests -------------------------------------------------------------------------------------------
     def on_hello(self, rid, body):
@@ -93,6 +99,13 @@ class Firmware:
         if not isinstance(versions, list) or m.VERSION not in versions:
             raise m.ProtocolError(m.E_VERSION, "board speaks protocol version %d; host offered %r"
                                   % (m.VERSION, versions))
+        if "schema" in body:  # all 32 bits: the frame header carries only the low 16
+            schema = body["schema"]
+            if not isinstance(schema, int) or isinstance(schema, bool):
+                raise m.ProtocolError(m.E_BAD_FIELD, "schema must be an unsigned integer")
+            if schema != m.SCHEMA:
+                raise m.ProtocolError(m.E_VERSION, "host schema 0x%08x differs from the board's 0x%08x: other"
+                                      " message definitions" % (schema & 0xFFFFFFFF, m.SCHEMA))
         self.link.send([m.WELCOME, rid, {"version": m.VERSION, "schema": m.SCHEMA, "caps": self.capabilities(),
                                          "info": self.info()}])
         bootslot.confirm()  # a host got this far with the running firmware: a trial slot is kept
@@ -122,6 +135,7 @@ class Firmware:
                 gap = self.bsp.ticks_diff(self.bsp.ticks_ms(), stopped_ms)
                 self.scheduler.rebase(end, fs, self.acq.cfg.rate_hz, max(gap, 0))
             self.acq.start()
+            self.poll_index = self.last_host_index = 0  # the watchdog clock restarts with the sample index
         self.link.ack(rid, {"cfg": self.acq.cfg.cfg_id})
 
     def on_stop(self, rid, body):
@@ -136,6 +150,7 @@ class Firmware:
     def on_stim_program(self, rid, body):
         programs = self.supervisor.check_programs(body.get("programs"))  # all or nothing
         self.scheduler.load(programs)
+        self.program_specs = body.get("programs")
         self.link.ack(rid, {"programs": len(programs)})
 
     def on_stim_start(self, rid, body):
@@ -143,9 +158,14 @@ class Firmware:
             raise m.ProtocolError(m.E_STATE, "start acquisition first: pulses are timed by the ADC sample clock")
         if not self.scheduler.programs:
             raise m.ProtocolError(m.E_STATE, "load a stimulation program first")
-        only = body.get("program")
-        if only is not None and (not isinstance(only, int) or not 0 <= only < len(self.scheduler.programs)):
-            raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d" % (len(self.scheduler.programs) - 1))
+        # validated again: a calibration written since stim-program changes what the outputs deliver
+        self.supervisor.check_programs(self.program_specs)
+        only = None
+        if "program" in body:  # absent: all programs; present: an index (null is not "all")
+            only = body["program"]
+            if not isinstance(only, int) or isinstance(only, bool) or not 0 <= only < len(self.scheduler.programs):
+                raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d (leave it out for all)"
+                                      % (len(self.scheduler.programs) - 1))
         start = self.scheduler.start(self.acq.next_index, self.acq.cfg.rate_hz, self.acq.writer.nsamp, only)
         self.link.ack(rid, {"start_index": start})
 
@@ -209,11 +229,21 @@ class Firmware:
 
     # -- loop ---------------------------------------------------------------------------------------------------
     def service_host(self):
+        """Read the host's frames and handle its requests. Hearing the host (SPEC 5.6): any frame that passed
+        the frame layer (header, CRC, schema), whatever its payload. Its time on the watchdog clock is the
+        sample being converted when the board reads it: the hardware's clock, not the index of the last
+        block processed, which lags it while the loop catches up after a stall (the cause of spurious trips
+        with a live host, issue 17: a backlog of blocks made a 10 ms heartbeat gap look like 100 ms)."""
+        acq = self.acq
+        now = self.bsp.sample_now(acq.cfg.rate_hz) if acq is not None and acq.running else self.poll_index
+        acq = None
+        reader = self.link.reader
+        frames = reader.frames
         msgs = self.link.poll()
-        if msgs:
+        if reader.frames != frames:
             self.last_host_ms = self.bsp.ticks_ms()
-            if self.acq is not None:
-                self.last_host_index = self.acq.next_index
+            self.last_host_index = now
+        self.poll_index = now
         for msg in msgs:
             mtype, rid, body = msg
             handler = self.handlers.get(mtype)
@@ -223,8 +253,12 @@ class Firmware:
                 handler(rid, body)
             except m.ProtocolError as exc:
                 self.link.error(rid, exc.code, exc.detail)
+            except MemoryError:  # a request too big for the heap: refused, the board keeps running
+                body = None
+                gc.collect()
+                self.link.error(rid, m.E_INTERNAL, link.OOM_DETAIL)
             except Exception as exc:  # a bug must not take the board down; say what happened
-                self.link.error(rid, m.E_INTERNAL, "%s: %s" % (type(exc).__name__, exc))
+                self.link.error_from(rid, m.E_INTERNAL, "%s: %s", (type(exc).__name__, exc))
 
     def check_host(self):
         silent = self.bsp.ticks_diff(self.bsp.ticks_ms(), self.last_host_ms)
@@ -235,7 +269,7 @@ class Firmware:
             self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
 
     def after_block(self):
-        """Stimulus latches become events; faults and host silence stop stimulation; arm what is due."""
+        """Stimulus latches of the block just read become events; faults stop stimulation."""
         acq = self.acq
         if acq is None:
             return
@@ -254,19 +288,29 @@ class Firmware:
             if flags & 2:
                 self.stim_fault("compliance", index, output, "output %d could not drive %d µA (delivered %d µA):"
                                 " electrode impedance too high" % (output, requested, measured))
-            elif output >= 0 and measured > requested + requested // 10 + 1000:
-                self.stim_fault("over-current", index, output, "output %d delivered %d µA for %d µA requested"
-                                % (output, measured, requested))
+            elif output >= 0:
+                err = self.supervisor.readback_error(requested, measured, width, 2 if flags & 1 else 1)
+                if err is not None:
+                    self.stim_fault("over-current", index, output, "output %d %s" % (output, err))
         if acq.latched > len(lat) // 12:
             self.link.event({"kind": "latch-overflow", "lost": acq.latched - len(lat) // 12})
         sched.forget_before(acq.next_index)
-        if not sched.active:
+
+    def arm(self):
+        """Host silence stops stimulation (the hardware's clock past the watchdog deadline); arm what is due,
+        never past that deadline."""
+        acq = self.acq
+        sched = self.scheduler
+        if acq is None or not acq.running or not sched.active:
             return
         watchdog = self.supervisor.watchdog_ms * acq.cfg.rate_hz // 1000
         deadline = self.last_host_index + watchdog
-        if acq.next_index >= deadline:
+        now = self.bsp.sample_now(acq.cfg.rate_hz)
+        if now < acq.next_index:
+            now = acq.next_index
+        if now >= deadline:
             cancelled = sched.stop()
-            self.link.event({"kind": "watchdog", "index": acq.next_index, "last_host_index": self.last_host_index,
+            self.link.event({"kind": "watchdog", "index": now, "last_host_index": self.last_host_index,
                              "cancelled": cancelled, "detail": "no frame from the host for %d ms: stimulation stopped"
                              % self.supervisor.watchdog_ms})
             return
@@ -274,6 +318,10 @@ class Firmware:
             sched.tick(acq.next_index, deadline, acq.writer.nsamp, acq.cfg.pre + acq.writer.nsamp, acq.window)
         else:
             sched.tick(acq.next_index, deadline, acq.writer.nsamp)
+        if sched.refused is not None:  # a pulse broke a limit as it was armed: nothing more is delivered
+            index, output, detail = sched.refused
+            sched.refused = None
+            self.stim_fault("limit", index, output, detail)
 
     def status(self):
         """Heap and link counters: how close the board runs to its memory, seen from the host. Collecting
@@ -286,7 +334,7 @@ class Firmware:
         acq = self.acq
         self.link.event({"kind": "status", "index": acq.next_index if acq else 0, "heap_used": used,
                          "heap_free": gc.mem_free(), "heap_peak": self.heap_peak,
-                         "rx_rejected": self.link.decoder.rejected_total(), "rx_bad": self.link.bad_messages,
+                         "rx_rejected": self.link.reader.rejected_total(), "rx_bad": self.link.bad_messages,
                          "samples_lost": acq.samples_lost if acq else 0,
                          "pulses_skipped": self.scheduler.pulses_skipped,
                          "pulses_held": self.scheduler.pulses_held})
@@ -302,11 +350,16 @@ class Firmware:
             if acq is not None and acq.running:
                 acq.step()
                 self.after_block()
-                if acq.blocks % STATUS_EVERY_BLOCKS == 0:
+                status = acq.blocks % STATUS_EVERY_BLOCKS == 0
+                acq = None  # a configure request replaces the acquisition: its old buffers must be free to reuse
+                self.service_host()  # before the watchdog looks at host silence: what has arrived counts
+                self.arm()
+                if status:
                     self.status()
             else:
                 self.bsp.host_wait(IDLE_WAIT_MS)
-            self.service_host()
+                acq = None
+                self.service_host()
             self.check_host()
             self.bsp.feed_watchdog()
 

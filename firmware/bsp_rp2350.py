@@ -155,8 +155,8 @@ class Board:
     def host_wait(self, timeout_ms):
         return self.host.wait(timeout_ms)
 
-    def host_read(self, buf):
-        return self.host.read(buf)
+    def host_read(self, buf, off, n):
+        return self.host.read(buf, off, n)
 
     def host_write(self, buf, off, n):
         self.host.write(buf, off, n)
@@ -184,6 +184,7 @@ class Board:
             sm.active(1)
 
     def _arm_dma(self, raw):
+        self._raw = raw
         ctrl = self._dma.pack_ctrl(size=0, inc_read=False, inc_write=True, treq_sel=_DREQ_PIO0_RX0)
         self._dma.config(read=_PIO0_BASE + _RXF0, write=raw, count=len(raw), ctrl=ctrl, trigger=True)
 
@@ -216,6 +217,11 @@ class Board:
             n += 1
         return n
 
+    def sample_now(self, rate_hz):
+        """Index of the sample being converted now: the block DMA is filling, and how far it has got."""
+        done = len(self._raw) - self._dma.count  # type: ignore[attr-defined]  # (rp2.DMA.count: transfers left)
+        return self._index + done // (27 * self.chips)
+
     # -- stimulation -------------------------------------------------------------------------------------------
     def arm_pulse(self, index, output, current_ua, width_us, biphasic):
         shaper, comparator = self._sm_pulse, self._sm_cmp
@@ -226,10 +232,12 @@ class Board:
         shaper.put(((1 << output) if output >= 0 else 0) | (16 if biphasic else 0))
         comparator.put(~index)
 
-    def arm_trigger_train(self, index, count, ipi_us):
-        ipi_samples = ipi_us * self._rate_hz // 1_000_000
-        for k in range(count):
-            self.arm_pulse(index + k * ipi_samples, -1, 0, self.defn["trigger"]["out_pulse_us"], False)
+    def arm_trigger_train(self, index, count, ipi_us, first, last):
+        """Triggers first..last-1 of a train of count whose first trigger is at sample index (the scheduler
+        arms a train piecewise, never past the watchdog deadline)."""
+        for k in range(first, last):
+            self.arm_pulse(index + k * ipi_us * self._rate_hz // 1_000_000, -1, 0, self.defn["trigger"]["out_pulse_us"],
+                           False)
 
     def _set_dac(self, output, current_ua):
         # DAC8551-class 16-bit DAC on SPI1 (CS from board.json): code = current / full scale. The current is

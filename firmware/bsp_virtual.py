@@ -79,9 +79,12 @@ class Board:
         self._dreq = bytearray(3)
         self._xreq = bytearray(b"X")
         self._pulse = bytearray(1 + 12)
-        self._train = bytearray(1 + 7)
+        self._train = bytearray(1 + 9)
         self._u16 = bytearray(2)
-        self.head = bytearray(_HEAD_SIZE)  # u32 first_index, u16 n_latched, u16 reserved
+        self.head = bytearray(_HEAD_SIZE)  # u32 first_index, u16 n_latched, u16 samples late
+        self._end = 0
+        self._late = 0
+        self._t_end = time.ticks_us()
         self.latches = bytearray(LATCH_SIZE * MAX_LATCHES)
         self._latch_views = [memoryview(self.latches)[i * LATCH_SIZE:(i + 1) * LATCH_SIZE]
                              for i in range(MAX_LATCHES)]
@@ -123,8 +126,8 @@ class Board:
     def host_wait(self, timeout_ms):
         return self.host.wait(timeout_ms)
 
-    def host_read(self, buf):
-        return self.host.read(buf)
+    def host_read(self, buf, off, n):
+        return self.host.read(buf, off, n)
 
     def host_write(self, buf, off, n):
         self.host.write(buf, off, n)
@@ -147,7 +150,13 @@ class Board:
         self.sock.write(d)
         self.sock.readinto(self.head)
         self.sock.readinto(raw)
-        nl = (self.head[4] << 8) | self.head[5]
+        h = self.head
+        # the hardware clock: this block ends at first + n; the model says how many samples its clock was
+        # past that when it handed the block over (head[6:8], nonzero when the firmware is late)
+        self._end = ((h[0] << 24) | (h[1] << 16) | (h[2] << 8) | h[3]) + n
+        self._late = (h[6] << 8) | h[7]
+        self._t_end = time.ticks_us()
+        nl = (h[4] << 8) | h[5]
         i = 0
         while i < nl:
             if i < MAX_LATCHES:
@@ -157,13 +166,19 @@ class Board:
             i += 1
         return nl
 
+    def sample_now(self, rate_hz):
+        """Index of the sample being converted now: the end of the last block read, plus how late it was
+        handed over, plus the time since."""
+        return self._end + self._late + time.ticks_diff(time.ticks_us(), self._t_end) * rate_hz // 1000000
+
     # -- stimulation: the PIO fires at a sample index ----------------------------------------------------
     def arm_pulse(self, index, output, current_ua, width_us, biphasic):
         struct.pack_into(">BIbIHB", self._pulse, 0, 80, index, output, current_ua, width_us, 1 if biphasic else 0)
         self.sock.write(self._pulse)
 
-    def arm_trigger_train(self, index, count, ipi_us):
-        struct.pack_into(">BIBH", self._train, 0, 84, index, count, ipi_us)
+    def arm_trigger_train(self, index, count, ipi_us, first, last):
+        """Triggers first..last-1 of a train of count whose first trigger is at sample index."""
+        struct.pack_into(">BIBHBB", self._train, 0, 84, index, count, ipi_us, first, last)
         self.sock.write(self._train)
 
     def cancel_stimulation(self):

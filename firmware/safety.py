@@ -2,6 +2,14 @@
 # anything takes effect. A program is accepted whole or refused whole (no partial effect), with the error
 # code of the first limit it breaks and a message that names the limit and the value. Integer units only
 # (µA, µs, mHz, ms): the RP2350 port's floats are single precision.
+#
+# The limits hold on what the output is driven to deliver, not on the request alone (issue 17): the current
+# checked is the larger of the request and the calibrated DAC setting (stim_gain_ppm applied), the charge
+# limit holds for each phase of a pulse (two for biphasic), the energy limit for the sum of the phases into
+# the output's impedance after compliance. Each program kind's parser lists every pulse shape it can deliver
+# (KINDS below); check_program puts each of them through the same limit checks, so a kind added later is
+# checked like the others. The scheduler checks each pulse again as it arms it, and the current-sense
+# readback of each delivered pulse is checked again (readback_error).
 import messages as m
 
 MAINS_HZ = (50, 60)
@@ -19,7 +27,8 @@ def _int_field(spec, name, lo=None, hi=None, code=m.E_BAD_FIELD):
 
 
 class Supervisor:
-    def __init__(self, defn):
+    def __init__(self, defn, calibration=None):
+        self.calibration = calibration  # storage.Calibration (its data["stim_gain_ppm"]), or None
         s = defn["safety"]
         st = defn["stimulator"]
         self.outputs = st["outputs"]
@@ -43,10 +52,79 @@ class Supervisor:
         self.holdoff_before_ms = hold["before"]
         self.holdoff_after_ms = hold["after"]
         self.impedance_ohm = [self.reference_ohm] * self.outputs  # refined from current-sense readback
+        self.readback_tolerance_pct = s["over_current_tolerance_pct"]
+        self.impedance_ohm_max = int(s["impedance_ohm_max"])
+
+    def limits(self):
+        """The limits as the welcome's caps.stim gives them to the host (integers, SPEC 5.1)."""
+        return {"current_ua_max": self.current_ua_max, "current_step_ua": self.current_step_ua,
+                "width_us_min": self.width_us_min, "width_us_max": self.width_us_max,
+                "width_step_us": self.width_step_us, "charge_nc_per_phase_max": self.charge_pc_max // 1000,
+                "energy_uj_per_pulse_max": self.energy_uj_max, "energy_reference_ohm": self.reference_ohm,
+                "compliance_v": self.compliance_v, "over_current_tolerance_pct": self.readback_tolerance_pct,
+                "impedance_ohm_max": self.impedance_ohm_max, "rate_mhz_max_per_output": self.rate_mhz_max_output,
+                "rate_mhz_max_total": self.rate_mhz_max_total, "train_pulses_max": self.train_pulses_max,
+                "train_ipi_us_min": self.train_ipi_us_min, "train_ipi_us_max": self.train_ipi_us_max,
+                "train_interval_ms_min": self.train_interval_ms_min, "holdoff_ms_before": self.holdoff_before_ms,
+                "holdoff_ms_after": self.holdoff_after_ms, "watchdog_ms": self.watchdog_ms,
+                "waveforms": ["monophasic", "biphasic"]}
+
+    # -- what an output delivers ------------------------------------------------------------------------
+    def dac_ua(self, output, current_ua):
+        """The DAC setting that makes `output` deliver current_ua: the calibration gain applied, uncapped."""
+        cal = self.calibration
+        ppm = cal.data["stim_gain_ppm"] if cal is not None else None
+        if not ppm or output < 0:
+            return current_ua
+        return current_ua * (1000000 + ppm[output]) // 1000000
+
+    def driven_ua(self, output, current_ua):
+        """The current the limits are checked on: the request or the DAC setting, whichever is larger (a
+        calibration may be wrong: the DAC setting is what the output stage is told to deliver)."""
+        dac = self.dac_ua(output, current_ua)
+        return dac if dac > current_ua else current_ua
+
+    def delivery_error(self, output, current_ua, width_us, phases):
+        """None, or (code, detail) of the first limit a pulse of current_ua for width_us per phase breaks."""
+        if current_ua > self.current_ua_max:
+            return m.E_LIMIT_CURRENT, ("output %d would be driven at %d µA, above the limit %d µA"
+                                       % (output, current_ua, self.current_ua_max))
+        for phase in range(phases):  # every phase carries the same charge on this output stage
+            charge_pc = current_ua * width_us
+            if charge_pc > self.charge_pc_max:
+                return m.E_LIMIT_CHARGE, ("charge of phase %d: %d µA x %d µs = %d nC, above the limit %d nC"
+                                          % (phase + 1, current_ua, width_us, charge_pc // 1000,
+                                             self.charge_pc_max // 1000))
+        energy = self.energy_uj(output, current_ua, width_us, phases)
+        if energy > self.energy_uj_max:
+            return m.E_LIMIT_ENERGY, ("energy %d µJ per pulse (%d phases) into %d ohm is above the limit %d µJ"
+                                      % (energy, phases, self.impedance_ohm[output], self.energy_uj_max))
+        return None
+
+    def check_delivery(self, output, current_ua, width_us, phases):
+        err = self.delivery_error(output, self.driven_ua(output, current_ua), width_us, phases)
+        if err is not None:
+            raise m.ProtocolError(err[0], err[1])
+
+    def readback_error(self, requested_ua, measured_ua, width_us, phases):
+        """None, or a sentence saying how a delivered pulse's current-sense readback broke a limit: more than
+        over_current_tolerance_pct above the request (plus one DAC step), or above the current or charge
+        limit by more than one DAC step."""
+        step = self.current_step_ua
+        if measured_ua > requested_ua + requested_ua * self.readback_tolerance_pct // 100 + step:
+            return ("delivered %d µA for %d µA requested (tolerance %d %% + %d µA)"
+                    % (measured_ua, requested_ua, self.readback_tolerance_pct, step))
+        if measured_ua > self.current_ua_max + step:
+            return "delivered %d µA, above the limit %d µA" % (measured_ua, self.current_ua_max)
+        if (measured_ua - step) * width_us > self.charge_pc_max:
+            return ("delivered %d nC per phase, above the limit %d nC"
+                    % (measured_ua * width_us // 1000, self.charge_pc_max // 1000))
+        return None
 
     # -- single pulse ---------------------------------------------------------------------------------
     def check_pulse(self, spec):
-        """(output, current_ua, width_us, biphasic) of a pulse spec, or ProtocolError."""
+        """(output, current_ua, width_us, biphasic) of a pulse spec's fields, or ProtocolError. The limits that
+        depend on what is delivered are checked by check_program on every shape a program lists."""
         output = _int_field(spec, "output", 0, self.outputs - 1, m.E_LIMIT_OUTPUT)
         current = _int_field(spec, "current_ua", 0, self.current_ua_max, m.E_LIMIT_CURRENT)
         if current % self.current_step_ua:
@@ -59,20 +137,11 @@ class Supervisor:
         waveform = spec.get("waveform", "monophasic")
         if waveform not in ("monophasic", "biphasic"):
             raise m.ProtocolError(m.E_BAD_FIELD, "waveform must be monophasic or biphasic")
-        charge_pc = current * width
-        if charge_pc > self.charge_pc_max:
-            raise m.ProtocolError(m.E_LIMIT_CHARGE, "charge per phase %d nC is above the limit %d nC"
-                                  % (charge_pc // 1000, self.charge_pc_max // 1000))
-        phases = 2 if waveform == "biphasic" else 1
-        energy = self.energy_uj(output, current, width, phases)
-        if energy > self.energy_uj_max:
-            raise m.ProtocolError(m.E_LIMIT_ENERGY, "energy %d µJ per pulse into %d ohm is above the limit %d µJ"
-                                  % (energy, self.impedance_ohm[output], self.energy_uj_max))
-        return output, current, width, phases == 2
+        return output, current, width, waveform == "biphasic"
 
     def energy_uj(self, output, current_ua, width_us, phases):
-        """I²·R·t per pulse, into the output's measured impedance (at least the reference load), with the
-        current the output stage can actually drive at its compliance voltage."""
+        """I²·R·t per pulse, all phases, into the output's measured impedance (at least the reference load),
+        with the current the output stage can actually drive at its compliance voltage."""
         r = max(self.impedance_ohm[output], self.reference_ohm)
         i_ua = min(current_ua, self.compliance_v * 1000000 // r)
         # µA² · Ω · µs = 1e-18 J; in µJ: / 1e12. Split to stay within small ints on the board.
@@ -90,41 +159,17 @@ class Supervisor:
         return rate
 
     def check_program(self, prog):
-        """Validated program (a dict with integer fields) or ProtocolError. Kinds: pulse, tcmep, ramp, tof."""
-        kind = prog.get("kind")
-        if kind == "pulse":
-            out, cur, wid, bi = self.check_pulse(prog)
-            rate = self.check_rate(prog, prog.get("averaged", True))
-            jitter = _int_field(prog, "jitter_us", 0, 100000) if "jitter_us" in prog else 0
-            phase = _int_field(prog, "phase_us", 0, 10000000) if "phase_us" in prog else 0
-            return {"kind": kind, "output": out, "current_ua": cur, "width_us": wid, "biphasic": bi, "rate_mhz": rate,
-                    "jitter_us": jitter, "phase_us": phase}
-        if kind == "ramp":  # triggered-EMG threshold search: rising currents, one pulse per step
-            start = dict(prog)
-            out, cur0, wid, bi = self.check_pulse(start)
-            stop = dict(prog)
-            stop["current_ua"] = prog.get("stop_ua")
-            _o, cur1, _w, _b = self.check_pulse(stop)
-            step = _int_field(prog, "step_ua", self.current_step_ua, self.current_ua_max)
-            if step % self.current_step_ua or cur1 < cur0:
-                raise m.ProtocolError(m.E_BAD_FIELD, "ramp needs stop_ua >= current_ua and a step that is"
-                                      " a multiple of %d" % self.current_step_ua)
-            rate = self.check_rate(prog, False)
-            return {"kind": kind, "output": out, "current_ua": cur0, "stop_ua": cur1, "step_ua": step, "width_us": wid,
-                    "biphasic": bi, "rate_mhz": rate, "jitter_us": 0, "phase_us": 0}
-        if kind == "tof":  # train-of-four: 4 pulses at 2 Hz, repeated no sooner than every 10 s
-            out, cur, wid, bi = self.check_pulse(prog)
-            return {"kind": kind, "output": out, "current_ua": cur, "width_us": wid, "biphasic": bi, "rate_mhz": 2000,
-                    "count": 4, "jitter_us": 0, "phase_us": 0}
-        if kind == "tcmep":  # trains to the external constant-voltage stimulator through the trigger output
-            count = _int_field(prog, "count", 1, self.train_pulses_max, m.E_LIMIT_TRAIN)
-            ipi = _int_field(prog, "ipi_us", self.train_ipi_us_min, self.train_ipi_us_max, m.E_LIMIT_IPI)
-            interval = prog.get("interval_ms", 0)
-            if interval:
-                interval = _int_field(prog, "interval_ms", self.train_interval_ms_min, 3600000,
-                                      m.E_LIMIT_TRAIN_INTERVAL)
-            return {"kind": kind, "count": count, "ipi_us": ipi, "interval_ms": interval, "output": -1}
-        raise m.ProtocolError(m.E_BAD_FIELD, "program kind %r is not one of pulse, ramp, tof, tcmep" % (kind,))
+        """Validated program (a dict with integer fields) or ProtocolError. The kind's parser (KINDS) checks
+        its fields and lists in "shapes" every (output, current_ua, width_us, biphasic) it can deliver; each
+        shape is checked here against every delivery limit."""
+        parse = KINDS.get(prog.get("kind"))
+        if parse is None:
+            raise m.ProtocolError(m.E_BAD_FIELD, "program kind %r is not one of %s"
+                                  % (prog.get("kind"), ", ".join(sorted(KINDS))))
+        p = parse(self, prog)
+        for output, current, width, biphasic in p["shapes"]:
+            self.check_delivery(output, current, width, 2 if biphasic else 1)
+        return p
 
     def check_programs(self, progs):
         if not isinstance(progs, list) or not progs or len(progs) > 8:
@@ -134,6 +179,13 @@ class Supervisor:
             if not isinstance(prog, dict):
                 raise m.ProtocolError(m.E_BAD_FIELD, "program %d is not a map" % i)
             checked.append(self.check_program(prog))
+        trains = [p for p in checked if p["kind"] == "tcmep"]
+        if len(trains) > 1:
+            # a stim-start of all starts every program at the same sample: two TcMEP programs would put two
+            # trains together, closer than the minimum train interval (validated whole, here, not at start)
+            raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "%d TcMEP programs would start their trains together;"
+                                  " trains must be at least %d ms apart: one TcMEP program per set"
+                                  % (len(trains), self.train_interval_ms_min))
         per_output = [0] * self.outputs
         total = 0
         for p in checked:
@@ -150,3 +202,49 @@ class Supervisor:
             raise m.ProtocolError(m.E_LIMIT_RATE, "all outputs together would pulse at %d mHz, above the limit %d mHz"
                                   % (total, self.rate_mhz_max_total))
         return checked
+
+
+# -- program kinds: each parser checks its fields and lists the pulse shapes the program can deliver --------
+def _pulse(sup, prog):
+    out, cur, wid, bi = sup.check_pulse(prog)
+    rate = sup.check_rate(prog, prog.get("averaged", True))
+    jitter = _int_field(prog, "jitter_us", 0, 100000) if "jitter_us" in prog else 0
+    phase = _int_field(prog, "phase_us", 0, 10000000) if "phase_us" in prog else 0
+    return {"kind": "pulse", "output": out, "current_ua": cur, "width_us": wid, "biphasic": bi, "rate_mhz": rate,
+            "jitter_us": jitter, "phase_us": phase, "shapes": [(out, cur, wid, bi)]}
+
+
+def _ramp(sup, prog):  # triggered-EMG threshold search: rising currents, one pulse per step
+    out, cur0, wid, bi = sup.check_pulse(prog)
+    stop = dict(prog)
+    stop["current_ua"] = prog.get("stop_ua")
+    _o, cur1, _w, _b = sup.check_pulse(stop)
+    step = _int_field(prog, "step_ua", sup.current_step_ua, sup.current_ua_max)
+    if step % sup.current_step_ua or cur1 < cur0:
+        raise m.ProtocolError(m.E_BAD_FIELD, "ramp needs stop_ua >= current_ua and a step that is"
+                              " a multiple of %d" % sup.current_step_ua)
+    rate = sup.check_rate(prog, False)
+    # every delivery limit grows with the current: the first and the highest step bound all the others
+    last = cur0 + (cur1 - cur0) // step * step
+    return {"kind": "ramp", "output": out, "current_ua": cur0, "stop_ua": cur1, "step_ua": step, "width_us": wid,
+            "biphasic": bi, "rate_mhz": rate, "jitter_us": 0, "phase_us": 0,
+            "shapes": [(out, cur0, wid, bi), (out, last, wid, bi)]}
+
+
+def _tof(sup, prog):  # train-of-four: 4 pulses at 2 Hz
+    out, cur, wid, bi = sup.check_pulse(prog)
+    return {"kind": "tof", "output": out, "current_ua": cur, "width_us": wid, "biphasic": bi, "rate_mhz": 2000,
+            "count": 4, "jitter_us": 0, "phase_us": 0, "shapes": [(out, cur, wid, bi)]}
+
+
+def _tcmep(sup, prog):  # trains to the external constant-voltage stimulator through the trigger output
+    count = _int_field(prog, "count", 1, sup.train_pulses_max, m.E_LIMIT_TRAIN)
+    ipi = _int_field(prog, "ipi_us", sup.train_ipi_us_min, sup.train_ipi_us_max, m.E_LIMIT_IPI)
+    interval = prog.get("interval_ms", 0)
+    if interval:
+        interval = _int_field(prog, "interval_ms", sup.train_interval_ms_min, 3600000, m.E_LIMIT_TRAIN_INTERVAL)
+    # a logic trigger: no current from this board's outputs (the external stimulator has its own limits)
+    return {"kind": "tcmep", "count": count, "ipi_us": ipi, "interval_ms": interval, "output": -1, "shapes": []}
+
+
+KINDS = {"pulse": _pulse, "ramp": _ramp, "tof": _tof, "tcmep": _tcmep}

@@ -18,6 +18,12 @@ def _train_samples(prog, fs):
     return (prog["count"] - 1) * prog["ipi_us"] * fs // 1000000
 
 
+def _trigger_offset(prog, k, fs):
+    """Samples from a train's first trigger to its k-th (the PIO times the interval in µs from the first
+    edge; this is the latest sample the k-th can fall on)."""
+    return k * prog["ipi_us"] * fs // 1000000
+
+
 class _Running:
     def __init__(self, pid, prog, t0_us):
         self.pid = pid
@@ -25,6 +31,8 @@ class _Running:
         self.t0_us = t0_us
         self.k = 0
         self.done = False
+        self.sub = 0  # tcmep: triggers of the current train already armed (0: no train under way)
+        self.train_at = 0  # tcmep: sample index of the current train's first trigger
 
     def next_pulse(self):
         """(t_us, current_ua) of the k-th pulse, or None when the program has run its course."""
@@ -49,10 +57,10 @@ class _Running:
 
 
 class Scheduler:
-    def __init__(self, bsp, supervisor, calibration=None):
+    def __init__(self, bsp, supervisor):
         self.bsp = bsp
         self.sup = supervisor
-        self.calibration = calibration
+        self.refused = None  # (index, output, detail) of a pulse that broke a limit as it was armed
         self.programs = []
         self.running = []
         self.fs = 0
@@ -79,9 +87,6 @@ class Scheduler:
         if block * 1000 > fs * self.sup.watchdog_ms // 2:
             raise m.ProtocolError(m.E_STATE, "stimulation needs blocks of at most %d ms; this configuration's are"
                                   " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
-        if self.running and only is None:
-            self.stop()
-        self.fs = fs
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
         ids = range(len(self.programs)) if only is None else [only]
         if only is not None and self.programs[only]["kind"] == "tcmep":
@@ -91,14 +96,21 @@ class Scheduler:
             for last in self.last_index:
                 if last is not None and last + before > start:
                     start = last + before
-        t0 = start * 1000000 // fs
-        for pid in ids:
+        for pid in ids:  # refused before anything changes: a refused request has no effect
             prog = self.programs[pid]
             if prog["kind"] == "tcmep" and self.last_train_index is not None:
                 since_ms = (start - self.last_train_index) * 1000 // fs
                 if since_ms < self.sup.train_interval_ms_min:
                     raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "the last TcMEP train was %d ms ago;"
                                           " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
+        if self.running and only is None:
+            self.stop()
+        elif only is not None:  # one program started again restarts it (it never runs twice)
+            self.running = [r for r in self.running if r.pid != only]
+        self.fs = fs
+        t0 = start * 1000000 // fs
+        for pid in ids:
+            prog = self.programs[pid]
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
                 self.last_train_samples = _train_samples(prog, fs)
@@ -123,6 +135,8 @@ class Scheduler:
         fs = self.fs
         limit = min(next_index + max(fs * _HORIZON_MS // 1000, 2 * block) + lead, deadline_index)
         for run in self.running:
+            if run.sub and not self._arm_triggers(run, limit):
+                continue  # a train under way, cut at the limit: the rest of it waits for the next tick
             while True:
                 nxt = run.next_pulse()
                 if nxt is None:
@@ -154,14 +168,32 @@ class Scheduler:
                     run.k += 1
                     continue
                 if p["kind"] == "tcmep":
-                    self.bsp.arm_trigger_train(index, p["count"], p["ipi_us"])
+                    # A train's triggers are armed one by one up to the limit, like any pulse, so that a host
+                    # that falls silent mid-train stops it at the watchdog deadline, not after the train.
                     self.last_train_index = index
                     self.last_train_samples = _train_samples(p, fs)
+                    self.armed.append((index, run.pid, -1, 0))
+                    self.pulses_armed += 1
+                    if on_arm is not None:
+                        on_arm(index)
+                    run.train_at = index
+                    run.sub = 0
+                    if not self._arm_triggers(run, limit):
+                        break
+                    continue
                 else:
-                    dac = current
-                    if self.calibration is not None:  # the DAC setting that delivers `current`, capped
-                        dac = self.calibration.stim_dac_ua(p["output"], current, self.sup.current_ua_max)
-                    self.bsp.arm_pulse(index, p["output"], dac, p["width_us"], p["biphasic"])
+                    # the DAC setting that delivers `current` (calibration gain), checked once more against
+                    # every delivery limit as it is armed: a program validated before a calibration change
+                    # (or any path that bypassed validation) never reaches the output stage
+                    out = p["output"]
+                    dac = self.sup.dac_ua(out, current)
+                    err = self.sup.delivery_error(out, dac if dac > current else current, p["width_us"],
+                                                  2 if p["biphasic"] else 1)
+                    if err is not None:
+                        self.refused = (index, out, "pulse refused as it was armed: " + err[1])
+                        self.stop()
+                        return
+                    self.bsp.arm_pulse(index, out, dac, p["width_us"], p["biphasic"])
                     self.last_index[p["output"]] = index
                 self.armed.append((index, run.pid, p["output"], current))
                 self.pulses_armed += 1
@@ -169,6 +201,23 @@ class Scheduler:
                     on_arm(index)
                 run.k += 1
         self.running = [r for r in self.running if not r.done]
+
+    def _arm_triggers(self, run, limit):
+        """Arm the current train's triggers that fall before limit. True when the whole train is armed (the
+        run moves on to its next train), False when some wait for a later tick."""
+        p = run.prog
+        k = run.sub
+        count = p["count"]
+        while k < count and run.train_at + _trigger_offset(p, k, self.fs) < limit:
+            k += 1
+        if k > run.sub:
+            self.bsp.arm_trigger_train(run.train_at, count, p["ipi_us"], run.sub, k)
+            run.sub = k
+        if k < count:
+            return False
+        run.sub = 0
+        run.k += 1
+        return True
 
     def _held(self, index):
         """Does a pulse at sample `index` fall in the hold-off of the last train or of a coming one?"""

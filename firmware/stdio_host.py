@@ -20,10 +20,9 @@ class StdioHost:
             return True
         return False
 
-    def read(self, buf):
-        """Copy the host bytes available now (at most len(buf)) into buf; returns the count. Never blocks."""
+    def read(self, buf, off, limit):
+        """Copy the host bytes available now (at most limit) into buf at off; returns the count. Never blocks."""
         n = 0
-        limit = len(buf)
         poll = self._poll
         inp = self.inp
         one = self._one
@@ -33,7 +32,7 @@ class StdioHost:
                 ready = True
             if not ready or inp.readinto(one) != 1:
                 break
-            buf[n] = one[0]
+            buf[off + n] = one[0]
             n += 1
         return n
 

@@ -77,10 +77,3 @@ class Calibration:
             raise m.ProtocolError(m.E_STORAGE, "calibration not stored: %s" % exc) from None
         self.data = cal
         return cal
-
-    def stim_dac_ua(self, output, current_ua, limit_ua):
-        """The DAC setting that makes the output deliver current_ua, never above the safety limit."""
-        ppm = self.data["stim_gain_ppm"]
-        if not ppm or output < 0:
-            return current_ua
-        return min(current_ua * (1000000 + ppm[output]) // 1000000, limit_ua)

@@ -9,7 +9,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x362992FF
+SCHEMA = 0x3D4FAC9A
 
 # Message types.
 HELLO = 1

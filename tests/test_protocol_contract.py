@@ -116,3 +116,49 @@ def test_real_board_frames_validate_against_the_cddl(virtual_board, schema):
         msg = cbor.loads(p)
         kinds.add(msg[0] if msg[0] != m.EVENT else msg[2]["kind"])
     assert {m.WELCOME, m.INFO, m.ACK, m.ERROR, m.DATA, "stim"} <= kinds
+
+
+def _vector(name: str) -> dict:
+    return next(v for v in VECTORS["vectors"] if v["name"] == name)
+
+
+def test_crc_byte_order_vector_on_both_sides():
+    """SPEC 2: HCHK and the CRC trailer are big-endian, like every header field (the vector's CRC has four
+    distinct bytes, so a little-endian trailer cannot pass by accident)."""
+    v = _vector("crc-byte-order")
+    frame = bytes.fromhex(v["frame"])
+    assert frame[-4:] == v["crc32"].to_bytes(4, "big") != v["crc32"].to_bytes(4, "little")
+    assert frame[8:10] == v["hchk"].to_bytes(2, "big") and frame[4:6] == b"\x12\x34"
+    assert framing.crc32(frame[2:-4]) == v["crc32"]
+    code = """
+import binascii, framing
+for v in _IN:
+    f = binascii.unhexlify(v["frame"])
+    emit([framing.crc32(f[2:len(f) - 4]), framing.crc32(f[2:8]) & 0xFFFF, binascii.hexlify(f[len(f) - 4:]).decode()])
+"""
+    (got,) = run_json(code, [v])
+    assert got == [v["crc32"], v["hchk"], v["crc32"].to_bytes(4, "big").hex()]
+
+
+def test_the_board_accepts_the_multi_program_vector_and_encodes_the_error_vectors_itself():
+    """The every-kind stimulation set passes the firmware's supervisor whole; the firmware's allocation-free
+    error encoder (link.Link.error) produces each error vector's frame byte for byte."""
+    progs = from_json(_vector("stim-program-every-kind")["message"])[2]["programs"]
+    errors = [v for v in VECTORS["vectors"] if from_json(v["message"])[0] == m.ERROR]
+    assert len(errors) >= 3
+    code = """
+import binascii, boardcfg, link
+from safety import Supervisor
+emit(len(Supervisor(boardcfg.load()).check_programs(_IN["programs"])))
+class Bsp:
+    def host_write(self, buf, off, n):
+        emit(binascii.hexlify(buf[off:off + n]).decode())
+ln = link.Link(Bsp(), 64)
+for v in _IN["errors"]:
+    ln.tx_seq = v["seq"]
+    body = v["message"][2]
+    ln.error(v["message"][1], body["code"], body["detail"])
+"""
+    out = run_json(code, {"programs": progs, "errors": errors})
+    assert out[0] == len(progs)
+    assert out[1:] == [v["frame"] for v in errors]

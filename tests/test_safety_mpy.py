@@ -116,3 +116,82 @@ emit(out)
         i = min(0.1, v / ohm)
         expect.append(i * i * ohm * 1e-3 * 2 * 1e6)  # µJ
     assert energies == pytest.approx(expect, rel=1e-3)
+
+
+# Every program kind the supervisor knows, with one example program (at `current_ua`, `width_us` on output 0)
+# per kind that delivers current; None for a kind that delivers none through the board's outputs. A kind
+# added to the firmware and not here fails test_the_kind_table_covers_every_kind_the_firmware_knows.
+KIND_EXAMPLES: dict[str, dict | None] = {
+    "pulse": {"kind": "pulse", "output": 0, "rate_mhz": 4700},
+    "ramp": {"kind": "ramp", "output": 0, "step_ua": 100, "rate_mhz": 1000},  # stop_ua: the current under test
+    "tof": {"kind": "tof", "output": 0},
+    "tcmep": None,
+}
+
+GAIN_CODE = """
+import boardcfg
+import messages as m
+from safety import Supervisor, KINDS
+
+class Cal:
+    def __init__(self, ppm):
+        self.data = {"stim_gain_ppm": ppm}
+
+emit(sorted(KINDS))
+for c in _IN:
+    sup = Supervisor(boardcfg.load(), Cal(c["ppm"]))
+    try:
+        sup.check_programs(c["programs"])
+        emit({"ok": True, "code": None})
+    except m.ProtocolError as e:
+        emit({"ok": False, "code": e.code, "detail": e.detail})
+"""
+
+
+def _example(kind: str, current: int, width: int, waveform: str) -> dict:
+    prog = dict(KIND_EXAMPLES[kind] or {})
+    prog.update(width_us=width, waveform=waveform)
+    if kind == "ramp":  # the ramp's highest step is the one under test
+        prog.update(current_ua=STEP_UA, stop_ua=current)
+    else:
+        prog.update(current_ua=current)
+    return prog
+
+
+def test_limits_are_checked_on_the_current_the_output_is_driven_to_after_calibration_gain_for_every_kind():
+    """Issue 17: with +10 % stim gain (allowed by the calibration bounds), 50 mA x 1000 us was accepted and the
+    DAC driven to 55 mA (55 uC against the 50 uC limit). The limits hold on the calibrated DAC current, for
+    every kind that delivers current, monophasic and biphasic (each phase), and with a negative gain the
+    request itself still counts."""
+    ppm_max = int(ST["calibration_bounds"]["gain_correction_max"] * 1e6)
+    q_max_pc = int(S["charge_uc_per_phase_max"] * 1e6)
+    i_max = int(S["current_ma_max"] * 1000)
+    cases, expect = [], []
+    for kind, ex in KIND_EXAMPLES.items():
+        if ex is None:
+            continue
+        for waveform in ("monophasic", "biphasic"):
+            w = S["width_us_max"]
+            i_at_q = q_max_pc // w  # 50 mA at 1000 us: at the charge limit uncalibrated
+            for ppm, current, width, ok, code in (
+                (0, i_at_q, w, True, None),
+                (ppm_max, i_at_q, w, False, m.E_LIMIT_CHARGE),  # 55 mA driven: over the charge limit
+                (-ppm_max, i_at_q, w, True, None),  # the DAC below the request: the request is what counts
+                (-ppm_max, i_at_q + STEP_UA, w, False, m.E_LIMIT_CHARGE),
+                (0, i_max, S["width_us_min"], True, None),
+                (ppm_max, i_max, S["width_us_min"], False, m.E_LIMIT_CURRENT),  # 110 mA driven
+                (ppm_max, i_max * 10 // 11 // STEP_UA * STEP_UA, S["width_us_min"], True, None),
+            ):
+                gains = [ppm, 0, 0, 0]
+                cases.append({"ppm": gains, "programs": [_example(kind, current, width, waveform)]})
+                expect.append((kind, waveform, ppm, current, width, ok, code))
+    out = run_json(GAIN_CODE, cases)
+    results = out[1:]
+    assert len(results) == len(expect)
+    for (kind, waveform, ppm, current, width, ok, code), r in zip(expect, results, strict=True):
+        assert (r["ok"], r["code"]) == (ok, code), (kind, waveform, ppm, current, width, r)
+
+
+def test_the_kind_table_covers_every_kind_the_firmware_knows():
+    (kinds,) = run_json(GAIN_CODE, [])
+    assert kinds == sorted(KIND_EXAMPLES)

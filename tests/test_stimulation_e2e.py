@@ -275,3 +275,167 @@ def test_ssep_pulses_are_held_off_around_every_tcmep_train(stim_board):
     assert len(ssep) >= 4 * 4.0 * 4.7 * 0.7
     status = [e for e in events if e["kind"] == "status"]
     assert status and status[-1]["pulses_held"] >= 4 * (len(trains) - 1)
+
+
+def _cal(stim_gain_ppm: list[int]) -> dict:
+    return {"date": "2026-12-05T00:00:00Z", "operator": "test", "adc_gain_ppm": [0] * 16, "adc_offset_nv": [0] * 16,
+            "stim_gain_ppm": stim_gain_ppm}
+
+
+def test_over_current_readback_stops_stimulation_and_a_calibration_cannot_carry_a_program_past_a_limit(tmp_path):
+    """Issue 17: SIM-0001's output 1 delivers about 2 % over its command uncalibrated: 101.96 mA read back for
+    100 mA, above the 100 mA limit, with no fault. Now the readback trips an over-current fault (board.json
+    safety.over_current_tolerance_pct, and never above a limit by more than one DAC step) and nothing is
+    delivered after the horizon already armed. And a program accepted before a +10 % calibration is refused
+    at stim-start with the limit it would now break (55 mA x 1000 us > 50 uC)."""
+    from ionm.board.virtual import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    events: list[dict] = []
+    i_max = int(D["safety"]["current_ma_max"] * 1000)
+    with VirtualBoard(bench=True, pulse_log=str(log), stderr=open(tmp_path / "err", "w")) as vb:
+        link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=0.025)
+        try:
+            ln.connect(link, timeout=10)
+            link.request(m.CONFIGURE, {"rate_hz": 4000, "samples_per_frame": 20})
+            link.request(m.START, {})
+            link.request(m.STIM_PROGRAM, {"programs": [
+                {"kind": "pulse", "output": 1, "current_ua": i_max, "width_us": 50, "rate_mhz": 9700}]})
+            link.request(m.STIM_START, {})
+            time.sleep(1.0)
+            faults = [e for e in events if e["kind"] == "fault"]
+            link.request(m.STIM_PROGRAM, {"programs": [
+                {"kind": "pulse", "output": 0, "current_ua": 50000, "width_us": 1000, "rate_mhz": 4700}]})
+            link.request(m.CAL_WRITE, _cal([100000, 0, 0, 0]))
+            with pytest.raises(ln.BoardError) as err:
+                link.request(m.STIM_START, {})
+            assert err.value.code == m.E_LIMIT_CHARGE, err.value
+            with pytest.raises(ln.BoardError) as err:  # and the same program sent again is refused outright
+                link.request(m.STIM_PROGRAM, {"programs": [
+                    {"kind": "pulse", "output": 0, "current_ua": 50000, "width_us": 1000, "rate_mhz": 4700}]})
+            assert err.value.code == m.E_LIMIT_CHARGE
+        finally:
+            link.close()
+        vb.poll()
+    assert len(faults) == 1 and faults[0]["fault"] == "over-current" and faults[0]["output"] == 1, faults
+    delivered = [json.loads(line) for line in open(log)]
+    assert delivered and max(p["measured_ma"] for p in delivered) > D["safety"]["current_ma_max"]
+    first = delivered[0]["index"]
+    horizon = max(2 * 20, 4000 * 20 // 1000)  # what the scheduler had already handed to the PIO
+    assert all(p["index"] <= first + horizon for p in delivered), delivered
+    assert all(p["output"] == 1 for p in delivered)  # the refused 55 mA program never ran
+
+
+def _frame_sizes(rate: int, n_channels: int) -> list[int]:
+    """Per rate: short blocks (about 2 ms) and long ones (30 ms, up to 64 samples: larger DMA blocks do not
+    always fit the board's fragmented heap after a few configurations, a limit older than this test, see
+    docs/SAFETY.md). Stimulation allows blocks up to half the watchdog; with those, a train armed two blocks
+    ahead of a stim-start that the host follows with silence is at the deadline at once: nothing to measure."""
+    long = min(rate * 30 // 1000, 64)
+    return sorted({max(1, rate // 500), long})
+
+
+def test_host_silence_stops_tcmep_trains_inside_the_train_at_every_rate_and_frame_size(tmp_path):
+    """Issue 17: a train that started before the watchdog deadline was cancelled only at the next block, so its
+    last trigger came 102-136 ms after the host's last frame. Now nothing is delivered more than watchdog_ms
+    after the host's last frame (measured on the board's sample clock, from the pulse log): the longest train
+    (9 triggers 10 ms apart) starts at stim-start's start_index, 20 ms or two blocks after the host's last
+    frame, and is cut inside. Every rate, short and long blocks."""
+    from ionm.board.virtual import VirtualBoard
+
+    s = D["safety"]
+    log = tmp_path / "pulses.jsonl"
+    events: list[dict] = []
+    channels = [0, 1, 2, 3]
+    # (repeating, so that the program is still running when the deadline passes: the watchdog event says when
+    # the host was last heard)
+    train = {"kind": "tcmep", "count": s["train_pulses_max"], "ipi_us": s["train_ipi_us_max"],
+             "interval_ms": s["tcmep_train_interval_ms_min"]}
+    measured = []
+    with VirtualBoard(bench=True, pulse_log=str(log), stderr=open(tmp_path / "err", "w")) as vb:
+        link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=None)
+        try:
+            ln.connect(link, timeout=10)
+            link.request(m.STIM_PROGRAM, {"programs": [train]})
+            for rate in D["adc"]["rates_hz"]:
+                for spf in _frame_sizes(rate, len(channels)):
+                    link.request(m.STOP, {})
+                    link.request(m.CONFIGURE, {"rate_hz": rate, "channels": channels, "samples_per_frame": spf})
+                    n_events = len(events)
+                    link.request(m.START, {})
+                    n_logged = len(open(log).readlines())
+                    for _ in range(40):  # trains keep their minimum interval across acquisition runs: wait for it
+                        try:
+                            start = link.request(m.STIM_START, {})["start_index"]  # the host's last frame
+                            break
+                        except ln.BoardError as exc:
+                            assert exc.code == m.E_LIMIT_TRAIN_INTERVAL, exc
+                            time.sleep(0.05)
+                    deadline = time.monotonic() + 2.0
+                    while time.monotonic() < deadline and not [e for e in events[n_events:]
+                                                               if e["kind"] == "watchdog"]:
+                        time.sleep(0.02)
+                    time.sleep(0.05)
+                    wd = [e for e in events[n_events:] if e["kind"] == "watchdog"]
+                    assert len(wd) == 1, (rate, spf, events[n_events:])
+                    trig = [json.loads(line)["index"] for line in open(log).readlines()[n_logged:]]
+                    assert trig and trig[0] == start, (rate, spf, trig, start)
+                    last_host = wd[0]["last_host_index"]
+                    late_ms = (trig[-1] - last_host) * 1000 / rate
+                    measured.append((rate, spf, len(trig), round(late_ms, 1)))
+                    assert late_ms <= s["watchdog_ms"], measured[-1]
+                    if spf * 1000 // rate >= 20:  # first trigger 40 ms or more after the host's last frame
+                        assert len(trig) < train["count"], measured[-1]  # the train was cut inside
+        finally:
+            link.close()
+    print("rate, samples per frame, triggers delivered, last trigger after the host's last frame (ms):", measured)
+
+
+def test_the_watchdog_counts_every_valid_frame_and_nothing_else(tmp_path):
+    """SPEC 5.6: any frame that passes SPEC 2.1 (header, CRC, this schema) is hearing the host, whatever its
+    payload: a heartbeat, an unknown type, a refused request, a payload that is not CBOR. Garbage, frames with a
+    bad CRC and frames of another schema are not. The host sends only one kind of frame every 10 ms for 0.4 s
+    while a program stimulates; the board's watchdog trips exactly for the kinds that do not count."""
+    from ionm.board.virtual import VirtualBoard
+    from ionm.protocol import cbor, framing
+
+    def frame(payload: bytes, schema: int = m.SCHEMA) -> bytes:
+        return framing.encode(payload, 0, schema)
+
+    def bad_crc() -> bytes:
+        f = bytearray(frame(cbor.dumps([m.HEARTBEAT, 0, {}])))
+        f[-1] ^= 0xFF
+        return bytes(f)
+
+    kinds = {  # name: (bytes to send, counts as hearing the host)
+        "heartbeat": (frame(cbor.dumps([m.HEARTBEAT, 0, {}])), True),
+        "unknown type": (frame(cbor.dumps([99, 5, {}])), True),
+        "refused request": (frame(cbor.dumps([m.CONFIGURE, 6, {"rate_hz": 3}])), True),
+        "payload not CBOR": (frame(b"\xff\xfe"), True),
+        "bad CRC": (bad_crc(), False),
+        "other schema": (frame(cbor.dumps([m.HEARTBEAT, 0, {}]), m.SCHEMA ^ 0x5555), False),
+        "garbage": (bytes(range(40)), False),
+    }
+    events: list[dict] = []
+    tripped = {}
+    with VirtualBoard(bench=True, stderr=open(tmp_path / "err", "w")) as vb:
+        link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=None)
+        try:
+            ln.connect(link, timeout=10)
+            link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0], "samples_per_frame": 20})
+            link.request(m.START, {})
+            link.request(m.STIM_PROGRAM, {"programs": [{"kind": "pulse", "output": 0, "current_ua": 1000,
+                                                        "width_us": 100, "rate_mhz": 9700}]})
+            for name, (data, _counts) in kinds.items():
+                link.request(m.STIM_START, {})
+                n = len(events)
+                t_end = time.monotonic() + 0.4
+                while time.monotonic() < t_end:
+                    with link._tx_lock:
+                        link.transport.write(data)
+                    time.sleep(0.01)
+                tripped[name] = any(e["kind"] == "watchdog" for e in events[n:])
+                link.request(m.STIM_STOP, {})
+        finally:
+            link.close()
+    assert tripped == {name: not counts for name, (_data, counts) in kinds.items()}

@@ -18,6 +18,13 @@ import framing  # noqa: E402
 import messages as m  # noqa: E402
 
 SAMPLES = bytes(range(48))  # one sample of 16 channels
+STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min": 50, "width_us_max": 1000,
+               "width_step_us": 10, "charge_nc_per_phase_max": 50000, "energy_uj_per_pulse_max": 300000,
+               "energy_reference_ohm": 500, "compliance_v": 400, "over_current_tolerance_pct": 5,
+               "impedance_ohm_max": 20000, "rate_mhz_max_per_output": 20000, "rate_mhz_max_total": 50000,
+               "train_pulses_max": 9, "train_ipi_us_min": 1000, "train_ipi_us_max": 10000,
+               "train_interval_ms_min": 1000, "holdoff_ms_before": 100, "holdoff_ms_after": 100, "watchdog_ms": 100,
+               "waveforms": ["monophasic", "biphasic"]}
 
 
 def examples() -> list[tuple[str, list]]:
@@ -25,7 +32,8 @@ def examples() -> list[tuple[str, list]]:
         ("hello", [m.HELLO, 1, {"versions": [1], "schema": m.SCHEMA}]),
         ("welcome", [m.WELCOME, 1, {"version": 1, "schema": m.SCHEMA, "caps": {
             "channels": 16, "rates_hz": [250, 500, 1000, 2000, 4000, 8000, 16000], "gains": [1, 2, 4, 6, 8, 12, 24],
-            "stim_outputs": 4, "max_payload": 8192, "link_budget_bytes_per_s": 500000}, "info": {
+            "stim_outputs": 4, "max_payload": 8192, "max_request": 4224, "link_budget_bytes_per_s": 500000,
+            "heartbeat_interval_ms": 25, "stim": STIM_LIMITS}, "info": {
             "firmware": {"version": "0.1.0", "hash": "00" * 32},
             "micropython": {"implementation": "micropython", "version": "1.29.0", "machine": "rp2", "mpy": 2822},
             "board": {"name": "ionm-ref", "revision": "A", "serial": "e6614c311b7b5a2e", "support": "rp2350"},
@@ -35,7 +43,7 @@ def examples() -> list[tuple[str, list]]:
                                         "samples_per_frame": 32, "leadoff": True}]),
         ("configure-ack", [m.ACK, 3, {"cfg": 1, "rate_hz": 4000, "channels": [0, 1, 8, 15], "gain": [24, 24, 24, 24],
                                       "input": ["normal"] * 4, "samples_per_frame": 32, "vref_uv": 4500000,
-                                      "full_scale_code": 8388607, "wire_bytes_per_s": 53500}]),
+                                      "full_scale_code": 8388607, "wire_bytes_per_s": 52125}]),
         ("start", [m.START, 4, {}]),
         ("stop", [m.STOP, 5, {}]),
         ("heartbeat", [m.HEARTBEAT, 0, {}]),
@@ -51,7 +59,24 @@ def examples() -> list[tuple[str, list]]:
             {"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 0}]}]),
         ("stim-start", [m.STIM_START, 7, {}]),
         ("error-limit", [m.ERROR, 6, m.error_body(m.E_LIMIT_CURRENT, "current_ua 100100 is above the limit 100000")]),
-        ("error-unparsed", [m.ERROR, 0, m.error_body(m.E_MALFORMED, "a request is [type, rid, {body}]")]),
+        ("error-unparsed", [m.ERROR, 0, m.error_body(m.E_MALFORMED, "a request is [type, rid 0..65535, {body}]")]),
+        # CRC byte order: the trailer is the CRC-32 big-endian (this frame's CRC has four distinct bytes)
+        ("crc-byte-order", [m.HEARTBEAT, 0, {}]),
+        # every program kind in one set, every optional field (one TcMEP program per set, SPEC 5.8)
+        ("stim-program-every-kind", [m.STIM_PROGRAM, 300, {"programs": [
+            {"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
+             "waveform": "biphasic", "phase_us": 0, "jitter_us": 0, "averaged": True},
+            {"kind": "pulse", "output": 1, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
+             "phase_us": 53191, "jitter_us": 2000},
+            {"kind": "pulse", "output": 2, "current_ua": 10000, "width_us": 100, "rate_mhz": 3000, "averaged": False},
+            {"kind": "ramp", "output": 3, "current_ua": 1000, "stop_ua": 20000, "step_ua": 500, "width_us": 200,
+             "rate_mhz": 1000},
+            {"kind": "tof", "output": 3, "current_ua": 40000, "width_us": 200, "waveform": "monophasic"},
+            {"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 2000}]}]),
+        ("stim-start-one", [m.STIM_START, 301, {"program": 5}]),
+        # an error reply with a multi-byte UTF-8 detail and a rid above 255 (the board encodes these by hand)
+        ("error-charge", [m.ERROR, 300, m.error_body(m.E_LIMIT_CHARGE, "charge of phase 1: 55000 µA x 1000 µs"
+                                                     " = 55000 nC, above the limit 50000 nC")]),
     ]
 
 
@@ -69,8 +94,16 @@ def main() -> int:
     out = []
     for seq, (name, msg) in enumerate(examples()):
         payload = cbor.dumps(msg)
-        out.append({"name": name, "message": to_json(msg), "cbor": payload.hex(), "seq": seq,
-                    "frame": framing.encode(payload, seq, m.SCHEMA).hex()})
+        if name == "crc-byte-order":
+            seq = 0x1234  # (SEQ is big-endian too: 0x12 0x34)
+        frame = framing.encode(payload, seq, m.SCHEMA)
+        vector = {"name": name, "message": to_json(msg), "cbor": payload.hex(), "seq": seq, "frame": frame.hex()}
+        if name == "crc-byte-order":
+            crc = framing.crc32(frame[2:-4])
+            assert len(set(crc.to_bytes(4, "big"))) == 4, "pick a frame whose CRC bytes differ"
+            vector["crc32"] = crc  # the frame ends with these 4 bytes, most significant first
+            vector["hchk"] = framing.crc32(frame[2:8]) & 0xFFFF  # bytes 8..9, most significant first
+        out.append(vector)
     path = ROOT / "protocol" / "vectors" / "messages.json"
     path.write_text(json.dumps({"schema": m.SCHEMA, "vectors": out}, indent=1) + "\n")
     print("wrote %d vectors to %s" % (len(out), path))

@@ -7,12 +7,14 @@ small fixed binary records; everything is big-endian. Requests start with one op
   b"S" u8 cs_mask, u16 n, n bytes -> n bytes                                   SPI transaction
   b"G" u8 pin, u8 level         -> (none)    pin: 0 START, 1 RESET, 2 PWDN     GPIO to the ADC
   b"P" u32 index, i8 output, u32 current_ua, u16 width_us, u8 flags -> (none)  arm one pulse (PIO FIFO)
-  b"T" u32 index, u8 count, u16 ipi_us                          -> (none)      arm a TcMEP trigger train
+  b"T" u32 index, u8 count, u16 ipi_us, u8 first, u8 last      -> (none)      arm triggers first..last-1 of a
+                                                                               TcMEP train (first at index)
   b"X"                          -> u16 cancelled                               cancel everything armed
   b"D" u16 n                    -> block                                       DMA: next n samples
 
-A block is: u32 first_index, u16 n_latched, u16 reserved, then n * 27 * chips bytes (the RDATAC stream,
-exactly as DMA would store it), then n_latched latch records of 12 bytes
+A block is: u32 first_index, u16 n_latched, u16 late (how many samples the clock was past the block's last
+sample when it was handed over: nonzero when the firmware is behind, as a DMA ring would hold), then
+n * 27 * chips bytes (the RDATAC stream, exactly as DMA would store it), then n_latched latch records of 12 bytes
 (u32 index, i8 output, u32 measured_ua, u16 width_us, u8 flags: bit0 biphasic, bit1 compliance-limited)
 for the pulses the output stage delivered inside the block: the PIO's latched sample indices.
 
@@ -44,7 +46,7 @@ PIN_NAMES = {0: "start", 1: "reset", 2: "pwdn"}
 LATCH = struct.Struct(">IbIHB")
 BLOCK_HEAD = struct.Struct(">IHH")
 PULSE_REQ = struct.Struct(">IbIHB")
-TRAIN_REQ = struct.Struct(">IBH")
+TRAIN_REQ = struct.Struct(">IBHBB")
 TRAIN_PULSE_WIDTH_US = 50
 
 
@@ -124,6 +126,7 @@ class HardwareModel:
             self.t_offset_s = self.t_model_s
             self.next_index = 0
             self.wall0 = time.monotonic()
+        late_samples = 0
         if self.realtime:
             due = self.wall0 + (self.next_index + n) / fs
             late = time.monotonic() - due
@@ -135,6 +138,8 @@ class HardwareModel:
             wait = due - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
+            else:
+                late_samples = min(int(-wait * fs), 0xFFFF)
         first = self.next_index
         pulses = self._deliver_armed(first, n, fs)
         volts, leadoff = self._render(first, n, fs, pulses)
@@ -144,7 +149,7 @@ class HardwareModel:
         latches = b"".join(LATCH.pack(p.index & 0xFFFFFFFF, p.output, int(round(p.measured_ma * 1000)),
                                       p.width_us, (1 if p.biphasic else 0) | (2 if p.compliance_limited else 0))
                            for p in pulses)
-        return BLOCK_HEAD.pack(first & 0xFFFFFFFF, len(pulses), 0) + raw + latches
+        return BLOCK_HEAD.pack(first & 0xFFFFFFFF, len(pulses), late_samples) + raw + latches
 
     def _deliver_armed(self, first: int, n: int, fs: int) -> list[Any]:
         due = [a for a in self.armed if a[0] < first + n]
@@ -169,9 +174,9 @@ class HardwareModel:
     def arm_pulse(self, index: int, output: int, current_ua: int, width_us: int, flags: int) -> None:
         self.armed.append((float(index), output, current_ua / 1000.0, width_us, bool(flags & 1)))
 
-    def arm_train(self, index: int, count: int, ipi_us: int) -> None:
+    def arm_train(self, index: int, count: int, ipi_us: int, first: int, last: int) -> None:
         fs = self.chain.rate_hz
-        for k in range(count):  # the PIO times the inter-pulse interval in µs from the first edge
+        for k in range(first, min(last, count)):  # the PIO times the inter-pulse interval in µs from the first edge
             self.armed.append((index + k * ipi_us * 1e-6 * fs, -1, 0.0, TRAIN_PULSE_WIDTH_US, False))
 
     def cancel(self) -> int:

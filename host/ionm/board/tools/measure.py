@@ -96,7 +96,7 @@ def stimulator_readback(session: ToolSession, *, outputs: int, levels_ua: list[i
                         stim_gain_ppm: list[int] | None = None) -> StimReadback:
     """Pulses on every output (one program each, a quarter period apart) at each level into the bench load;
     the stim events' current_ua is the board's current-sense readback. stim_gain_ppm: what the board holds,
-    to know the DAC setting it made (firmware storage.stim_dac_ua: current × (1e6 + ppm) // 1e6)."""
+    to know the DAC setting it made (firmware safety.Supervisor.dac_ua: current × (1e6 + ppm) // 1e6)."""
     period_us = 1_000_000_000 // STIM_RATE_MHZ
     dac = np.zeros((outputs, len(levels_ua)))
     readback = np.zeros((outputs, len(levels_ua)))

@@ -1,0 +1,75 @@
+"""Issue 17: requests the firmware used to accept too leniently (or refuse too late) are refused with the
+spec's error codes, on the virtual board (the firmware on MicroPython, behind a pty)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ionm import board
+from ionm.board import link as ln
+from ionm.protocol import messages as m
+
+D = board.load()
+PULSE = {"kind": "pulse", "output": 0, "current_ua": 1000, "width_us": 100, "rate_mhz": 4700}
+TRAIN = {"kind": "tcmep", "count": 3, "ipi_us": 2000, "interval_ms": 0}
+
+
+def refused(link, mtype: int, body: dict) -> ln.BoardError:
+    with pytest.raises(ln.BoardError) as err:
+        link.request(mtype, body)
+    return err.value
+
+
+def test_hello_with_another_schema_is_refused_and_the_right_one_welcomed(connected):
+    _vb, link, welcome = connected
+    assert welcome["schema"] == m.SCHEMA
+    err = refused(link, m.HELLO, {"versions": [m.VERSION], "schema": m.SCHEMA ^ 0x10000})  # same low 16 bits
+    assert err.code == m.E_VERSION and "schema" in err.detail
+    assert refused(link, m.HELLO, {"versions": [m.VERSION], "schema": "x"}).code == m.E_BAD_FIELD
+    assert link.request(m.HELLO, {"versions": [m.VERSION], "schema": m.SCHEMA})["schema"] == m.SCHEMA
+    assert link.request(m.HELLO, {"versions": [m.VERSION]})["version"] == m.VERSION  # schema is optional
+
+
+def test_stim_start_program_must_be_an_index_when_present(connected):
+    _vb, link, _w = connected
+    link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0]})
+    link.request(m.START, {})
+    link.request(m.STIM_PROGRAM, {"programs": [PULSE]})
+    for bad in (None, -1, 1, "0", 0.0, True):
+        assert refused(link, m.STIM_START, {"program": bad}).code == m.E_BAD_FIELD, bad
+    assert link.request(m.STIM_START, {"program": 0})["start_index"] >= 0
+    assert link.request(m.STIM_START, {})["start_index"] >= 0  # absent: all programs
+    link.request(m.STIM_STOP, {})
+
+
+def test_a_tcmep_set_that_cannot_keep_the_train_interval_is_refused_at_stim_program(connected):
+    """Two TcMEP programs start their first trains together at a stim-start of all: refused whole, at once,
+    with limit-train-interval, and the programs loaded before stay."""
+    _vb, link, _w = connected
+    link.request(m.STIM_PROGRAM, {"programs": [PULSE]})
+    for second in (TRAIN, dict(TRAIN, interval_ms=D["safety"]["tcmep_train_interval_ms_min"] * 5)):
+        err = refused(link, m.STIM_PROGRAM, {"programs": [PULSE, TRAIN, second]})
+        assert err.code == m.E_LIMIT_TRAIN_INTERVAL, err
+    assert link.request(m.STIM_PROGRAM, {"programs": [PULSE, TRAIN]})["programs"] == 2
+
+
+def test_starting_a_running_program_again_restarts_it_instead_of_running_it_twice(connected):
+    """SPEC 5.8: stim-start {program: i} again restarts program i. (It used to add a second run of it, whose
+    pulses the per-output minimum interval then had to skip: pulses_skipped in the status event.)"""
+    import time
+
+    _vb, link, _w = connected
+    events: list[dict] = []
+    link.on_event = events.append
+    link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0], "samples_per_frame": 8})
+    link.request(m.START, {})
+    link.request(m.STIM_PROGRAM, {"programs": [dict(PULSE, rate_mhz=9700)]})
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(0.05)
+    link.request(m.STIM_START, {"program": 0})
+    time.sleep(1.0)
+    link.request(m.STIM_STOP, {})
+    stims = [e for e in events if e["kind"] == "stim"]
+    status = [e for e in events if e["kind"] == "status"]
+    assert len(stims) >= 5 and status
+    assert status[-1]["pulses_skipped"] == 0, status[-1]
