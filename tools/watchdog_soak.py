@@ -25,14 +25,16 @@ from ionm.board import link as ln
 from ionm.protocol import messages as m
 
 
-def run(minutes: float, heartbeat_ms: float, rate_hz: int, samples_per_frame: int) -> dict[str, Any]:
+def run(minutes: float, heartbeat_ms: float, rate_hz: int, samples_per_frame: int, relay: bool = True
+        ) -> dict[str, Any]:
     from ionm.board.virtual import VirtualBoard
 
     tmp = Path(tempfile.mkdtemp(prefix="ionm-soak-"))
     events: list[tuple[float, dict]] = []
     sent: list[float] = []  # wall-clock time of every heartbeat written
     with open(tmp / "board.stderr", "w") as err, VirtualBoard(bench=True, stderr=err) as vb:
-        link = ln.BoardLink(ln.open_port(vb.device), on_event=lambda e: events.append((time.monotonic(), e)),
+        port = ln.open_port(vb.device, relay=relay, heartbeat_s=heartbeat_ms / 1000.0)
+        link = ln.BoardLink(port, on_event=lambda e: events.append((time.monotonic(), e)),
                             heartbeat_s=None)
         stop = threading.Event()
 
@@ -83,7 +85,7 @@ def run(minutes: float, heartbeat_ms: float, rate_hz: int, samples_per_frame: in
     stims = sum(1 for _t, e in events if e["kind"] == "stim")
     return {"minutes": minutes, "heartbeat_ms": heartbeat_ms, "rate_hz": rate_hz, "stims": stims,
             "samples_per_frame": samples_per_frame, "trips": len(trips), "detail": trips[:10], "events": kinds,
-            "heartbeats": len(sent)}
+            "heartbeats": len(sent), "relay": relay}
 
 
 def main() -> int:
@@ -92,8 +94,10 @@ def main() -> int:
     ap.add_argument("--heartbeat-ms", type=float, default=10.0)
     ap.add_argument("--rate-hz", type=int, default=2000)
     ap.add_argument("--samples-per-frame", type=int, default=32)
+    ap.add_argument("--no-relay", action="store_true",
+                    help="the port in this process, as before the relay (ionm.board.relay): for comparison")
     args = ap.parse_args()
-    out = run(args.minutes, args.heartbeat_ms, args.rate_hz, args.samples_per_frame)
+    out = run(args.minutes, args.heartbeat_ms, args.rate_hz, args.samples_per_frame, relay=not args.no_relay)
     print(json.dumps(out))
     return 0 if out["trips"] == 0 else 1
 

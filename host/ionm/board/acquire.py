@@ -36,7 +36,9 @@ class BoardSession:
         self.resets = 0
         self.recovering = threading.Event()
         self._lock = threading.Lock()
-        self.link = ln.BoardLink(ln.open_port(port), on_data=self._data, on_event=self._event, heartbeat_s=0.025)
+        # The port in a relay process of its own: the case's evaluation and display load cannot starve the board.
+        self.link = ln.BoardLink(ln.open_port(port, relay=True), on_data=self._data, on_event=self._event,
+                                 heartbeat_s=0.025)
         self.welcome = ln.connect(self.link, timeout=10)
 
     # -- commands ------------------------------------------------------------------------------------

@@ -252,14 +252,23 @@ class BoardLink:
         self.transport.close()
 
 
-def open_port(path: str, timeout: float = 0.05) -> Any:
-    """Open a board's serial port (or a pyserial URL) the way every ionm tool does."""
+def open_port(path: str, timeout: float = 0.05, *, relay: bool = False, heartbeat_s: float = 0.025) -> Any:
+    """Open a board's serial port (or a pyserial URL) the way every ionm tool does. relay: the port is served
+    by a process of its own (ionm.board.relay), which keeps reading the board and feeding its watchdog
+    (heartbeat_s) whatever load this process is under; for a live case. URLs are always opened here."""
     import os
 
     import serial
 
     if "://" not in path and not os.path.exists(path):
         raise LinkError("serial port %s does not exist" % path)
+    if relay and "://" not in path:
+        from ionm.board.relay import RelayError, RelayTransport
+
+        try:
+            return RelayTransport(path, heartbeat_s=heartbeat_s, timeout=timeout)
+        except RelayError as exc:
+            raise LinkError(str(exc)) from exc
     try:
         return serial.serial_for_url(path, baudrate=115200, timeout=timeout, exclusive=True)
     except (serial.SerialException, OSError, ValueError) as exc:
