@@ -436,6 +436,17 @@ def live_case(name: str, scenario: dict[str, Any], seed: int, plan: dict[str, An
     except Exception as exc:  # a case that failed is reported with what it recorded, and the next one runs
         res["errors"].append(repr(exc))
         log("   %s: %r" % (name, exc))
+        try:  # what the board and the engine said up to the failure: why it failed
+            health = source.link_health() if source else {}
+            res["at_failure"] = {
+                "link": {k: health.get(k) for k in ("samples_lost", "samples_received", "board_resets", "sweeps",
+                                                    "stimulation_stopped")},
+                "board_events": [{"kind": e["kind"], "detail": e["detail"]} for e in health.get("board_events", [])],
+                "engine_errors": list(engine.errors) if engine else []}
+            for e in res["at_failure"]["board_events"][-5:] + res["at_failure"]["engine_errors"][-3:]:
+                log("     %s" % (e,))
+        except Exception as exc2:
+            res["errors"].append("collecting the failure's state: %r" % exc2)
     finally:
         for step in (engine.stop if engine else None, source.close if source else None,
                      board.close if board else None):
