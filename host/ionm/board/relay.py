@@ -208,7 +208,11 @@ class _Relay:
             return False
         if not data:
             return False  # the host closed (or died): stop, and with it the heartbeats
-        self.host_heard = time.monotonic()
+        now = time.monotonic()
+        if now - self.host_heard >= HOST_ALIVE_S:  # the board's watchdog will have stopped stimulation: say why
+            print("ionm link relay: the host was silent for %.0f ms (heartbeats stop after %.0f ms)"
+                  % ((now - self.host_heard) * 1e3, HOST_ALIVE_S * 1e3), file=sys.stderr, flush=True)
+        self.host_heard = now
         for _seq, payload in self.decoder.feed(data):
             self._frame(payload)
         return True
