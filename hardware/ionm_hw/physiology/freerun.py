@@ -14,7 +14,11 @@ What a free-run muscle channel shows during surgery (docs/EVALUATION.md, "Free-r
   on every channel with its own coupling;
 - stimulus: a stimulation artefact (biphasic pulse of mV and an amplifier recovery tail, 1 ms);
 - transection: from its onset the channel's nerve carries nothing; no MUP, no discharge, only background
-  (a quiet channel is not a safe channel).
+  (a quiet channel is not a safe channel);
+- vagal: continuous vagal nerve stimulation (~1 Hz, 1-2 mA, an electrode on the vagus) and, after each
+  stimulus, the vocalis compound muscle action potential (CMAP) on the endotracheal-tube channel of that side:
+  biphasic, 0.3-2 mV peak to peak at 5-9 ms (left vagus longer than right), scaled by a scripted course
+  (traction: amplitude down and latency up over minutes, then release and recovery; INMSG, Schneider 2018).
 
 Unlike the sweep model (noise.py, interference.py), a recording is rendered whole from one seed: the
 scripted events and the random ones (irrigation, spontaneous MUPs) are drawn from RNG(seed, FREERUN, ...)
@@ -41,7 +45,9 @@ from ionm_hw.physiology import keyed
 FREERUN = 11  # keyed stream of this module (keyed.py's streams end at 10)
 
 DISCHARGE_KINDS = ("spike", "burst", "neurotonic", "a_train")
-KINDS = (*DISCHARGE_KINDS, "irrigation", "cautery", "stimulus", "transection")
+KINDS = (*DISCHARGE_KINDS, "irrigation", "cautery", "stimulus", "transection", "vagal")
+VAGAL_JITTER = (0.05, 0.05)  # per-stimulus CMAP amplitude (fraction, SD) and latency (ms, SD) scatter
+CMAP_PHASE_MS = 1.2  # width (SD) of each of the CMAP's two phases
 
 A_TRAIN_HZ = (60.0, 210.0)  # Romstöck 2000
 NEUROTONIC_HZ = (20.0, 100.0)
@@ -57,7 +63,8 @@ class TruthEvent:
     onset_s: float
     end_s: float
     rate_hz: float | None = None  # discharges (MUPs or cycles) per second
-    peak_uv: float | None = None  # largest |amplitude| of the waveform (cautery: rms), µV
+    peak_uv: float | None = None  # largest |amplitude| of the waveform (cautery: rms; vagal: CMAP p2p), µV
+    latency_ms: float | None = None  # vagal: the CMAP's first-peak latency after its stimulus, ms
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,10 +76,21 @@ class Recording:
     samples_uv: np.ndarray  # [n_channels, n_samples], µV
     truth: list[TruthEvent]
     stim_times_s: list[float] = field(default_factory=list)
+    vagal_times_s: list[float] = field(default_factory=list)  # stimuli that evoke a CMAP (kind vagal)
 
     @property
     def duration_s(self) -> float:
         return self.samples_uv.shape[1] / self.fs_hz
+
+
+def _cmap(u: np.ndarray) -> np.ndarray:
+    """The CMAP's shape in units of its phase SD: a negative gaussian phase at 0, a positive one at 2."""
+    return -np.exp(-0.5 * u**2) + np.exp(-0.5 * (u - 2.0) ** 2)
+
+
+_U = np.linspace(-4.0, 6.0, 100001)
+_CMAP_PEAK_SD = float(_U[np.argmin(_cmap(_U))])  # where the first (negative) peak of the shape is
+_CMAP_P2P = float(np.ptp(_cmap(_U)))
 
 
 def _mup(out: np.ndarray, fs_hz: float, t_s: float, amp_uv: float, sigma_ms: float) -> None:
@@ -105,6 +123,10 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
       {"kind": "cautery", "onset_s", "duration_s", "peak_uv"}                rms, every channel
       {"kind": "stimulus", "times_s": [...], "peak_uv"}                      artefacts, every channel
       {"kind": "transection", "channel", "onset_s"}
+      {"kind": "vagal", "channel", "times_s": [...], "peak_uv", "latency_ms",
+       "course": [[t_s, amplitude factor, latency factor], ...], "artefact_uv"}   CMAP on channel (p2p peak_uv
+                                             at first-peak latency latency_ms, times the course interpolated
+                                             in time) after an artefact on every channel
 
     noise_uv: background rms per channel (white, µV); spontaneous_per_min: single MUPs per channel
     (30–80 µV); mains_uv: peak mains hum at mains_hz with a 3rd harmonic of 20 %, its phase per channel.
@@ -116,6 +138,7 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
     out = np.zeros((n_channels, n))
     truth: list[TruthEvent] = []
     stim_times: list[float] = []
+    vagal_times: list[float] = []
     cut = np.full(n_channels, np.inf)  # transection time per channel, s
     for ev in script:
         if ev.get("kind") == "transection":
@@ -222,6 +245,38 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
                 stim_times.append(t)
                 truth.append(TruthEvent("stimulus", -1, t, t + 0.002, None, amp))
 
+        elif kind == "vagal":
+            ch = int(_get(ev, "channel"))
+            course = np.asarray(_get(ev, "course", [[0.0, 1.0, 1.0]]), dtype=float).reshape(-1, 3)
+            p2p0, lat0 = float(_get(ev, "peak_uv", 800.0)), float(_get(ev, "latency_ms", 7.0))
+            art = float(_get(ev, "artefact_uv", 3000.0))
+            coupling = g.uniform(0.3, 1.0, n_channels) * np.where(g.random(n_channels) < 0.5, -1, 1)
+            sd = CMAP_PHASE_MS * 1e-3
+            for t in _get(ev, "times_s"):
+                t = float(t)
+                i0 = int(round(t * fs_hz))
+                k = np.arange(int(0.01 * fs_hz))  # the artefact as for "stimulus" (200 µs phases, 1 ms tail)
+                width = max(int(round(200e-6 * fs_hz)), 1)
+                shape = np.where(k < width, 1.0, np.where(k < 2 * width, -1.0, 0.0))
+                shape += np.where(k >= 2 * width, 0.05 * np.exp(-(k - 2 * width) / (1e-3 * fs_hz)), 0.0)
+                hi = min(i0 + k.size, n)
+                if i0 < n:
+                    out[:, i0:hi] += art * coupling[:, None] * shape[None, : hi - i0]
+                a = float(np.interp(t, course[:, 0], course[:, 1])) * (1 + VAGAL_JITTER[0] * g.standard_normal())
+                lat_ms = float(np.interp(t, course[:, 0], course[:, 2])) * lat0 + VAGAL_JITTER[1] * g.standard_normal()
+                p2p = max(a, 0.0) * p2p0
+                if alive(ch, t) and p2p > 0:
+                    # A negative phase, then a positive one 2 SD later; _CMAP_PEAK_SD and _CMAP_P2P (the shape's
+                    # first-peak offset and peak to peak) put the first peak at the latency and scale it to p2p.
+                    t_peak = t + lat_ms * 1e-3
+                    span = np.arange(int(round((t_peak - 4 * sd) * fs_hz)), int(round((t_peak + 6 * sd) * fs_hz)))
+                    span = span[(span >= 0) & (span < n)]
+                    out[ch, span] += p2p / _CMAP_P2P * _cmap((span / fs_hz - t_peak) / sd + _CMAP_PEAK_SD)
+                stim_times.append(t)
+                vagal_times.append(t)
+                truth.append(TruthEvent("vagal", ch, t, t + (lat_ms + 6 * CMAP_PHASE_MS) * 1e-3, 1.0,
+                                        p2p if alive(ch, t) else 0.0, lat_ms))
+
     g = keyed.rng(seed, FREERUN, 3)
     for ch in range(n_channels):
         gc = keyed.rng(seed, FREERUN, 4, ch)
@@ -234,7 +289,7 @@ def render(duration_s: float, fs_hz: float, n_channels: int, script: list[dict[s
             mains_phase = 2 * np.pi * mains_hz * np.arange(n) / fs_hz + keyed.rng(seed, FREERUN, 6, ch).uniform(0, 7)
             out[ch] += mains_uv * (np.sin(mains_phase) - 0.2 * np.sin(3 * mains_phase)) / 1.2  # peak 1.2 at π/2
     truth.sort(key=lambda e: (e.onset_s, e.channel))
-    return Recording(fs_hz, out, truth, sorted(stim_times))
+    return Recording(fs_hz, out, truth, sorted(stim_times), sorted(vagal_times))
 
 
 def random_script(seed: int, duration_s: float, n_channels: int, *, neurotonic_per_min: float = 3.0,

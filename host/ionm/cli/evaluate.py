@@ -1,5 +1,6 @@
 """`ionm evaluate FILE`: a sweep file (.npz: alerts or per-trial features, ionm.pipeline.offline) or a continuous
-EDF/EDF+/BDF recording (.edf, .bdf: free-running EMG events, ionm.pipeline.emg), as text or JSON."""
+EDF/EDF+/BDF recording (.edf, .bdf: free-running EMG events, ionm.pipeline.emg, and with "stim vagal"
+annotations continuous vagal monitoring, ionm.pipeline.rln), as text or JSON."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+import numpy as np
 
 from ionm.cli.common import fail
 from ionm.pipeline.offline import evaluate
@@ -66,10 +69,22 @@ def _print_emg_text(res: dict[str, Any]) -> None:
     for name, s in res["a_train_cumulative_s"].items():
         if s > 0:
             print("cumulative A-train time on %s: %.2f s" % (name, s))
+    vagal = res.get("vagal")
+    if vagal:
+        print("continuous vagal monitoring: %d stimuli" % vagal["stimuli"])
+        for name, b in vagal["baseline"].items():
+            if b["monitored"]:
+                print("  baseline %-24s %6.0f µV at %.2f ms" % (name, b["amplitude_uv"], b["latency_ms"]))
+            else:
+                print("  %-24s not monitored (no response of 200 µV at baseline)" % name)
+        for e in vagal["events"]:
+            print("%10.3f s  %-24s %-10s amplitude %3.0f %% (%.0f µV), latency %3.0f %%"
+                  % (e["t_s"], e["channel"], e["kind"], 100 * e["amplitude_ratio"], e["amplitude_uv"],
+                     100 * e["latency_ratio"]))
 
 
 def _run_continuous(args: argparse.Namespace) -> int:
-    from ionm.pipeline import edffile, emg
+    from ionm.pipeline import edffile, emg, rln
 
     if args.trials:
         return fail("evaluate", 2, "--trials applies to sweep files (.npz), not to a continuous recording")
@@ -80,7 +95,7 @@ def _run_continuous(args: argparse.Namespace) -> int:
     x = rec.samples_uv
     if args.until is not None:
         x = x[:, : max(int(args.until * rec.fs), 0)]
-    events, a_train_s = emg.detect(x, rec.fs, rec.channel_names, rec.stim_times_s)
+    events, a_train_s = emg.detect(x, rec.fs, rec.channel_names, rec.stim_times_s, evoked_times_s=rec.vagal_times_s)
     res: dict[str, Any] = {
         "file": str(args.file), "fs_hz": rec.fs, "channels": rec.channel_names,
         "duration_s": round(x.shape[1] / rec.fs, 6), "n_stimuli": len(rec.stim_times_s),
@@ -88,12 +103,24 @@ def _run_continuous(args: argparse.Namespace) -> int:
         "cautery": [e.as_json() for e in events if e.kind == "cautery"],
         "a_train_cumulative_s": {k: round(v, 4) for k, v in a_train_s.items()},
     }
+    if rec.vagal_times_s:  # continuous vagal monitoring (ionm.pipeline.rln)
+        mon = rln.evaluate_continuous(x, rec.fs, rec.channel_names, rec.vagal_times_s)
+        res["vagal"] = {
+            "stimuli": len(mon.responses),
+            "baseline": {name: {"amplitude_uv": _num(mon.baseline_amplitude[c], 1),
+                                "latency_ms": _num(mon.baseline_latency[c], 2), "monitored": bool(mon.monitored[c])}
+                         for c, name in enumerate(rec.channel_names)},
+            "events": [e.as_json() for e in mon.events]}
     if args.json:
         json.dump(res, sys.stdout, ensure_ascii=False, allow_nan=False)
         sys.stdout.write("\n")
     else:
         _print_emg_text(res)
     return 0
+
+
+def _num(v: float, digits: int) -> float | None:
+    return round(float(v), digits) if np.isfinite(v) else None
 
 
 def run(args: argparse.Namespace) -> int:

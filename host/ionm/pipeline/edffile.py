@@ -4,13 +4,15 @@ free-running EMG analysis (ionm.pipeline.emg).
 Every ordinary signal is a channel: it needs a label (unique), one sample rate shared by all channels
 (at least emg.MIN_FS_HZ) and a physical dimension of uV (µV), mV or V. EDF+ annotations whose text starts
 with "stim" (any case: "stim", "Stimulus", "stim 12 mA") give stimulus times, measured from the start of
-the recording; the others are ignored. A file that does not meet this raises EdfFileError with a message
-naming what is wrong.
+the recording; those starting with "stim vagal" are stimuli that evoke a muscle response on the channels
+(continuous vagal stimulation and the vocalis CMAP, ionm.pipeline.rln): they are stimuli too, and their
+times are also in vagal_times_s. The others are ignored. A file that does not meet this raises EdfFileError
+with a message naming what is wrong.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ import numpy as np
 from ionm.pipeline.emg import MIN_FS_HZ
 
 UNITS_TO_UV = {"uv": 1.0, "µv": 1.0, "μv": 1.0, "mv": 1e3, "v": 1e6}
+VAGAL_ANNOTATION = "stim vagal"
 EDF_MAGIC = b"0       "
 BDF_MAGIC = b"\xffBIOSEMI"
 
@@ -32,6 +35,7 @@ class ContinuousRecording:
     samples_uv: np.ndarray  # [n_channels, n_samples], µV
     channel_names: list[str]
     stim_times_s: list[float]
+    vagal_times_s: list[float] = field(default_factory=list)  # stimuli that evoke a response ("stim vagal")
 
     @property
     def duration_s(self) -> float:
@@ -123,17 +127,22 @@ def load(path: str | Path) -> ContinuousRecording:
     if data.shape[1] == 0:
         raise EdfFileError("the file holds no samples")
     stims = sorted(float(a.onset) for a in annotations if a.text.strip().lower().startswith("stim"))
-    return ContinuousRecording(fs, data, names, stims)
+    vagal = sorted(float(a.onset) for a in annotations if a.text.strip().lower().startswith(VAGAL_ANNOTATION))
+    return ContinuousRecording(fs, data, names, stims, vagal)
 
 
 def save(path: str | Path, samples_uv: np.ndarray, fs: float, channel_names: list[str],
-         stim_times_s: list[float] | None = None, *, bdf: bool = False) -> None:
-    """Write a recording as EDF+ (16 bit) or BDF+ (24 bit): µV, stimulus times as 'stim' annotations."""
+         stim_times_s: list[float] | None = None, *, bdf: bool = False, vagal_times_s: list[float] | None = None
+         ) -> None:
+    """Write a recording as EDF+ (16 bit) or BDF+ (24 bit): µV, stimulus times as 'stim' annotations (those in
+    vagal_times_s as 'stim vagal')."""
     import edfio
 
     x = np.asarray(samples_uv, dtype=float)
     lim = float(np.max(np.abs(x))) * 1.01 + 1.0  # the physical range; resolution lim/2^15 (EDF) µV
-    annotations = [edfio.EdfAnnotation(float(t), None, "stim") for t in (stim_times_s or [])]
+    vagal = {round(float(t), 6) for t in (vagal_times_s or [])}
+    annotations = [edfio.EdfAnnotation(float(t), None, VAGAL_ANNOTATION if round(float(t), 6) in vagal else "stim")
+                   for t in sorted(set(stim_times_s or []) | set(vagal_times_s or []))]
     if bdf:
         bdf_signals = [edfio.BdfSignal(x[i], fs, label=name, physical_dimension="uV", physical_range=(-lim, lim))
                        for i, name in enumerate(channel_names)]

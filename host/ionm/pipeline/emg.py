@@ -43,6 +43,7 @@ NOISE_FRAMES = 400  # 2 s of quiet frames
 NOISE_UPDATE_FRAMES = 20  # the noise median is refreshed every 100 ms
 AFTER_BLANK_MS = 20.0  # the step at a blanking window's end (held value -> signal) rings this long (20 Hz high-pass)
 CAUTERY_HOLD_MS = 100.0
+EVOKED_BLANK_MS = 25.0  # after a stimulus that evokes a muscle response: the vocalis CMAP ends by ~20 ms
 A_TRAIN_HZ = (50.0, 250.0)
 A_TRAIN_CONCENTRATION = 0.5
 A_TRAIN_MIN_MS = 30.0
@@ -227,7 +228,7 @@ class FreeRunDetector:
         self.frame_len = max(int(round(FRAME_MS * 1e-3 * self.fs)), 1)
         self._pending = np.zeros((len(channel_names), 0))
         self._first = 0  # sample index of _pending[:, 0]
-        self._stims: list[int] = []  # stimulus sample indices, sorted, not yet past
+        self._stims: list[tuple[int, int]] = []  # (stimulus sample index, blanking after it), sorted, not yet past
         self._last_raw = np.zeros(len(channel_names))  # the previous frame's last sample, after blanking, µV
         self._sos_band = signal.butter(2, BAND_HZ, btype="bandpass", fs=self.fs, output="sos")
         self._sos_high = signal.butter(4, CAUTERY_HP_HZ, btype="highpass", fs=self.fs, output="sos")
@@ -238,9 +239,13 @@ class FreeRunDetector:
     def n_samples(self) -> int:
         return self._first + self._pending.shape[1]
 
-    def add_stimuli(self, times_s: Any) -> None:
-        """Stimulus times (s from the first sample); a stimulus must be known before its samples are pushed."""
-        idx = [int(round(float(t) * self.fs)) for t in np.atleast_1d(np.asarray(times_s, dtype=float))]
+    def add_stimuli(self, times_s: Any, blank_ms: float | None = None) -> None:
+        """Stimulus times (s from the first sample); a stimulus must be known before its samples are pushed.
+        blank_ms: how long after these stimuli nothing is a discharge (default the config's, for the artefact);
+        a stimulus that evokes a muscle response on these channels (continuous vagal stimulation: the vocalis
+        CMAP, ionm.pipeline.rln) needs its response window blanked too, EVOKED_BLANK_MS."""
+        post = int(round((self.cfg.blank_ms if blank_ms is None else blank_ms) * 1e-3 * self.fs))
+        idx = [(int(round(float(t) * self.fs)), post) for t in np.atleast_1d(np.asarray(times_s, dtype=float))]
         self._stims = sorted(self._stims + idx)
 
     def ongoing(self) -> list[EmgEvent]:
@@ -256,12 +261,11 @@ class FreeRunDetector:
         """Hold each channel at its last raw value before a blanking window, in place (x starts at sample
         first); returns the mask of samples the cautery band ignores (windows and AFTER_BLANK_MS after)."""
         pre = int(round(BLANK_PRE_MS * 1e-3 * self.fs))
-        post = int(round(self.cfg.blank_ms * 1e-3 * self.fs))
         after = int(round(AFTER_BLANK_MS * 1e-3 * self.fs))
         n = x.shape[1]
         end = first + n
         ignore = np.zeros(n, dtype=bool)
-        for s in self._stims:
+        for s, post in self._stims:
             lo, hi = max(s - pre, first), min(s + post, end)
             ignore[max(lo - first, 0) : max(min(s + post + after, end) - first, 0)] = True
             if lo >= hi:
@@ -270,7 +274,7 @@ class FreeRunDetector:
             x[:, lo - first : hi - first] = (x[:, lo - first - 1] if lo > first else self._last_raw)[:, None]
         if n:
             self._last_raw = x[:, -1].copy()
-        self._stims = [s for s in self._stims if s + post + after > end]
+        self._stims = [(s, post) for s, post in self._stims if s + post + after > end]
         return ignore
 
     def push(self, block: np.ndarray) -> list[EmgEvent]:
@@ -314,9 +318,14 @@ class FreeRunDetector:
 
 
 def detect(samples_uv: np.ndarray, fs: float, channel_names: list[str], stim_times_s: Any = (),
-           config: EmgConfig | None = None) -> tuple[list[EmgEvent], dict[str, float]]:
-    """The whole record at once: (events sorted by onset, cumulative A-train time per channel, s)."""
+           config: EmgConfig | None = None, evoked_times_s: Any = ()) -> tuple[list[EmgEvent], dict[str, float]]:
+    """The whole record at once: (events sorted by onset, cumulative A-train time per channel, s).
+    evoked_times_s: stimuli that evoke a muscle response on the channels (blanked for EVOKED_BLANK_MS); a time in
+    both lists is blanked for the longer."""
     det = FreeRunDetector(fs, channel_names, config)
-    det.add_stimuli(stim_times_s)
+    evoked = {round(float(t), 6) for t in np.atleast_1d(np.asarray(evoked_times_s, dtype=float))}
+    plain = np.atleast_1d(np.asarray(stim_times_s, dtype=float))
+    det.add_stimuli([t for t in plain if round(float(t), 6) not in evoked])
+    det.add_stimuli(sorted(evoked), EVOKED_BLANK_MS)
     events = det.push(samples_uv) + det.finish()
     return sorted(events, key=lambda e: (e.t_s, e.channel)), det.cumulative_a_train_s()
