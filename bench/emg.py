@@ -10,7 +10,12 @@ Reported, against the goals of issue 19:
   (goal >= 95 %), and the onset error (median, 95th percentile, ms);
 - false events per hour of recording (all channels) and per channel-hour: a reported discharge with no
   scripted discharge on its channel from 50 ms before its onset to 50 ms after its end (goal <= 1 per hour);
-- the real-time ratio of the analysis (informational, one core).
+- the real-time ratio of the analysis (informational, one core);
+- recurrent laryngeal nerve, continuous vagal monitoring (ionm.pipeline.rln) on the traction scenario
+  (hardware/scenarios/cionm/thyroid_vagal_traction.json) with seeds from RLN_SEED_BASE (the tests use 121-125):
+  the lead time of the combined-event warning before loss of signal (the truth's first response below
+  100 µV; goal >= 60 s), the warning's delay after the truth met the combined criterion, and events before
+  the traction began (false, goal 0).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 import numpy as np
 
 SEED_BASE = 9100
+RLN_SEED_BASE = 9300
+RLN_SCENARIO = "thyroid_vagal_traction"
 FS = 8000.0
 N_CHANNELS = 4
 ONSET_TOL_S = 0.05
@@ -101,6 +108,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "realtime_ratio": round(n_rec * duration_s / busy, 1),
         "missed": missed, "false": false[:20],
     }
+    out["rln"] = _rln(3 if quick else 10)
     out["summary"] = [
         "sensitivity %.1f %% (%s; goal >= 95 %%), onset error median %.1f ms, p95 %.1f ms, max %.1f ms"
         % (100 * out["sensitivity"], ", ".join("%s %s" % kv for kv in out["sensitivity_by_kind"].items()),
@@ -110,5 +118,51 @@ def run(quick: bool = False) -> dict[str, Any]:
         % (len(false), hours, N_CHANNELS, cautery_s, out["false_per_hour"], out["false_per_channel_hour"]),
         "analysis %.0fx real time (%d channels at %g Hz, one core); seeds %d-%d"
         % (out["realtime_ratio"], N_CHANNELS, FS, SEED_BASE, SEED_BASE + n_rec - 1),
+        "RLN (continuous vagal, %d runs of %s): combined-event warning %s s before loss of signal (worst; goal "
+        ">= 60 s), %s s after the truth met the criterion (median), loss of signal reported %s s after the truth "
+        "(median), %d runs without the warning, %d events before the traction (goal 0)"
+        % (out["rln"]["runs"], RLN_SCENARIO, out["rln"]["lead_s_min"], out["rln"]["warning_delay_s_median"],
+           out["rln"]["los_delay_s_median"], out["rln"]["no_warning"], out["rln"]["false_before_traction"]),
     ]
     return out
+
+
+def _rln(n_runs: int) -> dict[str, Any]:
+    """Continuous vagal monitoring on the traction scenario: warning lead time before loss of signal."""
+    from pathlib import Path
+
+    from ionm.pipeline import rln
+    from ionm_hw.physiology import freerun
+
+    path = Path(freerun.scenarios_dir()).parent / "cionm" / ("%s.json" % RLN_SCENARIO)
+    traction_s = min(float(k[0]) for k in freerun.load_scenario(str(path))["events"][0]["course"]
+                     if float(k[1]) < 1.0)  # the first keypoint of the course below 100 %
+    traction_s = max(float(k[0]) for k in freerun.load_scenario(str(path))["events"][0]["course"]
+                     if float(k[0]) < traction_s)  # ... and the keypoint the decline starts from
+    leads, delays, los_delays = [], [], []
+    no_warning = false_before = 0
+    for i in range(n_runs):
+        rec, labels = freerun.render_scenario(str(path), RLN_SEED_BASE + i)
+        mon = rln.evaluate_continuous(rec.samples_uv, rec.fs_hz, labels, rec.vagal_times_s)
+        truth = [t for t in rec.truth if t.kind == "vagal"]
+        base_a = float(np.median([t.peak_uv for t in truth[:rln.BASELINE_N]]))
+        base_l = float(np.median([t.latency_ms for t in truth[:rln.BASELINE_N]]))
+        met = next(t.onset_s for t in truth if t.peak_uv < rln.AMPLITUDE_RATIO * base_a
+                   and t.latency_ms > rln.LATENCY_RATIO * base_l)
+        los = next(t.onset_s for t in truth if t.peak_uv < rln.LOS_UV)
+        false_before += sum(1 for e in mon.events if e.t_s < traction_s)
+        warn = [e.t_s for e in mon.events if e.kind == "combined"]
+        lost = [e.t_s for e in mon.events if e.kind == "loss"]
+        if not warn:
+            no_warning += 1
+            continue
+        leads.append(los - warn[0])
+        delays.append(warn[0] - met)
+        if lost:
+            los_delays.append(lost[0] - los)
+    return {"runs": n_runs, "seeds": [RLN_SEED_BASE, RLN_SEED_BASE + n_runs - 1], "traction_from_s": traction_s,
+            "lead_s": [round(v, 1) for v in leads], "lead_s_min": round(min(leads), 1) if leads else None,
+            "warning_delay_s_median": round(float(np.median(delays)), 1) if delays else None,
+            "los_delay_s_median": round(float(np.median(los_delays)), 1) if los_delays else None,
+            "no_warning": no_warning, "false_before_traction": false_before,
+            "goal_lead_ge_60s": bool(leads) and min(leads) >= 60.0 and no_warning == 0 and false_before == 0}
