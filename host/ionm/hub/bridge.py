@@ -1,0 +1,59 @@
+"""A console engine's output as oversight messages: what a remote physician needs, not the display's detail.
+
+attach(engine, publisher) subscribes to the engine (ionm.console.engine.CaseEngine.subscribe) and publishes:
+the case header once; every timeline event (alerts, acknowledgements, notes, baselines, board events) as
+"event"; the alert list, the technical alarms and the stimulation state as "alerts", "technical" and
+"stimulation" whenever they change; trend points as "trend"; periodic averages as "average"; link health as
+"link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from ionm.hub.publisher import Publisher
+
+LINK_EVERY_S = 1.0
+STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation"}
+
+
+class Bridge:
+    def __init__(self, engine: Any, publisher: Publisher) -> None:
+        self.engine, self.publisher = engine, publisher
+        self._last: dict[str, str] = {}
+        self._link_at = 0.0
+        case = getattr(engine, "case", None) or {}
+        publisher.publish("header", {k: v for k, v in dict(case).items() if _plain(v)})
+        engine.subscribe(self._on_output)
+
+    def _on_output(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
+        for key, js, _arrival in frames:
+            if key in STATE_FRAMES:
+                if self._last.get(key) != js:
+                    self._last[key] = js
+                    self.publisher.publish(STATE_FRAMES[key], json.loads(js))
+            elif key.startswith("stack:"):
+                self.publisher.publish("average", json.loads(js))
+            elif key == "link":
+                body = json.loads(js)
+                body.pop("t_s", None)  # changes with every frame; the message's own time says when
+                text = json.dumps(body, sort_keys=True)
+                now = time.monotonic()
+                if self._last.get(key) != text and now - self._link_at >= LINK_EVERY_S:
+                    self._last[key], self._link_at = text, now
+                    self.publisher.publish("link", body)
+        for js in appends:
+            item = json.loads(js)
+            kind = {"trend": "trend", "event": "event"}.get(item.get("k"))
+            if kind:
+                self.publisher.publish(kind, item)
+
+
+def attach(engine: Any, publisher: Publisher) -> Bridge:
+    return Bridge(engine, publisher)
+
+
+def _plain(v: Any) -> bool:
+    return v is None or isinstance(v, (str, int, float, bool, list, dict))

@@ -1,0 +1,55 @@
+"""Oversight messages: subjects and CBOR bodies (schema: protocol/oversight.cddl).
+
+Subject: `ionm.<site>.<room>.<case>.<kind>`; each token is the name with every character outside
+[A-Za-z0-9_-] replaced by "_" (NATS reserves ".", "*", ">" and whitespace). Body: a CBOR map
+{"v": VERSION, "kind", "seq", "sent", "case", "body"}; `seq` counts the publisher's messages of the case
+from 1, in the order they were made, and the JetStream message id is `<case>:<seq>`, so a message sent
+twice (its acknowledgement lost in an outage) is stored once.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import cbor2
+
+VERSION = 1
+STREAM = "IONM"
+SUBJECTS = "ionm.>"
+KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link")
+DUPLICATE_WINDOW_S = 600.0  # JetStream de-duplication window: longer than any outage a room back-fills
+
+
+def token(name: str) -> str:
+    t = re.sub(r"[^A-Za-z0-9_-]", "_", str(name))
+    if not t:
+        raise ValueError("an empty name cannot be a subject token")
+    return t
+
+
+def subject(site: str, room: str, case: str, kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError("unknown oversight message kind %r (%s)" % (kind, ", ".join(KINDS)))
+    return "ionm.%s.%s.%s.%s" % (token(site), token(room), token(case), kind)
+
+
+def msg_id(case: str, seq: int) -> str:
+    return "%s:%d" % (token(case), seq)
+
+
+def encode(kind: str, seq: int, case: str, body: Any, sent: float | None = None) -> bytes:
+    return bytes(cbor2.dumps({"v": VERSION, "kind": kind, "seq": int(seq), "case": str(case),
+                              "sent": time.time() if sent is None else float(sent), "body": body}))
+
+
+def decode(data: bytes) -> dict[str, Any]:
+    """A message's map; ValueError for anything that is not one of this version."""
+    try:
+        msg = cbor2.loads(data)
+    except Exception as exc:
+        raise ValueError("not CBOR: %s" % exc) from None
+    if not isinstance(msg, dict) or msg.get("v") != VERSION or msg.get("kind") not in KINDS:
+        raise ValueError("not an ionm oversight message of version %d" % VERSION)
+    return msg
