@@ -42,8 +42,9 @@ def test_subjects_are_sanitised_and_messages_are_versioned_cbor():
     assert hm.subject("St. Mary's", "OR 3", "c.1", "alerts") == "ionm.St__Mary_s.OR_3.c_1.alerts"
     with pytest.raises(ValueError, match="unknown oversight message kind"):
         hm.subject("a", "b", "c", "sweeps")
-    msg = hm.decode(hm.encode("event", 7, "c1", {"text": "baseline"}, sent=1.5))
-    assert msg == {"v": hm.VERSION, "kind": "event", "seq": 7, "case": "c1", "sent": 1.5, "body": {"text": "baseline"}}
+    msg = hm.decode(hm.encode("event", 7, "c1", {"text": "baseline"}, sent=1.5, session=3))
+    assert msg == {"v": hm.VERSION, "kind": "event", "seq": 7, "session": 3, "case": "c1", "sent": 1.5,
+                   "body": {"text": "baseline"}}
     with pytest.raises(ValueError):
         hm.decode(b"\xa1\x61v\x02")  # {"v": 2}
 
@@ -127,3 +128,62 @@ def test_a_console_case_publishes_its_alerts_and_timeline(tmp_path):
     assert last_alerts and all(a["ack"] for a in last_alerts)  # the acknowledgement reached the hub
     assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
     assert sorted(a["uid"] for a in last_alerts) == sorted(r["uid"] for r in recorded)  # every recorded alert
+
+
+def test_a_resumed_case_is_a_new_session_not_taken_for_repeats(tmp_path):
+    server = NatsServer(tmp_path / "hub").start()
+    try:
+        for _run in range(2):  # the console restarted on the same case: seq starts at 1 again
+            pub = Publisher(server.url, "site", "OR5", "case-5")
+            for i in range(10):
+                pub.publish("event", {"i": i})
+            assert pub.flush(20), pub.last_error
+            pub.close()
+            time.sleep(0.01)
+        got = read_stream(server.url, "doc")
+    finally:
+        server.stop()
+    assert len(got) == 20
+    assert len({m["session"] for m in got}) == 2
+
+
+def test_ionm_hub_shows_every_rooms_case_with_unacknowledged_alerts_first(tmp_path):
+    import json
+    import signal
+    import subprocess
+    import urllib.request
+
+    from conftest import ionm_cmd
+
+    from ionm.hub.natsserver import free_port
+
+    web_port, nats_port = free_port(), free_port()
+    proc = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
+                                     "--store", str(tmp_path / "store")), stdout=subprocess.PIPE, text=True)
+    try:
+        assert "NATS JetStream at nats://127.0.0.1:%d" % nats_port in proc.stdout.readline()
+        assert "oversight page" in proc.stdout.readline()
+        quiet = Publisher("nats://127.0.0.1:%d" % nats_port, "General", "OR 1", "case-a")
+        quiet.publish("header", {"uid": "case-a", "procedure": "L4-L5 fusion"})
+        alarmed = Publisher("nats://127.0.0.1:%d" % nats_port, "General", "OR 2", "case-b")
+        alarmed.publish("header", {"uid": "case-b", "procedure": "thyroidectomy"})
+        alarmed.publish("alerts", {"alerts": [{"uid": "case-b-A1", "label": "L vocalis: combined event", "ack": None}]})
+        assert quiet.flush(20) and alarmed.flush(20)
+        quiet.close()
+        alarmed.close()
+        view: dict = {}
+        for _ in range(100):
+            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+                view = json.loads(r.read())
+            if len(view["cases"]) == 2:
+                break
+            time.sleep(0.1)
+        assert [c["case"] for c in view["cases"]] == ["case-b", "case-a"]  # the unacknowledged alert first
+        assert view["cases"][0]["unacknowledged"] == 1
+        assert view["cases"][0]["newest_alert"]["label"] == "L vocalis: combined event"
+        assert (view["cases"][0]["room"], view["cases"][1]["procedure"]) == ("OR_2", "L4-L5 fusion")
+        with urllib.request.urlopen("http://127.0.0.1:%d/" % web_port, timeout=5) as r:
+            assert b"ionm oversight" in r.read()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0

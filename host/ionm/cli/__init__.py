@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ionm.cli.demo", "the virtual board and the console, for a first look"),
     "evaluate": ("ionm.cli.evaluate", "evaluate a sweep file (.npz) or an EDF/BDF recording (free-run EMG) offline"),
     "console": ("ionm.cli.console", "the case console: live waveforms, trends, alerts, notes, stimulation"),
+    "hub": ("ionm.cli.hub", "the oversight hub: every room's live case from NATS JetStream, in a browser"),
     "users": ("ionm.cli.users", "console user accounts (technologist, physician, read-only)"),
     "replay": ("ionm.cli.replay", "play a recorded case through the console"),
     "export": ("ionm.cli.export", "export a recorded case as EDF+/BDF+ or CSV"),

@@ -3,6 +3,7 @@
     ionm console --sim [--scenario NAME]              the virtual board: the firmware on MicroPython, a patient
     ionm console --sim --direct [--fast]              the scenario's physiology straight from the patient model
     ionm console --port /dev/ttyACM0                  the board
+    ionm console ... --publish nats://HUB:4222 --site S --room R   also to the oversight hub (ionm hub)
 
 The console serves on --listen (default 127.0.0.1:8080). For an oversight physician on another machine, listen
 on a reachable address AND give --cert/--key (TLS); accounts are made with `ionm users add`. Restarting with
@@ -47,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
     p.add_argument("--stall-alarm", type=float, default=2.0, metavar="S",
                    help="technical alarm when a running stream delivers no sweep for S s (default %(default)s)")
+    p.add_argument("--publish", metavar="URL", help="publish the case to an oversight hub's NATS (ionm hub)")
+    p.add_argument("--site", default="site", help="--publish: this hospital's name (default %(default)s)")
+    p.add_argument("--room", default="OR", help="--publish: this operating room's name (default %(default)s)")
 
 
 def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
@@ -175,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
             engine.resume()
     tls = tls_context(args.cert, args.key) if args.cert else None
     server = ConsoleServer(engine, store, tls=tls)
+    publisher = None
+    if args.publish:  # remote oversight (docs/OVERSIGHT.md): queued, never blocks the engine
+        from ionm.hub import bridge
+        from ionm.hub.publisher import Publisher
+
+        publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"])
+        bridge.attach(engine, publisher)
+        print("ionm console: publishing to %s as %s/%s" % (args.publish, args.site, args.room), flush=True)
 
     def announce(url: str) -> None:
         case = store.case(case_id)
@@ -185,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
         for step in (engine.stop, getattr(source, "close", None), board.close if board is not None else None,
-                     store.close):
+                     publisher.close if publisher is not None else None, store.close):
             if step is None:
                 continue
             try:

@@ -2,9 +2,10 @@
 
 Subject: `ionm.<site>.<room>.<case>.<kind>`; each token is the name with every character outside
 [A-Za-z0-9_-] replaced by "_" (NATS reserves ".", "*", ">" and whitespace). Body: a CBOR map
-{"v": VERSION, "kind", "seq", "sent", "case", "body"}; `seq` counts the publisher's messages of the case
-from 1, in the order they were made, and the JetStream message id is `<case>:<seq>`, so a message sent
-twice (its acknowledgement lost in an outage) is stored once.
+{"v": VERSION, "kind", "seq", "session", "sent", "case", "body"}; `seq` counts the publisher's messages of the
+case from 1, in the order they were made, within its `session` (one console run: a resumed case starts a new
+session), and the JetStream message id is `<case>:<session>:<seq>`, so a message sent twice (its
+acknowledgement lost in an outage) is stored once, and a resumed case's messages are never taken for repeats.
 """
 
 from __future__ import annotations
@@ -35,13 +36,19 @@ def subject(site: str, room: str, case: str, kind: str) -> str:
     return "ionm.%s.%s.%s.%s" % (token(site), token(room), token(case), kind)
 
 
-def msg_id(case: str, seq: int) -> str:
-    return "%s:%d" % (token(case), seq)
+def msg_id(case: str, session: int, seq: int) -> str:
+    return "%s:%d:%d" % (token(case), session, seq)
 
 
-def encode(kind: str, seq: int, case: str, body: Any, sent: float | None = None) -> bytes:
-    return bytes(cbor2.dumps({"v": VERSION, "kind": kind, "seq": int(seq), "case": str(case),
-                              "sent": time.time() if sent is None else float(sent), "body": body}))
+def new_session() -> int:
+    """A console run's session number: its start in ms since the epoch (distinct across restarts)."""
+    return int(time.time() * 1000)
+
+
+def encode(kind: str, seq: int, case: str, body: Any, sent: float | None = None, session: int = 0) -> bytes:
+    return bytes(cbor2.dumps({"v": VERSION, "kind": kind, "seq": int(seq), "session": int(session),
+                              "case": str(case), "sent": time.time() if sent is None else float(sent),
+                              "body": body}))
 
 
 def decode(data: bytes) -> dict[str, Any]:

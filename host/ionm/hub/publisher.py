@@ -35,6 +35,7 @@ class Publisher:
         self._auth = {"user": user, "password": password} if user else {}
         self._outbox: deque[tuple[int, str, bytes]] = deque()  # (seq, subject, payload)
         self._seq = 0
+        self.session = hm.new_session()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -50,7 +51,7 @@ class Publisher:
         with self._lock:
             self._seq += 1
             seq = self._seq
-            self._outbox.append((seq, subj, hm.encode(kind, seq, self.case, body)))
+            self._outbox.append((seq, subj, hm.encode(kind, seq, self.case, body, session=self.session)))
             self.stats["queued"] += 1
             if len(self._outbox) > self.outbox_max:
                 self._drop_one()
@@ -135,7 +136,7 @@ class Publisher:
                 seq, subj, payload = head
                 try:
                     ack = await js.publish(subj, payload, timeout=ACK_TIMEOUT_S,
-                                           headers={"Nats-Msg-Id": hm.msg_id(self.case, seq)})
+                                           headers={"Nats-Msg-Id": hm.msg_id(self.case, self.session, seq)})
                 except Exception as exc:  # no acknowledgement: the same message again, nothing overtakes it
                     self.last_error = repr(exc)
                     self.stats["retries"] += 1
