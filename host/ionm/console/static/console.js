@@ -211,7 +211,9 @@ function drawWaves(cv, f, shown, stack, baseFrame) {
     let peak = 0;
     for (const arr of [wave, base || []]) for (const v of arr) if (v !== null && Math.abs(v) > peak) peak = Math.abs(v);
     const scale = peak > 0 ? (rowH * 0.42) / peak : 1;
-    const Y = (v) => mid - v * scale;
+    // Negative up, the neurophysiology convention (docs/CONSOLE.md): a value v is drawn v * scale BELOW the
+    // row's zero line, so a negative deflection (N20) rises and a positive one (P37) falls.
+    const Y = (v) => mid + v * scale;
     const line = (arr, color, width, dy, dash, step) => {
       ctx.strokeStyle = color; ctx.lineWidth = width; ctx.setLineDash(dash || []); ctx.beginPath();
       let pen = false;
