@@ -29,11 +29,14 @@ commands are checked against the role by the engine, and every change lands in t
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import html
 import json
 import re
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -57,7 +60,9 @@ DISPLAY_FRAMES = ("stream:", "base:")  # frames that may wait for the viewer's b
 DISPLAY_BYTES_PER_S = 40_000  # each viewer's byte budget: the update stream stays under 50 kB/s
 DISPLAY_BURST = 40_000
 MAX_MESSAGE_BYTES = 32_000  # an update message's bound (a single larger frame goes alone: see the docstring)
-WS_SNDBUF = 32 * 1024  # a viewer socket's kernel send buffer: what can queue ahead of a heartbeat on a slow link
+WS_SNDBUF = 16 * 1024  # a viewer socket's kernel send buffer: what can queue ahead of a heartbeat on a slow link
+DISPLAY_BACKLOG = 16 * 1024  # bytes still on their way to a viewer above which its display frames wait
+BACKLOG_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0  # ping every 30 s; no pong within 15 s closes the socket (a dead viewer, not a slow one)
 DURABLE = {"ack", "note", "stim", "baseline", "close", "peak"}
 IDENTITY = web.RequestKey("identity", Identity)
@@ -104,15 +109,24 @@ class Hub:
                     c.resync = True
             c.wake.set()
 
-    def update_messages(self, c: Client, now: float | None = None) -> tuple[list[str], dict[str, float]]:
+    def update_messages(self, c: Client, now: float | None = None, backlog: int = 0
+                        ) -> tuple[list[str], dict[str, float]]:
         """What to send this viewer now, as messages of at most MAX_MESSAGE_BYTES (a larger single frame alone):
-        every frame that is not a display frame and every incremental item, always; the display frames only
-        while its byte budget is not spent (else they stay in their slots, coalescing, and a wake-up is set for
-        when the budget allows). Returns the messages and the arrival times of the frames they carry."""
+        every frame that is not a display frame and every incremental item, always; the display frames, oldest
+        first, only as far as its byte budget allows and while less than DISPLAY_BACKLOG bytes sent earlier are
+        still on their way (backlog: a slow link); the others stay in their slots, coalescing, and a wake-up is
+        set for when they may go. Returns the messages and the arrival times of the frames they carry."""
         now = time.monotonic() if now is None else now
         c.refill(now)
         first = [k for k in c.frames if not k.startswith(DISPLAY_FRAMES)]  # alerts, technical, link, stim, ...
-        display = [k for k in c.frames if k.startswith(DISPLAY_FRAMES)] if c.tokens > 0 else []
+        # display frames, those waiting longest first, as many as the budget and the link allow (at least one)
+        allow = min(c.tokens, DISPLAY_BACKLOG - backlog)
+        display = []
+        for k in sorted((k for k in c.frames if k.startswith(DISPLAY_FRAMES)), key=lambda k: c.arr0.get(k, 0.0)):
+            if allow <= 0:
+                break
+            display.append(k)
+            allow -= len(c.frames[k])
         items: list[tuple[str | None, str]] = [(k, c.frames.pop(k)) for k in first]
         items += [(None, a) for a in c.appends] + [(k, c.frames.pop(k)) for k in display]
         c.appends = []
@@ -144,7 +158,8 @@ class Hub:
             def wake() -> None:
                 c.timer = None
                 c.wake.set()
-            c.timer = self.loop.call_later(max(0.0, -c.tokens) / DISPLAY_BYTES_PER_S + 0.005, wake)
+            delay = max(0.0, -c.tokens) / DISPLAY_BYTES_PER_S + 0.005
+            c.timer = self.loop.call_later(max(delay, BACKLOG_POLL_S if backlog > DISPLAY_BACKLOG else 0.0), wake)
         return msgs, lat_all
 
 
@@ -302,7 +317,7 @@ class ConsoleServer:
         self.hub.clients.add(client)
         self.case_store.audit(self.engine.case_id, ident.user, "view.open", {"role": ident.role,
                                                                              "addr": request.remote})
-        sender = asyncio.create_task(self._sender(ws, client))
+        sender = asyncio.create_task(self._sender(ws, client, request.transport))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -321,7 +336,7 @@ class ConsoleServer:
                 pass  # shutting down: the store closed first
         return ws
 
-    async def _sender(self, ws: web.WebSocketResponse, c: Client) -> None:
+    async def _sender(self, ws: web.WebSocketResponse, c: Client, transport: asyncio.BaseTransport | None) -> None:
         assert self.hub is not None
         loop = asyncio.get_running_loop()
         try:
@@ -339,7 +354,7 @@ class ConsoleServer:
                     continue
                 if not c.frames and not c.appends:
                     continue
-                msgs, lat = self.hub.update_messages(c)
+                msgs, lat = self.hub.update_messages(c, backlog=_backlog(transport))
                 now = time.time()
                 for arr0 in lat.values():
                     self.hub.latency_ms.append((now - arr0) * 1000.0)
@@ -487,6 +502,25 @@ class ConsoleServer:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _backlog(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes sent to a viewer and not yet through: in the transport's buffer and (Linux) in the socket's send
+    queue, unsent or unacknowledged. On a link slower than the budget this grows, and display frames wait."""
+    if transport is None:
+        return 0
+    n = 0
+    try:
+        n += int(transport.get_write_buffer_size())  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        pass
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(termios, "TIOCOUTQ"):
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            pass
+    return n
 
 
 def _small_send_buffer(request: web.Request) -> None:
