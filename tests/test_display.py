@@ -169,3 +169,15 @@ def test_the_engine_trend_is_compacted_while_the_store_keeps_every_point(tmp_pat
             assert pts[-1]["t"] == round(stored[-1]["t_s"], 2)
     finally:
         store.close()
+
+
+def test_the_snapshot_timeline_is_the_newest_events_within_its_bytes() -> None:
+    timeline = [{"k": "event", "id": i, "t_s": float(i), "wall": 0.0, "kind": "note", "user": "tech",
+                 "text": "note %d " % i + "x" * 300} for i in range(1, 1001)]
+    shown = display.recent_events(timeline)
+    assert shown and shown[-1]["id"] == 1000  # the newest is there ...
+    assert [e["id"] for e in shown] == list(range(1001 - len(shown), 1001))  # ... and those before it, in order
+    assert len(json.dumps(shown, separators=(",", ":"))) <= display.TIMELINE_BYTES
+    assert len(shown) < display.TIMELINE_SHOWN
+    short = timeline[:5]
+    assert display.recent_events(short) == short
