@@ -143,12 +143,12 @@ class Hub:
             part.clear()
 
         size = 0
-        for k, v in items:
-            n = len(v) + 2 * len(k or "") + 32  # the frame, its key, its arr0 entry
+        for key, v in items:
+            n = len(v) + 2 * len(key or "") + 32  # the frame, its key, its arr0 entry
             if part and size + n > MAX_MESSAGE_BYTES - 64:  # 64: the envelope
                 flush()
                 size = 0
-            part.append((k, v))
+            part.append((key, v))
             size += n
         if part:
             flush()
