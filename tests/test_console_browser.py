@@ -305,3 +305,65 @@ def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: 
         assert tech.errors == [] and doc.errors == []
     finally:
         case.close()
+
+
+def test_a_negative_deflection_is_drawn_upward_and_the_baseline_with_it(tmp_path: Path, browser: Any) -> None:
+    """Waveforms are drawn negative up (docs/CONSOLE.md, the neurophysiology convention; the report's axes too): on
+    the canvas a trough of the trace rises above its zero line and a peak falls below it, and the baseline (a frame
+    of its own) is drawn the same way. The frames are the server's format, handed to the page as an update."""
+    store = CaseStore(tmp_path / "cases.db")
+    Accounts(store).add("tech", *USERS["tech"])
+    engine = CaseEngine(store, store.open_case(patient_id="SIM-8", procedure="polarity"))
+    server = ConsoleServer(engine, store)
+    url = server.start_in_thread()
+    engine.start()
+    try:
+        page = browser.new_context(viewport={"width": 1600, "height": 1000}).new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url)
+        page.fill("#user", "tech")
+        page.fill("#password", USERS["tech"][1])
+        page.click("#signin")
+        poll(page, "document.getElementById('who').textContent.startsWith('tech')", 15.0)
+        n = 400
+        wave = [0] * n
+        wave[100:160] = [-500] * 60  # -5 µV (q = 0.01): a negative deflection
+        wave[260:320] = [500] * 60  # +5 µV
+        base = [0] * n
+        base[100:160] = [-400] * 60
+        channel = {"name": "X", "show": True, "state": "normal", "n": 1, "wave": {"q": 0.01, "v": wave}, "peaks": [],
+                   "amp": None, "lat": None, "amp_ratio": None, "lat_ratio": None, "ref": None}
+        frame = {"key": "mep/TEST", "modality": "mep", "source": "TEST", "t_s": 1.0, "seq": 1, "rejected": 0,
+                 "x0_ms": 0.0, "dt_ms": 1.0, "units": "µV", "channels": [channel], "baseline": None,
+                 "baseline_pending": False, "collecting": None,
+                 "criteria": {"amp_alert": 0.2, "lat_alert": None, "amp_warning": None, "lat_warning": None}}
+        base_frame = {"key": "mep/TEST", "t_s": 0.5, "dt_ms": 1.0, "waves": [{"q": 0.01, "v": base}]}
+        page.evaluate("m => onMessage(m)", {"type": "update", "frames": {"stream:mep/TEST": frame,
+                                                                         "base:mep/TEST": base_frame},
+                                             "appends": [], "arr0": {}})
+        poll(page, "!!document.querySelector('[data-key=\"mep/TEST\"] canvas.wave')", 5.0)
+        time.sleep(0.3)  # an animation frame
+        px = canvas_pixels(page, '[data-key="mep/TEST"] canvas.wave').astype(int)
+        width = px.shape[1]
+
+        def rows_of(color: tuple[int, int, int], k0: int, k1: int) -> float:
+            """Mean pixel row of the colour over the columns of points k0..k1 (the canvas maps point k to
+            x = 8 + k / n * (width - 16))."""
+            c0, c1 = (int(8 + k / n * (width - 16)) for k in (k0, k1))
+            part = px[:, c0:c1]
+            mask = (np.abs(part - np.array(color)).sum(axis=2) < 60)
+            ys = np.nonzero(mask)[0]
+            assert len(ys) > 10, "no %s pixels over points %d-%d" % (color, k0, k1)
+            return float(ys.mean())
+
+        trace_rgb, base_rgb = (0x58, 0xA6, 0xFF), (0x3F, 0xB9, 0x50)
+        zero = rows_of(trace_rgb, 20, 80)
+        assert rows_of(trace_rgb, 115, 145) < zero - 20  # negative: up (rows grow downwards)
+        assert rows_of(trace_rgb, 275, 305) > zero + 20  # positive: down
+        assert rows_of(base_rgb, 115, 145) < rows_of(base_rgb, 275, 305) - 20  # the baseline's trough: up too
+        assert errors == []
+    finally:
+        server.stop_thread()
+        engine.stop()
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from ionm.case.store import CaseStore
 from ionm.case.timeline import short_name
 from ionm.console.engine import CaseEngine, CommandError
 from ionm.console.scripted import ack_all, command, injury_scenario, run_case
-from ionm.console.server import MAX_BACKLOG, Client, Hub
+from ionm.console.server import DISPLAY_BURST, MAX_BACKLOG, MAX_MESSAGE_BYTES, Client, Hub
 from ionm.pipeline.evaluator import WEAK_BASELINE_SE
 
 TECH = ("tech", "technologist")
@@ -125,12 +126,68 @@ def test_hub_keeps_only_the_newest_frame_for_a_slow_client() -> None:
             hub._distribute([("stream:a", json.dumps({"k": k}), 100.0 + k)], [json.dumps({"k": "trend", "i": k})])
         assert list(slow.frames) == ["stream:a"] and json.loads(slow.frames["stream:a"]) == {"k": 199}
         assert slow.arr0["stream:a"] == 100.0  # latency is counted from the oldest sweep the frame stands for
-        msg, _ = hub.update_message(slow)
+        (msg,), _ = hub.update_messages(slow)
         body = json.loads(msg)
         assert body["frames"]["stream:a"]["k"] == 199 and len(body["appends"]) == 200
         for _ in range(MAX_BACKLOG + 1):  # incremental items overflow: a fresh snapshot instead
             hub._distribute([], ["{}"])
         assert slow.resync and not slow.appends
+
+    asyncio.run(scenario())
+
+
+def test_hub_holds_display_frames_to_the_viewers_byte_budget_but_never_alerts_or_events() -> None:
+    """A viewer's byte budget (DISPLAY_BYTES_PER_S) holds back only display frames (waveforms, baselines), which
+    wait in their slots, coalesced to the newest, until the budget allows; alerts, technical alarms, link health
+    and incremental items (timeline events, trend points, stack traces) go out at once; no message exceeds
+    MAX_MESSAGE_BYTES unless it is one frame alone."""
+    async def scenario() -> None:
+        hub = Hub(asyncio.get_running_loop())
+        c = Client.__new__(Client)
+        Client.__init__(c, None)  # type: ignore[arg-type]
+        c.resync = False
+        hub.clients.add(c)
+        big = json.dumps({"wave": "x" * 9000})
+        now = time.monotonic()
+        for k in range(8):  # a burst of waveform frames: more bytes than the budget
+            hub._distribute([("stream:s%d" % k, big, 1.0 + k)], [])
+        msgs = []
+        while part := hub.update_messages(c, now)[0]:  # the sender, woken again and again at the same moment
+            msgs += part
+        assert all(len(m) <= MAX_MESSAGE_BYTES for m in msgs)
+        sent = [k for m in msgs for k in json.loads(m)["frames"]]
+        assert sum(len(m) for m in msgs) >= DISPLAY_BURST and len(sent) < 8  # the budget is spent, ...
+        assert sent == ["stream:s%d" % k for k in range(len(sent))]  # ... on the frames waiting longest
+        assert c.timer is not None  # a wake-up for when the budget allows the rest
+        for k in range(5):  # newer waveforms, then an alert, a technical alarm and an event, all at once
+            hub._distribute([("stream:s7", json.dumps({"k": k, "wave": "x" * 9000}), 9.0)], [])
+        hub._distribute([("alerts", json.dumps({"alerts": [{"uid": "A1"}]}), None),
+                         ("technical", json.dumps({"alarms": [{"key": "stall"}]}), None)],
+                        [json.dumps({"k": "event", "id": 7, "kind": "alert"})])
+        msgs, _ = hub.update_messages(c, now + 0.01)
+        bodies = [json.loads(m) for m in msgs]
+        assert {k for b in bodies for k in b["frames"]} == {"alerts", "technical"}  # not held by the budget
+        assert [a["id"] for b in bodies for a in b["appends"]] == [7]
+        held = set(c.frames)
+        assert held == {"stream:s%d" % k for k in range(len(sent), 8)}
+        got: dict[str, list[dict]] = {}
+        t = now + 0.01
+        while c.frames:  # the budget refills: every held frame goes, once, the newest of each
+            t += 0.5
+            for m in hub.update_messages(c, t)[0]:
+                for k, v in json.loads(m)["frames"].items():
+                    got.setdefault(k, []).append(v)
+        assert set(got) == held and all(len(v) == 1 for v in got.values()) and got["stream:s7"][0]["k"] == 4
+        hub._distribute([("stream:s0", big, 20.0)], [])  # a slow link: bytes still on their way hold them too
+        assert hub.update_messages(c, t + 10.0, backlog=10**6)[0] == [] and "stream:s0" in c.frames
+        assert hub.update_messages(c, t + 10.1, backlog=0)[0] and not c.frames
+        huge = json.dumps({"alerts": [{"uid": "A%d" % i, "label": "x" * 200} for i in range(400)]})
+        hub._distribute([("alerts", huge, None), ("stream:s2", big, 30.0)], [])
+        msgs, _ = hub.update_messages(c, t + 20.0)
+        assert any(json.loads(m)["frames"].get("alerts") for m in msgs if len(m) > MAX_MESSAGE_BYTES)
+        assert all(len(m) <= MAX_MESSAGE_BYTES for m in msgs if "alerts" not in json.loads(m)["frames"])
+        if c.timer is not None:
+            c.timer.cancel()
 
     asyncio.run(scenario())
 

@@ -4,8 +4,9 @@ One engine thread does everything that changes case state, in order: it takes sw
 the source thread), runs each through its stream's Evaluator (ionm.pipeline), records it, and executes user
 commands between sweeps — so there are no locks on case state. What the clients see leaves as frames: small
 JSON documents, each the whole current state of one part (a stream's averages, the alert list, link health),
-so a client that falls behind can skip to the newest without missing anything; only trend points and timeline
-events are incremental (see server.Hub).
+so a client that falls behind can skip to the newest without missing anything; only trend points, stack traces
+and timeline events are incremental (see server.Hub). What they carry is bounded as the page draws it
+(ionm.console.display): compact traces, no waveform of a hidden channel, the baseline in a frame of its own.
 
 A stream is one stimulated site (modality/source, e.g. "ssep-lower/L tibial"); each has its own Evaluator.
 Baselines are set on demand (B): a new Evaluator is fed the stream's recent raw sweeps and its baseline set on
@@ -34,7 +35,15 @@ import numpy as np
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
 from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
-from ionm.console.display import bounded_snapshot
+from ionm.console.display import (
+    STACK_DIGITS,
+    STACK_POINTS,
+    STACK_SHOWN,
+    append_trend,
+    bounded_snapshot,
+    compact_trend,
+    trace,
+)
 from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
 from ionm.sweep import Sweep
 
@@ -46,7 +55,7 @@ PERMISSIONS: dict[str, set[str]] = {
 }
 DISPLAY_POINTS = 400  # samples per displayed trace: enough for a 400 px wide plot
 STACK_EVERY_S = 10.0  # case seconds between traces of the waveform stack (and stored averages)
-STACK_DEPTH = 8
+STACK_DEPTH = STACK_SHOWN  # the stack traces a viewer keeps (ionm.console.display)
 TREND_EVERY_S = 1.0  # case seconds between trend points per stream
 BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
 # A baseline that leaves channels untracked keeps collecting up to this many sweeps (SSEP: ~4 min at 4.7 Hz),
@@ -77,11 +86,6 @@ def decimate(x: np.ndarray, points: int = DISPLAY_POINTS) -> tuple[np.ndarray, i
     step = max(1, int(math.ceil(x.shape[-1] / points)))
     m = x.shape[-1] // step * step
     return x[..., :m].reshape(*x.shape[:-1], -1, step).mean(axis=-1), step
-
-
-def trace(w: np.ndarray) -> list[float | None]:
-    """A displayed trace as JSON numbers (µV to 1/1000; a gap where the value is not finite)."""
-    return [round(float(v), 3) if math.isfinite(v) else None for v in w]
 
 
 @dataclass
@@ -511,9 +515,6 @@ class CaseEngine:
         ev = st.evaluator
         x, counts = self._display(st)
         wave, step = decimate(np.asarray(x, dtype=np.float64))
-        base = None
-        if st.baseline is not None:
-            base = decimate(st.baseline["mean"])[0]
         amp, lat, marks = self._measures(st)
         ra, rl = self._ratios(st)
         m = ev.modality
@@ -522,9 +523,10 @@ class CaseEngine:
             ref = st.baseline["refs"][c] if st.baseline is not None else None
             chans.append({
                 "name": short_name(name), "show": st.show[c], "state": st.states[c],
-                "n": round(counts[c], 1), "wave": trace(wave[c]),
-                "base": None if base is None else trace(base[c]),
-                "peaks": marks[c], "amp": amp[c], "lat": lat[c], "amp_ratio": ra[c], "lat_ratio": rl[c],
+                # a channel the page does not show carries no waveform (its numbers stay: a few bytes)
+                "n": round(counts[c], 1), "wave": trace(wave[c]) if st.show[c] else None,
+                "peaks": marks[c] if st.show[c] else [], "amp": amp[c], "lat": lat[c], "amp_ratio": ra[c],
+                "lat_ratio": rl[c],
                 "ref": ref,
             })
         return {
@@ -540,14 +542,31 @@ class CaseEngine:
                          "amp_warning": _num(m.amplitude_ratio_warning), "lat_warning": _num(m.latency_ratio_warning)},
         }
 
+    def _base_frame(self, st: Stream) -> dict[str, Any] | None:
+        """The baseline waveforms of a stream's shown channels: a frame of its own (base:KEY), sent when a baseline
+        is set rather than with every sweep."""
+        if st.baseline is None:
+            return None
+        wave, step = decimate(np.asarray(st.baseline["mean"], dtype=np.float64))
+        return {"key": st.key, "t_s": st.baseline["t_s"], "dt_ms": step / st.fs * 1000.0,
+                "waves": [trace(w) if st.show[c] else None for c, w in enumerate(wave)]}
+
+    def _stack_trace(self, st: Stream, t_s: float, x: np.ndarray) -> dict[str, Any]:
+        """One trace of the waveform stack as the page draws it (faint, behind the newest): STACK_POINTS points,
+        STACK_DIGITS digits, shown channels only. Sent as an append (k "stack"); a viewer keeps the newest
+        STACK_SHOWN."""
+        wave, step = decimate(np.asarray(x, dtype=np.float64), STACK_POINTS)
+        return {"k": "stack", "s": st.key, "t_s": round(t_s, 2), "dt_ms": step / st.fs * 1000.0,
+                "waves": [trace(w, STACK_DIGITS) if st.show[c] else None for c, w in enumerate(wave)]}
+
     def _stack_push(self, st: Stream, why: str) -> None:
         x, counts = self._display(st)
         self.store.add_average(self.case_id, st.key, st.t_s, why, counts, x)
         if why != "periodic":
             return
-        wave, _ = decimate(np.asarray(x, dtype=np.float64))
-        st.stack.append({"t_s": round(st.t_s, 2), "waves": [trace(w) for w in wave]})
-        self._emit([("stack:" + st.key, {"key": st.key, "traces": list(st.stack)})], [])
+        item = self._stack_trace(st, st.t_s, x)
+        st.stack.append(item)
+        self._emit([], [item])
 
     def _trend_point(self, st: Stream) -> None:
         amp, lat, _ = self._measures(st)
@@ -555,7 +574,7 @@ class CaseEngine:
         body = {"amp_uv": amp, "lat_ms": lat, "amp": ra, "lat": rl, "states": st.states}
         self.store.add_measurement(self.case_id, st.key, st.t_s, body)
         point = {"k": "trend", "s": st.key, "t": round(st.t_s, 2), "amp": ra, "lat": rl}
-        self.trend[st.key].append(point)
+        append_trend(self.trend[st.key], point)  # bounded however long the case: the store has every point
         self._emit([], [point])
 
     # ---------------------------------------------------------------- alerts and the timeline
@@ -726,6 +745,9 @@ class CaseEngine:
                 "%s level ±%.0f %%" % (nm, 100 * se) for nm, se in weak)
         self._event("baseline", text, user)
         self._stack_push(st, "baseline")
+        base = self._base_frame(st)
+        if base is not None:
+            self._emit([("base:" + st.key, base)], [])
         st.dirty = True
 
     # ---------------------------------------------------------------- link health, stimulation
@@ -839,6 +861,10 @@ class CaseEngine:
         """The whole state for a new client (engine thread: use call(engine.snapshot))."""
         frames = {"stream:" + k: self._stream_frame(st) for k, st in self.streams.items()}
         frames.update({"stack:" + k: {"key": k, "traces": list(st.stack)} for k, st in self.streams.items()})
+        for k, st in self.streams.items():
+            base = self._base_frame(st)
+            if base is not None:
+                frames["base:" + k] = base
         frames["alerts"] = {"alerts": list(self.alerts)}
         if self.link:
             frames["link"] = self.link | {"t_s": round(self.t_s, 2)}
@@ -895,12 +921,12 @@ class CaseEngine:
                 st.evaluator = ev
                 st.baseline = {"t_s": b["t_s"], "user": b["user"], "mean": b["mean"], "refs": b["refs"]}
             st.last_trend_t = st.last_stack_t = st.t_s
-            self.trend[key] = [{"k": "trend", "s": key, "t": round(float(m["t_s"]), 2), "amp": m["body"]["amp"],
-                                "lat": m["body"]["lat"]} for m in self.store.rows("measurements", cid)
-                               if m["stream"] == key]
-            for t, _why, mean in self.store.averages(cid, key)[-STACK_DEPTH:]:
-                wave, _ = decimate(np.asarray(mean, dtype=np.float64))
-                st.stack.append({"t_s": round(t, 2), "waves": [trace(w) for w in wave]})
+            self.trend[key] = compact_trend([{"k": "trend", "s": key, "t": round(float(m["t_s"]), 2),
+                                              "amp": m["body"]["amp"], "lat": m["body"]["lat"]}
+                                             for m in self.store.rows("measurements", cid) if m["stream"] == key])
+            for t, why, mean in self.store.averages(cid, key):
+                if why == "periodic":
+                    st.stack.append(self._stack_trace(st, t, np.asarray(mean, dtype=np.float64)))
         acks = {a["alert_uid"]: a for a in self.store.rows("acks", cid)}
         for a in self.store.rows("alerts", cid):
             ack = acks.get(a["uid"])

@@ -2,9 +2,19 @@
 
 Fan-out (Hub): the engine thread hands each batch of frames to the event loop (call_soon_threadsafe: never
 blocks). Every client has a slot per frame key holding only the newest frame, plus a list of incremental items
-(trend points, timeline events); its own sender task sends whatever is there when the socket is ready. A slow
-viewer therefore only skips intermediate frames of its own and never delays acquisition or another viewer; one
-that falls so far behind that its incremental list overflows gets a fresh snapshot instead.
+(trend points, stack traces, timeline events); its own sender task sends whatever is there when the socket is
+ready. A slow viewer therefore only skips intermediate frames of its own and never delays acquisition or another
+viewer; one that falls so far behind that its incremental list overflows gets a fresh snapshot instead (it is
+never disconnected for being slow: its socket's buffers are kept small, so a heartbeat is not queued behind
+seconds of data).
+
+Bandwidth (issue 18: 180-445 kB/s per viewer, single messages up to 166 kB). Each viewer has a byte budget of
+DISPLAY_BYTES_PER_S (a token bucket, DISPLAY_BURST deep) that every byte sent to it spends; display frames
+(DISPLAY_FRAMES: a stream's waveforms and numbers, its baseline) wait in their slots while the budget is spent
+and go out, coalesced to the newest, when it allows. Everything else (alerts and their acknowledgements,
+technical alarms, link health, stimulation, the case, timeline events, trend points, stack traces, replies) is
+sent at once whatever the budget. An update message holds at most MAX_MESSAGE_BYTES; a single frame larger than
+that (only an alert list of a long storm can be) is sent alone and whole, never cut or delayed.
 
 Latency: each stream frame carries the arrival time of the oldest sweep it includes (arr0); the sender records
 send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure
@@ -19,11 +29,14 @@ commands are checked against the role by the engine, and every change lands in t
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import html
 import json
 import re
 import socket
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections import deque
@@ -43,6 +56,14 @@ from ionm.console.engine import PERMISSIONS, CaseEngine, CommandError
 STATIC = Path(__file__).resolve().parent / "static"
 COOKIE = "ionm_session"
 MAX_BACKLOG = 4000  # incremental items queued for one client before it is resynchronised instead
+DISPLAY_FRAMES = ("stream:", "base:")  # frames that may wait for the viewer's byte budget (coalesced, never lost)
+DISPLAY_BYTES_PER_S = 40_000  # each viewer's byte budget: the update stream stays under 50 kB/s
+DISPLAY_BURST = 40_000
+MAX_MESSAGE_BYTES = 32_000  # an update message's bound (a single larger frame goes alone: see the docstring)
+WS_SNDBUF = 16 * 1024  # a viewer socket's kernel send buffer: what can queue ahead of a heartbeat on a slow link
+DISPLAY_BACKLOG = 16 * 1024  # bytes still on their way to a viewer above which its display frames wait
+BACKLOG_POLL_S = 0.05
+WS_HEARTBEAT_S = 30.0  # ping every 30 s; no pong within 15 s closes the socket (a dead viewer, not a slow one)
 DURABLE = {"ack", "note", "stim", "baseline", "close", "peak"}
 IDENTITY = web.RequestKey("identity", Identity)
 
@@ -56,6 +77,13 @@ class Client:
         self.resync = True  # the first message is a snapshot
         self.wake = asyncio.Event()
         self.wake.set()
+        self.tokens = float(DISPLAY_BURST)  # bytes this viewer may be sent now (DISPLAY_BYTES_PER_S refills it)
+        self.refilled = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None  # a wake-up once the budget allows the held display frames
+
+    def refill(self, now: float) -> None:
+        self.tokens = min(float(DISPLAY_BURST), self.tokens + (now - self.refilled) * DISPLAY_BYTES_PER_S)
+        self.refilled = now
 
 
 class Hub:
@@ -81,13 +109,58 @@ class Hub:
                     c.resync = True
             c.wake.set()
 
-    def update_message(self, c: Client) -> tuple[str, dict[str, float]]:
-        frames = ",".join("%s:%s" % (json.dumps(k), v) for k, v in c.frames.items())
-        lat = {k: c.arr0[k] for k in c.frames if k in c.arr0}
-        msg = '{"type":"update","frames":{%s},"appends":[%s],"arr0":%s}' % (frames, ",".join(c.appends),
-                                                                                json.dumps(lat))
-        c.frames, c.arr0, c.appends = {}, {}, []
-        return msg, lat
+    def update_messages(self, c: Client, now: float | None = None, backlog: int = 0
+                        ) -> tuple[list[str], dict[str, float]]:
+        """What to send this viewer now, as messages of at most MAX_MESSAGE_BYTES (a larger single frame alone):
+        every frame that is not a display frame and every incremental item, always; the display frames, oldest
+        first, only as far as its byte budget allows and while less than DISPLAY_BACKLOG bytes sent earlier are
+        still on their way (backlog: a slow link); the others stay in their slots, coalescing, and a wake-up is
+        set for when they may go. Returns the messages and the arrival times of the frames they carry."""
+        now = time.monotonic() if now is None else now
+        c.refill(now)
+        first = [k for k in c.frames if not k.startswith(DISPLAY_FRAMES)]  # alerts, technical, link, stim, ...
+        # display frames, those waiting longest first, as many as the budget and the link allow (at least one)
+        allow = min(c.tokens, DISPLAY_BACKLOG - backlog)
+        display = []
+        for k in sorted((k for k in c.frames if k.startswith(DISPLAY_FRAMES)), key=lambda k: c.arr0.get(k, 0.0)):
+            if allow <= 0:
+                break
+            display.append(k)
+            allow -= len(c.frames[k])
+        items: list[tuple[str | None, str]] = [(k, c.frames.pop(k)) for k in first]
+        items += [(None, a) for a in c.appends] + [(k, c.frames.pop(k)) for k in display]
+        c.appends = []
+        lat_all: dict[str, float] = {}
+        msgs: list[str] = []
+        part: list[tuple[str | None, str]] = []
+
+        def flush() -> None:
+            frames = ",".join("%s:%s" % (json.dumps(k), v) for k, v in part if k is not None)
+            lat = {k: c.arr0.pop(k) for k, _ in part if k is not None and k in c.arr0}
+            lat_all.update(lat)
+            msgs.append('{"type":"update","frames":{%s},"appends":[%s],"arr0":%s}' % (
+                frames, ",".join(v for k, v in part if k is None), json.dumps(lat)))
+            part.clear()
+
+        size = 0
+        for key, v in items:
+            n = len(v) + 2 * len(key or "") + 32  # the frame, its key, its arr0 entry
+            if part and size + n > MAX_MESSAGE_BYTES - 64:  # 64: the envelope
+                flush()
+                size = 0
+            part.append((key, v))
+            size += n
+        if part:
+            flush()
+        for m in msgs:
+            c.tokens -= len(m)
+        if any(k.startswith(DISPLAY_FRAMES) for k in c.frames) and c.timer is None:
+            def wake() -> None:
+                c.timer = None
+                c.wake.set()
+            delay = max(0.0, -c.tokens) / DISPLAY_BYTES_PER_S + 0.005
+            c.timer = self.loop.call_later(max(delay, BACKLOG_POLL_S if backlog > DISPLAY_BACKLOG else 0.0), wake)
+        return msgs, lat_all
 
 
 def _stats(values: Any) -> dict[str, float | int | None]:
@@ -237,13 +310,14 @@ class ConsoleServer:
         if not self._same_origin(request):
             return web.Response(status=403, text="cross-origin socket refused")
         ident = request[IDENTITY]
-        ws = web.WebSocketResponse(heartbeat=20, max_msg_size=64 * 1024)
+        ws = web.WebSocketResponse(heartbeat=WS_HEARTBEAT_S, max_msg_size=64 * 1024)
         await ws.prepare(request)
+        _small_send_buffer(request)
         client = Client(ident)
         self.hub.clients.add(client)
         self.case_store.audit(self.engine.case_id, ident.user, "view.open", {"role": ident.role,
                                                                              "addr": request.remote})
-        sender = asyncio.create_task(self._sender(ws, client))
+        sender = asyncio.create_task(self._sender(ws, client, request.transport))
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -262,7 +336,7 @@ class ConsoleServer:
                 pass  # shutting down: the store closed first
         return ws
 
-    async def _sender(self, ws: web.WebSocketResponse, c: Client) -> None:
+    async def _sender(self, ws: web.WebSocketResponse, c: Client, transport: asyncio.BaseTransport | None) -> None:
         assert self.hub is not None
         loop = asyncio.get_running_loop()
         try:
@@ -280,11 +354,12 @@ class ConsoleServer:
                     continue
                 if not c.frames and not c.appends:
                     continue
-                msg, lat = self.hub.update_message(c)
+                msgs, lat = self.hub.update_messages(c, backlog=_backlog(transport))
                 now = time.time()
                 for arr0 in lat.values():
                     self.hub.latency_ms.append((now - arr0) * 1000.0)
-                await ws.send_str(msg)
+                for msg in msgs:
+                    await ws.send_str(msg)  # waits only while this viewer's own socket is full
         except (ConnectionResetError, asyncio.CancelledError):
             pass
 
@@ -427,6 +502,43 @@ class ConsoleServer:
         self._stopped.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+
+
+def _backlog(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes sent to a viewer and not yet through: in the transport's buffer and (Linux) in the socket's send
+    queue, unsent or unacknowledged. On a link slower than the budget this grows, and display frames wait."""
+    if transport is None:
+        return 0
+    n = 0
+    try:
+        n += int(transport.get_write_buffer_size())  # type: ignore[attr-defined]
+    except (AttributeError, NotImplementedError):
+        pass
+    sock = transport.get_extra_info("socket")
+    if sock is not None and hasattr(termios, "TIOCOUTQ"):
+        try:
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            pass
+    return n
+
+
+def _small_send_buffer(request: web.Request) -> None:
+    """Keep what can queue for a viewer small (kernel and transport), so that on a slow link frames wait in the
+    hub's slots, where they coalesce, and a heartbeat is never stuck behind seconds of data."""
+    transport = request.transport
+    if transport is None:
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, WS_SNDBUF)
+        except OSError:
+            pass
+    try:
+        transport.set_write_buffer_limits(high=WS_SNDBUF)
+    except (AttributeError, NotImplementedError, ValueError):
+        pass
 
 
 async def _peek(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> bytes:

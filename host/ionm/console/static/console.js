@@ -67,21 +67,39 @@ function onMessage(m) {
   schedule();
 }
 
+const STREAM_KEYS = /^(stream|stack|base):/;  // a stream's frames: its state, its waveform stack, its baseline
+const STACK_KEEP = 5;  // stack traces kept per stream (ionm.console.display.STACK_SHOWN): the newest + 4 drawn
+
 function applyFrame(key, f) {
   S.frames[key] = f;
-  if (key.startsWith("stream:") || key.startsWith("stack:")) { ensurePanel(f.key); S.dirty.add(f.key); }
+  if (STREAM_KEYS.test(key)) { ensurePanel(f.key); S.dirty.add(f.key); }
   else S.dirty.add(key);
 }
 
+function addTrend(key, p) {
+  const arr = S.trend[key] || (S.trend[key] = []);
+  if (!arr.length || p.t > arr[arr.length - 1].t) arr.push(p);
+  S.dirty.add(key);
+}
+
 function applyAppend(a) {
-  if (a.k === "trend") {
-    const arr = S.trend[a.s] || (S.trend[a.s] = []);
-    if (!arr.length || a.t > arr[arr.length - 1].t) arr.push(a);
-    S.dirty.add(a.s);
+  if (a.k === "trend") addTrend(a.s, a);
+  else if (a.k === "trends") {  // a snapshot's trend of one stream, as columns (a null column: no value)
+    const col = (cols, i) => cols.map((c) => (c ? c[i] : null));
+    a.t.forEach((t, i) => addTrend(a.s, { t, amp: col(a.amp, i), lat: col(a.lat, i) }));
+  } else if (a.k === "stack") {  // a new trace of a stream's waveform stack
+    const f = S.frames["stack:" + a.s] || (S.frames["stack:" + a.s] = { key: a.s, traces: [] });
+    const last = f.traces[f.traces.length - 1];
+    if (!last || a.t_s > last.t_s) f.traces.push(a);  // (one already in the snapshot comes once)
+    if (f.traces.length > STACK_KEEP) f.traces.splice(0, f.traces.length - STACK_KEEP);
+    ensurePanel(a.s); S.dirty.add(a.s);
   } else if (a.k === "event") {
     S.timeline.set(a.id, a); S.dirty.add("timeline");
   }
 }
+
+// A trace as sent ({q: step in µV, v: integers, null for a gap}) in µV.
+function uv(t) { return t ? t.v.map((x) => (x === null ? null : x * t.q)) : null; }
 
 // ------------------------------------------------------------------ drawing
 let scheduled = false;
@@ -165,18 +183,19 @@ function drawStream(key) {
   panel.querySelector(".meta").textContent = f.seq + (f.modality === "mep" ? " trains" : " sweeps") + " · " +
     f.rejected + " rejected · " + base;
   panel.querySelector(".basebtn").disabled = !can("baseline");
-  drawWaves(panel.querySelector("canvas.wave"), f, shown, S.frames["stack:" + key]);
+  drawWaves(panel.querySelector("canvas.wave"), f, shown, S.frames["stack:" + key], S.frames["base:" + key]);
   drawTrend(panel.querySelector("canvas.trend"), f, shown, S.trend[key] || []);
 }
 
 const HEADER_H = 28;  // px: a wave row's two header lines (channel name at +12, values at +25)
 
-function drawWaves(cv, f, shown, stack) {
+function drawWaves(cv, f, shown, stack, baseFrame) {
   const [ctx, W, H] = sizeCanvas(cv);
   ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
   if (!shown.length) return;
   const left = 8, right = 8, top = 4, bottom = 18;
-  const n = shown[0][0].wave.length, x0 = f.x0_ms, dt = f.dt_ms, span = n * dt;
+  const bases = baseFrame ? baseFrame.waves : [];
+  const n = shown[0][0].wave.v.length, x0 = f.x0_ms, dt = f.dt_ms, span = n * dt;
   const X = (ms) => left + (ms - x0) / span * (W - left - right);
   // time grid every 10 ms
   ctx.strokeStyle = "#1d2b3b"; ctx.fillStyle = "#6e849b"; ctx.font = "10px sans-serif"; ctx.lineWidth = 1;
@@ -188,34 +207,38 @@ function drawWaves(cv, f, shown, stack) {
   const traces = stack && stack.traces ? stack.traces : [];
   shown.forEach(([c, i], r) => {
     const y0 = top + r * rowH, mid = y0 + rowH * 0.62;
+    const wave = uv(c.wave), base = uv(bases[i]);
     let peak = 0;
-    for (const arr of [c.wave, c.base || []]) for (const v of arr) if (v !== null && Math.abs(v) > peak) peak = Math.abs(v);
+    for (const arr of [wave, base || []]) for (const v of arr) if (v !== null && Math.abs(v) > peak) peak = Math.abs(v);
     const scale = peak > 0 ? (rowH * 0.42) / peak : 1;
-    const line = (arr, color, width, dy, dash) => {
+    // Negative up, the neurophysiology convention (docs/CONSOLE.md): a value v is drawn v * scale BELOW the
+    // row's zero line, so a negative deflection (N20) rises and a positive one (P37) falls.
+    const Y = (v) => mid + v * scale;
+    const line = (arr, color, width, dy, dash, step) => {
       ctx.strokeStyle = color; ctx.lineWidth = width; ctx.setLineDash(dash || []); ctx.beginPath();
       let pen = false;
       arr.forEach((v, k) => { if (v === null) { pen = false; return; }
-        const x = X(x0 + k * dt), y = mid + dy - v * scale;   // negative up: the neurophysiology convention
+        const x = X(x0 + k * (step || dt)), y = Y(v) + dy;
         if (pen) ctx.lineTo(x, y); else { ctx.moveTo(x, y); pen = true; } });
       ctx.stroke(); ctx.setLineDash([]);
     };
     // the stack: the previous averages as a waterfall above the newest, older ones higher and fainter
     ctx.save(); ctx.beginPath(); ctx.rect(0, y0 + HEADER_H, W, rowH - HEADER_H); ctx.clip();
     traces.slice(-5, -1).forEach((tr, k, all) => {
-      const w = tr.waves[i]; if (!w) return;
+      const w = uv(tr.waves[i]); if (!w) return;
       const age = all.length - k;
-      line(w, "rgba(150,170,195," + (0.18 + 0.3 / age) + ")", 1, -age * rowH * 0.07);
+      line(w, "rgba(150,170,195," + (0.18 + 0.3 / age) + ")", 1, -age * rowH * 0.07, null, tr.dt_ms);
     });
     ctx.restore();
-    if (c.base) line(c.base, "#3fb950", 1.5, 0, [5, 3]);
-    line(c.wave, COLORS[i % COLORS.length], 2, 0);
+    if (base) line(base, "#3fb950", 1.5, 0, [5, 3], baseFrame.dt_ms);
+    line(wave, COLORS[i % COLORS.length], 2, 0);
     // Peak marks: a triangle pointing at the peak with its name above it, or below it, whichever stays inside
     // the row under its two header lines (channel name and values, y0 .. y0 + HEADER_H). A row too short for
     // either (six MEP channels in one panel) gets a tick through the trace instead of a name: a label there
     // would be written over this row's or the next row's channel name.
     for (const p of c.peaks || []) {
       if (p.lat === null) continue;
-      const x = X(p.lat), y = mid - (p.amp || 0) * scale, lo = y0 + HEADER_H, hi = y0 + rowH;
+      const x = X(p.lat), y = Y(p.amp || 0), lo = y0 + HEADER_H, hi = y0 + rowH;
       ctx.fillStyle = ctx.strokeStyle = p.manual ? "#ffa657" : "#e6edf3";
       ctx.font = "10px sans-serif";
       if (y - 23 >= lo && y - 4 <= hi) {
@@ -457,7 +480,7 @@ function openBaseline() {
 
 function togglePause() {
   S.paused = !S.paused; $("paused").classList.toggle("hidden", !S.paused);
-  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(/^(stream|stack):/, "")); S.dirty.add("timeline"); schedule(); }
+  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(STREAM_KEYS, "")); S.dirty.add("timeline"); schedule(); }
 }
 
 function setup() {
