@@ -120,7 +120,8 @@ def test_a_console_case_publishes_its_alerts_and_timeline(tmp_path):
         store.close()
         server.stop()
     kinds = {m["kind"] for m in got}
-    assert {"header", "event", "alerts", "trend"} <= kinds
+    assert {"header", "event", "alerts", "trend", "average"} <= kinds
+    assert any(m["body"].get("baseline") for m in got if m["kind"] == "average")  # the baselines' waveforms
     events = [m["body"] for m in got if m["kind"] == "event"]
     assert any(e["kind"] == "alert" for e in events)
     assert any(e["kind"] == "ack" or "surgeon informed" in e["text"] for e in events)

@@ -3,7 +3,8 @@
 attach(engine, publisher) subscribes to the engine (ionm.console.engine.CaseEngine.subscribe) and publishes:
 the case header once; every timeline event (alerts, acknowledgements, notes, baselines, board events) as
 "event"; the alert list, the technical alarms and the stimulation state as "alerts", "technical" and
-"stimulation" whenever they change; trend points as "trend"; periodic averages as "average"; link health as
+"stimulation" whenever they change; trend points as "trend"; periodic averages (the stack's traces) and each
+baseline's waveform as "average"; link health as
 "link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
 """
 
@@ -34,8 +35,8 @@ class Bridge:
                 if self._last.get(key) != js:
                     self._last[key] = js
                     self.publisher.publish(STATE_FRAMES[key], json.loads(js))
-            elif key.startswith("stack:"):
-                self.publisher.publish("average", json.loads(js))
+            elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
+                self.publisher.publish("average", json.loads(js) | {"baseline": True})
             elif key == "link":
                 body = json.loads(js)
                 body.pop("t_s", None)  # changes with every frame; the message's own time says when
@@ -46,7 +47,7 @@ class Bridge:
                     self.publisher.publish("link", body)
         for js in appends:
             item = json.loads(js)
-            kind = {"trend": "trend", "event": "event"}.get(item.get("k"))
+            kind = {"trend": "trend", "event": "event", "stack": "average"}.get(item.get("k"))
             if kind:
                 self.publisher.publish(kind, item)
 
