@@ -1,0 +1,211 @@
+"""Quantitative EEG for vascular and brain surgery: spectral indices per channel every epoch, and the
+ischaemia / anaesthesia judgement of carotid surgery. docs/EVALUATION.md ("EEG") describes the method.
+
+Per channel and EPOCH_S (2 s) epoch, from the Welch spectrum (scipy.signal.welch, 1 s Hann segments, half
+overlapping: 1 Hz resolution) over TOTAL_HZ (1-30 Hz): band powers (delta 1-4, theta 4-8, alpha 8-13,
+beta 13-30 Hz, µV²), relative alpha (alpha / total), the alpha/delta ratio, the spectral edge frequency
+(95 % of the total power below it, Hz), and the burst-suppression ratio (the fraction of the epoch in
+suppression: stretches of at least SUPPRESSION_MIN_S where the 1-30 Hz signal stays within
+±SUPPRESSION_UV). Hemispheric asymmetry: (left - right) / (left + right) of total power over homologous
+pairs (10-20 names: odd numbers left, even right; C3 with C4, ...).
+
+Judgement (EegMonitor), against a baseline (the median of each index over the epochs before it was set, the
+pre-clamp EEG): per hemisphere, the median over its channels of relative alpha and of the alpha/delta ratio,
+smoothed over the last SMOOTH_EPOCHS epochs, as ratios to baseline. A hemisphere meets the ischaemia criterion
+when relative alpha falls by ALPHA_DROP (14 %) or the alpha/delta ratio by ADR_DROP (21 %) (Zhao 2023). One
+hemisphere meeting it while the other stays within half of those drops is "ischaemia" on that side; both
+meeting it (bilateral slowing, with burst suppression rising or not) is "global", the anaesthetic pattern,
+and never called ischaemia. One event per change of state; "recovered" when the side no longer meets it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import signal
+
+EPOCH_S = 2.0
+BANDS_HZ = {"delta": (1.0, 4.0), "theta": (4.0, 8.0), "alpha": (8.0, 13.0), "beta": (13.0, 30.0)}
+TOTAL_HZ = (1.0, 30.0)
+SEF_FRACTION = 0.95
+SUPPRESSION_UV = 5.0  # within ±5 µV ...
+SUPPRESSION_MIN_S = 0.5  # ... for at least 0.5 s is suppression (ACNS burst-suppression terminology)
+ALPHA_DROP = 0.14  # relative alpha down by 14 % of baseline ...
+ADR_DROP = 0.21  # ... or alpha/delta ratio down by 21 % (Zhao 2023: shunt-requiring ischaemia)
+SMOOTH_EPOCHS = 5  # 10 s of epochs judged together
+CONFIRM_EPOCHS = 2  # consecutive smoothed epochs meeting a state before it is reported
+OTHER_SIDE_FRACTION = 0.5  # the other hemisphere within half the drops: one-sided
+
+
+def side_of(name: str) -> str | None:
+    """'L' or 'R' from a 10-20 name (odd numbers left, even right; z midline); None if neither or mixed."""
+    nums = [int(n) for n in re.findall(r"[A-Za-z]+(\d+)", name)]
+    sides = {"L" if n % 2 else "R" for n in nums}
+    return sides.pop() if len(sides) == 1 else None
+
+
+@dataclass(frozen=True)
+class Indices:
+    """One epoch's indices per channel (arrays of n_channels)."""
+
+    t_s: float  # the epoch's end
+    band_uv2: dict[str, np.ndarray]
+    total_uv2: np.ndarray
+    relative_alpha: np.ndarray
+    alpha_delta: np.ndarray
+    sef95_hz: np.ndarray
+    bsr: np.ndarray
+
+
+def indices(x: np.ndarray, fs: float, t_s: float = 0.0) -> Indices:
+    """The indices of one epoch [n_channels, n] (µV)."""
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    nper = min(x.shape[1], int(round(fs)))
+    f, p = signal.welch(x, fs=fs, nperseg=nper, noverlap=nper // 2, detrend="constant", axis=1)
+    df = f[1] - f[0]
+    bands = {k: p[:, (f >= lo) & (f < hi)].sum(axis=1) * df for k, (lo, hi) in BANDS_HZ.items()}
+    sel = (f >= TOTAL_HZ[0]) & (f < TOTAL_HZ[1])
+    total = p[:, sel].sum(axis=1) * df
+    cum = np.cumsum(p[:, sel], axis=1)
+    fsel = f[sel]
+    sef = np.array([fsel[min(int(np.searchsorted(c, SEF_FRACTION * c[-1])), len(fsel) - 1)] if c[-1] > 0 else np.nan
+                    for c in cum])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(total > 0, bands["alpha"] / total, np.nan)
+        adr = np.where(bands["delta"] > 0, bands["alpha"] / bands["delta"], np.nan)
+    return Indices(t_s, bands, total, rel, adr, sef, burst_suppression_ratio(x, fs))
+
+
+def burst_suppression_ratio(x: np.ndarray, fs: float) -> np.ndarray:
+    """Per channel: the fraction of samples in suppression (within ±SUPPRESSION_UV of the 1-30 Hz signal's
+    median for at least SUPPRESSION_MIN_S)."""
+    x = np.atleast_2d(np.asarray(x, dtype=float))
+    sos = signal.butter(2, TOTAL_HZ, btype="bandpass", fs=fs, output="sos")
+    y = signal.sosfiltfilt(sos, x, axis=1) if x.shape[1] > 30 else x - x.mean(axis=1, keepdims=True)
+    quiet = np.abs(y - np.median(y, axis=1, keepdims=True)) <= SUPPRESSION_UV
+    need = int(round(SUPPRESSION_MIN_S * fs))
+    out = np.zeros(x.shape[0])
+    for c in range(x.shape[0]):
+        q = np.r_[False, quiet[c], False].astype(np.int8)
+        starts, ends = np.flatnonzero(np.diff(q) == 1), np.flatnonzero(np.diff(q) == -1)
+        out[c] = sum(e - s for s, e in zip(starts, ends, strict=True) if e - s >= need) / x.shape[1]
+    return out
+
+
+def asymmetry(total_uv2: np.ndarray, names: list[str]) -> dict[str, float]:
+    """(L - R) / (L + R) of total power for each homologous pair present ('C3-P3/C4-P4': value)."""
+    out: dict[str, float] = {}
+    for i, a in enumerate(names):
+        if side_of(a) != "L":
+            continue
+        mirror = re.sub(r"(\d+)", lambda m: str(int(m.group(1)) + 1), a)
+        if mirror in names:
+            j = names.index(mirror)
+            s = total_uv2[i] + total_uv2[j]
+            out["%s/%s" % (a, mirror)] = float((total_uv2[i] - total_uv2[j]) / s) if s > 0 else 0.0
+    return out
+
+
+@dataclass(frozen=True)
+class EegEvent:
+    t_s: float
+    kind: str  # "ischaemia", "global", "recovered"
+    side: str | None  # "L"/"R" for ischaemia; None for global
+    alpha_ratio: dict[str, float]  # per hemisphere: smoothed relative alpha / baseline
+    adr_ratio: dict[str, float]  # per hemisphere: smoothed alpha/delta / baseline
+    bsr: float  # the median burst-suppression ratio over the channels, smoothed
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["alpha_ratio"] = {k: round(v, 3) for k, v in self.alpha_ratio.items()}
+        d["adr_ratio"] = {k: round(v, 3) for k, v in self.adr_ratio.items()}
+        d["bsr"] = round(self.bsr, 3)
+        return d
+
+
+@dataclass
+class EegMonitor:
+    """Epochs in (push samples), indices and events out; set_baseline() before the clamp."""
+
+    fs: float
+    channel_names: list[str]
+    epochs: list[Indices] = field(default_factory=list)
+    events: list[EegEvent] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sides = [side_of(n) for n in self.channel_names]
+        self._pending = np.zeros((len(self.channel_names), 0))
+        self._t = 0.0
+        self.baseline: dict[str, np.ndarray] | None = None
+        self.state: dict[str, str] = {"L": "normal", "R": "normal"}  # "global" is both sides' state
+        self._streak: dict[str, int] = {}
+
+    def push(self, block: np.ndarray) -> list[EegEvent]:
+        x = np.concatenate([self._pending, np.atleast_2d(np.asarray(block, dtype=float))], axis=1)
+        n = int(round(EPOCH_S * self.fs))
+        out: list[EegEvent] = []
+        while x.shape[1] >= n:
+            self._t += EPOCH_S
+            ind = indices(x[:, :n], self.fs, self._t)
+            self.epochs.append(ind)
+            x = x[:, n:]
+            if self.baseline is not None:
+                out += self._judge()
+        self._pending = x
+        self.events += out
+        return out
+
+    def set_baseline(self, from_s: float = 0.0) -> None:
+        """The baseline: medians of relative alpha and alpha/delta over the epochs since from_s."""
+        eps = [e for e in self.epochs if e.t_s - EPOCH_S >= from_s]
+        if not eps:
+            raise ValueError("no EEG epoch since %.0f s to make a baseline from" % from_s)
+        self.baseline = {"rel": np.nanmedian([e.relative_alpha for e in eps], axis=0),
+                         "adr": np.nanmedian([e.alpha_delta for e in eps], axis=0)}
+
+    def _hemi(self, values: np.ndarray, side: str) -> float:
+        sel = [i for i, s in enumerate(self.sides) if s == side]
+        return float(np.nanmedian(values[sel])) if sel else float("nan")
+
+    def ratios(self) -> tuple[dict[str, float], dict[str, float], float]:
+        """Per hemisphere, the smoothed relative alpha and alpha/delta ratios to baseline; the smoothed BSR."""
+        assert self.baseline is not None
+        last = self.epochs[-SMOOTH_EPOCHS:]
+        rel = np.nanmedian([e.relative_alpha for e in last], axis=0) / self.baseline["rel"]
+        adr = np.nanmedian([e.alpha_delta for e in last], axis=0) / self.baseline["adr"]
+        bsr = float(np.nanmedian([np.nanmedian(e.bsr) for e in last]))
+        return ({s: self._hemi(rel, s) for s in "LR"}, {s: self._hemi(adr, s) for s in "LR"}, bsr)
+
+    def _judge(self) -> list[EegEvent]:
+        rel, adr, bsr = self.ratios()
+        met = {s: rel[s] <= 1 - ALPHA_DROP or adr[s] <= 1 - ADR_DROP for s in "LR"}
+        near = {s: rel[s] <= 1 - ALPHA_DROP * OTHER_SIDE_FRACTION or adr[s] <= 1 - ADR_DROP * OTHER_SIDE_FRACTION
+                for s in "LR"}
+        if met["L"] and met["R"]:
+            want = {"L": "global", "R": "global"}
+        else:
+            want = {s: ("ischaemia" if met[s] and not near["R" if s == "L" else "L"] else
+                        "global" if met[s] else "normal") for s in "LR"}
+        t = self.epochs[-1].t_s
+        out: list[EegEvent] = []
+        key = "%s/%s" % (want["L"], want["R"])
+        self._streak = {key: self._streak.get(key, 0) + 1}
+        if self._streak[key] < CONFIRM_EPOCHS or want == self.state:
+            return out
+        if want["L"] == want["R"] == "global" and not (self.state["L"] == self.state["R"] == "global"):
+            out.append(EegEvent(t, "global", None, rel, adr, bsr))
+        else:
+            for s in "LR":
+                if want[s] == self.state[s]:
+                    continue
+                if want[s] == "ischaemia":
+                    out.append(EegEvent(t, "ischaemia", s, rel, adr, bsr))
+                elif want[s] == "normal" and self.state[s] != "normal":
+                    out.append(EegEvent(t, "recovered", s, rel, adr, bsr))
+        if want["L"] == want["R"] == "normal" and self.state["L"] == self.state["R"] == "global":
+            out = [EegEvent(t, "recovered", None, rel, adr, bsr)]
+        self.state = want
+        return out
