@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case", "emg"]
+ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case", "emg",
+         "eeg"]
 
 
 def main() -> int:

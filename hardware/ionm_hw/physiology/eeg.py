@@ -97,7 +97,7 @@ def render(duration_s: float, fs_hz: float, channel_names: list[str], script: li
         envelope[b1:s1] = 0.0
         i = s1 if s1 > b1 else b1
     out = np.zeros((len(channel_names), n))
-    for c, name in enumerate(channel_names):
+    for c in range(len(channel_names)):
         side = sides[c] or "L"
         for k, (r, rms) in enumerate(RHYTHMS_UV.items()):
             w = keyed.rng(seed, EEG, 2, c, k).standard_normal(n)

@@ -9,13 +9,15 @@ suppression: stretches of at least SUPPRESSION_MIN_S where the 1-30 Hz signal st
 ±SUPPRESSION_UV). Hemispheric asymmetry: (left - right) / (left + right) of total power over homologous
 pairs (10-20 names: odd numbers left, even right; C3 with C4, ...).
 
-Judgement (EegMonitor), against a baseline (the median of each index over the epochs before it was set, the
-pre-clamp EEG): per hemisphere, the median over its channels of relative alpha and of the alpha/delta ratio,
-smoothed over the last SMOOTH_EPOCHS epochs, as ratios to baseline. A hemisphere meets the ischaemia criterion
-when relative alpha falls by ALPHA_DROP (14 %) or the alpha/delta ratio by ADR_DROP (21 %) (Zhao 2023). One
-hemisphere meeting it while the other stays within half of those drops is "ischaemia" on that side; both
-meeting it (bilateral slowing, with burst suppression rising or not) is "global", the anaesthetic pattern,
-and never called ischaemia. One event per change of state; "recovered" when the side no longer meets it.
+Judgement (EegMonitor), against a baseline set before the clamp (set_baseline): per hemisphere, relative
+alpha and the alpha/delta ratio of the power pooled over its channels and the last SMOOTH_EPOCHS epochs
+(20 s), as ratios to the baseline's (pooled likewise). A hemisphere meets the ischaemia criterion when
+relative alpha falls by ALPHA_DROP (14 %) or the alpha/delta ratio by ADR_DROP (21 %) (Zhao 2023), by a
+margin of CONFIDENCE_Z times the scatter of 20 s estimates about the baseline (measured on the baseline's
+own sliding windows), so that the normal wander of a 20 s spectrum is not taken for a change. One
+hemisphere meeting it while the other has not passed half of those drops is "ischaemia" on that side; both
+(bilateral slowing, with burst suppression rising or not) is "global", the anaesthetic pattern, never called
+ischaemia. One event per change of state, confirmed over CONFIRM_EPOCHS; "recovered" when it clears.
 """
 
 from __future__ import annotations
@@ -35,9 +37,11 @@ SUPPRESSION_UV = 5.0  # within ±5 µV ...
 SUPPRESSION_MIN_S = 0.5  # ... for at least 0.5 s is suppression (ACNS burst-suppression terminology)
 ALPHA_DROP = 0.14  # relative alpha down by 14 % of baseline ...
 ADR_DROP = 0.21  # ... or alpha/delta ratio down by 21 % (Zhao 2023: shunt-requiring ischaemia)
-SMOOTH_EPOCHS = 5  # 10 s of epochs judged together
-CONFIRM_EPOCHS = 2  # consecutive smoothed epochs meeting a state before it is reported
-OTHER_SIDE_FRACTION = 0.5  # the other hemisphere within half the drops: one-sided
+SMOOTH_EPOCHS = 10  # 20 s of epochs judged together (their power pooled)
+CONFIRM_EPOCHS = 3  # consecutive smoothed epochs meeting a state before it is reported (6 s)
+OTHER_SIDE_FRACTION = 0.5  # the other hemisphere not past half the drops (by one scatter): one-sided
+CONFIDENCE_Z = 2.0  # a criterion is met when the 20 s estimate lies this many of its baseline scatters beyond it
+MIN_SCATTER = 0.02  # log-ratio scatter never taken below 2 %
 
 
 def side_of(name: str) -> str | None:
@@ -109,6 +113,17 @@ def asymmetry(total_uv2: np.ndarray, names: list[str]) -> dict[str, float]:
     return out
 
 
+def _pooled(epochs: list[Indices], channels: list[int] | None = None) -> tuple[float, float]:
+    """Relative alpha and the alpha/delta ratio of the power summed over the epochs and the channels (a longer
+    spectrum over several derivations: far steadier than a median of per-epoch, per-channel ratios, whose
+    delta band holds only a few cycles)."""
+    sel = slice(None) if channels is None else channels
+    alpha = float(np.sum([e.band_uv2["alpha"][sel] for e in epochs]))
+    delta = float(np.sum([e.band_uv2["delta"][sel] for e in epochs]))
+    total = float(np.sum([e.total_uv2[sel] for e in epochs]))
+    return (alpha / total if total > 0 else float("nan"), alpha / delta if delta > 0 else float("nan"))
+
+
 @dataclass(frozen=True)
 class EegEvent:
     t_s: float
@@ -139,9 +154,11 @@ class EegMonitor:
         self.sides = [side_of(n) for n in self.channel_names]
         self._pending = np.zeros((len(self.channel_names), 0))
         self._t = 0.0
-        self.baseline: dict[str, np.ndarray] | None = None
-        self.state: dict[str, str] = {"L": "normal", "R": "normal"}  # "global" is both sides' state
-        self._streak: dict[str, int] = {}
+        self.baseline: dict[str, tuple[float, float]] | None = None  # per side: (relative alpha, alpha/delta)
+        self.scatter: dict[str, tuple[float, float]] = {}  # per side: log-ratio SD of 20 s estimates at baseline
+        self.mode: tuple[str, str | None] = ("normal", None)  # ("ischaemia", side) or ("global", None)
+        self.state: dict[str, str] = {"L": "normal", "R": "normal"}  # per hemisphere, for a display
+        self._streak: dict[tuple[str, str | None], int] = {}
 
     def push(self, block: np.ndarray) -> list[EegEvent]:
         x = np.concatenate([self._pending, np.atleast_2d(np.asarray(block, dtype=float))], axis=1)
@@ -159,53 +176,66 @@ class EegMonitor:
         return out
 
     def set_baseline(self, from_s: float = 0.0) -> None:
-        """The baseline: medians of relative alpha and alpha/delta over the epochs since from_s."""
+        """The baseline: relative alpha and alpha/delta of the power summed over the epochs since from_s."""
         eps = [e for e in self.epochs if e.t_s - EPOCH_S >= from_s]
         if not eps:
             raise ValueError("no EEG epoch since %.0f s to make a baseline from" % from_s)
-        self.baseline = {"rel": np.nanmedian([e.relative_alpha for e in eps], axis=0),
-                         "adr": np.nanmedian([e.alpha_delta for e in eps], axis=0)}
+        self.baseline = {s: _pooled(eps, self._side(s)) for s in "LR"}
+        # The scatter of the 20 s estimates about the baseline, from its own sliding windows (log ratio SD): the
+        # criteria are met only beyond it, so that the normal wander of a 20 s spectrum is not an alert.
+        self.scatter = {}
+        for side in "LR":
+            w = [_pooled(eps[i:i + SMOOTH_EPOCHS], self._side(side)) for i in range(len(eps) - SMOOTH_EPOCHS + 1)]
+            r = np.log([v[0] / self.baseline[side][0] for v in w]) if len(w) >= 3 else np.zeros(1)
+            a = np.log([v[1] / self.baseline[side][1] for v in w]) if len(w) >= 3 else np.zeros(1)
+            self.scatter[side] = (max(float(np.std(r)), MIN_SCATTER), max(float(np.std(a)), MIN_SCATTER))
 
-    def _hemi(self, values: np.ndarray, side: str) -> float:
-        sel = [i for i, s in enumerate(self.sides) if s == side]
-        return float(np.nanmedian(values[sel])) if sel else float("nan")
+    def _side(self, side: str) -> list[int]:
+        return [i for i, s in enumerate(self.sides) if s == side]
 
     def ratios(self) -> tuple[dict[str, float], dict[str, float], float]:
-        """Per hemisphere, the smoothed relative alpha and alpha/delta ratios to baseline; the smoothed BSR."""
+        """Per hemisphere, relative alpha and the alpha/delta ratio of the power pooled over its channels and the
+        last SMOOTH_EPOCHS epochs, as ratios to the baseline's; the median burst-suppression ratio."""
         assert self.baseline is not None
         last = self.epochs[-SMOOTH_EPOCHS:]
-        rel = np.nanmedian([e.relative_alpha for e in last], axis=0) / self.baseline["rel"]
-        adr = np.nanmedian([e.alpha_delta for e in last], axis=0) / self.baseline["adr"]
+        rel: dict[str, float] = {}
+        adr: dict[str, float] = {}
+        for s in "LR":
+            r, a = _pooled(last, self._side(s))
+            rel[s], adr[s] = r / self.baseline[s][0], a / self.baseline[s][1]
         bsr = float(np.nanmedian([np.nanmedian(e.bsr) for e in last]))
-        return ({s: self._hemi(rel, s) for s in "LR"}, {s: self._hemi(adr, s) for s in "LR"}, bsr)
+        return rel, adr, bsr
 
     def _judge(self) -> list[EegEvent]:
+        """The state machine: normal -> ischaemia (one side) or global (both); each back to normal. A side in
+        ischaemia stays so until it clears, whatever the other side does; global (the anaesthetic pattern)
+        stays until both clear, so that an uneven recovery is never called ischaemia."""
         rel, adr, bsr = self.ratios()
-        met = {s: rel[s] <= 1 - ALPHA_DROP or adr[s] <= 1 - ADR_DROP for s in "LR"}
-        near = {s: rel[s] <= 1 - ALPHA_DROP * OTHER_SIDE_FRACTION or adr[s] <= 1 - ADR_DROP * OTHER_SIDE_FRACTION
-                for s in "LR"}
-        if met["L"] and met["R"]:
-            want = {"L": "global", "R": "global"}
+        sc = self.scatter
+        met = {s: np.log(rel[s]) <= np.log(1 - ALPHA_DROP) - CONFIDENCE_Z * sc[s][0]
+               or np.log(adr[s]) <= np.log(1 - ADR_DROP) - CONFIDENCE_Z * sc[s][1] for s in "LR"}
+        near = {s: np.log(rel[s]) <= np.log(1 - ALPHA_DROP * OTHER_SIDE_FRACTION) - sc[s][0]
+                or np.log(adr[s]) <= np.log(1 - ADR_DROP * OTHER_SIDE_FRACTION) - sc[s][1] for s in "LR"}
+        kind, side = self.mode
+        new: tuple[str, str | None]
+        if kind == "global":
+            new = ("global", None) if met["L"] or met["R"] else ("normal", None)
+        elif kind == "ischaemia":
+            assert side is not None
+            new = ("ischaemia", side) if met[side] else ("normal", None)
+        elif met["L"] and met["R"]:
+            new = ("global", None)
+        elif met["L"] or met["R"]:
+            s1 = "L" if met["L"] else "R"
+            new = ("global", None) if near["R" if s1 == "L" else "L"] else ("ischaemia", s1)
         else:
-            want = {s: ("ischaemia" if met[s] and not near["R" if s == "L" else "L"] else
-                        "global" if met[s] else "normal") for s in "LR"}
+            new = ("normal", None)
+        self._streak = {new: self._streak.get(new, 0) + 1}
+        if new == self.mode or self._streak[new] < CONFIRM_EPOCHS:
+            return []
         t = self.epochs[-1].t_s
-        out: list[EegEvent] = []
-        key = "%s/%s" % (want["L"], want["R"])
-        self._streak = {key: self._streak.get(key, 0) + 1}
-        if self._streak[key] < CONFIRM_EPOCHS or want == self.state:
-            return out
-        if want["L"] == want["R"] == "global" and not (self.state["L"] == self.state["R"] == "global"):
-            out.append(EegEvent(t, "global", None, rel, adr, bsr))
-        else:
-            for s in "LR":
-                if want[s] == self.state[s]:
-                    continue
-                if want[s] == "ischaemia":
-                    out.append(EegEvent(t, "ischaemia", s, rel, adr, bsr))
-                elif want[s] == "normal" and self.state[s] != "normal":
-                    out.append(EegEvent(t, "recovered", s, rel, adr, bsr))
-        if want["L"] == want["R"] == "normal" and self.state["L"] == self.state["R"] == "global":
-            out = [EegEvent(t, "recovered", None, rel, adr, bsr)]
-        self.state = want
-        return out
+        old, self.mode = self.mode, new
+        self.state = {s: new[0] if new[0] != "ischaemia" or new[1] == s else "normal" for s in "LR"}
+        if new[0] == "normal":
+            return [EegEvent(t, "recovered", old[1], rel, adr, bsr)]
+        return [EegEvent(t, new[0], new[1], rel, adr, bsr)]
