@@ -188,3 +188,39 @@ def test_ionm_hub_shows_every_rooms_case_with_unacknowledged_alerts_first(tmp_pa
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0
+
+
+def test_ionm_console_publish_sends_the_live_case_to_the_hub(tmp_path):
+    """As a room runs it: `ionm console --sim --direct --publish URL --site --room`; the case reaches the stream
+    under its site and room, and a stopped console has sent what it had queued."""
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT, store_with_technologist
+
+    server = NatsServer(tmp_path / "hub").start()
+    db = store_with_technologist(tmp_path / "cases.db")
+    log = tmp_path / "console.log"
+    proc = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario", "stable",
+                             "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0", "--auto-baseline", "3",
+                             "--publish", server.url, "--site", "General", "--room", "OR 9"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        for _ in range(600):
+            if "opened case" in log.read_text(errors="replace"):
+                break
+            time.sleep(0.05)
+        time.sleep(8.0)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0, log.read_text(errors="replace")
+        got = read_stream(server.url, "doc")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.stop()
+    assert "publishing to %s as General/OR 9" % server.url in log.read_text(errors="replace")
+    assert got and all(m["subject"].startswith("ionm.General.OR_9.") for m in got)
+    assert got[0]["kind"] == "header"
+    assert any(m["kind"] == "event" and m["body"]["kind"] == "baseline" for m in got)
+    assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
