@@ -93,6 +93,7 @@ class ToeplitzSolver:
 
     def __init__(self, acov: np.ndarray):
         x = toeplitz_inverse_column(acov)
+        self.column = x  # the first column of C^-1
         self.n = len(x)
         self.nf = 1 << int(np.ceil(np.log2(2 * self.n)))
         self.x0 = float(x[0])
@@ -109,6 +110,32 @@ class ToeplitzSolver:
         yb = np.asarray(b, dtype=np.float64)
         return np.asarray((self._low(self.f1, self._low_t(self.f1, yb))
                            - self._low(self.f2, self._low_t(self.f2, yb))) / self.x0)
+
+    def quadratic(self, b: np.ndarray) -> np.ndarray:
+        """b' C^-1 b for b [..., n] (see NoiseForms)."""
+        return NoiseForms(self.column[None])(np.asarray(b, dtype=np.float64)[..., None, :])[..., 0]
+
+
+class NoiseForms:
+    """b_c' C_c^-1 b_c for channels c with Toeplitz covariances C_c, given the first columns x_c of their inverses
+    [ch, n] (Gohberg-Semencul, as ToeplitzSolver: b' C^-1 b = (|L(x)' b|^2 - |L(Zx~)' b|^2) / x0, and since a
+    Toeplitz L' = J L J, the norms are those of L applied to b reversed): the whitened energy of a sweep, which
+    is what the variance of a generalised-least-squares fit scales with."""
+
+    def __init__(self, columns: np.ndarray):
+        x = np.asarray(columns, dtype=np.float64)
+        self.n = x.shape[-1]
+        self.nf = 1 << int(np.ceil(np.log2(2 * max(self.n, 1))))
+        self.x0 = np.where(x[..., 0] > 0, x[..., 0], np.inf)
+        self.f1 = np.fft.rfft(x, self.nf)
+        self.f2 = np.fft.rfft(np.concatenate([np.zeros(x.shape[:-1] + (1,)), x[..., :0:-1]], axis=-1), self.nf)
+
+    def __call__(self, b: np.ndarray) -> np.ndarray:
+        """b [..., ch, n] -> [..., ch]."""
+        fb = np.fft.rfft(np.asarray(b, dtype=np.float64)[..., ::-1], self.nf)
+        u1 = np.fft.irfft(self.f1 * fb, self.nf)[..., : self.n]
+        u2 = np.fft.irfft(self.f2 * fb, self.nf)[..., : self.n]
+        return np.asarray((np.einsum("...n,...n->...", u1, u1) - np.einsum("...n,...n->...", u2, u2)) / self.x0)
 
 
 def toeplitz_solve(acov: np.ndarray, b: np.ndarray) -> np.ndarray:
