@@ -70,6 +70,21 @@ def test_toeplitz_solver_matches_a_dense_solve():
     assert np.allclose(toeplitz_solve(acov, b), dense, rtol=1e-8, atol=1e-10 * np.abs(dense).max())
 
 
+def test_noise_forms_match_dense_quadratic_forms_per_channel():
+    # The whitened energy b' C^-1 b the tracker weighs sweeps by, each channel with its own covariance.
+    from ionm.pipeline.tracker import NoiseForms, ToeplitzSolver, noise_autocovariance
+
+    rng = np.random.default_rng(2)
+    xs = [np.cumsum(rng.standard_normal((300, 96)), axis=1), rng.standard_normal((300, 96))]
+    solvers = [ToeplitzSolver(noise_autocovariance(x - x.mean(axis=0))) for x in xs]
+    b = rng.standard_normal((4, 2, 96))
+    dense = np.stack([np.einsum("kn,kn->k", b[:, c], np.linalg.solve(noise_covariance(x - x.mean(axis=0)),
+                                                                     b[:, c].T).T) for c, x in enumerate(xs)], 1)
+    forms = NoiseForms(np.stack([s.column for s in solvers]))
+    assert np.allclose(forms(b), dense, rtol=1e-8)
+    assert np.allclose(solvers[0].quadratic(b[:, 0]), dense[:, 0], rtol=1e-8)
+
+
 def test_low_passed_template_lowers_the_fit_variance_and_keeps_the_calibration(monkeypatch):
     from ionm.pipeline import tracker
     from ionm.pipeline.conditioning import Conditioner

@@ -59,6 +59,13 @@ LATENCY_TOLERANCE_MS = 0.8
 MAX_TOLERANCE_RATIO = 0.08
 
 
+# A sweep weighs less when its noise exceeds the baseline sweeps' by more than this many of their own robust SDs
+# (Tracker._noise_scale). Gaussian noise on ~125 fit samples scatters by a relative SD of ~0.13 (chi-square); the
+# virtual patient's sweeps by 0.15-0.18, so 1.45-1.55 times the baseline's noise variance. Below it the difference
+# is chance, and down-weighting it would only cost sensitivity.
+NOISE_ALLOWANCE_SD = 3.0
+
+
 def decimation_for(fs: float, hi_hz: float) -> int:
     """Keep at least 2.5x the band's upper edge: the tracker does not need 16 kSPS for a 1 kHz band."""
     return max(1, int(fs // (2.5 * hi_hz)))
@@ -93,6 +100,7 @@ class ToeplitzSolver:
 
     def __init__(self, acov: np.ndarray):
         x = toeplitz_inverse_column(acov)
+        self.column = x  # the first column of C^-1
         self.n = len(x)
         self.nf = 1 << int(np.ceil(np.log2(2 * self.n)))
         self.x0 = float(x[0])
@@ -109,6 +117,32 @@ class ToeplitzSolver:
         yb = np.asarray(b, dtype=np.float64)
         return np.asarray((self._low(self.f1, self._low_t(self.f1, yb))
                            - self._low(self.f2, self._low_t(self.f2, yb))) / self.x0)
+
+    def quadratic(self, b: np.ndarray) -> np.ndarray:
+        """b' C^-1 b for b [..., n] (see NoiseForms)."""
+        return NoiseForms(self.column[None])(np.asarray(b, dtype=np.float64)[..., None, :])[..., 0]
+
+
+class NoiseForms:
+    """b_c' C_c^-1 b_c for channels c with Toeplitz covariances C_c, given the first columns x_c of their inverses
+    [ch, n] (Gohberg-Semencul, as ToeplitzSolver: b' C^-1 b = (|L(x)' b|^2 - |L(Zx~)' b|^2) / x0, and since a
+    Toeplitz L' = J L J, the norms are those of L applied to b reversed): the whitened energy of a sweep, which
+    is what the variance of a generalised-least-squares fit scales with."""
+
+    def __init__(self, columns: np.ndarray):
+        x = np.asarray(columns, dtype=np.float64)
+        self.n = x.shape[-1]
+        self.nf = 1 << int(np.ceil(np.log2(2 * max(self.n, 1))))
+        self.x0 = np.where(x[..., 0] > 0, x[..., 0], np.inf)
+        self.f1 = np.fft.rfft(x, self.nf)
+        self.f2 = np.fft.rfft(np.concatenate([np.zeros(x.shape[:-1] + (1,)), x[..., :0:-1]], axis=-1), self.nf)
+
+    def __call__(self, b: np.ndarray) -> np.ndarray:
+        """b [..., ch, n] -> [..., ch]."""
+        fb = np.fft.rfft(np.asarray(b, dtype=np.float64)[..., ::-1], self.nf)
+        u1 = np.fft.irfft(self.f1 * fb, self.nf)[..., : self.n]
+        u2 = np.fft.irfft(self.f2 * fb, self.nf)[..., : self.n]
+        return np.asarray((np.einsum("...n,...n->...", u1, u1) - np.einsum("...n,...n->...", u2, u2)) / self.x0)
 
 
 def toeplitz_solve(acov: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -149,6 +183,23 @@ class Bank:
     valid: np.ndarray  # [ch] bool: the baseline reproduced well enough to track
     peak_ms: np.ndarray  # [ch]: latency of the template's largest excursion in the fit window, ms from the stimulus
     width_ms: np.ndarray  # [ch]: that peak's full width at half its height, ms
+    noise_column: np.ndarray  # [ch, n]: first column of the inverse noise covariance (NoiseForms)
+    projection: np.ndarray  # [ch]: gain^2 T' C^-1 T at s = 1: y(1)^2 times it is the template's part of a sweep's form
+    noise_level: np.ndarray  # [ch]: median over the baseline sweeps of their residual whitened energy
+    noise_spread: np.ndarray  # [ch]: robust SD of a baseline sweep's residual energy relative to that median
+
+
+def empty_bank(n_s: int, n: int) -> Bank:
+    """The bank of a channel without a reproducible baseline (never tracked)."""
+    return Bank(np.zeros((1, n_s, n)), np.full((1, n_s), np.inf), np.ones((1, n_s)), np.zeros(1), np.ones(1),
+                np.full(1, np.inf), np.full(1, np.nan), np.zeros(1, dtype=bool), np.full(1, np.nan), np.full(1, np.nan),
+                np.zeros((1, n)), np.zeros(1), np.ones(1), np.zeros(1))
+
+
+def residual_energy(forms: np.ndarray, y1: np.ndarray, projection: np.ndarray | float) -> np.ndarray:
+    """A sweep's whitened energy x' C^-1 x less its template part at latency ratio 1 (the GLS residual's energy,
+    (T' C^-1 x)^2 / T' C^-1 T = y(1)^2 gain^2 T' C^-1 T): what is left is noise, whatever the response's size."""
+    return np.asarray(forms - y1 * y1 * projection)
 
 
 def _stretch_matrix(template: np.ndarray, fs: float, pre: int, idx: np.ndarray) -> np.ndarray:
@@ -201,9 +252,7 @@ def build_bank(template: np.ndarray, half_a: np.ndarray, half_b: np.ndarray, sta
             best = (var1, cutoff, tf_full, gain, kappa, cal_var)
     n_s, n = len(S_GRID), len(idx)
     if best is None:  # no reproducible response at any cut-off
-        return Bank(np.zeros((1, n_s, n)), np.full((1, n_s), np.inf), np.ones((1, n_s)), np.zeros(1),
-                    np.ones(1), np.full(1, np.inf), np.full(1, np.nan), np.zeros(1, dtype=bool), np.full(1, np.nan),
-                    np.full(1, np.nan))
+        return empty_bank(n_s, n)
     var1, cutoff, tf_full, gain, kappa, cal_var = best
     ts = _stretch_matrix(tf_full, fs, pre, idx)  # [n_s, n]
     ci = solve(ts)
@@ -214,9 +263,17 @@ def build_bank(template: np.ndarray, half_a: np.ndarray, half_b: np.ndarray, sta
     rho = rho / rho[I1] if rho[I1] > 0 else np.ones(n_s)
     se_b = float(np.sqrt(cal_var))
     peak_ms, width_ms = _main_peak(tf_full, fs, pre, int(idx[0]))
+    # The baseline sweeps' own residual energies: the reference a live sweep's noise is measured against
+    # (Tracker.update), and how much it scatters among sweeps of the same noise (chi-square with ~n degrees of
+    # freedom for Gaussian noise, more where the background's power itself varies from sweep to sweep).
+    projection = float(energy[I1] * gain**2)
+    res = residual_energy(solve.quadratic(stack), stack @ filters[I1], projection)
+    level = float(np.median(res))
+    spread = float(1.4826 * np.median(np.abs(res / level - 1.0))) if level > 0 else 0.0
     return Bank(filters[None], var[None], rho[None], np.array([gain]), np.array([kappa]), np.array([se_b]),
                 np.array([np.nan if cutoff is None else cutoff]), np.array([se_b <= MAX_BASELINE_SE]),
-                np.array([peak_ms]), np.array([width_ms]))
+                np.array([peak_ms]), np.array([width_ms]), solve.column[None], np.array([projection]),
+                np.array([level if level > 0 else 1.0]), np.array([spread]))
 
 
 def _main_peak(template: np.ndarray, fs: float, pre: int, start: int) -> tuple[float, float]:
@@ -736,6 +793,8 @@ class Tracker:
         self.windows = WindowTest(n_channels)
         self.pooled_ok = np.zeros(n_channels, dtype=bool)  # per channel: its pool had an accepted sweep
         self._filters32 = np.zeros((n_channels, len(S_GRID), len(self.idx)), dtype=np.float32)
+        self._forms = NoiseForms(np.zeros((n_channels, len(self.idx))))
+        self.noise_scale = np.ones(n_channels)  # the last sweep's variance scale per channel (update())
 
     def estimates(self) -> WindowEstimates:
         """The window estimates now, with the latency prior from the Kalman state."""
@@ -751,16 +810,14 @@ class Tracker:
         for c in range(self.n_channels):
             rows = np.asarray(stack[stack_ok[:, c], c], dtype=np.float64)
             if len(rows) < 2:
-                n_s, n = len(S_GRID), len(self.idx)
-                banks.append(Bank(np.zeros((1, n_s, n)), np.full((1, n_s), np.inf), np.ones((1, n_s)),
-                                  np.zeros(1), np.ones(1), np.full(1, np.inf), np.full(1, np.nan),
-                                  np.zeros(1, dtype=bool), np.full(1, np.nan), np.full(1, np.nan)))
+                banks.append(empty_bank(len(S_GRID), len(self.idx)))
                 continue
             banks.append(build_bank(template[c], half_a[c], half_b[c], rows, self.fs, self.pre, self.idx,
                                     int(n_baseline[c])))
         bank = stack_banks(banks)
         self.bank = bank
         self._filters32 = np.ascontiguousarray(bank.filters, dtype=np.float32)
+        self._forms = NoiseForms(bank.noise_column)
         # Correlation of the channels' baseline fits on the same sweeps (shared electrodes, common trial-to-trial
         # variability); shrunk towards independence by the number of sweeps in common.
         y1 = np.einsum("kcn,cn->kc", np.asarray(stack, dtype=np.float64), bank.filters[:, I1])
@@ -811,6 +868,19 @@ class Tracker:
         w, _ = self.pooling._weights(tuple(mem))
         return w, self.bank.rho[mem]
 
+    def _noise_scale(self, x: np.ndarray, y1: np.ndarray) -> np.ndarray:
+        """Per channel, how many times the baseline sweeps' noise variance this sweep [ch, n] (fit indices) holds,
+        in the metric the fits use: its residual whitened energy against the baseline's median, y(1) the fits at
+        latency ratio 1. The rejector's running median cannot say it: when cautery fills more than half of its
+        last 100 sweeps (21 s), that median is the cautery's, and a burst's tail of 70-80 µV RMS (18 times a clean
+        sweep's 4 µV) reads quieter than usual and passes; weighed as clean sweeps, three of them moved a sharp
+        nerve response's amplitude estimate from 0.94 to 4.8 (cautery_heavy). 1 within NOISE_ALLOWANCE_SD of the
+        baseline sweeps' own scatter: an ordinary sweep keeps its full weight."""
+        assert self.bank is not None
+        res = residual_energy(self._forms(np.asarray(x, dtype=np.float64)), y1, self.bank.projection)
+        ratio = res / self.bank.noise_level
+        return np.asarray(np.where(ratio > 1.0 + NOISE_ALLOWANCE_SD * self.bank.noise_spread, ratio, 1.0))
+
     @property
     def tracked(self) -> np.ndarray:
         """Per channel: its pool has a channel whose baseline reproduced."""
@@ -820,16 +890,20 @@ class Tracker:
 
     def update(self, sweep: np.ndarray, accepted: np.ndarray, t_s: float = 0.0,
                noise_ratio: np.ndarray | None = None) -> None:
-        """One conditioned sweep [ch, n_samples]; only accepted channels move. noise_ratio [ch]: the sweep's noise
-        RMS against its running median (ArtifactRejector.noise_ratio): a sweep noisier than usual, that was not
-        noisy enough to reject (the edge of a cautery burst, an EMG burst), weighs less by its square."""
+        """One conditioned sweep [ch, n_samples]; only accepted channels move. A sweep noisier than the baseline's
+        sweeps, that was not noisy enough to reject (the edge or the tail of a cautery burst, an EMG burst), weighs
+        less by its noise variance against theirs (noise_scale). noise_ratio [ch]: the sweep's noise RMS against
+        its running median (ArtifactRejector.noise_ratio); a sweep weighs less by its square when that says more."""
         if self.bank is None or self.pooling is None:
             return
         ok = np.asarray(accepted, dtype=bool) & self.bank.valid
         x = np.asarray(sweep[:, self._decimate], dtype=np.float32)
         # float32 bank (7 digits for fits whose noise is ~1e-2 of the baseline; a batched product, not einsum)
         y = np.matmul(self._filters32, x[..., None])[..., 0].astype(np.float64)
-        scale = None if noise_ratio is None else np.maximum(np.asarray(noise_ratio, dtype=float), 1.0) ** 2
+        self.noise_scale = self._noise_scale(x, y[:, I1])
+        scale = self.noise_scale
+        if noise_ratio is not None:
+            scale = np.maximum(scale, np.asarray(noise_ratio, dtype=float) ** 2)
         yp, vp, pok = self.pooling.combine(y, ok, scale)
         self.kalman.update(yp, vp, pok)
         self.windows.push(yp, vp, pok, t_s, self.kalman.w)
