@@ -77,12 +77,12 @@ def parse_config(body, defn, cfg_id):
 
 
 class Acquisition:
-    def __init__(self, bsp, adc, link, cfg, chips):
+    def __init__(self, bsp, adc, link, cfg, chips, arena=None):
         self.bsp = bsp
         self.adc = adc
         self.link = link
         self.cfg = cfg
-        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA)
+        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA, arena)
         self.running = False
         self.next_index = 0  # index of the next sample expected from the board support
         self.blocks = 0

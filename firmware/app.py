@@ -29,6 +29,9 @@ LATCH_SIZE = const(14)
 class Firmware:
     def __init__(self, bsp_module, slot=None, rolled_back=False):
         self.defn = boardcfg.load()
+        # The acquisition's data frame and DMA block, allocated once while the heap is whole: a configuration
+        # whose two fit (16 channels at 8 kSPS and 64 samples per frame: 6.6 kB) never fails for fragmentation.
+        self.block_arena = bytearray(self.defn["mcu"]["block_arena_bytes"])
         self.bsp = bsp_module.Board(self.defn)
         self.bsp_name = bsp_module.NAME
         adc = self.defn["adc"]
@@ -123,7 +126,7 @@ class Firmware:
             raise m.ProtocolError(m.E_STATE, "stop acquisition before configuring")
         cfg = parse_config(body, self.defn, (self.cfg_id + 1) & 0xFF)
         self.acq = None  # release the old buffers before allocating the new ones
-        self.acq = Acquisition(self.bsp, self.adc, self.link, cfg, self.chips)
+        self.acq = Acquisition(self.bsp, self.adc, self.link, cfg, self.chips, self.block_arena)
         self.cfg_id = cfg.cfg_id
         self.link.ack(rid, {"cfg": cfg.cfg_id, "rate_hz": cfg.rate_hz, "channels": cfg.channels,
                             "epochs": {"pre": cfg.pre, "post": cfg.post} if cfg.post else None,
@@ -205,7 +208,7 @@ class Firmware:
 
     def on_impedance(self, rid, body):
         """The technologist's check before a case (SPEC 5.10): firmware/impedance.py, imported for the check
-        and dropped after it (its code is not worth keeping in the heap for the whole case)."""
+        and dropped after it (the heap is tight: its code is not worth keeping for the whole case)."""
         if self.acq is not None and self.acq.running:
             raise m.ProtocolError(m.E_STATE, "stop acquisition first: the impedance check reprograms the ADC")
         import impedance
@@ -214,6 +217,7 @@ class Firmware:
             self.link.ack(rid, impedance.check(self, body))
         finally:
             sys.modules.pop("impedance", None)
+            gc.collect()
 
     def on_stim_stop(self, rid, body):
         self.link.ack(rid, {"cancelled": self.scheduler.stop()})
