@@ -231,3 +231,54 @@ def test_recording_lead_impedance_matches_the_patients_electrodes(tmp_path):
     got = np.array([c["ohm"] for c in r["channels"]], dtype=float)
     assert got == pytest.approx(truth, rel=0.03)
     assert truth.min() >= 2000 and truth.max() <= 12000  # needle electrodes, two per channel
+
+
+def test_ionm_impedance_on_the_virtual_board_names_the_high_electrodes_and_exits_1(tmp_path):
+    from conftest import run_ionm
+
+    res = run_ionm("impedance", "--sim", "--fault", "impedance:1:30000", "--fault", "lead:3:14000", "--json")
+    assert res.returncode == 1, res.stderr
+    out = json.loads(res.stdout)
+    assert out["board"]["support"] == "virtual" and not out["ok"]
+    status = {c["channel"]: c["status"] for c in out["channels"]}
+    assert status[3] == "high" and [s for c, s in status.items() if c != 3] == ["ok"] * 15
+    outs = {o["output"]: o for o in out["outputs"]}
+    assert outs[1]["status"] == "high" and outs[1]["ohm"] == pytest.approx(30000, rel=0.02)
+    assert outs[1]["name"] == "R median" and outs[1]["limit_ohm"] == LIMIT
+    assert [outs[o]["status"] for o in (0, 2, 3)] == ["ok"] * 3
+    res = run_ionm("impedance", "--sim", "--channels", "0,15", "--outputs", "none")
+    assert res.returncode == 0, res.stderr
+    assert "C3'-Fz" in res.stdout and "Cz'-Fpz" in res.stdout and "all electrodes good" in res.stdout
+    assert "L median" not in res.stdout
+
+
+def test_the_console_source_checks_the_electrodes_before_the_case_and_follows_the_stimulating_ones(tmp_path):
+    """BoardCase (the console's live-board source) runs the check before acquisition starts: link health
+    gives each channel's lead impedance and each SSEP site's stimulating electrodes, the latter updated by
+    the impedance every delivered pulse measures."""
+    from ionm.board.boardcase import BoardCase
+    from ionm.board.virtual import VirtualBoard
+    from ionm_hw.patient import VirtualPatient, load_scenario
+
+    with VirtualBoard(scenario="stable", seed=5, faults=["lead:2:40000"], stderr=open(tmp_path / "err", "w")) as vb:
+        case = BoardCase(vb.device)
+        try:
+            health0 = case.link_health()
+            end = time.monotonic() + 10
+            seen: set[str] = set()
+            while time.monotonic() < end and len(seen) < 4:  # every site's pulses reported their impedance
+                seen |= {e for e in case.stim_impedance if case.stim_impedance[e] is not None}
+                time.sleep(0.2)
+            health = case.link_health()
+        finally:
+            case.close()
+    leads = health0["lead_impedance_ohm"]
+    assert len(leads) == 16 and health0["lead_impedance_good_ohm"] == 10000
+    name2 = [n for n in leads if n.startswith("CPz-CP4")][0]
+    assert leads[name2] > 40000  # the fault's 40 kΩ P electrode and the patient's N electrode
+    assert sum(1 for v in leads.values() if v is not None and v <= 10000) == 15
+    patient = VirtualPatient(load_scenario("stable"), 5, 8000.0)
+    stim = health["stim_impedance_ohm"]
+    assert sorted(stim) == ["L median", "L tibial", "R median", "R tibial"]
+    for o, site in enumerate(("L median", "R median", "L tibial", "R tibial")):
+        assert stim[site] == pytest.approx(patient.stim_impedance_ohm(o, 0), rel=0.05)
