@@ -119,6 +119,8 @@ class Board:
         self._enable_pins = stim["enable"]
         self._dac_spi = machine.SPI(1)
         self._dac_buf = bytearray(3)
+        self._dac_output = 0
+        self._dac_ua = 0  # the DAC's setting (a probe puts it back)
         self.head = bytearray(8)
         self.latches = bytearray(LATCH_SIZE * MAX_LATCHES)
         self.host = StdioHost()
@@ -250,6 +252,7 @@ class Board:
         # set before the pulse is queued; the output stage holds it until the enable pin opens.
         if output < 0:
             return
+        self._dac_output, self._dac_ua = output, current_ua
         full_ua = int(self.defn["stimulator"]["current_ma_max"] * 1000)
         code = current_ua * 65535 // full_ua
         self._dac_buf[0] = 0
@@ -265,7 +268,9 @@ class Board:
         (current-sense µA, compliance voltage in 10 mV). Python's overhead lengthens the pulse to ~100-200 µs
         (still ~0.2 µC, far below any nerve's threshold). Written, not run on hardware."""
         full_ua = int(self.defn["stimulator"]["current_ma_max"] * 1000)
+        armed_output, armed_ua = self._dac_output, self._dac_ua
         self._set_dac(output, current_ua)
+        self._dac_output, self._dac_ua = armed_output, armed_ua
         pin = machine.Pin(self._enable_pins[output], machine.Pin.OUT, value=0)  # SIO, away from the PIO
         pin.value(1)
         time.sleep_us(width_us // 2)
@@ -277,6 +282,7 @@ class Board:
         pin.value(0)
         if self._sm_pulse is not None:  # back to the pulse shaper
             machine.Pin(self._enable_pins[output], machine.Pin.ALT, alt=machine.Pin.ALT_PIO0)
+        self._set_dac(self._dac_output, self._dac_ua)  # a pulse armed before the probe keeps its current
         code = ((self._v_buf[0] << 8) | self._v_buf[1]) >> 2 & self._v_codes
         return sense * full_ua // 65535, code * self._v_full_10mv // self._v_codes
 
