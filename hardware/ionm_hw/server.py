@@ -61,7 +61,6 @@ PROBE_REQ = struct.Struct(">bIH")
 PROBE_REPLY = struct.Struct(">IHB")
 BENCH_STIM_OHM = 1000.0  # bench load resistor on every stimulator output
 BENCH_LEAD_OHM = 100.0  # the bench divider's source resistance (99.9 kOhm || 100 Ohm) on each P input
-OPEN_OHM = 1e12  # an electrode that is off
 TRAIN_PULSE_WIDTH_US = 50
 
 
