@@ -282,3 +282,39 @@ def test_the_console_source_checks_the_electrodes_before_the_case_and_follows_th
     assert sorted(stim) == ["L median", "L tibial", "R median", "R tibial"]
     for o, site in enumerate(("L median", "R median", "L tibial", "R tibial")):
         assert stim[site] == pytest.approx(patient.stim_impedance_ohm(o, 0), rel=0.05)
+
+
+def test_a_probe_that_finds_an_output_above_the_limit_stops_the_program_running_on_it_before_its_next_pulse(tmp_path):
+    """A program on output 1 at 0.2 Hz runs; its electrode goes to 30 kΩ between two pulses. Starting it again
+    probes the output: refused (limit-impedance), and the program already running is not armed again: the
+    board stops stimulation with fault impedance as that pulse comes due, and no stimulus reaches 30 kΩ."""
+    from ionm.board.virtual import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    events: list[dict] = []
+    fs = 4000
+    with VirtualBoard(bench=True, pulse_log=str(log), faults=["impedance:1:30000:1.0"],
+                      stderr=open(tmp_path / "err", "w")) as vb:
+        link = board_link(vb, events)
+        try:
+            link.request(m.CONFIGURE, {"rate_hz": fs, "samples_per_frame": 20})
+            link.request(m.START, {})
+            link.request(m.STIM_PROGRAM, {"programs": [{"kind": "pulse", "output": 1, "current_ua": 5000,
+                                                        "width_us": 200, "rate_mhz": 200, "averaged": False}]})
+            link.request(m.STIM_START, {})
+            wait_for(events, lambda e: e["kind"] == "stim" and e["output"] == 1)
+            wait_for(events, lambda e: e["kind"] == "status" and e["index"] > 1.2 * fs)  # past the rise
+            with pytest.raises(ln.BoardError) as err:
+                link.request(m.STIM_START, {"program": 0})
+            assert err.value.code == m.E_LIMIT_IMPEDANCE and "output 1" in err.value.detail
+            fault = wait_for(events, lambda e: e["kind"] in ("fault", "watchdog"), timeout=15)
+        finally:
+            link.close()
+    if fault["kind"] == "watchdog":  # a spurious trip on a loaded machine stopped the program first
+        pytest.skip("the watchdog stopped stimulation before the program's next pulse (docs/SAFETY.md)")
+    assert fault["fault"] == "impedance" and fault["output"] == 1
+    assert "refused as it was armed" in fault["detail"] and "30" in fault["detail"]
+    delivered = [p for p in logged(log) if not p["probe"]]
+    assert len(delivered) == 1 and delivered[0]["impedance_ohm"] == 1000  # the pulse before the rise, only
+    probes = [p for p in logged(log) if p["probe"]]
+    assert [p["impedance_ohm"] for p in probes] == [1000, 30000]
