@@ -77,12 +77,12 @@ def parse_config(body, defn, cfg_id):
 
 
 class Acquisition:
-    def __init__(self, bsp, adc, link, cfg, chips):
+    def __init__(self, bsp, adc, link, cfg, chips, arena=None):
         self.bsp = bsp
         self.adc = adc
         self.link = link
         self.cfg = cfg
-        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA)
+        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA, arena)
         self.running = False
         self.next_index = 0  # index of the next sample expected from the board support
         self.blocks = 0
@@ -93,12 +93,18 @@ class Acquisition:
         self.windows = []  # stimulus indices whose windows are not over yet
         self.skip_start = 0
         self.skipped = 0  # samples skipped on purpose since the last block sent
+        self.chips = chips
+        self.program_adc()
+
+    def program_adc(self):
+        """Write the configuration into the ADS1299 chain (also after the impedance check reprogrammed it)."""
+        cfg = self.cfg
         # every channel gets a (gain, mux, enabled) triple; unselected ones are powered down
-        per = [(24, "shorted", False)] * (chips * 8)
+        per = [(24, "shorted", False)] * (self.chips * 8)
         for i, ch in enumerate(cfg.channels):
             per[ch] = (cfg.gains[i], cfg.inputs[i], True)
-        adc.stop()
-        adc.configure(cfg.rate_hz, per, leadoff=cfg.leadoff)
+        self.adc.stop()
+        self.adc.configure(cfg.rate_hz, per, leadoff=cfg.leadoff)
 
     def start(self):
         # The block reader must be listening before conversions start (on the RP2350 it owns SCLK).

@@ -14,6 +14,7 @@ _BIAS_SENSP = const(0x0D)
 _BIAS_SENSN = const(0x0E)
 _LOFF_SENSP = const(0x0F)
 _LOFF_SENSN = const(0x10)
+_LOFF_FLIP = const(0x11)
 _LOFF_STATP = const(0x12)
 _MISC1 = const(0x15)
 _CONFIG4 = const(0x17)
@@ -30,7 +31,10 @@ _WREG = const(0x40)
 ID_ADS1299 = const(0x3E)  # ID register, 8-channel part (bits 3:0 = 1110)
 _ID_MASK = const(0x0F)
 
+_FLEAD_OFF_AC_FDR4 = const(0x03)  # LOFF.FLEAD_OFF: AC lead-off excitation at fDR/4
+
 RATES_HZ = (16000, 8000, 4000, 2000, 1000, 500, 250)  # CONFIG1.DR codes 0..6
+ILEAD_OFF_NA = (6, 24, 6000, 24000)  # LOFF.ILEAD_OFF codes 0..3
 GAINS = (1, 2, 4, 6, 8, 12, 24)  # CHnSET.GAIN codes 0..6
 MUX = {"normal": 0, "shorted": 1, "test": 5}
 BYTES_PER_CHIP = const(27)  # 24-bit status + 8 x 24-bit channels
@@ -120,9 +124,12 @@ class ADS1299:
     def read_ids(self):
         return [self.rreg(c, _ID)[0] for c in range(self.chips)]
 
-    def configure(self, rate_hz, channels, leadoff=True, test_amp_x2=False):
+    def configure(self, rate_hz, channels, leadoff=True, test_amp_x2=False, ac_leadoff_na=0):
         """rate_hz: one of RATES_HZ. channels: per-channel (gain, mux name, enabled) for all 8*chips.
-        Must be called in SDATAC mode (after stop())."""
+        ac_leadoff_na (one of ILEAD_OFF_NA): instead of DC lead-off detection, AC lead-off excitation at
+        fDR/4 of that current, sourced into the P and sunk from the N input of every normal channel (the
+        impedance check: a channel then reads a square wave of the current times its electrodes'
+        impedances). Must be called in SDATAC mode (after stop())."""
         dr = RATES_HZ.index(rate_hz)
         for chip in range(self.chips):
             # CONFIG1: reserved bit 7 set, daisy-chain mode (bit 6 = 0), clock out only on chip 0.
@@ -139,11 +146,20 @@ class ADS1299:
                 if enabled and mux == "normal":
                     loff |= 1 << k
             self.wreg(chip, _CH1SET, sets)
-            # DC lead-off: 6 nA, 95 % comparator threshold, on the inputs in use.
-            self.wreg(chip, _LOFF, bytes([0x00]))
-            self.wreg(chip, _LOFF_SENSP, bytes([loff if leadoff else 0]))
-            self.wreg(chip, _LOFF_SENSN, bytes([loff if leadoff else 0]))
-            self.wreg(chip, _CONFIG4, bytes([0x02 if leadoff else 0x00]))
+            if ac_leadoff_na:
+                # AC lead-off: ILEAD_OFF at fDR/4, P sources and N sinks (LOFF_FLIP 0), comparators off (the
+                # amplitude is measured from the samples, not thresholded)
+                self.wreg(chip, _LOFF, bytes([ILEAD_OFF_NA.index(ac_leadoff_na) << 2 | _FLEAD_OFF_AC_FDR4]))
+                self.wreg(chip, _LOFF_FLIP, bytes([0x00]))
+                self.wreg(chip, _LOFF_SENSP, bytes([loff]))
+                self.wreg(chip, _LOFF_SENSN, bytes([loff]))
+                self.wreg(chip, _CONFIG4, bytes([0x00]))
+            else:
+                # DC lead-off: 6 nA, 95 % comparator threshold, on the inputs in use.
+                self.wreg(chip, _LOFF, bytes([0x00]))
+                self.wreg(chip, _LOFF_SENSP, bytes([loff if leadoff else 0]))
+                self.wreg(chip, _LOFF_SENSN, bytes([loff if leadoff else 0]))
+                self.wreg(chip, _CONFIG4, bytes([0x02 if leadoff else 0x00]))
             # Verify: a register that did not take is a broken bus, not something to stream through.
             back = self.rreg(chip, _CH1SET, 8)
             if back != bytes(sets):

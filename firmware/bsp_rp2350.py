@@ -29,7 +29,7 @@ if _TYPE_CHECKING_PIO:
 NAME = "rp2350"
 _WDT_TIMEOUT_MS = const(2000)
 _PIO_HZ = const(10_000_000)  # stimulus SM clock: 0.1 µs resolution for pulse widths
-LATCH_SIZE = const(12)
+LATCH_SIZE = const(14)  # u32 index, i8 output, u32 µA, u16 µs, u8 flags, u16 volts (10 mV)
 MAX_LATCHES = const(16)
 _DREQ_PIO0_RX0 = const(4)  # RP2350 datasheet, DMA DREQ table
 _PIO0_BASE = const(0x50200000)
@@ -111,8 +111,16 @@ class Board:
         self.trigger_out = machine.Pin(defn["trigger"]["out_pin"], machine.Pin.OUT, value=0)
         self.dac_cs = machine.Pin(stim["dac_cs"], machine.Pin.OUT, value=1)
         self.current_sense = machine.ADC(machine.Pin(stim["current_sense_adc"]))
+        self.voltage_cs = machine.Pin(stim["voltage_sense_cs"], machine.Pin.OUT, value=1)
+        vs = defn["stimulator"]["voltage_sense"]
+        self._v_full_10mv = int(vs["full_scale_v"] * 100)
+        self._v_codes = (1 << vs["bits"]) - 1
+        self._v_buf = bytearray(2)
+        self._enable_pins = stim["enable"]
         self._dac_spi = machine.SPI(1)
         self._dac_buf = bytearray(3)
+        self._dac_output = 0
+        self._dac_ua = 0  # the DAC's setting (a probe puts it back)
         self.head = bytearray(8)
         self.latches = bytearray(LATCH_SIZE * MAX_LATCHES)
         self.host = StdioHost()
@@ -244,6 +252,7 @@ class Board:
         # set before the pulse is queued; the output stage holds it until the enable pin opens.
         if output < 0:
             return
+        self._dac_output, self._dac_ua = output, current_ua
         full_ua = int(self.defn["stimulator"]["current_ma_max"] * 1000)
         code = current_ua * 65535 // full_ua
         self._dac_buf[0] = 0
@@ -252,6 +261,30 @@ class Board:
         self.dac_cs.value(0)
         self._dac_spi.write(self._dac_buf)
         self.dac_cs.value(1)
+
+    def probe_output(self, output, current_ua, width_us):
+        """A sub-threshold test pulse on `output`, timed in software (it is taken from the PIO for the probe
+        and given back): the DAC set, the enable pin opened, both readbacks sampled at mid-pulse. Returns
+        (current-sense µA, compliance voltage in 10 mV). Python's overhead lengthens the pulse to ~100-200 µs
+        (still ~0.2 µC, far below any nerve's threshold). Written, not run on hardware."""
+        full_ua = int(self.defn["stimulator"]["current_ma_max"] * 1000)
+        armed_output, armed_ua = self._dac_output, self._dac_ua
+        self._set_dac(output, current_ua)
+        self._dac_output, self._dac_ua = armed_output, armed_ua
+        pin = machine.Pin(self._enable_pins[output], machine.Pin.OUT, value=0)  # SIO, away from the PIO
+        pin.value(1)
+        time.sleep_us(width_us // 2)
+        self.voltage_cs.value(0)
+        self._dac_spi.readinto(self._v_buf)  # ADS7042-class: 2 leading zeros, 12 bits, MSB first
+        self.voltage_cs.value(1)
+        sense = self.current_sense.read_u16()
+        time.sleep_us(width_us - width_us // 2)
+        pin.value(0)
+        if self._sm_pulse is not None:  # back to the pulse shaper
+            machine.Pin(self._enable_pins[output], machine.Pin.ALT, alt=machine.Pin.ALT_PIO0)
+        self._set_dac(self._dac_output, self._dac_ua)  # a pulse armed before the probe keeps its current
+        code = ((self._v_buf[0] << 8) | self._v_buf[1]) >> 2 & self._v_codes
+        return sense * full_ua // 65535, code * self._v_full_10mv // self._v_codes
 
     def cancel_stimulation(self):
         n = 0

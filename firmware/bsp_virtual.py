@@ -16,7 +16,7 @@ _PIN_START = const(0)
 _PIN_RESET = const(1)
 _PIN_PWDN = const(2)
 _HEAD_SIZE = const(8)
-LATCH_SIZE = const(12)
+LATCH_SIZE = const(14)  # u32 index, i8 output, u32 µA, u16 µs, u8 flags, u16 volts (10 mV)
 MAX_LATCHES = const(16)
 
 
@@ -80,6 +80,8 @@ class Board:
         self._xreq = bytearray(b"X")
         self._pulse = bytearray(1 + 12)
         self._train = bytearray(1 + 9)
+        self._probe = bytearray(1 + 7)
+        self._probe_reply = bytearray(7)
         self._u16 = bytearray(2)
         self.head = bytearray(_HEAD_SIZE)  # u32 first_index, u16 n_latched, u16 samples late
         self._end = 0
@@ -180,6 +182,14 @@ class Board:
         """Triggers first..last-1 of a train of count whose first trigger is at sample index."""
         struct.pack_into(">BIBHBB", self._train, 0, 84, index, count, ipi_us, first, last)
         self.sock.write(self._train)
+
+    def probe_output(self, output, current_ua, width_us):
+        """A sub-threshold test pulse on `output`, now: (current-sense µA, compliance voltage in 10 mV)."""
+        struct.pack_into(">BbIH", self._probe, 0, 90, output, current_ua, width_us)  # "Z"
+        self.sock.write(self._probe)
+        self.sock.readinto(self._probe_reply)
+        r = self._probe_reply
+        return (r[0] << 24) | (r[1] << 16) | (r[2] << 8) | r[3], (r[4] << 8) | r[5]
 
     def cancel_stimulation(self):
         self.sock.write(self._xreq)

@@ -124,15 +124,22 @@ def _finish(frame: ptr8, nbytes: int, vals: ptr32, head: ptr8, seq: int, schema:
 class FrameWriter:
     """Preallocated data-frame builder for one acquisition configuration."""
 
-    def __init__(self, chips, channels, samples_per_frame, schema):
+    def __init__(self, chips, channels, samples_per_frame, schema, arena=None):
+        """arena: a buffer allocated once at boot; the frame and the DMA block are carved from it when both
+        fit (no allocation, so no configuration fails for a fragmented heap), else from one of their own."""
         self.chips = chips
         self.nsel = len(channels)
         self.nsamp = samples_per_frame
         self.stride = _CHIP_BYTES * chips
         self.nbytes = 3 * self.nsel * samples_per_frame
         self.offs = array.array("H", [(ch // 8) * _CHIP_BYTES + 3 + 3 * (ch % 8) for ch in channels])
-        self.frame = bytearray(_SAMPLES_AT + self.nbytes + 4)
-        self.raw = bytearray(self.stride * samples_per_frame)
+        n_frame = _SAMPLES_AT + self.nbytes + 4
+        n_raw = self.stride * samples_per_frame
+        if arena is None or n_frame + n_raw > len(arena):
+            arena = bytearray(n_frame + n_raw)
+        view = memoryview(arena)
+        self.frame = view[:n_frame]
+        self.raw = view[n_frame:n_frame + n_raw]
         self.vals = array.array("I", [self.nbytes, 0, 0, 0])
         self.schema = schema & 0xFFFF
         self.end = _SAMPLES_AT + self.nbytes + 4

@@ -10,9 +10,19 @@
 # (KINDS below); check_program puts each of them through the same limit checks, so a kind added later is
 # checked like the others. The scheduler checks each pulse again as it arms it, and the current-sense
 # readback of each delivered pulse is checked again (readback_error).
+#
+# Electrode impedance: every pulse's compliance-voltage readback over its current-sense readback is the
+# impedance of the output's electrodes (impedance_from); stim-start measures it first with a sub-threshold
+# probe pulse on every output it starts. An output whose last measurement is above impedance_ohm_max, open,
+# or missing is refused (limit-impedance at stim-start) and never armed (impedance_error); a delivered pulse
+# that measures above the limit stops stimulation (a fault event). The measured impedance is also the R of
+# the energy limit (at least energy_reference_ohm).
 import messages as m
+from micropython import const
 
 MAINS_HZ = (50, 60)
+OPEN = const(-1)  # impedance_from: less than a tenth of the requested current flowed (no current path)
+UNKNOWN = const(-2)  # not measured (or a pulse of 0 µA, which measures nothing)
 
 
 def _int_field(spec, name, lo=None, hi=None, code=m.E_BAD_FIELD):
@@ -51,9 +61,13 @@ class Supervisor:
         hold = st["tcmep_holdoff_ms"]  # no other stimulus this long around a TcMEP train (scheduler)
         self.holdoff_before_ms = hold["before"]
         self.holdoff_after_ms = hold["after"]
-        self.impedance_ohm = [self.reference_ohm] * self.outputs  # refined from current-sense readback
+        self.impedance_ohm = [self.reference_ohm] * self.outputs  # the energy limit's R: measured, >= reference
+        self.electrode_ohm = [UNKNOWN] * self.outputs  # the last measurement per output (ohms, OPEN, UNKNOWN)
         self.readback_tolerance_pct = s["over_current_tolerance_pct"]
         self.impedance_ohm_max = int(s["impedance_ohm_max"])
+        probe = st["impedance_probe"]
+        self.probe_ua = probe["current_ua"]
+        self.probe_us = probe["width_us"]
 
     def limits(self):
         """The limits as the welcome's caps.stim gives them to the host (integers, SPEC 5.1)."""
@@ -119,6 +133,38 @@ class Supervisor:
         if (measured_ua - step) * width_us > self.charge_pc_max:
             return ("delivered %d nC per phase, above the limit %d nC"
                     % (measured_ua * width_us // 1000, self.charge_pc_max // 1000))
+        return None
+
+    # -- electrode impedance ----------------------------------------------------------------------------
+    def impedance_from(self, requested_ua, measured_ua, voltage_10mv):
+        """Ohms from one pulse's readbacks (current sense in µA, compliance voltage in 10 mV units): OPEN when
+        less than a tenth of the requested current flowed, UNKNOWN for a pulse of 0 µA. Small integers only
+        (at most 65535 x 10000): allocates nothing."""
+        if requested_ua <= 0:
+            return UNKNOWN
+        if measured_ua * 10 < requested_ua:
+            return OPEN
+        return voltage_10mv * 10000 // measured_ua
+
+    def note_impedance(self, output, ohm):
+        """Record an output's measured impedance (UNKNOWN changes nothing)."""
+        if ohm == UNKNOWN:
+            return
+        self.electrode_ohm[output] = ohm
+        if ohm > 0:
+            self.impedance_ohm[output] = ohm if ohm > self.reference_ohm else self.reference_ohm
+
+    def impedance_error(self, output):
+        """None, or why `output` must not stimulate: its last measured impedance is above the limit, open, or
+        missing."""
+        ohm = self.electrode_ohm[output]
+        if ohm == OPEN:
+            return "output %d: open circuit (the probe current found no path: electrode off or lead broken)" % output
+        if ohm == UNKNOWN:
+            return "output %d: electrode impedance not measured" % output
+        if ohm > self.impedance_ohm_max:
+            return ("output %d: electrode impedance %d ohm is above the limit %d ohm"
+                    % (output, ohm, self.impedance_ohm_max))
         return None
 
     # -- single pulse ---------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ class Scheduler:
     def __init__(self, bsp, supervisor):
         self.bsp = bsp
         self.sup = supervisor
-        self.refused = None  # (index, output, detail) of a pulse that broke a limit as it was armed
+        self.refused = None  # (index, output, detail, fault) of a pulse that broke a limit as it was armed
         self.programs = []
         self.running = []
         self.fs = 0
@@ -81,12 +81,15 @@ class Scheduler:
         self.stop()
         self.programs = programs
 
-    def start(self, now_index, fs, block, only=None):
-        """Start all programs (or program `only`) from the next horizon on. Returns the start index.
-        block: samples per DMA block; a block longer than half the watchdog cannot be scheduled safely."""
+    def check_blocks(self, fs, block):
+        """block: samples per DMA block; a block longer than half the watchdog cannot be scheduled safely."""
         if block * 1000 > fs * self.sup.watchdog_ms // 2:
             raise m.ProtocolError(m.E_STATE, "stimulation needs blocks of at most %d ms; this configuration's are"
                                   " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
+
+    def start(self, now_index, fs, block, only=None):
+        """Start all programs (or program `only`) from the next horizon on. Returns the start index."""
+        self.check_blocks(fs, block)
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
         ids = range(len(self.programs)) if only is None else [only]
         if only is not None and self.programs[only]["kind"] == "tcmep":
@@ -190,7 +193,12 @@ class Scheduler:
                     err = self.sup.delivery_error(out, dac if dac > current else current, p["width_us"],
                                                   2 if p["biphasic"] else 1)
                     if err is not None:
-                        self.refused = (index, out, "pulse refused as it was armed: " + err[1])
+                        self.refused = (index, out, "pulse refused as it was armed: " + err[1], "limit")
+                        self.stop()
+                        return
+                    zerr = self.sup.impedance_error(out)  # the last measurement: probe or delivered pulse
+                    if zerr is not None:
+                        self.refused = (index, out, "pulse refused as it was armed: " + zerr, "impedance")
                         self.stop()
                         return
                     self.bsp.arm_pulse(index, out, dac, p["width_us"], p["biphasic"])

@@ -132,6 +132,34 @@ def test_leadoff_status_bits_follow_electrodes_when_sensing_is_on():
     assert ((status >> 4) & 0xFFFF == 0).all()
 
 
+def test_ac_lead_off_excitation_is_a_square_at_fdr4_of_the_current_times_the_electrodes_impedance():
+    """LOFF.FLEAD_OFF = 11 (fDR/4), ILEAD_OFF = 24 nA: a sensed channel reads +-24 nA x (Z_P + Z_N), two
+    conversions up, two down; only the sensed sides count, LOFF_FLIP reverses it, DC lead-off adds nothing."""
+    chain = A.ADS1299Chain(1, "TEST-Z")
+    configure(chain, 0x00, cfg1=0x95, loff_p=0b0111, loff_n=0b0101)  # gain 1, 500 SPS
+    chain.spi(0b01, bytes([A.SDATAC]))
+    wreg(chain, 0b01, A.LOFF, [0b0000_0111])
+    wreg(chain, 0b01, A.LOFF_FLIP, [0b0100])
+    chain.spi(0b01, bytes([A.RDATAC]))
+    chain.lead_ohm[:8] = [[10e3, 2e3]] * 8
+    codes, _ = A.decode_stream(chain.convert(np.zeros((400, 8))), 1)
+    v = codes * 4.5 / (2**23 - 1)
+    sq = np.where((np.arange(400) // 2) % 2 == 0, 1.0, -1.0)
+    amp = [(v[:, c] - v[:, c].mean()) @ sq / 400 for c in range(4)]
+    assert amp[0] == pytest.approx(24e-9 * 12e3, rel=0.01)  # P and N sensed
+    assert amp[1] == pytest.approx(24e-9 * 10e3, rel=0.01)  # P only
+    assert amp[2] == pytest.approx(-24e-9 * 12e3, rel=0.01)  # flipped
+    assert abs(amp[3]) < 24e-9 * 100  # not sensed
+    chain.lead_ohm[0] = [1e12, 2e3]  # an open electrode: the input is driven to the rail
+    codes, _ = A.decode_stream(chain.convert(np.zeros((8, 8))), 1)
+    assert (np.abs(codes[:, 0]) >= 2**23 - 1).all()
+    chain.spi(0b01, bytes([A.SDATAC]))
+    wreg(chain, 0b01, A.LOFF, [0x00])  # DC lead-off: no excitation in the samples
+    chain.spi(0b01, bytes([A.RDATAC]))
+    codes, _ = A.decode_stream(chain.convert(np.zeros((400, 8))), 1)
+    assert abs((codes[:, 1] - codes[:, 1].mean()) @ sq / 400 * 4.5 / (2**23 - 1)) < 24e-9 * 100
+
+
 def test_shorted_input_noise_matches_the_datasheet_table():
     for rate_code, rate in ((6, 250), (2, 4000)):
         chain = A.ADS1299Chain(1, "TEST-N")

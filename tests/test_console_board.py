@@ -137,7 +137,7 @@ def test_tcmep_every_4s_with_four_ssep_programs_gives_clean_mep_trials(tmp_path)
             case.close()
             reader.join(timeout=5)
     err.close()
-    delivered = [json.loads(line) for line in log.read_text().splitlines()]
+    delivered = [p for p in map(json.loads, log.read_text().splitlines()) if not p.get("probe")]
     ssep_pulses = [p["index"] for p in delivered if p["output"] >= 0]
     trains = [p["index"] for p in delivered if p["output"] < 0]
     mep = [s for s in sweeps if s.modality == "mep"]

@@ -367,3 +367,29 @@ def test_a_negative_deflection_is_drawn_upward_and_the_baseline_with_it(tmp_path
         server.stop_thread()
         engine.stop()
         store.close()
+
+
+def test_the_link_panel_shows_stimulating_impedances_and_the_electrodes_to_fix(tmp_path: Path, browser: Any) -> None:
+    """The link panel lists each SSEP site's stimulating electrode impedance and, from the electrode check, the
+    channels whose lead impedance is above 10 kΩ or open, marked bad (issue 17: the host shows impedance)."""
+    from ionm_hw.patient import load_scenario
+
+    scenario = load_scenario("stable")
+    scenario["events"] = [
+        {"type": "electrode_impedance", "electrode": "C3'", "onset_s": 0.0, "impedance_ohm": 25000.0},
+        {"type": "leadoff", "electrode": "Fpz", "onset_s": 0.0},
+    ]
+    case = Case(tmp_path, scenario, speed=1.0)
+    try:
+        page = login(browser, case.url, "tech")
+        poll(page, "document.getElementById('link').textContent.includes('electrodes >')", 15)
+        rows = page.evaluate("[...document.querySelectorAll('#link span')].map(s => [s.textContent, s.className])")
+        kv = {rows[i][0]: rows[i + 1] for i in range(0, len(rows) - 1, 2)}
+        high = kv["electrodes > 10.0 kΩ"]
+        assert high[1] == "bad" and "C3'-Fz" in high[0] and "Cz'-Fpz open" in high[0], high
+        assert "C4'-Fz" not in high[0]
+        for site in ("L median", "R median", "L tibial", "R tibial"):
+            assert kv["stim " + site][0].endswith(" kΩ") and kv["stim " + site][1] != "bad"
+        assert not page.errors
+    finally:
+        case.close()

@@ -247,6 +247,22 @@ def test_stimulating_electrode_impedance() -> None:
     assert p.stim_impedance_ohm(2, int(120 * FS)) < 12000
 
 
+def test_recording_electrode_impedance_per_channel_side_scripted_and_open_while_off() -> None:
+    """Each channel's (P, N) electrodes: needles of 1-6 kΩ, the same electrode the same in every channel that
+    uses it (Fz); an electrode_impedance event sets one; a leadoff event makes it open."""
+    sc = load_scenario("stable")
+    sc["events"] = [{"type": "electrode_impedance", "electrode": "C3'", "onset_s": 10, "end_s": 20,
+                     "impedance_ohm": 25e3}, {"type": "leadoff", "electrode": "Fz", "onset_s": 30, "end_s": 40}]
+    p = VirtualPatient(sc, 3, FS)
+    z = p.lead_impedance_ohm(0)
+    assert z.shape == (16, 2) and (z >= 1000).all() and (z <= 6000).all()
+    fz = [c.index for c in p.channels if c.electrodes[1] == "Fz"]
+    assert len(fz) >= 3 and len({z[c, 1] for c in fz}) == 1
+    assert p.lead_impedance_ohm(int(15 * FS))[0, 0] == 25e3 and p.lead_impedance_ohm(int(25 * FS))[0, 0] == z[0, 0]
+    off = p.lead_impedance_ohm(int(35 * FS))
+    assert (off[fz, 1] == p.OPEN_OHM).all() and (off[:, 0] < p.OPEN_OHM).all()
+
+
 def test_truth_follows_the_script_and_honours_edits() -> None:
     sc = load_scenario("acute_cord_injury")
     p = VirtualPatient(sc, 1, FS)

@@ -195,3 +195,59 @@ def test_limits_are_checked_on_the_current_the_output_is_driven_to_after_calibra
 def test_the_kind_table_covers_every_kind_the_firmware_knows():
     (kinds,) = run_json(GAIN_CODE, [])
     assert kinds == sorted(KIND_EXAMPLES)
+
+
+def test_impedance_from_the_readbacks_is_enforced_and_allocates_nothing():
+    """safety.Supervisor on MicroPython: ohms = compliance voltage (10 mV units) / current-sense readback; less
+    than a tenth of the requested current is an open circuit; an output above the limit, open or never
+    measured may not stimulate; a measurement is the energy limit's R (at least the reference load). The
+    per-pulse path (impedance_from, note_impedance, impedance_error when fine) runs under heap_lock."""
+    code = """
+import boardcfg
+import micropython
+from safety import Supervisor, OPEN, UNKNOWN
+sup = Supervisor(boardcfg.load())
+out = {"unmeasured": sup.impedance_error(0)}
+
+
+def per_pulse(sup):  # locals only: a new global would allocate
+    micropython.heap_lock()
+    try:
+        z_ok = sup.impedance_from(25000, 24800, 2480)  # 24.80 V at 24.8 mA: 1000 ohm
+        sup.note_impedance(0, z_ok)
+        fine = sup.impedance_error(0)
+        z_max = sup.impedance_from(1000, 1000, 2000)  # 20.00 V at 1 mA: the limit itself
+        z_open = sup.impedance_from(25000, 2499, 40000)  # less than a tenth flowed
+        z_zero = sup.impedance_from(0, 0, 0)
+    finally:
+        micropython.heap_unlock()
+    return z_ok, fine, z_max, z_open, z_zero
+
+
+z_ok, fine, z_max, z_open, z_zero = per_pulse(sup)
+out.update({"ok": z_ok, "fine": fine, "max": z_max, "open": z_open, "zero": z_zero, "energy_r": sup.impedance_ohm[0]})
+sup.note_impedance(1, z_max)
+out["at_limit"] = sup.impedance_error(1)
+sup.note_impedance(1, z_max + 1)
+out["over"] = sup.impedance_error(1)
+sup.note_impedance(1, z_open)
+out["open_err"] = sup.impedance_error(1)
+sup.note_impedance(1, z_zero)
+out["after_zero"] = sup.impedance_error(1)
+sup.note_impedance(2, 5000)
+out["energy_r2"] = sup.impedance_ohm[2]
+sup.note_impedance(3, 300)
+out["energy_r_low"] = sup.impedance_ohm[3]
+out["consts"] = [OPEN, UNKNOWN]
+emit(out)
+"""
+    (r,) = run_json(code, None)
+    limit = int(S["impedance_ohm_max"])
+    assert "not measured" in r["unmeasured"]
+    assert r["ok"] == 1000 and r["fine"] is None and r["energy_r"] == 1000
+    assert r["energy_r_low"] == int(S["energy_reference_ohm"])  # 300 ohm measured: the reference load still
+    assert r["max"] == limit and r["at_limit"] is None
+    assert "%d ohm is above the limit %d ohm" % (limit + 1, limit) in r["over"]
+    assert r["open"] == r["consts"][0] and "open circuit" in r["open_err"]
+    assert r["zero"] == r["consts"][1] and "open circuit" in r["after_zero"]  # a 0 µA pulse measures nothing
+    assert r["energy_r2"] == 5000

@@ -16,10 +16,14 @@ from ionm.protocol import messages as m
 D = board.load()
 
 
-def pulses(board_fixture) -> list[dict]:
-    path = board_fixture.pulse_log_path
+def delivered_stimuli(path) -> list[dict]:
+    """The stimuli in the output stage's log (its sub-threshold impedance probes, `probe`, left out)."""
     with open(path) as fh:
-        return [json.loads(line) for line in fh]
+        return [p for p in map(json.loads, fh) if not p.get("probe")]
+
+
+def pulses(board_fixture) -> list[dict]:
+    return delivered_stimuli(board_fixture.pulse_log_path)
 
 
 @pytest.fixture
@@ -87,7 +91,7 @@ def test_watchdog_stops_stimulation_within_100ms_of_host_silence(tmp_path):
     assert len(wd) == 1, events
     fs = 4000
     last_host = wd[0]["last_host_index"]
-    delivered = [json.loads(line) for line in open(log)]
+    delivered = delivered_stimuli(log)
     assert delivered, "the program should have delivered pulses before the host went quiet"
     last_pulse = max(p["index"] for p in delivered)
     # measured in model time from the delivered-pulse log
@@ -213,13 +217,14 @@ def test_minimum_intervals_hold_across_an_acquisition_restart(stim_board):
 
 
 def test_a_compliance_fault_stops_all_stimulation_with_an_event_that_says_why(tmp_path):
-    """A stimulating electrode at 20 kΩ: the 400 V output stage cannot drive 25 mA (at most 20 mA). The
-    current-sense readback shows it; the firmware stops every output and says why."""
+    """A stimulating electrode at 19 kΩ (just inside the 20 kΩ impedance limit, so stim-start's probe lets it
+    through): the 400 V output stage cannot drive 25 mA (at most 21 mA). The current-sense readback shows it;
+    the firmware stops every output and says why."""
     from ionm.board.virtual import VirtualBoard
 
     log = tmp_path / "pulses.jsonl"
     events: list[dict] = []
-    with VirtualBoard(bench=True, pulse_log=str(log), faults=["impedance:1:20000"],
+    with VirtualBoard(bench=True, pulse_log=str(log), faults=["impedance:1:19000"],
                       stderr=open(tmp_path / "err", "w")) as vb:
         link = ln.BoardLink(ln.open_port(vb.device), on_event=events.append, heartbeat_s=0.025)
         try:
@@ -237,9 +242,9 @@ def test_a_compliance_fault_stops_all_stimulation_with_an_event_that_says_why(tm
     faults = [e for e in events if e["kind"] == "fault"]
     assert len(faults) == 1 and faults[0]["fault"] == "compliance" and faults[0]["output"] == 1
     assert "impedance" in faults[0]["detail"] and "stimulation stopped" in faults[0]["detail"]
-    delivered = [json.loads(line) for line in open(log)]
+    delivered = delivered_stimuli(log)
     limited = [p for p in delivered if p["compliance_limited"]]
-    assert len(limited) == 1 and limited[0]["delivered_ma"] == pytest.approx(20.0)
+    assert len(limited) == 1 and limited[0]["delivered_ma"] == pytest.approx(400 / 19)  # 400 V into 19 kΩ
     # nothing after the faulty pulse but what was already armed inside the board's short horizon
     horizon = 2 * 20 + 4000 * 20 // 1000
     assert all(p["index"] <= limited[0]["index"] + horizon for p in delivered)
@@ -318,7 +323,7 @@ def test_over_current_readback_stops_stimulation_and_a_calibration_cannot_carry_
             link.close()
         vb.poll()
     assert len(faults) == 1 and faults[0]["fault"] == "over-current" and faults[0]["output"] == 1, faults
-    delivered = [json.loads(line) for line in open(log)]
+    delivered = delivered_stimuli(log)
     assert delivered and max(p["measured_ma"] for p in delivered) > D["safety"]["current_ma_max"]
     first = delivered[0]["index"]
     horizon = max(2 * 20, 4000 * 20 // 1000)  # what the scheduler had already handed to the PIO

@@ -32,7 +32,7 @@ _KEYS = ["versions", "schema", "rate_hz", "channels", "gain", "input", "samples_
          "pre_ms", "post_ms", "programs", "program", "kind", "output", "current_ua", "width_us", "waveform",
          "rate_mhz", "phase_us", "jitter_us", "averaged", "stop_ua", "step_ua", "count", "ipi_us", "interval_ms",
          "date", "operator", "adc_gain_ppm", "adc_offset_nv", "stim_gain_ppm", "size", "sha256", "chunk", "offset",
-         "data", "x"]
+         "data", "outputs", "x"]
 _VALID = [
     [m.HELLO, 1, {"versions": [1], "schema": m.SCHEMA}], [m.GET_INFO, 2, {}],
     [m.CONFIGURE, 3, {"rate_hz": 2000, "channels": [0, 1, 2], "samples_per_frame": 16}],
@@ -42,6 +42,7 @@ _VALID = [
     [m.STIM_START, 7, {}], [m.STIM_STOP, 8, {}], [m.CAL_READ, 9, {}], [m.SELF_TEST, 10, {}],
     [m.CAL_WRITE, 11, {"date": "2026-12-05", "operator": "fuzz", "adc_gain_ppm": [0] * 16,
                        "adc_offset_nv": [0] * 16, "stim_gain_ppm": [0] * 4}],
+    [m.IMPEDANCE, 12, {"channels": [0, 15], "outputs": [1]}],
 ]
 
 

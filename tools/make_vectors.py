@@ -74,6 +74,21 @@ def examples() -> list[tuple[str, list]]:
             {"kind": "tof", "output": 3, "current_ua": 40000, "width_us": 200, "waveform": "monophasic"},
             {"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 2000}]}]),
         ("stim-start-one", [m.STIM_START, 301, {"program": 5}]),
+        # impedance (SPEC 5.10): the check before a case, its result, and what stimulation reports
+        ("impedance", [m.IMPEDANCE, 302, {"channels": [0, 1, 15], "outputs": [0, 1]}]),
+        ("impedance-ack", [m.ACK, 302, {"channels": [{"channel": 0, "ohm": 4180}, {"channel": 1, "ohm": 3925},
+                                                     {"channel": 15, "ohm": None}],
+                                        "outputs": [{"output": 0, "ohm": 2496}, {"output": 1, "ohm": 30011}],
+                                        "limit_ohm": 20000, "lead_off_current_na": 24, "frequency_hz": 125}]),
+        ("error-impedance", [m.ERROR, 303, m.error_body(m.E_LIMIT_IMPEDANCE, "output 1: electrode impedance 30011"
+                                                        " ohm is above the limit 20000 ohm: nothing was started")]),
+        ("event-stim-impedance", [m.EVENT, 0, {"kind": "stim", "index": 1234567, "output": 1, "program": 0,
+                                               "current_ua": 24980, "width_us": 200, "biphasic": True,
+                                               "impedance_ohm": 2513}]),
+        ("event-fault-impedance", [m.EVENT, 0, {"kind": "fault", "fault": "impedance", "index": 80000, "output": 1,
+                                                "cancelled": 1, "impedance_ohm": 30011,
+                                                "detail": "output 1: electrode impedance 30011 ohm during"
+                                                " stimulation, above the limit 20000 ohm; stimulation stopped"}]),
         # an error reply with a multi-byte UTF-8 detail and a rid above 255 (the board encodes these by hand)
         ("error-charge", [m.ERROR, 300, m.error_body(m.E_LIMIT_CHARGE, "charge of phase 1: 55000 µA x 1000 µs"
                                                      " = 55000 nC, above the limit 50000 nC")]),

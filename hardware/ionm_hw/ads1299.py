@@ -3,7 +3,10 @@
 What is modelled: the register map with datasheet reset values, the SPI opcodes (WAKEUP, STANDBY, RESET,
 START, STOP, RDATAC, SDATAC, RDATA, RREG, WREG), RDATAC mode (registers are not accessible until SDATAC,
 as on the chip), per-channel gain and input mux (normal, shorted, test signal), the internal test signal,
-DC lead-off status in LOFF_STATP/N and in the 24-bit status word, daisy-chain output order, 24-bit
+DC lead-off status in LOFF_STATP/N and in the 24-bit status word, AC lead-off excitation (LOFF.FLEAD_OFF =
+fDR/4: the ILEAD_OFF current source on the P inputs and sink on the N inputs of LOFF_SENSP/N, reversed by
+LOFF_FLIP, alternating every two conversions, so that a channel reads a square wave of ILEAD_OFF times its
+electrodes' impedances; electrode impedances come from lead_ohm), daisy-chain output order, 24-bit
 two's-complement codes, input-referred noise from datasheet Table 1, and per-unit gain and offset errors
 derived from the board serial (so that calibration has something real to correct).
 
@@ -40,6 +43,8 @@ RDATAC, SDATAC, RDATA = 0x10, 0x11, 0x12
 RREG, WREG = 0x20, 0x40
 
 DATA_RATES_HZ = (16000, 8000, 4000, 2000, 1000, 500, 250)  # CONFIG1.DR = 0..6
+ILEAD_OFF_A = (6e-9, 24e-9, 6e-6, 24e-6)  # LOFF.ILEAD_OFF[1:0] (bits 3:2)
+FLEAD_OFF_AC_FDR4 = 3  # LOFF.FLEAD_OFF[1:0] (bits 1:0): AC lead-off excitation at fDR/4
 GAINS = (1, 2, 4, 6, 8, 12, 24)  # CHnSET.GAIN = 0..6
 MUX_NORMAL, MUX_SHORTED, MUX_TEST = 0, 1, 5
 F_CLK_HZ = 2.048e6
@@ -103,11 +108,16 @@ class ADS1299Chain:
         self.test_phase_samples = 0  # position in the internal test-signal square wave
         self.faults: dict[int, str] = {}  # channel -> "dead" | "gain:<err>", injected by tests/bench
         self.leadoff_inputs = np.zeros(8 * n_chips, dtype=bool)
+        # (channel, 0 = P / 1 = N) electrode impedance, ohms: what a lead-off current develops a voltage across
+        self.lead_ohm = np.zeros((8 * n_chips, 2))
+        self.conversions = 0  # since conversions started: the phase of the fDR/4 lead-off excitation
 
     # ---- pins -----------------------------------------------------------------------------------
     def set_pin(self, name: str, level: int) -> None:
         if name == "start":
             self.start_pin = level
+            if level and not self.running:
+                self.conversions = 0
             self.running = bool(level)  # conversions run while START is high (or after the START opcode)
         elif name == "reset" and level == 0:
             for chip in self.chips:
@@ -161,6 +171,8 @@ class ADS1299Chain:
             chip.reset()
             self.running = False
         elif op == START:
+            if not self.running:
+                self.conversions = 0
             self.running = True
         elif op == STOP:
             self.running = False
@@ -201,6 +213,27 @@ class ADS1299Chain:
         half_period = self.rate_hz / (2.0 * freq)
         return np.where((k // half_period).astype(np.int64) % 2 == 0, amp, -amp)
 
+    def lead_off_excitation(self, n: int) -> np.ndarray:
+        """Volts the AC lead-off excitation adds to each channel over the next n conversions, (n, channels):
+        +-ILEAD_OFF x (Z_P [LOFF_SENSP] + Z_N [LOFF_SENSN]), the sign alternating every two conversions
+        (fDR/4); zero unless LOFF.FLEAD_OFF selects fDR/4. Advances the excitation's phase."""
+        k = self.conversions + np.arange(n)
+        self.conversions += n
+        out = np.zeros((n, 8 * len(self.chips)))
+        for i, chip in enumerate(self.chips):
+            loff = chip.regs[LOFF]
+            if loff & 0x03 != FLEAD_OFF_AC_FDR4:
+                continue
+            amps = ILEAD_OFF_A[(loff >> 2) & 0x03]
+            square = np.where((k // 2) % 2 == 0, 1.0, -1.0) * amps
+            for c in range(8):
+                ch = i * 8 + c
+                ohms = (self.lead_ohm[ch, 0] if chip.regs[LOFF_SENSP] >> c & 1 else 0.0) + \
+                       (self.lead_ohm[ch, 1] if chip.regs[LOFF_SENSN] >> c & 1 else 0.0)
+                sign = -1.0 if chip.regs[LOFF_FLIP] >> c & 1 else 1.0
+                out[:, ch] = sign * square * ohms
+        return out
+
     # ---- conversion ---------------------------------------------------------------------------------
     def convert(self, inputs_v: np.ndarray, leadoff: np.ndarray | None = None) -> bytes:
         """RDATAC stream for len(inputs_v) samples: inputs_v is (n, 8*chips) differential volts at the
@@ -209,11 +242,12 @@ class ADS1299Chain:
         rate = self.rate_hz
         volts = np.empty((n, nch))
         test = self.test_signal(n)
+        excitation = self.lead_off_excitation(n)
         for ch in range(nch):
             mux = self.channel_mux(ch)
             errs = self.chips[ch // 8].errors
             if mux == MUX_NORMAL:
-                v = inputs_v[:, ch]
+                v = inputs_v[:, ch] + excitation[:, ch]
             elif mux == MUX_TEST:
                 v = test
             else:  # shorted and the unmodelled supply/temperature inputs read zero volts
@@ -229,7 +263,7 @@ class ADS1299Chain:
                 volts[:, ch] = 0.0
             volts[:, ch] *= gain
         lsb = self.vref_v / FULL_SCALE_CODE
-        codes = np.clip(np.rint(volts / lsb), -(1 << 23), FULL_SCALE_CODE).astype(np.int32)
+        codes = np.rint(np.clip(volts / lsb, -(1 << 23), FULL_SCALE_CODE)).astype(np.int32)
         return self._pack(codes, leadoff)
 
     def leadoff_status(self, leadoff: np.ndarray | None) -> list[tuple[int, int]]:

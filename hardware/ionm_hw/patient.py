@@ -121,6 +121,11 @@ class VirtualPatient:
         self._stim_z = {o: float(np.clip(2500 * np.exp(0.4 * g.standard_normal()), 800, 8000)) for o in range(4)}
         self._stim_z[TRIGGER_OUTPUT] = float(g.uniform(600, 1500))  # corkscrew scalp electrodes
         self._stim_z_phase = {o: float(g.uniform(0, 2 * np.pi)) for o in self._stim_z}
+        # Recording electrodes (subdermal needles): 1-6 kOhm each, drawn per electrode (an electrode shared by
+        # several derivations, Fz, is the same electrode in each); open while it is off.
+        g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("lead_impedance"))
+        names = sorted({e for ch in self.channels for e in ch.electrodes})
+        self._lead_z = {e: float(np.clip(2000 * np.exp(0.35 * g.standard_normal()), 1000, 6000)) for e in names}
 
         self._next = 0  # first sample not yet rendered
         self._pending: list[tuple[int, np.ndarray]] = []  # (start index, (L, n_channels) volts)
@@ -167,6 +172,21 @@ class VirtualPatient:
     def leadoff(self, first_index: int, n: int) -> np.ndarray:
         """Per channel: an electrode of the channel is off at some sample of the block."""
         return self._leadoff.flags(first_index, n)
+
+    OPEN_OHM = 1e12  # an electrode that is off: no lead-off current flows, the input goes to the rail
+
+    def lead_impedance_ohm(self, index: int) -> np.ndarray:
+        """(channel, 0 = P / 1 = N side) impedance of the recording electrodes at sample `index`, ohms: the
+        patient's, whatever scripted electrode_impedance events impose, open while a leadoff event holds."""
+        t = index / self.fs
+        z = dict(self._lead_z)
+        for e, on, off, ohms in self.script.electrode_impedances:
+            if on <= t < off:
+                z[e] = ohms
+        for e, on, off in self.script.leadoffs:
+            if on <= t < off:
+                z[e] = self.OPEN_OHM
+        return np.array([[z[ch.electrodes[0]], z[ch.electrodes[1]]] for ch in self.channels])
 
     def stim_impedance_ohm(self, output: int, index: int) -> float:
         """Impedance of the stimulating electrodes on `output` at sample `index`: patient-specific, drifting

@@ -11,12 +11,22 @@ small fixed binary records; everything is big-endian. Requests start with one op
                                                                                TcMEP train (first at index)
   b"X"                          -> u16 cancelled                               cancel everything armed
   b"D" u16 n                    -> block                                       DMA: next n samples
+  b"Z" u8 output, u32 current_ua, u16 width_us -> u32 measured_ua, u16 voltage_10mv, u8 flags
+                                                                               a sub-threshold impedance probe
+                                                                               pulse, delivered now
 
 A block is: u32 first_index, u16 n_latched, u16 late (how many samples the clock was past the block's last
 sample when it was handed over: nonzero when the firmware is behind, as a DMA ring would hold), then
-n * 27 * chips bytes (the RDATAC stream, exactly as DMA would store it), then n_latched latch records of 12 bytes
-(u32 index, i8 output, u32 measured_ua, u16 width_us, u8 flags: bit0 biphasic, bit1 compliance-limited)
-for the pulses the output stage delivered inside the block: the PIO's latched sample indices.
+n * 27 * chips bytes (the RDATAC stream, exactly as DMA would store it), then n_latched latch records of 14 bytes
+(u32 index, i8 output, u32 measured_ua, u16 width_us, u8 flags: bit0 biphasic, bit1 compliance-limited,
+u16 voltage_10mv: the compliance-voltage readback in units of 10 mV) for the pulses the output stage
+delivered inside the block: the PIO's latched sample indices and the two readbacks.
+
+Electrode impedances. Stimulating electrodes: the patient's (drifting, scripted by stim_electrode events),
+1 kOhm on the bench, or a fault `impedance:OUTPUT:OHMS[:FROM_S]` (from model time FROM_S on). Recording
+electrodes (what the ADS1299's AC lead-off excitation sees): the patient's per electrode (open while an
+electrode is off), 100 Ohm on the bench (the divider's source resistance on the P side), or a fault
+`lead:CH:OHMS` (channel CH's P electrode).
 
 Time is the ADC's sample clock. In real-time mode a block is handed over when the wall clock reaches its
 last sample; a client more than OVERRUN_S late loses the samples in between (first_index jumps), as a DMA
@@ -43,10 +53,14 @@ from ionm_hw.stimulator import OutputStage
 
 OVERRUN_S = 0.5  # DMA ring depth in seconds of samples: late by more than this loses data
 PIN_NAMES = {0: "start", 1: "reset", 2: "pwdn"}
-LATCH = struct.Struct(">IbIHB")
+LATCH = struct.Struct(">IbIHBH")
 BLOCK_HEAD = struct.Struct(">IHH")
 PULSE_REQ = struct.Struct(">IbIHB")
 TRAIN_REQ = struct.Struct(">IBHBB")
+PROBE_REQ = struct.Struct(">bIH")
+PROBE_REPLY = struct.Struct(">IHB")
+BENCH_STIM_OHM = 1000.0  # bench load resistor on every stimulator output
+BENCH_LEAD_OHM = 100.0  # the bench divider's source resistance (99.9 kOhm || 100 Ohm) on each P input
 TRAIN_PULSE_WIDTH_US = 50
 
 
@@ -71,16 +85,22 @@ class HardwareModel:
         self.wall0 = 0.0
         self.was_running = False
         self.divider = divider_ratio(self.defn)
-        self.impedance_override: dict[int, float] = {}  # stimulator output -> ohms (an electrode fault)
+        # stimulator output -> (ohms, from model time s): a stimulating electrode fault
+        self.impedance_override: dict[int, tuple[float, float]] = {}
+        self.lead_override: dict[int, float] = {}  # recording channel -> ohms of its P electrode
         for fault in faults or []:
             kind, _, rest = fault.partition(":")
             where, _, value = rest.partition(":")
             if kind == "impedance":
-                self.impedance_override[int(where)] = float(value)
+                ohms, _, since = value.partition(":")
+                self.impedance_override[int(where)] = (float(ohms), float(since or 0.0))
+            elif kind == "lead":
+                self.lead_override[int(where)] = float(value)
             elif kind in ("dead", "gain"):
                 self.chain.faults[int(where)] = "dead" if kind == "dead" else "gain:%s" % value
             else:
-                raise ValueError("unknown fault %r: dead:CH, gain:CH:FRACTION or impedance:OUTPUT:OHMS" % fault)
+                raise ValueError("unknown fault %r: dead:CH, gain:CH:FRACTION, impedance:OUTPUT:OHMS[:FROM_S] or"
+                                 " lead:CH:OHMS" % fault)
 
     # ---- the analogue inputs --------------------------------------------------------------------
     def _patient(self, fs: int) -> Any:
@@ -100,19 +120,41 @@ class HardwareModel:
 
             shifted = [Pulse(p.index + base, p.output, p.delivered_ma, p.width_us, p.biphasic) for p in pulses]
             volts = pat.render(base + first, n, shifted)
+            self._set_leads(pat.lead_impedance_ohm(base + first))
             return volts, pat.leadoff(base + first, n)
+        leads = np.zeros((self.n_channels, 2))
+        leads[self.defn["bench"]["generator_channels"], 0] = BENCH_LEAD_OHM
+        self._set_leads(leads)
         volts = np.zeros((n, self.n_channels))
         if self.generator is not None:
             sig = self.generator.render(t0, n, float(fs)) * self.divider
             volts[:, self.defn["bench"]["generator_channels"]] += sig[:, None]
         return volts, None
 
+    def _set_leads(self, leads: np.ndarray) -> None:
+        """The recording electrodes' impedances (channel, P/N) that the ADC's lead-off excitation sees."""
+        for ch, ohms in self.lead_override.items():
+            leads[ch, 0] = ohms
+        self.chain.lead_ohm = leads
+
     def _impedance(self, output: int, index: int, fs: int) -> float:
-        if output in self.impedance_override:
-            return self.impedance_override[output]
+        fault = self.impedance_override.get(output)
+        if fault is not None and self.t_offset_s + index / fs >= fault[1]:
+            return fault[0]
         if self.inputs == "patient":
             return float(self._patient(fs).stim_impedance_ohm(output, index))
-        return 1000.0  # bench load resistor on every output
+        return BENCH_STIM_OHM
+
+    def probe(self, output: int, current_ua: int, width_us: int) -> bytes:
+        """A sub-threshold test pulse on `output`, now (the next conversion's index): the readbacks."""
+        fs = self.chain.rate_hz
+        idx = self.next_index
+        if not 0 <= output < self.stim.outputs:
+            return PROBE_REPLY.pack(0, 0, 0)
+        z = self._impedance(output, idx, fs)
+        p = self.stim.deliver(idx, self.t_model_s, output, current_ua / 1000.0, width_us, False, z, probe=True)
+        return PROBE_REPLY.pack(int(round(p.measured_ma * 1000)), min(int(round(p.voltage_v * 100)), 0xFFFF),
+                                2 if p.compliance_limited else 0)
 
     # ---- requests ---------------------------------------------------------------------------------
     def block(self, n: int) -> bytes:
@@ -147,7 +189,8 @@ class HardwareModel:
         self.next_index += n
         self.t_model_s = self.t_offset_s + self.next_index / fs
         latches = b"".join(LATCH.pack(p.index & 0xFFFFFFFF, p.output, int(round(p.measured_ma * 1000)),
-                                      p.width_us, (1 if p.biphasic else 0) | (2 if p.compliance_limited else 0))
+                                      p.width_us, (1 if p.biphasic else 0) | (2 if p.compliance_limited else 0),
+                                      min(int(round(p.voltage_v * 100)), 0xFFFF))
                            for p in pulses)
         return BLOCK_HEAD.pack(first & 0xFFFFFFFF, len(pulses), late_samples) + raw + latches
 
@@ -215,6 +258,8 @@ def serve_client(model: HardwareModel, conn: socket.socket) -> None:
             model.arm_pulse(*PULSE_REQ.unpack(_recv_exact(conn, PULSE_REQ.size)))
         elif op == b"T":
             model.arm_train(*TRAIN_REQ.unpack(_recv_exact(conn, TRAIN_REQ.size)))
+        elif op == b"Z":
+            conn.sendall(model.probe(*PROBE_REQ.unpack(_recv_exact(conn, PROBE_REQ.size))))
         elif op == b"X":
             conn.sendall(struct.pack(">H", model.cancel()))
         elif op == b"H":
@@ -235,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--generator", action="store_true", help="start the SCPI signal generator")
     ap.add_argument("--pulse-log", help="append every delivered pulse as a JSON line here")
     ap.add_argument("--fault", action="append", default=[],
-                    help="dead:CH, gain:CH:FRACTION or impedance:OUTPUT:OHMS (a stimulating electrode)")
+                    help="dead:CH, gain:CH:FRACTION, impedance:OUTPUT:OHMS[:FROM_S] (a stimulating electrode,"
+                         " from model time FROM_S) or lead:CH:OHMS (a recording electrode)")
     args = ap.parse_args(argv)
 
     gen = server = None

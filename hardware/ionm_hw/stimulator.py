@@ -1,9 +1,13 @@
 """Constant-current stimulator output stage: current DAC with its own error, compliance limiting at high
-electrode impedance, a current-sense readback, and the delivered-pulse log that tests read.
+electrode impedance, a current-sense and a compliance-voltage readback, and the delivered-pulse log that
+tests read.
 
 The firmware decides what to deliver; this is what the patient actually receives. A pulse the output stage
 cannot drive (impedance x current above the compliance voltage) is delivered at the compliance-limited
-current and flagged, exactly what the current-sense readback lets the firmware detect.
+current and flagged, exactly what the current-sense readback lets the firmware detect. The voltage across
+the electrodes, sampled during the pulse (at most the compliance voltage), divided by the sensed current is
+the electrode impedance the firmware measures; a sub-threshold probe pulse (probe=True in the log) gives it
+before any stimulus is delivered.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ class DeliveredPulse:
     biphasic: bool
     impedance_ohm: float
     compliance_limited: bool
+    voltage_v: float = 0.0  # what the compliance-voltage readback reports (across the electrodes, mid-pulse)
+    probe: bool = False  # a sub-threshold impedance probe, not a stimulus
 
 
 class OutputStage:
@@ -41,11 +47,12 @@ class OutputStage:
         self.dac_gain_error = rng.normal(0.0, 0.01, self.outputs)
         self.dac_offset_ma = rng.normal(0.0, 0.05, self.outputs)
         self.sense_gain_error = rng.normal(0.0, 0.002, self.outputs)
+        self.voltage_gain_error = rng.normal(0.0, 0.002, self.outputs)  # compliance-voltage readback
         self.log = log
         self.delivered: deque[DeliveredPulse] = deque(maxlen=10000)  # recent pulses; the log file keeps all
 
     def deliver(self, index: int, t_s: float, output: int, current_ma: float, width_us: int, biphasic: bool,
-                impedance_ohm: float) -> DeliveredPulse:
+                impedance_ohm: float, probe: bool = False) -> DeliveredPulse:
         if output < 0:  # trigger to an external stimulator: a logic pulse, no current from this board
             pulse = DeliveredPulse(int(index), float(t_s), int(output), 0.0, 0.0, 0.0, int(width_us), False, 0.0, False)
         else:
@@ -55,9 +62,10 @@ class OutputStage:
             limit_ma = self.compliance_v / impedance_ohm * 1e3
             delivered = min(dac_ma, limit_ma)
             measured = delivered * (1.0 + self.sense_gain_error[output])
+            volts = min(delivered * 1e-3 * impedance_ohm, self.compliance_v) * (1.0 + self.voltage_gain_error[output])
             pulse = DeliveredPulse(int(index), float(t_s), int(output), float(current_ma), float(delivered),
                                    float(measured), int(width_us), bool(biphasic), float(impedance_ohm),
-                                   bool(dac_ma > limit_ma))
+                                   bool(dac_ma > limit_ma), float(volts), bool(probe))
         self.delivered.append(pulse)
         if self.log is not None:
             self.log.write(json.dumps(asdict(pulse)) + "\n")

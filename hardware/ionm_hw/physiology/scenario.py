@@ -23,6 +23,8 @@ A scenario is a JSON object; every key but "name" is optional (DEFAULTS fill the
     {"type": "leadoff", "electrode": "CPz", "onset_s", "end_s"}      (no end_s: stays off)
     {"type": "cautery", "onset_s", "duration_s", "amplitude_uv"}      (a scripted burst)
     {"type": "stim_electrode", "output": 2, "onset_s", "end_s", "impedance_ohm"}
+    {"type": "electrode_impedance", "electrode": "Fz", "onset_s", "end_s", "impedance_ohm"}  (a recording
+                    electrode drying out or badly placed: what the board's impedance check measures)
   expected          what the scenario must produce (checked by tests/test_scenarios.py):
     {"responses": [{"targets": [...], "window_s": [t0, t1], "amplitude": [lo, hi], "latency": [lo, hi]}],
      "min_amplitude": {"targets": [...], "value": v}, "leadoff": {...}, "cautery_bursts_per_min": [lo, hi]}
@@ -166,6 +168,7 @@ class Script:
         self.leadoffs: list[tuple[str, float, float]] = []  # (electrode, on s, off s)
         self.cautery: list[tuple[float, float, float]] = []  # (onset s, duration s, µV rms)
         self.stim_electrodes: list[tuple[int, float, float, float]] = []  # (output, on s, off s, Ω)
+        self.electrode_impedances: list[tuple[str, float, float, float]] = []  # (electrode, on s, off s, Ω)
         for ev in events:
             kind = ev.get("type")
             if kind == "change":
@@ -179,8 +182,14 @@ class Script:
                     (int(ev["output"]), float(ev["onset_s"]), float(ev.get("end_s", np.inf)),
                      float(ev["impedance_ohm"]))
                 )  # fmt: skip
+            elif kind == "electrode_impedance":
+                self.electrode_impedances.append(
+                    (str(ev["electrode"]), float(ev["onset_s"]), float(ev.get("end_s", np.inf)),
+                     float(ev["impedance_ohm"]))
+                )  # fmt: skip
             else:
-                raise ValueError(f"unknown event type {kind!r} (change, leadoff, cautery, stim_electrode)")
+                raise ValueError(f"unknown event type {kind!r} (change, leadoff, cautery, stim_electrode,"
+                                 " electrode_impedance)")
 
     def factors(self, name: str, t_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Scripted (amplitude, latency) factors of one response at times t_s (s), vs baseline."""

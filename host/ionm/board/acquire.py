@@ -67,6 +67,13 @@ class BoardSession:
     def stop_stimulation(self) -> None:
         self.link.request(m.STIM_STOP, {})
 
+    def measure_impedance(self, channels: list[int] | None = None,
+                          outputs: list[int] | None = None) -> dict[str, Any]:
+        """The board's electrode impedance check (SPEC 5.10); acquisition must be stopped."""
+        from ionm.board.tools.impedance import request
+
+        return request(self.link, channels, outputs)
+
     def close(self) -> None:
         try:
             if self.acquiring:

@@ -10,7 +10,12 @@ When the board stops stimulation on its own (host silence: `watchdog` after 100 
 also stops acquisition; or a reset), the host restarts what the technologist had running as soon as the board
 answers again, and logs that it did (`board_events`, which the console turns into technical alarms). It does
 so at most REARM_MAX times in REARM_WINDOW_S: a host that keeps starving the board gets a loud refusal, not a
-loop. An output fault (compliance, over-current) is never re-armed automatically: the electrode needs a person.
+loop. An output fault (impedance, compliance, over-current) is never re-armed automatically: the electrode needs
+a person.
+
+Before acquisition starts the board checks the electrodes (SPEC 5.10): every channel's lead impedance and
+every stimulator output's; link health carries them (`lead_impedance_ohm`, `stim_impedance_ohm`), the latter
+kept current by the impedance every delivered pulse measures.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from ionm.board.acquire import BoardSession, LiveCase, SweepSpec
 from ionm.board.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
+from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
 RATE_HZ = 8000  # SSEP wants >= 5-10 kHz; 16 channels at 8 kHz use 80 % of the USB link budget
@@ -62,9 +68,12 @@ class BoardCase(ProgramHolder):
         self._closed = False
         self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
         self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
+        self.stim_impedance: dict[str, int | None] = {}  # site -> ohms (None: open), from the check and each pulse
+        self.lead_impedance: dict[str, int | None] = {}  # channel name -> ohms at the check before the case
         self.session = BoardSession(port, on_data=self._data, on_event=self._event)
         conf = self.session.configure({"rate_hz": RATE_HZ, "samples_per_frame": SAMPLES_PER_FRAME})
         self.case.set_configuration(conf)
+        self._check_impedance()  # before start: the check reprograms the ADC
         self.session.start()
         self._tcmep_index = -1
         self._load(self._program)
@@ -112,6 +121,18 @@ class BoardCase(ProgramHolder):
         if tc["repeat_s"]:
             self.session.start_stimulation(self._tcmep_index)
 
+    def _check_impedance(self) -> None:
+        from ionm.board import link as ln
+
+        try:
+            reply = self.session.measure_impedance()
+        except (ln.LinkError, ln.BoardError) as exc:  # the case goes on; the technologist is told
+            self._log("impedance", "the electrode impedance check failed: %s" % exc)
+            return
+        self.lead_impedance = {self.names.get(c["channel"], str(c["channel"])): c["ohm"] for c in reply["channels"]}
+        self.stim_impedance = {SSEP_OUTPUTS[o["output"]]: o["ohm"] for o in reply["outputs"]
+                               if o["output"] in SSEP_OUTPUTS}
+
     def _spec(self, modality: str, source: str, train: int = 1) -> SweepSpec:
         pre, post = WINDOW_MS[modality]
         channels = tuple(i for i, c in enumerate(self.montage) if c["modality"] == modality)
@@ -125,6 +146,9 @@ class BoardCase(ProgramHolder):
     def _event(self, body: dict[str, Any]) -> None:
         self.case.on_event(body)
         kind = str(body.get("kind"))
+        if kind == "stim" and "impedance_ohm" in body and body.get("output") in SSEP_OUTPUTS:
+            self.stim_impedance[SSEP_OUTPUTS[body["output"]]] = body["impedance_ohm"]
+            return
         if kind == "status":
             self.pulses_held = int(body.get("pulses_held", 0))
             return
@@ -212,6 +236,9 @@ class BoardCase(ProgramHolder):
             "pulses_held": self.pulses_held,
             "sweeps_rejected": self.case.rejected_counts(),
             "artefacts_blanked": self.case.blanked,
+            "stim_impedance_ohm": dict(self.stim_impedance),
+            "lead_impedance_ohm": dict(self.lead_impedance),
+            "lead_impedance_good_ohm": GOOD_LEAD_OHM,
         }
 
     def _events_copy(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ionm.board.stimulation import SSEP_OUTPUTS, RecordedStimulation, default_program
+from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
 WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (15.0, 85.0)}
@@ -66,6 +67,10 @@ class SimulatedCase:
             "leadoff": [names[i] for i in np.flatnonzero(leadoff)],
             "stim_impedance_ohm": {name: round(self._patient.stim_impedance_ohm(o, idx))
                                    for o, name in SSEP_OUTPUTS.items()},
+            # what the board's electrode check would find (a live board measures it before the case)
+            "lead_impedance_ohm": {names[i]: (None if z >= self._patient.OPEN_OHM else round(z))
+                                   for i, z in enumerate(self._patient.lead_impedance_ohm(idx).sum(axis=1))},
+            "lead_impedance_good_ohm": GOOD_LEAD_OHM,
         }
 
     def __iter__(self) -> Iterator[Sweep]:

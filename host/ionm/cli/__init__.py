@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "flash": ("ionm.cli.flash", "build the firmware and flash it to a board, or update a running board"),
     "calibrate": ("ionm.cli.calibrate", "calibrate a board's amplifier and stimulator"),
     "bench": ("ionm.cli.bench", "verify a board against its specification with a signal generator"),
+    "impedance": ("ionm.cli.impedance", "check the electrodes: each channel's and stimulator output's impedance"),
 }
 
 

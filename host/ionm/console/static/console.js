@@ -377,13 +377,19 @@ function drawLink() {
   // the board's TcMEP hold-off (SSEP pulses not delivered around a train) and sweeps the host rejected
   if (l.pulses_held !== undefined) rows.push(["SSEP held for TcMEP", l.pulses_held]);
   for (const [why, n] of Object.entries(l.sweeps_rejected || {})) rows.push(["rejected: " + why, n]);
-  for (const [k, v] of Object.entries(l.stim_impedance_ohm || {})) rows.push(["stim " + k, (v / 1000).toFixed(1) + " kΩ"]);
+  const kohm = (v) => v === null ? "open" : (v / 1000).toFixed(1) + " kΩ";  // null: no current path
+  for (const [k, v] of Object.entries(l.stim_impedance_ohm || {})) rows.push(["stim " + k, kohm(v)]);
+  // the board's electrode check before the case: channels whose lead impedance is high or open
+  const highLeads = Object.entries(l.lead_impedance_ohm || {}).filter(([, v]) => v === null || v > l.lead_impedance_good_ohm);
+  if (l.lead_impedance_ohm) rows.push(["electrodes > " + kohm(l.lead_impedance_good_ohm),
+    highLeads.length ? highLeads.map(([k, v]) => k.split(" (")[0] + " " + kohm(v)).join(", ") : "none"]);
   for (const [k, v] of Object.entries(l.extra || {})) rows.push([k, v]);
   const el = $("link"); el.className = "kv"; el.innerHTML = "";
   for (const [k, v] of rows) {
     const a = document.createElement("span"); a.textContent = k;
     const b = document.createElement("span"); b.textContent = String(v);
-    if ((k === "lead-off" && off.length) || (k === "lost samples" && lost) || k.startsWith("rejected")) b.className = "bad";
+    if ((k === "lead-off" && off.length) || (k === "lost samples" && lost) || k.startsWith("rejected")
+        || (k.startsWith("electrodes >") && highLeads.length) || (k.startsWith("stim ") && b.textContent === "open")) b.className = "bad";
     el.append(a, b);
   }
 }
