@@ -49,6 +49,7 @@ TIMELINE_BYTES = 24_000
 WAVE_DIGITS = 3
 STACK_DIGITS = 2
 STACK_POINTS = 200
+TINY_UV = 1e-9  # a displayed value below this is zero: far under any amplifier's resolution
 
 
 def trace(w: np.ndarray, digits: int = WAVE_DIGITS) -> dict[str, Any]:
@@ -56,6 +57,7 @@ def trace(w: np.ndarray, digits: int = WAVE_DIGITS) -> dict[str, Any]:
     v * q. The step is the power of ten that gives `digits` significant digits at the trace's peak."""
     w = np.asarray(w, dtype=np.float64)
     finite = np.isfinite(w)
+    w = np.where(finite & (np.abs(w) < TINY_UV), 0.0, w)  # (a step for a subnormal peak would underflow to 0)
     peak = float(np.abs(w[finite]).max()) if finite.any() else 0.0
     e = math.floor(math.log10(peak)) - (digits - 1) if peak > 0 else 0
     q = 10.0 ** e if e < 0 else float(10 ** e)
