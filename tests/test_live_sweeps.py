@@ -73,7 +73,11 @@ def test_epoch_mode_sends_only_stimulus_windows_and_announces_the_gaps(tmp_path)
             session.load_programs([{"kind": "pulse", "output": 0, "current_ua": 25000, "width_us": 200,
                                     "rate_mhz": 4700}])
             session.start_stimulation()
-            time.sleep(2.5)
+            # Wait for the stimuli, not for a time: on a loaded machine 2.5 s of wall time can hold 2 sweeps.
+            sweeps = []
+            deadline = time.monotonic() + 60.0
+            while len(sweeps) < 8 and time.monotonic() < deadline:
+                sweeps += list(case.sweeps(timeout=0.2))
             session.stop_stimulation()
             time.sleep(0.3)
             stats = session.link.stats
@@ -81,7 +85,7 @@ def test_epoch_mode_sends_only_stimulus_windows_and_announces_the_gaps(tmp_path)
             session.close()
             case.close()
     err.close()
-    sweeps = list(case.sweeps(timeout=1))
+    sweeps += list(case.sweeps(timeout=1))
     assert len(sweeps) >= 8
     for sw in sweeps:
         assert not np.isnan(sw.data_uv).any()  # every window arrived whole
