@@ -8,6 +8,7 @@ import pytest
 from ionm.pipeline.conditioning import (
     ArtifactRejector,
     MainsCanceller,
+    TrialMainsFit,
     bandpass,
     blank_slice,
     blank_stimulus,
@@ -79,6 +80,37 @@ def test_mains_canceller_removes_hum_and_keeps_the_evoked_response():
     avg = np.mean(kept, axis=0)
     # The response is not cancelled: its average comes through within 3 % of its energy.
     assert np.dot(avg, ep) / np.dot(ep, ep) == pytest.approx(1.0, abs=0.03)
+
+
+@pytest.mark.parametrize("mains_hz", [50.0, 60.0])
+def test_a_single_trial_loses_its_own_hum_over_the_whole_sweep_and_keeps_its_response(mains_hz):
+    # A TcMEP trial: 45 ms before the train's last pulse, of which the 32 ms before the train are fitted;
+    # hum of 30 µV with a 3rd harmonic at a random phase; a 100 µV response at 30 ms that the fit never sees.
+    g = np.random.default_rng(3)
+    pre, n = 360, 1040  # 45 ms and 130 ms at 8 kHz
+    t = (np.arange(n) - pre) / FS
+    fit = np.zeros(n, dtype=bool)
+    fit[: pre - 104] = True  # up to 13 ms before the last pulse (the train's blanking)
+    resp = 100.0 * np.exp(-0.5 * ((t - 0.030) / 0.002) ** 2)
+    phase = g.uniform(0, 2 * np.pi, size=(2, 1))
+    hum = 30.0 * np.sin(2 * np.pi * mains_hz * t + phase) + 6.0 * np.sin(2 * np.pi * 3 * mains_hz * t + 2 * phase)
+    noise = g.normal(0.0, 2.0, size=(2, n))
+    x = resp + hum + noise + 40.0  # and an offset
+    out = TrialMainsFit(FS, n, pre, (50.0, 60.0), fit).apply(x)
+    resid = out - resp - noise
+    # Hum and offset gone to within the noise's share of the fit, far from the fitted samples too.
+    assert np.max(np.abs(resid)) < 3.0
+    assert np.max(np.abs(resid[:, pre:])) < 3.0
+    # The input is not changed unless in_place.
+    np.testing.assert_allclose(x, resp + hum + noise + 40.0)
+
+
+def test_a_trial_fit_needs_a_mains_period_of_fit_samples_and_is_otherwise_left_alone():
+    n, pre = 800, 120
+    fit = np.zeros(n, dtype=bool)
+    fit[: pre - 104] = True  # 2 ms: the old 15 ms pre-train window less the blanking
+    x = np.random.default_rng(1).normal(size=(3, n)) + 25.0 * np.sin(2 * np.pi * 60.0 * np.arange(n) / FS)
+    np.testing.assert_array_equal(TrialMainsFit(FS, n, pre, (50.0, 60.0), fit).apply(x), x)
 
 
 def test_artifact_rejection_counts_each_reason_exactly():

@@ -33,7 +33,7 @@ from ionm.sweep import Sweep
 
 RATE_HZ = 8000  # SSEP wants >= 5-10 kHz; 16 channels at 8 kHz use 80 % of the USB link budget
 SAMPLES_PER_FRAME = 64
-WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (15.0, 85.0)}
+WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (45.0, 85.0)}
 REARM_MAX = 3  # automatic re-arms allowed ...
 REARM_WINDOW_S = 60.0  # ... within this many seconds
 REARM_TRY_S = 30.0  # how long a re-arm keeps trying while the board does not answer

@@ -23,7 +23,7 @@ from ionm.board.stimulation import SSEP_OUTPUTS, RecordedStimulation, default_pr
 from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
-WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (15.0, 85.0)}
+WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (45.0, 85.0)}
 MODALITY_OF_OUTPUT = {0: "ssep-upper", 1: "ssep-upper", 2: "ssep-lower", 3: "ssep-lower"}
 
 

@@ -214,6 +214,60 @@ class MainsCanceller:
         return out
 
 
+class TrialMainsFit:
+    """Mains removed from one sweep by its own samples: for single trials (TcMEP) that come too seldom for
+    MainsCanceller to follow the mains phase (a few mHz of grid drift is a radian in a minute).
+
+    Each candidate family (a mains frequency with its harmonics under 0.45 fs) and an offset are fitted by
+    least squares to the sweep's fit_mask samples, where no response is (those before the train); the family
+    that leaves the smaller residual is subtracted from the whole sweep, offset included. Fitting 50 and 60 Hz
+    together would not do: 10 Hz apart, they are barely separable in tens of ms, and the combination that
+    cancels inside the fit samples grows outside them. Needs fit samples spanning one period of the lowest
+    fundamental (20 ms at 50 Hz); with fewer (a short pre-stimulus window) the sweep is left as it is, the
+    fit could not tell hum from the response's neighbourhood.
+    """
+
+    def __init__(self, fs: float, n_samples: int, pre_samples: int, mains_hz: tuple[float, ...],
+                 fit_mask: np.ndarray, harmonics: int = 3):
+        self.fs = float(fs)
+        keep = np.asarray(fit_mask, dtype=bool)
+        idx = np.flatnonzero(keep)
+        t = (np.arange(n_samples) - pre_samples) / self.fs
+        self.families: list[tuple[np.ndarray, np.ndarray]] = []  # (design over the sweep, its pinv on fit samples)
+        span = (idx[-1] - idx[0] + 1) / self.fs if len(idx) else 0.0
+        for f0 in mains_hz:
+            freqs = [f0 * k for k in range(1, harmonics + 1) if f0 * k < 0.45 * fs]
+            if not freqs or span * f0 < 1.0 or len(idx) < 4 * (2 * len(freqs) + 1):
+                continue
+            b = 2 * np.pi * np.outer(t, freqs)
+            design = np.concatenate([np.ones((n_samples, 1)), np.cos(b), np.sin(b)], axis=1)
+            self.families.append((design, np.linalg.pinv(design[idx])))
+        self.idx = idx
+
+    def apply(self, sweep: np.ndarray, stim_time_s: float = 0.0, in_place: bool = False) -> np.ndarray:
+        """The sweep [..., n_samples] less its fitted mains (a copy, or the float64 sweep itself if in_place).
+        Time is taken from the stimulus: a per-sweep fit needs no absolute phase."""
+        x = np.asarray(sweep, dtype=np.float64)
+        if not in_place:
+            x = x.copy()
+        if not self.families:
+            return x
+        rows = x.reshape(-1, x.shape[-1])
+        y = rows[:, self.idx]
+        best, best_rss = None, None
+        for design, pinv in self.families:
+            coef = y @ pinv.T  # [rows, terms]
+            rss = ((y - coef @ design[self.idx].T) ** 2).sum(axis=1)
+            if best is None:
+                best, best_rss = coef @ design.T, rss
+            else:
+                better = rss < best_rss
+                best[better] = (coef @ design.T)[better]
+                best_rss = np.minimum(rss, best_rss)
+        rows -= best
+        return x
+
+
 @dataclass
 class Conditioner:
     """The whole per-sweep conditioning for one recording: blank, detrend, mains, band-pass."""
@@ -225,14 +279,18 @@ class Conditioner:
     blank_ms: tuple[float, float]
     mains_hz: tuple[float, ...] = (50.0, 60.0)
     mains_fit_mask: np.ndarray | None = None
+    # Single trials: mains fitted in each sweep on mains_fit_mask (TrialMainsFit) instead of across sweeps.
+    mains_per_sweep: bool = False
     # Offset removal: a straight-line detrend over the sweep (EPs are far below the noise), or, when
     # given, the mean of these samples (MEPs: a 2 mV response would tilt a fitted line by tens of µV).
     baseline_mask: np.ndarray | None = None
-    mains: MainsCanceller | None = field(default=None, repr=False)
+    mains: MainsCanceller | TrialMainsFit | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.blank = blank_slice(self.fs, self.pre_samples, self.n_samples, self.blank_ms)
-        if self.mains is None and self.mains_hz:
+        if self.mains is None and self.mains_hz and self.mains_per_sweep and self.mains_fit_mask is not None:
+            self.mains = TrialMainsFit(self.fs, self.n_samples, self.pre_samples, self.mains_hz, self.mains_fit_mask)
+        elif self.mains is None and self.mains_hz:
             self.mains = MainsCanceller(self.fs, self.n_samples, self.pre_samples, self.mains_hz,
                                         exclude=self.blank, fit_mask=self.mains_fit_mask)
 

@@ -87,10 +87,13 @@ class Evaluator:
                 keep[:] = False
                 keep[-max(16, int(0.010 * self.fs)):] = True
         self.keep = keep
-        # MEP: no mains cancellation. Trains come every few seconds (too sparse to follow the mains phase)
-        # and a 1 mV response dwarfs 15 µV of hum; the onset threshold is set above the noise, hum included.
-        self.cond = Conditioner(self.fs, self.n, self.pre, m.band_hz, m.blank_ms,
-                                () if m.single_trial else self.cfg.mains_hz,
+        # MEP: trains come every few seconds, too sparse for the canceller to follow the mains phase, so each
+        # trial's hum is fitted on its own pre-train samples (TrialMainsFit). Left in, tens of µV of hum
+        # would set the presence threshold (10 noise SD) above a small muscle's half-baseline response, and
+        # read as a response once that response is lost (issue 16: left TA alerting 4-9 trains late).
+        self.cond = Conditioner(self.fs, self.n, self.pre, m.band_hz, m.blank_ms, self.cfg.mains_hz,
+                                mains_fit_mask=keep if m.single_trial else None,
+                                mains_per_sweep=m.single_trial,
                                 baseline_mask=keep if m.single_trial else None)
         amp_limit = self.cfg.amplitude_uv or (20_000.0 if m.single_trial else 250.0)
         self.rejector = ArtifactRejector(n_ch, amplitude_uv=amp_limit, adaptive_rms=not m.single_trial)
