@@ -27,8 +27,8 @@ unacknowledged ones, also twice the banner's rows: beyond them an unacknowledged
 and acknowledged with its channel. Together they keep the frame within one update message
 (server.MAX_MESSAGE_BYTES) with every channel of the default montage in alert, so that a new alert reaches every
 viewer at once in one message, and the snapshot after an 8-hour case with a storm under its 200 kB goal
-(bench/snapshot_size prints both). An acknowledgement's note is shown to ACK_NOTE_SHOWN characters (a note may
-have 4000): the whole note is in the timeline's acknowledgement line, the store and the report.
+(bench/snapshot_size prints both). An acknowledgement is shown as who and when: its note (up to 4000
+characters) is in the timeline's acknowledgement line, the store and the report, not repeated per alert.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from typing import Any
 
 RECENT_ALERTS = 10
 UNACKED_SHOWN = 10
-ACK_NOTE_SHOWN = 80
 GROUP_FIELDS = ("stream", "channel", "channel_name", "wall")  # a group's, not repeated in its newest alert
 
 
@@ -48,14 +47,10 @@ def group_key(stream: str, channel: int) -> str:
 
 
 def shown_ack(ack: dict[str, Any] | None) -> dict[str, Any] | None:
-    """An acknowledgement as the frame carries it: who, when, and the start of the note."""
+    """An acknowledgement as the frame carries it: who and when (the note is in the timeline)."""
     if ack is None:
         return None
-    note = str(ack.get("note", ""))
-    if len(note) > ACK_NOTE_SHOWN:
-        note = note[:ACK_NOTE_SHOWN - 1] + "…"
-    return {"user": ack["user"], "t_s": round(float(ack["t_s"]), 2), "wall": round(float(ack["wall"]), 2),
-            "note": note}
+    return {"user": ack["user"], "t_s": round(float(ack["t_s"]), 2)}
 
 
 def shown_alert(a: dict[str, Any]) -> dict[str, Any]:
