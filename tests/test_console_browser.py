@@ -204,7 +204,7 @@ def test_technologist_baselines_and_acknowledges_an_alert_seen_by_the_physician(
         assert viewer.locator("#banner .ackbtn").count() == 0
         viewer.keyboard.press("a")
         viewer.wait_for_selector("#toast:has-text('cannot acknowledge')", timeout=3000)
-        unacked = "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length"
+        unacked = "window.ionm.frames.alerts.unacked"
         while tech.evaluate(unacked):  # A acknowledges the top banner row: every alert of that channel
             n_alerts = tech.evaluate(unacked)
             tech.keyboard.press("a")
@@ -258,9 +258,11 @@ def element_pixels(page: Any, selector: str) -> np.ndarray:
 def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: Any) -> None:
     """The banner keeps one row per channel with a count, at most five rows and then "+N more", so the panels
     stay in view; a paused viewer still sees new alerts and technical alarms; a technical alarm has a band of
-    its own colour above the alerts; acknowledging a row acknowledges every alert of that channel."""
-    from ionm.case.timeline import alert_label
+    its own colour above the alerts; acknowledging a row acknowledges every alert of that channel, also those
+    the page was only sent as a count (the alerts come grouped per channel, the newest few one by one)."""
+    from ionm.pipeline.alerts import AlertEvent
 
+    storm_n = 40  # alerts of the top row's channel: more than the page is sent one by one
     case = Case(tmp_path, "stable", speed=2.0)
     try:
         tech = login(browser, case.url, "tech")
@@ -270,14 +272,13 @@ def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: 
         doc.wait_for_selector("#paused:not(.hidden)")
         engine = case.engine
 
-        def storm() -> None:
-            for k in range(9):  # six channels once, then channel 0 three times (the newest: the top row)
+        def storm() -> None:  # through the engine's alert path: store, audit, timeline, every viewer
+            st = engine.streams["ssep-lower/L tibial"]
+            for k in range(6 + storm_n):  # six channels once, then channel 0 storm_n times (the newest: the top row)
                 ch = k + 1 if k < 6 else 0
-                row = {"uid": "storm-%d" % k, "stream": "ssep-lower/L tibial", "t_s": 4.0 + k, "channel": ch,
-                       "channel_name": "ch%d (test)" % ch, "criterion": "amplitude", "amplitude_ratio": 0.4,
-                       "latency_ratio": 1.0, "scope": "focal"}
-                engine.alerts.append(row | {"label": alert_label(row), "wall": time.time(), "ack": None})
-            engine._publish_alerts()
+                engine._alert(st, AlertEvent(t_s=4.0 + k / 10, channel=ch, channel_name="ch%d (test)" % ch,
+                                             criterion="amplitude", amplitude_ratio=0.4, latency_ratio=1.0,
+                                             scope="focal"))
             health = case.source.link_health  # and the board reports that it stopped stimulating
             engine.link_health = lambda: health() | {"stimulation_stopped": "no frame from the host for 100 ms"}
 
@@ -286,7 +287,8 @@ def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: 
             page.wait_for_selector("#techbanner .item", timeout=5000)
             poll(page, "document.querySelectorAll('#banner .item').length === 6", 5.0)
             text = page.inner_text("#banner")
-            assert "×3" in text and "+2 more channels in alert (2 alerts)" in text
+            assert "×%d" % storm_n in text and "+2 more channels in alert (2 alerts)" in text
+            assert page.evaluate("window.ionm.frames.alerts.alerts.length") < storm_n  # counted, not all listed
             assert "TECHNICAL" in page.inner_text("#techbanner")
             assert "stimulation stopped by the board: no frame from the host" in page.inner_text("#techbanner")
             assert "Board NOT stimulating" in page.inner_text("#stim")
@@ -298,13 +300,25 @@ def test_a_storm_a_paused_viewer_and_a_technical_alarm(tmp_path: Path, browser: 
         px = element_pixels(doc, "#techbanner")
         assert px[..., 2].mean() > 120 > px[..., 0].mean()  # blue, not the alerts' red
         tech.click("#banner .item:first-child .ackbtn")
-        assert "3 alerts on this channel" in tech.inner_text("#acktext")
+        assert "%d alerts on this channel" % storm_n in tech.inner_text("#acktext")
         tech.fill("#acknote", "electrode checked")
         tech.click("#ackok")
-        poll(tech, "window.ionm.frames.alerts.alerts.filter(a => !a.ack).length === 6", 5.0)
+        tech.wait_for_selector("#toast:has-text('%d alerts acknowledged')" % storm_n, timeout=5000)
+        for page in (tech, doc):  # the row is gone everywhere; the six other channels stay, the newest on top
+            poll(page, "window.ionm.frames.alerts.unacked === 6", 5.0)
+            poll(page, "document.querySelectorAll('#banner .item').length === 6", 5.0)
+            assert "×" not in page.inner_text("#banner") and "ch0" not in page.inner_text("#banner")
         assert tech.errors == [] and doc.errors == []
     finally:
         case.close()
+    store = CaseStore(tmp_path / "cases.db")
+    try:  # every alert of the channel acknowledged in the record, each once, with the one note
+        ch0 = [a["uid"] for a in store.rows("alerts", case.case_id) if a["channel"] == 0]
+        acks = {a["alert_uid"]: a for a in store.rows("acks", case.case_id)}
+        assert len(ch0) == storm_n and set(acks) == set(ch0) and len(store.rows("acks", case.case_id)) == storm_n
+        assert all(a["note"] == "electrode checked" and a["user"] == "tech" for a in acks.values())
+    finally:
+        store.close()
 
 
 def test_a_negative_deflection_is_drawn_upward_and_the_baseline_with_it(tmp_path: Path, browser: Any) -> None:

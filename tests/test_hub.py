@@ -8,6 +8,7 @@ import time
 import pytest
 
 from ionm.case.store import CaseStore
+from ionm.console.alerts import AlertBoard
 from ionm.console.scripted import ack_all, command, injury_scenario, run_case
 from ionm.hub import bridge, messages as hm
 from ionm.hub.natsserver import NatsServer
@@ -169,20 +170,34 @@ def test_ionm_hub_shows_every_rooms_case_with_unacknowledged_alerts_first(tmp_pa
         alarmed = Publisher("nats://127.0.0.1:%d" % nats_port, "General", "OR 2", "case-b")
         alarmed.publish("header", {"uid": "case-b", "procedure": "thyroidectomy"})
         alarmed.publish("alerts", {"alerts": [{"uid": "case-b-A1", "label": "L vocalis: combined event", "ack": None}]})
-        assert quiet.flush(20) and alarmed.flush(20)
+        # a storm: the console's alert frame lists a few alerts and counts them all per channel (console.alerts)
+        board = AlertBoard()
+        for i in range(60):
+            row = {"uid": "case-c-A%d" % (i + 1), "stream": "mep/TcMEP", "t_s": 10.0 * i, "channel": i % 3,
+                   "channel_name": "ch%d" % (i % 3), "criterion": "amplitude", "amplitude_ratio": 0.3,
+                   "latency_ratio": 1.0, "scope": "focal", "wall": 0.0, "ack": None}
+            board.add(row | {"label": "TcMEP ch%d: alert %d" % (i % 3, i + 1)})
+        board.acknowledge(board.to_acknowledge("case-c-A10", group=False), {"user": "doc", "note": "seen",
+                                                                             "t_s": 0.0, "wall": 0.0})
+        stormy = Publisher("nats://127.0.0.1:%d" % nats_port, "General", "OR 3", "case-c")
+        stormy.publish("header", {"uid": "case-c", "procedure": "scoliosis"})
+        stormy.publish("alerts", board.frame())
+        assert quiet.flush(20) and alarmed.flush(20) and stormy.flush(20)
         quiet.close()
         alarmed.close()
+        stormy.close()
         view: dict = {}
         for _ in range(100):
             with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
                 view = json.loads(r.read())
-            if len(view["cases"]) == 2:
+            if len(view["cases"]) == 3:
                 break
             time.sleep(0.1)
-        assert [c["case"] for c in view["cases"]] == ["case-b", "case-a"]  # the unacknowledged alert first
-        assert view["cases"][0]["unacknowledged"] == 1
-        assert view["cases"][0]["newest_alert"]["label"] == "L vocalis: combined event"
-        assert (view["cases"][0]["room"], view["cases"][1]["procedure"]) == ("OR_2", "L4-L5 fusion")
+        assert [c["case"] for c in view["cases"]] == ["case-c", "case-b", "case-a"]  # the unacknowledged first
+        assert [c["unacknowledged"] for c in view["cases"]] == [59, 1, 0]  # every one counted, not the listed few
+        assert view["cases"][0]["newest_alert"]["label"] == "TcMEP ch2: alert 60"
+        assert view["cases"][1]["newest_alert"]["label"] == "L vocalis: combined event"
+        assert (view["cases"][1]["room"], view["cases"][2]["procedure"]) == ("OR_2", "L4-L5 fusion")
         with urllib.request.urlopen("http://127.0.0.1:%d/" % web_port, timeout=5) as r:
             assert b"ionm oversight" in r.read()
     finally:

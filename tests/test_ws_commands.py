@@ -26,7 +26,7 @@ PASSWORD = "tech-password-1"
 VALID: dict[str, dict[str, Any]] = {
     "ping": {"cmd": "ping", "req": 1},
     "note": {"cmd": "note", "req": 1, "text": "screw L3 placed"},
-    "ack": {"cmd": "ack", "req": 1, "alert": "X-A1", "note": "surgeon told"},
+    "ack": {"cmd": "ack", "req": 1, "alert": "X-A1", "note": "surgeon told", "group": True},
     "baseline": {"cmd": "baseline", "req": 1, "stream": "mep/TcMEP"},
     "ssep": {"cmd": "stim", "req": 1, "confirmed": False,
              "command": {"action": "ssep", "output": 1, "enabled": True, "current_ma": 20.0, "width_us": 200,
@@ -41,7 +41,7 @@ VALID: dict[str, dict[str, Any]] = {
 }
 NUMBERS = {"req", "output", "current_ma", "width_us", "rate_hz", "train_pulses", "ipi_ms", "repeat_s", "channel",
            "latency_ms"}
-BOOLS = {"enabled", "confirmed"}
+BOOLS = {"enabled", "confirmed", "group"}
 NULLABLE = {"req", "stream@baseline", "latency_ms"}
 REQUIRED = {"note": ["text"], "ack": ["alert", "note"], "ssep": ["command", "command.action", "command.output"],
             "tcmep": ["command", "command.action"], "tcmep_train": ["command", "command.action"],

@@ -129,7 +129,8 @@ class Schema:
         self.kinds: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
             "ping": ({}, ()),
             "note": ({"text": text(MAX_TEXT)}, ("text",)),
-            "ack": ({"alert": text(MAX_NAME), "note": text(MAX_TEXT)}, ("alert", "note")),
+            # group: also every unacknowledged alert of the alert's channel raised before it (ionm.console.alerts)
+            "ack": ({"alert": text(MAX_NAME), "note": text(MAX_TEXT), "group": boolean}, ("alert", "note")),
             "baseline": ({"stream": nullable(text(MAX_NAME))}, ()),
             "stim": ({"command": self._stim_command, "confirmed": boolean}, ("command",)),
             "peak": ({"stream": text(MAX_NAME), "channel": number(0, 255, integer=True), "name": text(20),

@@ -3,10 +3,11 @@
 One engine thread does everything that changes case state, in order: it takes sweeps from a queue (filled by
 the source thread), runs each through its stream's Evaluator (ionm.pipeline), records it, and executes user
 commands between sweeps — so there are no locks on case state. What the clients see leaves as frames: small
-JSON documents, each the whole current state of one part (a stream's averages, the alert list, link health),
+JSON documents, each the whole current state of one part (a stream's averages, the alerts, link health),
 so a client that falls behind can skip to the newest without missing anything; only trend points, stack traces
 and timeline events are incremental (see server.Hub). What they carry is bounded as the page draws it
-(ionm.console.display): compact traces, no waveform of a hidden channel, the baseline in a frame of its own.
+(ionm.console.display): compact traces, no waveform of a hidden channel, the baseline in a frame of its own;
+the alerts grouped per channel, only the newest listed one by one (ionm.console.alerts).
 
 A stream is one stimulated site (modality/source, e.g. "ssep-lower/L tibial"); each has its own Evaluator.
 Baselines are set on demand (B): a new Evaluator is fed the stream's recent raw sweeps and its baseline set on
@@ -35,6 +36,7 @@ import numpy as np
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
 from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
+from ionm.console.alerts import AlertBoard
 from ionm.console.display import (
     STACK_DIGITS,
     STACK_POINTS,
@@ -140,7 +142,7 @@ class CaseEngine:
         self.evaluator_config = evaluator_config
         self.record = record  # False for replays into a scratch store that must not grow (not used by default)
         self.streams: dict[str, Stream] = {}
-        self.alerts: list[dict[str, Any]] = []
+        self.alerts = AlertBoard()  # grouped per channel, bounded as viewers are sent it (ionm.console.alerts)
         self.timeline: list[dict[str, Any]] = []
         self.trend: dict[str, list[dict[str, Any]]] = {}
         self.link: dict[str, Any] = {}
@@ -264,7 +266,8 @@ class CaseEngine:
             self._event("note", text, user)
             return {"t_s": self.t_s}
         if cmd == "ack":
-            return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip())
+            return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip(),
+                             bool(msg.get("group")))
         if cmd == "baseline":
             keys = [str(msg["stream"])] if msg.get("stream") else list(self.streams)
             started = [k for k in keys if k in self.streams and self.request_baseline(k, user)]
@@ -281,20 +284,30 @@ class CaseEngine:
             return {"closed": True}
         raise CommandError("unknown command %r" % cmd)
 
-    def _ack(self, user: str, uid: str, note: str) -> dict[str, Any]:
-        alert = next((a for a in self.alerts if a["uid"] == uid), None)
-        if alert is None:
-            raise CommandError("no alert %r" % uid)
-        if alert.get("ack"):
-            raise CommandError("alert already acknowledged by %s" % alert["ack"]["user"])
+    def _ack(self, user: str, uid: str, note: str, group: bool = False) -> dict[str, Any]:
+        """Acknowledge an alert; with group, also every unacknowledged alert of its channel raised before it (one
+        note for all; each in the store and the audit trail; one timeline line and one alerts frame)."""
+        members = self.alerts.to_acknowledge(uid, group)
+        if not members:
+            known = self.alerts.known(uid)
+            if known is None:
+                rows = self.store.query("SELECT user FROM acks WHERE case_id = ? AND alert_uid = ?",
+                                        (self.case_id, uid))
+                if rows:  # acknowledged long ago: no longer held, but in the store
+                    raise CommandError("alert already acknowledged by %s" % rows[0][0])
+                raise CommandError("no alert %r" % uid)
+            raise CommandError("alert already acknowledged by %s" % known["ack"]["user"])
         if not note:
             raise CommandError("an acknowledgement needs a note (what was done, who was told)")
-        self.store.add_ack(self.case_id, uid, self.t_s, user, note)
-        self.store.audit(self.case_id, user, "ack", {"alert": uid, "note": note, "t_s": self.t_s})
-        alert["ack"] = {"user": user, "note": note, "wall": time.time(), "t_s": self.t_s}
-        self._event("ack", "%s: %s" % (alert["label"], note), user)
+        for a in members:
+            self.store.add_ack(self.case_id, a["uid"], self.t_s, user, note)
+            self.store.audit(self.case_id, user, "ack", {"alert": a["uid"], "note": note, "t_s": self.t_s})
+        self.alerts.acknowledge(members, {"user": user, "note": note, "wall": time.time(), "t_s": self.t_s})
+        last = members[-1]
+        more = " (%d alerts of this channel)" % len(members) if len(members) > 1 else ""
+        self._event("ack", "%s: %s%s" % (last["label"], note, more), user)
         self._publish_alerts()
-        return {"alert": uid}
+        return {"alert": uid, "count": len(members)}
 
     def _stim(self, user: str, command: dict[str, Any], confirmed: bool) -> dict[str, Any]:
         if self.stimulation is None:
@@ -589,7 +602,7 @@ class CaseEngine:
         self.store.audit(self.case_id, "system", "alert", row)
         self._stack_push(st, "alert")
         label = alert_label(row)
-        self.alerts.append(row | {"label": label, "wall": time.time(), "ack": None})
+        self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
         self._event("alert", label, "system")
         self._publish_alerts()
 
@@ -829,7 +842,7 @@ class CaseEngine:
             self._emit([("stim", self._stim_frame())], [])
 
     def _publish_alerts(self) -> None:
-        self._emit([("alerts", {"alerts": [{k: v for k, v in a.items()} for a in self.alerts]})], [])
+        self._emit([("alerts", self.alerts.frame())], [])
 
     # ---------------------------------------------------------------- frames out
     def _publish_dirty(self) -> None:
@@ -865,7 +878,7 @@ class CaseEngine:
             base = self._base_frame(st)
             if base is not None:
                 frames["base:" + k] = base
-        frames["alerts"] = {"alerts": list(self.alerts)}
+        frames["alerts"] = self.alerts.frame()
         if self.link:
             frames["link"] = self.link | {"t_s": round(self.t_s, 2)}
         if self.stimulation is not None:
@@ -932,9 +945,9 @@ class CaseEngine:
             ack = acks.get(a["uid"])
             row = {k: a[k] for k in ("uid", "stream", "t_s", "channel", "channel_name", "criterion",
                                      "amplitude_ratio", "latency_ratio", "scope")}
-            self.alerts.append(row | {"label": alert_label(row), "wall": a["wall"],
-                                      "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
-                                                                       "wall": ack["wall"], "t_s": ack["t_s"]}})
+            self.alerts.add(row | {"label": alert_label(row), "wall": a["wall"],
+                                   "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
+                                                                    "wall": ack["wall"], "t_s": ack["t_s"]}})
         self._alert_seq = len(self.alerts)
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])

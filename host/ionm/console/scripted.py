@@ -64,7 +64,6 @@ def command(user: str, role: str, msg: dict[str, Any]) -> Callable[[CaseEngine],
 def ack_all(user: str, role: str, note: str) -> Callable[[CaseEngine], Any]:
     """An action: acknowledge every alert raised so far."""
     def act(engine: CaseEngine) -> None:
-        for a in engine.alerts:
-            if not a["ack"]:
-                engine._command(user, role, {"cmd": "ack", "alert": a["uid"], "note": note})
+        for a in engine.alerts.unacked():
+            engine._command(user, role, {"cmd": "ack", "alert": a["uid"], "note": note})
     return act

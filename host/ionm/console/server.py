@@ -14,7 +14,8 @@ DISPLAY_BYTES_PER_S (a token bucket, DISPLAY_BURST deep) that every byte sent to
 and go out, coalesced to the newest, when it allows. Everything else (alerts and their acknowledgements,
 technical alarms, link health, stimulation, the case, timeline events, trend points, stack traces, replies) is
 sent at once whatever the budget. An update message holds at most MAX_MESSAGE_BYTES; a single frame larger than
-that (only an alert list of a long storm can be) is sent alone and whole, never cut or delayed.
+that is sent alone and whole, never cut or delayed (the alert frame, grouped per channel, stays within it at the
+default montage however many alerts: ionm.console.alerts).
 
 Latency: each stream frame carries the arrival time of the oldest sweep it includes (arr0); the sender records
 send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure

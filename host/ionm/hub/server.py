@@ -1,10 +1,11 @@
 """`ionm hub`: the oversight page, read from the JetStream stream that the rooms publish to.
 
-HubState folds the stream's messages into what the page shows per case: the header, the alert list (with
-acknowledgements), the newest timeline events, technical alarms, stimulation and link health, and when the
-room was last heard. A background task reads the whole stream from its start (an ordered consumer: the page is
-complete after a hub restart) and keeps following it. The page polls /state.json every second and draws a
-tile per case, cases with unacknowledged alerts first; it is read-only (nothing goes back to the rooms yet).
+HubState folds the stream's messages into what the page shows per case: the header, the alerts (the console's
+alert frame: every alert counted per channel, the newest listed), the newest timeline events, technical alarms,
+stimulation and link health, and when the room was last heard. A background task reads the whole stream from its
+start (an ordered consumer: the page is complete after a hub restart) and keeps following it. The page polls
+/state.json every second and draws a tile per case, cases with unacknowledged alerts first; it is read-only
+(nothing goes back to the rooms yet).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class HubState:
         parts = subject.split(".")
         site, room = (parts[1], parts[2]) if len(parts) == 5 else ("?", "?")
         c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
-                                                "alerts": [], "events": [], "technical": None, "stimulation": None,
+                                                "alerts": {}, "events": [], "technical": None, "stimulation": None,
                                                 "link": None, "last_seq": 0, "heard": None})
         c["last_seq"] = max(c["last_seq"], int(msg["seq"]))
         c["heard"] = float(msg["sent"])
@@ -47,7 +48,7 @@ class HubState:
         if kind == "header":
             c["header"] = body
         elif kind == "alerts":
-            c["alerts"] = list(body.get("alerts", []))
+            c["alerts"] = dict(body)
         elif kind == "event":
             c["events"].append(body)
             del c["events"][:-EVENTS_KEPT]
@@ -58,15 +59,31 @@ class HubState:
         now = time.time()
         tiles = []
         for c in self.cases.values():
-            unacked = [a for a in c["alerts"] if not a.get("ack")]
+            unacked, newest = alert_summary(c["alerts"])
             tiles.append({
                 "case": c["case"], "site": c["site"], "room": c["room"],
-                "procedure": c["header"].get("procedure", ""), "unacknowledged": len(unacked),
-                "newest_alert": (unacked or c["alerts"] or [None])[-1],
+                "procedure": c["header"].get("procedure", ""), "unacknowledged": unacked,
+                "newest_alert": newest,
                 "events": c["events"][-5:], "stimulation": c["stimulation"], "technical": c["technical"],
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
         return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad}
+
+
+def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
+    """(unacknowledged alerts, the newest unacknowledged one, else the newest) of a console's alert frame. The
+    frame counts every alert per channel group and lists only a few (ionm.console.alerts); a frame of an older
+    console ({"alerts": [every alert]}) is counted from its list."""
+    groups = frame.get("groups")
+    if groups is None:
+        alerts = list(frame.get("alerts", []))
+        pending = [a for a in alerts if not a.get("ack")]
+        return len(pending), (pending or alerts or [None])[-1]
+    if not groups:
+        return 0, None
+    pending_groups = [g for g in groups if g.get("unacked")]
+    g = max(pending_groups or groups, key=lambda g: g["last_t_s"])
+    return int(frame.get("unacked", 0)), dict(g["latest"], channel_name=g.get("channel_name"))
 
 
 async def follow(url: str, state: HubState, stop: asyncio.Event) -> None:

@@ -308,19 +308,14 @@ function drawTrend(cv, f, shown, pts) {
   if (!tracked.length) { ctx.fillStyle = "#f5b70a"; ctx.fillText("no reproducible channel tracked", left + 4, top + ph / 2); }
 }
 
-function unacked() { return ((S.frames.alerts || {}).alerts || []).filter((a) => !a.ack); }
-
 const BANNER_ROWS = 5;  // more would push the waveforms out of view: the rest are counted in one line
 
-// One row per channel (stream + channel): its newest unacknowledged alert, and how many it has.
+// One row per channel (stream + channel) with unacknowledged alerts, the newest first. The server sends the alerts
+// grouped so (ionm.console.alerts): each group counts all of its channel's alerts, however many, with its newest
+// alert's values and the uid that acknowledges the channel; only the newest few alerts come one by one.
 function alertGroups() {
-  const groups = new Map();
-  for (const a of unacked()) {
-    const k = a.stream + "#" + a.channel, g = groups.get(k);
-    if (g) { g.alerts.push(a); if (a.t_s >= g.latest.t_s) g.latest = a; }
-    else groups.set(k, { alerts: [a], latest: a });
-  }
-  return [...groups.values()].sort((x, y) => y.latest.t_s - x.latest.t_s);
+  return ((S.frames.alerts || {}).groups || []).filter((g) => g.unacked > 0)
+    .sort((x, y) => y.last_t_s - x.last_t_s);
 }
 
 function drawBanner() {
@@ -328,10 +323,9 @@ function drawBanner() {
   el.classList.toggle("hidden", groups.length === 0);
   el.innerHTML = "";
   for (const g of groups.slice(0, BANNER_ROWS)) {
-    const a = g.latest;
-    const row = document.createElement("div"); row.className = "item"; row.dataset.uid = a.uid;
+    const row = document.createElement("div"); row.className = "item"; row.dataset.uid = g.ack_uid;
     const span = document.createElement("span");
-    span.textContent = "⚠ ALERT " + fmtT(a.t_s) + "  " + a.label + (g.alerts.length > 1 ? "  ×" + g.alerts.length : "");
+    span.textContent = "⚠ ALERT " + fmtT(g.last_t_s) + "  " + g.latest.label + (g.unacked > 1 ? "  ×" + g.unacked : "");
     row.appendChild(span);
     if (can("ack")) {
       const b = document.createElement("button"); b.textContent = "Acknowledge (A)"; b.className = "small ackbtn";
@@ -341,7 +335,7 @@ function drawBanner() {
   }
   if (groups.length > BANNER_ROWS) {
     const more = document.createElement("div"); more.className = "item more";
-    const n = groups.slice(BANNER_ROWS).reduce((s, g) => s + g.alerts.length, 0);
+    const n = groups.slice(BANNER_ROWS).reduce((s, g) => s + g.unacked, 0);
     more.textContent = "+" + (groups.length - BANNER_ROWS) + " more channels in alert (" + n + " alerts): see the timeline";
     el.appendChild(more);
   }
@@ -461,15 +455,16 @@ function toast(text, info) {
   clearTimeout(toast.timer); toast.timer = setTimeout(() => el.classList.add("hidden"), 3500);
 }
 
-// Acknowledges a banner row: every unacknowledged alert of that channel, with the one note.
+// Acknowledges a banner row: every unacknowledged alert of that channel up to the newest one shown, with the one
+// note, in one command (an alert raised while the dialog is open stays unacknowledged, its row stays).
 function openAck(g) {
   if (!can("ack")) { toast("Your role (" + S.role + ") cannot acknowledge alerts"); return; }
   g = g || alertGroups()[0]; if (!g) { toast("No alert to acknowledge", true); return; }
   const dlg = $("ackdialog");
-  $("acktext").textContent = fmtT(g.latest.t_s) + "  " + g.latest.label +
-    (g.alerts.length > 1 ? "  (" + g.alerts.length + " alerts on this channel)" : "");
+  $("acktext").textContent = fmtT(g.last_t_s) + "  " + g.latest.label +
+    (g.unacked > 1 ? "  (" + g.unacked + " alerts on this channel)" : "");
   $("acknote").value = "";
-  dlg.dataset.uids = JSON.stringify(g.alerts.map((a) => a.uid)); dlg.showModal(); $("acknote").focus();
+  dlg.dataset.uid = g.ack_uid; dlg.showModal(); $("acknote").focus();
 }
 
 function openTcmep() {
@@ -495,9 +490,8 @@ function setup() {
     if (dlg.returnValue !== "ok") return;
     const note = $("acknote").value.trim();
     if (!note) { toast("An acknowledgement needs a note"); return; }
-    const uids = JSON.parse(dlg.dataset.uids || "[]");
-    Promise.all(uids.map((uid) => command({ cmd: "ack", alert: uid, note })))
-      .then(() => toast(uids.length > 1 ? uids.length + " alerts acknowledged" : "Alert acknowledged", true));
+    command({ cmd: "ack", alert: dlg.dataset.uid, group: true, note })
+      .then((r) => toast(r.count > 1 ? r.count + " alerts acknowledged" : "Alert acknowledged", true));
   });
   $("basedialog").addEventListener("close", () => {
     const v = $("basedialog").returnValue;
