@@ -53,6 +53,7 @@ from ionm_hw.physiology.responses import (
     waveform,
 )
 from ionm_hw.physiology.scenario import Script, load_scenario, merged, scenario_names
+from ionm_hw.physiology.screws import PROBE_OUTPUT, ProbeModel
 
 __all__ = ["TRIGGER_OUTPUT", "Pulse", "VirtualPatient", "load_scenario", "scenario_names"]
 
@@ -121,6 +122,7 @@ class VirtualPatient:
         self._stim_z = {o: float(np.clip(2500 * np.exp(0.4 * g.standard_normal()), 800, 8000)) for o in range(4)}
         self._stim_z[TRIGGER_OUTPUT] = float(g.uniform(600, 1500))  # corkscrew scalp electrodes
         self._stim_z_phase = {o: float(g.uniform(0, 2 * np.pi)) for o in self._stim_z}
+        self.probe = ProbeModel(self.scenario, self.channels, self.seed, self.fs)  # output 4, the handheld probe
         # Recording electrodes (subdermal needles): 1-6 kOhm each, drawn per electrode (an electrode shared by
         # several derivations, Fz, is the same electrode in each); open while it is off.
         g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("lead_impedance"))
@@ -192,6 +194,8 @@ class VirtualPatient:
         """Impedance of the stimulating electrodes on `output` at sample `index`: patient-specific, drifting
         up slowly as the gel dries, and whatever scripted stim_electrode events impose."""
         t = index / self.fs
+        if output == PROBE_OUTPUT:
+            return self.probe.impedance_ohm(t)
         for o, on, off, z in self.script.stim_electrodes:
             if o == output and on <= t < off:
                 return z
@@ -221,6 +225,9 @@ class VirtualPatient:
             volts = float(self.scenario["stimulation"]["tcmep"]["voltage_v"])
             self._pending.append((p.index, self._stim_artefact(p, volts)))
             return
+        if p.output == PROBE_OUTPUT:
+            self._deliver_probe(p)
+            return
         if p.output not in self._stim_z:
             raise ValueError(f"pulse on unknown output {p.output}")
         g = keyed.rng(self.seed, keyed.TRIAL, p.index, p.output + 2)
@@ -245,6 +252,19 @@ class VirtualPatient:
             nz = self._nonzero[name]
             if amp != 0 and nz.size:
                 arr[:, nz] += np.outer(amp * waveform(t_ms, peaks, scale, shift_ms=shift), self._coupling[name][nz])
+        self._pending.append((p.index, arr))
+
+    def _deliver_probe(self, p: Pulse) -> None:
+        """A probe pulse: its artefact, and the CMAPs of the roots within reach of what it touches."""
+        art = self._stim_artefact(p, p.current_ma)
+        resp = self.probe.response(p.index, p.current_ma, len(self.channels))
+        if resp is None:
+            self._pending.append((p.index, art))
+            return
+        arr = resp[0]
+        if len(arr) < len(art):
+            arr = np.vstack([arr, np.zeros((len(art) - len(arr), arr.shape[1]))])
+        arr[: len(art)] += art
         self._pending.append((p.index, arr))
 
     def _stim_artefact(self, p: Pulse, drive: float) -> np.ndarray:

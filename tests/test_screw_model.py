@@ -1,0 +1,62 @@
+"""The virtual patient's pedicle screws (issue 20 item 6, model part): a screw's distance from its root sets the
+threshold of each muscle of the myotome, responses follow a sigmoid recruitment curve of the delivered current
+with trial-to-trial variability, and the probe's contact sets its impedance."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ionm_hw import patient as pt
+from ionm_hw.physiology import screws
+
+FS = 4000.0
+
+
+def make(screw_list, events) -> pt.VirtualPatient:
+    scen = pt.load_scenario("stable")
+    scen.update(screws=screw_list, events=events)
+    return pt.VirtualPatient(scen, 3, FS, 16)
+
+
+def p2p_uv(vp: pt.VirtualPatient, index: int, current_ma: float, ch: int) -> float:
+    r = vp.probe.response(index, current_ma, 16)
+    return 0.0 if r is None else r[1].get(ch, 0.0)
+
+
+def test_distance_from_the_root_sets_the_threshold_breach_below_4_ma_intact_above_8():
+    vp = make([{"name": "L4 left", "root": "L4", "side": "L", "distance_mm": 0.5},
+               {"name": "L4 right", "root": "L4", "side": "R", "distance_mm": 2.5}], [])
+    tal, tar, ahl = 13, 14, 11  # L and R tibialis anterior (L4), L abductor hallucis (S1: not L4's)
+    breach = vp.probe.threshold_ma("L4 left", tal, 100.0)
+    intact = vp.probe.threshold_ma("L4 right", tar, 100.0)
+    assert breach is not None and breach < 4.0
+    assert intact is not None and intact > 8.0
+    assert vp.probe.threshold_ma("L4 left", tar, 100.0) is None  # the other side's muscles do not respond
+    assert vp.probe.threshold_ma("L4 left", ahl, 100.0) is None  # nor another root's
+
+
+def test_responses_follow_a_sigmoid_of_the_current_with_trial_to_trial_variability():
+    vp = make([{"name": "s", "thresholds_ma": {"TAL1-TAL2": 10.0}}], [{"type": "probe", "target": "s", "onset_s": 0}])
+    currents = [6.0, 9.0, 10.0, 11.0, 14.0, 20.0]
+    med = []
+    for k, c in enumerate(currents):
+        trials = [p2p_uv(vp, 4000 * (100 * k + j), c, 13) for j in range(60)]
+        med.append(float(np.median(trials)))
+        if c == 10.0:
+            assert np.std(trials) / np.mean(trials) > 0.1  # a threshold is a probability, trial to trial
+    assert med == sorted(med) and med[0] < 10 and med[-1] > 0.9 * vp.probe.amp_uv[13]
+    assert abs(med[2] - 0.5 * vp.probe.amp_uv[13]) < 0.2 * vp.probe.amp_uv[13]  # half recruited at I50
+    t = vp.probe.threshold_ma("s", 13, 100.0)
+    below = np.median([p2p_uv(vp, 4000 * (900 + j), t - 0.5, 13) for j in range(60)])
+    above = np.median([p2p_uv(vp, 4000 * (950 + j), t + 0.5, 13) for j in range(60)])
+    assert below < 100.0 < above
+
+
+def test_the_probe_is_open_in_the_air_and_on_tissue_evokes_nothing():
+    vp = make([{"name": "s", "thresholds_ma": {"TAL1-TAL2": 5.0}}],
+              [{"type": "probe", "target": "air", "onset_s": 10, "end_s": 20},
+               {"type": "probe", "target": "s", "onset_s": 20}])
+    assert vp.stim_impedance_ohm(screws.PROBE_OUTPUT, int(5 * FS)) < 5000  # tissue
+    assert vp.stim_impedance_ohm(screws.PROBE_OUTPUT, int(15 * FS)) > 1e9  # air: open
+    assert vp.probe.response(int(5 * FS), 30.0, 16) is None  # no root within reach
+    assert p2p_uv(vp, int(25 * FS), 30.0, 13) > 100.0
