@@ -330,3 +330,33 @@ def test_the_pulse_log_of_ionm_sim_shows_no_pulse_over_a_limit_across_hunts_and_
     assert len(probe) >= 10
     assert max(p["requested_ma"] for p in probe) == SP["current_ma_max"]  # the limit itself was reached
     assert_within_limits(pulses)
+
+
+def test_the_host_api_runs_a_hunt_and_returns_each_channels_threshold(tmp_path):
+    """ionm.board: BoardSession.hunt asks the board for a hunt and gathers its events into one result; values
+    outside the probe's limits are refused on the host before anything is sent."""
+    from ionm.board.acquire import BoardSession
+    from ionm.board.hunt import HuntError
+    from ionm.board.virtual import VirtualBoard
+
+    log = tmp_path / "pulses.jsonl"
+    with VirtualBoard(scenario=scenario(tmp_path), pulse_log=str(log), stderr=subprocess.DEVNULL) as vb:
+        session = BoardSession(vb.device)
+        try:
+            session.configure({"rate_hz": FS, "samples_per_frame": 40})
+            session.start()
+            for bad in ({"hi_ma": 40.1}, {"rate_hz": 6.0}, {"lo_ma": float("nan")}, {"resolution_ma": 0.05}):
+                with pytest.raises(HuntError):
+                    session.hunt([11, 13], **{"lo_ma": 0.5, "hi_ma": 40.0, **bad})
+            assert delivered(log) == []
+            res = session.hunt([11, 13], lo_ma=0.5, hi_ma=40.0, resolution_ma=0.5, rate_hz=5.0, p2p_uv=100)
+        finally:
+            session.close()
+    assert res.complete and set(res.thresholds_ma) == {11, 13}
+    for ch, name in ((11, "AHL1-AHL2"), (13, "TAL1-TAL2")):
+        t, b = res.thresholds_ma[ch], res.below_ma[ch]
+        assert t is not None and b is not None and 0 < t - b <= 0.5
+        assert abs(t - KNOWN[name]) <= 2.0  # the median response's threshold lies a little below I50
+        assert [p.current_ma for p in res.pulses if p.responses[ch]] and min(
+            p.current_ma for p in res.pulses if p.responses[ch]) == t
+    assert len([p for p in delivered(log) if p["output"] == PROBE]) == len(res.pulses)
