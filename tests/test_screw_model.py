@@ -60,3 +60,25 @@ def test_the_probe_is_open_in_the_air_and_on_tissue_evokes_nothing():
     assert vp.stim_impedance_ohm(screws.PROBE_OUTPUT, int(15 * FS)) > 1e9  # air: open
     assert vp.probe.response(int(5 * FS), 30.0, 16) is None  # no root within reach
     assert p2p_uv(vp, int(25 * FS), 30.0, 13) > 100.0
+
+
+def test_the_fusion_scenarios_breach_exactly_the_screws_they_say():
+    """hardware/scenarios: a posterior L3-S1 fusion (12 screws, two breaching) and a T8-T12 fusion (10 screws,
+    one breaching): the lowest threshold of each screw over the recorded muscles is in the band the scenario
+    states (lumbar < 4 mA breach, > 8 mA intact; lower thoracic 6 mA), and each screw is probed in turn."""
+    for name, n_screws in (("lumbar_fusion_l3_s1", 12), ("thoracic_fusion_t8_t12", 10)):
+        scen = pt.load_scenario(name)
+        vp = pt.VirtualPatient(scen, 3, FS, 16)
+        exp = scen["expected"]
+        assert len(scen["screws"]) == n_screws
+        lowest = {}
+        for s in scen["screws"]:
+            ts = [vp.probe.threshold_ma(s["name"], ch, 100.0) for ch in range(16)]
+            ts = [t for t in ts if t is not None]
+            lowest[s["name"]] = min(ts) if ts else None
+            t_mid = next(ev["onset_s"] + 10 for ev in scen["events"]
+                         if ev.get("type") == "probe" and ev["target"] == s["name"])
+            assert vp.probe.target(t_mid) == s["name"]
+        breached = sorted(k for k, v in lowest.items() if v is not None and v < exp["breach_below_ma"])
+        assert breached == sorted(exp["breached"]), lowest
+        assert all(v is None or v > exp["intact_above_ma"] for k, v in lowest.items() if k not in breached), lowest
