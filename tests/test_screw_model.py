@@ -82,3 +82,47 @@ def test_the_fusion_scenarios_breach_exactly_the_screws_they_say():
         breached = sorted(k for k, v in lowest.items() if v is not None and v < exp["breach_below_ma"])
         assert breached == sorted(exp["breached"]), lowest
         assert all(v is None or v > exp["intact_above_ma"] for k, v in lowest.items() if k not in breached), lowest
+
+
+def _tof_on_the_thumb(vp: pt.VirtualPatient, t_s: float) -> list[float]:
+    """Four median-nerve pulses at 2 Hz on output 0 from t_s: each thenar M-wave's peak to peak, µV."""
+    ch = next(c.index for c in vp.channels if c.derivation.startswith("APBL"))
+    first = int(t_s * FS)
+    pulses = [pt.Pulse(first + int(k * 0.5 * FS), 0, 25.0, 200, False) for k in range(4)]
+    sig = vp.render(first, int(2.0 * FS), pulses)[:, ch] * 1e6
+    out = []
+    for p in pulses:  # the M-wave lies 3-15 ms after its pulse (after the artefact)
+        a = p.index - first
+        out.append(float(np.ptp(sig[a + int(0.003 * FS):a + int(0.015 * FS)])))
+    return out
+
+
+def test_train_of_four_gives_each_count_0_to_4_as_a_relaxant_bolus_takes_effect_and_wears_off():
+    """Issue 20 items 5-7 (model part): after the relaxant_bolus_tcmep scenario's bolus the four thenar M-waves
+    of a TOF on the median output fade and vanish, counts 0 to 4 as it wears off, the fourth still faded when it
+    is back; the scenario's expected counts hold; the SSEP (sensory) does not change."""
+    from ionm_hw.physiology import blockade
+
+    scen = pt.load_scenario("relaxant_bolus_tcmep")
+    vp = pt.VirtualPatient(scen, 3, FS, 16)
+    for t, lo, hi in scen["expected"]["tof"]:
+        count, _ = blockade.tof(vp.blockade.depth(t))
+        assert lo <= count <= hi, (t, count)
+    # a time for each count, on the recovery (depth falls monotonically after the peak)
+    times = np.arange(730.0, 3600.0, 5.0)
+    spans: dict[int, list[float]] = {}
+    for t in times:
+        spans.setdefault(blockade.tof(vp.blockade.depth(float(t)))[0], []).append(float(t))
+    assert set(spans) == {0, 1, 2, 3, 4}, spans.keys()
+    when = {c: ts[len(ts) // 2] for c, ts in spans.items()}  # the middle of each count's stretch
+    base = _tof_on_the_thumb(vp, 100.0)  # before the bolus: four equal M-waves
+    assert min(base) > 0.9 * max(base) and base[0] > 1000
+    checks = sorted([(when[c], c) for c in when] + [(spans[4][0] + 30, "early")])  # rendered in time order
+    for t, what in checks:
+        waves = _tof_on_the_thumb(vp, t)
+        if what == "early":  # the first minutes of count 4: all four back, the fourth still faded
+            assert min(waves) > 0.05 * base[0] and waves[3] / waves[0] < 0.5, waves
+            continue
+        present = [w > 0.05 * base[0] for w in waves]
+        assert present == [k < what for k in range(4)], (what, t, waves)
+    assert vp.truth(900.0)["median_L_cortical"]["amplitude"] == 1.0  # the relaxant acts on muscle only

@@ -33,6 +33,7 @@ import numpy as np
 
 from ionm import board
 from ionm_hw.physiology import keyed, montage
+from ionm_hw.physiology.blockade import TRAIN_WINDOW_S, Blockade, twitch
 from ionm_hw.physiology.interference import (
     Cautery,
     EmgBursts,
@@ -123,6 +124,8 @@ class VirtualPatient:
         self._stim_z[TRIGGER_OUTPUT] = float(g.uniform(600, 1500))  # corkscrew scalp electrodes
         self._stim_z_phase = {o: float(g.uniform(0, 2 * np.pi)) for o in self._stim_z}
         self.probe = ProbeModel(self.scenario, self.channels, self.seed, self.fs)  # output 4, the handheld probe
+        self.blockade = Blockade(self.scenario["events"])  # neuromuscular blockade: muscle responses, TOF fade
+        self._recent: dict[int, list[int]] = {}  # per output: its recent pulses (a train's position, TOF)
         # Recording electrodes (subdermal needles): 1-6 kOhm each, drawn per electrode (an electrode shared by
         # several derivations, Fz, is the same electrode in each); open while it is off.
         g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("lead_impedance"))
@@ -232,6 +235,9 @@ class VirtualPatient:
             raise ValueError(f"pulse on unknown output {p.output}")
         g = keyed.rng(self.seed, keyed.TRIAL, p.index, p.output + 2)
         t_s = p.index / self.fs
+        recent = [i for i in self._recent.get(p.output, []) if p.index - i < TRAIN_WINDOW_S * self.fs]
+        self._recent[p.output] = recent + [p.index]
+        muscle = twitch(self.blockade.depth(t_s), len(recent) + 1)  # the k-th response of a train fades
         parts = []
         for name in self.responses_of(p.output):
             r = self.responses[name]
@@ -240,6 +246,8 @@ class VirtualPatient:
             z_amp, z_lat = _lognormal_mean1(g, r.d.trial_cv), g.standard_normal()  # always drawn: keyed order
             rec = RECRUITMENT[r.d.recruitment].fraction(p.current_ma, p.width_us, r.i50_scale)
             amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * rec * z_amp * 1e-6
+            if name.startswith("mwave"):  # a muscle's response: through the neuromuscular junction
+                amp *= muscle
             scale = r.latency_scale * float(l_s[0] * w_l[0])
             shift = r.d.jitter_ms * z_lat + self.NEAR_THRESHOLD_DELAY_MS * (1 - rec)
             parts.append((name, amp, scale, shift, r.peaks))
@@ -257,7 +265,8 @@ class VirtualPatient:
     def _deliver_probe(self, p: Pulse) -> None:
         """A probe pulse: its artefact, and the CMAPs of the roots within reach of what it touches."""
         art = self._stim_artefact(p, p.current_ma)
-        resp = self.probe.response(p.index, p.current_ma, len(self.channels))
+        resp = self.probe.response(p.index, p.current_ma, len(self.channels),
+                                   twitch(self.blockade.depth(p.index / self.fs), 1))
         if resp is None:
             self._pending.append((p.index, art))
             return
@@ -295,6 +304,7 @@ class VirtualPatient:
             z_amp, z_lat = _lognormal_mean1(g, cv), g.standard_normal()
             rel = np.exp(self.MEP_PHASE_JITTER * g.standard_normal(6))
             amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * mep_recruitment(volts, drive, r.threshold_v) * z_amp
+            amp *= twitch(self.blockade.depth(t_s), 1)  # the muscle's response through the junction
             scale = r.latency_scale * float(l_s[0] * w_l[0])
             parts.append((name, amp * 1e-6, scale, r.d.jitter_ms * z_lat, rel, r.peaks))
         length = max(extent_ms(pk, sc) + abs(sh) for _, _, sc, sh, _, pk in parts)

@@ -27,6 +27,8 @@ A scenario is a JSON object; every key but "name" is optional (DEFAULTS fill the
                     electrode drying out or badly placed: what the board's impedance check measures)
     {"type": "probe", "target": screw name, "tissue" or "air", "onset_s", "end_s"}  (what the handheld
                     probe touches; "tissue" when no event holds)
+    {"type": "relaxant", "onset_s", "peak_depth", "onset_to_peak_s", "recovery_tau_s"}  (a neuromuscular
+                    blocker: muscle responses depressed and fading, physiology/blockade.py)
   screws            pedicle screws for the probe (physiology/screws.py): [{"name": "L4 left", "root": "L4",
                     "side": "L", "distance_mm": 2.5}] or, instead of root and distance, "thresholds_ma":
                     {derivation: half-recruitment mA}
@@ -193,11 +195,11 @@ class Script:
                     (str(ev["electrode"]), float(ev["onset_s"]), float(ev.get("end_s", np.inf)),
                      float(ev["impedance_ohm"]))
                 )  # fmt: skip
-            elif kind == "probe":
-                pass  # the handheld probe's contact: physiology/screws.py
+            elif kind in ("probe", "relaxant"):
+                pass  # the handheld probe's contact (physiology/screws.py); a relaxant bolus (blockade.py)
             else:
                 raise ValueError(f"unknown event type {kind!r} (change, leadoff, cautery, stim_electrode,"
-                                 " electrode_impedance, probe)")
+                                 " electrode_impedance, probe, relaxant)")
 
     def factors(self, name: str, t_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Scripted (amplitude, latency) factors of one response at times t_s (s), vs baseline."""

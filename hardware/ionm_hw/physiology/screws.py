@@ -158,9 +158,11 @@ class ProbeModel:
             self._shapes[channel] = (w / np.ptp(w), lat)
         return self._shapes[channel]
 
-    def response(self, index: int, current_ma: float, n_channels: int) -> tuple[np.ndarray, dict[int, float]] | None:
+    def response(self, index: int, current_ma: float, n_channels: int,
+                 junction: float = 1.0) -> tuple[np.ndarray, dict[int, float]] | None:
         """Volts (samples from the pulse, channels) a probe pulse of current_ma at sample `index` evokes, and
-        the peak-to-peak µV per responding channel; None when nothing responds."""
+        the peak-to-peak µV per responding channel; None when nothing responds. junction: the fraction of the
+        muscle's response that neuromuscular blockade leaves (blockade.twitch)."""
         target = self.target(index / self.fs)
         if target not in self.screws:
             return None
@@ -175,7 +177,7 @@ class ProbeModel:
             x = (current_ma - i50) / self.slope_ma(i50)
             frac = 1.0 / (1.0 + math.exp(-x)) if x > -50 else 0.0
             s = math.sqrt(math.log1p(AMP_TRIAL_CV**2))
-            p2p = self.amp_uv[ch] * frac * math.exp(s * z_amp - 0.5 * s * s)
+            p2p = self.amp_uv[ch] * frac * math.exp(s * z_amp - 0.5 * s * s) * junction
             if p2p > 0.01:
                 parts.append((ch, p2p))
         if not parts:
