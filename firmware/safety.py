@@ -66,6 +66,7 @@ class Supervisor:
         self.train_ipi_us_min = s["train_ipi_us_min"]
         self.train_ipi_us_max = s["train_ipi_us_max"]
         self.train_interval_ms_min = s["tcmep_train_interval_ms_min"]
+        self.tof_interval_ms_min = s["tof_interval_ms_min"]  # one train-of-four per 15 s at most (board-wide)
         self.watchdog_ms = s["watchdog_ms"]
         hold = st["tcmep_holdoff_ms"]  # no other stimulus this long around a TcMEP train (scheduler)
         self.holdoff_before_ms = hold["before"]
@@ -88,7 +89,8 @@ class Supervisor:
                 "impedance_ohm_max": self.impedance_ohm_max, "rate_mhz_max_per_output": self.rate_mhz_max_output,
                 "rate_mhz_max_total": self.rate_mhz_max_total, "train_pulses_max": self.train_pulses_max,
                 "train_ipi_us_min": self.train_ipi_us_min, "train_ipi_us_max": self.train_ipi_us_max,
-                "train_interval_ms_min": self.train_interval_ms_min, "holdoff_ms_before": self.holdoff_before_ms,
+                "train_interval_ms_min": self.train_interval_ms_min, "tof_interval_ms_min": self.tof_interval_ms_min,
+                "holdoff_ms_before": self.holdoff_before_ms,
                 "holdoff_ms_after": self.holdoff_after_ms, "watchdog_ms": self.watchdog_ms,
                 "waveforms": ["monophasic", "biphasic"],
                 "probe": {"output": self.probe_output, "current_ua_max": self.probe_ua_max,

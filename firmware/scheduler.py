@@ -68,6 +68,7 @@ class Scheduler:
         self.armed = []  # (index, program id, output, requested µA) awaiting their latch, in index order
         self.last_train_index = None
         self.last_train_samples = 0  # first to last trigger of the last train
+        self.last_tof_index = None  # the first pulse of the last train-of-four (one per 15 s at most)
         self.last_index = [None] * supervisor.n_outputs  # per output: the most recent armed pulse
         self.pulses_armed = 0
         self.pulses_skipped = 0  # pulses dropped to keep the minimum interval (two programs, jitter)
@@ -101,8 +102,15 @@ class Scheduler:
             for last in self.last_index:
                 if last is not None and last + before > start:
                     start = last + before
+        tof_ms = self.sup.tof_interval_ms_min
         for pid in ids:  # refused before anything changes: a refused request has no effect
             prog = self.programs[pid]
+            if prog["kind"] == "tof" and self.last_tof_index is not None:
+                since_ms = (start - self.last_tof_index) * 1000 // fs
+                if since_ms < tof_ms:
+                    raise m.ProtocolError(m.E_LIMIT_RATE, "the last train-of-four was %d ms ago; at most one every"
+                                          " %d ms (repeated trains fatigue the junction and misread the block)"
+                                          % (since_ms, tof_ms))
             if prog["kind"] == "tcmep" and self.last_train_index is not None:
                 since_ms = (start - self.last_train_index) * 1000 // fs
                 if since_ms < self.sup.train_interval_ms_min:
@@ -119,6 +127,8 @@ class Scheduler:
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
                 self.last_train_samples = _train_samples(prog, fs)
+            elif prog["kind"] == "tof":
+                self.last_tof_index = start  # (likewise)
             self.running.append(Running(pid, prog, t0))
         return start
 
@@ -267,6 +277,7 @@ class Scheduler:
 
         self.last_index = [conv(i) for i in self.last_index]
         self.last_train_index = conv(self.last_train_index)
+        self.last_tof_index = conv(self.last_tof_index)
 
     def match_latch(self, index, output):
         """(program id, requested µA) of the armed pulse a latch reports, or (-1, 0)."""

@@ -340,3 +340,57 @@ def test_the_probe_output_holds_its_own_limits_at_every_check():
             assert r["detail"], name
             if code is not None:
                 assert r["code"] == code, (name, r)
+
+
+TOF_CODE = """
+import boardcfg
+import messages as m
+from safety import Supervisor
+from scheduler import Scheduler
+
+class Bsp:
+    def __init__(self):
+        self.armed = []
+    def arm_pulse(self, index, out, ua, us, bi):
+        self.armed.append(index)
+    def cancel_stimulation(self):
+        return 0
+
+sup = Supervisor(boardcfg.load())
+for o in range(sup.n_outputs):
+    sup.note_impedance(o, 2000)
+bsp = Bsp()
+sched = Scheduler(bsp, sup)
+tof = sup.check_program({"kind": "tof", "output": 0, "current_ua": 30000, "width_us": 200})
+sched.load([tof])
+fs = 4000
+out = []
+for now_s in _IN:
+    try:
+        start = sched.start(int(now_s * fs), fs, 40)
+        for i in range(start - 40, start + 2 * fs, 40):  # block by block over the train: its four pulses armed
+            sched.tick(i, start + 10 * fs, 40)
+        out.append({"ok": True, "armed": len(bsp.armed)})
+    except m.ProtocolError as e:
+        out.append({"ok": False, "code": e.code, "detail": e.detail, "armed": len(bsp.armed)})
+sched.rebase(int((_IN[2] + 1) * fs), fs, fs, 0)  # 1 s after the last TOF, acquisition restarted at once
+try:
+    sched.start(0, fs, 40)
+    out.append({"ok": True})
+except m.ProtocolError as e:
+    out.append({"ok": False, "code": e.code})
+emit(out)
+"""
+
+
+def test_a_train_of_four_is_refused_sooner_than_15_s_after_the_last_even_across_a_restart():
+    """Issue 20 item 5: at most one TOF per safety.tof_interval_ms_min on the board; a sooner stim-start is refused
+    (limit-rate) with nothing armed, one at the interval is accepted, and an acquisition restart does not reset it."""
+    gap_s = S["tof_interval_ms_min"] / 1000
+    starts = [0.0, gap_s - 0.1, gap_s + 0.1, gap_s + 0.1 + gap_s / 2]
+    (r,) = run_json(TOF_CODE, starts)
+    assert r[0] == {"ok": True, "armed": 4}
+    assert not r[1]["ok"] and r[1]["code"] == m.E_LIMIT_RATE and r[1]["armed"] == 4 and "15000 ms" in r[1]["detail"]
+    assert r[2] == {"ok": True, "armed": 8}
+    assert not r[3]["ok"] and r[3]["armed"] == 8
+    assert r[4] == {"ok": False, "code": m.E_LIMIT_RATE}

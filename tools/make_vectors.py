@@ -23,7 +23,8 @@ STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min":
                "energy_reference_ohm": 500, "compliance_v": 400, "over_current_tolerance_pct": 5,
                "impedance_ohm_max": 20000, "rate_mhz_max_per_output": 20000, "rate_mhz_max_total": 50000,
                "train_pulses_max": 9, "train_ipi_us_min": 1000, "train_ipi_us_max": 10000,
-               "train_interval_ms_min": 1000, "holdoff_ms_before": 100, "holdoff_ms_after": 100, "watchdog_ms": 100,
+               "train_interval_ms_min": 1000, "tof_interval_ms_min": 15000, "holdoff_ms_before": 100,
+               "holdoff_ms_after": 100, "watchdog_ms": 100,
                "waveforms": ["monophasic", "biphasic"],
                "probe": {"output": 4, "current_ua_max": 40000, "width_us": 200, "rate_mhz_min": 2000,
                          "rate_mhz_max": 5000, "hunt_pulses_max": 32}}
