@@ -116,6 +116,9 @@ class VirtualPatient:
         self._emg = EmgBursts(self.seed, self.fs, muscles, float(noise["emg_bursts_per_min"]))
         g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("artefact"))
         self._artefact = artefact_coupling(self.channels, g)
+        # the probe's (output 4) from a stream of its own: the other draws stay as they were before it existed
+        self._artefact.update(artefact_coupling(self.channels, keyed.rng(self.seed, keyed.PATIENT,
+                                                                         keyed.name_key("probe_artefact")), (4,)))
         self._artefact_tau_ms = float(g.uniform(0.4, 1.0))  # amplifier/electrode recovery
         self._artefact_shapes: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._leadoff = Leadoff(self.fs, self.channels, self.script.leadoffs, rail_v, g)
