@@ -27,11 +27,14 @@ LATCH_SIZE = const(14)
 
 
 class Firmware:
-    def __init__(self, bsp_module, slot=None, rolled_back=False):
-        self.defn = boardcfg.load()
-        # The acquisition's data frame and DMA block, allocated once while the heap is whole: a configuration
-        # whose two fit (16 channels at 8 kSPS and 64 samples per frame: 6.6 kB) never fails for fragmentation.
-        self.block_arena = bytearray(self.defn["mcu"]["block_arena_bytes"])
+    def __init__(self, bsp_module, slot=None, rolled_back=False, defn=None, arena=None):
+        self.defn = defn if defn is not None else boardcfg.load()
+        # The acquisition's data frame and DMA block, allocated once while the heap is whole (main.py does it
+        # before loading the firmware's modules): a configuration whose two fit (16 channels at 8 kSPS and 64
+        # samples per frame: 6.6 kB) never fails for fragmentation.
+        if arena is None:
+            arena = bytearray(self.defn["mcu"]["block_arena_bytes"])
+        self.block_arena = arena
         self.bsp = bsp_module.Board(self.defn)
         self.bsp_name = bsp_module.NAME
         adc = self.defn["adc"]
@@ -68,6 +71,7 @@ class Firmware:
             m.CAL_WRITE: self.on_cal_write,
             m.SELF_TEST: self.on_self_test,
             m.IMPEDANCE: self.on_impedance,
+            m.HUNT: self.on_hunt,
             m.FW_BEGIN: self.on_fw_begin,
             m.FW_CHUNK: self.on_fw_chunk,
             m.FW_COMMIT: self.on_fw_commit,
@@ -148,7 +152,9 @@ class Firmware:
 
     def on_stop(self, rid, body):
         samples = 0
-        self.scheduler.stop()  # stimulation is timed by the ADC clock: it cannot outlive acquisition
+        self.scheduler.stop("acquisition-stopped")
+        if self.scheduler.hunt is not None:
+            self.scheduler.hunt.report(self)  # stimulation is timed by the ADC clock: it cannot outlive it
         if self.acq is not None and self.acq.running:
             self.acq.stop()
             samples = self.acq.next_index
@@ -184,7 +190,7 @@ class Firmware:
         for pid in (range(len(programs)) if only is None else (only,)):
             for shape in programs[pid]["shapes"]:
                 outputs |= 1 << shape[0]
-        for out in range(self.supervisor.outputs):
+        for out in range(self.supervisor.n_outputs):
             if outputs >> out & 1:
                 self.probe_output(out)
                 err = self.supervisor.impedance_error(out)
@@ -220,7 +226,18 @@ class Firmware:
             gc.collect()
 
     def on_stim_stop(self, rid, body):
-        self.link.ack(rid, {"cancelled": self.scheduler.stop()})
+        self.link.ack(rid, {"cancelled": self.scheduler.stop("stopped")})
+
+    def on_hunt(self, rid, body):
+        """A threshold hunt on the probe output (SPEC 5.11): firmware/huntreq.py and hunt.py, loaded for the hunt
+        and dropped when it has been reported (the heap is tight, and most cases never hunt)."""
+        if self.acq is None or not self.acq.running:
+            raise m.ProtocolError(m.E_STATE, "start acquisition first: hunt pulses and responses are timed by the"
+                                  " ADC sample clock")
+        gc.collect()
+        import huntreq
+
+        huntreq.request(self, rid, body)
 
     def on_cal_read(self, rid, body):
         self.link.ack(rid, self.calibration.data)
@@ -313,7 +330,7 @@ class Firmware:
     def check_host(self):
         silent = self.bsp.ticks_diff(self.bsp.ticks_ms(), self.last_host_ms)
         if silent > HOST_LOST_MS and self.acq is not None and self.acq.running:
-            self.scheduler.stop()
+            self.scheduler.stop("host-lost")
             self.acq.stop()
             self.last_run = (self.acq.next_index, self.acq.cfg.rate_hz, self.bsp.ticks_ms())
             self.link.event({"kind": "host-lost", "silent_ms": silent, "index": self.acq.next_index})
@@ -353,12 +370,14 @@ class Firmware:
                 self.stim_fault("compliance", index, output, "output %d could not drive %d µA (delivered %d µA):"
                                 " electrode impedance too high" % (output, requested, measured))
             elif output >= 0:
-                err = self.supervisor.readback_error(requested, measured, width, 2 if flags & 1 else 1)
+                err = self.supervisor.readback_error(requested, measured, width, 2 if flags & 1 else 1, output)
                 if err is not None:
                     self.stim_fault("over-current", index, output, "output %d %s" % (output, err))
         if acq.latched > len(lat) // size:
             self.link.event({"kind": "latch-overflow", "lost": acq.latched - len(lat) // size})
         sched.forget_before(acq.next_index)
+        if sched.hunt is not None:
+            sched.hunt.scan_block(self)
 
     def arm(self):
         """Host silence stops stimulation (the hardware's clock past the watchdog deadline); arm what is due,
@@ -373,7 +392,7 @@ class Firmware:
         if now < acq.next_index:
             now = acq.next_index
         if now >= deadline:
-            cancelled = sched.stop()
+            cancelled = sched.stop("watchdog")
             self.link.event({"kind": "watchdog", "index": now, "last_host_index": self.last_host_index,
                              "cancelled": cancelled, "detail": "no frame from the host for %d ms: stimulation stopped"
                              % self.supervisor.watchdog_ms})
@@ -404,7 +423,7 @@ class Firmware:
                          "pulses_held": self.scheduler.pulses_held})
 
     def stim_fault(self, fault, index, output, detail, ohm=UNKNOWN):
-        cancelled = self.scheduler.stop()
+        cancelled = self.scheduler.stop("limit" if fault == "limit" else "fault")
         ev = {"kind": "fault", "fault": fault, "index": index, "output": output, "cancelled": cancelled,
               "detail": detail + "; stimulation stopped"}
         if fault == "impedance":
@@ -421,6 +440,8 @@ class Firmware:
                 acq = None  # a configure request replaces the acquisition: its old buffers must be free to reuse
                 self.service_host()  # before the watchdog looks at host silence: what has arrived counts
                 self.arm()
+                if self.scheduler.hunt is not None and self.scheduler.hunt.reason is not None:
+                    self.scheduler.hunt.report(self)
                 if status:
                     self.status()
             else:
@@ -428,12 +449,14 @@ class Firmware:
                 acq = None
                 self.service_host()
             self.check_host()
+            if self.scheduler.hunt is not None and self.scheduler.hunt.reason is not None:
+                self.scheduler.hunt.report(self)
             self.bsp.feed_watchdog()
 
 
-def main(slot=None, rolled_back=False):
+def main(slot=None, rolled_back=False, defn=None, arena=None):
     if sys.platform == "rp2":
         import bsp_rp2350 as bsp_module
     else:
         import bsp_virtual as bsp_module
-    Firmware(bsp_module, slot, rolled_back).run()
+    Firmware(bsp_module, slot, rolled_back, defn, arena).run()

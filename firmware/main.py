@@ -8,6 +8,15 @@ import bootslot  # noqa: E402
 
 slot, rolled_back = bootslot.select()
 
+# The acquisition's block arena is allocated before the firmware's modules are loaded, while the heap is
+# whole: loading them (compiling them, on the unix port) leaves it too fragmented for 8 kB in one piece.
+import gc  # noqa: E402
+
+import boardcfg  # noqa: E402
+
+defn = boardcfg.load()
+gc.collect()
+arena = bytearray(defn["mcu"]["block_arena_bytes"])
 import app  # noqa: E402
 
-app.main(slot, rolled_back)
+app.main(slot, rolled_back, defn, arena)

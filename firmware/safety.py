@@ -41,7 +41,16 @@ class Supervisor:
         self.calibration = calibration  # storage.Calibration (its data["stim_gain_ppm"]), or None
         s = defn["safety"]
         st = defn["stimulator"]
-        self.outputs = st["outputs"]
+        self.outputs = st["outputs"]  # outputs 0..outputs-1: pulse, ramp and TOF programs
+        probe = st["probe"]  # the handheld probe: its own output, driven by probe programs and hunts only
+        sp = s["probe"]
+        self.probe_output = probe["output"]
+        self.n_outputs = self.probe_output + 1  # every output stage, the probe's included
+        self.probe_ua_max = int(min(sp["current_ma_max"], probe["current_ma_max"]) * 1000)
+        self.probe_width_us = sp["width_us"]
+        self.probe_rate_mhz_min = int(sp["rate_hz_min"] * 1000)
+        self.probe_rate_mhz_max = int(sp["rate_hz_max"] * 1000)
+        self.hunt_pulses_max = sp["hunt_pulses_max"]
         self.current_ua_max = int(s["current_ma_max"] * 1000)
         self.current_step_ua = st["current_step_ua"]
         self.width_us_min = s["width_us_min"]
@@ -57,17 +66,18 @@ class Supervisor:
         self.train_ipi_us_min = s["train_ipi_us_min"]
         self.train_ipi_us_max = s["train_ipi_us_max"]
         self.train_interval_ms_min = s["tcmep_train_interval_ms_min"]
+        self.tof_interval_ms_min = s["tof_interval_ms_min"]  # one train-of-four per 15 s at most (board-wide)
         self.watchdog_ms = s["watchdog_ms"]
         hold = st["tcmep_holdoff_ms"]  # no other stimulus this long around a TcMEP train (scheduler)
         self.holdoff_before_ms = hold["before"]
         self.holdoff_after_ms = hold["after"]
-        self.impedance_ohm = [self.reference_ohm] * self.outputs  # the energy limit's R: measured, >= reference
-        self.electrode_ohm = [UNKNOWN] * self.outputs  # the last measurement per output (ohms, OPEN, UNKNOWN)
+        self.impedance_ohm = [self.reference_ohm] * self.n_outputs  # the energy limit's R: measured, >= reference
+        self.electrode_ohm = [UNKNOWN] * self.n_outputs  # the last measurement per output (ohms, OPEN, UNKNOWN)
         self.readback_tolerance_pct = s["over_current_tolerance_pct"]
         self.impedance_ohm_max = int(s["impedance_ohm_max"])
-        probe = st["impedance_probe"]
-        self.probe_ua = probe["current_ua"]
-        self.probe_us = probe["width_us"]
+        zprobe = st["impedance_probe"]
+        self.probe_ua = zprobe["current_ua"]
+        self.probe_us = zprobe["width_us"]
 
     def limits(self):
         """The limits as the welcome's caps.stim gives them to the host (integers, SPEC 5.1)."""
@@ -79,16 +89,20 @@ class Supervisor:
                 "impedance_ohm_max": self.impedance_ohm_max, "rate_mhz_max_per_output": self.rate_mhz_max_output,
                 "rate_mhz_max_total": self.rate_mhz_max_total, "train_pulses_max": self.train_pulses_max,
                 "train_ipi_us_min": self.train_ipi_us_min, "train_ipi_us_max": self.train_ipi_us_max,
-                "train_interval_ms_min": self.train_interval_ms_min, "holdoff_ms_before": self.holdoff_before_ms,
+                "train_interval_ms_min": self.train_interval_ms_min, "tof_interval_ms_min": self.tof_interval_ms_min,
+                "holdoff_ms_before": self.holdoff_before_ms,
                 "holdoff_ms_after": self.holdoff_after_ms, "watchdog_ms": self.watchdog_ms,
-                "waveforms": ["monophasic", "biphasic"]}
+                "waveforms": ["monophasic", "biphasic"],
+                "probe": {"output": self.probe_output, "current_ua_max": self.probe_ua_max,
+                          "width_us": self.probe_width_us, "rate_mhz_min": self.probe_rate_mhz_min,
+                          "rate_mhz_max": self.probe_rate_mhz_max, "hunt_pulses_max": self.hunt_pulses_max}}
 
     # -- what an output delivers ------------------------------------------------------------------------
     def dac_ua(self, output, current_ua):
         """The DAC setting that makes `output` deliver current_ua: the calibration gain applied, uncapped."""
         cal = self.calibration
         ppm = cal.data["stim_gain_ppm"] if cal is not None else None
-        if not ppm or output < 0:
+        if not ppm or output < 0 or output >= len(ppm):  # the probe output takes no calibration entry
             return current_ua
         return current_ua * (1000000 + ppm[output]) // 1000000
 
@@ -100,9 +114,16 @@ class Supervisor:
 
     def delivery_error(self, output, current_ua, width_us, phases):
         """None, or (code, detail) of the first limit a pulse of current_ua for width_us per phase breaks."""
-        if current_ua > self.current_ua_max:
+        if not 0 <= output < self.n_outputs:
+            return m.E_LIMIT_OUTPUT, "no stimulator output %d" % output
+        limit = self.current_limit(output)
+        if current_ua > limit:
             return m.E_LIMIT_CURRENT, ("output %d would be driven at %d µA, above the limit %d µA"
-                                       % (output, current_ua, self.current_ua_max))
+                                       % (output, current_ua, limit))
+        if output == self.probe_output and (width_us > self.probe_width_us or phases != 1):
+            # (its stimuli are exactly that wide, programs say so; the impedance probe's 50 µs pulse is shorter)
+            return m.E_LIMIT_WIDTH, ("the probe output delivers monophasic pulses of at most %d µs (asked %d µs,"
+                                     " %d phases)" % (self.probe_width_us, width_us, phases))
         for phase in range(phases):  # every phase carries the same charge on this output stage
             charge_pc = current_ua * width_us
             if charge_pc > self.charge_pc_max:
@@ -115,12 +136,20 @@ class Supervisor:
                                       % (energy, phases, self.impedance_ohm[output], self.energy_uj_max))
         return None
 
+    def current_limit(self, output):
+        """The current limit of an output: the probe's own, or the general one."""
+        return self.probe_ua_max if output == self.probe_output else self.current_ua_max
+
+    def rate_limit_mhz(self, output):
+        """The rate limit of an output (its minimum interval is the inverse)."""
+        return self.probe_rate_mhz_max if output == self.probe_output else self.rate_mhz_max_output
+
     def check_delivery(self, output, current_ua, width_us, phases):
         err = self.delivery_error(output, self.driven_ua(output, current_ua), width_us, phases)
         if err is not None:
             raise m.ProtocolError(err[0], err[1])
 
-    def readback_error(self, requested_ua, measured_ua, width_us, phases):
+    def readback_error(self, requested_ua, measured_ua, width_us, phases, output=0):
         """None, or a sentence saying how a delivered pulse's current-sense readback broke a limit: more than
         over_current_tolerance_pct above the request (plus one DAC step), or above the current or charge
         limit by more than one DAC step."""
@@ -128,8 +157,9 @@ class Supervisor:
         if measured_ua > requested_ua + requested_ua * self.readback_tolerance_pct // 100 + step:
             return ("delivered %d µA for %d µA requested (tolerance %d %% + %d µA)"
                     % (measured_ua, requested_ua, self.readback_tolerance_pct, step))
-        if measured_ua > self.current_ua_max + step:
-            return "delivered %d µA, above the limit %d µA" % (measured_ua, self.current_ua_max)
+        limit = self.current_limit(output)
+        if measured_ua > limit + step:
+            return "delivered %d µA, above the limit %d µA" % (measured_ua, limit)
         if (measured_ua - step) * width_us > self.charge_pc_max:
             return ("delivered %d nC per phase, above the limit %d nC"
                     % (measured_ua * width_us // 1000, self.charge_pc_max // 1000))
@@ -185,6 +215,22 @@ class Supervisor:
             raise m.ProtocolError(m.E_BAD_FIELD, "waveform must be monophasic or biphasic")
         return output, current, width, waveform == "biphasic"
 
+    def check_probe_pulse(self, spec, current_name="current_ua"):
+        """current_ua of a probe-output pulse spec (output, current, width, waveform), or ProtocolError: the
+        probe's output only, at most its current limit on the DAC step, its one width, monophasic."""
+        output = spec.get("output", self.probe_output)
+        if output != self.probe_output or isinstance(output, bool):
+            raise m.ProtocolError(m.E_LIMIT_OUTPUT, "the probe is output %d (asked %r)" % (self.probe_output, output))
+        current = _int_field(spec, current_name, 0, self.probe_ua_max, m.E_LIMIT_CURRENT)
+        if current % self.current_step_ua:
+            raise m.ProtocolError(m.E_LIMIT_CURRENT, "%s %d is not a multiple of the DAC step %d µA"
+                                  % (current_name, current, self.current_step_ua))
+        if "width_us" in spec:
+            _int_field(spec, "width_us", self.probe_width_us, self.probe_width_us, m.E_LIMIT_WIDTH)
+        if spec.get("waveform", "monophasic") != "monophasic":
+            raise m.ProtocolError(m.E_BAD_FIELD, "the probe is monopolar: waveform must be monophasic")
+        return current
+
     def energy_uj(self, output, current_ua, width_us, phases):
         """I²·R·t per pulse, all phases, into the output's measured impedance (at least the reference load),
         with the current the output stage can actually drive at its compliance voltage."""
@@ -194,8 +240,8 @@ class Supervisor:
         return (i_ua * i_ua // 1000000) * r * width_us * phases // 1000000
 
     # -- programs --------------------------------------------------------------------------------------
-    def check_rate(self, spec, averaged):
-        rate = _int_field(spec, "rate_mhz", 1, self.rate_mhz_max_output, m.E_LIMIT_RATE)
+    def check_rate(self, spec, averaged, output=0):
+        rate = _int_field(spec, "rate_mhz", 1, self.rate_limit_mhz(output), m.E_LIMIT_RATE)
         if averaged:
             for mains in MAINS_HZ:
                 # mains / rate an integer: mains sits at the same phase in every sweep and survives averaging
@@ -232,7 +278,7 @@ class Supervisor:
             raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "%d TcMEP programs would start their trains together;"
                                   " trains must be at least %d ms apart: one TcMEP program per set"
                                   % (len(trains), self.train_interval_ms_min))
-        per_output = [0] * self.outputs
+        per_output = [0] * self.n_outputs
         total = 0
         for p in checked:
             if p["kind"] == "tcmep":
@@ -240,10 +286,10 @@ class Supervisor:
             rate = p["rate_mhz"]
             per_output[p["output"]] += rate
             total += rate
-        for out in range(self.outputs):
-            if per_output[out] > self.rate_mhz_max_output:
+        for out in range(self.n_outputs):
+            if per_output[out] > self.rate_limit_mhz(out):
                 raise m.ProtocolError(m.E_LIMIT_RATE, "output %d would pulse at %d mHz, above the limit %d mHz"
-                                      % (out, per_output[out], self.rate_mhz_max_output))
+                                      % (out, per_output[out], self.rate_limit_mhz(out)))
         if total > self.rate_mhz_max_total:
             raise m.ProtocolError(m.E_LIMIT_RATE, "all outputs together would pulse at %d mHz, above the limit %d mHz"
                                   % (total, self.rate_mhz_max_total))
@@ -293,4 +339,12 @@ def _tcmep(sup, prog):  # trains to the external constant-voltage stimulator thr
     return {"kind": "tcmep", "count": count, "ipi_us": ipi, "interval_ms": interval, "output": -1, "shapes": []}
 
 
-KINDS = {"pulse": _pulse, "ramp": _ramp, "tof": _tof, "tcmep": _tcmep}
+def _probe(sup, prog):  # the handheld probe, manual mode: nerve mapping and screw testing at a set current
+    cur = sup.check_probe_pulse(prog)
+    out, wid = sup.probe_output, sup.probe_width_us
+    rate = sup.check_rate(prog, False, out)
+    return {"kind": "probe", "output": out, "current_ua": cur, "width_us": wid, "biphasic": False, "rate_mhz": rate,
+            "jitter_us": 0, "phase_us": 0, "shapes": [(out, cur, wid, False)]}
+
+
+KINDS = {"pulse": _pulse, "ramp": _ramp, "tof": _tof, "tcmep": _tcmep, "probe": _probe}

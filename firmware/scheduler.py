@@ -11,6 +11,7 @@ import random
 import messages as m
 
 _HORIZON_MS = 20  # how far ahead pulses are handed to the PIO
+HUNT_PID = -2  # the program id of a hunt's pulses (stim events' `program`)
 
 
 def _train_samples(prog, fs):
@@ -24,7 +25,7 @@ def _trigger_offset(prog, k, fs):
     return k * prog["ipi_us"] * fs // 1000000
 
 
-class _Running:
+class Running:
     def __init__(self, pid, prog, t0_us):
         self.pid = pid
         self.prog = prog
@@ -67,10 +68,12 @@ class Scheduler:
         self.armed = []  # (index, program id, output, requested µA) awaiting their latch, in index order
         self.last_train_index = None
         self.last_train_samples = 0  # first to last trigger of the last train
-        self.last_index = [None] * supervisor.outputs  # per output: the most recent armed pulse
+        self.last_tof_index = None  # the first pulse of the last train-of-four (one per 15 s at most)
+        self.last_index = [None] * supervisor.n_outputs  # per output: the most recent armed pulse
         self.pulses_armed = 0
         self.pulses_skipped = 0  # pulses dropped to keep the minimum interval (two programs, jitter)
         self.pulses_held = 0  # pulses not delivered because they fell in a TcMEP train's hold-off
+        self.hunt = None  # the threshold hunt (hunt.Hunt) running or ended and not yet reported (SPEC 5.11)
 
     @property
     def active(self):
@@ -99,8 +102,15 @@ class Scheduler:
             for last in self.last_index:
                 if last is not None and last + before > start:
                     start = last + before
+        tof_ms = self.sup.tof_interval_ms_min
         for pid in ids:  # refused before anything changes: a refused request has no effect
             prog = self.programs[pid]
+            if prog["kind"] == "tof" and self.last_tof_index is not None:
+                since_ms = (start - self.last_tof_index) * 1000 // fs
+                if since_ms < tof_ms:
+                    raise m.ProtocolError(m.E_LIMIT_RATE, "the last train-of-four was %d ms ago; at most one every"
+                                          " %d ms (repeated trains fatigue the junction and misread the block)"
+                                          % (since_ms, tof_ms))
             if prog["kind"] == "tcmep" and self.last_train_index is not None:
                 since_ms = (start - self.last_train_index) * 1000 // fs
                 if since_ms < self.sup.train_interval_ms_min:
@@ -117,15 +127,20 @@ class Scheduler:
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
                 self.last_train_samples = _train_samples(prog, fs)
-            self.running.append(_Running(pid, prog, t0))
+            elif prog["kind"] == "tof":
+                self.last_tof_index = start  # (likewise)
+            self.running.append(Running(pid, prog, t0))
         return start
 
-    def stop(self):
+    def stop(self, reason="stopped"):
+        """Cancel everything armed and end every program (a hunt with `reason`). Returns the count cancelled."""
         cancelled = 0
         if self.running or self.armed:
             cancelled = self.bsp.cancel_stimulation()
         self.running = []
         self.armed = []
+        if self.hunt is not None and self.hunt.reason is None:
+            self.hunt.reason = reason
         return cancelled
 
     def tick(self, next_index, deadline_index, block, lead=0, on_arm=None):
@@ -138,6 +153,10 @@ class Scheduler:
         fs = self.fs
         limit = min(next_index + max(fs * _HORIZON_MS // 1000, 2 * block) + lead, deadline_index)
         for run in self.running:
+            if run.pid == HUNT_PID:  # a threshold hunt: its pulses are its own (hunt.py)
+                if not run.prog["hunt"].tick(self, run, next_index, limit, on_arm):
+                    return
+                continue
             if run.sub and not self._arm_triggers(run, limit):
                 continue  # a train under way, cut at the limit: the rest of it waits for the next tick
             while True:
@@ -161,7 +180,7 @@ class Scheduler:
                     gap = self.sup.train_interval_ms_min * fs // 1000
                 else:
                     last = self.last_index[p["output"]]
-                    gap = fs * 1000 // self.sup.rate_mhz_max_output
+                    gap = fs * 1000 // self.sup.rate_limit_mhz(p["output"])
                 if last is not None and index - last < gap:
                     self.pulses_skipped += 1
                     run.k += 1
@@ -258,6 +277,7 @@ class Scheduler:
 
         self.last_index = [conv(i) for i in self.last_index]
         self.last_train_index = conv(self.last_train_index)
+        self.last_tof_index = conv(self.last_tof_index)
 
     def match_latch(self, index, output):
         """(program id, requested µA) of the armed pulse a latch reports, or (-1, 0)."""

@@ -9,7 +9,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x7FEF5213
+SCHEMA = 0x8E24A7D7
 
 # Message types.
 HELLO = 1
@@ -28,6 +28,7 @@ STIM_PROGRAM = 20
 STIM_START = 21
 STIM_STOP = 22
 IMPEDANCE = 23
+HUNT = 27
 CAL_READ = 24
 CAL_WRITE = 25
 SELF_TEST = 26
@@ -83,7 +84,7 @@ TYPE_NAMES = {
     HELLO: "hello", WELCOME: "welcome", GET_INFO: "get-info", INFO: "info", CONFIGURE: "configure",
     START: "start", STOP: "stop", HEARTBEAT: "heartbeat", ACK: "ack", ERROR: "error", DATA: "data",
     EVENT: "event", STIM_PROGRAM: "stim-program", STIM_START: "stim-start", STIM_STOP: "stim-stop",
-    IMPEDANCE: "impedance",
+    IMPEDANCE: "impedance", HUNT: "hunt",
     CAL_READ: "cal-read", CAL_WRITE: "cal-write", SELF_TEST: "self-test", FW_BEGIN: "fw-begin",
     FW_CHUNK: "fw-chunk", FW_COMMIT: "fw-commit", RESET: "reset",
 }

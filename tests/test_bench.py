@@ -68,3 +68,18 @@ def test_emg_scoring_finds_trains_by_kind_and_onset_and_counts_discharges_with_n
     assert s["onset_errors_s"] == [pytest.approx(0.03)]
     assert [m["onset_s"] for m in s["missed"]] == [20.0, 30.0]
     assert s["false"] == [{"t_s": 40.0, "channel": "a", "kind": "spike"}]
+
+
+def test_hunt_bench_runs_the_firmwares_hunt_and_counts_a_ramp_to_the_first_response():
+    """bench/hunt.py: the board's bisection (firmware/hunt.py on CPython) resolves one channel over 0.5-40 mA to
+    0.5 mA in 7 pulses wherever the threshold, and the ramp needs one pulse per 0.5 mA step up to it."""
+    from bench import hunt as hb
+
+    hunt, huntreq, sup = hb._firmware()
+    for i50 in (1.5, 12.0, 33.0):
+        m1 = hb._Muscle(i50, 7)
+        pulses, found = hb.hunt_once(hunt, huntreq, sup, m1)
+        tol = 0.5 + 0.05 * m1.truth_ma  # the resolution and the model's trial-to-trial spread (wider at high currents)
+        assert pulses == 7 and found is not None and abs(found - m1.truth_ma) <= tol
+        n, at = hb.ramp_once(hb._Muscle(i50, 7))
+        assert at is not None and n == round((at - 0.5) / 0.5) + 1 and abs(at - m1.truth_ma) <= tol

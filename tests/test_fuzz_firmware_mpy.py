@@ -8,6 +8,7 @@ from mpyrun import run_json
 
 FUZZ = """
 import gc, random, time, sys
+from __main__ import _IN, emit, defn, arena
 import app, cbor, framing, messages as m
 
 class Pin:
@@ -70,7 +71,7 @@ class Mod:
     NAME = "fuzz"
     Board = Board
 
-fw = app.Firmware(Mod)
+fw = app.Firmware(Mod, None, False, defn, arena)
 bsp = fw.bsp
 random.seed(_IN["seed"])
 valid = [
@@ -121,8 +122,24 @@ emit({"escaped": escaped, "peak_bytes": peak, "sent": bsp.sent, "ms": time.ticks
 """
 
 
+# The board boots as main.py does (the block arena, then the firmware's modules); this harness is loaded after
+# it as a module of its own, so that its code does not take the heap the firmware boots in.
+BOOT = """
+import gc, sys
+import boardcfg
+defn = boardcfg.load()
+gc.collect()
+arena = bytearray(defn["mcu"]["block_arena_bytes"])
+import app
+sys.path.append(_IN["harness_dir"])
+import fuzzharness
+"""
+
+
 def test_random_and_mutated_frames_never_escape_hang_or_grow_the_heap(tmp_path):
-    out = run_json("import app\n" + FUZZ, {"seed": 1234, "iterations": 3000, "state_dir": str(tmp_path)}, timeout=120)
+    (tmp_path / "fuzzharness.py").write_text(FUZZ)
+    out = run_json(BOOT, {"seed": 1234, "iterations": 3000, "state_dir": str(tmp_path),
+                          "harness_dir": str(tmp_path)}, timeout=120)
     summary = out[-1]
     assert summary["escaped"] == 0, out[:-1][:5]
     assert summary["frames"] > 100  # mutated-but-valid frames got through and were handled

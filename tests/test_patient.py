@@ -11,8 +11,9 @@ from ionm_hw.patient import TRIGGER_OUTPUT, Pulse, VirtualPatient, load_scenario
 from ionm_hw.sweeps import record_sweeps
 
 FS = 8000.0
-SCENARIOS = ["acute_cord_injury", "anaesthetic_depression", "cautery_heavy", "leadoff", "limb_positioning",
-             "recovery", "stable"]  # fmt: skip
+SCENARIOS = ["acute_cord_injury", "anaesthetic_depression", "cautery_heavy", "leadoff",
+             "limb_positioning", "lumbar_fusion_l3_s1", "recovery", "relaxant_bolus_tcmep", "stable",
+             "thoracic_fusion_t8_t12"]  # fmt: skip
 
 
 def quiet(name: str = "stable", **noise: float) -> dict:

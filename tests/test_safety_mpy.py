@@ -126,7 +126,10 @@ KIND_EXAMPLES: dict[str, dict | None] = {
     "ramp": {"kind": "ramp", "output": 0, "step_ua": 100, "rate_mhz": 1000},  # stop_ua: the current under test
     "tof": {"kind": "tof", "output": 0},
     "tcmep": None,
+    # the handheld probe's own output, limits and width: test_the_probe_output_holds_its_own_limits_at_every_check
+    "probe": {"kind": "probe", "output": ST["probe"]["output"], "rate_mhz": 4000},
 }
+PROBE = ST["probe"]["output"]
 
 GAIN_CODE = """
 import boardcfg
@@ -168,7 +171,7 @@ def test_limits_are_checked_on_the_current_the_output_is_driven_to_after_calibra
     i_max = int(S["current_ma_max"] * 1000)
     cases, expect = [], []
     for kind, ex in KIND_EXAMPLES.items():
-        if ex is None:
+        if ex is None or ex["output"] == PROBE:
             continue
         for waveform in ("monophasic", "biphasic"):
             w = S["width_us_max"]
@@ -251,3 +254,143 @@ emit(out)
     assert r["open"] == r["consts"][0] and "open circuit" in r["open_err"]
     assert r["zero"] == r["consts"][1] and "open circuit" in r["after_zero"]  # a 0 µA pulse measures nothing
     assert r["energy_r2"] == 5000
+
+
+PROBE_CODE = """
+import boardcfg
+import messages as m
+from safety import Supervisor
+
+class Cal:
+    def __init__(self, ppm):
+        self.data = {"stim_gain_ppm": ppm}
+
+def outcome(f):
+    try:
+        f()
+        return {"ok": True, "code": None}
+    except m.ProtocolError as e:
+        return {"ok": False, "code": e.code, "detail": e.detail}
+
+for c in _IN:
+    sup = Supervisor(boardcfg.load(), Cal(c["ppm"]))
+    for p in c.get("programs", []):  # JSON has no NaN: the board gets a real one
+        for k in p:
+            if p[k] == "NaN":
+                p[k] = float("nan")
+    if "programs" in c:
+        emit(outcome(lambda: sup.check_programs(c["programs"])))
+    elif "arm" in c:  # what the scheduler checks as it arms a pulse: the delivered current and width
+        o, cur, wid, ph = c["arm"]
+        err = sup.delivery_error(o, sup.driven_ua(o, cur), wid, ph)
+        emit({"ok": err is None, "code": err and err[0], "detail": err and err[1]})
+    else:  # the readback of a delivered pulse
+        req, meas = c["readback"]
+        err = sup.readback_error(req, meas, 200, 1, c["output"])
+        emit({"ok": err is None, "code": None, "detail": err})
+"""
+
+
+def test_the_probe_output_holds_its_own_limits_at_every_check():
+    """Issue 20 item 1: the handheld probe is its own output (board.json stimulator.probe) with its own limits
+    (safety.probe): at most 40 mA on the DAC step, 200 us only, monophasic, at most 5 Hz; only `probe` programs
+    (and hunts) drive it, and no other kind may. Checked at stim-program, as each pulse is armed (delivery_error)
+    and on the readback; a calibration of the other outputs changes nothing on it (it takes none)."""
+    sp = S["probe"]
+    i_max = int(sp["current_ma_max"] * 1000)
+    w = sp["width_us"]
+    r_max = int(sp["rate_hz_max"] * 1000)
+    ppm_max = int(ST["calibration_bounds"]["gain_correction_max"] * 1e6)
+    prog = {"kind": "probe", "output": PROBE, "current_ua": 10000, "rate_mhz": 4000}
+    cases = [
+        ("probe at its current limit", {"programs": [dict(prog, current_ua=i_max)]}, True, None),
+        ("probe one step over", {"programs": [dict(prog, current_ua=i_max + STEP_UA)]}, False, m.E_LIMIT_CURRENT),
+        ("probe off the DAC step", {"programs": [dict(prog, current_ua=10050)]}, False, m.E_LIMIT_CURRENT),
+        ("probe NaN current", {"programs": [dict(prog, current_ua="NaN")]}, False, m.E_BAD_FIELD),
+        ("probe at its width", {"programs": [dict(prog, width_us=w)]}, True, None),
+        ("probe other width", {"programs": [dict(prog, width_us=w + STEP_US)]}, False, m.E_LIMIT_WIDTH),
+        ("probe biphasic", {"programs": [dict(prog, waveform="biphasic")]}, False, m.E_BAD_FIELD),
+        ("probe at its rate", {"programs": [dict(prog, rate_mhz=r_max)]}, True, None),
+        ("probe over its rate", {"programs": [dict(prog, rate_mhz=r_max + 1)]}, False, m.E_LIMIT_RATE),
+        ("probe kind on output 0", {"programs": [dict(prog, output=0)]}, False, m.E_LIMIT_OUTPUT),
+        ("pulse kind on the probe", {"programs": [dict(BASE, output=PROBE)]}, False, m.E_LIMIT_OUTPUT),
+        ("tof on the probe", {"programs": [{"kind": "tof", "output": PROBE, "current_ua": 10000, "width_us": w}]},
+         False, m.E_LIMIT_OUTPUT),
+        ("two probe programs over its rate", {"programs": [dict(prog, rate_mhz=r_max // 2 + 1)] * 2}, False,
+         m.E_LIMIT_RATE),
+        ("probe with full calibration gain elsewhere",
+         {"programs": [dict(prog, current_ua=i_max)], "ppm": [ppm_max] * 4}, True, None),
+        ("armed at its limit", {"arm": [PROBE, i_max, w, 1]}, True, None),
+        ("armed one step over", {"arm": [PROBE, i_max + STEP_UA, w, 1]}, False, m.E_LIMIT_CURRENT),
+        ("armed wider", {"arm": [PROBE, 1000, w + STEP_US, 1]}, False, m.E_LIMIT_WIDTH),
+        ("the impedance probe pulse on it",
+         {"arm": [PROBE, ST["impedance_probe"]["current_ua"], ST["impedance_probe"]["width_us"], 1]}, True, None),
+        ("armed biphasic", {"arm": [PROBE, 1000, w, 2]}, False, m.E_LIMIT_WIDTH),
+        ("armed on no output", {"arm": [PROBE + 1, 1000, w, 1]}, False, m.E_LIMIT_OUTPUT),
+        ("readback at the limit", {"readback": [i_max, i_max + STEP_UA], "output": PROBE}, True, None),
+        ("readback over the probe's limit", {"readback": [i_max, i_max + 2 * STEP_UA + 1], "output": PROBE}, False,
+         None),
+    ]
+    data = [dict(c, ppm=c.get("ppm", [0, 0, 0, 0])) for _, c, _, _ in cases]
+    results = run_json(PROBE_CODE, data)
+    assert len(results) == len(cases)
+    for (name, _c, ok, code), r in zip(cases, results, strict=True):
+        assert r["ok"] == ok, (name, r)
+        if not ok:
+            assert r["detail"], name
+            if code is not None:
+                assert r["code"] == code, (name, r)
+
+
+TOF_CODE = """
+import boardcfg
+import messages as m
+from safety import Supervisor
+from scheduler import Scheduler
+
+class Bsp:
+    def __init__(self):
+        self.armed = []
+    def arm_pulse(self, index, out, ua, us, bi):
+        self.armed.append(index)
+    def cancel_stimulation(self):
+        return 0
+
+sup = Supervisor(boardcfg.load())
+for o in range(sup.n_outputs):
+    sup.note_impedance(o, 2000)
+bsp = Bsp()
+sched = Scheduler(bsp, sup)
+tof = sup.check_program({"kind": "tof", "output": 0, "current_ua": 30000, "width_us": 200})
+sched.load([tof])
+fs = 4000
+out = []
+for now_s in _IN:
+    try:
+        start = sched.start(int(now_s * fs), fs, 40)
+        for i in range(start - 40, start + 2 * fs, 40):  # block by block over the train: its four pulses armed
+            sched.tick(i, start + 10 * fs, 40)
+        out.append({"ok": True, "armed": len(bsp.armed)})
+    except m.ProtocolError as e:
+        out.append({"ok": False, "code": e.code, "detail": e.detail, "armed": len(bsp.armed)})
+sched.rebase(int((_IN[2] + 1) * fs), fs, fs, 0)  # 1 s after the last TOF, acquisition restarted at once
+try:
+    sched.start(0, fs, 40)
+    out.append({"ok": True})
+except m.ProtocolError as e:
+    out.append({"ok": False, "code": e.code})
+emit(out)
+"""
+
+
+def test_a_train_of_four_is_refused_sooner_than_15_s_after_the_last_even_across_a_restart():
+    """Issue 20 item 5: at most one TOF per safety.tof_interval_ms_min on the board; a sooner stim-start is refused
+    (limit-rate) with nothing armed, one at the interval is accepted, and an acquisition restart does not reset it."""
+    gap_s = S["tof_interval_ms_min"] / 1000
+    starts = [0.0, gap_s - 0.1, gap_s + 0.1, gap_s + 0.1 + gap_s / 2]
+    (r,) = run_json(TOF_CODE, starts)
+    assert r[0] == {"ok": True, "armed": 4}
+    assert not r[1]["ok"] and r[1]["code"] == m.E_LIMIT_RATE and r[1]["armed"] == 4 and "15000 ms" in r[1]["detail"]
+    assert r[2] == {"ok": True, "armed": 8}
+    assert not r[3]["ok"] and r[3]["armed"] == 8
+    assert r[4] == {"ok": False, "code": m.E_LIMIT_RATE}

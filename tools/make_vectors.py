@@ -23,8 +23,11 @@ STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min":
                "energy_reference_ohm": 500, "compliance_v": 400, "over_current_tolerance_pct": 5,
                "impedance_ohm_max": 20000, "rate_mhz_max_per_output": 20000, "rate_mhz_max_total": 50000,
                "train_pulses_max": 9, "train_ipi_us_min": 1000, "train_ipi_us_max": 10000,
-               "train_interval_ms_min": 1000, "holdoff_ms_before": 100, "holdoff_ms_after": 100, "watchdog_ms": 100,
-               "waveforms": ["monophasic", "biphasic"]}
+               "train_interval_ms_min": 1000, "tof_interval_ms_min": 15000, "holdoff_ms_before": 100,
+               "holdoff_ms_after": 100, "watchdog_ms": 100,
+               "waveforms": ["monophasic", "biphasic"],
+               "probe": {"output": 4, "current_ua_max": 40000, "width_us": 200, "rate_mhz_min": 2000,
+                         "rate_mhz_max": 5000, "hunt_pulses_max": 32}}
 
 
 def examples() -> list[tuple[str, list]]:
@@ -89,6 +92,19 @@ def examples() -> list[tuple[str, list]]:
                                                 "cancelled": 1, "impedance_ohm": 30011,
                                                 "detail": "output 1: electrode impedance 30011 ohm during"
                                                 " stimulation, above the limit 20000 ohm; stimulation stopped"}]),
+        # the handheld probe (SPEC 5.11): a manual probe program, a hunt, its events and a refusal
+        ("stim-program-probe", [m.STIM_PROGRAM, 304, {"programs": [
+            {"kind": "probe", "output": 4, "current_ua": 8000, "width_us": 200, "rate_mhz": 3000}]}]),
+        ("hunt", [m.HUNT, 305, {"output": 4, "lo_ua": 500, "hi_ua": 40000, "resolution_ua": 500, "rate_mhz": 4000,
+                                "channels": [11, 13], "p2p_uv": 100, "window_ms": [5, 40]}]),
+        ("hunt-ack", [m.ACK, 305, {"start_index": 80080, "channels": [11, 13], "max_pulses": 32}]),
+        ("event-hunt-pulse", [m.EVENT, 0, {"kind": "hunt-pulse", "index": 80080, "current_ua": 20200,
+                                           "channels": [11, 13], "p2p_uv": [412, 36], "responses": [True, False]}]),
+        ("event-hunt-done", [m.EVENT, 0, {"kind": "hunt-done", "reason": "done", "pulses": 7, "lo_ua": 500,
+                                          "hi_ua": 40000, "resolution_ua": 500, "p2p_uv": 100, "results": [
+                                              {"channel": 11, "threshold_ua": 5600, "below_ua": 5200},
+                                              {"channel": 13, "threshold_ua": None, "below_ua": 40000}]}]),
+        ("error-hunt-rate", [m.ERROR, 306, m.error_body(m.E_LIMIT_RATE, "rate_mhz 6000 is above the limit 5000")]),
         # an error reply with a multi-byte UTF-8 detail and a rid above 255 (the board encodes these by hand)
         ("error-charge", [m.ERROR, 300, m.error_body(m.E_LIMIT_CHARGE, "charge of phase 1: 55000 µA x 1000 µs"
                                                      " = 55000 nC, above the limit 50000 nC")]),

@@ -33,6 +33,7 @@ import numpy as np
 
 from ionm import board
 from ionm_hw.physiology import keyed, montage
+from ionm_hw.physiology.blockade import TRAIN_WINDOW_S, Blockade, twitch
 from ionm_hw.physiology.interference import (
     Cautery,
     EmgBursts,
@@ -53,6 +54,7 @@ from ionm_hw.physiology.responses import (
     waveform,
 )
 from ionm_hw.physiology.scenario import Script, load_scenario, merged, scenario_names
+from ionm_hw.physiology.screws import PROBE_OUTPUT, ProbeModel
 
 __all__ = ["TRIGGER_OUTPUT", "Pulse", "VirtualPatient", "load_scenario", "scenario_names"]
 
@@ -114,6 +116,9 @@ class VirtualPatient:
         self._emg = EmgBursts(self.seed, self.fs, muscles, float(noise["emg_bursts_per_min"]))
         g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("artefact"))
         self._artefact = artefact_coupling(self.channels, g)
+        # the probe's (output 4) from a stream of its own: the other draws stay as they were before it existed
+        self._artefact.update(artefact_coupling(self.channels, keyed.rng(self.seed, keyed.PATIENT,
+                                                                         keyed.name_key("probe_artefact")), (4,)))
         self._artefact_tau_ms = float(g.uniform(0.4, 1.0))  # amplifier/electrode recovery
         self._artefact_shapes: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = {}
         self._leadoff = Leadoff(self.fs, self.channels, self.script.leadoffs, rail_v, g)
@@ -121,6 +126,9 @@ class VirtualPatient:
         self._stim_z = {o: float(np.clip(2500 * np.exp(0.4 * g.standard_normal()), 800, 8000)) for o in range(4)}
         self._stim_z[TRIGGER_OUTPUT] = float(g.uniform(600, 1500))  # corkscrew scalp electrodes
         self._stim_z_phase = {o: float(g.uniform(0, 2 * np.pi)) for o in self._stim_z}
+        self.probe = ProbeModel(self.scenario, self.channels, self.seed, self.fs)  # output 4, the handheld probe
+        self.blockade = Blockade(self.scenario["events"])  # neuromuscular blockade: muscle responses, TOF fade
+        self._recent: dict[int, list[int]] = {}  # per output: its recent pulses (a train's position, TOF)
         # Recording electrodes (subdermal needles): 1-6 kOhm each, drawn per electrode (an electrode shared by
         # several derivations, Fz, is the same electrode in each); open while it is off.
         g = keyed.rng(self.seed, keyed.PATIENT, keyed.name_key("lead_impedance"))
@@ -192,6 +200,8 @@ class VirtualPatient:
         """Impedance of the stimulating electrodes on `output` at sample `index`: patient-specific, drifting
         up slowly as the gel dries, and whatever scripted stim_electrode events impose."""
         t = index / self.fs
+        if output == PROBE_OUTPUT:
+            return self.probe.impedance_ohm(t)
         for o, on, off, z in self.script.stim_electrodes:
             if o == output and on <= t < off:
                 return z
@@ -221,10 +231,16 @@ class VirtualPatient:
             volts = float(self.scenario["stimulation"]["tcmep"]["voltage_v"])
             self._pending.append((p.index, self._stim_artefact(p, volts)))
             return
+        if p.output == PROBE_OUTPUT:
+            self._deliver_probe(p)
+            return
         if p.output not in self._stim_z:
             raise ValueError(f"pulse on unknown output {p.output}")
         g = keyed.rng(self.seed, keyed.TRIAL, p.index, p.output + 2)
         t_s = p.index / self.fs
+        recent = [i for i in self._recent.get(p.output, []) if p.index - i < TRAIN_WINDOW_S * self.fs]
+        self._recent[p.output] = recent + [p.index]
+        muscle = twitch(self.blockade.depth(t_s), len(recent) + 1)  # the k-th response of a train fades
         parts = []
         for name in self.responses_of(p.output):
             r = self.responses[name]
@@ -233,6 +249,8 @@ class VirtualPatient:
             z_amp, z_lat = _lognormal_mean1(g, r.d.trial_cv), g.standard_normal()  # always drawn: keyed order
             rec = RECRUITMENT[r.d.recruitment].fraction(p.current_ma, p.width_us, r.i50_scale)
             amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * rec * z_amp * 1e-6
+            if name.startswith("mwave"):  # a muscle's response: through the neuromuscular junction
+                amp *= muscle
             scale = r.latency_scale * float(l_s[0] * w_l[0])
             shift = r.d.jitter_ms * z_lat + self.NEAR_THRESHOLD_DELAY_MS * (1 - rec)
             parts.append((name, amp, scale, shift, r.peaks))
@@ -245,6 +263,20 @@ class VirtualPatient:
             nz = self._nonzero[name]
             if amp != 0 and nz.size:
                 arr[:, nz] += np.outer(amp * waveform(t_ms, peaks, scale, shift_ms=shift), self._coupling[name][nz])
+        self._pending.append((p.index, arr))
+
+    def _deliver_probe(self, p: Pulse) -> None:
+        """A probe pulse: its artefact, and the CMAPs of the roots within reach of what it touches."""
+        art = self._stim_artefact(p, p.current_ma)
+        resp = self.probe.response(p.index, p.current_ma, len(self.channels),
+                                   twitch(self.blockade.depth(p.index / self.fs), 1))
+        if resp is None:
+            self._pending.append((p.index, art))
+            return
+        arr = resp[0]
+        if len(arr) < len(art):
+            arr = np.vstack([arr, np.zeros((len(art) - len(arr), arr.shape[1]))])
+        arr[: len(art)] += art
         self._pending.append((p.index, arr))
 
     def _stim_artefact(self, p: Pulse, drive: float) -> np.ndarray:
@@ -275,6 +307,7 @@ class VirtualPatient:
             z_amp, z_lat = _lognormal_mean1(g, cv), g.standard_normal()
             rel = np.exp(self.MEP_PHASE_JITTER * g.standard_normal(6))
             amp = r.amplitude_uv * float(a_s[0] * w_a[0]) * mep_recruitment(volts, drive, r.threshold_v) * z_amp
+            amp *= twitch(self.blockade.depth(t_s), 1)  # the muscle's response through the junction
             scale = r.latency_scale * float(l_s[0] * w_l[0])
             parts.append((name, amp * 1e-6, scale, r.d.jitter_ms * z_lat, rel, r.peaks))
         length = max(extent_ms(pk, sc) + abs(sh) for _, _, sc, sh, _, pk in parts)

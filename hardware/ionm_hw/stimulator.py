@@ -40,7 +40,8 @@ class DeliveredPulse:
 class OutputStage:
     def __init__(self, board_def: dict[str, Any], serial: str, log: IO[str] | None = None) -> None:
         stim = board_def["stimulator"]
-        self.outputs = int(stim["outputs"])
+        # outputs 0..outputs-1 and the handheld probe's (stimulator.probe.output, monopolar, 0-40 mA at 200 µs)
+        self.outputs = max(int(stim["outputs"]), int(stim["probe"]["output"]) + 1)
         self.compliance_v = float(stim["compliance_v"])
         rng = np.random.default_rng(zlib.crc32(("%s/stim" % serial).encode()))
         # Per-output DAC gain error (fraction) and offset (mA); current-sense gain error (fraction).

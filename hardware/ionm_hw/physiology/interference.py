@@ -172,13 +172,14 @@ class EmgBursts:
 # sits relative to the stimulation site. Largest on the stimulated limb.
 ARTEFACT_UV_PER_MA = {"same": 60.0, "neck": 10.0, "head": 4.0, "trunk": 6.0, "same_side": 3.0, "other": 2.0}
 ARTEFACT_UV_PER_V_TCMEP = {"head": 40.0, "neck": 8.0, "trunk": 3.0, "arm": 2.0, "leg": 1.0}
-OUTPUT_REGION = {0: "arm_L", 1: "arm_R", 2: "leg_L", 3: "leg_R"}
+OUTPUT_REGION = {0: "arm_L", 1: "arm_R", 2: "leg_L", 3: "leg_R", 4: "trunk"}  # 4: the handheld probe
 
 
-def artefact_coupling(channels: list[Channel], g: np.random.Generator) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def artefact_coupling(channels: list[Channel], g: np.random.Generator,
+                      outputs: tuple[int, ...] = (0, 1, 2, 3, -1)) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per output: (spike coupling, tail coupling) per channel — µV/mA (µV/V for the trigger)."""
     out = {}
-    for output in (0, 1, 2, 3, -1):
+    for output in outputs:
         spike = np.empty(len(channels))
         for ch in channels:
             if output == -1:

@@ -62,6 +62,9 @@ ELECTRODE_REGION = {
     "APBL1": "arm_L", "APBL2": "arm_L", "APBR1": "arm_R", "APBR2": "arm_R",
     "AHL1": "leg_L", "AHL2": "leg_L", "AHR1": "leg_R", "AHR2": "leg_R",
     "TAL1": "leg_L", "TAL2": "leg_L", "TAR1": "leg_R", "TAR2": "leg_R",
+    # muscles of the lumbar and thoracic myotomes (triggered EMG, physiology/screws.py)
+    **{f"{m}{side}{k}": ("trunk" if m == "RA" else f"leg_{side}") for m in ("VM", "EHL", "GAS", "RA")
+       for side in "LR" for k in (1, 2)},
 }  # fmt: skip
 
 # Background rms per kind, µV (lo, hi; the patient draws within): EEG-like 1/f, EMG band, white floor.

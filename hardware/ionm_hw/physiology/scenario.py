@@ -25,6 +25,13 @@ A scenario is a JSON object; every key but "name" is optional (DEFAULTS fill the
     {"type": "stim_electrode", "output": 2, "onset_s", "end_s", "impedance_ohm"}
     {"type": "electrode_impedance", "electrode": "Fz", "onset_s", "end_s", "impedance_ohm"}  (a recording
                     electrode drying out or badly placed: what the board's impedance check measures)
+    {"type": "probe", "target": screw name, "tissue" or "air", "onset_s", "end_s"}  (what the handheld
+                    probe touches; "tissue" when no event holds)
+    {"type": "relaxant", "onset_s", "peak_depth", "onset_to_peak_s", "recovery_tau_s"}  (a neuromuscular
+                    blocker: muscle responses depressed and fading, physiology/blockade.py)
+  screws            pedicle screws for the probe (physiology/screws.py): [{"name": "L4 left", "root": "L4",
+                    "side": "L", "distance_mm": 2.5}] or, instead of root and distance, "thresholds_ma":
+                    {derivation: half-recruitment mA}
   expected          what the scenario must produce (checked by tests/test_scenarios.py):
     {"responses": [{"targets": [...], "window_s": [t0, t1], "amplitude": [lo, hi], "latency": [lo, hi]}],
      "min_amplitude": {"targets": [...], "value": v}, "leadoff": {...}, "cautery_bursts_per_min": [lo, hi]}
@@ -75,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "patient": {},
     "montage": None,
+    "screws": [],
     "events": [],
     "expected": {},
 }
@@ -187,9 +195,11 @@ class Script:
                     (str(ev["electrode"]), float(ev["onset_s"]), float(ev.get("end_s", np.inf)),
                      float(ev["impedance_ohm"]))
                 )  # fmt: skip
+            elif kind in ("probe", "relaxant"):
+                pass  # the handheld probe's contact (physiology/screws.py); a relaxant bolus (blockade.py)
             else:
                 raise ValueError(f"unknown event type {kind!r} (change, leadoff, cautery, stim_electrode,"
-                                 " electrode_impedance)")
+                                 " electrode_impedance, probe, relaxant)")
 
     def factors(self, name: str, t_s: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Scripted (amplitude, latency) factors of one response at times t_s (s), vs baseline."""

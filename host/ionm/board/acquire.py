@@ -36,6 +36,7 @@ class BoardSession:
         self.resets = 0
         self.recovering = threading.Event()
         self._lock = threading.Lock()
+        self._hunt: Any = None  # the hunt under way (ionm.board.hunt.HuntListener)
         # The port in a relay process of its own: the case's evaluation and display load cannot starve the board.
         self.link = ln.BoardLink(ln.open_port(port, relay=True), on_data=self._data, on_event=self._event,
                                  heartbeat_s=0.025)
@@ -67,6 +68,26 @@ class BoardSession:
     def stop_stimulation(self) -> None:
         self.link.request(m.STIM_STOP, {})
 
+    def hunt(self, channels: list[int], *, lo_ma: float, hi_ma: float, resolution_ma: float = 0.5,
+             rate_hz: float = 5.0, p2p_uv: float = 100.0, window_ms: tuple[int, int] = (5, 40),
+             max_pulses: int | None = None, timeout: float | None = None) -> Any:
+        """Run a threshold hunt on the probe output (SPEC 5.11) and wait for its end: an
+        ionm.board.hunt.HuntResult (thresholds per channel, every pulse and response). Acquisition must run
+        with the channels in it. Parameters outside the probe's limits raise HuntError before anything is sent."""
+        from ionm.board.hunt import HuntListener, request_body
+
+        body = request_body(channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma, rate_hz=rate_hz,
+                            p2p_uv=p2p_uv, window_ms=window_ms, max_pulses=max_pulses)
+        listener = HuntListener()
+        listener.active = True
+        self._hunt = listener
+        try:
+            reply = self.link.request(m.HUNT, body)
+            n = int(reply["max_pulses"])
+            return listener.wait(timeout if timeout is not None else 2.0 + n * 1000.0 / body["rate_mhz"] * 1.5)
+        finally:
+            self._hunt = None
+
     def measure_impedance(self, channels: list[int] | None = None,
                           outputs: list[int] | None = None) -> dict[str, Any]:
         """The board's electrode impedance check (SPEC 5.10); acquisition must be stopped."""
@@ -95,6 +116,9 @@ class BoardSession:
             self.resets += 1
             self.recovering.set()
             threading.Thread(target=self._recover, name="ionm-recover", daemon=True).start()
+        hunt = getattr(self, "_hunt", None)
+        if hunt is not None:
+            hunt.on_event(body)
         if self._user_event:
             self._user_event(body)
 

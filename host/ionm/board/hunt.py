@@ -1,0 +1,118 @@
+"""Threshold hunting from the host (SPEC 5.11): the request, checked against the board's limits before it is
+sent, and its events gathered into one result. The hunt itself runs on the board (firmware/hunt.py); the host
+only asks and listens, so its latency costs nothing between pulses.
+
+    result = session.hunt([11, 13], lo_ma=0.5, hi_ma=40, resolution_ma=0.5, rate_hz=5, p2p_uv=100)
+    result.thresholds_ma  ->  {11: 12.4, 13: 5.9}   (None: no response up to hi_ma)
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ionm import board
+
+
+class HuntError(ValueError):
+    """Hunt parameters outside the probe's limits (the board would refuse them too)."""
+
+
+@dataclass
+class HuntPulse:
+    index: int
+    current_ma: float
+    p2p_uv: dict[int, int]
+    responses: dict[int, bool]
+
+
+@dataclass
+class HuntResult:
+    reason: str  # done, pulses, stopped, watchdog, fault, limit, host-lost, acquisition-stopped, replaced
+    thresholds_ma: dict[int, float | None]  # the lowest current that evoked a response; None: none up to hi
+    below_ma: dict[int, float | None]  # the highest that did not
+    pulses: list[HuntPulse] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return self.reason == "done"
+
+
+def request_body(channels: list[int], *, lo_ma: float, hi_ma: float, resolution_ma: float, rate_hz: float,
+                 p2p_uv: float, window_ms: tuple[int, int] = (5, 40), max_pulses: int | None = None,
+                 defn: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hunt request's body, in the board's integer units, refused here (HuntError) when a value is outside
+    the probe's limits (board.json safety.probe) so that a user hears why before anything is sent."""
+    d = defn or board.load()
+    sp, st = d["safety"]["probe"], d["stimulator"]
+    step = int(st["current_step_ua"])
+    values = {"lo_ma": lo_ma, "hi_ma": hi_ma, "resolution_ma": resolution_ma, "rate_hz": rate_hz, "p2p_uv": p2p_uv}
+    for name, v in values.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise HuntError("%s must be a finite number (got %r)" % (name, v))
+
+    def ua(name: str, v: float) -> int:
+        u = int(round(v * 1000))
+        if u % step:
+            raise HuntError("%s %.3f mA is not a multiple of the DAC step %.1f mA" % (name, v, step / 1000))
+        return u
+
+    lo, hi, res = ua("lo_ma", lo_ma), ua("hi_ma", hi_ma), ua("resolution_ma", resolution_ma)
+    i_max = int(sp["current_ma_max"] * 1000)
+    if not step <= lo <= hi <= i_max:
+        raise HuntError("the range must be within %.1f-%.1f mA, lo <= hi (got %.1f-%.1f)"
+                        % (step / 1000, i_max / 1000, lo_ma, hi_ma))
+    if res < step:
+        raise HuntError("resolution_ma must be at least the DAC step %.1f mA" % (step / 1000))
+    if not sp["rate_hz_min"] <= rate_hz <= sp["rate_hz_max"]:
+        raise HuntError("rate_hz must be %g-%g Hz (got %g)" % (sp["rate_hz_min"], sp["rate_hz_max"], rate_hz))
+    body: dict[str, Any] = {"output": int(st["probe"]["output"]), "lo_ua": lo, "hi_ua": hi, "resolution_ua": res,
+                            "rate_mhz": int(round(rate_hz * 1000)), "channels": [int(c) for c in channels],
+                            "p2p_uv": int(round(p2p_uv)), "window_ms": [int(window_ms[0]), int(window_ms[1])]}
+    if max_pulses is not None:
+        body["max_pulses"] = int(max_pulses)
+    return body
+
+
+class HuntListener:
+    """Gathers one hunt's events (feed it every board event); wait() returns its result."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self.pulses: list[HuntPulse] = []
+        self.done: dict[str, Any] | None = None
+        self.active = False
+
+    def on_event(self, body: dict[str, Any]) -> None:
+        kind = body.get("kind")
+        if kind not in ("hunt-pulse", "hunt-done") or not self.active:
+            return
+        with self._cv:
+            if kind == "hunt-pulse":
+                chans = body["channels"]
+                self.pulses.append(HuntPulse(int(body["index"]), body["current_ua"] / 1000.0,
+                                             dict(zip(chans, body["p2p_uv"], strict=True)),
+                                             dict(zip(chans, body["responses"], strict=True))))
+            else:
+                self.done = body
+            self._cv.notify_all()
+
+    def wait(self, timeout: float) -> HuntResult:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while self.done is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no hunt-done within %.0f s (%d pulses so far)" % (timeout, len(self.pulses)))
+                self._cv.wait(left)
+            done = self.done
+        self.active = False
+
+        def ma(v: int | None) -> float | None:
+            return None if v is None else v / 1000.0
+
+        return HuntResult(str(done["reason"]), {r["channel"]: ma(r["threshold_ua"]) for r in done["results"]},
+                          {r["channel"]: ma(r["below_ua"]) for r in done["results"]}, list(self.pulses))
