@@ -254,18 +254,16 @@ class TrialMainsFit:
             return x
         rows = x.reshape(-1, x.shape[-1])
         y = rows[:, self.idx]
-        best, best_rss = None, None
+        best = np.zeros_like(rows)
+        best_rss = np.full(len(rows), np.inf)
         for design, pinv in self.families:
             coef = y @ pinv.T  # [rows, terms]
             rss = ((y - coef @ design[self.idx].T) ** 2).sum(axis=1)
-            if best is None:
-                best, best_rss = coef @ design.T, rss
-            else:
-                better = rss < best_rss
-                best[better] = (coef @ design.T)[better]
-                best_rss = np.minimum(rss, best_rss)
+            better = rss < best_rss
+            best[better] = (coef @ design.T)[better]
+            best_rss = np.minimum(rss, best_rss)
         rows -= best
-        return x
+        return rows.reshape(x.shape)  # x itself when it was contiguous (a reshape of a strided x is a copy)
 
 
 @dataclass
