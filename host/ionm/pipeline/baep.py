@@ -13,7 +13,7 @@ the lowest point in the next 1.5 ms (V to SN10); inter-peak intervals I-III, III
 
 Judgement (BaepMonitor), against a baseline (set_baseline: the average of the sweeps since a given one): a
 matched filter of the baseline's wave V complex (V to SN10), shifted over LAGS_MS (-0.5 to +3 ms), is applied
-to every accepted sweep; the mean over a window of the last W sweeps (W in WINDOWS: 500, 1000, 2000) is the
+to every accepted sweep; the mean over a window of the last W sweeps (W in WINDOWS: 500 to 2000) is the
 window's wave V amplitude as a fraction of baseline at each lag, and the sweeps' scatter gives its standard
 error (so the average's own noise, whatever its spectrum, sets the confidence). At the best lag: the latency
 shift d and the amplitude ratio A, z = A / its standard error. Every UPDATE_SWEEPS accepted sweeps (100: 4.7 s
@@ -21,7 +21,9 @@ at 21.1 Hz) each window is judged:
 - loss of wave V: z < LOSS_Z (2.5: halfway between a lost V and a halved one where it is judged), in a
   window long enough that the baseline's V would stand at least LOSS_MIN_BASELINE_Z above its noise there;
 - latency and amplitude: V present (z >= PRESENT_Z), d >= LATENCY_MS (1 ms) and A + CONFIDENCE_Z * se <= 1 -
-  AMPLITUDE_DROP (50 %) (Park 2018: loss of V, or +1 ms together with -50 %, predicts hearing loss after MVD).
+  AMPLITUDE_DROP (50 %), and the window's newest quarter not above it either (Park 2018: loss of V, or +1 ms
+  together with -50 %, predicts hearing loss after MVD). The last condition keeps a window that straddles a
+  pure latency shift, whose older sweeps have no V at the new lag, from reading as a smaller, later V.
 A criterion met in any window at CONFIRM_UPDATES successive updates raises one alert; `recovered` when no window
 meets either for the same count. Only sweeps up to the decision are used: the decision is causal.
 """
@@ -37,7 +39,7 @@ from scipy import signal
 
 REJECT_UV = 20.0
 UPDATE_SWEEPS = 100
-WINDOWS = (500, 1000, 2000)
+WINDOWS = (500, 700, 1000, 1400, 2000)
 LAGS_MS = (-0.5, 3.0)
 LATENCY_MS = 1.0
 AMPLITUDE_DROP = 0.5
@@ -108,6 +110,8 @@ class WindowState:
     latency_shift_ms: float
     amplitude_ratio: float
     se: float
+    recent_ratio: float | None = None  # the newest quarter of the window, at the same lag
+    recent_se: float | None = None
 
     @property
     def z(self) -> float:
@@ -121,7 +125,9 @@ def criterion(ws: WindowState, se_per_sweep: float, eligible_only: bool = True) 
     if ws.z < LOSS_Z and (baseline_z >= LOSS_MIN_BASELINE_Z or not eligible_only):
         return "loss"
     if (ws.z >= PRESENT_Z and ws.latency_shift_ms >= LATENCY_MS
-            and ws.amplitude_ratio + CONFIDENCE_Z * ws.se <= 1 - AMPLITUDE_DROP):
+            and ws.amplitude_ratio + CONFIDENCE_Z * ws.se <= 1 - AMPLITUDE_DROP
+            and (ws.recent_ratio is None or ws.recent_se is None
+                 or ws.recent_ratio - CONFIDENCE_Z * ws.recent_se <= 1 - AMPLITUDE_DROP)):
         return "latency_amplitude"
     return None
 
@@ -225,7 +231,9 @@ class BaepMonitor:
             mean = p.mean(axis=0)
             se = p.std(axis=0) / np.sqrt(w)
             k = int(np.argmax(mean / se))
-            out.append(WindowState(w, float(self.baseline.lags_ms[k]), float(mean[k]), float(se[k])))
+            q = p[-(w // 4):, k]
+            out.append(WindowState(w, float(self.baseline.lags_ms[k]), float(mean[k]), float(se[k]),
+                                   float(q.mean()), float(q.std() / np.sqrt(q.size))))
         return out
 
     def _judge(self) -> list[BaepEvent]:
