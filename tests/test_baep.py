@@ -45,6 +45,18 @@ def test_waves_marked_at_the_model_latencies_with_interpeak_intervals():
     assert ipl["I-V"] == pytest.approx(5.0, abs=0.1)
 
 
+def test_monitor_marks_the_waves_of_its_running_average():
+    rec = sim.render(300.0, [{"kind": "retraction", "onset_s": 150.0, "ramp_s": 10.0, "latency_ms": 1.0}], 148)
+    mon = _run(rec)
+    assert mon.baseline is not None
+    assert mon.baseline.waves["V"].latency_ms == pytest.approx(5.7, abs=0.2)
+    avg, waves, ipl = mon.marks(2000)
+    assert avg.n == 2000
+    assert waves["V"].latency_ms == pytest.approx(6.7, abs=0.2)
+    assert ipl["I-V"] - mon.baseline.intervals["I-V"] == pytest.approx(1.0, abs=0.3)
+    assert mon.n_rejected > 0 and mon.n_rejected < 0.03 * mon.n_seen
+
+
 def test_plus_minus_reference_keeps_the_noise_and_cancels_the_response():
     rec = sim.render(60.0, [], 141, artefact_rate=0.0)
     avg = baep.average(rec.sweeps_uv[0])

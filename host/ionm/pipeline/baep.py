@@ -220,6 +220,12 @@ class BaepMonitor:
         self._since_update = 0
         return self.baseline
 
+    def marks(self, n_sweeps: int = 2000) -> tuple[Average, dict[str, Wave], dict[str, float]]:
+        """The average of the last n accepted sweeps with waves I, III, V and the inter-peak intervals."""
+        avg = average(np.array(list(self._kept)[-n_sweeps:]))
+        waves, ipl = mark_waves(avg.mean_uv, self.fs_hz, self.pre)
+        return avg, waves, ipl
+
     def window_states(self) -> list[WindowState]:
         out = []
         proj = np.array(self._proj)
