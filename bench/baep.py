@@ -1,5 +1,5 @@
 """BAEP in posterior-fossa surgery (ionm.pipeline.baep) on the simulated BAEP (ionm_hw.physiology.baep), seeds from
-SEED_BASE (the tests use 141-149; these were not used in development).
+SEED_BASE (the tests use 141-148; the rule was not tuned on these).
 
 - events: mvd_cn8_retraction (wave V +1.5 ms and down to 30 % over 240 s: the criterion, +1 ms with -50 %, is met
   at 571 s) and cpa_tumour_loss (V lost within 2 s at 600 s): time from the truth meeting the criterion to the
