@@ -339,7 +339,9 @@ def test_a_negative_deflection_is_drawn_upward_and_the_baseline_with_it(tmp_path
         page.fill("#user", "tech")
         page.fill("#password", USERS["tech"][1])
         page.click("#signin")
-        poll(page, "document.getElementById('who').textContent.startsWith('tech')", 15.0)
+        # Signing in is a form post and a redirect: until the console page has loaded there is no #who to read.
+        page.wait_for_selector("#who", state="attached", timeout=15000)
+        poll(page, "(document.getElementById('who')?.textContent || '').startsWith('tech')", 15.0)
         n = 400
         wave = [0] * n
         wave[100:160] = [-500] * 60  # -5 µV (q = 0.01): a negative deflection
