@@ -140,3 +140,25 @@ def test_scenarios_load_and_meet_their_description():
     assert gain[602] == 0.0 and gain[599] == 1.0
     with pytest.raises(ValueError):
         sim.truth(t, [{"kind": "tumour", "onset_s": 1.0}])
+
+
+RETRACTION_RELEASED = {"kind": "retraction", "onset_s": 200.0, "ramp_s": 60.0, "end_s": 400.0, "recovery_s": 60.0,
+                       "latency_ms": 1.5, "amplitude": 0.3}
+
+
+@pytest.mark.parametrize("seed", [141, 143, 148])
+def test_one_alert_per_retraction_and_one_recovery_after_the_release(seed):
+    """V +1.5 ms at 30 % from 260 s to the release at 400 s, back by 460 s: one alert, one recovery, no storm
+    (windows holding the plateau's sweeps must not re-alert once V is back, nor a recovery be called on the
+    plateau because one update's windows missed the criterion)."""
+    mon = _run(sim.render(700.0, [RETRACTION_RELEASED], seed))
+    kinds = [(e.kind, round(e.t_s)) for e in mon.events]
+    assert len(_alerts(mon)) == 1, kinds
+    rec = [e for e in mon.events if e.kind == "recovered"]
+    assert len(rec) == 1 and rec[0].t_s > 400.0, kinds
+
+
+@pytest.mark.parametrize("seed", [148, 149])
+def test_a_lost_wave_v_is_never_called_recovered(seed):
+    mon = _run(sim.render(900.0, [{"kind": "loss", "onset_s": 200.0, "ramp_s": 2.0}], seed))
+    assert [e.kind for e in mon.events] == ["loss"], [(e.kind, round(e.t_s)) for e in mon.events]

@@ -24,8 +24,13 @@ at 21.1 Hz) each window is judged:
   AMPLITUDE_DROP (50 %), and the window's newest quarter not above it either (Park 2018: loss of V, or +1 ms
   together with -50 %, predicts hearing loss after MVD). The last condition keeps a window that straddles a
   pure latency shift, whose older sweeps have no V at the new lag, from reading as a smaller, later V.
-A criterion met in any window at CONFIRM_UPDATES successive updates raises one alert; `recovered` when no window
-meets either for the same count. Only sweeps up to the decision are used: the decision is causal.
+A criterion met in any window at CONFIRM_UPDATES successive updates raises one alert. `recovered` needs evidence
+the other way for the same count: in some window, V present (z >= PRESENT_Z) and either its amplitude above the
+criterion by RECOVERY_Z errors or its latency shift below RECOVERY_LATENCY_MS (0.8 ms: a margin under the 1 ms).
+On every change of state (alert, recovered) the windows restart, so the next decision is made on sweeps gathered
+after it: windows still holding the sweeps from before a change would re-alert on a V that is back, or call a
+lost V recovered because one update's windows missed the criterion. Only sweeps up to the decision are used: the
+decision is causal.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ PRESENT_Z = 4.0
 LOSS_Z = 2.5
 LOSS_MIN_BASELINE_Z = 9.0
 CONFIRM_UPDATES = 2
+RECOVERY_Z = 2.0
+RECOVERY_LATENCY_MS = 0.8
 MARK_LOWPASS_HZ = 1500.0
 WAVE_WINDOWS_MS = {"I": (1.2, 2.4), "III": (3.2, 4.8), "V": (5.0, 8.5)}
 TROUGH_MS = 1.5
@@ -130,6 +137,14 @@ def criterion(ws: WindowState, se_per_sweep: float, eligible_only: bool = True) 
                  or ws.recent_ratio - CONFIDENCE_Z * ws.recent_se <= 1 - AMPLITUDE_DROP)):
         return "latency_amplitude"
     return None
+
+
+def recovered(ws: WindowState) -> bool:
+    """Evidence in one window that neither criterion holds any more, with a margin (hysteresis): V present, and
+    above -50 % by RECOVERY_Z errors or less than RECOVERY_LATENCY_MS late. (The best lag's amplitude is a
+    maximum over lags, so it reads a small late V high: +1.5 ms at 30 % read 0.55-0.65 +- 0.13 on 500 sweeps.)"""
+    return ws.z >= PRESENT_Z and (ws.amplitude_ratio - RECOVERY_Z * ws.se > 1 - AMPLITUDE_DROP
+                                  or ws.latency_shift_ms < RECOVERY_LATENCY_MS)
 
 
 @dataclass(frozen=True)
@@ -250,19 +265,27 @@ class BaepMonitor:
         kinds = {c for c, _ in met}
         for k in ("loss", "latency_amplitude"):
             self._streak[k] = self._streak[k] + 1 if k in kinds else 0
-        self._streak["clear"] = 0 if kinds else self._streak["clear"] + 1
+        back = [ws for ws in states if recovered(ws)]
+        self._streak["clear"] = self._streak["clear"] + 1 if back else 0
         t = self.n_seen / self.rate_hz
         if self._alert is None:
             for k in ("loss", "latency_amplitude"):
                 if self._streak[k] >= CONFIRM_UPDATES:
                     ws = next(w for c, w in met if c == k)
                     self._alert = k
+                    self._restart()
                     return [BaepEvent(k, self.n_seen, t, ws.n, ws.latency_shift_ms, ws.amplitude_ratio)]
-        elif self._streak["clear"] >= CONFIRM_UPDATES and states:
+        elif self._streak["clear"] >= CONFIRM_UPDATES:
             self._alert = None
-            ws = states[0]
+            ws = back[0]
+            self._restart()
             return [BaepEvent("recovered", self.n_seen, t, ws.n, ws.latency_shift_ms, ws.amplitude_ratio)]
         return []
+
+    def _restart(self) -> None:
+        """Windows start afresh from the next sweep, and every streak with them (a change of state)."""
+        self._proj.clear()
+        self._streak = {"loss": 0, "latency_amplitude": 0, "clear": 0}
 
 
 def block_reader(sweeps: np.ndarray, fs: float, pre: int, rate_hz: float, baseline: Baseline,
