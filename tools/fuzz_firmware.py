@@ -32,7 +32,7 @@ _KEYS = ["versions", "schema", "rate_hz", "channels", "gain", "input", "samples_
          "pre_ms", "post_ms", "programs", "program", "kind", "output", "current_ua", "width_us", "waveform",
          "rate_mhz", "phase_us", "jitter_us", "averaged", "stop_ua", "step_ua", "count", "ipi_us", "interval_ms",
          "date", "operator", "adc_gain_ppm", "adc_offset_nv", "stim_gain_ppm", "size", "sha256", "chunk", "offset",
-         "data", "outputs", "x"]
+         "data", "outputs", "lo_ua", "hi_ua", "resolution_ua", "p2p_uv", "window_ms", "max_pulses", "x"]
 _VALID = [
     [m.HELLO, 1, {"versions": [1], "schema": m.SCHEMA}], [m.GET_INFO, 2, {}],
     [m.CONFIGURE, 3, {"rate_hz": 2000, "channels": [0, 1, 2], "samples_per_frame": 16}],
@@ -43,6 +43,13 @@ _VALID = [
     [m.CAL_WRITE, 11, {"date": "2026-12-05", "operator": "fuzz", "adc_gain_ppm": [0] * 16,
                        "adc_offset_nv": [0] * 16, "stim_gain_ppm": [0] * 4}],
     [m.IMPEDANCE, 12, {"channels": [0, 15], "outputs": [1]}],
+    # the probe, train-of-four and the on-board threshold hunt (issue 20): the newest request paths
+    [m.STIM_PROGRAM, 13, {"programs": [{"kind": "probe", "current_ua": 5000, "rate_mhz": 2000},
+                                       {"kind": "tof", "output": 1, "current_ua": 20000, "width_us": 200},
+                                       {"kind": "ramp", "output": 2, "current_ua": 1000, "stop_ua": 9000,
+                                        "step_ua": 1000, "width_us": 200, "rate_mhz": 2000}]}],
+    [m.HUNT, 14, {"lo_ua": 500, "hi_ua": 20000, "resolution_ua": 500, "rate_mhz": 4000, "channels": [0, 1],
+                  "p2p_uv": 100, "window_ms": [5, 40], "max_pulses": 12}],
 ]
 
 
