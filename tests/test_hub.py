@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -239,3 +240,38 @@ def test_ionm_console_publish_sends_the_live_case_to_the_hub(tmp_path):
     assert got[0]["kind"] == "header"
     assert any(m["kind"] == "event" and m["body"]["kind"] == "baseline" for m in got)
     assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
+
+
+def test_the_page_is_pushed_each_change_as_it_happens_not_at_the_next_poll():
+    from aiohttp import ClientSession
+    from aiohttp.test_utils import TestServer
+
+    from ionm.hub.server import HubState, make_app
+
+    async def go() -> tuple[dict, dict]:
+        state = HubState()
+        server = TestServer(make_app(state))
+        await server.start_server()
+        try:
+            async with ClientSession() as http, http.get(server.make_url("/events")) as resp:
+                assert resp.headers["Content-Type"].startswith("text/event-stream")
+
+                async def view() -> dict:
+                    while True:
+                        line = (await resp.content.readline()).decode()
+                        if line.startswith("data: "):
+                            return json.loads(line[6:])
+
+                first = await view()  # the state as it is, at once
+                event = {"k": "event", "id": 1, "t_s": 12.0, "wall": time.time(), "kind": "alert", "user": "system",
+                         "text": "ALERT tibial L cortical"}
+                state.add("ionm.site.OR9.case-9.event", hm.encode("event", 1, "case-9", event))
+                # pushed on the change: without the push, the next view would come with the 15 s keepalive
+                return first, await asyncio.wait_for(view(), 10)
+        finally:
+            await server.close()
+
+    first, second = asyncio.run(go())
+    assert first["cases"] == []
+    (tile,) = second["cases"]
+    assert tile["room"] == "OR9" and tile["events"][-1]["text"] == "ALERT tibial L cortical"

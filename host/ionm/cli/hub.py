@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(make_app(state))
+        runner = web.AppRunner(make_app(state), shutdown_timeout=2.0)  # open pushes end at once
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         print("ionm hub: oversight page at http://%s:%d/" % (host, port), flush=True)

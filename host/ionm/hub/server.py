@@ -3,8 +3,11 @@
 HubState folds the stream's messages into what the page shows per case: the header, the alerts (the console's
 alert frame: every alert counted per channel, the newest listed), the newest timeline events, technical alarms,
 stimulation and link health, and when the room was last heard. A background task reads the whole stream from its
-start (an ordered consumer: the page is complete after a hub restart) and keeps following it. The page polls
-/state.json every second and draws a tile per case, cases with unacknowledged alerts first; it is read-only
+start (an ordered consumer: the page is complete after a hub restart) and keeps following it. The page is
+pushed the state as it changes (/events, Server-Sent Events: at most one view per PUSH_MIN_S, so a busy hub
+sends each viewer a few views a second and an alert reaches the page within a fraction of a second, not at the
+next poll); /state.json is the same view on request (and the page's fallback, polled every second, when the
+push is unavailable). It draws a tile per case, cases with unacknowledged alerts first; it is read-only
 (nothing goes back to the rooms yet).
 """
 
@@ -21,6 +24,8 @@ from aiohttp import web
 from ionm.hub import messages as hm
 
 EVENTS_KEPT = 20
+PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
+KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
 STATIC = Path(__file__).with_name("static")
 
 
@@ -29,6 +34,28 @@ class HubState:
         self.cases: dict[str, dict[str, Any]] = {}
         self.messages = 0
         self.bad = 0
+        self.version = 0  # counts the changes: a viewer pushed version v has seen everything up to it
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    async def changed(self, seen: int, timeout: float) -> None:
+        """Return once the state is newer than version `seen` (at once if it is), or after timeout s. Called on
+        the event loop that add() runs on (ionm hub runs the stream reader and the web server on one loop)."""
+        if self.version != seen:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(fut)
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            self._waiters.discard(fut)
+
+    def _notify(self) -> None:
+        self.version += 1
+        for fut in self._waiters:
+            if not fut.done():
+                fut.set_result(None)
 
     def add(self, subject: str, data: bytes) -> None:
         try:
@@ -54,6 +81,7 @@ class HubState:
             del c["events"][:-EVENTS_KEPT]
         elif kind in ("technical", "stimulation", "link"):
             c[kind] = body
+        self._notify()
 
     def view(self) -> dict[str, Any]:
         now = time.time()
@@ -116,6 +144,26 @@ def make_app(state: HubState) -> web.Application:
     async def view(_request: web.Request) -> web.Response:
         return web.json_response(state.view(), dumps=lambda o: json.dumps(o, allow_nan=False, default=str))
 
+    async def events(request: web.Request) -> web.StreamResponse:
+        """The view pushed as it changes (text/event-stream: one `data:` line of JSON per view)."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        seen = -1
+        try:
+            while True:
+                await state.changed(seen, KEEPALIVE_S)
+                if state.version == seen:
+                    await resp.write(b": keepalive\n\n")
+                    continue
+                seen = state.version
+                text = json.dumps(state.view(), allow_nan=False, default=str)
+                await resp.write(b"data: " + text.encode() + b"\n\n")
+                await asyncio.sleep(PUSH_MIN_S)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        return resp
+
     app.router.add_get("/", index)
     app.router.add_get("/state.json", view)
+    app.router.add_get("/events", events)
     return app
