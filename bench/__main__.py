@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case", "emg",
-         "eeg", "baep", "hunt"]
+         "eeg", "baep", "hunt", "hub"]
 
 
 def main() -> int:
