@@ -29,9 +29,11 @@ BASELINE_SWEEPS_MAX SSEP sweeps after the case began, as the docs tell the techn
 default ("compact") plan, the stretches between its event keypoints (onset, end of ramp, recovery onset, end of
 recovery, lead-off end, ...) where a truth changes are shortened to SEGMENT_MAX_S, and those where every truth
 holds its level to PLATEAU_MAX_S: short ramps keep their real speed (an injury over 20 s stays 20 s), slow ones
-become faster (limb_positioning's 10-min decline takes 30 s) and long plateaus shorter (its 7 min at 45 %
-take 90 s). Each case ends TAIL_S after its last keypoint, and at least MIN_OBSERVED_S after B. Each scenario's
-plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
+become faster (limb_positioning's 10-min decline takes 30 s) and long plateaus shorter (90 s), except a plateau
+held just past a criterion (_near_criterion: limb_positioning's 7 min at 45 %, 5 % past the SSEP criterion),
+which keeps its real length: cut to 90 s (~400 sweeps) no test can tell 45 % from 50 %, and the offline
+evaluator alerts 1-4 min into the real one. Each case ends TAIL_S after its last keypoint, and at least
+MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
 both passes, ~6 min.
 
@@ -120,6 +122,35 @@ def _keypoints(events: list[dict[str, Any]]) -> list[float]:
     return sorted(set(keys))
 
 
+NEAR_AMPLITUDE = 0.8  # a held amplitude in (0.8 x criterion, criterion] is "just past" it ...
+NEAR_LATENCY = 1.05  # ... and a held latency in [criterion, 1.05 x criterion)
+
+
+def _near_criterion(events: list[dict[str, Any]], a: float, b: float) -> bool:
+    """Does a change event hold, over (a, b), a level just past its alert criterion (SSEP: amplitude 50 %, latency
+    110 %; MEP targets: amplitude 20 %), and past none by more? Such a plateau keeps its real length in the
+    compact plan: telling 45 % from 50 % takes the sweeps the scenario gives it (limb_positioning's 7 min), and
+    a plateau cut to PLATEAU_MAX_S would make the event undetectable by any method, not just late."""
+    for e in events:
+        if e.get("type") != "change":
+            continue
+        on = float(e["onset_s"])
+        rec = e.get("recovery") if isinstance(e.get("recovery"), dict) else None
+        held = [(on + float(e.get("ramp_s", 0.0)), float(rec["onset_s"]) if rec else math.inf, e)]
+        if rec:
+            held.append((float(rec["onset_s"]) + float(rec.get("ramp_s", 0.0)), math.inf, rec))
+        mep = all(str(t).startswith("mep_") for t in e.get("targets", []))
+        amp_crit, lat_crit = (0.2, math.inf) if mep else (0.5, 1.1)
+        for lo, hi, lvl in held:
+            if not (lo <= a and b <= hi):
+                continue
+            amp, lat = float(lvl.get("amplitude", 1.0)), float(lvl.get("latency", 1.0))
+            far = amp <= NEAR_AMPLITUDE * amp_crit or lat >= NEAR_LATENCY * lat_crit  # either is evidence enough
+            if not far and (amp <= amp_crit or lat >= lat_crit):
+                return True
+    return False
+
+
 def _moving(events: list[dict[str, Any]], a: float, b: float) -> bool:
     """Does any event's truth change (a ramp, a recovery) or any cautery burst last somewhere inside (a, b)?"""
     spans: list[tuple[float, float]] = []
@@ -146,7 +177,8 @@ def time_map(events: list[dict[str, Any]], at_s: float, segment_max_s: float = m
     plateau = segment_max_s if plateau_max_s is None else plateau_max_s
     mapped = [float(at_s)]
     for a, b in zip(keys, keys[1:], strict=False):
-        mapped.append(mapped[-1] + min(b - a, segment_max_s if _moving(events, a, b) else plateau))
+        cap = segment_max_s if _moving(events, a, b) else math.inf if _near_criterion(events, a, b) else plateau
+        mapped.append(mapped[-1] + min(b - a, cap))
 
     def f(t: float) -> float:
         t = float(t)

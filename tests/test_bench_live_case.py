@@ -3,6 +3,7 @@ nothing here starts a board, and no timing is asserted)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -60,6 +61,28 @@ def test_compact_plan_keeps_plateaus_longer_than_ramps_and_starts_after_the_long
     assert scn["events"][0]["onset_s"] == live_case.EVENTS_AT_S == p["events_at_s"]
     assert math.isclose(p["end_s"], live_case.EVENTS_AT_S + 220.0 + live_case.TAIL_S)
     assert scn["duration_s"] == p["end_s"]
+
+
+def test_compact_plan_keeps_a_plateau_just_past_a_criterion_at_its_real_length():
+    # limb_positioning: a 10-min decline to 45 % (5 % past the SSEP criterion), held 7 min, then recovery. Cut to
+    # 90 s, that plateau holds ~400 sweeps: too few for any test to tell 45 % from 50 % (the evaluator alerts
+    # 1-4 min into the real plateau). A plateau well past its criterion (the injury at 30 %) is still cut.
+    near = {"events": [{"type": "change", "targets": ["median_R_*"], "onset_s": 300.0, "ramp_s": 600.0,
+                        "amplitude": 0.45, "latency": 1.05,
+                        "recovery": {"onset_s": 1320.0, "ramp_s": 300.0, "amplitude": 0.95, "latency": 1.0}}]}
+    moved, plan = live_case.compress_events(near, 80.0, 30.0, 90.0)
+    (change,) = moved["events"]
+    assert math.isclose(change["ramp_s"], 30.0)  # the decline is a ramp: shortened
+    assert math.isclose(change["recovery"]["onset_s"], 80.0 + 30.0 + 420.0)  # the 420 s plateau kept whole
+    mep = copy.deepcopy(near)
+    mep["events"][0].update(targets=["mep_TA_L"], amplitude=0.18)  # 2 % past the MEP criterion (20 %)
+    assert math.isclose(live_case.compress_events(mep, 80.0, 30.0, 90.0)[0]["events"][0]["recovery"]["onset_s"],
+                        80.0 + 30.0 + 420.0)
+    for far in (0.3, 0.6):  # well past the criterion, or not reaching it: the plateau is cut to 90 s
+        other = copy.deepcopy(near)
+        other["events"][0]["amplitude"] = far
+        moved, _ = live_case.compress_events(other, 80.0, 30.0, 90.0)
+        assert math.isclose(moved["events"][0]["recovery"]["onset_s"], 80.0 + 30.0 + 90.0)
 
 
 def test_mep_events_use_the_mep_criterion_and_ssep_events_the_detection_benchs():
