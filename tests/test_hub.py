@@ -239,3 +239,100 @@ def test_ionm_console_publish_sends_the_live_case_to_the_hub(tmp_path):
     assert got[0]["kind"] == "header"
     assert any(m["kind"] == "event" and m["body"]["kind"] == "baseline" for m in got)
     assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
+
+
+# -- the room's own JetStream, a leaf node of the hub (ionm.hub.leaf) ----------------------------------------------
+
+def hub_server(store, leaf_port: int, port: int | None = None, accounts: str = "") -> NatsServer:
+    from ionm.hub import leaf
+
+    return NatsServer(store, port=port, name="ionm-hub", conf=leaf.hub_conf("127.0.0.1", leaf_port, accounts))
+
+
+def stream_messages(url: str, **auth) -> list[tuple[str, str, dict]]:
+    """(subject, Nats-Msg-Id, message) of every message in the hub's IONM stream, in stream order."""
+
+    async def go() -> list[tuple[str, str, dict]]:
+        import nats
+
+        nc = await nats.connect(url, **auth)
+        js = nc.jetstream()
+        try:
+            state = (await js.stream_info(hm.STREAM)).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                m = await js.get_msg(hm.STREAM, seq)
+                out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""), hm.decode(m.data)))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def wait_for_count(url: str, n: int, deadline_s: float, **auth) -> int:
+    """Poll the hub's stream until it holds n messages (or the deadline passes); the count it last saw."""
+
+    async def count() -> int:
+        import nats
+
+        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False, **auth)
+        try:
+            return int((await nc.jetstream().stream_info(hm.STREAM)).state.messages)
+        finally:
+            await nc.close()
+
+    end, seen = time.monotonic() + deadline_s, -1
+    while time.monotonic() < end:
+        try:
+            seen = asyncio.run(count())
+        except Exception:  # the hub is (re)starting, or has no stream yet
+            seen = -1
+        if seen >= n:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def test_a_room_keeps_publishing_through_a_hub_outage_and_the_hub_gets_everything_in_order_once(tmp_path):
+    """The room's console publishes to the room's own JetStream (a leaf node); the hub's stream sources it. The
+    hub's server stops for a few seconds while the room goes on; back on the same store and ports, the hub's
+    stream holds every message, in the room's order, once, under the hub's subjects, with its message id."""
+    from ionm.hub import leaf
+    from ionm.hub.natsserver import free_port
+
+    leaf_port = free_port()
+    hub = hub_server(tmp_path / "hub", leaf_port).start()
+    keeper = leaf.SourceKeeper(hub.url)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1", "nats-leaf://127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False)
+    try:
+        for i in range(40):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, 40, 30) == 40, keeper.sources.last_error
+        hub.stop()  # the hub goes away; the room goes on, and its stream acknowledges every message
+        for i in range(40, 100):
+            pub.publish("trend", {"i": i})
+            time.sleep(0.02)
+        assert pub.flush(20), pub.last_error
+        time.sleep(2.0)
+        hub = hub_server(tmp_path / "hub", leaf_port, port=hub.port).start()  # back, on its store and ports
+        for i in range(100, 120):
+            pub.publish("alerts", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, 120, 45) == 120, (keeper.sources.stats, keeper.sources.last_error)
+        time.sleep(1.0)  # nothing more comes: no repeats
+        got = stream_messages(hub.url)
+        stats = dict(keeper.sources.stats)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        hub.stop()
+    assert len(got) == 120
+    assert [m["seq"] for _s, _id, m in got] == list(range(1, 121))  # in the room's order, once
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-1", pub.session, i) for i in range(1, 121)]
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(120))
+    assert {s.rsplit(".", 1)[0] for s, _id, _m in got} == {"ionm.General.OR_1.case-1"}  # the hub's subjects
+    assert stats["added"] == 1 and stats["reapplied"] >= 1, stats  # re-applied after the outage

@@ -28,7 +28,12 @@ ACK_TIMEOUT_S = 2.0
 
 class Publisher:
     def __init__(self, servers: str | list[str], site: str, room: str, case: str, *, outbox_max: int = 100_000,
-                 user: str | None = None, password: str | None = None) -> None:
+                 user: str | None = None, password: str | None = None, prefix: str = "ionm",
+                 ensure: bool = True) -> None:
+        """servers: the hub's nats-server (direct), or the room's own (ionm.hub.leaf.RoomServer: then prefix
+        "ionmroom" and ensure=False, the room server keeps its stream); ensure: create the IONM stream if the
+        server has none."""
+        self.prefix, self.ensure = prefix, ensure
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.site, self.room, self.case = site, room, case
         self.outbox_max = outbox_max
@@ -47,7 +52,7 @@ class Publisher:
     # -- the caller's side --------------------------------------------------------------------------------
     def publish(self, kind: str, body: Any) -> int:
         """Queue one message; its seq."""
-        subj = hm.subject(self.site, self.room, self.case, kind)
+        subj = hm.subject(self.site, self.room, self.case, kind, self.prefix)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -116,7 +121,7 @@ class Publisher:
             return
         self.stats["connected"] = True
         js = nc.jetstream()
-        stream_ready = False
+        stream_ready = not self.ensure
         try:
             while not (self._stop.is_set() and not self.pending):
                 if not stream_ready:
