@@ -336,3 +336,178 @@ def test_a_room_keeps_publishing_through_a_hub_outage_and_the_hub_gets_everythin
     assert [m["body"]["i"] for _s, _id, m in got] == list(range(120))
     assert {s.rsplit(".", 1)[0] for s, _id, _m in got} == {"ionm.General.OR_1.case-1"}  # the hub's subjects
     assert stats["added"] == 1 and stats["reapplied"] >= 1, stats  # re-applied after the outage
+
+
+# -- who may read and publish what (ionm.hub.access) ---------------------------------------------------------------
+
+ACCESS = {"users": [
+    {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/OR 1"]},
+    {"name": "or1", "password": "pw-1", "role": "room", "room": "General/OR 1"},
+    {"name": "or2", "password": "pw-2", "role": "room", "room": "General/OR 2"},
+]}
+
+
+def access_hub(tmp_path):
+    """A hub whose nats-server enforces ACCESS; (server, leaf port, the hub's service login)."""
+    from ionm.hub import access
+    from ionm.hub.natsserver import free_port
+
+    acc = access.Access.parse(ACCESS)
+    service = {"user": access.SERVICE_USER, "password": access.service_password()}
+    leaf_port = free_port()
+    server = hub_server(tmp_path / "hub", leaf_port, accounts=acc.server_conf(service["password"])).start()
+    return server, leaf_port, service, acc
+
+
+def test_the_access_file_is_checked():
+    from ionm.hub import access
+
+    with pytest.raises(access.AccessError, match="role"):
+        access.Access.parse({"users": [{"name": "x", "password": "p", "role": "admin"}]})
+    with pytest.raises(access.AccessError, match="SITE/ROOM"):
+        access.Access.parse({"users": [{"name": "x", "password": "p", "role": "physician", "rooms": ["OR 1"]}]})
+    with pytest.raises(access.AccessError, match="distinct"):
+        access.Access.parse({"users": [ACCESS["users"][0], ACCESS["users"][0]]})
+    acc = access.Access.parse(ACCESS)
+    assert acc.room_allowed("General", "OR 1") and not acc.room_allowed("General", "OR 3")
+    perms = acc.permissions(acc.users[0])
+    assert perms["subscribe"]["allow"] == ["ionm.General.OR_1.>", "_INBOX_dr_a.>"]
+
+
+def test_a_physician_reads_the_assigned_rooms_only(tmp_path):
+    """dr_a is assigned OR 1: a live subscription and a JetStream consumer on OR 1 get its case; on OR 2 the
+    server refuses both (a permissions violation, reported to the client)."""
+    from ionm.hub import access
+
+    server, _leaf_port, service, _acc = access_hub(tmp_path)
+    try:
+        asyncio.run(_ensure_ionm_stream(server.url, service))
+        pubs = [Publisher(server.url, "General", "OR %d" % n, "case-%d" % n, user="or%d" % n, password="pw-%d" % n)
+                for n in (1, 2)]
+        for p in pubs:
+            for i in range(5):
+                p.publish("event", {"i": i})
+            assert p.flush(20), p.last_error
+            p.close()
+
+        async def physician() -> dict:
+            import nats
+            from nats.js.api import ConsumerConfig, DeliverPolicy
+
+            errors: list[str] = []
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc))
+
+            nc = await nats.connect(server.url, user="dr_a", password="pw-a", inbox_prefix=access.inbox("dr_a"),
+                                    error_cb=on_error, allow_reconnect=False)
+            js = nc.jetstream()
+            live: list[str] = []
+
+            async def on_live(msg) -> None:
+                live.append(msg.subject)
+
+            await nc.subscribe("ionm.General.OR_1.>", cb=on_live)
+            await nc.subscribe("ionm.General.OR_2.>", cb=on_live)  # refused by the server
+            await nc.flush()
+            stored: dict[str, list[str]] = {}
+            for room in ("OR_1", "OR_2"):
+                inbox = nc.new_inbox()
+                got: list[str] = []
+
+                async def on_stored(msg, got=got) -> None:
+                    got.append(msg.subject)
+
+                await nc.subscribe(inbox, cb=on_stored)
+                try:
+                    await js.add_consumer(hm.STREAM, ConsumerConfig(
+                        name="dr_a-" + room, filter_subject="ionm.General.%s.>" % room, deliver_subject=inbox,
+                        deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+                except Exception as exc:  # refused: no responder within the timeout, or a violation
+                    errors.append("consumer %s: %r" % (room, exc))
+                end = time.monotonic() + 10
+                while len(got) < 5 and time.monotonic() < end and room == "OR_1":
+                    await asyncio.sleep(0.1)
+                stored[room] = got
+            await asyncio.sleep(0.5)
+            await nc.close()
+            return {"errors": errors, "live": live, "stored": stored}
+
+        seen = asyncio.run(physician())
+    finally:
+        server.stop()
+    errors = [e.lower().removeprefix("nats: ") for e in seen["errors"]]  # nats-py's words for the server's
+    assert 'permissions violation for subscription to "ionm.general.or_2.>"' in errors, errors
+    assert any(e.startswith("permissions violation for publish to \"$js.api.consumer.create.ionm.dr_a-or_2.")
+               for e in errors), errors
+    assert any(e.startswith("consumer OR_2") for e in seen["errors"]), seen["errors"]  # no consumer on OR 2
+    assert not any(e.startswith("consumer OR_1") for e in seen["errors"]), seen["errors"]
+    assert seen["stored"]["OR_1"] == ["ionm.General.OR_1.case-1.event"] * 5
+    assert seen["stored"]["OR_2"] == []
+
+
+async def _ensure_ionm_stream(url: str, auth: dict) -> None:
+    import nats
+
+    from ionm.hub.publisher import ensure_stream
+
+    nc = await nats.connect(url, **auth)
+    try:
+        await ensure_stream(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def test_a_room_cannot_publish_as_another_room(tmp_path):
+    """or1 over the leaf: its case reaches the hub; what it publishes under OR 2's subjects, directly or over the
+    leaf, and an announcement as OR 2, bring nothing of OR 2 into the hub's stream."""
+    from ionm.hub import leaf
+
+    server, leaf_port, service, acc = access_hub(tmp_path)
+    keeper = leaf.SourceKeeper(server.url, leaf.Sources(allowed=acc.room_allowed), **service)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1",
+                           "nats-leaf://or1:pw-1@127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False)
+    errors: list[str] = []
+    try:
+        for i in range(20):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(server.url, 20, 30, **service) == 20, keeper.sources.stats
+
+        async def forge() -> None:
+            import json
+
+            import nats
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc))
+
+            local = await nats.connect(room.url)  # the room's own server: over the leaf to the hub
+            await local.publish("ionm.General.OR_2.case-x.event", hm.encode("event", 1, "case-x", {}))
+            await local.publish(leaf.JOIN, json.dumps({"site": "General", "room": "OR 2"}).encode())
+            await local.flush()
+            await local.close()
+            direct = await nats.connect(server.url, user="or1", password="pw-1", error_cb=on_error,
+                                        allow_reconnect=False)
+            await direct.publish("ionm.General.OR_2.case-x.event", hm.encode("event", 1, "case-x", {}))
+            await direct.flush()
+            await asyncio.sleep(0.5)
+            await direct.close()
+
+        asyncio.run(forge())
+        for i in range(20, 30):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(server.url, 30, 30, **service) == 30
+        time.sleep(3.0)  # long enough for a forged source or message to arrive, had it been let through
+        got = stream_messages(server.url, **service)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        server.stop()
+    assert {s for s, _id, _m in got} == {"ionm.General.OR_1.case-1.event"}
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(30))
+    refused = [e.lower().removeprefix("nats: ") for e in errors]
+    assert 'permissions violation for publish to "ionm.general.or_2.case-x.event"' in refused, errors
