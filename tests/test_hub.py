@@ -393,6 +393,8 @@ def test_a_physician_reads_the_assigned_rooms_only(tmp_path):
             p.close()
 
         async def physician() -> dict:
+            import json
+
             import nats
             from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -431,9 +433,14 @@ def test_a_physician_reads_the_assigned_rooms_only(tmp_path):
                 while len(got) < 5 and time.monotonic() < end and room == "OR_1":
                     await asyncio.sleep(0.1)
                 stored[room] = got
+            # the filter in the request's body must be the one in its subject (the one the permissions check)
+            sneaky = {"stream_name": hm.STREAM, "config": {"name": "sneaky", "filter_subject": "ionm.General.OR_2.>",
+                                                           "deliver_subject": nc.new_inbox(), "ack_policy": "none"}}
+            answer = await nc.request("$JS.API.CONSUMER.CREATE.%s.sneaky.ionm.General.OR_1.>" % hm.STREAM,
+                                      json.dumps(sneaky).encode(), timeout=10)
             await asyncio.sleep(0.5)
             await nc.close()
-            return {"errors": errors, "live": live, "stored": stored}
+            return {"errors": errors, "live": live, "stored": stored, "sneaky": json.loads(answer.data)}
 
         seen = asyncio.run(physician())
     finally:
@@ -446,6 +453,8 @@ def test_a_physician_reads_the_assigned_rooms_only(tmp_path):
     assert not any(e.startswith("consumer OR_1") for e in seen["errors"]), seen["errors"]
     assert seen["stored"]["OR_1"] == ["ionm.General.OR_1.case-1.event"] * 5
     assert seen["stored"]["OR_2"] == []
+    assert seen["sneaky"]["error"]["err_code"] == 10131, seen["sneaky"]  # "did not match filtered subject"
+    assert not any("ionm.General.OR_2" in s for s in seen["live"])
 
 
 async def _ensure_ionm_stream(url: str, auth: dict) -> None:
@@ -544,7 +553,7 @@ def test_ionm_console_publishes_through_its_rooms_leaf_node_to_a_hub_with_an_acc
             hub.stdout.readline()
         console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
                                     "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
-                                    "--auto-baseline", "3",
+                                    "--auto-baseline", "1",
                                     "--publish", "nats-leaf://or9:pw-9@127.0.0.1:%d" % leaf_port,
                                     "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room")],
                                    stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)

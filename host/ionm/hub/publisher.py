@@ -7,7 +7,8 @@ the message is sent again, and again, until it is acknowledged; nothing later ov
 outage the stream back-fills in order, and a message whose acknowledgement was lost is stored once
 (de-duplication by id within messages.DUPLICATE_WINDOW_S). Messages wait in memory (up to `outbox_max`; beyond,
 the oldest display-only kinds are dropped and counted, alerts and the timeline never): a console that is
-killed loses what had not been sent yet. The room's own JetStream (a leaf node) is the next step
+killed loses what had not been sent yet. Published to the room's own JetStream (ionm.hub.leaf.RoomServer, a leaf
+node of the hub), a message is on the room's disk once acknowledged, and the hub's stream sources it from there
 (docs/OVERSIGHT.md).
 """
 
