@@ -340,6 +340,44 @@ def test_a_room_keeps_publishing_through_a_hub_outage_and_the_hub_gets_everythin
     assert stats["added"] == 1, stats  # one source; whether it was re-applied depends on nats-server's own retry
 
 
+def test_re_applying_a_rooms_source_repeats_nothing(tmp_path):
+    """The hub re-applies a source (removes it and adds it back) after silences; the stream then resumes after
+    the last message it holds from that room: forced here twice mid-case, every message once."""
+    from ionm.hub import leaf
+    from ionm.hub.natsserver import free_port
+
+    leaf_port = free_port()
+    hub = hub_server(tmp_path / "hub", leaf_port).start()
+    keeper = leaf.SourceKeeper(hub.url)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 3", "nats-leaf://127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 3", "case-3", prefix="ionmroom", ensure=False)
+    name = leaf.room_stream("General", "OR 3")
+    try:
+        for burst in range(3):
+            for i in range(20):
+                pub.publish("event", {"i": burst * 20 + i})
+            assert pub.flush(20), pub.last_error
+            assert wait_for_count(hub.url, 20 * (burst + 1), 30) == 20 * (burst + 1), keeper.sources.stats
+            if burst < 2:
+                before = keeper.sources.stats["reapplied"]
+                keeper.sources.applied[name] = 0.0  # as if applied long ago,
+                keeper.sources.stale.add(name)  # and the hub's connection had come back
+                end = time.monotonic() + 20
+                while keeper.sources.stats["reapplied"] == before and time.monotonic() < end:
+                    time.sleep(0.1)
+        time.sleep(1.0)
+        got = stream_messages(hub.url)
+        stats = dict(keeper.sources.stats)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        hub.stop()
+    assert stats["reapplied"] >= 2, stats
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(60))
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-3", pub.session, i) for i in range(1, 61)]
+
+
 # -- who may read and publish what (ionm.hub.access) ---------------------------------------------------------------
 
 ACCESS = {"users": [
