@@ -64,9 +64,11 @@ def leaf_remote(url: str) -> str:
 
 def hub_conf(leaf_host: str, leaf_port: int, accounts: str = "") -> str:
     """The hub's nats-server configuration: JetStream in the domain `hub`, a leafnode listener, and the
-    accounts and users of an access file (ionm.hub.access.server_conf), if any."""
-    return 'jetstream { domain: "%s" }\nleafnodes { host: "%s", port: %d }\n%s' % (HUB_DOMAIN, leaf_host,
-                                                                                    int(leaf_port), accounts)
+    accounts and users of an access file (ionm.hub.access.server_conf), if any. The listener does not advertise
+    its own addresses: a room reconnects to the address it was given (a relay, a NAT), never to one the hub
+    learned about itself (measured: with advertising, a room behind a relay reconnected around it)."""
+    return 'jetstream { domain: "%s" }\nleafnodes { host: "%s", port: %d, no_advertise: true }\n%s' % (
+        HUB_DOMAIN, leaf_host, int(leaf_port), accounts)
 
 
 class RoomServer:
