@@ -160,11 +160,13 @@ def test_ionm_hub_shows_every_rooms_case_with_unacknowledged_alerts_first(tmp_pa
 
     from ionm.hub.natsserver import free_port
 
-    web_port, nats_port = free_port(), free_port()
+    web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
-                                     "--store", str(tmp_path / "store")), stdout=subprocess.PIPE, text=True)
+                                     "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "store")),
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert "NATS JetStream at nats://127.0.0.1:%d" % nats_port in proc.stdout.readline()
+        assert "leaf nodes at nats-leaf://127.0.0.1:%d" % leaf_port in proc.stdout.readline()
         assert "oversight page" in proc.stdout.readline()
         quiet = Publisher("nats://127.0.0.1:%d" % nats_port, "General", "OR 1", "case-a")
         quiet.publish("header", {"uid": "case-a", "procedure": "L4-L5 fusion"})
@@ -240,6 +242,502 @@ def test_ionm_console_publish_sends_the_live_case_to_the_hub(tmp_path):
     assert got[0]["kind"] == "header"
     assert any(m["kind"] == "event" and m["body"]["kind"] == "baseline" for m in got)
     assert [m["seq"] for m in got] == list(range(1, len(got) + 1))
+
+
+# -- the room's own JetStream, a leaf node of the hub (ionm.hub.leaf) ----------------------------------------------
+
+def hub_server(store, leaf_port: int, port: int | None = None, accounts: str = "") -> NatsServer:
+    from ionm.hub import leaf
+
+    return NatsServer(store, port=port, name="ionm-hub", conf=leaf.hub_conf("127.0.0.1", leaf_port, accounts))
+
+
+def stream_messages(url: str, **auth) -> list[tuple[str, str, dict]]:
+    """(subject, Nats-Msg-Id, message) of every message in the hub's IONM stream, in stream order."""
+
+    async def go() -> list[tuple[str, str, dict]]:
+        import nats
+
+        nc = await nats.connect(url, **auth)
+        js = nc.jetstream()
+        try:
+            state = (await js.stream_info(hm.STREAM)).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                m = await js.get_msg(hm.STREAM, seq)
+                out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""), hm.decode(m.data)))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def wait_for_count(url: str, n: int, deadline_s: float, **auth) -> int:
+    """Poll the hub's stream until it holds n messages (or the deadline passes); the count it last saw."""
+
+    async def count() -> int:
+        import nats
+
+        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False, **auth)
+        try:
+            return int((await nc.jetstream().stream_info(hm.STREAM)).state.messages)
+        finally:
+            await nc.close()
+
+    end, seen = time.monotonic() + deadline_s, -1
+    while time.monotonic() < end:
+        try:
+            seen = asyncio.run(count())
+        except Exception:  # the hub is (re)starting, or has no stream yet
+            seen = -1
+        if seen >= n:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def test_a_room_keeps_publishing_through_a_hub_outage_and_the_hub_gets_everything_in_order_once(tmp_path):
+    """The room's console publishes to the room's own JetStream (a leaf node); the hub's stream sources it. The
+    hub's server stops for a few seconds while the room goes on; back on the same store and ports, the hub's
+    stream holds every message, in the room's order, once, under the hub's subjects, with its message id."""
+    from ionm.hub import leaf
+    from ionm.hub.natsserver import free_port
+
+    leaf_port = free_port()
+    hub = hub_server(tmp_path / "hub", leaf_port).start()
+    keeper = leaf.SourceKeeper(hub.url)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1", "nats-leaf://127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False)
+    try:
+        for i in range(40):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, 40, 30) == 40, keeper.sources.last_error
+        hub.stop()  # the hub goes away; the room goes on, and its stream acknowledges every message
+        for i in range(40, 100):
+            pub.publish("trend", {"i": i})
+            time.sleep(0.02)
+        assert pub.flush(20), pub.last_error
+        time.sleep(2.0)
+        hub = hub_server(tmp_path / "hub", leaf_port, port=hub.port).start()  # back, on its store and ports
+        for i in range(100, 120):
+            pub.publish("alerts", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, 120, 45) == 120, (keeper.sources.stats, keeper.sources.last_error)
+        time.sleep(1.0)  # nothing more comes: no repeats
+        got = stream_messages(hub.url)
+        stats = dict(keeper.sources.stats)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        hub.stop()
+    assert len(got) == 120
+    assert [m["seq"] for _s, _id, m in got] == list(range(1, 121))  # in the room's order, once
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-1", pub.session, i) for i in range(1, 121)]
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(120))
+    assert {s.rsplit(".", 1)[0] for s, _id, _m in got} == {"ionm.General.OR_1.case-1"}  # the hub's subjects
+    assert stats["added"] == 1, stats  # one source; whether it was re-applied depends on nats-server's own retry
+
+
+def test_re_applying_a_rooms_source_repeats_nothing(tmp_path):
+    """The hub re-applies a source (removes it and adds it back) after silences; the stream then resumes after
+    the last message it holds from that room: forced here twice mid-case, every message once."""
+    from ionm.hub import leaf
+    from ionm.hub.natsserver import free_port
+
+    leaf_port = free_port()
+    hub = hub_server(tmp_path / "hub", leaf_port).start()
+    keeper = leaf.SourceKeeper(hub.url)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 3", "nats-leaf://127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 3", "case-3", prefix="ionmroom", ensure=False)
+    name = leaf.room_stream("General", "OR 3")
+    try:
+        for burst in range(3):
+            for i in range(20):
+                pub.publish("event", {"i": burst * 20 + i})
+            assert pub.flush(20), pub.last_error
+            assert wait_for_count(hub.url, 20 * (burst + 1), 30) == 20 * (burst + 1), keeper.sources.stats
+            if burst < 2:
+                before = keeper.sources.stats["reapplied"]
+                keeper.sources.applied[name] = 0.0  # as if applied long ago,
+                keeper.sources.stale.add(name)  # and the hub's connection had come back
+                end = time.monotonic() + 20
+                while keeper.sources.stats["reapplied"] == before and time.monotonic() < end:
+                    time.sleep(0.1)
+        time.sleep(1.0)
+        got = stream_messages(hub.url)
+        stats = dict(keeper.sources.stats)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        hub.stop()
+    assert stats["reapplied"] >= 2, stats
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(60))
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-3", pub.session, i) for i in range(1, 61)]
+
+
+class Link:
+    """A TCP relay on loopback between a room's server and the hub's leafnode port that can be cut (every
+    connection closed, new ones refused) and restored: the network between the room and the hub."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.up = threading.Event()
+        self.up.set()
+        self._conns: list = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        import socket
+
+        self.up.clear()
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            except OSError:
+                pass
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_a_cut_between_room_and_hub_loses_nothing_and_repeats_nothing(tmp_path):
+    """The network between the room and the hub fails for 7 s (longer than the 5 s after which the hub re-applies
+    a silent room's source) while the room publishes; once it is back, the hub's stream has every message once,
+    in order."""
+    from ionm.hub import leaf
+    from ionm.hub.natsserver import free_port
+
+    leaf_port = free_port()
+    hub = hub_server(tmp_path / "hub", leaf_port).start()
+    link = Link(leaf_port)
+    keeper = leaf.SourceKeeper(hub.url)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 4", "nats-leaf://127.0.0.1:%d" % link.port).start()
+    pub = Publisher(room.url, "General", "OR 4", "case-4", prefix="ionmroom", ensure=False)
+    try:
+        for i in range(30):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, 30, 30) == 30, keeper.sources.stats
+        link.cut()
+        end = time.monotonic() + 7.0
+        i = 30
+        while time.monotonic() < end:
+            pub.publish("trend", {"i": i})
+            i += 1
+            time.sleep(0.1)
+        assert pub.flush(20), pub.last_error  # the room's own stream took them all
+        link.restore()
+        restored = time.monotonic()
+        for _ in range(10):
+            pub.publish("alerts", {"i": i})
+            i += 1
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(hub.url, i, 45) == i, (keeper.sources.stats, keeper.sources.last_error)
+        back_s = time.monotonic() - restored
+        time.sleep(1.0)
+        got = stream_messages(hub.url)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        link.close()
+        hub.stop()
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(i)), back_s
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-4", pub.session, n) for n in range(1, i + 1)]
+    print("link cut 7 s: %d messages, all at the hub %.1f s after the link came back, sources %s"
+          % (i, back_s, keeper.sources.stats))
+
+
+# -- who may read and publish what (ionm.hub.access) ---------------------------------------------------------------
+
+ACCESS = {"users": [
+    {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/OR 1"]},
+    {"name": "or1", "password": "pw-1", "role": "room", "room": "General/OR 1"},
+    {"name": "or2", "password": "pw-2", "role": "room", "room": "General/OR 2"},
+]}
+
+
+def access_hub(tmp_path):
+    """A hub whose nats-server enforces ACCESS; (server, leaf port, the hub's service login)."""
+    from ionm.hub import access
+    from ionm.hub.natsserver import free_port
+
+    acc = access.Access.parse(ACCESS)
+    service = {"user": access.SERVICE_USER, "password": access.service_password()}
+    leaf_port = free_port()
+    server = hub_server(tmp_path / "hub", leaf_port, accounts=acc.server_conf(service["password"])).start()
+    return server, leaf_port, service, acc
+
+
+def test_the_access_file_is_checked():
+    from ionm.hub import access
+
+    with pytest.raises(access.AccessError, match="role"):
+        access.Access.parse({"users": [{"name": "x", "password": "p", "role": "admin"}]})
+    with pytest.raises(access.AccessError, match="SITE/ROOM"):
+        access.Access.parse({"users": [{"name": "x", "password": "p", "role": "physician", "rooms": ["OR 1"]}]})
+    with pytest.raises(access.AccessError, match="distinct"):
+        access.Access.parse({"users": [ACCESS["users"][0], ACCESS["users"][0]]})
+    acc = access.Access.parse(ACCESS)
+    assert acc.room_allowed("General", "OR 1") and not acc.room_allowed("General", "OR 3")
+    perms = acc.permissions(acc.users[0])
+    assert perms["subscribe"]["allow"] == ["ionm.General.OR_1.>", "_INBOX_dr_a.>"]
+
+
+def test_a_physician_reads_the_assigned_rooms_only(tmp_path):
+    """dr_a is assigned OR 1: a live subscription and a JetStream consumer on OR 1 get its case; on OR 2 the
+    server refuses both (a permissions violation, reported to the client)."""
+    from ionm.hub import access
+
+    server, _leaf_port, service, _acc = access_hub(tmp_path)
+    try:
+        asyncio.run(_ensure_ionm_stream(server.url, service))
+        pubs = [Publisher(server.url, "General", "OR %d" % n, "case-%d" % n, user="or%d" % n, password="pw-%d" % n)
+                for n in (1, 2)]
+        for p in pubs:
+            for i in range(5):
+                p.publish("event", {"i": i})
+            assert p.flush(20), p.last_error
+            p.close()
+
+        async def physician() -> dict:
+            import json
+
+            import nats
+            from nats.js.api import ConsumerConfig, DeliverPolicy
+
+            errors: list[str] = []
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc))
+
+            nc = await nats.connect(server.url, user="dr_a", password="pw-a", inbox_prefix=access.inbox("dr_a"),
+                                    error_cb=on_error, allow_reconnect=False)
+            js = nc.jetstream()
+            live: list[str] = []
+
+            async def on_live(msg) -> None:
+                live.append(msg.subject)
+
+            await nc.subscribe("ionm.General.OR_1.>", cb=on_live)
+            await nc.subscribe("ionm.General.OR_2.>", cb=on_live)  # refused by the server
+            await nc.flush()
+            stored: dict[str, list[str]] = {}
+            for room in ("OR_1", "OR_2"):
+                inbox = nc.new_inbox()
+                got: list[str] = []
+
+                async def on_stored(msg, got=got) -> None:
+                    got.append(msg.subject)
+
+                await nc.subscribe(inbox, cb=on_stored)
+                try:
+                    await js.add_consumer(hm.STREAM, ConsumerConfig(
+                        name="dr_a-" + room, filter_subject="ionm.General.%s.>" % room, deliver_subject=inbox,
+                        deliver_policy=DeliverPolicy.ALL, inactive_threshold=30.0))
+                except Exception as exc:  # refused: no responder within the timeout, or a violation
+                    errors.append("consumer %s: %r" % (room, exc))
+                end = time.monotonic() + 10
+                while len(got) < 5 and time.monotonic() < end and room == "OR_1":
+                    await asyncio.sleep(0.1)
+                stored[room] = got
+            # the filter in the request's body must be the one in its subject (the one the permissions check)
+            sneaky = {"stream_name": hm.STREAM, "config": {"name": "sneaky", "filter_subject": "ionm.General.OR_2.>",
+                                                           "deliver_subject": nc.new_inbox(), "ack_policy": "none"}}
+            answer = await nc.request("$JS.API.CONSUMER.CREATE.%s.sneaky.ionm.General.OR_1.>" % hm.STREAM,
+                                      json.dumps(sneaky).encode(), timeout=10)
+            await asyncio.sleep(0.5)
+            await nc.close()
+            return {"errors": errors, "live": live, "stored": stored, "sneaky": json.loads(answer.data)}
+
+        seen = asyncio.run(physician())
+    finally:
+        server.stop()
+    errors = [e.lower().removeprefix("nats: ") for e in seen["errors"]]  # nats-py's words for the server's
+    assert 'permissions violation for subscription to "ionm.general.or_2.>"' in errors, errors
+    assert any(e.startswith("permissions violation for publish to \"$js.api.consumer.create.ionm.dr_a-or_2.")
+               for e in errors), errors
+    assert any(e.startswith("consumer OR_2") for e in seen["errors"]), seen["errors"]  # no consumer on OR 2
+    assert not any(e.startswith("consumer OR_1") for e in seen["errors"]), seen["errors"]
+    assert seen["stored"]["OR_1"] == ["ionm.General.OR_1.case-1.event"] * 5
+    assert seen["stored"]["OR_2"] == []
+    assert seen["sneaky"]["error"]["err_code"] == 10131, seen["sneaky"]  # "did not match filtered subject"
+    assert not any("ionm.General.OR_2" in s for s in seen["live"])
+
+
+async def _ensure_ionm_stream(url: str, auth: dict) -> None:
+    import nats
+
+    from ionm.hub.publisher import ensure_stream
+
+    nc = await nats.connect(url, **auth)
+    try:
+        await ensure_stream(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+def test_a_room_cannot_publish_as_another_room(tmp_path):
+    """or1 over the leaf: its case reaches the hub; what it publishes under OR 2's subjects, directly or over the
+    leaf, and an announcement as OR 2, bring nothing of OR 2 into the hub's stream."""
+    from ionm.hub import leaf
+
+    server, leaf_port, service, acc = access_hub(tmp_path)
+    keeper = leaf.SourceKeeper(server.url, leaf.Sources(allowed=acc.room_allowed), **service)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1",
+                           "nats-leaf://or1:pw-1@127.0.0.1:%d" % leaf_port).start()
+    pub = Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False)
+    errors: list[str] = []
+    try:
+        for i in range(20):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(server.url, 20, 30, **service) == 20, keeper.sources.stats
+
+        async def forge() -> None:
+            import json
+
+            import nats
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc))
+
+            local = await nats.connect(room.url)  # the room's own server: over the leaf to the hub
+            await local.publish("ionm.General.OR_2.case-x.event", hm.encode("event", 1, "case-x", {}))
+            await local.publish(leaf.JOIN, json.dumps({"site": "General", "room": "OR 2"}).encode())
+            await local.flush()
+            await local.close()
+            direct = await nats.connect(server.url, user="or1", password="pw-1", error_cb=on_error,
+                                        allow_reconnect=False)
+            await direct.publish("ionm.General.OR_2.case-x.event", hm.encode("event", 1, "case-x", {}))
+            await direct.flush()
+            await asyncio.sleep(0.5)
+            await direct.close()
+
+        asyncio.run(forge())
+        for i in range(20, 30):
+            pub.publish("event", {"i": i})
+        assert pub.flush(20), pub.last_error
+        assert wait_for_count(server.url, 30, 30, **service) == 30
+        time.sleep(3.0)  # long enough for a forged source or message to arrive, had it been let through
+        got = stream_messages(server.url, **service)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        server.stop()
+    assert {s for s, _id, _m in got} == {"ionm.General.OR_1.case-1.event"}
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(30))
+    refused = [e.lower().removeprefix("nats: ") for e in errors]
+    assert 'permissions violation for publish to "ionm.general.or_2.case-x.event"' in refused, errors
+
+
+def test_ionm_console_publishes_through_its_rooms_leaf_node_to_a_hub_with_an_access_file(tmp_path):
+    """As it is run: `ionm hub --leaf --access FILE` and `ionm console --sim --direct --publish
+    nats-leaf://or9:PASSWORD@HUB:LEAFPORT --site --room --room-store DIR`; the case reaches the hub's page."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT, ionm_cmd, store_with_technologist
+
+    from ionm.hub.natsserver import free_port
+
+    access_file = tmp_path / "access.json"
+    access_file.write_text(json.dumps({"users": [
+        {"name": "or9", "password": "pw-9", "role": "room", "room": "General/OR 9"},
+        {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/OR 9"]}]}))
+    web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
+    hub = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
+                                    "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "hub"),
+                                    "--access", str(access_file)), stdout=subprocess.PIPE, text=True)
+    db = store_with_technologist(tmp_path / "cases.db")
+    log = tmp_path / "console.log"
+    console = None
+    try:
+        for _ in range(3):
+            hub.stdout.readline()
+        console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
+                                    "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
+                                    "--auto-baseline", "1",
+                                    "--publish", "nats-leaf://or9:pw-9@127.0.0.1:%d" % leaf_port,
+                                    "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room")],
+                                   stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        view: dict = {"cases": []}
+        end = time.monotonic() + 40
+        while time.monotonic() < end:
+            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+                view = json.loads(r.read())
+            if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
+                break
+            time.sleep(0.5)
+        console.send_signal(signal.SIGINT)
+        assert console.wait(30) == 0, log.read_text(errors="replace")
+    finally:
+        if console is not None and console.poll() is None:
+            console.kill()
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+    text = log.read_text(errors="replace")
+    assert "a leaf node of nats-leaf://or9:***@127.0.0.1:%d" % leaf_port in text, text
+    assert "pw-9" not in text
+    assert [(c["site"], c["room"]) for c in view["cases"]] == [("General", "OR_9")], view
+    assert any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]), view
+    assert view["bad_messages"] == 0
 
 
 def test_the_page_is_pushed_each_change_as_it_happens_not_at_the_next_poll():

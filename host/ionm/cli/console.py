@@ -3,7 +3,10 @@
     ionm console --sim [--scenario NAME]              the virtual board: the firmware on MicroPython, a patient
     ionm console --sim --direct [--fast]              the scenario's physiology straight from the patient model
     ionm console --port /dev/ttyACM0                  the board
-    ionm console ... --publish nats://HUB:4222 --site S --room R   also to the oversight hub (ionm hub)
+    ionm console ... --publish nats-leaf://HUB:7422 --site S --room R --room-store DIR
+                                                      also to the oversight hub (ionm hub), through the room's
+                                                      own JetStream, a leaf node of the hub's
+    ionm console ... --publish nats://HUB:4222 --site S --room R   straight to the hub's server
 
 The console serves on --listen (default 127.0.0.1:8080). For an oversight physician on another machine, listen
 on a reachable address AND give --cert/--key (TLS); accounts are made with `ionm users add`. Restarting with
@@ -14,6 +17,7 @@ docs/CONSOLE.md has the walk-through.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -48,9 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
     p.add_argument("--stall-alarm", type=float, default=2.0, metavar="S",
                    help="technical alarm when a running stream delivers no sweep for S s (default %(default)s)")
-    p.add_argument("--publish", metavar="URL", help="publish the case to an oversight hub's NATS (ionm hub)")
+    p.add_argument("--publish", metavar="URL",
+                   help="publish the case to an oversight hub (ionm hub): nats-leaf://[USER:PASSWORD@]HUB:LEAFPORT "
+                        "through this room's own JetStream (a leaf node: nothing lost while the hub is away), or "
+                        "nats://[USER:PASSWORD@]HUB:PORT straight to the hub's server")
     p.add_argument("--site", default="site", help="--publish: this hospital's name (default %(default)s)")
     p.add_argument("--room", default="OR", help="--publish: this operating room's name (default %(default)s)")
+    p.add_argument("--room-store", default="room-store", metavar="DIR",
+                   help="--publish nats-leaf://: the room's JetStream store (default %(default)s)")
 
 
 def shift_events(scenario: dict[str, Any], at_s: float) -> dict[str, Any]:
@@ -138,6 +147,18 @@ def run(args: argparse.Namespace) -> int:
         store.close()
         return 2
 
+    room_server = None
+    if args.publish and args.publish.startswith("nats-leaf://"):  # started first: a failure leaves nothing running
+        from ionm.hub.leaf import RoomServer
+        from ionm.hub.natsserver import NatsServerError
+
+        try:
+            room_server = RoomServer(Path(args.room_store), args.site, args.room, args.publish).start()
+        except (ValueError, NatsServerError) as exc:
+            store.close()
+            return fail("console", 2 if isinstance(exc, ValueError) else 1, str(exc))
+        atexit.register(room_server.stop)  # whatever stops the console later (stop() is idempotent)
+
     case_id = None if args.new_case else store.open_case_id()
     resuming = case_id is not None
     if case_id is not None:
@@ -184,9 +205,19 @@ def run(args: argparse.Namespace) -> int:
         from ionm.hub import bridge
         from ionm.hub.publisher import Publisher
 
-        publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"])
+        if room_server is not None:  # the room's own JetStream, a leaf node of the hub's
+            from ionm.hub.leaf import ROOM_PREFIX
+
+            publisher = Publisher(room_server.url, args.site, args.room, store.case(case_id)["uid"],
+                                  prefix=ROOM_PREFIX, ensure=False)
+            print("ionm console: room JetStream at %s (domain %s, store %s), a leaf node of %s"
+                  % (room_server.url, room_server.domain, args.room_store, _without_password(args.publish)),
+                  flush=True)
+        else:
+            publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"])
         bridge.attach(engine, publisher)
-        print("ionm console: publishing to %s as %s/%s" % (args.publish, args.site, args.room), flush=True)
+        print("ionm console: publishing to %s as %s/%s" % (_without_password(args.publish), args.site, args.room),
+              flush=True)
 
     def announce(url: str) -> None:
         case = store.case(case_id)
@@ -197,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
         for step in (engine.stop, getattr(source, "close", None), board.close if board is not None else None,
-                     publisher.close if publisher is not None else None, store.close):
+                     publisher.close if publisher is not None else None,
+                     room_server.stop if room_server is not None else None, store.close):
             if step is None:
                 continue
             try:
@@ -209,3 +241,11 @@ def run(args: argparse.Namespace) -> int:
         print("ionm console: stopped (the case stays open; run again to resume)", flush=True)
     return 0
 
+
+def _without_password(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc="%s:***@%s" % (parts.username, parts.netloc.rpartition("@")[2])))

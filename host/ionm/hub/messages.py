@@ -30,10 +30,12 @@ def token(name: str) -> str:
     return t
 
 
-def subject(site: str, room: str, case: str, kind: str) -> str:
+def subject(site: str, room: str, case: str, kind: str, prefix: str = "ionm") -> str:
+    """The hub's subject of a message; with prefix="ionmroom" the subject of the room's own stream (a leaf node:
+    ionm.hub.leaf), which the hub's stream sources as ionm.<site>.<room>.<case>.<kind>."""
     if kind not in KINDS:
         raise ValueError("unknown oversight message kind %r (%s)" % (kind, ", ".join(KINDS)))
-    return "ionm.%s.%s.%s.%s" % (token(site), token(room), token(case), kind)
+    return "%s.%s.%s.%s.%s" % (prefix, token(site), token(room), token(case), kind)
 
 
 def msg_id(case: str, session: int, seq: int) -> str:

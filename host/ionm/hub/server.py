@@ -114,13 +114,14 @@ def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     return int(frame.get("unacked", 0)), dict(g["latest"], channel_name=g.get("channel_name"))
 
 
-async def follow(url: str, state: HubState, stop: asyncio.Event) -> None:
-    """Read the stream from its first message and keep following it into state (reconnecting as needed)."""
+async def follow(url: str, state: HubState, stop: asyncio.Event, **auth: Any) -> None:
+    """Read the stream from its first message and keep following it into state (reconnecting as needed); auth:
+    the hub's service login (user=, password=) when its server has an access file (ionm.hub.access)."""
     import nats
 
     from ionm.hub.publisher import ensure_stream
 
-    nc = await nats.connect(url, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+    nc = await nats.connect(url, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5, **auth)
     js = nc.jetstream()
     await ensure_stream(js)
 
