@@ -280,7 +280,8 @@ def _pass(tmp: Path, rooms: int, viewers: int, case_s: float, seed0: int) -> dic
     def pct(xs: list[float], q: float) -> float | None:
         return round(float(np.percentile(xs, q)), 1) if xs else None
 
-    return {"rooms": rooms, "viewers": viewers, "rooms_heard": rooms_heard, "alerts": len(lat) // max(viewers, 1),
+    return {"rooms": rooms, "viewers": viewers, "rooms_heard": rooms_heard,
+            "rooms_alerting": sum(1 for n in recorded.values() if n > 0), "alerts": len(lat) // max(viewers, 1),
             "alert_ms_p50": pct(lat, 50), "alert_ms_p99": pct(lat, 99), "alert_ms_max": pct(lat, 100),
             "event_ms_p50": pct(lat_all, 50), "event_ms_p99": pct(lat_all, 99),
             "messages": len(got), "lost": lost + alerts_lost, "lost_messages": lost, "alerts_lost": alerts_lost,
@@ -291,8 +292,10 @@ def _pass(tmp: Path, rooms: int, viewers: int, case_s: float, seed0: int) -> dic
 
 
 def _held(p: dict[str, Any]) -> bool:
+    # every room heard and every room's case far enough to raise its alerts: a machine too busy to run the rooms in
+    # real time raises none in the case's time (nothing to be late), which is not holding them
     return (p["alert_ms_p99"] is not None and p["alert_ms_p99"] <= GOAL_P99_MS and p["lost"] == 0
-            and p["duplicates"] == 0 and p["rooms_heard"] == p["rooms"])
+            and p["duplicates"] == 0 and p["rooms_heard"] == p["rooms"] and p["rooms_alerting"] == p["rooms"])
 
 
 def _passes(label: str, steps: tuple[int, ...], case_s: float, flat_rooms: int) -> dict[str, Any]:
@@ -334,10 +337,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         r = _passes(label, steps, case_s, flat)
         out[label] = r
         for p in r["steps"]:
-            summary.append("%s: %2d rooms: alert to page p50 %s ms, p99 %s ms (goal <= %.0f; %d alerts), lost %d, "
-                           "duplicates %d (goal 0), hub CPU %.2f %% of a core per room, %.1f msg/s into the stream"
-                           % (label, p["rooms"], p["alert_ms_p50"], p["alert_ms_p99"], GOAL_P99_MS, p["alerts"],
-                              p["lost"], p["duplicates"], p["hub_cpu_per_room_pct"], p["publish_rate_msg_s"]))
+            summary.append("%s: %2d rooms: alert to page p50 %s ms, p99 %s ms (goal <= %.0f; %d alerts from %d rooms), "
+                           "lost %d, duplicates %d (goal 0), hub CPU %.2f %% of a core per room, %.1f msg/s into the "
+                           "stream" % (label, p["rooms"], p["alert_ms_p50"], p["alert_ms_p99"], GOAL_P99_MS,
+                                       p["alerts"], p["rooms_alerting"], p["lost"], p["duplicates"],
+                                       p["hub_cpu_per_room_pct"], p["publish_rate_msg_s"]))
         m = r["viewers_many"]
         summary.append("%s: %d rooms with %d viewers: publish rate %.1f msg/s, %s x that with 1 viewer (goal flat, "
                        "1.0); alert to page p99 %s ms; hub CPU %.1f %%"
