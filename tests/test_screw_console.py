@@ -401,3 +401,15 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
     assert abs(r["lowest"]["threshold_ma"] - truth_ma) <= 0.5, (r["lowest"], truth_ma)
     assert not [a for a in alarms if a.startswith("no sweep")], alarms
     assert any(t.startswith("stimulation resumed after the screw test") for t in timeline)
+
+
+def test_the_console_refuses_a_malformed_rules_file_at_start(tmp_path: Path) -> None:
+    from conftest import run_ionm
+
+    bad = tmp_path / "rules.json"
+    bad.write_text(json.dumps([{"name": "x", "levels": ["L1", "L9"], "bands": [{"upper_ma": None,
+                                                                               "colour": "red"}]}]))
+    res = run_ionm("console", "--sim", "--direct", "--no-browser", "--db", str(tmp_path / "c.db"), "--screw-rules",
+                   str(bad))
+    assert res.returncode == 2 and "levels" in res.stderr and str(bad) in res.stderr, res.stderr
+    assert not (tmp_path / "c.db").exists()  # refused before anything was opened
