@@ -413,3 +413,37 @@ def test_the_console_refuses_a_malformed_rules_file_at_start(tmp_path: Path) -> 
                    str(bad))
     assert res.returncode == 2 and "levels" in res.stderr and str(bad) in res.stderr, res.stderr
     assert not (tmp_path / "c.db").exists()  # refused before anything was opened
+
+
+def test_a_hunt_refused_for_lack_of_board_memory_is_asked_again_and_other_refusals_are_not() -> None:
+    """On the virtual board at 8 kSPS x 16 channels about one hunt request in eight was refused `internal: out of
+    memory ... nothing was changed` (the board loads the hunt's modules per request); BoardCase asks again."""
+    import threading
+
+    from ionm.board import link as ln
+    from ionm.board.boardcase import BoardCase
+    from ionm.protocol import messages as m
+
+    case = BoardCase.__new__(BoardCase)  # no board: only the session's hunt is needed
+    case._events_lock, case._board_events, case._seq = threading.Lock(), [], 0
+    calls: list[int] = []
+
+    class Session:
+        def __init__(self, errors: list[ln.BoardError]) -> None:
+            self.errors = errors
+
+        def hunt(self, *a: Any, **kw: Any) -> str:
+            calls.append(1)
+            if self.errors:
+                raise self.errors.pop(0)
+            return "result"
+
+    oom = ln.BoardError(m.E_INTERNAL, "internal", "out of memory while handling the request; nothing was changed")
+    case.session = Session([oom, oom])
+    assert case.hunt_screw([11], hi_ma=20.0, p2p_uv=100.0) == "result" and len(calls) == 3
+    assert len(case._board_events) == 2 and "memory" in case._board_events[0]["detail"]
+    calls.clear()
+    case.session = Session([ln.BoardError(m.E_LIMIT_IMPEDANCE, "limit-impedance", "open circuit")])
+    with pytest.raises(ln.BoardError, match="open circuit"):
+        case.hunt_screw([11], hi_ma=20.0, p2p_uv=100.0)
+    assert len(calls) == 1

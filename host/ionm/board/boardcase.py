@@ -38,6 +38,8 @@ REARM_MAX = 3  # automatic re-arms allowed ...
 REARM_WINDOW_S = 60.0  # ... within this many seconds
 REARM_TRY_S = 30.0  # how long a re-arm keeps trying while the board does not answer
 BOARD_EVENTS_KEPT = 200
+HUNT_OOM_RETRIES = 3  # a hunt request refused for lack of board memory is asked again this many times ...
+HUNT_OOM_PAUSE_S = 0.3  # ... after this pause
 STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
               "(acquisition stopped too)", "recovered": "the board reset"}
 
@@ -174,9 +176,26 @@ class BoardCase(ProgramHolder):
 
     def hunt_screw(self, channels: list[int], *, hi_ma: float, p2p_uv: float, lo_ma: float = 0.5,
                    resolution_ma: float = 0.5, rate_hz: float = 5.0, stop: threading.Event | None = None) -> Any:
-        """The board's threshold hunt on the probe output (BoardSession.hunt); stop_hunt() ends it."""
-        return self.session.hunt(channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma, rate_hz=rate_hz,
-                                 p2p_uv=p2p_uv)
+        """The board's threshold hunt on the probe output (BoardSession.hunt); stop_hunt() ends it.
+
+        A board acquiring the full montage at 8 kSPS sometimes has too little heap left to load the hunt's modules
+        and refuses the request with `internal: out of memory ... nothing was changed` (1 in ~8 on the virtual
+        board). Nothing was delivered; the request is sent again after a pause (the board collects garbage between
+        blocks), up to HUNT_OOM_RETRIES times."""
+        from ionm.board import link as ln
+        from ionm.protocol import messages as m
+
+        for attempt in range(HUNT_OOM_RETRIES + 1):
+            try:
+                return self.session.hunt(channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma,
+                                         rate_hz=rate_hz, p2p_uv=p2p_uv)
+            except ln.BoardError as exc:
+                if exc.code != m.E_INTERNAL or "memory" not in exc.detail or attempt == HUNT_OOM_RETRIES or (
+                        stop is not None and stop.is_set()):
+                    raise
+                self._log("hunt-retry", "hunt refused for lack of board memory (nothing delivered): asked again")
+                time.sleep(HUNT_OOM_PAUSE_S)
+        raise AssertionError("unreachable")
 
     def stop_hunt(self) -> None:
         """stim-stop: the hunt ends at once with what it found (the other outputs are paused already)."""
