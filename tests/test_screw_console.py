@@ -372,7 +372,18 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
             engine.run_source(case)
             try:
                 time.sleep(2.0)  # SSEP sweeps flowing
-                (r,) = run_test(engine, {"level": "L5", "side": "L"}, timeout=60)
+                # A hunt that the board's watchdog stopped (a starved host: this shared test machine's load has
+                # reached 28 on 2 cores) or that failed is reported incomplete (grey), never completed behind the
+                # user's back: press Test again, as a technologist would, up to 3 times.
+                tries = []
+                for _ in range(3):
+                    (r,) = run_test(engine, {"level": "L5", "side": "L"}, timeout=60)
+                    tries.append(r)
+                    if r["complete"]:
+                        break
+                    assert r["reason"] in ("watchdog", "host-lost", "error"), (r["reason"], r["error"])
+                    assert r["colour"] == "grey"
+                    time.sleep(1.0)
                 time.sleep(1.5)  # the outputs resumed
                 alarms = [a.text for a in engine.technical_alarms()]
                 timeline = [e["text"] for e in engine.timeline]
@@ -386,12 +397,18 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
         pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
     probe = [p for p in pulses if p["output"] == probe_out]
     others = [p for p in pulses if p["output"] != probe_out and 0 <= p["output"] < probe_out]
-    assert len(probe) == r["pulses"] >= 5, r
-    first, last = probe[0]["index"], probe[-1]["index"]
-    assert others and min(p["index"] for p in others) < first  # SSEP ran before ...
+    assert len(probe) == sum(t["pulses"] for t in tries) and r["pulses"] >= 5, tries
+    hunt = probe[-r["pulses"]:]  # the complete hunt's pulses
+    first, last = hunt[0]["index"], hunt[-1]["index"]
+    assert others and min(p["index"] for p in others) < probe[0]["index"]  # SSEP ran before ...
     assert not [p for p in others if first - 100 <= p["index"] <= last + 100], "an SSEP pulse during the hunt"
+    # no other output's pulse from 100 ms before any probe pulse (the pause settles that long) to the end of its
+    # response window (40 ms): four SSEP outputs interleaved at 4.7 Hz, 53 ms apart, would put 2-3 in every such
+    # span while running
+    assert not [(p["index"], q["index"]) for p in probe for q in others if -800 <= q["index"] - p["index"] <= 320]
     assert max(p["index"] for p in others) > last  # ... and again after
-    assert r["complete"] and r["colour"] == "red" and r["paused"] == ["L median", "R median", "L tibial", "R tibial"]
+    assert r["complete"], (r["reason"], r["error"], r["pulses"], r["thresholds_ma"])
+    assert r["colour"] == "red" and r["paused"] == ["L median", "R median", "L tibial", "R tibial"]
     # the truth in the current the hunt requests (this output stage's DAC error), as tests/test_hunt_e2e.py
     pat = pt.VirtualPatient(pt.load_scenario(board_scenario(tmp_path)), 1, 8000.0, 16)
     stage = OutputStage(d, "SIM-0001")

@@ -38,6 +38,7 @@ REARM_MAX = 3  # automatic re-arms allowed ...
 REARM_WINDOW_S = 60.0  # ... within this many seconds
 REARM_TRY_S = 30.0  # how long a re-arm keeps trying while the board does not answer
 BOARD_EVENTS_KEPT = 200
+PROBE_SETTLE_S = 0.1  # after pausing the other outputs, before the first probe pulse
 HUNT_OOM_RETRIES = 3  # a hunt request refused for lack of board memory is asked again this many times ...
 HUNT_OOM_PAUSE_S = 0.3  # ... after this pause
 STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
@@ -163,6 +164,7 @@ class BoardCase(ProgramHolder):
             except Exception:
                 self.probe_paused = False
                 raise
+        time.sleep(PROBE_SETTLE_S)  # the last pulse's responses (an M-wave, its F-waves) are over before the hunt
         return self._running_list()
 
     def resume_after_probe(self) -> None:
@@ -265,9 +267,12 @@ class BoardCase(ProgramHolder):
                     if self._acquisition_stopped:
                         self.session.start()
                         self._acquisition_stopped = False
-                    with self._lock:
-                        program = copy.deepcopy(self._program)
-                    self._load(program)
+                    with self._lock:  # (a screw test's pause waits for this, and this for it)
+                        if self.probe_paused:  # a screw test paused the outputs: its resume loads the program
+                            self._log("rearm-deferred", "stimulation not re-armed after %s: a screw test has the "
+                                      "other outputs paused and restarts them when it ends" % STOPPED_BY[why])
+                            return
+                        self._load(copy.deepcopy(self._program))
                     break
                 except (ln.LinkError, ln.BoardError) as exc:
                     if time.monotonic() > deadline:
