@@ -522,10 +522,14 @@ class CaseEngine:
         from ionm.pipeline import screws as sc
 
         j = self._screw_job
+        available = self.probe is not None and hasattr(self.probe, "hunt_screw")
+        if not available and not self.screws:  # no probe, nothing tested: a few bytes in every snapshot
+            return {"available": False, "running": None, "results": [], "count": 0}
         keep = ("uid", "t_s", "user", "level", "side", "screw", "dynamic", "hunt", "reason", "complete", "hi_ma",
                 "thresholds_ma", "lowest", "colour", "label", "rule", "pulses")
-        return {"available": self.probe is not None and hasattr(self.probe, "hunt_screw"),
-                "rules": sc.rules_json(self.screw_rules),
+        # the rules without their sources (in each stored result and the report): the panel's legend
+        rules = [{k: v for k, v in r.items() if k != "source"} for r in sc.rules_json(self.screw_rules)]
+        return {"available": available, "rules": rules,
                 "defaults": {"hi_ma": SCREW_HI_MA, "p2p_uv": SCREW_P2P_UV},
                 "running": None if j is None else {"test": j["id"], "level": j["level"], "side": j["side"],
                                                    "dynamic": j["dynamic"], "user": j["user"], "hunts": j["hunts"]},
