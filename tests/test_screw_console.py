@@ -417,6 +417,7 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
     assert r["lowest"]["channel"].startswith("AHL1-AHL2")
     assert abs(r["lowest"]["threshold_ma"] - truth_ma) <= 0.5, (r["lowest"], truth_ma)
     assert not [a for a in alarms if a.startswith("no sweep")], alarms
+    assert any(t.startswith("stimulation paused for the screw test: L median") for t in timeline)
     assert any(t.startswith("stimulation resumed after the screw test") for t in timeline)
 
 

@@ -433,6 +433,9 @@ class CaseEngine:
                 self._probe_pause_until = math.inf
                 job["paused"] = list(pause())
                 paused_ok = True
+                if job["paused"]:
+                    self._submit(functools.partial(self._event, "event", "stimulation paused for the screw test: %s"
+                                                   % ", ".join(job["paused"]), "system"))
             while not job["stop"].is_set():
                 try:
                     res = self.probe.hunt_screw([c for c, _ in job["channels"]], hi_ma=job["hi_ma"],
