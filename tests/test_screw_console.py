@@ -465,3 +465,61 @@ def test_a_hunt_refused_for_lack_of_board_memory_is_asked_again_and_other_refusa
     with pytest.raises(ln.BoardError, match="open circuit"):
         case.hunt_screw([11], hi_ma=20.0, p2p_uv=100.0)
     assert len(calls) == 1
+
+
+def test_on_the_board_a_dynamic_test_keeps_the_outputs_paused_until_screw_stop(tmp_path: Path) -> None:
+    """Dynamic mode through BoardCase on the virtual board: hunts follow one another with the other outputs paused
+    for the whole session (no SSEP pulse from before the first probe pulse to after the last); screw_stop ends the
+    hunt under way at once (stim-stop) and the outputs run again."""
+    from ionm import board
+    from ionm.board.boardcase import BoardCase
+    from ionm.board.virtual import VirtualBoard
+
+    probe_out = board.load()["stimulator"]["probe"]["output"]
+    log = tmp_path / "pulses.jsonl"
+    store = CaseStore(tmp_path / "cases.db")
+    cid = store.open_case()
+    err = open(tmp_path / "board.stderr", "w")
+    try:
+        with VirtualBoard(scenario=board_scenario(tmp_path), pulse_log=str(log), stderr=err) as vb:
+            case = BoardCase(vb.device)
+            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
+            engine.start()
+            engine.run_source(case)
+            try:
+                time.sleep(1.5)
+                engine.submit(*TECH, {"cmd": "screw_test", "level": "L5", "side": "L", "dynamic": True}).result(10)
+                end = time.monotonic() + 60
+                while engine.call(lambda: len(engine.screws)) < 2 and engine.call(
+                        lambda: engine._screw_job is not None) and time.monotonic() < end:
+                    time.sleep(0.05)
+                time.sleep(0.5)  # into the next hunt
+                if engine.call(lambda: engine._screw_job is not None):
+                    engine.submit(*TECH, {"cmd": "screw_stop"}).result(10)
+                t_stop = time.monotonic()
+                while engine.call(lambda: engine._screw_job is not None) and time.monotonic() < end:
+                    time.sleep(0.02)
+                stopped_in = time.monotonic() - t_stop
+                time.sleep(1.5)
+                recs = engine.call(lambda: list(engine.screws))
+                paused_ssep = case.probe_paused
+            finally:
+                engine.stop()
+                case.close()
+    finally:
+        err.close()
+        store.close()
+    assert len(recs) >= 2 and all(r["dynamic"] for r in recs), [(r["reason"], r["pulses"]) for r in recs]
+    assert recs[0]["complete"] or recs[0]["reason"] in ("watchdog", "host-lost"), recs[0]["reason"]
+    assert stopped_in < 3.0  # the hunt under way ended at once, not after its 7-15 pulses
+    assert not paused_ssep
+    with open(log) as fh:
+        pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
+    probe = [p for p in pulses if p["output"] == probe_out]
+    others = [p for p in pulses if 0 <= p["output"] < probe_out]
+    # (a pulse delivered as screw_stop arrived has no judged window: one more in the log than in the results)
+    assert sum(r["pulses"] for r in recs) <= len(probe) <= sum(r["pulses"] for r in recs) + 1
+    first, last = probe[0]["index"], probe[-1]["index"]
+    if all(r["reason"] in ("done", "stopped") for r in recs):  # one pause for the whole session
+        assert not [p for p in others if first - 800 <= p["index"] <= last + 320]
+    assert max(p["index"] for p in others) > last  # running again after
