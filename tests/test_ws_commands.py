@@ -38,14 +38,18 @@ VALID: dict[str, dict[str, Any]] = {
     "peak": {"cmd": "peak", "req": 1, "stream": "ssep-upper/L median", "channel": 0, "name": "N20",
              "latency_ms": 19.5},
     "close": {"cmd": "close", "req": 1, "note": "end"},
+    "screw_test": {"cmd": "screw_test", "req": 1, "level": "L4", "side": "L", "dynamic": False, "hi_ma": 20.0,
+                   "p2p_uv": 100.0},
+    "screw_stop": {"cmd": "screw_stop", "req": 1},
 }
 NUMBERS = {"req", "output", "current_ma", "width_us", "rate_hz", "train_pulses", "ipi_ms", "repeat_s", "channel",
-           "latency_ms"}
-BOOLS = {"enabled", "confirmed", "group"}
+           "latency_ms", "hi_ma", "p2p_uv"}
+BOOLS = {"enabled", "confirmed", "group", "dynamic"}
 NULLABLE = {"req", "stream@baseline", "latency_ms"}
 REQUIRED = {"note": ["text"], "ack": ["alert", "note"], "ssep": ["command", "command.action", "command.output"],
             "tcmep": ["command", "command.action"], "tcmep_train": ["command", "command.action"],
-            "stop_all": ["command", "command.action"], "peak": ["stream", "channel", "name"]}
+            "stop_all": ["command", "command.action"], "peak": ["stream", "channel", "name"],
+            "screw_test": ["level", "side"]}
 
 
 def fields(kind: str) -> list[str]:

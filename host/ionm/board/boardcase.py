@@ -38,6 +38,9 @@ REARM_MAX = 3  # automatic re-arms allowed ...
 REARM_WINDOW_S = 60.0  # ... within this many seconds
 REARM_TRY_S = 30.0  # how long a re-arm keeps trying while the board does not answer
 BOARD_EVENTS_KEPT = 200
+PROBE_SETTLE_S = 0.1  # after pausing the other outputs, before the first probe pulse
+HUNT_OOM_RETRIES = 3  # a hunt request refused for lack of board memory is asked again this many times ...
+HUNT_OOM_PAUSE_S = 0.3  # ... after this pause
 STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
               "(acquisition stopped too)", "recovered": "the board reset"}
 
@@ -67,6 +70,7 @@ class BoardCase(ProgramHolder):
         self._events_lock = threading.Lock()
         self._closed = False
         self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
+        self.probe_paused = False  # a screw test paused the other outputs (pause_for_probe)
         self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
         self.stim_impedance: dict[str, int | None] = {}  # site -> ohms (None: open), from the check and each pulse
         self.lead_impedance: dict[str, int | None] = {}  # channel name -> ohms at the check before the case
@@ -83,6 +87,9 @@ class BoardCase(ProgramHolder):
         from ionm.board import link as ln
 
         with self._lock:
+            if self.probe_paused:
+                raise StimulationError("a screw test is under way: the other outputs are paused until it ends "
+                                       "(screw_stop ends it)")
             new = validate(command, self._program, self._limits)
             try:
                 if command.get("action") == "tcmep_train":
@@ -138,6 +145,64 @@ class BoardCase(ProgramHolder):
         channels = tuple(i for i, c in enumerate(self.montage) if c["modality"] == modality)
         return SweepSpec(modality, source, channels, pre, post, train=train)
 
+    # -- the handheld probe: screw tests (SPEC 5.11) --------------------------------------------------------
+    def screw_channels(self, side: str) -> list[tuple[int, str]]:
+        """The montage's muscle channels on `side` ('L'/'R'): (board channel, name as the sweeps name it)."""
+        from ionm.board.hunt import muscle_channels
+
+        return muscle_channels(self.montage, side)
+
+    def pause_for_probe(self) -> list[str]:
+        """Stop the other outputs (SSEP, a repeating TcMEP) for a screw test, returning what was paused: their
+        pulses fall in the probe's response windows, and an SSEP artefact of a few hundred µV makes every channel
+        "respond" near the lowest currents. stim-stop on the board; the program stays as the technologist set it,
+        and resume_after_probe() loads it again."""
+        with self._lock:
+            self.probe_paused = True
+            try:
+                self.session.stop_stimulation()
+            except Exception:
+                self.probe_paused = False
+                raise
+        time.sleep(PROBE_SETTLE_S)  # the last pulse's responses (an M-wave, its F-waves) are over before the hunt
+        return self._running_list()
+
+    def resume_after_probe(self) -> None:
+        """Start again what the technologist had running before the screw test."""
+        with self._lock:
+            try:
+                self._load(copy.deepcopy(self._program))
+                self.stimulation_stopped = None
+            finally:
+                self.probe_paused = False
+
+    def hunt_screw(self, channels: list[int], *, hi_ma: float, p2p_uv: float, lo_ma: float = 0.5,
+                   resolution_ma: float = 0.5, rate_hz: float = 5.0, stop: threading.Event | None = None) -> Any:
+        """The board's threshold hunt on the probe output (BoardSession.hunt); stop_hunt() ends it.
+
+        A board acquiring the full montage at 8 kSPS sometimes has too little heap left to load the hunt's modules
+        and refuses the request with `internal: out of memory ... nothing was changed` (1 in ~8 on the virtual
+        board). Nothing was delivered; the request is sent again after a pause (the board collects garbage between
+        blocks), up to HUNT_OOM_RETRIES times."""
+        from ionm.board import link as ln
+        from ionm.protocol import messages as m
+
+        for attempt in range(HUNT_OOM_RETRIES + 1):
+            try:
+                return self.session.hunt(channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma,
+                                         rate_hz=rate_hz, p2p_uv=p2p_uv)
+            except ln.BoardError as exc:
+                if exc.code != m.E_INTERNAL or "memory" not in exc.detail or attempt == HUNT_OOM_RETRIES or (
+                        stop is not None and stop.is_set()):
+                    raise
+                self._log("hunt-retry", "hunt refused for lack of board memory (nothing delivered): asked again")
+                time.sleep(HUNT_OOM_PAUSE_S)
+        raise AssertionError("unreachable")
+
+    def stop_hunt(self) -> None:
+        """stim-stop: the hunt ends at once with what it found (the other outputs are paused already)."""
+        self.session.stop_stimulation()
+
     # -- the stream ---------------------------------------------------------------------------------------
     def _data(self, block: Any) -> None:
         self._leadoff = block.leadoff
@@ -162,7 +227,7 @@ class BoardCase(ProgramHolder):
             self._acquisition_stopped = True  # restarted by the re-arm (it may already be waiting: watchdog)
         if kind == "fault":
             self.stimulation_stopped = "output fault: %s" % (body.get("detail") or body.get("fault"))
-        elif kind in STOPPED_BY and self._running_list():
+        elif kind in STOPPED_BY and self._running_list() and not self.probe_paused:  # (a pause resumes by itself)
             self.stimulation_stopped = STOPPED_BY[kind]
             # not on this thread: the link's reader delivers events, and a request needs it to read the reply
             threading.Thread(target=self._rearm, args=(kind,), name="ionm-rearm", daemon=True).start()
@@ -202,9 +267,12 @@ class BoardCase(ProgramHolder):
                     if self._acquisition_stopped:
                         self.session.start()
                         self._acquisition_stopped = False
-                    with self._lock:
-                        program = copy.deepcopy(self._program)
-                    self._load(program)
+                    with self._lock:  # (a screw test's pause waits for this, and this for it)
+                        if self.probe_paused:  # a screw test paused the outputs: its resume loads the program
+                            self._log("rearm-deferred", "stimulation not re-armed after %s: a screw test has the "
+                                      "other outputs paused and restarts them when it ends" % STOPPED_BY[why])
+                            return
+                        self._load(copy.deepcopy(self._program))
                     break
                 except (ln.LinkError, ln.BoardError) as exc:
                     if time.monotonic() > deadline:

@@ -116,3 +116,112 @@ class HuntListener:
 
         return HuntResult(str(done["reason"]), {r["channel"]: ma(r["threshold_ua"]) for r in done["results"]},
                           {r["channel"]: ma(r["below_ua"]) for r in done["results"]}, list(self.pulses))
+
+
+class Bisection:
+    """The board's search (firmware/hunt.py Hunt: next_current, judge, results), line for line on the host, in µA: a
+    source without a board (the simulated patient of `ionm console --sim --direct`) hunts exactly as the board
+    would. Every pulse updates every channel's bracket; the next current bisects, on the DAC step, the bracket of
+    the unresolved channel with the lowest `above`."""
+
+    def __init__(self, n_channels: int, *, lo_ua: int, hi_ua: int, resolution_ua: int, step_ua: int,
+                 max_pulses: int) -> None:
+        self.lo, self.hi, self.res, self.step = int(lo_ua), int(hi_ua), int(resolution_ua), int(step_ua)
+        self.max_pulses = int(max_pulses)
+        self.n = int(n_channels)
+        self.below = [self.lo - self.step] * self.n  # the hunt floor: nothing known yet
+        self.above = [self.hi + self.step] * self.n  # the hunt ceiling
+        self.pulses = 0
+        self.reason: str | None = None
+
+    def resolved(self, j: int) -> bool:
+        return self.above[j] - self.below[j] <= self.res or self.above[j] <= self.lo or self.below[j] >= self.hi
+
+    def next_current(self) -> int | None:
+        best = -1
+        for j in range(self.n):
+            if not self.resolved(j) and (best < 0 or self.above[j] < self.above[best]):
+                best = j
+        if best < 0:
+            self.reason = "done"
+            return None
+        if self.pulses >= self.max_pulses:
+            self.reason = "pulses"
+            return None
+        b, a, step = self.below[best], self.above[best], self.step
+        mid = (b + a) // 2 // step * step
+        if mid <= b:
+            mid = b + step
+        if mid >= a:
+            mid = a - step
+        return min(max(mid, self.lo), self.hi)
+
+    def judge(self, current_ua: int, responses: list[bool]) -> None:
+        self.pulses += 1
+        for j, r in enumerate(responses):
+            if r:
+                if current_ua < self.above[j]:
+                    self.above[j] = current_ua
+            elif current_ua > self.below[j]:
+                self.below[j] = current_ua
+
+    def results(self) -> list[tuple[int | None, int | None]]:
+        """Per channel (threshold_ua, below_ua), as hunt-done reports them."""
+        return [(a if a <= self.hi else None, b if b >= self.lo else None) for a, b in zip(self.above, self.below,
+                                                                                          strict=True)]
+
+
+def side_of(label: str, derivation: str) -> str | None:
+    """'L' or 'R' for a muscle channel ('L tibialis anterior', 'TAL1-TAL2'); None when it says neither."""
+    first = label.split()[0] if label.split() else ""
+    if first in ("L", "R"):
+        return first
+    active = derivation.split("-")[0].rstrip("0123456789")
+    return active[-1] if active and active[-1] in "LR" else None
+
+
+def muscle_channels(montage: list[dict[str, str]], side: str) -> list[tuple[int, str]]:
+    """The montage's muscle channels on `side` ('L'/'R') as (channel, name "DERIVATION (LABEL)"): the channels a
+    screw on that side is tested on (its root's myotome is among them when the montage records it)."""
+    return [(i, "%s (%s)" % (c["derivation"], c.get("label", ""))) for i, c in enumerate(montage)
+            if c.get("kind") == "muscle" and side_of(str(c.get("label", "")), str(c["derivation"])) == side]
+
+
+def host_hunt(respond: Any, channels: list[int], *, lo_ma: float, hi_ma: float, resolution_ma: float = 0.5,
+              rate_hz: float = 5.0, p2p_uv: float = 100.0, max_pulses: int | None = None,
+              stop: threading.Event | None = None, pace: float = 0.0, defn: dict[str, Any] | None = None
+              ) -> HuntResult:
+    """A hunt run on the host with the board's search (Bisection) against respond(k, current_ma) -> {channel:
+    p2p µV} for pulse k: the source without a board. The request is checked as BoardSession.hunt checks it
+    (HuntError before any pulse). pace: seconds between pulses (0: at once; a live simulation paces at the rate);
+    stop: ends the hunt at once with reason "stopped"."""
+    d = defn or board.load()
+    body = request_body(channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma, rate_hz=rate_hz,
+                        p2p_uv=p2p_uv, max_pulses=max_pulses, defn=d)
+    bis = Bisection(len(channels), lo_ua=body["lo_ua"], hi_ua=body["hi_ua"], resolution_ua=body["resolution_ua"],
+                    step_ua=int(d["stimulator"]["current_step_ua"]),
+                    max_pulses=int(body.get("max_pulses", d["safety"]["probe"]["hunt_pulses_max"])))
+    pulses: list[HuntPulse] = []
+    reason = "done"
+    while True:
+        if stop is not None and stop.is_set():
+            reason = "stopped"
+            break
+        cur = bis.next_current()
+        if cur is None:
+            reason = str(bis.reason)
+            break
+        if pulses and pace > 0:
+            if stop is not None and stop.wait(pace):
+                reason = "stopped"
+                break
+            if stop is None:
+                time.sleep(pace)
+        got = respond(len(pulses), cur / 1000.0)
+        p2p = {c: int(got.get(c, 0.0)) for c in channels}
+        resp = {c: got.get(c, 0.0) >= body["p2p_uv"] for c in channels}
+        bis.judge(cur, [resp[c] for c in channels])
+        pulses.append(HuntPulse(len(pulses), cur / 1000.0, p2p, resp))
+    res = bis.results()
+    return HuntResult(reason, {c: None if t is None else t / 1000.0 for c, (t, _) in zip(channels, res, strict=True)},
+                      {c: None if b is None else b / 1000.0 for c, (_, b) in zip(channels, res, strict=True)}, pulses)

@@ -13,6 +13,7 @@ from sweep to sweep (a chunked phase reset would line mains up sweep after sweep
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -72,6 +73,37 @@ class SimulatedCase:
                                    for i, z in enumerate(self._patient.lead_impedance_ohm(idx).sum(axis=1))},
             "lead_impedance_good_ohm": GOOD_LEAD_OHM,
         }
+
+    # ---------------------------------------------------------------- the handheld probe (screw tests)
+    def screw_channels(self, side: str) -> list[tuple[int, str]]:
+        """The muscle channels on `side` ('L'/'R'): (channel, name as the sweeps name it)."""
+        from ionm.board.hunt import side_of
+
+        return [(c.index, c.name) for c in self._patient.channels
+                if c.kind == "muscle" and side_of(c.label, c.derivation) == side]
+
+    def hunt_screw(self, channels: list[int], *, hi_ma: float, p2p_uv: float, lo_ma: float = 0.5,
+                   resolution_ma: float = 0.5, rate_hz: float = 5.0, stop: threading.Event | None = None) -> Any:
+        """A threshold hunt without a board: the board's own search (ionm.board.hunt.Bisection) against the
+        patient's probe model (what the probe touches now, each pulse's CMAP per channel with its trial-to-trial
+        variability and any neuromuscular blockade), one pulse per 1/rate_hz of case time, paced as the case is.
+        The criterion is judged on the CMAP alone (no background EMG, mains or artefact, which the board's raw
+        window includes)."""
+        from ionm.board.hunt import host_hunt
+        from ionm_hw.physiology.blockade import twitch
+
+        t0 = self._t
+        n = len(self._patient.channels)
+
+        def respond(k: int, current_ma: float) -> dict[int, float]:
+            t = t0 + k / rate_hz
+            index = int(round(t * self.fs))
+            r = self._patient.probe.response(index, current_ma, n, twitch(self._patient.blockade.depth(t), 1))
+            return {} if r is None else dict(r[1])
+
+        pace = 1.0 / rate_hz / self.speed if self.speed > 0 else 0.0
+        return host_hunt(respond, channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma, rate_hz=rate_hz,
+                         p2p_uv=p2p_uv, stop=stop, pace=pace)
 
     def __iter__(self) -> Iterator[Sweep]:
         wall0 = time.monotonic() - (self.start_s / self.speed if self.speed > 0 else 0.0)

@@ -162,6 +162,40 @@ def unacknowledged_by_channel(alerts: list[dict[str, Any]], acks: dict[str, Any]
     return lines
 
 
+def screw_lines(store: Any, cid: int) -> list[str]:
+    """The screw page: one row per screw tested (a dynamic test: its lowest threshold over the session), in the
+    order tested, then the rules the rows were read against. Empty when no screw was tested."""
+    rows = [p for p in store.rows("programs", cid) if p["kind"] == "screw_test"]
+    if not rows:
+        return []
+    tests: dict[Any, list[dict[str, Any]]] = {}
+    for p in rows:
+        b = p["body"]
+        key = ("dyn", b["test"]) if b.get("dynamic") else ("one", b["uid"])
+        tests.setdefault(key, []).append(b)
+    lines = ["%d screw tests (%d hunts). Threshold: the lowest probe current that evoked >= the criterion on a "
+             "muscle of the screw's side; the band is read against the level's rule." % (len(tests), len(rows)), "",
+             "  %-6s %-9s %-6s %-20s %-30s %-15s %-10s %s" % ("time", "screw", "band", "reading", "threshold (muscle)",
+                                                             "rule", "by", "mode")]
+    rules: dict[str, str] = {}
+    for (kind, _), hunts in tests.items():
+        done = [h for h in hunts if h.get("complete")] or hunts
+        best = min(done, key=lambda h: (h["lowest"] is None, h["lowest"]["threshold_ma"] if h["lowest"] else 0))
+        low = best["lowest"]
+        thr = ("none <= %g mA" % best["hi_ma"] if low is None else
+               "%.1f mA %s" % (low["threshold_ma"], low["channel"].split(" ")[0]))
+        if best.get("error"):
+            thr = "failed"
+        mode = "dynamic, %d hunts" % len(hunts) if kind == "dyn" else "%d pulses" % best["pulses"]
+        lines.append("  %-6s %-9s %-6s %-20s %-30s %-15s %-10s %s" % (
+            _mmss(hunts[0]["t_s"]), best["screw"], best["colour"].upper(), best["label"][:20], thr[:30],
+            (best["rule"] or "none")[:15], best["user"][:10], mode))
+        if best.get("rule"):
+            rules[best["rule"]] = best.get("rule_source") or ""
+    lines += ["", "Rules used:"] + ["- %s: %s" % kv for kv in rules.items()]
+    return lines
+
+
 def write_report(store: Any, case_ref: Any, out: str) -> int:
     """Write the PDF; returns the number of pages."""
     import matplotlib
@@ -287,6 +321,11 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
             pdf.savefig(fig)
             plt.close(fig)
             pages += 1
+
+        # 3b. pedicle-screw tests: a table of every screw (only when screws were tested)
+        screws = screw_lines(store, cid)
+        if screws:
+            pages += _text_page(pdf, "Pedicle screw tests", screws)
 
         # 4. technical events: the equipment, not the patient
         pages += _text_page(pdf, "Technical events", technical_events(store, cid))

@@ -37,6 +37,20 @@ def describe_stim(cmd: dict[str, Any]) -> str:
 
 
 
+def describe_screw(r: dict[str, Any]) -> str:
+    """A screw test's result as the timeline and the report word it: 'screw L4 left: 3.5 mA (AHL1-AHL2 L abductor
+    hallucis): red, likely breach [lumbosacral]'."""
+    low = r.get("lowest")
+    if r.get("error"):
+        what = "failed: %s" % r["error"]
+    elif low is None:
+        what = "no response up to %g mA" % r["hi_ma"]
+    else:
+        what = "%.1f mA (%s)" % (low["threshold_ma"], short_name(low["channel"]))
+    return "%sscrew %s: %s: %s, %s%s" % ("dynamic " if r.get("dynamic") else "", r["screw"], what, r["colour"],
+                                        r["label"], " [%s]" % r["rule"] if r.get("rule") else "")
+
+
 def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     """The case's events in time order, as the console timeline and the report show them."""
     items: list[dict[str, Any]] = []
@@ -57,5 +71,8 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
         if p["kind"] == "stimulation":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "stim", "user": p["user"],
                           "text": describe_stim(p["body"]["command"])})
+        elif p["kind"] == "screw_test" and p["body"].get("timeline", True):
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "screw", "user": p["user"],
+                          "text": describe_screw(p["body"])})
     items.sort(key=lambda i: (i["wall"], i["t_s"]))
     return items

@@ -52,6 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--auto-baseline", type=float, metavar="S", help="set every stream's baseline at case time S s")
     p.add_argument("--stall-alarm", type=float, default=2.0, metavar="S",
                    help="technical alarm when a running stream delivers no sweep for S s (default %(default)s)")
+    p.add_argument("--screw-rules", metavar="FILE",
+                   help="pedicle-screw threshold rules (JSON, docs/CONSOLE.md); default the built-in regional rules")
     p.add_argument("--publish", metavar="URL",
                    help="publish the case to an oversight hub (ionm hub): nats-leaf://[USER:PASSWORD@]HUB:LEAFPORT "
                         "through this room's own JetStream (a leaf node: nothing lost while the hub is away), or "
@@ -139,6 +141,14 @@ def run(args: argparse.Namespace) -> int:
     if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
         print("ionm console: WARNING: listening on %s without TLS: passwords and patient data cross the network "
               "in clear. Give --cert/--key for remote oversight." % host, file=sys.stderr)
+    screw_rules = None
+    if args.screw_rules:
+        from ionm.pipeline.screws import RuleError, load_rules
+
+        try:
+            screw_rules = load_rules(args.screw_rules)
+        except RuleError as exc:
+            return fail("console", 2, str(exc))
     store = CaseStore(args.db)
     accounts = Accounts(store)
     if not accounts.list():
@@ -180,22 +190,25 @@ def run(args: argparse.Namespace) -> int:
               % (board.device, meta.get("scenario", args.scenario)), flush=True)
         source, stimulation, link_health = _live_source(board.device, program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
-                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm)
+                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
+                            screw_rules=screw_rules)
         if resuming:
             engine.resume()
     elif args.sim:
         stimulation = RecordedStimulation(program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, auto_baseline_s=args.auto_baseline,
-                            stall_alarm_s=args.stall_alarm,
+                            stall_alarm_s=args.stall_alarm, screw_rules=screw_rules,
                             queue_size=32 if args.fast else 2048)  # a fast source runs just ahead, not minutes
         start_s = engine.resume() + 0.25 if resuming else 0.0
         source = SimulatedCase(scenario, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
                                     stimulation=stimulation, start_s=start_s)
         engine.link_health = source.link_health
+        engine.probe = source
     else:
         source, stimulation, link_health = _live_source(args.port)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
-                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm)
+                            auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
+                            screw_rules=screw_rules)
         if resuming:
             engine.resume()
     tls = tls_context(args.cert, args.key) if args.cert else None

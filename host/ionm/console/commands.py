@@ -119,6 +119,12 @@ def _stim_schemas(lim: dict[str, Any]) -> dict[str, tuple[dict[str, Check], tupl
     }
 
 
+def _probe_max_ma() -> float:
+    from ionm import board
+
+    return float(board.load()["safety"]["probe"]["current_ma_max"])
+
+
 class Schema:
     """Every command kind and its fields."""
 
@@ -136,6 +142,12 @@ class Schema:
             "peak": ({"stream": text(MAX_NAME), "channel": number(0, 255, integer=True), "name": text(20),
                       "latency_ms": nullable(number(0, 1000))}, ("stream", "channel", "name")),
             "close": ({"note": text(MAX_TEXT, nonempty=False)}, ()),
+            # a pedicle-screw test (the probe's threshold hunt); the level and side are checked by the engine
+            # (ionm.pipeline.screws), hi_ma within the probe's own limit (board.json safety.probe)
+            "screw_test": ({"level": text(8), "side": text(8), "dynamic": boolean,
+                            "hi_ma": number(0, _probe_max_ma(), lo_open=True), "p2p_uv": number(10, 10000)},
+                           ("level", "side")),
+            "screw_stop": ({}, ()),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

@@ -21,6 +21,7 @@ Sources are swappable: any iterable of ionm.sweep.Sweep, optionally with link_he
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import json
 import math
 import queue
@@ -51,7 +52,7 @@ from ionm.sweep import Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
-    "technologist": {"baseline", "ack", "note", "stim", "peak", "close"},
+    "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -69,6 +70,14 @@ TECHNICAL_EVERY_S = 0.25  # how often the technical alarms are checked (wall s)
 PUBLISH_EVERY_S = 0.1  # when sweeps queue up (fast replay), frames at least this often
 CLOCK_BACKSTEP_S = 1.0  # a source's time going back further than this (any stream) is a restarted clock
 CLOCK_GAP_MIN_S = 0.5  # case time put between the last sweep before a clock restart and the first after it
+# Screw tests (the handheld probe's threshold hunt, SPEC 5.11; ionm.pipeline.screws reads the result)
+SCREW_LO_MA = 0.5
+SCREW_RESOLUTION_MA = 0.5
+SCREW_RATE_HZ = 5.0
+SCREW_HI_MA = 20.0  # default top of the hunt: above every default rule's bounds (4, 6, 8, 12 mA)
+SCREW_P2P_UV = 100.0  # default response criterion, as the commercial systems'
+SCREW_SHOWN = 40  # results a viewer is sent (the store and the report have every one)
+SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent stream counts as stalled
 
 
 class CommandError(Exception):
@@ -132,7 +141,7 @@ class CaseEngine:
     def __init__(self, store: CaseStore, case_id: int, *, stimulation: Stimulation | None = None,
                  link_health: Callable[[], dict[str, Any]] | None = None, auto_baseline_s: float | None = None,
                  queue_size: int = 2048, evaluator_config: Any = None, record: bool = True,
-                 stall_alarm_s: float = STALL_S):
+                 stall_alarm_s: float = STALL_S, probe: Any = None, screw_rules: Any = None):
         self.store = store
         self.case_id = int(case_id)
         self.case = store.case(case_id)
@@ -171,6 +180,17 @@ class CaseEngine:
         # console restart its sweeps start again near 0; the offset keeps the case clock going forward.
         self.clock_offset_s = 0.0
         self._last_sweep_wall: float | None = None  # wall clock of the newest sweep recorded
+        # Screw tests: the source's probe (screw_channels, hunt_screw, and on a board pause_for_probe,
+        # resume_after_probe, stop_hunt), the regional rules, the results, the test under way.
+        from ionm.pipeline import screws as sc
+
+        self.probe = probe
+        self.screw_rules = tuple(screw_rules) if screw_rules is not None else sc.DEFAULT_RULES
+        self.screws: list[dict[str, Any]] = []
+        self._screw_job: dict[str, Any] | None = None
+        self._screw_seq = 0
+        self._screw_job_seq = 0
+        self._probe_pause_until = 0.0  # wall: until then the paused streams are not expected to deliver
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -184,6 +204,15 @@ class CaseEngine:
         self._bl_thread.start()
 
     def stop(self) -> None:
+        job = self._screw_job
+        if job is not None:
+            job["stop"].set()
+            stop_hunt = getattr(self.probe, "stop_hunt", None)
+            if stop_hunt is not None:
+                try:
+                    stop_hunt()
+                except Exception:  # stopping: the board may be gone
+                    pass
         for src in self._sources:
             close = getattr(src, "close", None)
             if close:
@@ -278,6 +307,10 @@ class CaseEngine:
             return self._stim(user, dict(msg.get("command") or {}), bool(msg.get("confirmed")))
         if cmd == "peak":
             return self._peak(user, msg)
+        if cmd == "screw_test":
+            return self._screw_test(user, msg)
+        if cmd == "screw_stop":
+            return self._screw_stop(user)
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -324,6 +357,190 @@ class CaseEngine:
         self._event("stim", describe_stim(command), user)
         self._publish_stim()
         return {"program": state}
+
+    # ---------------------------------------------------------------- screw tests
+    def _screw_refuse(self, user: str, msg: dict[str, Any], reason: str) -> CommandError:
+        self.store.audit(self.case_id, user, "screw_test.refused",
+                         {"request": {k: v for k, v in msg.items() if k != "req"}, "reason": reason})
+        return CommandError(reason)
+
+    def _screw_test(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Test a screw: the probe's threshold hunt on the muscle channels of its side, in a thread of its own (a
+        hunt takes seconds; the engine goes on); each result is recorded by _screw_result on the engine thread.
+        Every value is checked before anything is delivered."""
+        from ionm.board.hunt import HuntError, request_body
+        from ionm.pipeline import screws as sc
+
+        if self.probe is None or not hasattr(self.probe, "hunt_screw"):
+            raise self._screw_refuse(user, msg, "no probe on this source: screw tests need the board or the "
+                                     "simulated patient")
+        if self._screw_job is not None:
+            j = self._screw_job
+            raise self._screw_refuse(user, msg, "a screw test is under way (%s %s): screw_stop ends it"
+                                     % (j["level"], sc.SIDES[j["side"]]))
+        try:
+            level, side = sc.parse_level(msg.get("level")), sc.parse_side(msg.get("side"))
+        except sc.RuleError as exc:
+            raise self._screw_refuse(user, msg, str(exc)) from None
+        hi_ma, p2p_uv = msg.get("hi_ma", SCREW_HI_MA), msg.get("p2p_uv", SCREW_P2P_UV)
+        for name, v, lo, hi in (("hi_ma", hi_ma, SCREW_LO_MA, math.inf), ("p2p_uv", p2p_uv, 10.0, 10000.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+                raise self._screw_refuse(user, msg, "%s must be a finite number %g..%g (got %r)" % (name, lo, hi, v))
+        try:  # the probe's limits (board.json safety.probe), as the board would check them
+            request_body([0], lo_ma=SCREW_LO_MA, hi_ma=float(hi_ma), resolution_ma=SCREW_RESOLUTION_MA,
+                         rate_hz=SCREW_RATE_HZ, p2p_uv=float(p2p_uv))
+        except HuntError as exc:
+            raise self._screw_refuse(user, msg, str(exc)) from None
+        channels = list(self.probe.screw_channels(side))
+        if not channels:
+            raise self._screw_refuse(user, msg, "no muscle channel on the %s side in this montage" % sc.SIDES[side])
+        self._screw_job_seq += 1
+        job: dict[str, Any] = {"id": self._screw_job_seq, "user": user, "level": level, "side": side,
+                               "dynamic": bool(msg.get("dynamic")), "hi_ma": float(hi_ma), "p2p_uv": float(p2p_uv),
+                               "channels": channels, "stop": threading.Event(), "hunts": 0, "paused": [],
+                               "lowest": None, "colour": None, "t_s": self.t_s}
+        self._screw_job = job
+        self.store.audit(self.case_id, user, "screw_test", {
+            "level": level, "side": side, "dynamic": job["dynamic"], "hi_ma": job["hi_ma"], "p2p_uv": job["p2p_uv"],
+            "channels": [n for _, n in channels], "t_s": round(self.t_s, 3)})
+        if job["dynamic"]:
+            self._event("screw", "dynamic screw test %s %s started (until stopped)" % (level, sc.SIDES[side]), user)
+        threading.Thread(target=self._screw_run, args=(job,), name="screw-test", daemon=True).start()
+        self._publish_screws()
+        return {"test": job["id"], "level": level, "side": side, "dynamic": job["dynamic"],
+                "channels": [n for _, n in channels]}
+
+    def _screw_stop(self, user: str) -> dict[str, Any]:
+        job = self._screw_job
+        if job is None:
+            raise CommandError("no screw test under way")
+        job["stop"].set()
+        stop_hunt = getattr(self.probe, "stop_hunt", None)
+        if stop_hunt is not None:  # the board's hunt ends at once (stim-stop); not on the engine thread
+            threading.Thread(target=stop_hunt, name="screw-stop", daemon=True).start()
+        self.store.audit(self.case_id, user, "screw_stop", {"test": job["id"], "level": job["level"],
+                                                             "side": job["side"], "t_s": round(self.t_s, 3)})
+        return {"test": job["id"], "stopping": True}
+
+    def _screw_run(self, job: dict[str, Any]) -> None:
+        """The test's own thread: pause the other outputs (board), hunt (again and again when dynamic, until
+        screw_stop), resume them; every result and failure goes to the engine thread."""
+        pause = getattr(self.probe, "pause_for_probe", None)
+        resume = getattr(self.probe, "resume_after_probe", None)
+        paused_ok = False
+        try:
+            if pause is not None:
+                self._probe_pause_until = math.inf
+                job["paused"] = list(pause())
+                paused_ok = True
+                if job["paused"]:
+                    self._submit(functools.partial(self._event, "event", "stimulation paused for the screw test: %s"
+                                                   % ", ".join(job["paused"]), "system"))
+            while not job["stop"].is_set():
+                try:
+                    res = self.probe.hunt_screw([c for c, _ in job["channels"]], hi_ma=job["hi_ma"],
+                                                p2p_uv=job["p2p_uv"], lo_ma=SCREW_LO_MA,
+                                                resolution_ma=SCREW_RESOLUTION_MA, rate_hz=SCREW_RATE_HZ,
+                                                stop=job["stop"])
+                except Exception as exc:
+                    self._submit(functools.partial(self._screw_result, job, None, str(exc)))
+                    break
+                self._submit(functools.partial(self._screw_result, job, res, None))
+                if not job["dynamic"] or res.reason not in ("done", "pulses"):
+                    break
+        except Exception as exc:  # the pause failed: nothing was hunted
+            self._submit(functools.partial(self._screw_result, job, None,
+                                           "the other outputs could not be paused: %s" % exc))
+        finally:
+            if resume is not None and (paused_ok or self._probe_pause_until == math.inf):
+                try:
+                    resume()
+                except Exception as exc:
+                    self._submit(functools.partial(
+                        self._technical_record,
+                        "the other outputs could not be resumed after the screw test: %s; turn them on again" % exc,
+                        "screw_test.resume_failed", {"error": str(exc)}))
+                self._probe_pause_until = time.time() + SCREW_RESUME_GRACE_S
+            self._submit(lambda: self._screw_end(job))
+
+    def _screw_result(self, job: dict[str, Any], res: Any, error: str | None) -> None:
+        """One hunt's result, on the engine thread: read against the rules, stored (programs row kind
+        "screw_test"), audited under the user who asked, on the timeline, sent to the viewers."""
+        from ionm.case.timeline import describe_screw
+        from ionm.pipeline import screws as sc
+
+        names = dict(job["channels"])
+        th: dict[str, float | None] = {}
+        below: dict[str, float | None] = {}
+        if res is not None:
+            th = {names[c]: res.thresholds_ma.get(c) for c in names}
+            below = {names[c]: res.below_ma.get(c) for c in names}
+        low = sc.lowest(th)
+        reason = "error" if res is None else str(res.reason)
+        complete = reason == "done"
+        band = sc.classify(job["level"], low[1] if low else None, job["hi_ma"], self.screw_rules)
+        if not complete:  # stopped, out of pulses or failed: what it found so far, not a reading
+            band = dict(band, colour="grey", label="incomplete (%s)" % (error or reason), determined=False)
+        rule = sc.rule_for(job["level"], self.screw_rules)
+        self._screw_seq += 1
+        job["hunts"] += 1
+        shown = not job["dynamic"] or job["hunts"] == 1 or band["colour"] != job["colour"] or not complete
+        rec = {"uid": "%s-S%d" % (self.case["uid"], self._screw_seq), "test": job["id"], "t_s": round(self.t_s, 3),
+               "user": job["user"], "level": job["level"], "side": job["side"],
+               "screw": "%s %s" % (job["level"], sc.SIDES[job["side"]]), "dynamic": job["dynamic"],
+               "hunt": job["hunts"], "reason": reason, "complete": complete, "error": error,
+               "hi_ma": job["hi_ma"], "p2p_uv": job["p2p_uv"], "thresholds_ma": th, "below_ma": below,
+               "lowest": None if low is None else {"channel": low[0], "threshold_ma": low[1]},
+               "colour": band["colour"], "label": band["label"], "rule": band["rule"], "rule_source": band["source"],
+               "rule_def": None if rule is None else sc.rule_json(rule),
+               "pulses": 0 if res is None else len(res.pulses), "paused": list(job["paused"]), "timeline": shown}
+        self.store.add_program(self.case_id, rec["t_s"], job["user"], "screw_test", rec)
+        self.store.audit(self.case_id, job["user"], "screw_test.result",
+                         {k: rec[k] for k in ("uid", "level", "side", "lowest", "colour", "label", "rule", "reason",
+                                              "pulses", "t_s")})
+        if low is not None and (job["lowest"] is None or low[1] < job["lowest"]):
+            job["lowest"] = low[1]
+        job["colour"] = band["colour"]
+        if shown:
+            self._event("screw", describe_screw(rec), job["user"])
+        self.screws.append(rec)
+        self._publish_screws()
+
+    def _screw_end(self, job: dict[str, Any]) -> None:
+        from ionm.pipeline import screws as sc
+
+        if self._screw_job is job:
+            self._screw_job = None
+        if job["dynamic"]:
+            low = job["lowest"]
+            self._event("screw", "dynamic screw test %s %s ended: %d hunts, lowest %s" % (
+                job["level"], sc.SIDES[job["side"]], job["hunts"],
+                "no response" if low is None else "%.1f mA" % low), job["user"])
+        if job["paused"]:
+            self._event("event", "stimulation resumed after the screw test: %s" % ", ".join(job["paused"]), "system")
+        self._publish_screws()
+
+    def screw_frame(self) -> dict[str, Any]:
+        """What the screw panel draws: the rules, the test under way, the newest results (newest last)."""
+        from ionm.pipeline import screws as sc
+
+        j = self._screw_job
+        available = self.probe is not None and hasattr(self.probe, "hunt_screw")
+        if not available and not self.screws:  # no probe, nothing tested: a few bytes in every snapshot
+            return {"available": False, "running": None, "results": [], "count": 0}
+        keep = ("uid", "t_s", "user", "level", "side", "screw", "dynamic", "hunt", "reason", "complete", "hi_ma",
+                "thresholds_ma", "lowest", "colour", "label", "rule", "pulses")
+        # the rules without their sources (in each stored result and the report): the panel's legend
+        rules = [{k: v for k, v in r.items() if k != "source"} for r in sc.rules_json(self.screw_rules)]
+        return {"available": available, "rules": rules,
+                "defaults": {"hi_ma": SCREW_HI_MA, "p2p_uv": SCREW_P2P_UV},
+                "running": None if j is None else {"test": j["id"], "level": j["level"], "side": j["side"],
+                                                   "dynamic": j["dynamic"], "user": j["user"], "hunts": j["hunts"]},
+                "results": [{k: r.get(k) for k in keep} for r in self.screws[-SCREW_SHOWN:]],
+                "count": len(self.screws)}
+
+    def _publish_screws(self) -> None:
+        self._emit([("screws", self.screw_frame())], [])
 
     def _peak(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.streams.get(str(msg.get("stream")))
@@ -793,6 +1010,8 @@ class CaseEngine:
         interval its program stimulates at (s; 0 if not known)."""
         if self._source_done.is_set() or not self._sources:
             return {}
+        if time.time() < self._probe_pause_until:  # a screw test paused the other outputs
+            return {}
         if self.stimulation is None:
             return dict.fromkeys(self.streams, 0.0)
         from ionm.board.stimulation import SSEP_OUTPUTS
@@ -884,6 +1103,7 @@ class CaseEngine:
         if self.stimulation is not None:
             frames["stim"] = self._stim_frame()
         frames["technical"] = self.technical.frame()
+        frames["screws"] = self.screw_frame()
         frames["case"] = self.case_info()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
@@ -949,6 +1169,9 @@ class CaseEngine:
                                    "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
                                                                     "wall": ack["wall"], "t_s": ack["t_s"]}})
         self._alert_seq = len(self.alerts)
+        self.screws = [p["body"] for p in self.store.rows("programs", cid) if p["kind"] == "screw_test"]
+        self._screw_seq = len(self.screws)
+        self._screw_job_seq = max([int(r.get("test", 0)) for r in self.screws] + [0])
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
         self.t_s = last_t

@@ -47,6 +47,7 @@ def run_case(store: CaseStore, scenario: dict[str, Any], *, duration_s: float, s
         engine.at(t, functools.partial(fn, engine))
     source = SimulatedCase(scenario, seed, speed=speed, stimulation=stim, duration_s=duration_s)
     engine.link_health = source.link_health
+    engine.probe = source  # screw tests against the simulated patient's probe model
     engine.start()
     engine.run_source(source)
     if not engine.wait_idle(timeout_s):

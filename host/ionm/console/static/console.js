@@ -106,7 +106,7 @@ let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
 // Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
-const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline"]);
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws"]);
 
 function draw() {
   scheduled = false;
@@ -127,6 +127,7 @@ function draw() {
     else if (key === "link") drawLink();
     else if (key === "stim") drawStim();
     else if (key === "timeline") drawTimeline();
+    else if (key === "screws") drawScrews();
     else if (S.frames["stream:" + key]) drawStream(key);
   }
   const now = Date.now();
@@ -432,6 +433,36 @@ function drawStim() {
   el.appendChild(d);
 }
 
+// Pedicle-screw tests: the panel draws the screws frame as it is (the server reads each threshold against the
+// regional rules); the form only sends screw_test / screw_stop.
+const LEVELS = [..."1234567"].map((k) => "C" + k).concat([...Array(12).keys()].map((k) => "T" + (k + 1)),
+  [..."12345"].map((k) => "L" + k), [..."12345"].map((k) => "S" + k));
+
+function drawScrews() {
+  const f = S.frames.screws; if (!f) return;
+  $("screwpanel").classList.toggle("hidden", !f.available && !f.count);
+  const edit = can("screw_test") && f.available;
+  $("screwform").classList.toggle("hidden", !edit);
+  $("screwgo").disabled = !!f.running; $("screwstop").disabled = !f.running;
+  const st = $("screwstatus");
+  st.textContent = f.running ? "Testing " + f.running.level + " " + (f.running.side === "L" ? "left" : "right") +
+    (f.running.dynamic ? " (dynamic, " + f.running.hunts + " hunts so far)" : "") + " — other stimulation paused on a board" : "";
+  const t = $("screwtable"); t.innerHTML = "";
+  const head = document.createElement("tr");
+  for (const h of ["time", "screw", "mA", "muscle", "reading"]) { const th = document.createElement("th"); th.textContent = h; head.appendChild(th); }
+  t.appendChild(head);
+  for (const r of [...f.results].reverse()) {
+    const tr = document.createElement("tr"); tr.className = "band " + r.colour; tr.dataset.uid = r.uid;
+    const low = r.lowest;
+    for (const v of [fmtT(r.t_s), r.screw + (r.dynamic ? " (dyn)" : ""),
+      low ? low.threshold_ma.toFixed(1) : "> " + r.hi_ma, low ? low.channel.split(" ")[0] : "none",
+      r.label + (r.rule ? " · " + r.rule : "")]) {
+      const td = document.createElement("td"); td.textContent = v; tr.appendChild(td);
+    }
+    t.appendChild(tr);
+  }
+}
+
 function stim(cmd, confirmed) {
   return command({ cmd: "stim", command: cmd, confirmed: !!confirmed }).catch(() => drawStim());
 }
@@ -503,6 +534,14 @@ function setup() {
     if (!$("tcmepcheck").checked) { toast("Confirm bite block and warning first"); return; }
     stim({ action: "tcmep_train" }, true);
   });
+  for (const lv of LEVELS) { const o = document.createElement("option"); o.value = o.textContent = lv; $("screwlevel").appendChild(o); }
+  $("screwlevel").value = "L4";
+  $("screwform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    command({ cmd: "screw_test", level: $("screwlevel").value, side: $("screwside").value, dynamic: $("screwdyn").checked,
+      hi_ma: +$("screwhi").value }, "Screw test started");
+  });
+  $("screwstop").addEventListener("click", () => command({ cmd: "screw_stop" }, "Screw test stopping"));
   $("noteform").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("note").value.trim(); if (!text) return;
