@@ -773,3 +773,39 @@ def test_the_page_is_pushed_each_change_as_it_happens_not_at_the_next_poll():
     assert first["cases"] == []
     (tile,) = second["cases"]
     assert tile["room"] == "OR9" and tile["events"][-1]["text"] == "ALERT tibial L cortical"
+
+
+def test_screw_tests_reach_the_hub_without_the_rules_legend_and_a_tile_counts_the_red_ones():
+    from ionm.hub.server import HubState
+
+    class Engine:  # the engine's subscription interface (CaseEngine.subscribe): frames as the console emits them
+        case = {"uid": "case-7", "procedure": "L3-S1 fusion"}
+
+        def subscribe(self, fn):
+            self.out = fn
+
+    class Sink:  # what the bridge hands to the publisher
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, kind, body):
+            self.sent.append((kind, body))
+            return len(self.sent)
+
+    results = [{"level": "L4", "side": "left", "lowest": {"channel": 9, "threshold_ma": 1.5}, "colour": "red",
+                "label": "likely breach", "hi_ma": 20.0},
+               {"level": "L5", "side": "left", "lowest": None, "colour": "green", "label": "no breach", "hi_ma": 20.0}]
+    frame = {"available": True, "rules": [{"name": "lumbosacral"}], "running": None, "results": results, "count": 2}
+    engine, sink = Engine(), Sink()
+    bridge.attach(engine, sink)
+    engine.out([("screws", json.dumps(frame), None)], [])
+    engine.out([("screws", json.dumps(frame), None)], [])  # unchanged: not sent again
+    screws = [body for kind, body in sink.sent if kind == "screws"]
+    assert screws == [{"available": True, "running": None, "results": results, "count": 2}]  # no legend
+
+    state = HubState()
+    state.add("ionm.General.OR_2.case-7.screws", hm.encode("screws", 2, "case-7", screws[0]))
+    (tile,) = state.view()["cases"]
+    assert tile["screws"] == {"count": 2, "red": 1, "running": False,
+                              "newest": {"level": "L5", "side": "left", "lowest": None, "colour": "green",
+                                         "label": "no breach", "hi_ma": 20.0}}

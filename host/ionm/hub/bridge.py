@@ -3,9 +3,9 @@
 attach(engine, publisher) subscribes to the engine (ionm.console.engine.CaseEngine.subscribe) and publishes:
 the case header once; every timeline event (alerts, acknowledgements, notes, baselines, board events) as
 "event"; the alert list, the technical alarms and the stimulation state as "alerts", "technical" and
-"stimulation" whenever they change; trend points as "trend"; periodic averages (the stack's traces) and each
-baseline's waveform as "average"; link health as
-"link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
+"stimulation" whenever they change; the pedicle-screw tests as "screws" (without the rules' legend); trend
+points as "trend"; periodic averages (the stack's traces) and each baseline's waveform as "average"; link
+health as "link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 from ionm.hub.publisher import Publisher
 
 LINK_EVERY_S = 1.0
-STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation"}
+STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws"}
+SCREW_KEYS = ("available", "running", "results", "count")  # the frame without its rules (the legend)
 
 
 class Bridge:
@@ -34,7 +35,10 @@ class Bridge:
             if key in STATE_FRAMES:
                 if self._last.get(key) != js:
                     self._last[key] = js
-                    self.publisher.publish(STATE_FRAMES[key], json.loads(js))
+                    body = json.loads(js)
+                    if key == "screws":
+                        body = {k: body.get(k) for k in SCREW_KEYS}
+                    self.publisher.publish(STATE_FRAMES[key], body)
             elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
                 self.publisher.publish("average", json.loads(js) | {"baseline": True})
             elif key == "link":

@@ -19,7 +19,7 @@ import cbor2
 VERSION = 1
 STREAM = "IONM"
 SUBJECTS = "ionm.>"
-KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link")
+KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link", "screws")
 DUPLICATE_WINDOW_S = 600.0  # JetStream de-duplication window: longer than any outage a room back-fills
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ionm.hub import messages as hm
 
-NEVER_DROPPED = ("header", "alerts", "event", "technical", "stimulation")
+NEVER_DROPPED = ("header", "alerts", "event", "technical", "stimulation", "screws")
 RETRY_S = 0.5
 ACK_TIMEOUT_S = 2.0
 

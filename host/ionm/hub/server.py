@@ -68,7 +68,7 @@ class HubState:
         site, room = (parts[1], parts[2]) if len(parts) == 5 else ("?", "?")
         c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
                                                 "alerts": {}, "events": [], "technical": None, "stimulation": None,
-                                                "link": None, "last_seq": 0, "heard": None})
+                                                "link": None, "screws": None, "last_seq": 0, "heard": None})
         c["last_seq"] = max(c["last_seq"], int(msg["seq"]))
         c["heard"] = float(msg["sent"])
         kind, body = msg["kind"], msg["body"]
@@ -79,7 +79,7 @@ class HubState:
         elif kind == "event":
             c["events"].append(body)
             del c["events"][:-EVENTS_KEPT]
-        elif kind in ("technical", "stimulation", "link"):
+        elif kind in ("technical", "stimulation", "link", "screws"):
             c[kind] = body
         self._notify()
 
@@ -93,9 +93,23 @@ class HubState:
                 "procedure": c["header"].get("procedure", ""), "unacknowledged": unacked,
                 "newest_alert": newest,
                 "events": c["events"][-5:], "stimulation": c["stimulation"], "technical": c["technical"],
+                "screws": screw_summary(c["screws"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
         return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad}
+
+
+def screw_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a tile says of a room's pedicle-screw tests: how many, how many read red (likely breach or suspect,
+    among those the room still lists), the newest result and whether a test is under way; None if none."""
+    if not frame or not (frame.get("count") or frame.get("running")):
+        return None
+    results = list(frame.get("results") or [])
+    newest = results[-1] if results else None
+    return {"count": int(frame.get("count") or 0), "red": sum(1 for r in results if r.get("colour") == "red"),
+            "running": frame.get("running") is not None,
+            "newest": None if newest is None else {k: newest.get(k) for k in ("level", "side", "lowest", "colour",
+                                                                               "label", "hi_ma")}}
 
 
 def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
