@@ -809,3 +809,23 @@ def test_screw_tests_reach_the_hub_without_the_rules_legend_and_a_tile_counts_th
     assert tile["screws"] == {"count": 2, "red": 1, "running": False,
                               "newest": {"level": "L5", "side": "left", "lowest": None, "colour": "green",
                                          "label": "no breach", "hi_ma": 20.0}}
+
+
+def test_an_alert_is_pushed_at_once_even_right_after_a_view_of_routine_data():
+    from ionm.hub import server as hs
+
+    async def woken(kind: str, body: dict) -> bool:
+        state = hs.HubState()
+        state.add("ionm.site.OR1.case-1.trend", hm.encode("trend", 1, "case-1", {"k": "trend"}))  # just pushed
+        waiting = asyncio.create_task(state.urgent_change(state.urgent, 30.0))  # the viewer's pause after it
+        await asyncio.sleep(0)
+        state.add("ionm.site.OR1.case-1.%s" % kind, hm.encode(kind, 2, "case-1", body))
+        for _ in range(5):  # the loop runs the woken task, if any (no clock involved)
+            await asyncio.sleep(0)
+        done = waiting.done()
+        waiting.cancel()
+        return done
+
+    assert not asyncio.run(woken("trend", {"k": "trend", "s": "x", "t": 1.0}))  # routine data waits out the pause
+    assert asyncio.run(woken("event", {"k": "event", "id": 1, "kind": "alert"}))  # an alert ends it
+    assert asyncio.run(woken("alerts", {"total": 1, "unacked": 1, "groups": []}))

@@ -1,14 +1,14 @@
 """`ionm hub`: the oversight page, read from the JetStream stream that the rooms publish to.
 
-HubState folds the stream's messages into what the page shows per case: the header, the alerts (the console's
-alert frame: every alert counted per channel, the newest listed), the newest timeline events, technical alarms,
+HubState folds the stream's messages into what the page shows per case: the header, the alerts (the console's alert
+frame: every alert counted per channel, the newest listed), the newest timeline events, technical alarms,
 stimulation and link health, and when the room was last heard. A background task reads the whole stream from its
-start (an ordered consumer: the page is complete after a hub restart) and keeps following it. The page is
-pushed the state as it changes (/events, Server-Sent Events: at most one view per PUSH_MIN_S, so a busy hub
-sends each viewer a few views a second and an alert reaches the page within a fraction of a second, not at the
-next poll); /state.json is the same view on request (and the page's fallback, polled every second, when the
-push is unavailable). It draws a tile per case, cases with unacknowledged alerts first; it is read-only
-(nothing goes back to the rooms yet).
+start (an ordered consumer: the page is complete after a hub restart) and keeps following it. The page is pushed
+the state as it changes (/events, Server-Sent Events: at most one view per PUSH_MIN_S, so a busy hub sends each
+viewer a few views a second, except that an alert, a timeline event or a technical alarm ends that pause at once:
+it reaches the page as soon as the hub has it, not at the next poll or view); /state.json is the same view on
+request (and the page's fallback, polled every second, when the push is unavailable). It draws a tile per case,
+cases with unacknowledged alerts first; it is read-only (nothing goes back to the rooms yet).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ionm.hub import messages as hm
 
 EVENTS_KEPT = 20
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
+URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
 KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
 STATIC = Path(__file__).with_name("static")
 
@@ -35,25 +36,39 @@ class HubState:
         self.messages = 0
         self.bad = 0
         self.version = 0  # counts the changes: a viewer pushed version v has seen everything up to it
+        self.urgent = 0  # counts the changes a physician must see at once: alerts, acknowledgements, alarms
         self._waiters: set[asyncio.Future[None]] = set()
+        self._urgent_waiters: set[asyncio.Future[None]] = set()
 
     async def changed(self, seen: int, timeout: float) -> None:
         """Return once the state is newer than version `seen` (at once if it is), or after timeout s. Called on
         the event loop that add() runs on (ionm hub runs the stream reader and the web server on one loop)."""
-        if self.version != seen:
-            return
+        if self.version == seen:
+            await self._wait(self._waiters, timeout)
+
+    async def urgent_change(self, seen: int, timeout: float) -> None:
+        """Like changed(), for the urgent count: a viewer's pause between views ends early for an alert."""
+        if self.urgent == seen:
+            await self._wait(self._urgent_waiters, timeout)
+
+    @staticmethod
+    async def _wait(waiters: set[asyncio.Future[None]], timeout: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(fut)
+        waiters.add(fut)
         try:
             await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             pass
         finally:
-            self._waiters.discard(fut)
+            waiters.discard(fut)
 
-    def _notify(self) -> None:
+    def _notify(self, urgent: bool) -> None:
         self.version += 1
-        for fut in self._waiters:
+        wake = list(self._waiters)
+        if urgent:
+            self.urgent += 1
+            wake += self._urgent_waiters
+        for fut in wake:
             if not fut.done():
                 fut.set_result(None)
 
@@ -81,7 +96,7 @@ class HubState:
             del c["events"][:-EVENTS_KEPT]
         elif kind in ("technical", "stimulation", "link", "screws"):
             c[kind] = body
-        self._notify()
+        self._notify(kind in URGENT_KINDS)
 
     def view(self) -> dict[str, Any]:
         now = time.time()
@@ -170,10 +185,10 @@ def make_app(state: HubState) -> web.Application:
                 if state.version == seen:
                     await resp.write(b": keepalive\n\n")
                     continue
-                seen = state.version
+                seen, urgent = state.version, state.urgent
                 text = json.dumps(state.view(), allow_nan=False, default=str)
                 await resp.write(b"data: " + text.encode() + b"\n\n")
-                await asyncio.sleep(PUSH_MIN_S)
+                await state.urgent_change(urgent, PUSH_MIN_S)  # the pause, cut short by an alert
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp
