@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", metavar="URL",
                    help="publish the case to an oversight hub (ionm hub): nats-leaf://[USER:PASSWORD@]HUB:LEAFPORT "
                         "through this room's own JetStream (a leaf node: nothing lost while the hub is away), or "
-                        "nats://[USER:PASSWORD@]HUB:PORT straight to the hub's server")
+                        "nats://[USER:PASSWORD@]HUB:PORT straight to the hub's server; a hub cluster's nodes "
+                        "separated by commas")
     p.add_argument("--site", default="site", help="--publish: this hospital's name (default %(default)s)")
     p.add_argument("--room", default="OR", help="--publish: this operating room's name (default %(default)s)")
     p.add_argument("--room-store", default="room-store", metavar="DIR",
@@ -245,6 +246,8 @@ def run(args: argparse.Namespace) -> int:
 def _without_password(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
+    if "," in url:  # a hub cluster's nodes
+        return ",".join(_without_password(u.strip()) for u in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url

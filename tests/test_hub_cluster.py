@@ -1,0 +1,251 @@
+"""A three-node hub (ionm.hub.cluster): real nats-servers from the wheel on loopback, the IONM stream replicated on
+all three; TLS on the client and leafnode ports and the routes (ionm.hub.tls)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from ionm.hub import messages as hm
+from ionm.hub.cluster import HubCluster, stream_leader
+from ionm.hub.publisher import Publisher
+
+
+def stream_messages(urls: list[str], **options: Any) -> list[tuple[str, str, dict]]:
+    """(subject, Nats-Msg-Id, message) of every message of the IONM stream, in stream order, with its seq."""
+
+    async def go() -> list[tuple[str, str, dict]]:
+        import nats
+
+        nc = await nats.connect(urls, connect_timeout=5, **options)
+        js = nc.jetstream()
+        try:
+            state = (await js.stream_info(hm.STREAM)).state
+            out = []
+            for seq in range(state.first_seq, state.last_seq + 1):
+                m = await js.get_msg(hm.STREAM, seq)
+                out.append((m.subject, (m.headers or {}).get("Nats-Msg-Id", ""), hm.decode(m.data) | {"at": seq}))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+class Page:
+    """The hub's page reader (ionm.hub.server.follow: an ordered consumer from the stream's start) on a thread."""
+
+    def __init__(self, urls: list[str], **options: Any) -> None:
+        from ionm.hub.server import HubState
+
+        self.state = HubState()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run(urls, options)), daemon=True)
+        self._thread.start()
+
+    async def _run(self, urls: list[str], options: dict[str, Any]) -> None:
+        from ionm.hub.server import follow
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        await follow(urls, self.state, self._stop, **options)
+
+    def wait(self, n: int, deadline_s: float) -> int:
+        end = time.monotonic() + deadline_s
+        while self.state.messages < n and time.monotonic() < end:
+            time.sleep(0.05)
+        return self.state.messages
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+
+class Physician:
+    """A physician's durable pull consumer on the stream, read on a thread of its own as messages come."""
+
+    def __init__(self, urls: list[str], durable: str, **options: Any) -> None:
+        self.urls, self.durable, self.options = urls, durable, options
+        self.got: list[dict] = []
+        self.errors = 0
+        self.want = 0  # read until this many (raised by the test), then wait
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+        self._thread.start()
+
+    async def _run(self) -> None:
+        import nats
+
+        nc = await nats.connect(self.urls, connect_timeout=5, allow_reconnect=True, max_reconnect_attempts=-1,
+                                reconnect_time_wait=0.5, **self.options)
+        js = nc.jetstream()
+        sub = None
+        try:
+            while not self._stop.is_set():
+                if len(self.got) >= self.want:
+                    await asyncio.sleep(0.05)
+                    continue
+                try:
+                    if sub is None:
+                        sub = await js.pull_subscribe(hm.SUBJECTS, durable=self.durable, stream=hm.STREAM)
+                    for msg in await sub.fetch(min(20, self.want - len(self.got)), timeout=1.0):
+                        self.got.append(hm.decode(msg.data))
+                        await msg.ack_sync(timeout=5)
+                except Exception:  # nothing yet, or the node or the consumer's leader is away: ask again
+                    self.errors += 1
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    def wait(self, n: int, deadline_s: float) -> int:
+        self.want = n
+        end = time.monotonic() + deadline_s
+        while len(self.got) < n and time.monotonic() < end:
+            time.sleep(0.05)
+        return len(self.got)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def test_a_node_killed_mid_case_loses_nothing_repeats_nothing_and_the_physician_reads_on(tmp_path):
+    """Three nodes, the stream R3; a room publishes to the three client URLs. The node leading the stream is
+    killed (SIGKILL) mid-case while the room goes on: the stream holds every message once, in the room's order
+    (stream seqs 1..N), and the physician's durable consumer, which had read part of the case before the kill,
+    reads the rest."""
+    t0 = time.monotonic()
+    cluster = HubCluster(tmp_path / "hub").start()
+    started_s = time.monotonic() - t0
+    pub = Publisher(cluster.urls, "General", "OR 1", "case-1")
+    doc = Physician(cluster.urls, "dr_a")
+    page = Page(cluster.urls)
+    n_before, n_total = 40, 160
+    try:
+        info = asyncio.run(_stream_info(cluster.urls))
+        assert info.config.num_replicas == 3 and len(info.cluster.replicas or []) == 2, info
+        for i in range(n_before):
+            pub.publish("event", {"i": i})
+        assert pub.flush(30), pub.last_error
+        assert doc.wait(25, 30) == 25, doc.errors
+        leader = asyncio.run(stream_leader(cluster.urls))
+        victim = [n.name for n in cluster.nodes].index(leader)
+        i = n_before
+        for _ in range(30):  # mid-case: messages on their way when the node dies
+            pub.publish("trend", {"i": i})
+            i += 1
+        cluster.kill(victim)
+        killed = time.monotonic()
+        while i < n_total - 20:
+            pub.publish("trend", {"i": i})
+            i += 1
+            time.sleep(0.02)
+        for _ in range(20):
+            pub.publish("alerts", {"i": i})
+            i += 1
+        assert pub.flush(60), (pub.last_error, pub.stats)
+        stored_s = time.monotonic() - killed
+        assert doc.wait(n_total, 60) == n_total, (len(doc.got), doc.errors)
+        read_s = time.monotonic() - killed
+        assert page.wait(n_total, 60) == n_total, page.state.messages
+        page_s = time.monotonic() - killed
+        time.sleep(1.0)  # nothing more comes
+        got = stream_messages(cluster.urls)
+        after = asyncio.run(_stream_info(cluster.urls))
+    finally:
+        t1 = time.monotonic()
+        page.close()
+        doc.close()
+        pub.close()
+        cluster.stop()
+        print("cluster started in %.1f s, stopped in %.1f s" % (started_s, time.monotonic() - t1))
+    assert [m["at"] for _s, _id, m in got] == list(range(1, n_total + 1))  # stream seqs 1..N, each once
+    assert [m["seq"] for _s, _id, m in got] == list(range(1, n_total + 1))  # in the room's order
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-1", pub.session, n) for n in range(1, n_total + 1)]
+    assert [m["body"]["i"] for _s, _id, m in got] == list(range(n_total))
+    assert [m["seq"] for m in doc.got] == list(range(1, n_total + 1))  # the physician: before, then the rest
+    assert after.cluster.leader != leader
+    (case,) = page.state.cases.values()  # the page: every message once (it counts what it is given)
+    assert page.state.messages == n_total and case["last_seq"] == n_total
+    print("node %s (stream leader) killed: %d messages, all stored %.1f s, read by the physician %.1f s and on the "
+          "page %.1f s after the kill; new leader %s; publisher retries %d, duplicates acknowledged %d"
+          % (leader, n_total, stored_s, read_s, page_s, after.cluster.leader, pub.stats["retries"],
+             pub.stats["duplicates"]))
+
+
+async def _stream_info(urls: list[str], **options: Any) -> Any:
+    import nats
+
+    nc = await nats.connect(urls, connect_timeout=5, **options)
+    try:
+        return await nc.jetstream().stream_info(hm.STREAM)
+    finally:
+        await nc.close()
+
+
+def consecutive_free_ports(n: int) -> int:
+    """The first of n consecutive free ports on loopback."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20000, 60000)
+        try:
+            socks = []
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no %d consecutive free ports" % n)
+
+
+def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_a_rooms_case(tmp_path):
+    """As it is run: `ionm hub --cluster`; a room publishes to the printed list of client URLs."""
+    import json
+    import signal
+    import subprocess
+    import urllib.request
+
+    from conftest import ionm_cmd
+
+    from ionm.hub.natsserver import free_port
+
+    web_port, nats_port, leaf_port, route_port = free_port(), *(consecutive_free_ports(3) for _ in range(3))
+    proc = subprocess.Popen(ionm_cmd("hub", "--cluster", "--listen", "127.0.0.1:%d" % web_port,
+                                     "--nats", "127.0.0.1:%d" % nats_port, "--leaf", "127.0.0.1:%d" % leaf_port,
+                                     "--routes", "127.0.0.1:%d" % route_port, "--store", str(tmp_path / "hub")),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()
+        urls = ["nats://127.0.0.1:%d" % (nats_port + i) for i in range(3)]
+        assert "--publish %s)" % ",".join(urls) in first, first
+        assert "cluster of three" in first
+        assert "--publish %s " % ",".join("nats-leaf://127.0.0.1:%d" % (leaf_port + i) for i in range(3)) \
+            in proc.stdout.readline()
+        assert "oversight page" in proc.stdout.readline()
+        info = asyncio.run(_stream_info(urls))
+        assert info.config.num_replicas == 3
+        pub = Publisher(",".join(urls), "General", "OR 7", "case-7")
+        pub.publish("header", {"uid": "case-7", "procedure": "craniotomy"})
+        assert pub.flush(30), pub.last_error
+        pub.close()
+        view: dict = {"cases": []}
+        end = time.monotonic() + 30
+        while not view["cases"] and time.monotonic() < end:
+            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+                view = json.loads(r.read())
+            time.sleep(0.2)
+        assert [(c["room"], c["procedure"]) for c in view["cases"]] == [("OR_7", "craniotomy")]
+        assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["node-1", "node-2", "node-3"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
