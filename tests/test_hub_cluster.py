@@ -249,3 +249,82 @@ def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_a_rooms_case(tmp_p
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def stream_count(urls: list[str], n: int, deadline_s: float, **options: Any) -> int:
+    """Poll the IONM stream until it holds n messages (or the deadline passes); the count it last saw."""
+
+    async def count() -> int:
+        import nats
+
+        async def quiet(_exc: Exception) -> None:  # a node that is down: the client tries the next
+            pass
+
+        nc = await nats.connect(urls, connect_timeout=2, allow_reconnect=False, error_cb=quiet, **options)
+        try:
+            return int((await nc.jetstream().stream_info(hm.STREAM)).state.messages)
+        finally:
+            await nc.close()
+
+    end, seen = time.monotonic() + deadline_s, -1
+    while time.monotonic() < end:
+        try:
+            seen = asyncio.run(count())
+        except Exception:
+            seen = -1
+        if seen >= n:
+            return seen
+        time.sleep(0.2)
+    return seen
+
+
+def leaf_node_port(room_log: str) -> int:
+    """The hub's leafnode port the room's server is connected to now (from the room server's log)."""
+    import re
+
+    found = re.findall(r"127\.0\.0\.1:(\d+) - lid:\d+ - Leafnode connection created", room_log)
+    assert found, room_log[-2000:]
+    return int(found[-1])
+
+
+def test_a_rooms_leaf_node_moves_to_another_node_when_its_node_dies(tmp_path):
+    """The room's own JetStream is a leaf node of the cluster, given every node's leafnode URL (the listener does
+    not advertise); the hub's source keeper follows the cluster's client URLs. The node the room is connected to
+    is killed mid-case: the room's server connects to another, and the hub's stream has every message once, in
+    order."""
+    from ionm.hub import leaf
+
+    cluster = HubCluster(tmp_path / "hub").start()
+    keeper = leaf.SourceKeeper(cluster.urls)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 2", cluster.leaf_urls()).start()
+    pub = Publisher(room.url, "General", "OR 2", "case-2", prefix="ionmroom", ensure=False)
+    room_log = tmp_path / "room" / "nats-server.log"
+    try:
+        for i in range(40):
+            pub.publish("event", {"i": i})
+        assert pub.flush(30), pub.last_error
+        assert stream_count(cluster.urls, 40, 30) == 40, keeper.sources.stats
+        before = leaf_node_port(room_log.read_text())
+        victim = cluster.leaf_ports.index(before)
+        cluster.kill(victim)
+        killed = time.monotonic()
+        for i in range(40, 120):
+            pub.publish("trend", {"i": i})
+            time.sleep(0.02)
+        assert pub.flush(30), pub.last_error  # the room's own stream took them all
+        assert stream_count(cluster.urls, 120, 60) == 120, (keeper.sources.stats, keeper.sources.last_error)
+        arrived_s = time.monotonic() - killed
+        time.sleep(1.0)
+        after = leaf_node_port(room_log.read_text())
+        got = stream_messages(cluster.urls)
+    finally:
+        pub.close()
+        keeper.close()
+        room.stop()
+        cluster.stop()
+    assert after != before and after in cluster.leaf_ports
+    assert [m["at"] for _s, _id, m in got] == list(range(1, 121))
+    assert [mid for _s, mid, _m in got] == [hm.msg_id("case-2", pub.session, n) for n in range(1, 121)]
+    assert {s.rsplit(".", 1)[0] for s, _id, _m in got} == {"ionm.General.OR_2.case-2"}
+    print("the room's leaf node's hub node killed: moved from leafnode port %d to %d; all 120 messages at the hub "
+          "%.1f s after the kill; sources %s" % (before, after, arrived_s, keeper.sources.stats))
