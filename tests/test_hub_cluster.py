@@ -328,3 +328,156 @@ def test_a_rooms_leaf_node_moves_to_another_node_when_its_node_dies(tmp_path):
     assert {s.rsplit(".", 1)[0] for s, _id, _m in got} == {"ionm.General.OR_2.case-2"}
     print("the room's leaf node's hub node killed: moved from leafnode port %d to %d; all 120 messages at the hub "
           "%.1f s after the kill; sources %s" % (before, after, arrived_s, keeper.sources.stats))
+
+
+# -- TLS (ionm.hub.tls) ---------------------------------------------------------------------------------------------
+
+def plain_text_answer(port: int) -> tuple[dict, bytes]:
+    """What a plain-text client gets from a port: the server's INFO (JSON; {} if the server sends none, waiting for
+    a TLS handshake), then everything after it, in answer to a plain CONNECT and PING, until the server closes the
+    connection or is silent for 3 s."""
+    import json
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+        greeting = b""
+        try:
+            while not greeting.endswith(b"\r\n") and (chunk := s.recv(4096)):
+                greeting += chunk
+        except OSError:
+            pass
+        info = json.loads(greeting.split(b" ", 1)[1]) if greeting.startswith(b"INFO ") else {}
+        answer = b""
+        try:
+            s.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+            while chunk := s.recv(4096):
+                answer += chunk
+        except OSError:
+            pass
+    return info, greeting + answer
+
+
+def test_a_room_publishes_over_tls_and_plain_text_is_refused(tmp_path):
+    """A three-node cluster with TLS on its client and leafnode ports and on the routes between its nodes (a CA
+    and a server certificate made for the test). A room's leaf node that verifies the CA and a room publishing
+    directly with the CA reach the stream; a plain-text client, a client that does not trust the CA, and a
+    room's leaf node without the CA are refused."""
+    from ionm.hub import leaf, tls
+
+    files = tls.make_ca(tmp_path / "certs")
+    cluster = HubCluster(tmp_path / "hub", tls=files).start()  # the stream R3: the routes work over TLS
+    options = cluster.client_options()
+    keeper = leaf.SourceKeeper(cluster.urls, **options)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1", cluster.leaf_urls(), hub_ca=files.ca).start()
+    untrusting = leaf.RoomServer(tmp_path / "room-2", "General", "OR 2", cluster.leaf_urls()).start()
+    via_leaf = Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False)
+    direct = Publisher(cluster.urls, "General", "OR 3", "case-3", tls_ca=files.ca)
+    lost = Publisher(untrusting.url, "General", "OR 2", "case-2", prefix="ionmroom", ensure=False)
+    try:
+        for i in range(30):
+            for p in (via_leaf, direct, lost):
+                p.publish("event", {"i": i})
+        for p in (via_leaf, direct, lost):
+            assert p.flush(30), p.last_error
+        assert stream_count(cluster.urls, 60, 40, **options) == 60, (keeper.sources.stats, keeper.sources.last_error)
+        time.sleep(3.0)  # long enough for the untrusting room's announcements and messages, had it connected
+        got = stream_messages(cluster.urls, **options)
+        refused = {what: plain_text_answer(port) for what, port in (
+            ("client", cluster.client_ports[0]), ("leafnode", cluster.leaf_ports[1]),
+            ("route", cluster.route_ports[2]))}
+
+        async def without_the_ca() -> str:
+            import nats
+
+            async def quiet(_exc: Exception) -> None:
+                pass
+
+            for url in (cluster.urls[0], cluster.urls[0].replace("tls://", "nats://")):
+                try:
+                    nc = await nats.connect(url, allow_reconnect=False, connect_timeout=3, error_cb=quiet)
+                except Exception as exc:
+                    continue_with = repr(exc)
+                    continue
+                await nc.close()
+                return "connected to %s" % url
+            return continue_with
+
+        no_ca = asyncio.run(without_the_ca())
+        untrusting_log = (tmp_path / "room-2" / "nats-server.log").read_text()
+    finally:
+        for p in (via_leaf, direct, lost):
+            p.close(flush_timeout=0.5)
+        keeper.close()
+        untrusting.stop()
+        room.stop()
+        cluster.stop()
+    rooms = {}
+    for s, _id, m in got:
+        rooms.setdefault(s.rsplit(".", 1)[0], []).append(m["body"]["i"])
+    assert rooms == {"ionm.General.OR_1.case-1": list(range(30)), "ionm.General.OR_3.case-3": list(range(30))}
+    for what, (_info, answer) in refused.items():
+        assert b"PONG" not in answer, (what, answer)  # the plain-text client is never served
+    assert refused["client"][0]["tls_required"] is True, refused["client"]
+    print("plain text refused: %s" % {what: (info.get("tls_required"), answer[-80:])
+                                      for what, (info, answer) in refused.items()})
+    assert "CERTIFICATE_VERIFY_FAILED" in no_ca, no_ca
+    assert "certificate signed by unknown authority" in untrusting_log, untrusting_log[-2000:]
+
+
+def test_ionm_hub_with_tls_and_a_console_publishing_through_its_leaf_node_with_the_ca(tmp_path):
+    """As it is run: `ionm hub --make-certs DIR`, `ionm hub --tls-cert --tls-key --tls-ca` (one server, TLS on
+    every port) and `ionm console --sim --direct --publish nats-leaf://HUB:LEAFPORT --hub-ca CA`; the case, with
+    its baseline, reaches the hub's page (which reads the stream over TLS)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT, ionm_cmd, run_ionm, store_with_technologist
+
+    from ionm.hub.natsserver import free_port
+
+    made = run_ionm("hub", "--make-certs", str(tmp_path / "certs"))
+    assert made.returncode == 0, made.stderr
+    certs = ["--tls-cert", str(tmp_path / "certs" / "server.pem"), "--tls-key", str(tmp_path / "certs" /
+             "server-key.pem"), "--tls-ca", str(tmp_path / "certs" / "ca.pem")]
+    assert " ".join(certs) in made.stdout, made.stdout
+    web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
+    hub = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
+                                    "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "hub"), *certs),
+                           stdout=subprocess.PIPE, text=True)
+    db = store_with_technologist(tmp_path / "cases.db")
+    log = tmp_path / "console.log"
+    console = None
+    try:
+        first = hub.stdout.readline()
+        assert "at tls://127.0.0.1:%d" % nats_port in first and "TLS on every port" in first, first
+        hub.stdout.readline()
+        hub.stdout.readline()
+        console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
+                                    "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
+                                    "--auto-baseline", "1", "--publish", "nats-leaf://127.0.0.1:%d" % leaf_port,
+                                    "--hub-ca", str(tmp_path / "certs" / "ca.pem"), "--site", "General",
+                                    "--room", "OR 5", "--room-store", str(tmp_path / "room")],
+                                   stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        view: dict = {"cases": []}
+        end = time.monotonic() + 40
+        while time.monotonic() < end:
+            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+                view = json.loads(r.read())
+            if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
+                break
+            time.sleep(0.5)
+        console.send_signal(signal.SIGINT)
+        assert console.wait(30) == 0, log.read_text(errors="replace")
+        plain = {port: plain_text_answer(port)[0].get("tls_required") for port in (nats_port, leaf_port)}
+    finally:
+        if console is not None and console.poll() is None:
+            console.kill()
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+    assert plain == {nats_port: True, leaf_port: True}  # both ports demand TLS: the room came in over it
+    assert [(c["site"], c["room"]) for c in view["cases"]] == [("General", "OR_5")], view
+    assert any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]), view
+    assert "Leafnode connection created" in (tmp_path / "room" / "nats-server.log").read_text()

@@ -39,12 +39,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the store DIR/node-<i+1>; the stream is replicated on all three")
     p.add_argument("--routes", default="127.0.0.1:6222", metavar="HOST:PORT",
                    help="--cluster: the first node's route port, between the nodes (default %(default)s)")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS on the client and leafnode ports and the routes: the "
+                   "server's certificate (with --tls-key and --tls-ca; extended key usages serverAuth and clientAuth, "
+                   "the hub's addresses as subject alternative names)")
+    p.add_argument("--tls-key", metavar="PEM", help="the server certificate's key")
+    p.add_argument("--tls-ca", metavar="PEM",
+                   help="the CA that signed the certificate: the hub's page, the rooms (ionm console --hub-ca) and "
+                        "the nodes of a cluster verify the servers with it; with --connect, the CA of that server")
+    p.add_argument("--make-certs", metavar="DIR",
+                   help="write a self-signed CA (ca.pem) and a server certificate for 127.0.0.1 and localhost "
+                        "(server.pem, server-key.pem) into DIR with openssl, for a test or a demonstration, and exit")
 
 
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from ionm.hub import access as ha, leaf
+    from ionm.hub import access as ha, leaf, tls
     from ionm.hub.cluster import HubCluster
     from ionm.hub.natsserver import NatsServer, NatsServerError
     from ionm.hub.server import HubState, follow, make_app
@@ -56,9 +66,25 @@ def run(args: argparse.Namespace) -> int:
         _route_host, route_port = parse_listen(args.routes)
     except ValueError as exc:
         return fail("hub", 2, str(exc))
-    if (args.access or args.cluster) and args.connect:
-        return fail("hub", 2, "--access and --cluster configure the embedded server; a server given with --connect "
-                              "has its own")
+    if args.make_certs:
+        try:
+            made = tls.make_ca(args.make_certs)
+        except tls.TlsError as exc:
+            return fail("hub", 1, str(exc))
+        print("ionm hub: --tls-cert %s --tls-key %s --tls-ca %s (rooms: ionm console ... --hub-ca %s)"
+              % (made.cert, made.key, made.ca, made.ca), flush=True)
+        return 0
+    if (args.access or args.cluster or args.tls_cert or args.tls_key) and args.connect:
+        return fail("hub", 2, "--access, --cluster and --tls-cert configure the embedded server; a server given "
+                              "with --connect has its own")
+    files = None
+    if args.tls_cert or args.tls_key or (args.tls_ca and not args.connect):
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            return fail("hub", 2, "TLS needs --tls-cert, --tls-key and --tls-ca")
+        try:
+            files = tls.Files(args.tls_cert, args.tls_key, args.tls_ca).check()
+        except tls.TlsError as exc:
+            return fail("hub", 2, str(exc))
     acc = None
     auth: dict[str, Any] = {}
     if args.access:
@@ -76,26 +102,30 @@ def run(args: argparse.Namespace) -> int:
                 servers = HubCluster(Path(args.store), host=nats_host,
                                      client_ports=[nats_port + i for i in range(3)],
                                      route_ports=[route_port + i for i in range(3)],
-                                     leaf_ports=[leaf_port + i for i in range(3)], accounts=accounts)
+                                     leaf_ports=[leaf_port + i for i in range(3)], accounts=accounts, tls=files)
                 servers.start(**auth)
                 urls = servers.urls
                 leaf_urls = servers.leaf_urls()
             else:
                 servers = NatsServer(Path(args.store), host=nats_host, port=nats_port,
-                                     conf=leaf.hub_conf(leaf_host, leaf_port, accounts)).start()
+                                     conf=leaf.hub_conf(leaf_host, leaf_port, accounts, tls=files),
+                                     scheme="tls" if files else "nats").start()
                 urls = [servers.url]
                 leaf_urls = ["nats-leaf://%s:%d" % (leaf_host, leaf_port)]
         except NatsServerError as exc:
             return fail("hub", 1, str(exc))
-        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s)%s"
-              % (" ".join(urls), ",".join(urls), "; a cluster of three, the stream on all three" if args.cluster
-                 else ""), flush=True)
-        print("ionm hub: leaf nodes at %s (rooms: ionm console ... --publish %s --room-store DIR)%s"
-              % (" ".join(leaf_urls), ",".join(leaf_urls), "; access from %s" % args.access if acc else ""),
+        ca = " --hub-ca %s" % files.ca if files else ""
+        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s%s)%s%s"
+              % (" ".join(urls), ",".join(urls), ca, "; a cluster of three, the stream on all three" if args.cluster
+                 else "", "; TLS on every port" if files else ""), flush=True)
+        print("ionm hub: leaf nodes at %s (rooms: ionm console ... --publish %s%s --room-store DIR)%s"
+              % (" ".join(leaf_urls), ",".join(leaf_urls), ca, "; access from %s" % args.access if acc else ""),
               flush=True)
     else:
         print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s)"
               % (" ".join(urls), ",".join(urls)), flush=True)
+    if args.tls_ca:  # the page and the source keeper verify the hub's certificate
+        auth["tls"] = tls.client_context(args.tls_ca)
     state = HubState()
     sources = leaf.Sources(allowed=acc.room_allowed if acc else None)
 

@@ -42,13 +42,14 @@ class HubCluster:
 
     def conf(self, i: int) -> str:
         routes = ["nats-route://%s:%d" % (self.host, p) for j, p in enumerate(self.route_ports) if j != i]
-        cluster = 'cluster { name: "%s", host: "%s", port: %d, routes: %s, no_advertise: true %s }' % (
-            self.name, self.host, self.route_ports[i], json.dumps(routes), server_block(self.tls) if self.tls else "")
+        cluster = 'cluster { name: "%s", host: "%s", port: %d, routes: %s, no_advertise: true%s }' % (
+            self.name, self.host, self.route_ports[i], json.dumps(routes),
+            ", " + server_block(self.tls) if self.tls else "")
         return leaf.hub_conf(self.host, self.leaf_ports[i], self.accounts, tls=self.tls, cluster=cluster)
 
     def _node(self, i: int) -> NatsServer:
         return NatsServer(self.root / ("node-%d" % (i + 1)), host=self.host, port=self.client_ports[i],
-                          name="%s-%d" % (self.name, i + 1), conf=self.conf(i))
+                          name="%s-%d" % (self.name, i + 1), conf=self.conf(i), scheme=self.scheme)
 
     @property
     def scheme(self) -> str:

@@ -79,8 +79,8 @@ def hub_conf(leaf_host: str, leaf_port: int, accounts: str = "", *, tls: Files |
     the hub learned about itself (measured: with advertising, a room behind a relay reconnected around it); a
     room of a hub cluster is given every node's address instead."""
     tls_block = server_block(tls) if tls else ""
-    return 'jetstream { domain: "%s" }\n%s\nleafnodes { host: "%s", port: %d, no_advertise: true %s }\n%s\n%s' % (
-        HUB_DOMAIN, tls_block, leaf_host, int(leaf_port), tls_block, cluster, accounts)
+    return 'jetstream { domain: "%s" }\n%s\nleafnodes { host: "%s", port: %d, no_advertise: true%s }\n%s\n%s' % (
+        HUB_DOMAIN, tls_block, leaf_host, int(leaf_port), ", " + tls_block if tls else "", cluster, accounts)
 
 
 class RoomServer:
