@@ -115,8 +115,8 @@ class Physician:
 def test_a_node_killed_mid_case_loses_nothing_repeats_nothing_and_the_physician_reads_on(tmp_path):
     """Three nodes, the stream R3; a room publishes to the three client URLs. The node leading the stream is
     killed (SIGKILL) mid-case while the room goes on: the stream holds every message once, in the room's order
-    (stream seqs 1..N), and the physician's durable consumer, which had read part of the case before the kill,
-    reads the rest."""
+    (stream seqs 1..N), the physician's durable consumer, which had read part of the case before the kill, reads
+    the rest, and so does the page's reader; the killed node, restarted on its store, catches up."""
     t0 = time.monotonic()
     cluster = HubCluster(tmp_path / "hub").start()
     started_s = time.monotonic() - t0
@@ -155,6 +155,19 @@ def test_a_node_killed_mid_case_loses_nothing_repeats_nothing_and_the_physician_
         time.sleep(1.0)  # nothing more comes
         got = stream_messages(cluster.urls)
         after = asyncio.run(_stream_info(cluster.urls))
+        cluster.restart(victim)  # back on its store and ports: it catches up with what it missed
+        restarted = time.monotonic()
+        caught_up = None
+        while caught_up is None and time.monotonic() < restarted + 60:
+            try:
+                peers = asyncio.run(_stream_info(cluster.urls)).cluster.replicas or []
+            except Exception:
+                peers = []
+            if any(p.name == leader for p in peers) and all(p.current and not p.offline and not p.lag
+                                                             for p in peers):
+                caught_up = time.monotonic() - restarted
+            else:
+                time.sleep(0.2)
     finally:
         t1 = time.monotonic()
         page.close()
@@ -168,12 +181,14 @@ def test_a_node_killed_mid_case_loses_nothing_repeats_nothing_and_the_physician_
     assert [m["body"]["i"] for _s, _id, m in got] == list(range(n_total))
     assert [m["seq"] for m in doc.got] == list(range(1, n_total + 1))  # the physician: before, then the rest
     assert after.cluster.leader != leader
+    assert caught_up is not None, "the restarted node %s did not catch up" % leader
     (case,) = page.state.cases.values()  # the page: every message once (it counts what it is given)
     assert page.state.messages == n_total and case["last_seq"] == n_total
     print("node %s (stream leader) killed: %d messages, all stored %.1f s, read by the physician %.1f s and on the "
-          "page %.1f s after the kill; new leader %s; publisher retries %d, duplicates acknowledged %d"
+          "page %.1f s after the kill; new leader %s; publisher retries %d, duplicates acknowledged %d; the node "
+          "restarted, current %.1f s later"
           % (leader, n_total, stored_s, read_s, page_s, after.cluster.leader, pub.stats["retries"],
-             pub.stats["duplicates"]))
+             pub.stats["duplicates"], caught_up))
 
 
 async def _stream_info(urls: list[str], **options: Any) -> Any:
