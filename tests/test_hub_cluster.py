@@ -223,8 +223,9 @@ def consecutive_free_ports(n: int) -> int:
     raise RuntimeError("no %d consecutive free ports" % n)
 
 
-def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_a_rooms_case(tmp_path):
-    """As it is run: `ionm hub --cluster`; a room publishes to the printed list of client URLs."""
+def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_the_rooms_cases(tmp_path):
+    """As it is run: `ionm hub --cluster --access FILE`; one room publishes to the printed list of client URLs, one
+    through its leaf node given the printed list of leafnode URLs, each with its login; both on the page."""
     import json
     import signal
     import subprocess
@@ -232,36 +233,51 @@ def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_a_rooms_case(tmp_p
 
     from conftest import ionm_cmd
 
+    from ionm.hub import leaf
     from ionm.hub.natsserver import free_port
 
+    access_file = tmp_path / "access.json"
+    access_file.write_text(json.dumps({"users": [
+        {"name": "or7", "password": "pw-7", "role": "room", "room": "General/OR 7"},
+        {"name": "or8", "password": "pw-8", "role": "room", "room": "General/OR 8"}]}))
     web_port, nats_port, leaf_port, route_port = free_port(), *(consecutive_free_ports(3) for _ in range(3))
     proc = subprocess.Popen(ionm_cmd("hub", "--cluster", "--listen", "127.0.0.1:%d" % web_port,
                                      "--nats", "127.0.0.1:%d" % nats_port, "--leaf", "127.0.0.1:%d" % leaf_port,
-                                     "--routes", "127.0.0.1:%d" % route_port, "--store", str(tmp_path / "hub")),
+                                     "--routes", "127.0.0.1:%d" % route_port, "--store", str(tmp_path / "hub"),
+                                     "--access", str(access_file)),
                             stdout=subprocess.PIPE, text=True)
+    room = None
     try:
         first = proc.stdout.readline()
         urls = ["nats://127.0.0.1:%d" % (nats_port + i) for i in range(3)]
         assert "--publish %s)" % ",".join(urls) in first, first
         assert "cluster of three" in first
-        assert "--publish %s " % ",".join("nats-leaf://127.0.0.1:%d" % (leaf_port + i) for i in range(3)) \
-            in proc.stdout.readline()
+        leaf_urls = ["nats-leaf://127.0.0.1:%d" % (leaf_port + i) for i in range(3)]
+        assert "--publish %s " % ",".join(leaf_urls) in proc.stdout.readline()
         assert "oversight page" in proc.stdout.readline()
-        info = asyncio.run(_stream_info(urls))
+        info = asyncio.run(_stream_info(urls, user="or7", password="pw-7"))
         assert info.config.num_replicas == 3
-        pub = Publisher(",".join(urls), "General", "OR 7", "case-7")
-        pub.publish("header", {"uid": "case-7", "procedure": "craniotomy"})
-        assert pub.flush(30), pub.last_error
-        pub.close()
+        direct = Publisher(",".join(u.replace("//", "//or7:pw-7@") for u in urls), "General", "OR 7", "case-7")
+        direct.publish("header", {"uid": "case-7", "procedure": "craniotomy"})
+        room = leaf.RoomServer(tmp_path / "room", "General", "OR 8",
+                               ",".join(u.replace("//", "//or8:pw-8@") for u in leaf_urls)).start()
+        via_leaf = Publisher(room.url, "General", "OR 8", "case-8", prefix="ionmroom", ensure=False)
+        via_leaf.publish("header", {"uid": "case-8", "procedure": "scoliosis"})
+        for p in (direct, via_leaf):
+            assert p.flush(30), p.last_error
+            p.close()
         view: dict = {"cases": []}
-        end = time.monotonic() + 30
-        while not view["cases"] and time.monotonic() < end:
+        end = time.monotonic() + 40
+        while len(view["cases"]) < 2 and time.monotonic() < end:
             with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
                 view = json.loads(r.read())
             time.sleep(0.2)
-        assert [(c["room"], c["procedure"]) for c in view["cases"]] == [("OR_7", "craniotomy")]
+        assert sorted((c["room"], c["procedure"]) for c in view["cases"]) == [("OR_7", "craniotomy"),
+                                                                             ("OR_8", "scoliosis")], view
         assert sorted(p.name for p in (tmp_path / "hub").iterdir()) == ["node-1", "node-2", "node-3"]
     finally:
+        if room is not None:
+            room.stop()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
 
