@@ -57,9 +57,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--publish", metavar="URL",
                    help="publish the case to an oversight hub (ionm hub): nats-leaf://[USER:PASSWORD@]HUB:LEAFPORT "
                         "through this room's own JetStream (a leaf node: nothing lost while the hub is away), or "
-                        "nats://[USER:PASSWORD@]HUB:PORT straight to the hub's server")
+                        "nats://[USER:PASSWORD@]HUB:PORT straight to the hub's server; a hub cluster's nodes "
+                        "separated by commas")
     p.add_argument("--site", default="site", help="--publish: this hospital's name (default %(default)s)")
     p.add_argument("--room", default="OR", help="--publish: this operating room's name (default %(default)s)")
+    p.add_argument("--hub-ca", metavar="PEM",
+                   help="--publish to a hub with TLS (ionm hub --tls-cert): the CA its certificate must chain to")
     p.add_argument("--room-store", default="room-store", metavar="DIR",
                    help="--publish nats-leaf://: the room's JetStream store (default %(default)s)")
 
@@ -157,13 +160,17 @@ def run(args: argparse.Namespace) -> int:
         store.close()
         return 2
 
+    if args.hub_ca and not Path(args.hub_ca).is_file():
+        store.close()
+        return fail("console", 2, "--hub-ca %s is not a file" % args.hub_ca)
     room_server = None
     if args.publish and args.publish.startswith("nats-leaf://"):  # started first: a failure leaves nothing running
         from ionm.hub.leaf import RoomServer
         from ionm.hub.natsserver import NatsServerError
 
         try:
-            room_server = RoomServer(Path(args.room_store), args.site, args.room, args.publish).start()
+            room_server = RoomServer(Path(args.room_store), args.site, args.room, args.publish,
+                                     hub_ca=args.hub_ca).start()
         except (ValueError, NatsServerError) as exc:
             store.close()
             return fail("console", 2 if isinstance(exc, ValueError) else 1, str(exc))
@@ -227,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
                   % (room_server.url, room_server.domain, args.room_store, _without_password(args.publish)),
                   flush=True)
         else:
-            publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"])
+            publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"], tls_ca=args.hub_ca)
         bridge.attach(engine, publisher)
         print("ionm console: publishing to %s as %s/%s" % (_without_password(args.publish), args.site, args.room),
               flush=True)
@@ -258,6 +265,8 @@ def run(args: argparse.Namespace) -> int:
 def _without_password(url: str) -> str:
     from urllib.parse import urlsplit, urlunsplit
 
+    if "," in url:  # a hub cluster's nodes
+        return ",".join(_without_password(u.strip()) for u in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url

@@ -2,7 +2,9 @@
 --nats with a leafnode listener on --leaf, and serves the oversight page on --listen. Operating rooms run their
 own JetStream as a leaf node (`ionm console ... --publish nats-leaf://HOST:LEAFPORT --site S --room R`), which
 the hub's stream sources; a room may also publish directly (`--publish nats://HOST:PORT`). --access FILE gives
-physicians and rooms their logins and permissions (ionm.hub.access). docs/OVERSIGHT.md."""
+physicians and rooms their logins and permissions (ionm.hub.access). --cluster runs three nodes instead of one
+(ionm.hub.cluster: ports --nats, --leaf and --routes and the two after each; the stream replicated on all
+three). docs/OVERSIGHT.md."""
 
 from __future__ import annotations
 
@@ -28,13 +30,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the access file: physicians and rooms, their passwords and rooms (docs/OVERSIGHT.md); "
                         "without it anyone who reaches the ports may read and publish: keep them on loopback")
     p.add_argument("--store", default="hub-store", metavar="DIR", help="JetStream's store (default %(default)s)")
-    p.add_argument("--connect", metavar="URL", help="use this NATS server (e.g. a cluster) instead of starting one")
+    p.add_argument("--connect", metavar="URL[,URL...]",
+                   help="use this NATS server or cluster (its nodes' URLs, separated by commas) instead of "
+                        "starting one")
+    p.add_argument("--cluster", action="store_true",
+                   help="run a three-node JetStream cluster on this host instead of one server: node i (0, 1, 2) has "
+                        "the client port --nats + i, the leafnode port --leaf + i, the route port --routes + i and "
+                        "the store DIR/node-<i+1>; the stream is replicated on all three")
+    p.add_argument("--routes", default="127.0.0.1:6222", metavar="HOST:PORT",
+                   help="--cluster: the first node's route port, between the nodes (default %(default)s)")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS on the client and leafnode ports and the routes: the "
+                   "server's certificate (with --tls-key and --tls-ca; extended key usages serverAuth and clientAuth, "
+                   "the hub's addresses as subject alternative names)")
+    p.add_argument("--tls-key", metavar="PEM", help="the server certificate's key")
+    p.add_argument("--tls-ca", metavar="PEM",
+                   help="the CA that signed the certificate: the hub's page, the rooms (ionm console --hub-ca) and "
+                        "the nodes of a cluster verify the servers with it; with --connect, the CA of that server")
+    p.add_argument("--make-certs", metavar="DIR",
+                   help="write a self-signed CA (ca.pem) and a server certificate for 127.0.0.1 and localhost "
+                        "(server.pem, server-key.pem) into DIR with openssl, for a test or a demonstration, and exit")
 
 
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from ionm.hub import access as ha, leaf
+    from ionm.hub import access as ha, leaf, tls
+    from ionm.hub.cluster import HubCluster
     from ionm.hub.natsserver import NatsServer, NatsServerError
     from ionm.hub.server import HubState, follow, make_app
 
@@ -42,10 +63,28 @@ def run(args: argparse.Namespace) -> int:
         host, port = parse_listen(args.listen)
         nats_host, nats_port = parse_listen(args.nats)
         leaf_host, leaf_port = parse_listen(args.leaf)
+        _route_host, route_port = parse_listen(args.routes)
     except ValueError as exc:
         return fail("hub", 2, str(exc))
-    if args.access and args.connect:
-        return fail("hub", 2, "--access configures the embedded server; a server given with --connect has its own")
+    if args.make_certs:
+        try:
+            made = tls.make_ca(args.make_certs)
+        except tls.TlsError as exc:
+            return fail("hub", 1, str(exc))
+        print("ionm hub: --tls-cert %s --tls-key %s --tls-ca %s (rooms: ionm console ... --hub-ca %s)"
+              % (made.cert, made.key, made.ca, made.ca), flush=True)
+        return 0
+    if (args.access or args.cluster or args.tls_cert or args.tls_key) and args.connect:
+        return fail("hub", 2, "--access, --cluster and --tls-cert configure the embedded server; a server given "
+                              "with --connect has its own")
+    files = None
+    if args.tls_cert or args.tls_key or (args.tls_ca and not args.connect):
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            return fail("hub", 2, "TLS needs --tls-cert, --tls-key and --tls-ca")
+        try:
+            files = tls.Files(args.tls_cert, args.tls_key, args.tls_ca).check()
+        except tls.TlsError as exc:
+            return fail("hub", 2, str(exc))
     acc = None
     auth: dict[str, Any] = {}
     if args.access:
@@ -54,21 +93,39 @@ def run(args: argparse.Namespace) -> int:
         except ha.AccessError as exc:
             return fail("hub", 2, str(exc))
         auth = {"user": ha.SERVICE_USER, "password": ha.service_password()}
-    server = None
-    url = args.connect
-    if not url:
-        conf = leaf.hub_conf(leaf_host, leaf_port, acc.server_conf(auth["password"]) if acc else "")
+    servers: Any = None
+    urls: list[str] = [u.strip() for u in (args.connect or "").split(",") if u.strip()]
+    if not urls:
+        accounts = acc.server_conf(auth["password"]) if acc else ""
         try:
-            server = NatsServer(Path(args.store), host=nats_host, port=nats_port, conf=conf).start()
+            if args.cluster:
+                servers = HubCluster(Path(args.store), host=nats_host,
+                                     client_ports=[nats_port + i for i in range(3)],
+                                     route_ports=[route_port + i for i in range(3)],
+                                     leaf_ports=[leaf_port + i for i in range(3)], accounts=accounts, tls=files)
+                servers.start(**auth)
+                urls = servers.urls
+                leaf_urls = servers.leaf_urls()
+            else:
+                servers = NatsServer(Path(args.store), host=nats_host, port=nats_port,
+                                     conf=leaf.hub_conf(leaf_host, leaf_port, accounts, tls=files),
+                                     scheme="tls" if files else "nats").start()
+                urls = [servers.url]
+                leaf_urls = ["nats-leaf://%s:%d" % (leaf_host, leaf_port)]
         except NatsServerError as exc:
             return fail("hub", 1, str(exc))
-        url = server.url
-        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s)" % (url, url), flush=True)
-        print("ionm hub: leaf nodes at nats-leaf://%s:%d (rooms: ionm console ... --publish nats-leaf://%s:%d "
-              "--room-store DIR)%s" % (leaf_host, leaf_port, leaf_host, leaf_port,
-                                       "; access from %s" % args.access if acc else ""), flush=True)
+        ca = " --hub-ca %s" % files.ca if files else ""
+        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s%s)%s%s"
+              % (" ".join(urls), ",".join(urls), ca, "; a cluster of three, the stream on all three" if args.cluster
+                 else "", "; TLS on every port" if files else ""), flush=True)
+        print("ionm hub: leaf nodes at %s (rooms: ionm console ... --publish %s%s --room-store DIR)%s"
+              % (" ".join(leaf_urls), ",".join(leaf_urls), ca, "; access from %s" % args.access if acc else ""),
+              flush=True)
     else:
-        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s)" % (url, url), flush=True)
+        print("ionm hub: NATS JetStream at %s (rooms: ionm console ... --publish %s)"
+              % (" ".join(urls), ",".join(urls)), flush=True)
+    if args.tls_ca:  # the page and the source keeper verify the hub's certificate
+        auth["tls"] = tls.client_context(args.tls_ca)
     state = HubState()
     sources = leaf.Sources(allowed=acc.room_allowed if acc else None)
 
@@ -81,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         print("ionm hub: oversight page at http://%s:%d/" % (host, port), flush=True)
-        reader = asyncio.create_task(follow(url, state, stop, **auth))
-        keeper = asyncio.create_task(leaf.keep_sources(url, stop, sources, **auth))
+        reader = asyncio.create_task(follow(urls, state, stop, **auth))
+        keeper = asyncio.create_task(leaf.keep_sources(urls, stop, sources, **auth))
         await stop.wait()
         await reader
         await keeper
@@ -91,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         asyncio.run(main())
     finally:
-        if server is not None:
-            server.stop()
+        if servers is not None:
+            servers.stop()
         print("ionm hub: stopped", flush=True)
     return 0

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 
 from ionm.hub import messages as hm
 from ionm.hub.natsserver import NatsServer
+from ionm.hub.tls import Files, server_block
 
 ROOM_PREFIX = "ionmroom"
 JOIN = "ionmhub.join"
@@ -62,26 +63,39 @@ def leaf_remote(url: str) -> str:
     return url
 
 
-def hub_conf(leaf_host: str, leaf_port: int, accounts: str = "") -> str:
+def leaf_remotes(urls: str | list[str]) -> list[str]:
+    """The hub's leafnode addresses: one URL, a list, or URLs separated by commas (the nodes of a hub cluster:
+    the room's server connects to any of them and moves to another when its node fails)."""
+    items = urls.split(",") if isinstance(urls, str) else list(urls)
+    return [leaf_remote(u.strip()) for u in items if u.strip()]
+
+
+def hub_conf(leaf_host: str, leaf_port: int, accounts: str = "", *, tls: Files | None = None,
+             cluster: str = "") -> str:
     """The hub's nats-server configuration: JetStream in the domain `hub`, a leafnode listener, and the
-    accounts and users of an access file (ionm.hub.access.server_conf), if any. The listener does not advertise
-    its own addresses: a room reconnects to the address it was given (a relay, a NAT), never to one the hub
-    learned about itself (measured: with advertising, a room behind a relay reconnected around it)."""
-    return 'jetstream { domain: "%s" }\nleafnodes { host: "%s", port: %d, no_advertise: true }\n%s' % (
-        HUB_DOMAIN, leaf_host, int(leaf_port), accounts)
+    accounts and users of an access file (ionm.hub.access.server_conf), if any; tls: TLS on the client and
+    leafnode ports (ionm.hub.tls); cluster: a `cluster { }` block (ionm.hub.cluster). The listener does not
+    advertise its own addresses: a room reconnects to the address it was given (a relay, a NAT), never to one
+    the hub learned about itself (measured: with advertising, a room behind a relay reconnected around it); a
+    room of a hub cluster is given every node's address instead."""
+    tls_block = server_block(tls) if tls else ""
+    return 'jetstream { domain: "%s" }\n%s\nleafnodes { host: "%s", port: %d, no_advertise: true%s }\n%s\n%s' % (
+        HUB_DOMAIN, tls_block, leaf_host, int(leaf_port), ", " + tls_block if tls else "", cluster, accounts)
 
 
 class RoomServer:
     """The room's nats-server: JetStream (domain `<site>-<room>`, its stream on store_dir), a leaf node of the hub
-    at hub_url (nats-leaf://[USER:PASSWORD@]HOST:PORT), clients on loopback at `url`."""
+    at hub_url (nats-leaf://[USER:PASSWORD@]HOST:PORT, or the list of a hub cluster's nodes), clients on loopback
+    at `url`; hub_ca: the CA file that the hub's leafnode certificate must chain to (the hub has TLS)."""
 
-    def __init__(self, store_dir: str | Path, site: str, room: str, hub_url: str, *, port: int | None = None,
-                 join_every_s: float = JOIN_EVERY_S) -> None:
+    def __init__(self, store_dir: str | Path, site: str, room: str, hub_url: str | list[str], *,
+                 port: int | None = None, join_every_s: float = JOIN_EVERY_S, hub_ca: str | None = None) -> None:
         self.site, self.room = site, room
         self.domain, self.stream, self.subjects = domain(site, room), room_stream(site, room), room_subjects(site,
                                                                                                              room)
-        conf = ('jetstream { domain: "%s" }\nleafnodes { reconnect: "1s", remotes: [ { urls: [%s] } ] }\n'
-                % (self.domain, json.dumps(leaf_remote(hub_url))))
+        tls = ", tls: { ca_file: %s }" % json.dumps(str(Path(hub_ca).resolve())) if hub_ca else ""
+        conf = ('jetstream { domain: "%s" }\nleafnodes { reconnect: "1s", remotes: [ { urls: %s%s } ] }\n'
+                % (self.domain, json.dumps(leaf_remotes(hub_url)), tls))
         self.server = NatsServer(store_dir, port=port, name="ionm-room-" + self.domain, conf=conf)
         self.join_every_s = join_every_s
         self._stop = threading.Event()

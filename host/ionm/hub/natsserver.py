@@ -41,17 +41,19 @@ def free_port() -> int:
 
 class NatsServer:
     def __init__(self, store_dir: str | Path, *, port: int | None = None, host: str = "127.0.0.1",
-                 name: str = "ionm", log: str | Path | None = None, conf: str | None = None) -> None:
+                 name: str = "ionm", log: str | Path | None = None, conf: str | None = None,
+                 scheme: str = "nats") -> None:
         self.store_dir = Path(store_dir)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         self.host, self.port, self.name = host, port or free_port(), name
         self.log = Path(log) if log else self.store_dir / "nats-server.log"
         self.conf = conf
+        self.scheme = scheme  # "tls" when conf puts TLS on the client port (ionm.hub.tls)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return "nats://%s:%d" % (self.host, self.port)
+        return "%s://%s:%d" % (self.scheme, self.host, self.port)
 
     def start(self) -> NatsServer:
         cmd = [binary(), "-js", "-sd", str(self.store_dir), "-a", self.host, "-p", str(self.port),

@@ -30,15 +30,21 @@ ACK_TIMEOUT_S = 2.0
 class Publisher:
     def __init__(self, servers: str | list[str], site: str, room: str, case: str, *, outbox_max: int = 100_000,
                  user: str | None = None, password: str | None = None, prefix: str = "ionm",
-                 ensure: bool = True) -> None:
-        """servers: the hub's nats-server (direct), or the room's own (ionm.hub.leaf.RoomServer: then prefix
-        "ionmroom" and ensure=False, the room server keeps its stream); ensure: create the IONM stream if the
-        server has none."""
+                 ensure: bool = True, tls_ca: str | None = None) -> None:
+        """servers: the hub's nats-server (direct; a hub cluster: every node's URL, or URLs separated by commas),
+        or the room's own (ionm.hub.leaf.RoomServer: then prefix "ionmroom" and ensure=False, the room server
+        keeps its stream); ensure: create the IONM stream if the server has none; tls_ca: the CA file the hub's
+        certificate must chain to (a hub with TLS, ionm.hub.tls)."""
         self.prefix, self.ensure = prefix, ensure
-        self.servers = [servers] if isinstance(servers, str) else list(servers)
+        self.servers = [u.strip() for u in servers.split(",") if u.strip()] if isinstance(servers, str) \
+            else list(servers)
         self.site, self.room, self.case = site, room, case
         self.outbox_max = outbox_max
-        self._auth = {"user": user, "password": password} if user else {}
+        self._auth: dict[str, Any] = {"user": user, "password": password} if user else {}
+        if tls_ca:
+            from ionm.hub.tls import client_context
+
+            self._auth["tls"] = client_context(tls_ca)
         self._outbox: deque[tuple[int, str, bytes]] = deque()  # (seq, subject, payload)
         self._seq = 0
         self.session = hm.new_session()
@@ -158,13 +164,18 @@ class Publisher:
             await nc.close()
 
 
-async def ensure_stream(js: Any) -> None:
-    """The IONM stream (every ionm.> subject, on disk, de-duplicating by message id); created if missing."""
+async def ensure_stream(js: Any, replicas: int = 1) -> None:
+    """The IONM stream (every ionm.> subject, on disk, de-duplicating by message id); created if missing, with
+    `replicas` replicas (a hub cluster: ionm.hub.cluster), or raised to them if it has fewer."""
     from nats.js.api import StorageType, StreamConfig
     from nats.js.errors import NotFoundError
 
     try:
-        await js.stream_info(hm.STREAM)
+        info = await js.stream_info(hm.STREAM)
     except NotFoundError:
         await js.add_stream(StreamConfig(name=hm.STREAM, subjects=[hm.SUBJECTS], storage=StorageType.FILE,
-                                         duplicate_window=hm.DUPLICATE_WINDOW_S))
+                                         duplicate_window=hm.DUPLICATE_WINDOW_S, num_replicas=replicas))
+        return
+    if (info.config.num_replicas or 1) < replicas:
+        info.config.num_replicas = replicas
+        await js.update_stream(info.config)

@@ -27,6 +27,7 @@ EVENTS_KEPT = 20
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
 URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
 KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
+FOLLOW_HEARTBEAT_S = 1.0  # the stream reader's heartbeat: a dead node is noticed (and the reader moved) within ~2 s
 STATIC = Path(__file__).with_name("static")
 
 
@@ -143,7 +144,7 @@ def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
     return int(frame.get("unacked", 0)), dict(g["latest"], channel_name=g.get("channel_name"))
 
 
-async def follow(url: str, state: HubState, stop: asyncio.Event, **auth: Any) -> None:
+async def follow(url: str | list[str], state: HubState, stop: asyncio.Event, **auth: Any) -> None:
     """Read the stream from its first message and keep following it into state (reconnecting as needed); auth:
     the hub's service login (user=, password=) when its server has an access file (ionm.hub.access)."""
     import nats
@@ -157,7 +158,10 @@ async def follow(url: str, state: HubState, stop: asyncio.Event, **auth: Any) ->
     async def on_msg(msg: Any) -> None:
         state.add(msg.subject, msg.data)
 
-    sub = await js.subscribe(hm.SUBJECTS, stream=hm.STREAM, ordered_consumer=True, cb=on_msg)
+    # a heartbeat every second: the client notices within 2 s that its consumer is gone (its node died, in a hub
+    # cluster) and makes it again from the next message; with nats-py's 5 s it retried every 10 s (measured 19 s)
+    sub = await js.subscribe(hm.SUBJECTS, stream=hm.STREAM, ordered_consumer=True, cb=on_msg,
+                             idle_heartbeat=FOLLOW_HEARTBEAT_S)
     try:
         await stop.wait()
     finally:
