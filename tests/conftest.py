@@ -34,6 +34,36 @@ def store_with_technologist(db: Path, password: str = "long-password-1") -> Path
     return db
 
 
+def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, timeout_s: float = 40.0) -> dict:
+    """Run a simulated room console (`ionm console --sim --direct`, baseline at 1 s) publishing with the given
+    --publish/--site/--room/... arguments until the hub's page at web_port lists its case with a baseline (or
+    timeout_s passes), stop it with SIGINT (it must exit 0), and return the page's last view."""
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
+                                "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
+                                "--auto-baseline", "1", *publish],
+                               stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        view: dict = {"cases": []}
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+                view = json.loads(r.read())
+            if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
+                break
+            time.sleep(0.5)
+        console.send_signal(signal.SIGINT)
+        assert console.wait(30) == 0, log.read_text(errors="replace")
+    finally:
+        if console.poll() is None:
+            console.kill()
+    return view
+
+
 def replay_headless(store, case_id: int, scratch):
     """Replay a recorded case into scratch as fast as it goes, without a server: (engine, source) once done."""
     from ionm.console.replay import prepare

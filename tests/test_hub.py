@@ -690,10 +690,8 @@ def test_ionm_console_publishes_through_its_rooms_leaf_node_to_a_hub_with_an_acc
     import json
     import signal
     import subprocess
-    import sys
-    import urllib.request
 
-    from conftest import ROOT, ionm_cmd, store_with_technologist
+    from conftest import ionm_cmd, room_case_on_hub_page, store_with_technologist
 
     from ionm.hub.natsserver import free_port
 
@@ -707,29 +705,12 @@ def test_ionm_console_publishes_through_its_rooms_leaf_node_to_a_hub_with_an_acc
                                     "--access", str(access_file)), stdout=subprocess.PIPE, text=True)
     db = store_with_technologist(tmp_path / "cases.db")
     log = tmp_path / "console.log"
-    console = None
     try:
         for _ in range(3):
             hub.stdout.readline()
-        console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
-                                    "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
-                                    "--auto-baseline", "1",
-                                    "--publish", "nats-leaf://or9:pw-9@127.0.0.1:%d" % leaf_port,
-                                    "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room")],
-                                   stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-        view: dict = {"cases": []}
-        end = time.monotonic() + 40
-        while time.monotonic() < end:
-            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
-                view = json.loads(r.read())
-            if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
-                break
-            time.sleep(0.5)
-        console.send_signal(signal.SIGINT)
-        assert console.wait(30) == 0, log.read_text(errors="replace")
+        view = room_case_on_hub_page(web_port, db, log, "--publish", "nats-leaf://or9:pw-9@127.0.0.1:%d" % leaf_port,
+                                     "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room"))
     finally:
-        if console is not None and console.poll() is None:
-            console.kill()
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0
     text = log.read_text(errors="replace")

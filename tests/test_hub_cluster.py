@@ -459,13 +459,10 @@ def test_ionm_hub_with_tls_and_a_console_publishing_through_its_leaf_node_with_t
     """As it is run: `ionm hub --make-certs DIR`, `ionm hub --tls-cert --tls-key --tls-ca` (one server, TLS on
     every port) and `ionm console --sim --direct --publish nats-leaf://HUB:LEAFPORT --hub-ca CA`; the case, with
     its baseline, reaches the hub's page (which reads the stream over TLS)."""
-    import json
     import signal
     import subprocess
-    import sys
-    import urllib.request
 
-    from conftest import ROOT, ionm_cmd, run_ionm, store_with_technologist
+    from conftest import ionm_cmd, room_case_on_hub_page, run_ionm, store_with_technologist
 
     from ionm.hub.natsserver import free_port
 
@@ -480,32 +477,16 @@ def test_ionm_hub_with_tls_and_a_console_publishing_through_its_leaf_node_with_t
                            stdout=subprocess.PIPE, text=True)
     db = store_with_technologist(tmp_path / "cases.db")
     log = tmp_path / "console.log"
-    console = None
     try:
         first = hub.stdout.readline()
         assert "at tls://127.0.0.1:%d" % nats_port in first and "TLS on every port" in first, first
         hub.stdout.readline()
         hub.stdout.readline()
-        console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
-                                    "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
-                                    "--auto-baseline", "1", "--publish", "nats-leaf://127.0.0.1:%d" % leaf_port,
-                                    "--hub-ca", str(tmp_path / "certs" / "ca.pem"), "--site", "General",
-                                    "--room", "OR 5", "--room-store", str(tmp_path / "room")],
-                                   stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-        view: dict = {"cases": []}
-        end = time.monotonic() + 40
-        while time.monotonic() < end:
-            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
-                view = json.loads(r.read())
-            if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
-                break
-            time.sleep(0.5)
-        console.send_signal(signal.SIGINT)
-        assert console.wait(30) == 0, log.read_text(errors="replace")
+        view = room_case_on_hub_page(web_port, db, log, "--publish", "nats-leaf://127.0.0.1:%d" % leaf_port,
+                                     "--hub-ca", str(tmp_path / "certs" / "ca.pem"), "--site", "General",
+                                     "--room", "OR 5", "--room-store", str(tmp_path / "room"))
         plain = {port: plain_text_answer(port)[0].get("tls_required") for port in (nats_port, leaf_port)}
     finally:
-        if console is not None and console.poll() is None:
-            console.kill()
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0
     assert plain == {nats_port: True, leaf_port: True}  # both ports demand TLS: the room came in over it
