@@ -36,7 +36,7 @@ import numpy as np
 
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
-from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
+from ionm.case.timeline import alert_label, describe_stim, fmt_case_time, short_name, timeline_from_store
 from ionm.console.alerts import AlertBoard
 from ionm.console.display import (
     STACK_DIGITS,
@@ -52,7 +52,8 @@ from ionm.sweep import Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
-    "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop"},
+    "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
+                     "tof_every"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -78,6 +79,19 @@ SCREW_HI_MA = 20.0  # default top of the hunt: above every default rule's bounds
 SCREW_P2P_UV = 100.0  # default response criterion, as the commercial systems'
 SCREW_SHOWN = 40  # results a viewer is sent (the store and the report have every one)
 SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent stream counts as stalled
+# Train-of-four (issue 20 item 5): 4 pulses at 2 Hz on a stimulator output, the 4 M-waves on one muscle channel
+# (ionm.pipeline.tof). At most one per TOF_INTERVAL_S of case time (board.json safety.tof_interval_ms_min, which
+# the firmware enforces on its own clock too); count < tof.UNRELIABLE_BELOW makes MEP and EMG unreliable.
+TOF_WIDTH_US = 200
+TOF_CURRENT_MA = 25.0  # when the output has no SSEP current set
+TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the report have every one
+MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
+
+
+def tof_interval_s() -> float:
+    from ionm import board
+
+    return float(board.load()["safety"]["tof_interval_ms_min"]) / 1000.0
 
 
 class CommandError(Exception):
@@ -191,6 +205,15 @@ class CaseEngine:
         self._screw_seq = 0
         self._screw_job_seq = 0
         self._probe_pause_until = 0.0  # wall: until then the paused streams are not expected to deliver
+        # Train-of-four: the results, the TOF under way, the last one's case time (the 15-s rule), the unblocked
+        # T1 per (output, channel) (the first TOF with all four responses), the automatic repeat.
+        self.tofs: list[dict[str, Any]] = []
+        self._tof_job: dict[str, Any] | None = None
+        self._tof_last_t = -math.inf
+        self._tof_ref: dict[tuple[int, int], float] = {}
+        self._tof_every: dict[str, Any] | None = None
+        self._tof_seq = 0
+        self.tof_interval_s = tof_interval_s()
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -311,6 +334,10 @@ class CaseEngine:
             return self._screw_test(user, msg)
         if cmd == "screw_stop":
             return self._screw_stop(user)
+        if cmd == "tof":
+            return self._tof(user, msg)
+        if cmd == "tof_every":
+            return self._tof_every_cmd(user, msg)
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -542,6 +569,199 @@ class CaseEngine:
     def _publish_screws(self) -> None:
         self._emit([("screws", self.screw_frame())], [])
 
+    # ---------------------------------------------------------------- train-of-four
+    def _tof_refuse(self, user: str, msg: dict[str, Any], reason: str) -> CommandError:
+        self.store.audit(self.case_id, user, "tof.refused",
+                         {"request": {k: v for k, v in msg.items() if k != "req"}, "reason": reason,
+                          "t_s": round(self.t_s, 3)})
+        return CommandError(reason)
+
+    def _tof_channels(self) -> dict[int, str]:
+        fn = getattr(self.probe, "tof_channels", None)
+        return dict(fn()) if fn is not None else {}
+
+    def _tof_check(self, user: str, msg: dict[str, Any], now: bool = True) -> dict[str, Any]:
+        """Every value of a TOF request checked, and (now) the 15-s rule, before anything is delivered: the job,
+        or CommandError (audited as tof.refused)."""
+        from ionm.board.stimulation import SSEP_OUTPUTS
+
+        if self.probe is None or not hasattr(self.probe, "deliver_tof"):
+            raise self._tof_refuse(user, msg, "no stimulator for a train-of-four on this source (the board or the "
+                                   "simulated patient)")
+        if now and self._tof_job is not None:
+            raise self._tof_refuse(user, msg, "a train-of-four is under way")
+        since = self.t_s - self._tof_last_t
+        if now and since < self.tof_interval_s:
+            raise self._tof_refuse(user, msg, "the last train-of-four was %.1f s ago: at most one per %g s (the "
+                                   "board enforces it too); next in %.1f s"
+                                   % (since, self.tof_interval_s, self.tof_interval_s - since))
+        output, channel = msg.get("output"), msg.get("channel")
+        if isinstance(output, bool) or not isinstance(output, int) or output not in SSEP_OUTPUTS:
+            raise self._tof_refuse(user, msg, "output must be one of %s (a stimulator output: %s), not %r" % (
+                ", ".join(map(str, SSEP_OUTPUTS)), ", ".join("%d %s" % kv for kv in SSEP_OUTPUTS.items()), output))
+        chans = self._tof_channels()
+        if isinstance(channel, bool) or not isinstance(channel, int) or channel not in chans:
+            raise self._tof_refuse(user, msg, "channel must be a muscle channel of this montage (%s), not %r" % (
+                ", ".join("%d %s" % (c, short_name(n)) for c, n in sorted(chans.items())), channel))
+        current = msg.get("current_ma")
+        if current is None:
+            current = TOF_CURRENT_MA
+            if self.stimulation is not None:
+                site = self.stimulation.state()["ssep"].get(str(output)) or {}
+                current = float(site.get("current_ma") or TOF_CURRENT_MA)
+        lim = self.stimulation.limits() if self.stimulation is not None else None
+        top = float(lim["current_ma_max"]) if lim else 100.0
+        if isinstance(current, bool) or not isinstance(current, (int, float)) or not math.isfinite(current) \
+                or not 0 < current <= top:
+            raise self._tof_refuse(user, msg, "current_ma must be a finite number in (0, %g] (got %r)" % (top, current))
+        return {"user": user, "output": output, "site": SSEP_OUTPUTS[output], "channel": channel,
+                "channel_name": chans[channel], "current_ma": float(current), "t_s": self.t_s}
+
+    def _tof(self, user: str, msg: dict[str, Any], auto: bool = False) -> dict[str, Any]:
+        """Deliver one train-of-four in a thread of its own (the 4 pulses take 1.5 s; the engine goes on); the
+        result is recorded by _tof_result on the engine thread."""
+        job = self._tof_check(user, msg)
+        job["auto"] = auto
+        self._tof_job = job
+        job["prev_last_t"], self._tof_last_t = self._tof_last_t, self.t_s
+        self.store.audit(self.case_id, user, "tof", {k: job[k] for k in ("output", "channel", "channel_name",
+                                                                         "current_ma", "t_s", "auto")})
+        threading.Thread(target=self._tof_run, args=(job,), name="tof", daemon=True).start()
+        self._publish_tof()
+        return {"output": job["output"], "channel": job["channel"], "current_ma": job["current_ma"]}
+
+    def _tof_run(self, job: dict[str, Any]) -> None:
+        try:
+            res = self.probe.deliver_tof(job["output"], job["channel"], current_ma=job["current_ma"],
+                                         width_us=TOF_WIDTH_US)
+        except Exception as exc:
+            self._submit(functools.partial(self._tof_result, job, None, str(exc)))
+            return
+        self._submit(functools.partial(self._tof_result, job, res, None))
+
+    def _tof_result(self, job: dict[str, Any], res: Any, error: str | None) -> None:
+        """One TOF's result, on the engine thread: count and T4/T1 (ionm.pipeline.tof) stored (programs row kind
+        "tof"), audited under the user who asked, on the timeline, sent to the viewers; below count 2 a warning."""
+        from ionm.case.timeline import describe_tof
+        from ionm.pipeline import tof as tf
+
+        if self._tof_job is job:
+            self._tof_job = None
+        self._tof_seq += 1
+        rec: dict[str, Any] = {
+            "uid": "%s-T%d" % (self.case["uid"], self._tof_seq), "t_s": round(float(job["t_s"]), 3),
+            "user": job["user"], "auto": job["auto"], "output": job["output"], "site": job["site"],
+            "channel": job["channel"], "channel_name": job["channel_name"], "current_ma": job["current_ma"],
+            "width_us": TOF_WIDTH_US, "error": error, "p2p_uv": None, "count": None, "ratio": None,
+            "t1_fraction": None, "reference_uv": None, "reliable": None,
+            "rule": "TOF count >= %d for reliable MEP and EMG (Sloan 2002; ACNS)" % tf.UNRELIABLE_BELOW}
+        if res is not None:
+            key = (job["output"], job["channel"])
+            ref = self._tof_ref.get(key)
+            p2p = tf.responses(np.asarray(res["samples_uv"], dtype=np.float64), res["pulse_indices"], res["fs"])
+            r = tf.evaluate(p2p, ref)
+            if ref is None and r.count == 4:  # the first full train: the unblocked reference T1
+                self._tof_ref[key] = ref = r.p2p_uv[0]
+            rec.update(p2p_uv=[_num(x, 1) for x in r.p2p_uv], count=r.count, ratio=_num(r.ratio, 3),
+                       t1_fraction=_num(r.t1_fraction, 3), reference_uv=_num(ref, 1),
+                       reliable=r.muscle_monitoring_reliable)
+        else:  # nothing measured: the 15-s clock goes on from the TOF before (the board may not have delivered)
+            self._tof_last_t = max(job.get("prev_last_t", -math.inf), -math.inf)
+        self.store.add_program(self.case_id, rec["t_s"], job["user"], "tof", rec)
+        self.store.audit(self.case_id, job["user"], "tof.result",
+                         {k: rec[k] for k in ("uid", "output", "channel_name", "count", "ratio", "p2p_uv", "error",
+                                              "t_s")})
+        self._event("tof", describe_tof(rec), job["user"])
+        self.tofs.append(rec)
+        self._publish_tof()
+
+    def _tof_every_cmd(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Repeat the TOF every s seconds of case time (>= the 15-s rule), on the given output and channel or the
+        last TOF's; s = 0 stops it. The first is checked (and delivered) now."""
+        s = msg.get("s")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not (
+                s == 0 or self.tof_interval_s <= s <= 3600):
+            raise self._tof_refuse(user, msg, "s must be 0 (stop) or %g..3600 s (got %r)" % (self.tof_interval_s, s))
+        if s == 0:
+            was = self._tof_every
+            self._tof_every = None
+            self.store.audit(self.case_id, user, "tof_every", {"s": 0, "t_s": round(self.t_s, 3)})
+            if was is not None:
+                self._event("tof", "automatic train-of-four stopped", user)
+            self._publish_tof()
+            return {"every_s": None}
+        last = self.tofs[-1] if self.tofs else {}
+        req = {k: msg.get(k, last.get(k)) for k in ("output", "channel", "current_ma")}
+        job = self._tof_check(user, req, now=False)  # refused (nothing delivered, nothing repeated) if wrong
+        req["current_ma"] = job["current_ma"]
+        self._tof_every = dict(req, s=float(s), user=user, next_t=self.t_s)  # the first as soon as allowed
+        self.store.audit(self.case_id, user, "tof_every", dict(req, s=float(s), t_s=round(self.t_s, 3)))
+        self._event("tof", "train-of-four every %g s (%s, %s)" % (s, job["site"], short_name(job["channel_name"])),
+                    user)
+        self._tof_due()
+        self._publish_tof()
+        return {"every_s": float(s)}
+
+    def _tof_due(self) -> None:
+        """The automatic TOF, when due and allowed (engine thread, after each sweep)."""
+        ev = self._tof_every
+        if ev is None or self._tof_job is not None or self.t_s < ev["next_t"] or \
+                self.t_s - self._tof_last_t < self.tof_interval_s:
+            return
+        ev["next_t"] = self.t_s + ev["s"]
+        try:
+            self._tof(ev["user"], {k: ev[k] for k in ("output", "channel", "current_ma")}, auto=True)
+        except CommandError as exc:  # (audited as tof.refused) the repeat stops: a person must look
+            self._tof_every = None
+            self._event("tof", "automatic train-of-four stopped: %s" % exc, "system")
+            self._publish_tof()
+
+    def _tof_attached(self, st: Stream) -> dict[str, Any] | None:
+        """The TOF state an alert of a muscle stream carries: the last TOF's, when its count is below 2."""
+        from ionm.pipeline import tof as tf
+
+        if st.modality not in MUSCLE_MODALITIES:
+            return None
+        last = next((r for r in reversed(self.tofs) if r["count"] is not None), None)
+        if last is None or last["count"] >= tf.UNRELIABLE_BELOW:
+            return None
+        return {"uid": last["uid"], "count": last["count"], "ratio": last["ratio"], "t_s": last["t_s"],
+                "channel_name": last["channel_name"]}
+
+    def tof_warning(self) -> str | None:
+        from ionm.pipeline import tof as tf
+
+        last = next((r for r in reversed(self.tofs) if r["count"] is not None), None)
+        if last is None or last["count"] >= tf.UNRELIABLE_BELOW:
+            return None
+        return ("TOF %d/4 at %s: MEP and EMG unreliable (neuromuscular blockade; TOF count >= %d needed)"
+                % (last["count"], fmt_case_time(last["t_s"]), tf.UNRELIABLE_BELOW))
+
+    def tof_frame(self) -> dict[str, Any]:
+        """What the TOF panel draws: the outputs and muscle channels it may use, the TOF under way, the repeat,
+        the warning (count < 2), and the newest results (count and T4/T1 over case time, newest last)."""
+        from ionm.board.stimulation import SSEP_OUTPUTS
+
+        available = self.probe is not None and hasattr(self.probe, "deliver_tof")
+        if not available and not self.tofs:
+            return {"available": False, "results": [], "count": 0, "warning": None}
+        j, ev = self._tof_job, self._tof_every
+        keep = ("uid", "t_s", "user", "auto", "site", "channel_name", "current_ma", "count", "ratio", "t1_fraction",
+                "error")
+        return {"available": available, "interval_s": self.tof_interval_s,
+                "outputs": {str(o): s for o, s in SSEP_OUTPUTS.items()},
+                "channels": [[c, short_name(n)] for c, n in sorted(self._tof_channels().items())],
+                "next_allowed_t_s": _num(self._tof_last_t + self.tof_interval_s, 2)
+                if math.isfinite(self._tof_last_t) else None,
+                "running": None if j is None else {"site": j["site"], "channel_name": short_name(j["channel_name"]),
+                                                   "user": j["user"]},
+                "every": None if ev is None else {"s": ev["s"], "output": ev["output"], "channel": ev["channel"]},
+                "warning": self.tof_warning(),
+                "results": [{k: r.get(k) for k in keep} for r in self.tofs[-TOF_SHOWN:]], "count": len(self.tofs)}
+
+    def _publish_tof(self) -> None:
+        self._emit([("tof", self.tof_frame())], [])
+
     def _peak(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.streams.get(str(msg.get("stream")))
         if st is None or st.modality == "mep":
@@ -687,6 +907,8 @@ class CaseEngine:
             st.collecting["have"] += 1
             if st.collecting["have"] >= st.collecting["due_n"] and not st.baseline_pending:
                 self._extend_baseline(st)
+        if self._tof_every is not None:
+            self._tof_due()
         st.dirty = True
         st.arr0 = arrival if st.arr0 is None else st.arr0
         st.arr1 = arrival
@@ -816,8 +1038,13 @@ class CaseEngine:
                "amplitude_ratio": _num(ev.amplitude_ratio, 4), "latency_ratio": _num(ev.latency_ratio, 4),
                "scope": ev.scope}
         self.store.add_alert(self.case_id, row)
-        self.store.audit(self.case_id, "system", "alert", row)
+        tof = self._tof_attached(st)
+        if tof is not None:  # the alerts table keeps its columns: the TOF state is a record of its own, by uid
+            self.store.add_program(self.case_id, row["t_s"], "system", "alert_tof", {"alert": uid, "tof": tof})
+        self.store.audit(self.case_id, "system", "alert", row if tof is None else row | {"tof": tof})
         self._stack_push(st, "alert")
+        if tof is not None:
+            row = row | {"tof": tof}
         label = alert_label(row)
         self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
         self._event("alert", label, "system")
@@ -1104,6 +1331,7 @@ class CaseEngine:
             frames["stim"] = self._stim_frame()
         frames["technical"] = self.technical.frame()
         frames["screws"] = self.screw_frame()
+        frames["tof"] = self.tof_frame()
         frames["case"] = self.case_info()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
@@ -1161,15 +1389,26 @@ class CaseEngine:
                 if why == "periodic":
                     st.stack.append(self._stack_trace(st, t, np.asarray(mean, dtype=np.float64)))
         acks = {a["alert_uid"]: a for a in self.store.rows("acks", cid)}
+        programs = self.store.rows("programs", cid)
+        tofs = {p["body"]["alert"]: p["body"]["tof"] for p in programs if p["kind"] == "alert_tof"}
         for a in self.store.rows("alerts", cid):
             ack = acks.get(a["uid"])
             row = {k: a[k] for k in ("uid", "stream", "t_s", "channel", "channel_name", "criterion",
                                      "amplitude_ratio", "latency_ratio", "scope")}
+            if a["uid"] in tofs:
+                row["tof"] = tofs[a["uid"]]
             self.alerts.add(row | {"label": alert_label(row), "wall": a["wall"],
                                    "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
                                                                     "wall": ack["wall"], "t_s": ack["t_s"]}})
         self._alert_seq = len(self.alerts)
-        self.screws = [p["body"] for p in self.store.rows("programs", cid) if p["kind"] == "screw_test"]
+        self.screws = [p["body"] for p in programs if p["kind"] == "screw_test"]
+        self.tofs = [p["body"] for p in programs if p["kind"] == "tof"]
+        self._tof_seq = len(self.tofs)
+        for r in self.tofs:  # the 15-s rule and the unblocked references outlive a restart
+            if r.get("error") is None:
+                self._tof_last_t = max(self._tof_last_t, float(r["t_s"]))
+                if r.get("reference_uv") is not None:
+                    self._tof_ref.setdefault((int(r["output"]), int(r["channel"])), float(r["reference_uv"]))
         self._screw_seq = len(self.screws)
         self._screw_job_seq = max([int(r.get("test", 0)) for r in self.screws] + [0])
         for item in timeline_from_store(self.store, cid):
