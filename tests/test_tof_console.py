@@ -135,6 +135,16 @@ def test_each_count_0_to_4_is_read_stored_and_shown_with_a_warning_below_2(rig) 
     assert snap["frames"]["tof"]["count"] == 6
 
 
+def test_without_a_reference_a_blocked_train_reads_0_not_its_noise(rig) -> None:
+    """No unblocked TOF before: the count's floor is the noise measured late after each pulse (x 3), so a train
+    blocked to ~2 % of T1 (below what is counted present) reads 0, not 4 "responses" of noise."""
+    store, cid, engine, probe = rig
+    at(engine, probe, 700.0)
+    assert blockade.tof(probe.src._patient.blockade.depth(700.0))[0] == 0
+    r = run_tof(engine)
+    assert r["reference_uv"] is None and r["count"] == 0 and r["noise_uv"] > 0 and not r["reliable"]
+
+
 def test_a_second_tof_within_15_s_is_refused_and_nothing_is_delivered(rig) -> None:
     store, cid, engine, probe = rig
     at(engine, probe, 100.0)

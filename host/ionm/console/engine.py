@@ -84,6 +84,9 @@ SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent st
 # the firmware enforces on its own clock too); count < tof.UNRELIABLE_BELOW makes MEP and EMG unreliable.
 TOF_WIDTH_US = 200
 TOF_CURRENT_MA = 25.0  # when the output has no SSEP current set
+TOF_NOISE_UV = 50.0  # the lowest noise floor of a response (ionm.pipeline.tof's default) ...
+TOF_NOISE_FACTOR = 3.0  # ... or this times the peak to peak of the same window TOF_NOISE_AFTER_S after each pulse
+TOF_NOISE_AFTER_S = 0.4
 TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the report have every one
 MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
 
@@ -652,21 +655,28 @@ class CaseEngine:
             "uid": "%s-T%d" % (self.case["uid"], self._tof_seq), "t_s": round(float(job["t_s"]), 3),
             "user": job["user"], "auto": job["auto"], "output": job["output"], "site": job["site"],
             "channel": job["channel"], "channel_name": job["channel_name"], "current_ma": job["current_ma"],
-            "width_us": TOF_WIDTH_US, "error": error, "p2p_uv": None, "count": None, "ratio": None,
+            "width_us": TOF_WIDTH_US, "error": error, "p2p_uv": None, "noise_uv": None, "count": None, "ratio": None,
             "t1_fraction": None, "reference_uv": None, "reliable": None,
             "rule": "TOF count >= %d for reliable MEP and EMG (Sloan 2002; ACNS)" % tf.UNRELIABLE_BELOW}
         if res is not None:
             key = (job["output"], job["channel"])
             ref = self._tof_ref.get(key)
-            p2p = tf.responses(np.asarray(res["samples_uv"], dtype=np.float64), res["pulse_indices"], res["fs"])
-            r = tf.evaluate(p2p, ref)
+            x, idx, fs = np.asarray(res["samples_uv"], dtype=np.float64), list(res["pulse_indices"]), res["fs"]
+            p2p = tf.responses(x, idx, fs)
+            # the noise floor: the same window late after each pulse (its M-wave long over), x TOF_NOISE_FACTOR;
+            # without it a train blocked to 2 % reads 4 small "responses" when there is no reference T1
+            late = [i + int(TOF_NOISE_AFTER_S * fs) for i in idx]
+            noise = float(np.median(tf.responses(x, late, fs))) if all(j + int(0.015 * fs) <= len(x) for j in late) \
+                else 0.0
+            r = tf.evaluate(p2p, ref, noise_uv=max(TOF_NOISE_UV, TOF_NOISE_FACTOR * noise))
             if ref is None and r.count == 4:  # the first full train: the unblocked reference T1
                 self._tof_ref[key] = ref = r.p2p_uv[0]
-            rec.update(p2p_uv=[_num(x, 1) for x in r.p2p_uv], count=r.count, ratio=_num(r.ratio, 3),
+            rec.update(p2p_uv=[_num(v, 1) for v in r.p2p_uv], noise_uv=_num(noise, 1), count=r.count,
+                       ratio=_num(r.ratio, 3),
                        t1_fraction=_num(r.t1_fraction, 3), reference_uv=_num(ref, 1),
                        reliable=r.muscle_monitoring_reliable)
         else:  # nothing measured: the 15-s clock goes on from the TOF before (the board may not have delivered)
-            self._tof_last_t = max(job.get("prev_last_t", -math.inf), -math.inf)
+            self._tof_last_t = job["prev_last_t"]
         self.store.add_program(self.case_id, rec["t_s"], job["user"], "tof", rec)
         self.store.audit(self.case_id, job["user"], "tof.result",
                          {k: rec[k] for k in ("uid", "output", "channel_name", "count", "ratio", "p2p_uv", "error",
