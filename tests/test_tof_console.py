@@ -329,5 +329,15 @@ def test_an_mep_alert_raised_under_blockade_carries_the_tof_state(tmp_path: Path
     assert [r["uid"] for r in again.tofs] == [ref["uid"], tof["uid"]]
     assert all(a.get("tof", {}).get("count") == 0 for a in again.alerts.unacked())
     assert again._tof_last_t == tof["t_s"]
+    # the report: a TOF page with both trains and the alerts that carry the TOF; the alert pages say it too
+    from ionm.case.report import tof_lines, write_report
+
+    store.flush()
+    lines = tof_lines(store, cid)
+    table = [ln for ln in lines if ln.startswith("  ") and not ln.startswith("  time")]
+    assert table[0].split()[1] == "4/4" and table[1].split()[1] == "0/4" and "UNRELIABLE MEP/EMG" in table[1]
+    assert any("Sloan" in ln for ln in lines)
+    assert sum("TOF 0/4 at 05:0" in ln for ln in lines) == len(alerts)
+    assert write_report(store, cid, str(tmp_path / "case.pdf")) > 0
     store.close()
     assert np.isfinite(tof["t_s"])

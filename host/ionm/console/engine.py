@@ -657,7 +657,8 @@ class CaseEngine:
             "channel": job["channel"], "channel_name": job["channel_name"], "current_ma": job["current_ma"],
             "width_us": TOF_WIDTH_US, "error": error, "p2p_uv": None, "noise_uv": None, "count": None, "ratio": None,
             "t1_fraction": None, "reference_uv": None, "reliable": None,
-            "rule": "TOF count >= %d for reliable MEP and EMG (Sloan 2002; ACNS)" % tf.UNRELIABLE_BELOW}
+            "rule": "TOF count >= %d for reliable MEP and EMG (Sloan & Heyer 2002; Macdonald et al. 2013)"
+                    % tf.UNRELIABLE_BELOW}
         if res is not None:
             key = (job["output"], job["channel"])
             ref = self._tof_ref.get(key)
