@@ -341,3 +341,73 @@ def test_an_mep_alert_raised_under_blockade_carries_the_tof_state(tmp_path: Path
     assert write_report(store, cid, str(tmp_path / "case.pdf")) > 0
     store.close()
     assert np.isfinite(tof["t_s"])
+
+
+@pytest.mark.parametrize("relaxant", [False, True])
+def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_paused(tmp_path: Path,
+                                                                                      relaxant: bool) -> None:
+    """The console's tof through BoardCase on the virtual board (firmware on MicroPython): the firmware's tof program
+    delivers exactly 4 pulses at 2 Hz on the output (the pulse log of the output stage), no other output pulses
+    between them, the SSEP outputs run again afterwards, the unblocked patient's count is 4 with T4/T1 near 1; a
+    second train asked of the board within 15 s (past the console's own check) is refused by the firmware, and
+    nothing is delivered. With a relaxant given at the start the board's train reads 0 and the warning is up."""
+    import json
+
+    from ionm.board.boardcase import BoardCase
+    from ionm.board.stimulation import StimulationError
+    from ionm.board.virtual import VirtualBoard
+
+    scen = {"name": "tof-console", "description": "quiet muscles, no relaxant",
+            "noise": {"mains_uv": 2.0, "emg_scale": 0.4, "cautery_per_min": 0, "pops_per_min": 0,
+                      "emg_bursts_per_min": 0}}
+    if relaxant:
+        scen["events"] = [{"type": "relaxant", "onset_s": 0.0, "onset_to_peak_s": 1.0}]
+    path = tmp_path / "tof.json"
+    path.write_text(json.dumps(scen))
+    log = tmp_path / "pulses.jsonl"
+    store = CaseStore(tmp_path / "cases.db")
+    cid = store.open_case()
+    err = open(tmp_path / "board.stderr", "w")
+    try:
+        with VirtualBoard(scenario=str(path), pulse_log=str(log), stderr=err) as vb:
+            case = BoardCase(vb.device)
+            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
+            engine.start()
+            engine.run_source(case)
+            try:
+                time.sleep(2.0)  # SSEP sweeps flowing
+                r = run_tof(engine, timeout=60)
+                if r["error"] is not None and ("watchdog" in r["error"] or "did not all arrive" in r["error"]):
+                    time.sleep(16.0)  # a starved host (this shared 2-core machine): ask again, as a person would
+                    r = run_tof(engine, timeout=60)
+                with pytest.raises(StimulationError, match="refused the train-of-four"):
+                    case.deliver_tof(0, APB_L, current_ma=25.0)  # the board's own 15-s rule
+                time.sleep(1.5)  # the outputs resumed
+                timeline = [e["text"] for e in engine.timeline]
+                warning = engine.call(engine.tof_frame)["warning"]
+            finally:
+                engine.stop()
+                case.close()
+    finally:
+        err.close()
+        store.close()
+    assert r["error"] is None, r
+    if relaxant:
+        assert r["count"] == 0 and warning is not None and warning.startswith("TOF 0/4"), r
+    else:
+        assert r["count"] == 4 and r["ratio"] == pytest.approx(1.0, abs=0.2) and warning is None, r
+    assert r["paused"] == ["L median", "R median", "L tibial", "R tibial"]
+    with open(log) as fh:
+        pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
+    on0 = [p for p in pulses if p["output"] == 0]
+    # the TOF's 4 pulses: 0.5 s apart (the SSEP's on output 0 are 1/4.7 s apart)
+    idx = [p["index"] for p in on0]
+    trains = [idx[k:k + 4] for k in range(len(idx) - 3) if all(3900 <= b - a <= 4100 for a, b in zip(
+        idx[k:k + 4], idx[k + 1:k + 4], strict=False))]
+    assert len(trains) == 1 + (1 if len([t for t in timeline if t.startswith("TOF")]) > 1 else 0), trains
+    first, last = trains[-1][0], trains[-1][-1]
+    others = [p for p in pulses if 0 <= p["output"] < 4 and first - 100 <= p["index"] <= last + 100
+              and p["index"] not in trains[-1]]
+    assert not others, "another pulse during the train-of-four"
+    assert max(p["index"] for p in pulses if 0 <= p["output"] < 4) > last + 1000  # the SSEP again after
+    assert any(t.startswith("TOF L median -> APBL1-APBL2 L APB 25 mA: %d/4" % r["count"]) for t in timeline)

@@ -404,6 +404,8 @@ class CaseEngine:
         if self.probe is None or not hasattr(self.probe, "hunt_screw"):
             raise self._screw_refuse(user, msg, "no probe on this source: screw tests need the board or the "
                                      "simulated patient")
+        if self._tof_job is not None:
+            raise self._screw_refuse(user, msg, "a train-of-four is under way (1.5 s)")
         if self._screw_job is not None:
             j = self._screw_job
             raise self._screw_refuse(user, msg, "a screw test is under way (%s %s): screw_stop ends it"
@@ -593,6 +595,8 @@ class CaseEngine:
                                    "simulated patient)")
         if now and self._tof_job is not None:
             raise self._tof_refuse(user, msg, "a train-of-four is under way")
+        if now and self._screw_job is not None:
+            raise self._tof_refuse(user, msg, "a screw test is under way: screw_stop ends it")
         since = self.t_s - self._tof_last_t
         if now and since < self.tof_interval_s:
             raise self._tof_refuse(user, msg, "the last train-of-four was %.1f s ago: at most one per %g s (the "
@@ -634,12 +638,20 @@ class CaseEngine:
         return {"output": job["output"], "channel": job["channel"], "current_ma": job["current_ma"]}
 
     def _tof_run(self, job: dict[str, Any]) -> None:
+        """The TOF's own thread. On a board the other outputs are paused for it (BoardCase.deliver_tof): the
+        stall alarm does not count their streams meanwhile."""
+        board = hasattr(self.probe, "pause_for_probe")
+        if board:
+            self._probe_pause_until = math.inf
         try:
             res = self.probe.deliver_tof(job["output"], job["channel"], current_ma=job["current_ma"],
                                          width_us=TOF_WIDTH_US)
         except Exception as exc:
             self._submit(functools.partial(self._tof_result, job, None, str(exc)))
             return
+        finally:
+            if board:
+                self._probe_pause_until = time.time() + SCREW_RESUME_GRACE_S
         self._submit(functools.partial(self._tof_result, job, res, None))
 
     def _tof_result(self, job: dict[str, Any], res: Any, error: str | None) -> None:
@@ -672,6 +684,7 @@ class CaseEngine:
             r = tf.evaluate(p2p, ref, noise_uv=max(TOF_NOISE_UV, TOF_NOISE_FACTOR * noise))
             if ref is None and r.count == 4:  # the first full train: the unblocked reference T1
                 self._tof_ref[key] = ref = r.p2p_uv[0]
+            rec["paused"] = list(res.get("paused") or [])
             rec.update(p2p_uv=[_num(v, 1) for v in r.p2p_uv], noise_uv=_num(noise, 1), count=r.count,
                        ratio=_num(r.ratio, 3),
                        t1_fraction=_num(r.t1_fraction, 3), reference_uv=_num(ref, 1),
