@@ -43,6 +43,8 @@ PROBE_SETTLE_S = 0.1  # after pausing the other outputs, before the first probe 
 HUNT_OOM_RETRIES = 3  # a hunt request refused for lack of board memory is asked again this many times ...
 HUNT_OOM_PAUSE_S = 0.3  # ... after this pause
 TOF_WINDOW_MS = 450.0  # recorded after each TOF pulse: its M-wave (3-15 ms) and the console's noise window (400 ms)
+PROBE_PRE_MS = 40.0  # recorded before each manual probe pulse: the background the response is judged against
+PROBE_WINDOW_MS = 45.0  # recorded after each manual probe pulse (a CMAP's onset is at most ~20 ms)
 TOF_TIMEOUT_S = 5.0  # the 4 pulses take 1.5 s; their sweeps are cut one block after each window
 STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
               "(acquisition stopped too)", "recovered": "the board reset"}
@@ -75,6 +77,7 @@ class BoardCase(ProgramHolder):
         self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
         self.probe_paused = False  # a screw test or a TOF paused the other outputs (pause_for_probe)
         self._tof_sweeps: queue.Queue[Sweep] | None = None  # a TOF's sweeps, diverted from the stream
+        self._probe_sweeps: queue.Queue[Sweep] | None = None  # the manual probe's, likewise
         self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
         self.stim_impedance: dict[str, int | None] = {}  # site -> ohms (None: open), from the check and each pulse
         self.lead_impedance: dict[str, int | None] = {}  # channel name -> ohms at the check before the case
@@ -252,6 +255,45 @@ class BoardCase(ProgramHolder):
                 "pulse_indices": [k * n for k in range(4)], "fs": sweeps[0].fs, "t_s": sweeps[0].t_s,
                 "paused": paused}
 
+    # -- the handheld probe, manual mode (nerve mapping; issue 20 item 4) -----------------------------------
+    def run_probe(self, current_ma: float, rate_hz: float, channels: list[int], on_response: Any,
+                  stop: threading.Event) -> int:
+        """The firmware's `probe` program (current_ma at rate_hz on the probe output; its limits are
+        safety.probe's) with the other outputs paused, until `stop`; on_response(samples µV [channel, n] of
+        `channels` from 40 ms before to 45 ms after the pulse, fs, the pulse's sample in them) after each pulse.
+        Returns the pulses seen."""
+        from ionm.board import link as ln
+
+        paused = self.pause_for_probe()
+        pulses = 0
+        try:
+            q: queue.Queue[Sweep] = queue.Queue()
+            with self._lock:
+                self._probe_sweeps = q
+                try:
+                    self.session.load_programs([{"kind": "probe", "current_ua": int(round(current_ma * 1000)),
+                                                 "rate_mhz": int(round(rate_hz * 1000))}])
+                    self.case.set_specs({0: SweepSpec("probe", "probe", tuple(int(c) for c in channels),
+                                                      PROBE_PRE_MS, PROBE_WINDOW_MS)})
+                    self.session.start_stimulation(0)
+                except ln.BoardError as exc:
+                    raise StimulationError("the board refused the probe: %s" % exc.detail) from None
+            while not stop.is_set():
+                try:
+                    sw = q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                pulses += 1
+                on_response(sw.data_uv, sw.fs, sw.pre_samples)
+        finally:
+            self._probe_sweeps = None
+            try:
+                self.session.stop_stimulation()
+            finally:
+                self.resume_after_probe()
+        del paused
+        return pulses
+
     # -- the stream ---------------------------------------------------------------------------------------
     def _data(self, block: Any) -> None:
         self._leadoff = block.leadoff
@@ -365,8 +407,8 @@ class BoardCase(ProgramHolder):
     # -- the console's source protocol ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Sweep]:
         for sw in self.case.sweeps():
-            if sw.modality == "tof":  # a train-of-four's responses: to deliver_tof, not a stream
-                q = self._tof_sweeps
+            if sw.modality in ("tof", "probe"):  # a TOF's or the probe's responses: to their caller, not a stream
+                q = self._tof_sweeps if sw.modality == "tof" else self._probe_sweeps
                 if q is not None:
                     q.put(sw)
                 continue

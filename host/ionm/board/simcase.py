@@ -25,6 +25,8 @@ from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
 WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (45.0, 85.0)}
+PROBE_PRE_MS = 40.0  # recorded before each manual probe pulse: the background the response is judged against
+PROBE_WINDOW_MS = 45.0  # recorded after each manual probe pulse (a CMAP's onset is at most ~20 ms)
 MODALITY_OF_OUTPUT = {0: "ssep-upper", 1: "ssep-upper", 2: "ssep-lower", 3: "ssep-lower"}
 
 
@@ -132,6 +134,32 @@ class SimulatedCase:
             time.sleep(n / self.fs / self.speed)
         return {"samples_uv": x, "pulse_indices": [p.index - first for p in pulses], "fs": self.fs,
                 "t_s": first / self.fs}
+
+    # ---------------------------------------------------------------- the handheld probe, manual mode
+    def run_probe(self, current_ma: float, rate_hz: float, channels: list[int], on_response: Any,
+                  stop: threading.Event) -> int:
+        """Probe pulses of current_ma at rate_hz until `stop` (nerve mapping): each rendered by the simulated
+        patient (what the probe touches, its blockade) on a patient of its own, from the case's current time;
+        on_response(samples µV [channel, n] of `channels` from PROBE_PRE_MS before the pulse, fs, the pulse's
+        sample in them) after each. Paced as the case is.
+        Returns the pulses delivered."""
+        from ionm_hw.patient import Pulse, VirtualPatient
+        from ionm_hw.physiology.screws import PROBE_OUTPUT
+
+        if self._tof_patient is None:
+            self._tof_patient = VirtualPatient(self.scenario, self.seed, self.fs)
+        step = int(round(self.fs / rate_hz))
+        pre, n = int(round(PROBE_PRE_MS * self.fs / 1000)), int(round(PROBE_WINDOW_MS * self.fs / 1000))
+        pulses = 0
+        while not stop.is_set():
+            first = max(int(round(self._t * self.fs)), self._tof_next)
+            x = self._tof_patient.render(first, pre + n,
+                                         [Pulse(first + pre, PROBE_OUTPUT, float(current_ma), 200, False)])
+            self._tof_next = first + step
+            pulses += 1
+            on_response(np.ascontiguousarray(x[:, list(channels)].T * 1e6), self.fs, pre)
+            stop.wait(step / self.fs / self.speed if self.speed > 0 else 0.01)
+        return pulses
 
     def __iter__(self) -> Iterator[Sweep]:
         wall0 = time.monotonic() - (self.start_s / self.speed if self.speed > 0 else 0.0)

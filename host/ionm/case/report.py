@@ -222,6 +222,24 @@ def tof_lines(store: Any, cid: int) -> list[str]:
     return lines
 
 
+def probe_lines(store: Any, cid: int) -> list[str]:
+    """The manual probe page (nerve mapping): one row per session with its current, whether a response was
+    present and on which muscles (amplitude, latency). Empty when the probe was not used."""
+    rows = [p["body"] for p in store.rows("programs", cid) if p["kind"] == "probe"]
+    if not rows:
+        return []
+    lines = ["%d manual probe sessions. A response is present at >= %g uV peak to peak on a muscle channel."
+             % (len(rows), rows[0]["criterion_uv"]), "",
+             "  %-6s %-20s %-6s %-8s %-7s %s" % ("time", "target", "mA", "response", "pulses", "muscles (uV, ms)")]
+    for r in rows:
+        what = "failed" if r.get("error") else "PRESENT" if r["response"] else "none"
+        muscles = ", ".join("%s (%.0f, %s)" % (n.split(" ")[0], v["p2p_uv"], "?" if v.get("lat_ms") is None else
+                                                "%.1f" % v["lat_ms"]) for n, v in r["present"].items())
+        lines.append("  %-6s %-20s %-6.1f %-8s %-7d %s" % (_mmss(r["t_s"]), (r.get("label") or "-")[:20], r["ma"],
+                                                          what, r["pulses"], muscles or "-"))
+    return lines
+
+
 def write_report(store: Any, case_ref: Any, out: str) -> int:
     """Write the PDF; returns the number of pages."""
     import matplotlib
@@ -353,6 +371,11 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         screws = screw_lines(store, cid)
         if screws:
             pages += _text_page(pdf, "Pedicle screw tests", screws)
+
+        # 3c'. manual probe sessions (only when the probe was used)
+        probes = probe_lines(store, cid)
+        if probes:
+            pages += _text_page(pdf, "Manual probe (nerve mapping)", probes)
 
         # 3c. trains-of-four (only when delivered)
         tofs = tof_lines(store, cid)

@@ -76,6 +76,21 @@ def describe_screw(r: dict[str, Any]) -> str:
                                         r["label"], " [%s]" % r["rule"] if r.get("rule") else "")
 
 
+def describe_probe(r: dict[str, Any]) -> str:
+    """A manual probe session as the timeline and the report word it: 'probe (facial nerve) at 1.0 mA: response
+    present on OOL1-OOL2 (850 µV, 6.1 ms), ...: 12 pulses' or '...: no response (>= 100 µV): 12 pulses'."""
+    head = "probe%s at %g mA" % (" (%s)" % r["label"] if r.get("label") else "", r["ma"])
+    if r.get("error"):
+        return "%s: failed: %s (%d pulses)" % (head, r["error"], r["pulses"])
+    if r["present"]:
+        what = "response present on " + ", ".join(
+            "%s (%.0f µV, %s ms)" % (n, v["p2p_uv"], "?" if v.get("lat_ms") is None else "%.1f" % v["lat_ms"])
+            for n, v in r["present"].items())
+    else:
+        what = "no response (>= %g µV)" % r["criterion_uv"]
+    return "%s: %s: %d pulses%s" % (head, what, r["pulses"], " (stopped by itself)" if r.get("timed_out") else "")
+
+
 def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     """The case's events in time order, as the console timeline and the report show them."""
     items: list[dict[str, Any]] = []
@@ -101,6 +116,9 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
         elif p["kind"] == "screw_test" and p["body"].get("timeline", True):
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "screw", "user": p["user"],
                           "text": describe_screw(p["body"])})
+        elif p["kind"] == "probe":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "probe", "user": p["user"],
+                          "text": describe_probe(p["body"])})
         elif p["kind"] == "tof":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "tof", "user": p["user"],
                           "text": describe_tof(p["body"])})

@@ -125,6 +125,12 @@ def _probe_max_ma() -> float:
     return float(board.load()["safety"]["probe"]["current_ma_max"])
 
 
+def _probe_max_rate() -> float:
+    from ionm import board
+
+    return float(board.load()["safety"]["probe"]["rate_hz_max"])
+
+
 class Schema:
     """Every command kind and its fields."""
 
@@ -157,6 +163,11 @@ class Schema:
             "tof": (tof_fields, ("output", "channel")),
             # repeat it every s seconds (>= 15; 0 stops), on the given output and channel or the last TOF's
             "tof_every": (dict(tof_fields, s=number(0, 3600)), ("s",)),
+            # the manual probe (nerve mapping) until probe_stop: its current within the probe's own limit and
+            # rate (board.json safety.probe); the DAC step is checked by the engine
+            "probe": ({"ma": number(0, _probe_max_ma(), lo_open=True), "rate_hz": number(0.5, _probe_max_rate()),
+                       "label": text(80, nonempty=False)}, ("ma",)),
+            "probe_stop": ({}, ()),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

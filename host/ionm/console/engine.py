@@ -53,7 +53,7 @@ from ionm.sweep import Sweep
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
     "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
-                     "tof_every"},
+                     "tof_every", "probe", "probe_stop"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -82,6 +82,15 @@ SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent st
 # Train-of-four (issue 20 item 5): 4 pulses at 2 Hz on a stimulator output, the 4 M-waves on one muscle channel
 # (ionm.pipeline.tof). At most one per TOF_INTERVAL_S of case time (board.json safety.tof_interval_ms_min, which
 # the firmware enforces on its own clock too); count < tof.UNRELIABLE_BELOW makes MEP and EMG unreliable.
+# The manual probe (issue 20 item 4): pulses at a set current and rate until probe_stop, each response measured
+PROBE_RATE_HZ = 2.0
+PROBE_P2P_UV = 100.0  # a response is present at this peak to peak (the screw tests' criterion)
+PROBE_MEASURE_MS = (3.0, 40.0)  # after the pulse: past its artefact, to the end of a CMAP
+PROBE_NOISE_FACTOR = 2.0  # ... and this times the background's peak to peak before the pulse
+PROBE_PRESENT_FRACTION = 0.5  # a session's response: present on at least this fraction of its pulses ...
+PROBE_REPEATS_MIN = 2  # ... and on at least this many
+PROBE_MAX_S = 300.0  # wall seconds a session may run before it stops by itself
+PROBE_SHOWN = 40
 TOF_WIDTH_US = 200
 TOF_CURRENT_MA = 25.0  # when the output has no SSEP current set
 TOF_NOISE_UV = 50.0  # the lowest noise floor of a response (ionm.pipeline.tof's default) ...
@@ -217,6 +226,9 @@ class CaseEngine:
         self._tof_every: dict[str, Any] | None = None
         self._tof_seq = 0
         self.tof_interval_s = tof_interval_s()
+        self.probes: list[dict[str, Any]] = []  # manual probe sessions' records
+        self._probe_job: dict[str, Any] | None = None
+        self._probe_seq = 0
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -230,6 +242,8 @@ class CaseEngine:
         self._bl_thread.start()
 
     def stop(self) -> None:
+        if self._probe_job is not None:
+            self._probe_job["stop"].set()
         job = self._screw_job
         if job is not None:
             job["stop"].set()
@@ -341,6 +355,10 @@ class CaseEngine:
             return self._tof(user, msg)
         if cmd == "tof_every":
             return self._tof_every_cmd(user, msg)
+        if cmd == "probe":
+            return self._probe_cmd(user, msg)
+        if cmd == "probe_stop":
+            return self._probe_stop_cmd(user)
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -406,6 +424,8 @@ class CaseEngine:
                                      "simulated patient")
         if self._tof_job is not None:
             raise self._screw_refuse(user, msg, "a train-of-four is under way (1.5 s)")
+        if self._probe_job is not None:
+            raise self._screw_refuse(user, msg, "a probe session is under way: probe_stop ends it")
         if self._screw_job is not None:
             j = self._screw_job
             raise self._screw_refuse(user, msg, "a screw test is under way (%s %s): screw_stop ends it"
@@ -597,6 +617,8 @@ class CaseEngine:
             raise self._tof_refuse(user, msg, "a train-of-four is under way")
         if now and self._screw_job is not None:
             raise self._tof_refuse(user, msg, "a screw test is under way: screw_stop ends it")
+        if now and self._probe_job is not None:
+            raise self._tof_refuse(user, msg, "a probe session is under way: probe_stop ends it")
         since = self.t_s - self._tof_last_t
         if now and since < self.tof_interval_s:
             raise self._tof_refuse(user, msg, "the last train-of-four was %.1f s ago: at most one per %g s (the "
@@ -785,6 +807,162 @@ class CaseEngine:
 
     def _publish_tof(self) -> None:
         self._emit([("tof", self.tof_frame())], [])
+
+    # ---------------------------------------------------------------- the handheld probe, manual mode
+    def _probe_refuse(self, user: str, msg: dict[str, Any], reason: str) -> CommandError:
+        self.store.audit(self.case_id, user, "probe.refused",
+                         {"request": {k: v for k, v in msg.items() if k != "req"}, "reason": reason})
+        return CommandError(reason)
+
+    def _probe_cmd(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Manual probe (nerve mapping: facial nerve, recurrent laryngeal nerve, a root): pulses of `ma` at
+        `rate_hz` until probe_stop, each response measured per muscle channel (amplitude, onset latency); the
+        session's record (response present at X mA, or not) is stored when it ends. Every value checked before
+        anything is delivered."""
+        from ionm import board
+
+        if self.probe is None or not hasattr(self.probe, "run_probe"):
+            raise self._probe_refuse(user, msg, "no probe on this source: the board or the simulated patient")
+        for busy, what in ((self._probe_job, "a probe session is under way: probe_stop ends it"),
+                           (self._screw_job, "a screw test is under way: screw_stop ends it"),
+                           (self._tof_job, "a train-of-four is under way")):
+            if busy is not None:
+                raise self._probe_refuse(user, msg, what)
+        lim = board.load()["safety"]["probe"]
+        ma, rate, label = msg.get("ma"), msg.get("rate_hz", PROBE_RATE_HZ), msg.get("label", "")
+        if isinstance(ma, bool) or not isinstance(ma, (int, float)) or not math.isfinite(ma) or \
+                not 0 < ma <= float(lim["current_ma_max"]) or abs(ma * 10 - round(ma * 10)) > 1e-6:
+            raise self._probe_refuse(user, msg, "ma must be a finite number in (0, %g] mA on the DAC's 0.1 mA step "
+                                     "(got %r)" % (float(lim["current_ma_max"]), ma))
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or \
+                not 0.5 <= rate <= float(lim["rate_hz_max"]):
+            raise self._probe_refuse(user, msg, "rate_hz must be a finite number 0.5..%g (got %r)"
+                                     % (float(lim["rate_hz_max"]), rate))
+        if not isinstance(label, str) or len(label) > 80:
+            raise self._probe_refuse(user, msg, "label must be a text of at most 80 characters")
+        chans = dict(self._tof_channels())
+        if not chans:
+            raise self._probe_refuse(user, msg, "no muscle channel in this montage")
+        self._probe_seq += 1
+        job: dict[str, Any] = {"id": self._probe_seq, "user": user, "ma": float(ma), "rate_hz": float(rate),
+                               "label": label.strip(), "channels": sorted(chans.items()), "stop": threading.Event(),
+                               "pulses": 0, "t_s": self.t_s, "last": None, "best": {}, "first_present": None,
+                               "started": time.time()}
+        self._probe_job = job
+        self.store.audit(self.case_id, user, "probe", {"ma": job["ma"], "rate_hz": job["rate_hz"],
+                                                       "label": job["label"], "t_s": round(self.t_s, 3)})
+        self._event("probe", "probe%s at %g mA, %g/s started" % (" (%s)" % job["label"] if job["label"] else "",
+                                                                 job["ma"], job["rate_hz"]), user)
+        threading.Thread(target=self._probe_run, args=(job,), name="probe", daemon=True).start()
+        self._publish_probe()
+        return {"session": job["id"], "ma": job["ma"], "rate_hz": job["rate_hz"]}
+
+    def _probe_stop_cmd(self, user: str) -> dict[str, Any]:
+        job = self._probe_job
+        if job is None:
+            raise CommandError("no probe session under way")
+        job["stop"].set()
+        job["stopped_by"] = user
+        self.store.audit(self.case_id, user, "probe_stop", {"session": job["id"], "t_s": round(self.t_s, 3)})
+        return {"session": job["id"], "stopping": True}
+
+    def _probe_run(self, job: dict[str, Any]) -> None:
+        board = hasattr(self.probe, "pause_for_probe")
+        if board:
+            self._probe_pause_until = math.inf
+        error = None
+
+        def on_response(x: Any, fs: float, pre: int) -> None:
+            if time.time() - job["started"] > PROBE_MAX_S:  # a forgotten probe stops by itself
+                job["stop"].set()
+                job["timed_out"] = True
+            self._submit(functools.partial(self._probe_response, job, np.asarray(x, dtype=np.float64), float(fs),
+                                           int(pre)))
+
+        try:
+            self.probe.run_probe(job["ma"], job["rate_hz"], [c for c, _ in job["channels"]], on_response, job["stop"])
+        except Exception as exc:
+            error = str(exc)
+        finally:
+            if board:
+                self._probe_pause_until = time.time() + SCREW_RESUME_GRACE_S
+            self._submit(functools.partial(self._probe_end, job, error))
+
+    def _probe_response(self, job: dict[str, Any], x: np.ndarray, fs: float, pre: int) -> None:
+        """One probe pulse's responses, on the engine thread: per muscle channel the peak to peak 3-40 ms after
+        the pulse and the onset latency (the first sample at 20 % of the largest deflection); present when at
+        least PROBE_P2P_UV and PROBE_NOISE_FACTOR times the peak to peak of the same length before the pulse
+        (the muscle's background), with its largest deflection at least 1 ms into the window (a deflection
+        largest at the start is the stimulus artefact's decaying tail, not a CMAP)."""
+        a, b = pre + int(PROBE_MEASURE_MS[0] * fs / 1000), pre + int(PROBE_MEASURE_MS[1] * fs / 1000)
+        job["pulses"] += 1
+        per = []
+        for k, (_, name) in enumerate(job["channels"]):
+            w = x[k, a:b] - float(np.median(x[k, a:b])) if x.shape[1] > a else np.zeros(1)
+            p2p = float(np.ptp(w))
+            noise = float(np.ptp(x[k, max(0, pre - (b - a)):pre])) if pre > 0 else 0.0
+            present = p2p >= max(PROBE_P2P_UV, PROBE_NOISE_FACTOR * noise) and \
+                int(np.argmax(np.abs(w))) >= int(0.001 * fs)
+            lat = None
+            if present:
+                onset = int(np.argmax(np.abs(w) >= 0.2 * float(np.max(np.abs(w)))))
+                lat = (a - pre + onset) / fs * 1000.0
+            per.append({"channel": short_name(name), "p2p_uv": _num(p2p, 1), "lat_ms": _num(lat, 2),
+                        "present": present})
+            if present:
+                best = job["best"].setdefault(name, {"p2p_uv": -1.0, "lat_ms": None, "pulses": 0})
+                if p2p > best["p2p_uv"]:  # the largest response, and its latency
+                    best.update(p2p_uv=_num(p2p, 1), lat_ms=_num(lat, 2))
+                best["pulses"] += 1
+        if job["first_present"] is None and any(r["present"] for r in per):
+            job["first_present"] = round(self.t_s, 3)
+        job["last"] = per
+        self._publish_probe()
+
+    def _probe_end(self, job: dict[str, Any], error: str | None) -> None:
+        """The session's record: stored (programs row kind "probe"), audited under who asked, on the timeline."""
+        from ionm.case.timeline import describe_probe
+
+        if self._probe_job is job:
+            self._probe_job = None
+        # present in the record: on at least half the pulses (and 2); a single pulse over the criterion is noise
+        # or the artefact's tail as often as a nerve (a response that counts is reproducible)
+        need = max(PROBE_REPEATS_MIN, math.ceil(PROBE_PRESENT_FRACTION * job["pulses"]))
+        present = {short_name(n): v for n, v in sorted(job["best"].items(), key=lambda kv: -kv[1]["p2p_uv"])
+                   if v["pulses"] >= need}
+        rec = {"uid": "%s-P%d" % (self.case["uid"], job["id"]), "t_s": round(float(job["t_s"]), 3),
+               "user": job["user"], "label": job["label"], "ma": job["ma"], "rate_hz": job["rate_hz"],
+               "pulses": job["pulses"], "criterion_uv": PROBE_P2P_UV, "present": present,
+               "response": bool(present), "first_present_t_s": job["first_present"],
+               "timed_out": bool(job.get("timed_out")), "error": error,
+               "t_end_s": round(self.t_s, 3)}
+        self.store.add_program(self.case_id, rec["t_s"], job["user"], "probe", rec)
+        self.store.audit(self.case_id, job["user"], "probe.result",
+                         {k: rec[k] for k in ("uid", "label", "ma", "pulses", "response", "present", "error")})
+        self._event("probe", describe_probe(rec), job["user"])
+        self.probes.append(rec)
+        self._publish_probe()
+
+    def probe_frame(self) -> dict[str, Any]:
+        """What the probe panel draws: the session under way with the newest pulse's responses per channel
+        (amplitude, latency), and the newest records."""
+        from ionm import board
+
+        available = self.probe is not None and hasattr(self.probe, "run_probe")
+        if not available and not self.probes:
+            return {"available": False, "running": None, "records": [], "count": 0}
+        lim = board.load()["safety"]["probe"]
+        j = self._probe_job
+        return {"available": available, "ma_max": float(lim["current_ma_max"]),
+                "rate_hz_max": float(lim["rate_hz_max"]), "criterion_uv": PROBE_P2P_UV,
+                "running": None if j is None else {"ma": j["ma"], "rate_hz": j["rate_hz"], "label": j["label"],
+                                                   "pulses": j["pulses"], "user": j["user"], "last": j["last"]},
+                "records": [{k: r.get(k) for k in ("uid", "t_s", "user", "label", "ma", "pulses", "present",
+                                                     "response", "error")} for r in self.probes[-PROBE_SHOWN:]],
+                "count": len(self.probes)}
+
+    def _publish_probe(self) -> None:
+        self._emit([("probe", self.probe_frame())], [])
 
     def _peak(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.streams.get(str(msg.get("stream")))
@@ -1356,6 +1534,7 @@ class CaseEngine:
         frames["technical"] = self.technical.frame()
         frames["screws"] = self.screw_frame()
         frames["tof"] = self.tof_frame()
+        frames["probe"] = self.probe_frame()
         frames["case"] = self.case_info()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
@@ -1427,6 +1606,8 @@ class CaseEngine:
         self._alert_seq = len(self.alerts)
         self.screws = [p["body"] for p in programs if p["kind"] == "screw_test"]
         self.tofs = [p["body"] for p in programs if p["kind"] == "tof"]
+        self.probes = [p["body"] for p in programs if p["kind"] == "probe"]
+        self._probe_seq = len(self.probes)
         self._tof_seq = len(self.tofs)
         for r in self.tofs:  # the 15-s rule and the unblocked references outlive a restart
             if r.get("error") is None:
