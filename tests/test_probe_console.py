@@ -160,3 +160,54 @@ def test_the_websocket_schema_checks_probe_commands() -> None:
         with pytest.raises(CommandInvalid) as err:
             s.check(dict({"cmd": "probe"}, **bad))
         assert err.value.field == field
+
+
+def test_on_the_board_the_firmwares_probe_program_runs_with_the_other_outputs_paused(tmp_path: Path) -> None:
+    """The console's probe through BoardCase on the virtual board (firmware on MicroPython): the firmware's probe
+    program pulses the probe output at the set current until probe_stop, no other output pulses meanwhile, the SSEP
+    outputs run again afterwards; at 10 mA the muscles whose half-recruitment is 3 and 9 mA respond, the one at
+    21 mA does not; a current above the probe's limit is refused before anything is delivered."""
+    import json
+
+    from test_screw_console import board_scenario
+
+    from ionm import board
+    from ionm.board.boardcase import BoardCase
+    from ionm.board.virtual import VirtualBoard
+
+    probe_out = board.load()["stimulator"]["probe"]["output"]
+    log = tmp_path / "pulses.jsonl"
+    store = CaseStore(tmp_path / "cases.db")
+    cid = store.open_case()
+    err = open(tmp_path / "board.stderr", "w")
+    try:
+        with VirtualBoard(scenario=board_scenario(tmp_path), pulse_log=str(log), stderr=err) as vb:
+            case = BoardCase(vb.device)
+            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
+            engine.start()
+            engine.run_source(case)
+            try:
+                time.sleep(2.0)  # SSEP sweeps flowing
+                with pytest.raises(CommandError, match="ma must be"):
+                    engine.submit(*TECH, {"cmd": "probe", "ma": 45.0}).result(10)
+                rec = session(engine, {"ma": 10.0, "rate_hz": 5, "label": "L5 root"}, pulses=8)
+                time.sleep(1.5)  # the outputs resumed
+                timeline = [e["text"] for e in engine.timeline]
+            finally:
+                engine.stop()
+                case.close()
+    finally:
+        err.close()
+        store.close()
+    assert rec["error"] is None and rec["pulses"] >= 8, rec
+    assert set(rec["present"]) == {"AHL1-AHL2 L abductor hallucis", "TAL1-TAL2 L tibialis anterior"}, rec
+    with open(log) as fh:
+        pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
+    probe = [p for p in pulses if p["output"] == probe_out]
+    others = [p for p in pulses if 0 <= p["output"] < probe_out]
+    assert len(probe) >= rec["pulses"] and {p["requested_ma"] for p in probe} == {10.0}
+    first, last = probe[0]["index"], probe[-1]["index"]
+    assert not [p for p in others if first - 100 <= p["index"] <= last + 100], "an SSEP pulse during the probe"
+    assert max(p["index"] for p in others) > last  # the SSEP again after
+    line = next(t for t in timeline if t.startswith("probe (L5 root) at 10 mA: response present on "))
+    assert "AHL1-AHL2" in line and "TAL1-TAL2" in line and "APBL1" not in line, line
