@@ -890,10 +890,11 @@ class CaseEngine:
 
     def _probe_response(self, job: dict[str, Any], x: np.ndarray, fs: float, pre: int) -> None:
         """One probe pulse's responses, on the engine thread: per muscle channel the peak to peak 3-40 ms after
-        the pulse and the onset latency (the first sample at 20 % of the largest deflection); present when at
-        least PROBE_P2P_UV and PROBE_NOISE_FACTOR times the peak to peak of the same length before the pulse
-        (the muscle's background), with its largest deflection at least 1 ms into the window (a deflection
-        largest at the start is the stimulus artefact's decaying tail, not a CMAP)."""
+        the pulse and the onset latency; present when at least PROBE_P2P_UV and PROBE_NOISE_FACTOR times the
+        peak to peak of the same length before the pulse (the muscle's background), with its largest
+        deflection at least 1 ms into the window (one largest at the start is the artefact's decaying tail).
+        The onset: back from the largest deflection to the last 1 ms quiet stretch (below 20 % of it and half
+        the background's peak to peak) before it."""
         a, b = pre + int(PROBE_MEASURE_MS[0] * fs / 1000), pre + int(PROBE_MEASURE_MS[1] * fs / 1000)
         job["pulses"] += 1
         per = []
@@ -905,7 +906,14 @@ class CaseEngine:
                 int(np.argmax(np.abs(w))) >= int(0.001 * fs)
             lat = None
             if present:
-                onset = int(np.argmax(np.abs(w) >= 0.2 * float(np.max(np.abs(w)))))
+                mag = np.abs(w)
+                thr = max(0.2 * float(mag.max()), 0.5 * noise)
+                quiet, run = max(1, int(0.001 * fs)), 0
+                onset = int(np.argmax(mag))
+                while onset > 0 and run < quiet:
+                    onset -= 1
+                    run = run + 1 if mag[onset] < thr else 0
+                onset += run
                 lat = (a - pre + onset) / fs * 1000.0
             per.append({"channel": short_name(name), "p2p_uv": _num(p2p, 1), "lat_ms": _num(lat, 2),
                         "present": present})

@@ -106,7 +106,7 @@ let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
 // Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
-const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof"]);
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe"]);
 
 function draw() {
   scheduled = false;
@@ -129,6 +129,7 @@ function draw() {
     else if (key === "timeline") drawTimeline();
     else if (key === "screws") drawScrews();
     else if (key === "tof") drawTof();
+    else if (key === "probe") drawProbe();
     else if (S.frames["stream:" + key]) drawStream(key);
   }
   const now = Date.now();
@@ -521,6 +522,38 @@ function drawTofTrend(cv, results) {
   ctx.fillText("bars: count · line: T4/T1", left + 40, H - 3);
 }
 
+// The manual probe: the panel draws the probe frame as it is (the newest pulse's response per muscle channel while
+// a session runs, and the sessions' records); the form only sends probe / probe_stop.
+function tableRows(t, head, rows) {
+  t.innerHTML = "";
+  if (!rows.length) return;
+  const h = document.createElement("tr");
+  for (const x of head) { const th = document.createElement("th"); th.textContent = x; h.appendChild(th); }
+  t.appendChild(h);
+  for (const [cls, cells] of rows) {
+    const tr = document.createElement("tr"); tr.className = cls;
+    for (const v of cells) { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); }
+    t.appendChild(tr);
+  }
+}
+
+function drawProbe() {
+  const f = S.frames.probe; if (!f) return;
+  $("probepanel").classList.toggle("hidden", !f.available && !f.count);
+  const edit = can("probe") && f.available;
+  $("probeform").classList.toggle("hidden", !edit);
+  const r = f.running;
+  $("probego").disabled = !!r; $("probestop").disabled = !r;
+  $("probestatus").textContent = r ? "Probing" + (r.label ? " " + r.label : "") + " at " + r.ma + " mA, " + r.rate_hz +
+    "/s: " + r.pulses + " pulses (other stimulation paused on a board)" : "";
+  tableRows($("probelive"), ["muscle", "µV", "ms"], r && r.last ? r.last.map((c) =>
+    [c.present ? "present" : "", [c.channel, c.p2p_uv === null ? "-" : c.p2p_uv.toFixed(0),
+      c.lat_ms === null ? "-" : c.lat_ms.toFixed(1)]]) : []);
+  tableRows($("proberecords"), ["time", "target", "mA", "response"], [...f.records].reverse().map((x) =>
+    [x.response ? "present" : "", [fmtT(x.t_s), x.label || "-", x.ma.toFixed(1), x.error ? "failed" :
+      x.response ? "present: " + Object.keys(x.present).map((n) => n.split(" ")[0]).join(", ") : "none"]]));
+}
+
 function stim(cmd, confirmed) {
   return command({ cmd: "stim", command: cmd, confirmed: !!confirmed }).catch(() => drawStim());
 }
@@ -600,6 +633,13 @@ function setup() {
       hi_ma: +$("screwhi").value }, "Screw test started");
   });
   $("screwstop").addEventListener("click", () => command({ cmd: "screw_stop" }, "Screw test stopping"));
+  $("probeform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const msg = { cmd: "probe", ma: +$("probema").value, rate_hz: +$("proberate").value };
+    if ($("probelabel").value.trim()) msg.label = $("probelabel").value.trim();
+    command(msg, "Probe started");
+  });
+  $("probestop").addEventListener("click", () => command({ cmd: "probe_stop" }, "Probe stopping"));
   $("tofform").addEventListener("submit", (e) => {
     e.preventDefault();
     command({ cmd: "tof", output: +$("tofoutput").value, channel: +$("tofchannel").value }, "Train-of-four started");
