@@ -411,3 +411,24 @@ def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_
     assert not others, "another pulse during the train-of-four"
     assert max(p["index"] for p in pulses if 0 <= p["output"] < 4) > last + 1000  # the SSEP again after
     assert any(t.startswith("TOF L median -> APBL1-APBL2 L APB 25 mA: %d/4" % r["count"]) for t in timeline)
+
+
+def test_only_muscle_alerts_carry_the_tof_state_and_only_below_count_2(rig) -> None:
+    """SSEPs have no neuromuscular junction: their alerts carry nothing. An MEP alert carries the last TOF's state
+    only while its count is below 2; a failed TOF (no count) changes nothing."""
+    from types import SimpleNamespace
+
+    store, cid, engine, probe = rig
+    mep, ssep = SimpleNamespace(modality="mep"), SimpleNamespace(modality="ssep-lower")
+
+    def attached(st: Any) -> Any:
+        return engine.call(lambda: engine._tof_attached(st))
+
+    assert attached(mep) is None  # no TOF yet
+    base = {"t_s": 10.0, "ratio": None, "channel_name": "APBL1-APBL2 (L APB)", "error": None}
+    for uid, count in (("T1", 4), ("T2", 1), ("T3", None), ("T4", 2), ("T5", 0)):
+        engine.call(lambda u=uid, c=count: engine.tofs.append(dict(base, uid=u, count=c)))
+        got = attached(mep)
+        expect = {"T1": None, "T2": "T2", "T3": "T2", "T4": None, "T5": "T5"}[uid]
+        assert (got and got["uid"]) == expect, (uid, got)
+        assert attached(ssep) is None
