@@ -21,6 +21,7 @@ kept current by the impedance every delivered pulse measures.
 from __future__ import annotations
 
 import copy
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -41,6 +42,10 @@ BOARD_EVENTS_KEPT = 200
 PROBE_SETTLE_S = 0.1  # after pausing the other outputs, before the first probe pulse
 HUNT_OOM_RETRIES = 3  # a hunt request refused for lack of board memory is asked again this many times ...
 HUNT_OOM_PAUSE_S = 0.3  # ... after this pause
+TOF_WINDOW_MS = 450.0  # recorded after each TOF pulse: its M-wave (3-15 ms) and the console's noise window (400 ms)
+PROBE_PRE_MS = 40.0  # recorded before each manual probe pulse: the background the response is judged against
+PROBE_WINDOW_MS = 45.0  # recorded after each manual probe pulse (a CMAP's onset is at most ~20 ms)
+TOF_TIMEOUT_S = 5.0  # the 4 pulses take 1.5 s; their sweeps are cut one block after each window
 STOPPED_BY = {"watchdog": "no frame from the host for 100 ms", "host-lost": "no frame from the host for 2 s "
               "(acquisition stopped too)", "recovered": "the board reset"}
 
@@ -70,7 +75,9 @@ class BoardCase(ProgramHolder):
         self._events_lock = threading.Lock()
         self._closed = False
         self._acquisition_stopped = False  # the board stopped acquisition (host-lost): start it again
-        self.probe_paused = False  # a screw test paused the other outputs (pause_for_probe)
+        self.probe_paused = False  # a screw test or a TOF paused the other outputs (pause_for_probe)
+        self._tof_sweeps: queue.Queue[Sweep] | None = None  # a TOF's sweeps, diverted from the stream
+        self._probe_sweeps: queue.Queue[Sweep] | None = None  # the manual probe's, likewise
         self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
         self.stim_impedance: dict[str, int | None] = {}  # site -> ohms (None: open), from the check and each pulse
         self.lead_impedance: dict[str, int | None] = {}  # channel name -> ohms at the check before the case
@@ -88,8 +95,8 @@ class BoardCase(ProgramHolder):
 
         with self._lock:
             if self.probe_paused:
-                raise StimulationError("a screw test is under way: the other outputs are paused until it ends "
-                                       "(screw_stop ends it)")
+                raise StimulationError("a screw test or a train-of-four is under way: the other outputs are paused "
+                                       "until it ends (screw_stop ends a screw test)")
             new = validate(command, self._program, self._limits)
             try:
                 if command.get("action") == "tcmep_train":
@@ -203,6 +210,90 @@ class BoardCase(ProgramHolder):
         """stim-stop: the hunt ends at once with what it found (the other outputs are paused already)."""
         self.session.stop_stimulation()
 
+    # -- train-of-four (issue 20 item 5) -------------------------------------------------------------------
+    def tof_channels(self) -> list[tuple[int, str]]:
+        """The montage's muscle channels (both sides): (board channel, name as the sweeps name it)."""
+        from ionm.board.hunt import muscle_channels
+
+        return sorted(muscle_channels(self.montage, "L") + muscle_channels(self.montage, "R"))
+
+    def deliver_tof(self, output: int, channel: int, *, current_ma: float, width_us: int = 200) -> dict[str, Any]:
+        """The firmware's `tof` program (4 pulses at 2 Hz; the board itself refuses one sooner than
+        safety.tof_interval_ms_min after the last) with the other outputs paused, as for a screw test: their pulses
+        and M-waves would fall in the responses' and the noise's windows. Returns `channel`'s samples 0-450 ms
+        after each pulse, end to end (µV), the pulses' indices in them, the rate and what was paused."""
+        import numpy as np
+
+        from ionm.board import link as ln
+
+        paused = self.pause_for_probe()
+        try:
+            q: queue.Queue[Sweep] = queue.Queue()
+            with self._lock:
+                self._tof_sweeps = q
+                try:
+                    self.session.load_programs([{"kind": "tof", "output": int(output),
+                                                 "current_ua": int(round(current_ma * 1000)),
+                                                 "width_us": int(width_us)}])
+                    self.case.set_specs({0: SweepSpec("tof", "TOF", (int(channel),), 0.0, TOF_WINDOW_MS)})
+                    self.session.start_stimulation(0)
+                except ln.BoardError as exc:  # its limits or its 15-s rule: nothing delivered
+                    raise StimulationError("the board refused the train-of-four: %s" % exc.detail) from None
+            sweeps: list[Sweep] = []
+            end = time.monotonic() + TOF_TIMEOUT_S
+            while len(sweeps) < 4:
+                try:
+                    sweeps.append(q.get(timeout=max(0.01, end - time.monotonic())))
+                except queue.Empty:
+                    raise StimulationError("the train-of-four's responses did not all arrive (%d of 4 in %.0f s)"
+                                           % (len(sweeps), TOF_TIMEOUT_S)) from None
+        finally:
+            self._tof_sweeps = None
+            self.resume_after_probe()
+        n = sweeps[0].data_uv.shape[1]
+        return {"samples_uv": np.concatenate([np.asarray(sw.data_uv[0], dtype=np.float64) for sw in sweeps]),
+                "pulse_indices": [k * n for k in range(4)], "fs": sweeps[0].fs, "t_s": sweeps[0].t_s,
+                "paused": paused}
+
+    # -- the handheld probe, manual mode (nerve mapping; issue 20 item 4) -----------------------------------
+    def run_probe(self, current_ma: float, rate_hz: float, channels: list[int], on_response: Any,
+                  stop: threading.Event) -> int:
+        """The firmware's `probe` program (current_ma at rate_hz on the probe output; its limits are
+        safety.probe's) with the other outputs paused, until `stop`; on_response(samples µV [channel, n] of
+        `channels` from 40 ms before to 45 ms after the pulse, fs, the pulse's sample in them) after each pulse.
+        Returns the pulses seen."""
+        from ionm.board import link as ln
+
+        paused = self.pause_for_probe()
+        pulses = 0
+        try:
+            q: queue.Queue[Sweep] = queue.Queue()
+            with self._lock:
+                self._probe_sweeps = q
+                try:
+                    self.session.load_programs([{"kind": "probe", "current_ua": int(round(current_ma * 1000)),
+                                                 "rate_mhz": int(round(rate_hz * 1000))}])
+                    self.case.set_specs({0: SweepSpec("probe", "probe", tuple(int(c) for c in channels),
+                                                      PROBE_PRE_MS, PROBE_WINDOW_MS)})
+                    self.session.start_stimulation(0)
+                except ln.BoardError as exc:
+                    raise StimulationError("the board refused the probe: %s" % exc.detail) from None
+            while not stop.is_set():
+                try:
+                    sw = q.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                pulses += 1
+                on_response(sw.data_uv, sw.fs, sw.pre_samples)
+        finally:
+            self._probe_sweeps = None
+            try:
+                self.session.stop_stimulation()
+            finally:
+                self.resume_after_probe()
+        del paused
+        return pulses
+
     # -- the stream ---------------------------------------------------------------------------------------
     def _data(self, block: Any) -> None:
         self._leadoff = block.leadoff
@@ -315,7 +406,13 @@ class BoardCase(ProgramHolder):
 
     # -- the console's source protocol ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Sweep]:
-        yield from self.case.sweeps()
+        for sw in self.case.sweeps():
+            if sw.modality in ("tof", "probe"):  # a TOF's or the probe's responses: to their caller, not a stream
+                q = self._tof_sweeps if sw.modality == "tof" else self._probe_sweeps
+                if q is not None:
+                    q.put(sw)
+                continue
+            yield sw
 
     def close(self) -> None:
         """Stop stimulation and close the link. Idempotent: the engine closes its sources when it stops, and

@@ -25,6 +25,8 @@ from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
 WINDOW_MS = {"ssep-upper": (5.0, 50.0), "ssep-lower": (5.0, 90.0), "mep": (45.0, 85.0)}
+PROBE_PRE_MS = 40.0  # recorded before each manual probe pulse: the background the response is judged against
+PROBE_WINDOW_MS = 45.0  # recorded after each manual probe pulse (a CMAP's onset is at most ~20 ms)
 MODALITY_OF_OUTPUT = {0: "ssep-upper", 1: "ssep-upper", 2: "ssep-lower", 3: "ssep-lower"}
 
 
@@ -51,6 +53,8 @@ class SimulatedCase:
         self._next: dict[int, float] = {}  # next stimulus per SSEP output, fractional sample index
         self._next_train: float | None = None  # next repeated TcMEP train, s
         self.sweeps_sent = 0
+        self._tof_patient: Any = None  # renders the trains-of-four (deliver_tof)
+        self._tof_next = 0  # its next sample
 
     # ---------------------------------------------------------------- source interface
     def close(self) -> None:
@@ -104,6 +108,58 @@ class SimulatedCase:
         pace = 1.0 / rate_hz / self.speed if self.speed > 0 else 0.0
         return host_hunt(respond, channels, lo_ma=lo_ma, hi_ma=hi_ma, resolution_ma=resolution_ma, rate_hz=rate_hz,
                          p2p_uv=p2p_uv, stop=stop, pace=pace)
+
+    # ---------------------------------------------------------------- train-of-four
+    def tof_channels(self) -> list[tuple[int, str]]:
+        """The muscle channels a TOF's M-waves can be measured on: (channel, name as the sweeps name it)."""
+        return [(c.index, c.name) for c in self._patient.channels if c.kind == "muscle"]
+
+    def deliver_tof(self, output: int, channel: int, *, current_ma: float, width_us: int = 200) -> dict[str, Any]:
+        """A train-of-four without a board: 4 pulses at 2 Hz on `output` from the case's current time, rendered by
+        the simulated patient (its neuromuscular blockade fades and depresses the M-waves): `channel`'s samples over
+        the train (µV), the pulses' sample indices in them and the sampling rate, which the console measures
+        (ionm.pipeline.tof.responses). Paced as the case is. A patient of its own
+        renders the trains (a render never goes back in time; the case's sweeps come from their own renders)."""
+        from ionm_hw.patient import Pulse, VirtualPatient
+
+        if self._tof_patient is None:
+            self._tof_patient = VirtualPatient(self.scenario, self.seed, self.fs)
+        first = max(int(round(self._t * self.fs)), self._tof_next)
+        step = int(round(0.5 * self.fs))
+        n = 4 * step
+        pulses = [Pulse(first + k * step, int(output), float(current_ma), int(width_us), False) for k in range(4)]
+        x = self._tof_patient.render(first, n, pulses)[:, int(channel)] * 1e6
+        self._tof_next = first + n
+        if self.speed > 0:
+            time.sleep(n / self.fs / self.speed)
+        return {"samples_uv": x, "pulse_indices": [p.index - first for p in pulses], "fs": self.fs,
+                "t_s": first / self.fs}
+
+    # ---------------------------------------------------------------- the handheld probe, manual mode
+    def run_probe(self, current_ma: float, rate_hz: float, channels: list[int], on_response: Any,
+                  stop: threading.Event) -> int:
+        """Probe pulses of current_ma at rate_hz until `stop` (nerve mapping): each rendered by the simulated
+        patient (what the probe touches, its blockade) on a patient of its own, from the case's current time;
+        on_response(samples µV [channel, n] of `channels` from PROBE_PRE_MS before the pulse, fs, the pulse's
+        sample in them) after each. Paced as the case is.
+        Returns the pulses delivered."""
+        from ionm_hw.patient import Pulse, VirtualPatient
+        from ionm_hw.physiology.screws import PROBE_OUTPUT
+
+        if self._tof_patient is None:
+            self._tof_patient = VirtualPatient(self.scenario, self.seed, self.fs)
+        step = int(round(self.fs / rate_hz))
+        pre, n = int(round(PROBE_PRE_MS * self.fs / 1000)), int(round(PROBE_WINDOW_MS * self.fs / 1000))
+        pulses = 0
+        while not stop.is_set():
+            first = max(int(round(self._t * self.fs)), self._tof_next)
+            x = self._tof_patient.render(first, pre + n,
+                                         [Pulse(first + pre, PROBE_OUTPUT, float(current_ma), 200, False)])
+            self._tof_next = first + step
+            pulses += 1
+            on_response(np.ascontiguousarray(x[:, list(channels)].T * 1e6), self.fs, pre)
+            stop.wait(step / self.fs / self.speed if self.speed > 0 else 0.01)
+        return pulses
 
     def __iter__(self) -> Iterator[Sweep]:
         wall0 = time.monotonic() - (self.start_s / self.speed if self.speed > 0 else 0.0)

@@ -196,6 +196,50 @@ def screw_lines(store: Any, cid: int) -> list[str]:
     return lines
 
 
+def tof_lines(store: Any, cid: int) -> list[str]:
+    """The train-of-four page: every TOF in order (count, T4/T1, the four responses), and the MEP and EMG alerts
+    raised while the last count was below 2 with the TOF they carry. Empty when no TOF was delivered."""
+
+    programs = store.rows("programs", cid)
+    rows = [p["body"] for p in programs if p["kind"] == "tof"]
+    if not rows:
+        return []
+    lines = ["%d trains-of-four (4 pulses at 2 Hz, at most one per 15 s). Count: responses present (>= 5 %% of the "
+             "unblocked T1, above the noise); below 2 MEP and EMG are unreliable (%s)." % (len(rows), rows[0]["rule"]),
+             "", "  %-6s %-5s %-6s %-28s %-26s %-10s %s" % ("time", "count", "T4/T1", "stimulus -> muscle",
+                                                         "T1..T4 uV", "by", "")]
+    for r in rows:
+        p2p = " ".join("%.0f" % v for v in r["p2p_uv"]) if r.get("p2p_uv") else "failed: %s" % r.get("error")
+        lines.append("  %-6s %-5s %-6s %-28s %-26s %-10s %s" % (
+            _mmss(r["t_s"]), "-" if r["count"] is None else "%d/4" % r["count"],
+            "-" if r.get("ratio") is None else "%.2f" % r["ratio"],
+            ("%s -> %s" % (r["site"], r["channel_name"].split(" ")[0]))[:28], p2p[:26], r["user"][:10],
+            "UNRELIABLE MEP/EMG" if r.get("reliable") is False else ""))
+    attached = [p["body"] for p in programs if p["kind"] == "alert_tof"]
+    if attached:
+        lines += ["", "Alerts raised while the last TOF count was below 2 (each carries that TOF):"]
+        lines += ["  %s: TOF %d/4 at %s" % (b["alert"], b["tof"]["count"], _mmss(b["tof"]["t_s"])) for b in attached]
+    return lines
+
+
+def probe_lines(store: Any, cid: int) -> list[str]:
+    """The manual probe page (nerve mapping): one row per session with its current, whether a response was
+    present and on which muscles (amplitude, latency). Empty when the probe was not used."""
+    rows = [p["body"] for p in store.rows("programs", cid) if p["kind"] == "probe"]
+    if not rows:
+        return []
+    lines = ["%d manual probe sessions. A response is present at >= %g uV peak to peak on a muscle channel."
+             % (len(rows), rows[0]["criterion_uv"]), "",
+             "  %-6s %-20s %-6s %-8s %-7s %s" % ("time", "target", "mA", "response", "pulses", "muscles (uV, ms)")]
+    for r in rows:
+        what = "failed" if r.get("error") else "PRESENT" if r["response"] else "none"
+        muscles = ", ".join("%s (%.0f, %s)" % (n.split(" ")[0], v["p2p_uv"], "?" if v.get("lat_ms") is None else
+                                                "%.1f" % v["lat_ms"]) for n, v in r["present"].items())
+        lines.append("  %-6s %-20s %-6.1f %-8s %-7d %s" % (_mmss(r["t_s"]), (r.get("label") or "-")[:20], r["ma"],
+                                                          what, r["pulses"], muscles or "-"))
+    return lines
+
+
 def write_report(store: Any, case_ref: Any, out: str) -> int:
     """Write the PDF; returns the number of pages."""
     import matplotlib
@@ -213,6 +257,7 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         "SELECT stream, COUNT(*) AS n, SUM(n_accepted < json_array_length(reasons)) AS rej, MIN(t_s) AS t0, "
         "MAX(t_s) AS t1 FROM sweeps WHERE case_id = ? GROUP BY stream", (cid,))}
     alerts = store.rows("alerts", cid)
+    alert_tofs = {p["body"]["alert"]: p["body"]["tof"] for p in store.rows("programs", cid) if p["kind"] == "alert_tof"}
     acks = {a["alert_uid"]: a for a in store.rows("acks", cid)}
     audit = store.rows("audit", cid)
     closing = next((a for a in reversed(audit) if a["action"] == "case.close"), None)
@@ -286,7 +331,7 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
             after = next((x for x in avgs if x[0] >= a["t_s"] + AFTER_S), None)
             fig = plt.figure(figsize=A4)
             fig.suptitle("Alert %s at %s" % (a["uid"], _mmss(a["t_s"])), fontsize=14, weight="bold")
-            fig.text(0.07, 0.925, alert_label(a), fontsize=9)
+            fig.text(0.07, 0.925, alert_label(a | {"tof": alert_tofs.get(a["uid"])}), fontsize=9)
             ax = fig.add_axes((0.08, 0.55, 0.86, 0.33))
             if base is not None:
                 _trace_axes(ax, st, base["mean"][c], "baseline %s" % _mmss(base["t_s"]), "green", "--")
@@ -326,6 +371,16 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         screws = screw_lines(store, cid)
         if screws:
             pages += _text_page(pdf, "Pedicle screw tests", screws)
+
+        # 3c'. manual probe sessions (only when the probe was used)
+        probes = probe_lines(store, cid)
+        if probes:
+            pages += _text_page(pdf, "Manual probe (nerve mapping)", probes)
+
+        # 3c. trains-of-four (only when delivered)
+        tofs = tof_lines(store, cid)
+        if tofs:
+            pages += _text_page(pdf, "Train-of-four (neuromuscular blockade)", tofs)
 
         # 4. technical events: the equipment, not the patient
         pages += _text_page(pdf, "Technical events", technical_events(store, cid))

@@ -14,6 +14,18 @@ def short_name(name: str) -> str:
 
 
 
+def fmt_case_time(t: float) -> str:
+    """Case seconds as mm:ss, as the page's clock shows them."""
+    return "%02d:%02d" % (int(t) // 60, int(t) % 60)
+
+
+def tof_note(tof: dict[str, Any]) -> str:
+    """The TOF state an MEP or EMG alert raised under blockade carries (the alert's label says it)."""
+    ratio = " T4/T1 %.2f" % tof["ratio"] if tof.get("ratio") is not None else ""
+    return "TOF %d/4%s at %s: MEP/EMG unreliable under neuromuscular blockade" % (
+        tof["count"], ratio, fmt_case_time(float(tof["t_s"])))
+
+
 def alert_label(a: dict[str, Any]) -> str:
     amp, lat = a.get("amplitude_ratio"), a.get("latency_ratio")
     parts = []
@@ -21,8 +33,21 @@ def alert_label(a: dict[str, Any]) -> str:
         parts.append("amplitude %d %%" % round(100 * amp))
     if lat is not None:
         parts.append("latency %d %%" % round(100 * lat))
-    return "%s %s: %s (%s; %s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
-                                   ", ".join(parts), a["scope"])
+    label = "%s %s: %s (%s; %s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
+                                    ", ".join(parts), a["scope"])
+    return label + (" [%s]" % tof_note(a["tof"]) if a.get("tof") else "")
+
+
+def describe_tof(r: dict[str, Any]) -> str:
+    """A train-of-four as the timeline and the report word it: 'TOF L median, wrist -> APBL1-APBL2 L APB 25 mA:
+    1/4 (below 2: MEP and EMG unreliable)'."""
+    head = "%sTOF %s -> %s %g mA" % ("automatic " if r.get("auto") else "", r["site"], short_name(r["channel_name"]),
+                                     r["current_ma"])
+    if r.get("error"):
+        return "%s: failed: %s" % (head, r["error"])
+    ratio = ", T4/T1 %.2f" % r["ratio"] if r.get("ratio") is not None else ""
+    warn = "" if r.get("reliable") else " (below 2: MEP and EMG unreliable)"
+    return "%s: %d/4%s%s" % (head, r["count"], ratio, warn)
 
 
 
@@ -51,14 +76,31 @@ def describe_screw(r: dict[str, Any]) -> str:
                                         r["label"], " [%s]" % r["rule"] if r.get("rule") else "")
 
 
+def describe_probe(r: dict[str, Any]) -> str:
+    """A manual probe session as the timeline and the report word it: 'probe (facial nerve) at 1.0 mA: response
+    present on OOL1-OOL2 (850 µV, 6.1 ms), ...: 12 pulses' or '...: no response (>= 100 µV): 12 pulses'."""
+    head = "probe%s at %g mA" % (" (%s)" % r["label"] if r.get("label") else "", r["ma"])
+    if r.get("error"):
+        return "%s: failed: %s (%d pulses)" % (head, r["error"], r["pulses"])
+    if r["present"]:
+        what = "response present on " + ", ".join(
+            "%s (%.0f µV, %s ms)" % (n, v["p2p_uv"], "?" if v.get("lat_ms") is None else "%.1f" % v["lat_ms"])
+            for n, v in r["present"].items())
+    else:
+        what = "no response (>= %g µV)" % r["criterion_uv"]
+    return "%s: %s: %d pulses%s" % (head, what, r["pulses"], " (stopped by itself)" if r.get("timed_out") else "")
+
+
 def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     """The case's events in time order, as the console timeline and the report show them."""
     items: list[dict[str, Any]] = []
     for n in store.rows("notes", case_id):
         items.append({"t_s": n["t_s"], "wall": n["wall"], "kind": n["kind"], "user": n["user"], "text": n["text"]})
     alerts = {}
+    programs = store.rows("programs", case_id)
+    tofs = {p["body"]["alert"]: p["body"]["tof"] for p in programs if p["kind"] == "alert_tof"}
     for a in store.rows("alerts", case_id):
-        alerts[a["uid"]] = alert_label(a)
+        alerts[a["uid"]] = alert_label(a | {"tof": tofs.get(a["uid"])})
         items.append({"t_s": a["t_s"], "wall": a["wall"], "kind": "alert", "user": "system",
                       "text": alerts[a["uid"]]})
     for a in store.rows("acks", case_id):
@@ -67,12 +109,18 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     for b in store.rows("baselines", case_id):
         items.append({"t_s": b["t_s"], "wall": b["wall"], "kind": "baseline", "user": b["user"],
                       "text": "baseline %s" % b["stream"]})
-    for p in store.rows("programs", case_id):
+    for p in programs:
         if p["kind"] == "stimulation":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "stim", "user": p["user"],
                           "text": describe_stim(p["body"]["command"])})
         elif p["kind"] == "screw_test" and p["body"].get("timeline", True):
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "screw", "user": p["user"],
                           "text": describe_screw(p["body"])})
+        elif p["kind"] == "probe":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "probe", "user": p["user"],
+                          "text": describe_probe(p["body"])})
+        elif p["kind"] == "tof":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "tof", "user": p["user"],
+                          "text": describe_tof(p["body"])})
     items.sort(key=lambda i: (i["wall"], i["t_s"]))
     return items

@@ -125,6 +125,12 @@ def _probe_max_ma() -> float:
     return float(board.load()["safety"]["probe"]["current_ma_max"])
 
 
+def _probe_max_rate() -> float:
+    from ionm import board
+
+    return float(board.load()["safety"]["probe"]["rate_hz_max"])
+
+
 class Schema:
     """Every command kind and its fields."""
 
@@ -132,6 +138,9 @@ class Schema:
         self.limits = lim or board_limits()
         self.stim = _stim_schemas(self.limits)
         req = nullable(number(-MAX_REQ, MAX_REQ, integer=True))
+        lim = self.limits
+        tof_fields = {"output": number(0, lim["outputs"] - 1, integer=True), "channel": number(0, 255, integer=True),
+                      "current_ma": number(0, lim["current_ma_max"], lo_open=True)}
         self.kinds: dict[str, tuple[dict[str, Check], tuple[str, ...]]] = {
             "ping": ({}, ()),
             "note": ({"text": text(MAX_TEXT)}, ("text",)),
@@ -148,6 +157,17 @@ class Schema:
                             "hi_ma": number(0, _probe_max_ma(), lo_open=True), "p2p_uv": number(10, 10000)},
                            ("level", "side")),
             "screw_stop": ({}, ()),
+            # a train-of-four (4 pulses at 2 Hz, at most one per 15 s: the engine and the board refuse sooner): a
+            # stimulator output, the muscle channel its M-waves are measured on (checked against the montage by
+            # the engine), the current (default: the output's SSEP current)
+            "tof": (tof_fields, ("output", "channel")),
+            # repeat it every s seconds (>= 15; 0 stops), on the given output and channel or the last TOF's
+            "tof_every": (dict(tof_fields, s=number(0, 3600)), ("s",)),
+            # the manual probe (nerve mapping) until probe_stop: its current within the probe's own limit and
+            # rate (board.json safety.probe); the DAC step is checked by the engine
+            "probe": ({"ma": number(0, _probe_max_ma(), lo_open=True), "rate_hz": number(0.5, _probe_max_rate()),
+                       "label": text(80, nonempty=False)}, ("ma",)),
+            "probe_stop": ({}, ()),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

@@ -36,7 +36,7 @@ import numpy as np
 
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
-from ionm.case.timeline import alert_label, describe_stim, short_name, timeline_from_store
+from ionm.case.timeline import alert_label, describe_stim, fmt_case_time, short_name, timeline_from_store
 from ionm.console.alerts import AlertBoard
 from ionm.console.display import (
     STACK_DIGITS,
@@ -52,7 +52,8 @@ from ionm.sweep import Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
-    "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop"},
+    "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
+                     "tof_every", "probe", "probe_stop"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -78,6 +79,31 @@ SCREW_HI_MA = 20.0  # default top of the hunt: above every default rule's bounds
 SCREW_P2P_UV = 100.0  # default response criterion, as the commercial systems'
 SCREW_SHOWN = 40  # results a viewer is sent (the store and the report have every one)
 SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent stream counts as stalled
+# Train-of-four (issue 20 item 5): 4 pulses at 2 Hz on a stimulator output, the 4 M-waves on one muscle channel
+# (ionm.pipeline.tof). At most one per TOF_INTERVAL_S of case time (board.json safety.tof_interval_ms_min, which
+# the firmware enforces on its own clock too); count < tof.UNRELIABLE_BELOW makes MEP and EMG unreliable.
+# The manual probe (issue 20 item 4): pulses at a set current and rate until probe_stop, each response measured
+PROBE_RATE_HZ = 2.0
+PROBE_P2P_UV = 100.0  # a response is present at this peak to peak (the screw tests' criterion)
+PROBE_MEASURE_MS = (3.0, 40.0)  # after the pulse: past its artefact, to the end of a CMAP
+PROBE_NOISE_FACTOR = 2.0  # ... and this times the background's peak to peak before the pulse
+PROBE_PRESENT_FRACTION = 0.5  # a session's response: present on at least this fraction of its pulses ...
+PROBE_REPEATS_MIN = 2  # ... and on at least this many
+PROBE_MAX_S = 300.0  # wall seconds a session may run before it stops by itself
+PROBE_SHOWN = 40
+TOF_WIDTH_US = 200
+TOF_CURRENT_MA = 25.0  # when the output has no SSEP current set
+TOF_NOISE_UV = 50.0  # the lowest noise floor of a response (ionm.pipeline.tof's default) ...
+TOF_NOISE_FACTOR = 3.0  # ... or this times the peak to peak of the same window TOF_NOISE_AFTER_S after each pulse
+TOF_NOISE_AFTER_S = 0.4
+TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the report have every one
+MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
+
+
+def tof_interval_s() -> float:
+    from ionm import board
+
+    return float(board.load()["safety"]["tof_interval_ms_min"]) / 1000.0
 
 
 class CommandError(Exception):
@@ -191,6 +217,18 @@ class CaseEngine:
         self._screw_seq = 0
         self._screw_job_seq = 0
         self._probe_pause_until = 0.0  # wall: until then the paused streams are not expected to deliver
+        # Train-of-four: the results, the TOF under way, the last one's case time (the 15-s rule), the unblocked
+        # T1 per (output, channel) (the first TOF with all four responses), the automatic repeat.
+        self.tofs: list[dict[str, Any]] = []
+        self._tof_job: dict[str, Any] | None = None
+        self._tof_last_t = -math.inf
+        self._tof_ref: dict[tuple[int, int], float] = {}
+        self._tof_every: dict[str, Any] | None = None
+        self._tof_seq = 0
+        self.tof_interval_s = tof_interval_s()
+        self.probes: list[dict[str, Any]] = []  # manual probe sessions' records
+        self._probe_job: dict[str, Any] | None = None
+        self._probe_seq = 0
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -204,6 +242,8 @@ class CaseEngine:
         self._bl_thread.start()
 
     def stop(self) -> None:
+        if self._probe_job is not None:
+            self._probe_job["stop"].set()
         job = self._screw_job
         if job is not None:
             job["stop"].set()
@@ -311,6 +351,14 @@ class CaseEngine:
             return self._screw_test(user, msg)
         if cmd == "screw_stop":
             return self._screw_stop(user)
+        if cmd == "tof":
+            return self._tof(user, msg)
+        if cmd == "tof_every":
+            return self._tof_every_cmd(user, msg)
+        if cmd == "probe":
+            return self._probe_cmd(user, msg)
+        if cmd == "probe_stop":
+            return self._probe_stop_cmd(user)
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -374,6 +422,10 @@ class CaseEngine:
         if self.probe is None or not hasattr(self.probe, "hunt_screw"):
             raise self._screw_refuse(user, msg, "no probe on this source: screw tests need the board or the "
                                      "simulated patient")
+        if self._tof_job is not None:
+            raise self._screw_refuse(user, msg, "a train-of-four is under way (1.5 s)")
+        if self._probe_job is not None:
+            raise self._screw_refuse(user, msg, "a probe session is under way: probe_stop ends it")
         if self._screw_job is not None:
             j = self._screw_job
             raise self._screw_refuse(user, msg, "a screw test is under way (%s %s): screw_stop ends it"
@@ -542,6 +594,384 @@ class CaseEngine:
     def _publish_screws(self) -> None:
         self._emit([("screws", self.screw_frame())], [])
 
+    # ---------------------------------------------------------------- train-of-four
+    def _tof_refuse(self, user: str, msg: dict[str, Any], reason: str) -> CommandError:
+        self.store.audit(self.case_id, user, "tof.refused",
+                         {"request": {k: v for k, v in msg.items() if k != "req"}, "reason": reason,
+                          "t_s": round(self.t_s, 3)})
+        return CommandError(reason)
+
+    def _tof_channels(self) -> dict[int, str]:
+        fn = getattr(self.probe, "tof_channels", None)
+        return dict(fn()) if fn is not None else {}
+
+    def _tof_check(self, user: str, msg: dict[str, Any], now: bool = True) -> dict[str, Any]:
+        """Every value of a TOF request checked, and (now) the 15-s rule, before anything is delivered: the job,
+        or CommandError (audited as tof.refused)."""
+        from ionm.board.stimulation import SSEP_OUTPUTS
+
+        if self.probe is None or not hasattr(self.probe, "deliver_tof"):
+            raise self._tof_refuse(user, msg, "no stimulator for a train-of-four on this source (the board or the "
+                                   "simulated patient)")
+        if now and self._tof_job is not None:
+            raise self._tof_refuse(user, msg, "a train-of-four is under way")
+        if now and self._screw_job is not None:
+            raise self._tof_refuse(user, msg, "a screw test is under way: screw_stop ends it")
+        if now and self._probe_job is not None:
+            raise self._tof_refuse(user, msg, "a probe session is under way: probe_stop ends it")
+        since = self.t_s - self._tof_last_t
+        if now and since < self.tof_interval_s:
+            raise self._tof_refuse(user, msg, "the last train-of-four was %.1f s ago: at most one per %g s (the "
+                                   "board enforces it too); next in %.1f s"
+                                   % (since, self.tof_interval_s, self.tof_interval_s - since))
+        output, channel = msg.get("output"), msg.get("channel")
+        if isinstance(output, bool) or not isinstance(output, int) or output not in SSEP_OUTPUTS:
+            raise self._tof_refuse(user, msg, "output must be one of %s (a stimulator output: %s), not %r" % (
+                ", ".join(map(str, SSEP_OUTPUTS)), ", ".join("%d %s" % kv for kv in SSEP_OUTPUTS.items()), output))
+        chans = self._tof_channels()
+        if isinstance(channel, bool) or not isinstance(channel, int) or channel not in chans:
+            raise self._tof_refuse(user, msg, "channel must be a muscle channel of this montage (%s), not %r" % (
+                ", ".join("%d %s" % (c, short_name(n)) for c, n in sorted(chans.items())), channel))
+        current = msg.get("current_ma")
+        if current is None:
+            current = TOF_CURRENT_MA
+            if self.stimulation is not None:
+                site = self.stimulation.state()["ssep"].get(str(output)) or {}
+                current = float(site.get("current_ma") or TOF_CURRENT_MA)
+        lim = self.stimulation.limits() if self.stimulation is not None else None
+        top = float(lim["current_ma_max"]) if lim else 100.0
+        if isinstance(current, bool) or not isinstance(current, (int, float)) or not math.isfinite(current) \
+                or not 0 < current <= top:
+            raise self._tof_refuse(user, msg, "current_ma must be a finite number in (0, %g] (got %r)" % (top, current))
+        return {"user": user, "output": output, "site": SSEP_OUTPUTS[output], "channel": channel,
+                "channel_name": chans[channel], "current_ma": float(current), "t_s": self.t_s}
+
+    def _tof(self, user: str, msg: dict[str, Any], auto: bool = False) -> dict[str, Any]:
+        """Deliver one train-of-four in a thread of its own (the 4 pulses take 1.5 s; the engine goes on); the
+        result is recorded by _tof_result on the engine thread."""
+        job = self._tof_check(user, msg)
+        job["auto"] = auto
+        self._tof_job = job
+        job["prev_last_t"], self._tof_last_t = self._tof_last_t, self.t_s
+        self.store.audit(self.case_id, user, "tof", {k: job[k] for k in ("output", "channel", "channel_name",
+                                                                         "current_ma", "t_s", "auto")})
+        threading.Thread(target=self._tof_run, args=(job,), name="tof", daemon=True).start()
+        self._publish_tof()
+        return {"output": job["output"], "channel": job["channel"], "current_ma": job["current_ma"]}
+
+    def _tof_run(self, job: dict[str, Any]) -> None:
+        """The TOF's own thread. On a board the other outputs are paused for it (BoardCase.deliver_tof): the
+        stall alarm does not count their streams meanwhile."""
+        board = hasattr(self.probe, "pause_for_probe")
+        if board:
+            self._probe_pause_until = math.inf
+        try:
+            res = self.probe.deliver_tof(job["output"], job["channel"], current_ma=job["current_ma"],
+                                         width_us=TOF_WIDTH_US)
+        except Exception as exc:
+            self._submit(functools.partial(self._tof_result, job, None, str(exc)))
+            return
+        finally:
+            if board:
+                self._probe_pause_until = time.time() + SCREW_RESUME_GRACE_S
+        self._submit(functools.partial(self._tof_result, job, res, None))
+
+    def _tof_result(self, job: dict[str, Any], res: Any, error: str | None) -> None:
+        """One TOF's result, on the engine thread: count and T4/T1 (ionm.pipeline.tof) stored (programs row kind
+        "tof"), audited under the user who asked, on the timeline, sent to the viewers; below count 2 a warning."""
+        from ionm.case.timeline import describe_tof
+        from ionm.pipeline import tof as tf
+
+        if self._tof_job is job:
+            self._tof_job = None
+        self._tof_seq += 1
+        rec: dict[str, Any] = {
+            "uid": "%s-T%d" % (self.case["uid"], self._tof_seq), "t_s": round(float(job["t_s"]), 3),
+            "user": job["user"], "auto": job["auto"], "output": job["output"], "site": job["site"],
+            "channel": job["channel"], "channel_name": job["channel_name"], "current_ma": job["current_ma"],
+            "width_us": TOF_WIDTH_US, "error": error, "p2p_uv": None, "noise_uv": None, "count": None, "ratio": None,
+            "t1_fraction": None, "reference_uv": None, "reliable": None,
+            "rule": "TOF count >= %d for reliable MEP and EMG (Sloan & Heyer 2002; Macdonald et al. 2013)"
+                    % tf.UNRELIABLE_BELOW}
+        if res is not None:
+            key = (job["output"], job["channel"])
+            ref = self._tof_ref.get(key)
+            x, idx, fs = np.asarray(res["samples_uv"], dtype=np.float64), list(res["pulse_indices"]), res["fs"]
+            p2p = tf.responses(x, idx, fs)
+            # the noise floor: the same window late after each pulse (its M-wave long over), x TOF_NOISE_FACTOR;
+            # without it a train blocked to 2 % reads 4 small "responses" when there is no reference T1
+            late = [i + int(TOF_NOISE_AFTER_S * fs) for i in idx]
+            noise = float(np.median(tf.responses(x, late, fs))) if all(j + int(0.015 * fs) <= len(x) for j in late) \
+                else 0.0
+            r = tf.evaluate(p2p, ref, noise_uv=max(TOF_NOISE_UV, TOF_NOISE_FACTOR * noise))
+            if ref is None and r.count == 4:  # the first full train: the unblocked reference T1
+                self._tof_ref[key] = ref = r.p2p_uv[0]
+            rec["paused"] = list(res.get("paused") or [])
+            rec.update(p2p_uv=[_num(v, 1) for v in r.p2p_uv], noise_uv=_num(noise, 1), count=r.count,
+                       ratio=_num(r.ratio, 3),
+                       t1_fraction=_num(r.t1_fraction, 3), reference_uv=_num(ref, 1),
+                       reliable=r.muscle_monitoring_reliable)
+        else:  # nothing measured: the 15-s clock goes on from the TOF before (the board may not have delivered)
+            self._tof_last_t = job["prev_last_t"]
+        self.store.add_program(self.case_id, rec["t_s"], job["user"], "tof", rec)
+        self.store.audit(self.case_id, job["user"], "tof.result",
+                         {k: rec[k] for k in ("uid", "output", "channel_name", "count", "ratio", "p2p_uv", "error",
+                                              "t_s")})
+        self._event("tof", describe_tof(rec), job["user"])
+        self.tofs.append(rec)
+        self._publish_tof()
+
+    def _tof_every_cmd(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Repeat the TOF every s seconds of case time (>= the 15-s rule), on the given output and channel or the
+        last TOF's; s = 0 stops it. The first is checked (and delivered) now."""
+        s = msg.get("s")
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s) or not (
+                s == 0 or self.tof_interval_s <= s <= 3600):
+            raise self._tof_refuse(user, msg, "s must be 0 (stop) or %g..3600 s (got %r)" % (self.tof_interval_s, s))
+        if s == 0:
+            was = self._tof_every
+            self._tof_every = None
+            self.store.audit(self.case_id, user, "tof_every", {"s": 0, "t_s": round(self.t_s, 3)})
+            if was is not None:
+                self._event("tof", "automatic train-of-four stopped", user)
+            self._publish_tof()
+            return {"every_s": None}
+        last = self.tofs[-1] if self.tofs else {}
+        req = {k: msg.get(k, last.get(k)) for k in ("output", "channel", "current_ma")}
+        job = self._tof_check(user, req, now=False)  # refused (nothing delivered, nothing repeated) if wrong
+        req["current_ma"] = job["current_ma"]
+        self._tof_every = dict(req, s=float(s), user=user, next_t=self.t_s)  # the first as soon as allowed
+        self.store.audit(self.case_id, user, "tof_every", dict(req, s=float(s), t_s=round(self.t_s, 3)))
+        self._event("tof", "train-of-four every %g s (%s, %s)" % (s, job["site"], short_name(job["channel_name"])),
+                    user)
+        self._tof_due()
+        self._publish_tof()
+        return {"every_s": float(s)}
+
+    def _tof_due(self) -> None:
+        """The automatic TOF, when due and allowed (engine thread, after each sweep)."""
+        ev = self._tof_every
+        if ev is None or self._tof_job is not None or self.t_s < ev["next_t"] or \
+                self.t_s - self._tof_last_t < self.tof_interval_s:
+            return
+        ev["next_t"] = self.t_s + ev["s"]
+        try:
+            self._tof(ev["user"], {k: ev[k] for k in ("output", "channel", "current_ma")}, auto=True)
+        except CommandError as exc:  # (audited as tof.refused) the repeat stops: a person must look
+            self._tof_every = None
+            self._event("tof", "automatic train-of-four stopped: %s" % exc, "system")
+            self._publish_tof()
+
+    def _tof_attached(self, st: Stream) -> dict[str, Any] | None:
+        """The TOF state an alert of a muscle stream carries: the last TOF's, when its count is below 2."""
+        from ionm.pipeline import tof as tf
+
+        if st.modality not in MUSCLE_MODALITIES:
+            return None
+        last = next((r for r in reversed(self.tofs) if r["count"] is not None), None)
+        if last is None or last["count"] >= tf.UNRELIABLE_BELOW:
+            return None
+        return {"uid": last["uid"], "count": last["count"], "ratio": last["ratio"], "t_s": last["t_s"],
+                "channel_name": last["channel_name"]}
+
+    def tof_warning(self) -> str | None:
+        from ionm.pipeline import tof as tf
+
+        last = next((r for r in reversed(self.tofs) if r["count"] is not None), None)
+        if last is None or last["count"] >= tf.UNRELIABLE_BELOW:
+            return None
+        return ("TOF %d/4 at %s: MEP and EMG unreliable (neuromuscular blockade; TOF count >= %d needed)"
+                % (last["count"], fmt_case_time(last["t_s"]), tf.UNRELIABLE_BELOW))
+
+    def tof_frame(self) -> dict[str, Any]:
+        """What the TOF panel draws: the outputs and muscle channels it may use, the TOF under way, the repeat,
+        the warning (count < 2), and the newest results (count and T4/T1 over case time, newest last)."""
+        from ionm.board.stimulation import SSEP_OUTPUTS
+
+        available = self.probe is not None and hasattr(self.probe, "deliver_tof")
+        if not available and not self.tofs:
+            return {"available": False, "results": [], "count": 0, "warning": None}
+        j, ev = self._tof_job, self._tof_every
+        keep = ("uid", "t_s", "user", "auto", "site", "channel_name", "current_ma", "count", "ratio", "t1_fraction",
+                "error")
+        return {"available": available, "interval_s": self.tof_interval_s,
+                "outputs": {str(o): s for o, s in SSEP_OUTPUTS.items()},
+                "channels": [[c, short_name(n)] for c, n in sorted(self._tof_channels().items())],
+                "next_allowed_t_s": _num(self._tof_last_t + self.tof_interval_s, 2)
+                if math.isfinite(self._tof_last_t) else None,
+                "running": None if j is None else {"site": j["site"], "channel_name": short_name(j["channel_name"]),
+                                                   "user": j["user"]},
+                "every": None if ev is None else {"s": ev["s"], "output": ev["output"], "channel": ev["channel"]},
+                "warning": self.tof_warning(),
+                "results": [{k: r.get(k) for k in keep} for r in self.tofs[-TOF_SHOWN:]], "count": len(self.tofs)}
+
+    def _publish_tof(self) -> None:
+        self._emit([("tof", self.tof_frame())], [])
+
+    # ---------------------------------------------------------------- the handheld probe, manual mode
+    def _probe_refuse(self, user: str, msg: dict[str, Any], reason: str) -> CommandError:
+        self.store.audit(self.case_id, user, "probe.refused",
+                         {"request": {k: v for k, v in msg.items() if k != "req"}, "reason": reason})
+        return CommandError(reason)
+
+    def _probe_cmd(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
+        """Manual probe (nerve mapping: facial nerve, recurrent laryngeal nerve, a root): pulses of `ma` at
+        `rate_hz` until probe_stop, each response measured per muscle channel (amplitude, onset latency); the
+        session's record (response present at X mA, or not) is stored when it ends. Every value checked before
+        anything is delivered."""
+        from ionm import board
+
+        if self.probe is None or not hasattr(self.probe, "run_probe"):
+            raise self._probe_refuse(user, msg, "no probe on this source: the board or the simulated patient")
+        for busy, what in ((self._probe_job, "a probe session is under way: probe_stop ends it"),
+                           (self._screw_job, "a screw test is under way: screw_stop ends it"),
+                           (self._tof_job, "a train-of-four is under way")):
+            if busy is not None:
+                raise self._probe_refuse(user, msg, what)
+        lim = board.load()["safety"]["probe"]
+        ma, rate, label = msg.get("ma"), msg.get("rate_hz", PROBE_RATE_HZ), msg.get("label", "")
+        if isinstance(ma, bool) or not isinstance(ma, (int, float)) or not math.isfinite(ma) or \
+                not 0 < ma <= float(lim["current_ma_max"]) or abs(ma * 10 - round(ma * 10)) > 1e-6:
+            raise self._probe_refuse(user, msg, "ma must be a finite number in (0, %g] mA on the DAC's 0.1 mA step "
+                                     "(got %r)" % (float(lim["current_ma_max"]), ma))
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) or \
+                not 0.5 <= rate <= float(lim["rate_hz_max"]):
+            raise self._probe_refuse(user, msg, "rate_hz must be a finite number 0.5..%g (got %r)"
+                                     % (float(lim["rate_hz_max"]), rate))
+        if not isinstance(label, str) or len(label) > 80:
+            raise self._probe_refuse(user, msg, "label must be a text of at most 80 characters")
+        chans = dict(self._tof_channels())
+        if not chans:
+            raise self._probe_refuse(user, msg, "no muscle channel in this montage")
+        self._probe_seq += 1
+        job: dict[str, Any] = {"id": self._probe_seq, "user": user, "ma": float(ma), "rate_hz": float(rate),
+                               "label": label.strip(), "channels": sorted(chans.items()), "stop": threading.Event(),
+                               "pulses": 0, "t_s": self.t_s, "last": None, "best": {}, "first_present": None,
+                               "started": time.time()}
+        self._probe_job = job
+        self.store.audit(self.case_id, user, "probe", {"ma": job["ma"], "rate_hz": job["rate_hz"],
+                                                       "label": job["label"], "t_s": round(self.t_s, 3)})
+        self._event("probe", "probe%s at %g mA, %g/s started" % (" (%s)" % job["label"] if job["label"] else "",
+                                                                 job["ma"], job["rate_hz"]), user)
+        threading.Thread(target=self._probe_run, args=(job,), name="probe", daemon=True).start()
+        self._publish_probe()
+        return {"session": job["id"], "ma": job["ma"], "rate_hz": job["rate_hz"]}
+
+    def _probe_stop_cmd(self, user: str) -> dict[str, Any]:
+        job = self._probe_job
+        if job is None:
+            raise CommandError("no probe session under way")
+        job["stop"].set()
+        job["stopped_by"] = user
+        self.store.audit(self.case_id, user, "probe_stop", {"session": job["id"], "t_s": round(self.t_s, 3)})
+        return {"session": job["id"], "stopping": True}
+
+    def _probe_run(self, job: dict[str, Any]) -> None:
+        board = hasattr(self.probe, "pause_for_probe")
+        if board:
+            self._probe_pause_until = math.inf
+        error = None
+
+        def on_response(x: Any, fs: float, pre: int) -> None:
+            if time.time() - job["started"] > PROBE_MAX_S:  # a forgotten probe stops by itself
+                job["stop"].set()
+                job["timed_out"] = True
+            self._submit(functools.partial(self._probe_response, job, np.asarray(x, dtype=np.float64), float(fs),
+                                           int(pre)))
+
+        try:
+            self.probe.run_probe(job["ma"], job["rate_hz"], [c for c, _ in job["channels"]], on_response, job["stop"])
+        except Exception as exc:
+            error = str(exc)
+        finally:
+            if board:
+                self._probe_pause_until = time.time() + SCREW_RESUME_GRACE_S
+            self._submit(functools.partial(self._probe_end, job, error))
+
+    def _probe_response(self, job: dict[str, Any], x: np.ndarray, fs: float, pre: int) -> None:
+        """One probe pulse's responses, on the engine thread: per muscle channel the peak to peak 3-40 ms after
+        the pulse and the onset latency; present when at least PROBE_P2P_UV and PROBE_NOISE_FACTOR times the
+        peak to peak of the same length before the pulse (the muscle's background), with its largest
+        deflection at least 1 ms into the window (one largest at the start is the artefact's decaying tail).
+        The onset: back from the largest deflection to the last 1 ms quiet stretch (below 20 % of it and half
+        the background's peak to peak) before it."""
+        a, b = pre + int(PROBE_MEASURE_MS[0] * fs / 1000), pre + int(PROBE_MEASURE_MS[1] * fs / 1000)
+        job["pulses"] += 1
+        per = []
+        for k, (_, name) in enumerate(job["channels"]):
+            w = x[k, a:b] - float(np.median(x[k, a:b])) if x.shape[1] > a else np.zeros(1)
+            p2p = float(np.ptp(w))
+            noise = float(np.ptp(x[k, max(0, pre - (b - a)):pre])) if pre > 0 else 0.0
+            present = p2p >= max(PROBE_P2P_UV, PROBE_NOISE_FACTOR * noise) and \
+                int(np.argmax(np.abs(w))) >= int(0.001 * fs)
+            lat = None
+            if present:
+                mag = np.abs(w)
+                thr = max(0.2 * float(mag.max()), 0.5 * noise)
+                quiet, run = max(1, int(0.001 * fs)), 0
+                onset = int(np.argmax(mag))
+                while onset > 0 and run < quiet:
+                    onset -= 1
+                    run = run + 1 if mag[onset] < thr else 0
+                onset += run
+                lat = (a - pre + onset) / fs * 1000.0
+            per.append({"channel": short_name(name), "p2p_uv": _num(p2p, 1), "lat_ms": _num(lat, 2),
+                        "present": present})
+            if present:
+                best = job["best"].setdefault(name, {"p2p_uv": -1.0, "lat_ms": None, "pulses": 0})
+                if p2p > best["p2p_uv"]:  # the largest response, and its latency
+                    best.update(p2p_uv=_num(p2p, 1), lat_ms=_num(lat, 2))
+                best["pulses"] += 1
+        if job["first_present"] is None and any(r["present"] for r in per):
+            job["first_present"] = round(self.t_s, 3)
+        job["last"] = per
+        self._publish_probe()
+
+    def _probe_end(self, job: dict[str, Any], error: str | None) -> None:
+        """The session's record: stored (programs row kind "probe"), audited under who asked, on the timeline."""
+        from ionm.case.timeline import describe_probe
+
+        if self._probe_job is job:
+            self._probe_job = None
+        # present in the record: on at least half the pulses (and 2); a single pulse over the criterion is noise
+        # or the artefact's tail as often as a nerve (a response that counts is reproducible)
+        need = max(PROBE_REPEATS_MIN, math.ceil(PROBE_PRESENT_FRACTION * job["pulses"]))
+        present = {short_name(n): v for n, v in sorted(job["best"].items(), key=lambda kv: -kv[1]["p2p_uv"])
+                   if v["pulses"] >= need}
+        rec = {"uid": "%s-P%d" % (self.case["uid"], job["id"]), "t_s": round(float(job["t_s"]), 3),
+               "user": job["user"], "label": job["label"], "ma": job["ma"], "rate_hz": job["rate_hz"],
+               "pulses": job["pulses"], "criterion_uv": PROBE_P2P_UV, "present": present,
+               "response": bool(present), "first_present_t_s": job["first_present"],
+               "timed_out": bool(job.get("timed_out")), "error": error,
+               "t_end_s": round(self.t_s, 3)}
+        self.store.add_program(self.case_id, rec["t_s"], job["user"], "probe", rec)
+        self.store.audit(self.case_id, job["user"], "probe.result",
+                         {k: rec[k] for k in ("uid", "label", "ma", "pulses", "response", "present", "error")})
+        self._event("probe", describe_probe(rec), job["user"])
+        self.probes.append(rec)
+        self._publish_probe()
+
+    def probe_frame(self) -> dict[str, Any]:
+        """What the probe panel draws: the session under way with the newest pulse's responses per channel
+        (amplitude, latency), and the newest records."""
+        from ionm import board
+
+        available = self.probe is not None and hasattr(self.probe, "run_probe")
+        if not available and not self.probes:
+            return {"available": False, "running": None, "records": [], "count": 0}
+        lim = board.load()["safety"]["probe"]
+        j = self._probe_job
+        return {"available": available, "ma_max": float(lim["current_ma_max"]),
+                "rate_hz_max": float(lim["rate_hz_max"]), "criterion_uv": PROBE_P2P_UV,
+                "running": None if j is None else {"ma": j["ma"], "rate_hz": j["rate_hz"], "label": j["label"],
+                                                   "pulses": j["pulses"], "user": j["user"], "last": j["last"]},
+                "records": [{k: r.get(k) for k in ("uid", "t_s", "user", "label", "ma", "pulses", "present",
+                                                     "response", "error")} for r in self.probes[-PROBE_SHOWN:]],
+                "count": len(self.probes)}
+
+    def _publish_probe(self) -> None:
+        self._emit([("probe", self.probe_frame())], [])
+
     def _peak(self, user: str, msg: dict[str, Any]) -> dict[str, Any]:
         st = self.streams.get(str(msg.get("stream")))
         if st is None or st.modality == "mep":
@@ -687,6 +1117,8 @@ class CaseEngine:
             st.collecting["have"] += 1
             if st.collecting["have"] >= st.collecting["due_n"] and not st.baseline_pending:
                 self._extend_baseline(st)
+        if self._tof_every is not None:
+            self._tof_due()
         st.dirty = True
         st.arr0 = arrival if st.arr0 is None else st.arr0
         st.arr1 = arrival
@@ -816,8 +1248,13 @@ class CaseEngine:
                "amplitude_ratio": _num(ev.amplitude_ratio, 4), "latency_ratio": _num(ev.latency_ratio, 4),
                "scope": ev.scope}
         self.store.add_alert(self.case_id, row)
-        self.store.audit(self.case_id, "system", "alert", row)
+        tof = self._tof_attached(st)
+        if tof is not None:  # the alerts table keeps its columns: the TOF state is a record of its own, by uid
+            self.store.add_program(self.case_id, row["t_s"], "system", "alert_tof", {"alert": uid, "tof": tof})
+        self.store.audit(self.case_id, "system", "alert", row if tof is None else row | {"tof": tof})
         self._stack_push(st, "alert")
+        if tof is not None:
+            row = row | {"tof": tof}
         label = alert_label(row)
         self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
         self._event("alert", label, "system")
@@ -1104,6 +1541,8 @@ class CaseEngine:
             frames["stim"] = self._stim_frame()
         frames["technical"] = self.technical.frame()
         frames["screws"] = self.screw_frame()
+        frames["tof"] = self.tof_frame()
+        frames["probe"] = self.probe_frame()
         frames["case"] = self.case_info()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
@@ -1161,15 +1600,28 @@ class CaseEngine:
                 if why == "periodic":
                     st.stack.append(self._stack_trace(st, t, np.asarray(mean, dtype=np.float64)))
         acks = {a["alert_uid"]: a for a in self.store.rows("acks", cid)}
+        programs = self.store.rows("programs", cid)
+        tofs = {p["body"]["alert"]: p["body"]["tof"] for p in programs if p["kind"] == "alert_tof"}
         for a in self.store.rows("alerts", cid):
             ack = acks.get(a["uid"])
             row = {k: a[k] for k in ("uid", "stream", "t_s", "channel", "channel_name", "criterion",
                                      "amplitude_ratio", "latency_ratio", "scope")}
+            if a["uid"] in tofs:
+                row["tof"] = tofs[a["uid"]]
             self.alerts.add(row | {"label": alert_label(row), "wall": a["wall"],
                                    "ack": None if ack is None else {"user": ack["user"], "note": ack["note"],
                                                                     "wall": ack["wall"], "t_s": ack["t_s"]}})
         self._alert_seq = len(self.alerts)
-        self.screws = [p["body"] for p in self.store.rows("programs", cid) if p["kind"] == "screw_test"]
+        self.screws = [p["body"] for p in programs if p["kind"] == "screw_test"]
+        self.tofs = [p["body"] for p in programs if p["kind"] == "tof"]
+        self.probes = [p["body"] for p in programs if p["kind"] == "probe"]
+        self._probe_seq = len(self.probes)
+        self._tof_seq = len(self.tofs)
+        for r in self.tofs:  # the 15-s rule and the unblocked references outlive a restart
+            if r.get("error") is None:
+                self._tof_last_t = max(self._tof_last_t, float(r["t_s"]))
+                if r.get("reference_uv") is not None:
+                    self._tof_ref.setdefault((int(r["output"]), int(r["channel"])), float(r["reference_uv"]))
         self._screw_seq = len(self.screws)
         self._screw_job_seq = max([int(r.get("test", 0)) for r in self.screws] + [0])
         for item in timeline_from_store(self.store, cid):

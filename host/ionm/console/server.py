@@ -65,7 +65,8 @@ WS_SNDBUF = 16 * 1024  # a viewer socket's kernel send buffer: what can queue ah
 DISPLAY_BACKLOG = 16 * 1024  # bytes still on their way to a viewer above which its display frames wait
 BACKLOG_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0  # ping every 30 s; no pong within 15 s closes the socket (a dead viewer, not a slow one)
-DURABLE = {"ack", "note", "stim", "baseline", "close", "peak", "screw_test", "screw_stop"}
+DURABLE = {"ack", "note", "stim", "baseline", "close", "peak", "screw_test", "screw_stop", "tof", "tof_every", "probe",
+           "probe_stop"}
 IDENTITY = web.RequestKey("identity", Identity)
 
 

@@ -106,7 +106,7 @@ let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
 // Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
-const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws"]);
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe"]);
 
 function draw() {
   scheduled = false;
@@ -128,6 +128,8 @@ function draw() {
     else if (key === "stim") drawStim();
     else if (key === "timeline") drawTimeline();
     else if (key === "screws") drawScrews();
+    else if (key === "tof") drawTof();
+    else if (key === "probe") drawProbe();
     else if (S.frames["stream:" + key]) drawStream(key);
   }
   const now = Date.now();
@@ -463,6 +465,95 @@ function drawScrews() {
   }
 }
 
+// Train-of-four: the panel and the warning row draw the tof frame as it is (the server measures the count and
+// T4/T1 and says when MEP and EMG are unreliable); the form only sends tof / tof_every.
+function fillSelect(sel, items) {
+  const keep = sel.value, want = items.map(([v, t]) => v + ":" + t).join("|");
+  if (sel.dataset.items === want) return;
+  sel.dataset.items = want; sel.innerHTML = "";
+  for (const [v, t] of items) { const o = document.createElement("option"); o.value = v; o.textContent = t; sel.appendChild(o); }
+  if (keep !== "" && items.some(([v]) => String(v) === keep)) sel.value = keep;
+}
+
+function drawTof() {
+  const f = S.frames.tof; if (!f) return;
+  const w = $("tofwarn");
+  w.classList.toggle("hidden", !f.warning);
+  w.textContent = f.warning ? "⚠ WARNING " + f.warning : "";
+  $("tofpanel").classList.toggle("hidden", !f.available && !f.count);
+  const edit = can("tof") && f.available;
+  $("tofform").classList.toggle("hidden", !edit);
+  if (f.available) {
+    fillSelect($("tofoutput"), Object.entries(f.outputs || {}).map(([o, s]) => [o, o + " " + s]));
+    fillSelect($("tofchannel"), (f.channels || []).map(([c, n]) => [c, n]));
+  }
+  $("tofgo").disabled = !!f.running;
+  const last = f.results.length ? f.results[f.results.length - 1] : null;
+  $("tofstatus").textContent = f.running ? "TOF under way: " + f.running.site + " → " + f.running.channel_name :
+    (last ? "last " + fmtT(last.t_s) + ": " + (last.error ? "failed: " + last.error : last.count + "/4" +
+      (last.ratio !== null ? ", T4/T1 " + last.ratio.toFixed(2) : "")) : "no TOF yet") +
+    (f.every ? " · every " + f.every.s + " s" : "");
+  drawTofTrend($("toftrend"), f.results);
+}
+
+// count (bars, 0-4) and T4/T1 (line, 0-1) over case time, from the frame's results only
+function drawTofTrend(cv, results) {
+  const ctx = cv.getContext("2d"), W = cv.width, H = cv.height, left = 22, right = 6, top = 6, bottom = 14;
+  ctx.clearRect(0, 0, W, H); ctx.font = "10px sans-serif";
+  const ok = results.filter((r) => r.count !== null);
+  if (!ok.length) return;
+  const t0 = ok[0].t_s, t1 = Math.max(ok[ok.length - 1].t_s, t0 + 60), ph = H - top - bottom;
+  const X = (t) => left + (t - t0) / (t1 - t0) * (W - left - right), Y = (v) => top + ph * (1 - v);
+  ctx.strokeStyle = "#3a4d63"; ctx.beginPath(); ctx.moveTo(left, Y(0.5)); ctx.lineTo(W - right, Y(0.5)); ctx.stroke();
+  ctx.fillStyle = "#6e849b"; ctx.fillText("4", 4, Y(1) + 8); ctx.fillText("2", 4, Y(0.5) + 4); ctx.fillText("0", 4, Y(0));
+  for (const r of ok) {  // the count: below 2 amber
+    ctx.fillStyle = r.count < 2 ? "#f5b70a" : "#3fb950";
+    const h = Math.max(r.count / 4 * ph, 2);
+    ctx.fillRect(X(r.t_s) - 2, top + ph - h, 4, h);
+  }
+  ctx.strokeStyle = "#58a6ff"; ctx.lineWidth = 1.5; ctx.beginPath();
+  let pen = false;
+  for (const r of ok) {
+    if (r.ratio === null) { pen = false; continue; }
+    if (pen) ctx.lineTo(X(r.t_s), Y(Math.min(r.ratio, 1))); else { ctx.moveTo(X(r.t_s), Y(Math.min(r.ratio, 1))); pen = true; }
+  }
+  ctx.stroke(); ctx.lineWidth = 1;
+  ctx.fillStyle = "#6e849b"; ctx.fillText(fmtT(t0), left, H - 3); ctx.fillText(fmtT(t1), W - right - 30, H - 3);
+  ctx.fillText("bars: count · line: T4/T1", left + 40, H - 3);
+}
+
+// The manual probe: the panel draws the probe frame as it is (the newest pulse's response per muscle channel while
+// a session runs, and the sessions' records); the form only sends probe / probe_stop.
+function tableRows(t, head, rows) {
+  t.innerHTML = "";
+  if (!rows.length) return;
+  const h = document.createElement("tr");
+  for (const x of head) { const th = document.createElement("th"); th.textContent = x; h.appendChild(th); }
+  t.appendChild(h);
+  for (const [cls, cells] of rows) {
+    const tr = document.createElement("tr"); tr.className = cls;
+    for (const v of cells) { const td = document.createElement("td"); td.textContent = v; tr.appendChild(td); }
+    t.appendChild(tr);
+  }
+}
+
+function drawProbe() {
+  const f = S.frames.probe; if (!f) return;
+  $("probepanel").classList.toggle("hidden", !f.available && !f.count);
+  const edit = can("probe") && f.available;
+  $("probeform").classList.toggle("hidden", !edit);
+  const r = f.running;
+  $("probego").disabled = !!r; $("probestop").disabled = !r;
+  $("probestatus").textContent = r ? "Probing" + (r.label ? " " + r.label : "") + " at " + r.ma + " mA, " + r.rate_hz +
+    "/s: " + r.pulses + " pulses (other stimulation paused on a board)" : "";
+  tableRows($("probelive"), ["muscle", "µV", "ms"], r && r.last ? r.last.map((c) =>
+    [c.present ? "present" : "", [c.channel, c.p2p_uv === null ? "-" : c.p2p_uv.toFixed(0),
+      c.lat_ms === null ? "-" : c.lat_ms.toFixed(1)]]) : []);
+  tableRows($("proberecords"), ["time", "target", "mA", "response"], [...f.records].reverse().map((x) =>
+    [x.response ? "present" : "", [fmtT(x.t_s), x.label || "-", x.ma.toFixed(1), x.error ? "failed" :
+      x.response ? "present: " + Object.keys(x.present).map((n) => n.split(" ")[0]).join(", ") : "none"]]));
+}
+
 function stim(cmd, confirmed) {
   return command({ cmd: "stim", command: cmd, confirmed: !!confirmed }).catch(() => drawStim());
 }
@@ -542,6 +633,22 @@ function setup() {
       hi_ma: +$("screwhi").value }, "Screw test started");
   });
   $("screwstop").addEventListener("click", () => command({ cmd: "screw_stop" }, "Screw test stopping"));
+  $("probeform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const msg = { cmd: "probe", ma: +$("probema").value, rate_hz: +$("proberate").value };
+    if ($("probelabel").value.trim()) msg.label = $("probelabel").value.trim();
+    command(msg, "Probe started");
+  });
+  $("probestop").addEventListener("click", () => command({ cmd: "probe_stop" }, "Probe stopping"));
+  $("tofform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    command({ cmd: "tof", output: +$("tofoutput").value, channel: +$("tofchannel").value }, "Train-of-four started");
+  });
+  $("tofeveryset").addEventListener("click", () => {
+    const s = +$("tofevery").value;
+    command(s ? { cmd: "tof_every", s, output: +$("tofoutput").value, channel: +$("tofchannel").value } :
+      { cmd: "tof_every", s: 0 }, s ? "Train-of-four every " + s + " s" : "Automatic train-of-four off");
+  });
   $("noteform").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("note").value.trim(); if (!text) return;
