@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,38 @@ def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, tim
         if console.poll() is None:
             console.kill()
     return view
+
+
+@contextmanager
+def console_on_board(tmp_path: Path, scenario: str, settle_s: float = 2.0) -> Iterator[tuple]:
+    """A case engine on the virtual board (BoardCase, the firmware on MicroPython, pulse log at
+    tmp_path/pulses.jsonl) with the board as its probe, once its SSEP sweeps flow (settle_s): (engine, case).
+    Stopped, with its case store, on the way out."""
+    import time
+
+    from ionm.board.boardcase import BoardCase
+    from ionm.board.virtual import VirtualBoard
+    from ionm.case.store import CaseStore
+    from ionm.console.engine import CaseEngine
+
+    store = CaseStore(tmp_path / "cases.db")
+    cid = store.open_case()
+    err = open(tmp_path / "board.stderr", "w")
+    try:
+        with VirtualBoard(scenario=scenario, pulse_log=str(tmp_path / "pulses.jsonl"), stderr=err) as vb:
+            case = BoardCase(vb.device)
+            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
+            engine.start()
+            engine.run_source(case)
+            try:
+                time.sleep(settle_s)
+                yield engine, case
+            finally:
+                engine.stop()
+                case.close()
+    finally:
+        err.close()
+        store.close()
 
 
 def replay_headless(store, case_id: int, scratch):

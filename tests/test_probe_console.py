@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import console_on_board
 
 from ionm.board.simcase import SimulatedCase
 from ionm.board.stimulation import RecordedStimulation, default_program
@@ -173,33 +174,15 @@ def test_on_the_board_the_firmwares_probe_program_runs_with_the_other_outputs_pa
     from test_screw_console import board_scenario
 
     from ionm import board
-    from ionm.board.boardcase import BoardCase
-    from ionm.board.virtual import VirtualBoard
 
     probe_out = board.load()["stimulator"]["probe"]["output"]
     log = tmp_path / "pulses.jsonl"
-    store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case()
-    err = open(tmp_path / "board.stderr", "w")
-    try:
-        with VirtualBoard(scenario=board_scenario(tmp_path), pulse_log=str(log), stderr=err) as vb:
-            case = BoardCase(vb.device)
-            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
-            engine.start()
-            engine.run_source(case)
-            try:
-                time.sleep(2.0)  # SSEP sweeps flowing
-                with pytest.raises(CommandError, match="ma must be"):
-                    engine.submit(*TECH, {"cmd": "probe", "ma": 45.0}).result(10)
-                rec = session(engine, {"ma": 10.0, "rate_hz": 5, "label": "L5 root"}, pulses=8)
-                time.sleep(1.5)  # the outputs resumed
-                timeline = [e["text"] for e in engine.timeline]
-            finally:
-                engine.stop()
-                case.close()
-    finally:
-        err.close()
-        store.close()
+    with console_on_board(tmp_path, board_scenario(tmp_path)) as (engine, case):
+        with pytest.raises(CommandError, match="ma must be"):
+            engine.submit(*TECH, {"cmd": "probe", "ma": 45.0}).result(10)
+        rec = session(engine, {"ma": 10.0, "rate_hz": 5, "label": "L5 root"}, pulses=8)
+        time.sleep(1.5)  # the outputs resumed
+        timeline = [e["text"] for e in engine.timeline]
     assert rec["error"] is None and rec["pulses"] >= 8, rec
     assert set(rec["present"]) == {"AHL1-AHL2 L abductor hallucis", "TAL1-TAL2 L tibialis anterior"}, rec
     with open(log) as fh:

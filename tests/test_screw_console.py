@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import console_on_board
 
 from ionm.board.simcase import SimulatedCase
 from ionm.board.stimulation import RecordedStimulation, default_program
@@ -353,46 +354,28 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
     probe pulse (the pulse log of the output stage), the SSEP outputs run again afterwards, the probe pulses are
     exactly the hunt's, and no stall alarm is raised for the paused streams."""
     from ionm import board
-    from ionm.board.boardcase import BoardCase
-    from ionm.board.virtual import VirtualBoard
     from ionm_hw import patient as pt
     from ionm_hw.stimulator import OutputStage
 
     d = board.load()
     probe_out = d["stimulator"]["probe"]["output"]
     log = tmp_path / "pulses.jsonl"
-    store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case()
-    err = open(tmp_path / "board.stderr", "w")
-    try:
-        with VirtualBoard(scenario=board_scenario(tmp_path), pulse_log=str(log), stderr=err) as vb:
-            case = BoardCase(vb.device)
-            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
-            engine.start()
-            engine.run_source(case)
-            try:
-                time.sleep(2.0)  # SSEP sweeps flowing
-                # A hunt that the board's watchdog stopped (a starved host: this shared test machine's load has
-                # reached 28 on 2 cores) or that failed is reported incomplete (grey), never completed behind the
-                # user's back: press Test again, as a technologist would, up to 3 times.
-                tries = []
-                for _ in range(3):
-                    (r,) = run_test(engine, {"level": "L5", "side": "L"}, timeout=60)
-                    tries.append(r)
-                    if r["complete"]:
-                        break
-                    assert r["reason"] in ("watchdog", "host-lost", "error"), (r["reason"], r["error"])
-                    assert r["colour"] == "grey"
-                    time.sleep(1.0)
-                time.sleep(1.5)  # the outputs resumed
-                alarms = [a.text for a in engine.technical_alarms()]
-                timeline = [e["text"] for e in engine.timeline]
-            finally:
-                engine.stop()
-                case.close()
-    finally:
-        err.close()
-        store.close()
+    with console_on_board(tmp_path, board_scenario(tmp_path)) as (engine, case):
+        # A hunt that the board's watchdog stopped (a starved host: this shared test machine's load has
+        # reached 28 on 2 cores) or that failed is reported incomplete (grey), never completed behind the
+        # user's back: press Test again, as a technologist would, up to 3 times.
+        tries = []
+        for _ in range(3):
+            (r,) = run_test(engine, {"level": "L5", "side": "L"}, timeout=60)
+            tries.append(r)
+            if r["complete"]:
+                break
+            assert r["reason"] in ("watchdog", "host-lost", "error"), (r["reason"], r["error"])
+            assert r["colour"] == "grey"
+            time.sleep(1.0)
+        time.sleep(1.5)  # the outputs resumed
+        alarms = [a.text for a in engine.technical_alarms()]
+        timeline = [e["text"] for e in engine.timeline]
     with open(log) as fh:
         pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
     probe = [p for p in pulses if p["output"] == probe_out]
@@ -472,43 +455,25 @@ def test_on_the_board_a_dynamic_test_keeps_the_outputs_paused_until_screw_stop(t
     for the whole session (no SSEP pulse from before the first probe pulse to after the last); screw_stop ends the
     hunt under way at once (stim-stop) and the outputs run again."""
     from ionm import board
-    from ionm.board.boardcase import BoardCase
-    from ionm.board.virtual import VirtualBoard
 
     probe_out = board.load()["stimulator"]["probe"]["output"]
     log = tmp_path / "pulses.jsonl"
-    store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case()
-    err = open(tmp_path / "board.stderr", "w")
-    try:
-        with VirtualBoard(scenario=board_scenario(tmp_path), pulse_log=str(log), stderr=err) as vb:
-            case = BoardCase(vb.device)
-            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
-            engine.start()
-            engine.run_source(case)
-            try:
-                time.sleep(1.5)
-                engine.submit(*TECH, {"cmd": "screw_test", "level": "L5", "side": "L", "dynamic": True}).result(10)
-                end = time.monotonic() + 60
-                while engine.call(lambda: len(engine.screws)) < 2 and engine.call(
-                        lambda: engine._screw_job is not None) and time.monotonic() < end:
-                    time.sleep(0.05)
-                time.sleep(0.5)  # into the next hunt
-                if engine.call(lambda: engine._screw_job is not None):
-                    engine.submit(*TECH, {"cmd": "screw_stop"}).result(10)
-                t_stop = time.monotonic()
-                while engine.call(lambda: engine._screw_job is not None) and time.monotonic() < end:
-                    time.sleep(0.02)
-                stopped_in = time.monotonic() - t_stop
-                time.sleep(1.5)
-                recs = engine.call(lambda: list(engine.screws))
-                paused_ssep = case.probe_paused
-            finally:
-                engine.stop()
-                case.close()
-    finally:
-        err.close()
-        store.close()
+    with console_on_board(tmp_path, board_scenario(tmp_path), settle_s=1.5) as (engine, case):
+        engine.submit(*TECH, {"cmd": "screw_test", "level": "L5", "side": "L", "dynamic": True}).result(10)
+        end = time.monotonic() + 60
+        while engine.call(lambda: len(engine.screws)) < 2 and engine.call(
+                lambda: engine._screw_job is not None) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next hunt
+        if engine.call(lambda: engine._screw_job is not None):
+            engine.submit(*TECH, {"cmd": "screw_stop"}).result(10)
+        t_stop = time.monotonic()
+        while engine.call(lambda: engine._screw_job is not None) and time.monotonic() < end:
+            time.sleep(0.02)
+        stopped_in = time.monotonic() - t_stop
+        time.sleep(1.5)
+        recs = engine.call(lambda: list(engine.screws))
+        paused_ssep = case.probe_paused
     assert len(recs) >= 2 and all(r["dynamic"] for r in recs), [(r["reason"], r["pulses"]) for r in recs]
     assert recs[0]["complete"] or recs[0]["reason"] in ("watchdog", "host-lost"), recs[0]["reason"]
     assert stopped_in < 3.0  # the hunt under way ended at once, not after its 7-15 pulses

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import console_on_board
 
 from ionm.board.simcase import SimulatedCase
 from ionm.board.stimulation import RecordedStimulation, default_program
@@ -353,9 +354,7 @@ def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_
     nothing is delivered. With a relaxant given at the start the board's train reads 0 and the warning is up."""
     import json
 
-    from ionm.board.boardcase import BoardCase
     from ionm.board.stimulation import StimulationError
-    from ionm.board.virtual import VirtualBoard
 
     scen = {"name": "tof-console", "description": "quiet muscles, no relaxant",
             "noise": {"mains_uv": 2.0, "emg_scale": 0.4, "cautery_per_min": 0, "pops_per_min": 0,
@@ -365,32 +364,16 @@ def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_
     path = tmp_path / "tof.json"
     path.write_text(json.dumps(scen))
     log = tmp_path / "pulses.jsonl"
-    store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case()
-    err = open(tmp_path / "board.stderr", "w")
-    try:
-        with VirtualBoard(scenario=str(path), pulse_log=str(log), stderr=err) as vb:
-            case = BoardCase(vb.device)
-            engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
-            engine.start()
-            engine.run_source(case)
-            try:
-                time.sleep(2.0)  # SSEP sweeps flowing
-                r = run_tof(engine, timeout=60)
-                if r["error"] is not None and ("watchdog" in r["error"] or "did not all arrive" in r["error"]):
-                    time.sleep(16.0)  # a starved host (this shared 2-core machine): ask again, as a person would
-                    r = run_tof(engine, timeout=60)
-                with pytest.raises(StimulationError, match="refused the train-of-four"):
-                    case.deliver_tof(0, APB_L, current_ma=25.0)  # the board's own 15-s rule
-                time.sleep(1.5)  # the outputs resumed
-                timeline = [e["text"] for e in engine.timeline]
-                warning = engine.call(engine.tof_frame)["warning"]
-            finally:
-                engine.stop()
-                case.close()
-    finally:
-        err.close()
-        store.close()
+    with console_on_board(tmp_path, str(path)) as (engine, case):
+        r = run_tof(engine, timeout=60)
+        if r["error"] is not None and ("watchdog" in r["error"] or "did not all arrive" in r["error"]):
+            time.sleep(16.0)  # a starved host (this shared 2-core machine): ask again, as a person would
+            r = run_tof(engine, timeout=60)
+        with pytest.raises(StimulationError, match="refused the train-of-four"):
+            case.deliver_tof(0, APB_L, current_ma=25.0)  # the board's own 15-s rule
+        time.sleep(1.5)  # the outputs resumed
+        timeline = [e["text"] for e in engine.timeline]
+        warning = engine.call(engine.tof_frame)["warning"]
     assert r["error"] is None, r
     if relaxant:
         assert r["count"] == 0 and warning is not None and warning.startswith("TOF 0/4"), r
