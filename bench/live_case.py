@@ -131,6 +131,8 @@ def _near_criterion(events: list[dict[str, Any]], a: float, b: float) -> bool:
     110 %; MEP targets: amplitude 20 %), and past none by more? Such a plateau keeps its real length in the
     compact plan: telling 45 % from 50 % takes the sweeps the scenario gives it (limb_positioning's 7 min), and
     a plateau cut to PLATEAU_MAX_S would make the event undetectable by any method, not just late."""
+    from ionm.pipeline import modalities
+
     for e in events:
         if e.get("type") != "change":
             continue
@@ -140,7 +142,8 @@ def _near_criterion(events: list[dict[str, Any]], a: float, b: float) -> bool:
         if rec:
             held.append((float(rec["onset_s"]) + float(rec.get("ramp_s", 0.0)), math.inf, rec))
         mep = all(str(t).startswith("mep_") for t in e.get("targets", []))
-        amp_crit, lat_crit = (0.2, math.inf) if mep else (0.5, 1.1)
+        m = modalities.get("mep" if mep else "ssep-lower")  # the criteria the alerts use (MEP: no latency one)
+        amp_crit, lat_crit = m.amplitude_ratio_alert, math.inf if m.single_trial else m.latency_ratio_alert
         for lo, hi, lvl in held:
             if not (lo <= a and b <= hi):
                 continue
