@@ -37,9 +37,13 @@ HOST_ALIVE_S = 0.5  # the host counts as alive this long after its last frame (i
 MAX_BACKLOG = 64 * 1024 * 1024  # bytes from the board waiting for the host: ~170 s at 384 kB/s
 SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel may cap it (net.core.wmem_max)
 # The relay moves bytes and little else (~1 % of a core at 384 kB/s); where the OS allows it, it runs ahead of
-# the host's evaluation and display, as an acquisition service would: real-time round-robin below the virtual
-# board's (ionm.board.virtual.BOARD_RT_PRIORITY), else a higher niceness, else as it is.
-RELAY_RT_PRIORITY = 10
+# the host's evaluation and display, as an acquisition service would: real-time round-robin, else a higher
+# niceness, else as it is. Its priority is above the virtual board's (ionm.board.virtual.BOARD_RT_PRIORITY):
+# below it, the board's two processes, which run in bursts when they catch up, kept the relay off both cores
+# for 65-124 ms with a heartbeat due, and the board's 100 ms watchdog tripped (tools/watchdog_soak.py under
+# two hogs, with a loop-gap probe in the relay). Above it the relay waits only for the pty itself, which a
+# kernel worker of normal priority delivers (tools/pty_latency.py measures that part).
+RELAY_RT_PRIORITY = 30
 RELAY_NICE = -5
 READY_TIMEOUT_S = 15.0  # the relay process starts and opens the port within this (a loaded machine included)
 
