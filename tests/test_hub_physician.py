@@ -1,0 +1,219 @@
+"""What travels back from the hub (issue 21 item 3): a physician's acknowledgements and notes from the hub's page
+reach the room's console, are applied there once, role-checked and audited under the physician's name; and the
+case view an opened tile shows. Real nats-server (the wheel's), the hub's page served for real, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from http.cookiejar import CookieJar
+from typing import Any
+
+from ionm.case.store import CaseStore
+from ionm.hub import access, messages as hm
+from ionm.hub.natsserver import NatsServer, free_port
+
+ACCESS = {"users": [
+    {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/OR 1"]},
+    {"name": "dr_b", "password": "pw-b", "role": "physician", "rooms": ["General/OR 2"]},
+    {"name": "or1", "password": "pw-1", "role": "room", "room": "General/OR 1"},
+    {"name": "or2", "password": "pw-2", "role": "room", "room": "General/OR 2"},
+]}
+
+
+def hub_nats(store, port: int | None = None) -> tuple[NatsServer, dict]:
+    """The hub's nats-server with ACCESS; (server, the hub's service login). The same store and port again: a
+    restart."""
+    from ionm.hub import leaf
+
+    acc = access.Access.parse(ACCESS)
+    service = {"user": access.SERVICE_USER, "password": "service-pw"}
+    server = NatsServer(store, port=port, name="ionm-hub",
+                        conf=leaf.hub_conf("127.0.0.1", free_port(), acc.server_conf(service["password"]))).start()
+    return server, service
+
+
+class Page:
+    """The hub's page (HubState, the stream reader, Sender, the web app) on its own event loop, as `ionm hub` runs
+    it, and an HTTP client with a cookie jar (a physician's browser)."""
+
+    def __init__(self, url: str, service: dict) -> None:
+        from aiohttp import web
+
+        from ionm.hub.server import HubState, Sender, follow, make_app
+
+        self.state = HubState()
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def main() -> None:
+            self.stop = asyncio.Event()
+            sender = Sender([url], self.state, access.Access.parse(ACCESS), **service)
+            runner = web.AppRunner(make_app(self.state, sender), shutdown_timeout=1.0)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            reader = asyncio.create_task(follow([url], self.state, self.stop, **service))
+            ready.set()
+            await self.stop.wait()
+            await reader
+            await runner.cleanup()
+
+        self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+        self.http = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+    def get(self, path: str) -> Any:
+        """The JSON at path, None if not found (yet)."""
+        try:
+            with self.http.open("http://127.0.0.1:%d%s" % (self.port, path), timeout=10) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def post(self, path: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with self.http.open(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def wait(self, cond, timeout: float = 10.0) -> Any:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = cond()
+            if got:
+                return got
+            time.sleep(0.05)
+        raise AssertionError("not within %.0f s" % timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join(10)
+
+
+@contextmanager
+def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", password: str = "pw-1"):
+    """A simulated case (an injury at 12 s: alerts, left unacknowledged) run to its end through a console engine
+    that stays up, publishing to the hub straight (the room's login) and reading its physicians' messages."""
+    from ionm.board.simcase import SimulatedCase
+    from ionm.board.stimulation import RecordedStimulation, default_program
+    from ionm.console.engine import CaseEngine
+    from ionm.console.scripted import injury_scenario
+    from ionm.hub import bridge
+    from ionm.hub.inbox import PhysicianInbox
+    from ionm.hub.publisher import Publisher
+
+    store = CaseStore(tmp_path / ("cases-%s.db" % hm.token(room)))
+    sc = injury_scenario(12.0)
+    program = default_program(sc)
+    program["tcmep"]["repeat_s"] = 1.0
+    stim = RecordedStimulation(program)
+    cid = store.open_case(patient_id="T-1", procedure="T10 laminectomy")
+    engine = CaseEngine(store, cid, stimulation=stim, queue_size=32, auto_baseline_s=6.0)
+    pub = Publisher(url, "General", room, engine.case["uid"], user=user, password=password)
+    bridge.attach(engine, pub)
+    engine.start()
+    engine.run_source(SimulatedCase(sc, 1, speed=0, stimulation=stim, duration_s=20.0))
+    assert engine.wait_idle(60)
+    inbox = PhysicianInbox(url, "General", room, engine, pub, user=user, password=password)
+    room_ = {"engine": engine, "store": store, "publisher": pub, "inbox": inbox, "case": engine.case["uid"],
+             "args": (url, "General", room), "auth": {"user": user, "password": password}}
+    try:
+        yield room_
+    finally:
+        room_["inbox"].close()
+        engine.stop()
+        pub.close(2)
+        store.close()
+
+
+def audit(store: CaseStore, action: str) -> list[tuple[str, dict]]:
+    store.flush()
+    return [(r[0], json.loads(r[1])) for r in store.query("SELECT user, detail FROM audit WHERE action = ? ORDER BY id",
+                                                          (action,))]
+
+
+def test_a_physicians_ack_and_note_from_the_hub_are_applied_in_the_room_once_across_a_hub_restart(tmp_path):
+    server, service = hub_nats(tmp_path / "hub")
+    page = None
+    try:
+        with room_case(tmp_path, server.url) as room:
+            engine, store, case = room["engine"], room["store"], room["case"]
+            page = Page(server.url, service)
+            view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and v["alerts"] and v)
+            alert = view["alerts"][0]
+            unacked = engine.call(lambda: engine.alerts.frame()["unacked"])
+            assert unacked >= 1 and view["unacknowledged"] == unacked
+            # the page's physician logs in (nats-server checks the password) and acknowledges the channel's alerts
+            assert page.post("/login", {"name": "dr_a", "password": "wrong"})[0] == 401
+            assert page.post("/login", {"name": "dr_a", "password": "pw-a"}) == (200, {"physician": "dr_a"})
+            ack = {"id": "ack-0001-abcdef", "case": case, "cmd": "ack", "alert": alert["ack_uid"],
+                   "note": "surgeon told, MAP raised", "group": True}
+            status, sent = page.post("/send", ack)
+            assert status == 200 and not sent["duplicate"], sent
+            assert sent["subject"] == "ionm.General.OR_1.%s.physician.dr_a" % hm.token(case)
+            # in the room: acknowledged, by dr_a@hub, stored, audited, on the timeline
+            page.wait(lambda: any(r["id"] == ack["id"] for r in room["inbox"].receipts))
+            frame = engine.call(lambda: engine.alerts.frame())
+            group = next(g for g in frame["groups"] if g["latest"]["uid"] == alert["uid"])
+            assert group["unacked"] == 0 and frame["unacked"] == unacked - alert["unacked"]
+            assert [a["user"] for a in store.rows("acks", engine.case_id)] == ["dr_a@hub"] * alert["unacked"]
+            assert [(u, d["note"]) for u, d in audit(store, "ack")] == [("dr_a@hub", ack["note"])] * alert["unacked"]
+            assert any(e["kind"] == "ack" and e["user"] == "dr_a@hub" for e in engine.timeline)
+            # and the hub's page sees the room's receipt, and the acknowledgement in the room's alert list
+            page.wait(lambda: [r["status"] for r in page.get("/case/%s.json" % case)["requests"]] == ["applied"])
+
+            # the hub's server restarted on its store; the page sends the same request again (a retry), and a
+            # copy under another message id is delivered to the room: neither is applied a second time
+            server.stop()
+            server, _ = hub_nats(tmp_path / "hub", port=server.port)
+            status, again = page.post("/send", ack)
+            if status != 200:  # the page's connection still reconnecting: the physician presses again
+                time.sleep(1.0)
+                status, again = page.post("/send", ack)
+            assert status == 200 and again["duplicate"], again
+
+            async def copy() -> None:
+                import nats
+
+                nc = await nats.connect(server.url, user="dr_a", password="pw-a", inbox_prefix=access.inbox("dr_a"))
+                await nc.jetstream().publish(sent["subject"], hm.encode(hm.PHYSICIAN, 0, case, {
+                    k: ack[k] for k in ("id", "cmd", "alert", "note", "group")}), headers={"Nats-Msg-Id": "copy-1"})
+                await nc.close()
+
+            asyncio.run(copy())
+            status, noted = page.post("/send", {"id": "note-0002-abcdef", "case": case, "cmd": "note",
+                                                "text": "SSEP change reviewed from the hub"})
+            assert status == 200, noted
+            page.wait(lambda: any(r["id"] == "note-0002-abcdef" for r in room["inbox"].receipts), 15)
+            page.wait(lambda: room["inbox"].stats["duplicates"] == 1)  # the copy: answered, not applied
+            # a console restarted on the case: a new inbox on the same durable consumer applies nothing again
+            room["inbox"].close()
+            from ionm.hub.inbox import PhysicianInbox
+
+            room["inbox"] = PhysicianInbox(*room["args"], engine, room["publisher"], **room["auth"])
+            time.sleep(1.5)
+            receipts = audit(store, "hub_command")
+            notes = [(n["user"], n["text"]) for n in store.rows("notes", engine.case_id) if n["kind"] == "note"]
+            stats = {k: v for k, v in room["inbox"].stats.items()}
+    finally:
+        if page is not None:
+            page.close()
+        server.stop()
+    assert [(d["id"], d["status"]) for _u, d in receipts] == [("ack-0001-abcdef", "applied"),
+                                                             ("note-0002-abcdef", "applied")]
+    assert [u for u, _d in receipts] == ["dr_a@hub", "dr_a@hub"]
+    assert notes == [("dr_a@hub", "SSEP change reviewed from the hub")]
+    assert stats["applied"] == 0 and stats["duplicates"] == 0  # the restarted inbox had nothing to apply
+
