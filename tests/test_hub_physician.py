@@ -104,8 +104,9 @@ class Page:
 
 @contextmanager
 def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", password: str = "pw-1"):
-    """A simulated case (an injury at 12 s: alerts, left unacknowledged) run to its end through a console engine
-    that stays up, publishing to the hub straight (the room's login) and reading its physicians' messages."""
+    """A simulated case (baselines at 4 s, an injury at 8 s: alerts, left unacknowledged) run to its end through a
+    console engine that stays up, publishing to the hub straight (the room's login) and reading its physicians'
+    messages."""
     from ionm.board.simcase import SimulatedCase
     from ionm.board.stimulation import RecordedStimulation, default_program
     from ionm.console.engine import CaseEngine
@@ -115,16 +116,16 @@ def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", passwor
     from ionm.hub.publisher import Publisher
 
     store = CaseStore(tmp_path / ("cases-%s.db" % hm.token(room)))
-    sc = injury_scenario(12.0)
+    sc = injury_scenario(8.0)
     program = default_program(sc)
     program["tcmep"]["repeat_s"] = 1.0
     stim = RecordedStimulation(program)
     cid = store.open_case(patient_id="T-1", procedure="T10 laminectomy")
-    engine = CaseEngine(store, cid, stimulation=stim, queue_size=32, auto_baseline_s=6.0)
+    engine = CaseEngine(store, cid, stimulation=stim, queue_size=32, auto_baseline_s=4.0)
     pub = Publisher(url, "General", room, engine.case["uid"], user=user, password=password)
     bridge.attach(engine, pub)
     engine.start()
-    engine.run_source(SimulatedCase(sc, 1, speed=0, stimulation=stim, duration_s=20.0))
+    engine.run_source(SimulatedCase(sc, 1, speed=0, stimulation=stim, duration_s=12.0))
     assert engine.wait_idle(60)
     inbox = PhysicianInbox(url, "General", room, engine, pub, user=user, password=password)
     room_ = {"engine": engine, "store": store, "publisher": pub, "inbox": inbox, "case": engine.case["uid"],
@@ -217,3 +218,90 @@ def test_a_physicians_ack_and_note_from_the_hub_are_applied_in_the_room_once_acr
     assert notes == [("dr_a@hub", "SSEP change reviewed from the hub")]
     assert stats["applied"] == 0 and stats["duplicates"] == 0  # the restarted inbox had nothing to apply
 
+
+
+def test_a_physician_cannot_send_to_an_unassigned_room_nor_as_another_and_a_room_not_as_a_physician(tmp_path):
+    """dr_a is assigned OR 1 only: the page refuses a request for OR 2's case (403), and nats-server refuses what
+    the page would not send: dr_a publishing to OR 2, dr_a publishing under dr_b's name, OR 1 publishing a
+    physician's message to itself, OR 2 making or reading OR 1's consumer of its physicians' messages."""
+    from ionm.hub.publisher import Publisher
+
+    server, service = hub_nats(tmp_path / "hub")
+    page = None
+    errors: list[str] = []
+    try:
+        page = Page(server.url, service)  # as ionm hub: it makes the stream
+        for n in (1, 2):
+            pub = Publisher(server.url, "General", "OR %d" % n, "case-%d" % n, user="or%d" % n, password="pw-%d" % n)
+            pub.publish("header", {"uid": "case-%d" % n, "procedure": "fusion"})
+            assert pub.flush(20), pub.last_error
+            pub.close()
+        page.wait(lambda: len(page.get("/state.json")["cases"]) == 2)
+        note = {"id": "note-0001-abcdef", "cmd": "note", "text": "seen"}
+        assert page.post("/send", note | {"case": "case-1"})[0] == 401  # not logged in
+        assert page.post("/login", {"name": "dr_a", "password": "pw-a"})[0] == 200
+        status, refused = page.post("/send", note | {"case": "case-2"})
+        assert status == 403 and "not assigned" in refused["error"], refused
+        assert page.post("/send", note | {"case": "case-1"})[0] == 200
+
+        async def forge() -> dict:
+            import nats
+
+            async def on_error(exc: Exception) -> None:
+                errors.append(str(exc).lower().removeprefix("nats: "))
+
+            out = {}
+            body = hm.encode(hm.PHYSICIAN, 0, "case-x", {"id": "forged-0001", "cmd": "note", "text": "forged"})
+            dr_a = await nats.connect(server.url, user="dr_a", password="pw-a", inbox_prefix=access.inbox("dr_a"),
+                                      error_cb=on_error, allow_reconnect=False)
+            await dr_a.publish("ionm.General.OR_2.case-2.physician.dr_a", body)  # an unassigned room
+            await dr_a.publish("ionm.General.OR_1.case-1.physician.dr_b", body)  # another physician's name
+            await dr_a.flush()
+            or1 = await nats.connect(server.url, user="or1", password="pw-1", error_cb=on_error,
+                                     allow_reconnect=False)
+            await or1.publish("ionm.General.OR_1.case-1.physician.dr_a", body)  # a room as a physician
+            await or1.flush()
+            or2 = await nats.connect(server.url, user="or2", password="pw-2", error_cb=on_error,
+                                     allow_reconnect=False)
+            try:  # OR 2 reading OR 1's physicians through OR 1's consumer
+                await or2.jetstream(timeout=1.0).pull_subscribe(
+                    hm.physician_filter("General", "OR 1"), stream=hm.STREAM,
+                    durable=hm.physician_consumer("General", "OR 1"))
+                out["or2"] = "made"
+            except Exception as exc:
+                out["or2"] = repr(exc)
+            await asyncio.sleep(0.5)
+            for nc in (dr_a, or1, or2):
+                await nc.close()
+            return out
+
+        out = asyncio.run(forge())
+        stored = asyncio.run(physician_messages(server.url, service))
+    finally:
+        if page is not None:
+            page.close()
+        server.stop()
+    assert stored == [("ionm.General.OR_1.case-1.physician.dr_a", "note-0001-abcdef")], stored  # the one allowed
+    for subject in ("ionm.general.or_2.case-2.physician.dr_a", "ionm.general.or_1.case-1.physician.dr_b",
+                    "ionm.general.or_1.case-1.physician.dr_a"):
+        assert 'permissions violation for publish to "%s"' % subject in errors, errors
+    assert out["or2"] != "made" and any("$js.api.consumer.info.ionm.physicians-general-or_1" in e
+                                        for e in errors), (out, errors)
+
+
+async def physician_messages(url: str, auth: dict) -> list[tuple[str, str]]:
+    """(subject, request id) of every physician's message in the hub's stream."""
+    import nats
+
+    nc = await nats.connect(url, **auth)
+    js = nc.jetstream()
+    try:
+        state = (await js.stream_info(hm.STREAM)).state
+        out = []
+        for seq in range(state.first_seq, state.last_seq + 1):
+            m = await js.get_msg(hm.STREAM, seq)
+            if m.subject.split(".")[4] == hm.PHYSICIAN:
+                out.append((m.subject, hm.decode(m.data)["body"]["id"]))
+        return out
+    finally:
+        await nc.close()
