@@ -26,15 +26,15 @@ ACCESS = {"users": [
 ]}
 
 
-def hub_nats(store, port: int | None = None) -> tuple[NatsServer, dict]:
-    """The hub's nats-server with ACCESS; (server, the hub's service login). The same store and port again: a
-    restart."""
+def hub_nats(store, port: int | None = None, leaf_port: int | None = None) -> tuple[NatsServer, dict]:
+    """The hub's nats-server with ACCESS and a leafnode listener; (server, the hub's service login). The same store
+    and port again: a restart."""
     from ionm.hub import leaf
 
     acc = access.Access.parse(ACCESS)
     service = {"user": access.SERVICE_USER, "password": "service-pw"}
-    server = NatsServer(store, port=port, name="ionm-hub",
-                        conf=leaf.hub_conf("127.0.0.1", free_port(), acc.server_conf(service["password"]))).start()
+    server = NatsServer(store, port=port, name="ionm-hub", conf=leaf.hub_conf(
+        "127.0.0.1", leaf_port or free_port(), acc.server_conf(service["password"]))).start()
     return server, service
 
 
@@ -103,15 +103,17 @@ class Page:
 
 
 @contextmanager
-def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", password: str = "pw-1"):
+def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", password: str = "pw-1",
+              leaf_url: str | None = None):
     """A simulated case (baselines at 4 s, an injury at 8 s: alerts, left unacknowledged) run to its end through a
     console engine that stays up, publishing to the hub straight (the room's login) and reading its physicians'
-    messages."""
+    messages; given leaf_url, through the room's own JetStream, a leaf node of the hub (as ionm console --publish
+    nats-leaf:// runs it)."""
     from ionm.board.simcase import SimulatedCase
     from ionm.board.stimulation import RecordedStimulation, default_program
     from ionm.console.engine import CaseEngine
     from ionm.console.scripted import injury_scenario
-    from ionm.hub import bridge
+    from ionm.hub import bridge, leaf
     from ionm.hub.inbox import PhysicianInbox
     from ionm.hub.publisher import Publisher
 
@@ -122,20 +124,32 @@ def room_case(tmp_path, url: str, room: str = "OR 1", user: str = "or1", passwor
     stim = RecordedStimulation(program)
     cid = store.open_case(patient_id="T-1", procedure="T10 laminectomy")
     engine = CaseEngine(store, cid, stimulation=stim, queue_size=32, auto_baseline_s=4.0)
-    pub = Publisher(url, "General", room, engine.case["uid"], user=user, password=password)
+    room_server = keeper = None
+    if leaf_url is None:
+        pub = Publisher(url, "General", room, engine.case["uid"], user=user, password=password)
+        args, auth = (url, "General", room), {"user": user, "password": password}
+    else:
+        keeper = leaf.SourceKeeper(url, leaf.Sources(), user=access.SERVICE_USER, password="service-pw")
+        room_server = leaf.RoomServer(tmp_path / "room", "General", room, leaf_url).start()
+        pub = Publisher(room_server.url, "General", room, engine.case["uid"], prefix=leaf.ROOM_PREFIX, ensure=False)
+        args, auth = (room_server.url, "General", room), {"domain": leaf.HUB_DOMAIN}
     bridge.attach(engine, pub)
     engine.start()
     engine.run_source(SimulatedCase(sc, 1, speed=0, stimulation=stim, duration_s=12.0))
     assert engine.wait_idle(60)
-    inbox = PhysicianInbox(url, "General", room, engine, pub, user=user, password=password)
+    inbox = PhysicianInbox(*args, engine, pub, **auth)
     room_ = {"engine": engine, "store": store, "publisher": pub, "inbox": inbox, "case": engine.case["uid"],
-             "args": (url, "General", room), "auth": {"user": user, "password": password}}
+             "args": args, "auth": auth}
     try:
         yield room_
     finally:
         room_["inbox"].close()
         engine.stop()
         pub.close(2)
+        if keeper is not None:
+            keeper.close()
+        if room_server is not None:
+            room_server.stop()
         store.close()
 
 
@@ -305,3 +319,28 @@ async def physician_messages(url: str, auth: dict) -> list[tuple[str, str]]:
         return out
     finally:
         await nc.close()
+
+
+def test_through_the_rooms_leaf_node_a_physicians_ack_reaches_the_room_and_its_receipt_the_page(tmp_path):
+    """The room publishing through its own JetStream (a leaf node of the hub): its inbox reads the hub's stream
+    across the leaf (the hub's JetStream domain), with the room's leaf login's permissions."""
+    leaf_port = free_port()
+    server, service = hub_nats(tmp_path / "hub", leaf_port=leaf_port)
+    page = Page(server.url, service)
+    try:
+        with room_case(tmp_path, server.url, leaf_url="nats-leaf://or1:pw-1@127.0.0.1:%d" % leaf_port) as room:
+            engine, store, case = room["engine"], room["store"], room["case"]
+            view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and v["alerts"] and v, 20)
+            alert = view["alerts"][0]
+            assert page.post("/login", {"name": "dr_a", "password": "pw-a"})[0] == 200
+            status, sent = page.post("/send", {"id": "ack-leaf-0001", "case": case, "cmd": "ack",
+                                               "alert": alert["ack_uid"], "note": "seen from the hub"})
+            assert status == 200, sent
+            page.wait(lambda: [r["status"] for r in page.get("/case/%s.json" % case)["requests"]] == ["applied"], 15)
+            acks = [(a["alert_uid"], a["user"]) for a in store.rows("acks", engine.case_id)]
+            timeline = [(e["kind"], e["user"]) for e in engine.timeline if e["kind"] == "ack"]
+    finally:
+        page.close()
+        server.stop()
+    assert (alert["ack_uid"], "dr_a@hub") in acks
+    assert timeline == [("ack", "dr_a@hub")]

@@ -90,8 +90,7 @@ def room_inbox_api(site: str, room: str) -> list[str]:
         out += ["%s.CONSUMER.CREATE.%s.%s.%s" % (api, hm.STREAM, name, hm.physician_filter(site, room)),
                 "%s.CONSUMER.INFO.%s.%s" % (api, hm.STREAM, name),
                 "%s.CONSUMER.MSG.NEXT.%s.%s" % (api, hm.STREAM, name)]
-    return out + ["$JS.ACK.%s.%s.>" % (hm.STREAM, name), "$JS.ACK.%s.*.%s.%s.>" % (HUB_DOMAIN, hm.STREAM, name),
-                  "$JS.ACK.%s.*.*.%s.%s.>" % (HUB_DOMAIN, hm.STREAM, name)]
+    return out + ["$JS.ACK.%s.%s.>" % (hm.STREAM, name)]  # the reply subject, across the leaf too (measured)
 
 
 class Access:
