@@ -218,7 +218,8 @@ def test_a_physicians_ack_and_note_from_the_hub_are_applied_in_the_room_once_acr
             from ionm.hub.inbox import PhysicianInbox
 
             room["inbox"] = PhysicianInbox(*room["args"], engine, room["publisher"], **room["auth"])
-            time.sleep(1.5)
+            page.wait(lambda: room["inbox"].stats["connected"])
+            time.sleep(0.5)  # its first fetch: anything not acknowledged would come now
             receipts = audit(store, "hub_command")
             notes = [(n["user"], n["text"]) for n in store.rows("notes", engine.case_id) if n["kind"] == "note"]
             stats = {k: v for k, v in room["inbox"].stats.items()}
@@ -344,3 +345,50 @@ def test_through_the_rooms_leaf_node_a_physicians_ack_reaches_the_room_and_its_r
         server.stop()
     assert (alert["ack_uid"], "dr_a@hub") in acks
     assert timeline == [("ack", "dr_a@hub")]
+
+
+def test_an_opened_tile_shows_the_rooms_waveforms_over_their_baselines_trend_and_timeline(tmp_path):
+    """The case view the hub's page draws when a tile is opened (/case/<case>.json, refetched on each push of
+    /events), from what the room publishes: per stream the newest average and its baseline with the channels'
+    names, the trend points, the timeline with the alerts, the stimulation state; raw sweeps never leave the room."""
+    from ionm.console.display import untrace
+
+    server, service = hub_nats(tmp_path / "hub")
+    page = Page(server.url, service)
+    try:
+        with room_case(tmp_path, server.url) as room:
+            engine, case = room["engine"], room["case"]
+            assert room["publisher"].flush(20)
+            expect = engine.call(lambda: {k: (len(st.names), st.baseline is not None, len(engine.trend[k]))
+                                          for k, st in engine.streams.items()})
+            view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and len(v["streams"]) == len(expect)
+                             and all(w["latest"] and w["baseline"] for w in v["streams"]) and v)
+            with urllib.request.urlopen("http://127.0.0.1:%d/events" % page.port, timeout=10) as r:
+                pushed = json.loads(next(line for line in r if line.startswith(b"data: "))[6:])
+            with urllib.request.urlopen("http://127.0.0.1:%d/" % page.port, timeout=10) as r:
+                html = r.read().decode()
+            timeline = [(e["kind"], e["text"]) for e in engine.timeline]
+    finally:
+        page.close()
+        server.stop()
+    assert [c["case"] for c in pushed["cases"]] == [case]  # the tile the view opens from, pushed
+    assert sorted(w["key"] for w in view["streams"]) == sorted(expect)
+    for w in view["streams"]:
+        n, _has_baseline, points = expect[w["key"]]
+        assert len(w["names"]) == n and w["x0_ms"] < 0 and w["criteria"]["amp_alert"] > 0
+        latest, base = untrace_all(w["latest"]["waves"], untrace), untrace_all(w["baseline"]["waves"], untrace)
+        shown = [i for i, x in enumerate(latest) if x is not None]
+        assert shown and [i for i, x in enumerate(base) if x is not None] == shown  # the overlay, channel by channel
+        assert w["latest"]["dt_ms"] > 0 and w["baseline"]["t_s"] <= w["latest"]["t_s"]
+        assert len(view["trend"][w["key"]]) >= points > 0  # every point the room made (its own list is bounded)
+    assert [(e["kind"], e["text"]) for e in view["timeline"]] == timeline  # every event, in the room's order
+    assert any(k == "alert" for k, _t in timeline) and view["alerts"] and view["unacknowledged"] > 0
+    assert view["stimulation"] and "program" in view["stimulation"]
+    assert view["physician"] is None  # not logged in: the page shows the login, and the buttons disabled
+    for element in ('id="case"', 'id="streams"', 'id="pending"', 'id="note"', 'id="login"', "function waves(",
+                    "function trend("):
+        assert element in html
+
+
+def untrace_all(waves: list, untrace) -> list:
+    return [untrace(w) if w is not None else None for w in waves]

@@ -102,7 +102,8 @@ class PhysicianInbox:
             return self._answer(None, physician, user, "refused", "not a physician's message of this version")
         if rid in self.applied:
             self.stats["duplicates"] += 1
-            return {"id": rid, "physician": physician, "status": "duplicate"}
+            return {"id": rid, "physician": physician, "status": "duplicate", "error": None, "cmd": body.get("cmd"),
+                    "alert": body.get("alert"), "t_s": self.engine.t_s, "wall": round(time.time(), 3)}
         cmd = str(body.get("cmd", ""))
         msg = {"cmd": cmd} | {k: body[k] for k in FIELDS.get(cmd, ()) if k in body}
         try:
