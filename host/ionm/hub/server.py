@@ -29,11 +29,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ionm.console.display import append_trend, display_trend
 from ionm.hub import messages as hm
 
 EVENTS_KEPT = 20
 TIMELINE_KEPT = 500  # timeline events a case view lists (the room's store has every one)
-TREND_KEPT = 2000  # trend points a case view keeps per stream
 REQUESTS_KEPT = 200  # physicians' requests a case view lists with their receipts
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
 URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
@@ -114,10 +114,9 @@ class HubState:
             r = c["requests"].get(str(body.get("id")))
             if r is not None and body.get("status") != "duplicate":
                 r.update(status=body.get("status"), error=body.get("error"))
-        elif kind == "trend":
-            pts = c["trend"].setdefault(str(body.get("s")), [])
-            pts.append({k: body.get(k) for k in ("t", "amp", "lat")})
-            del pts[:-TREND_KEPT]
+        elif kind == "trend":  # bounded as the console bounds its own: recent points, older ones merged
+            point = {k: body.get(k) for k in ("t", "amp", "lat")}
+            append_trend(c["trend"].setdefault(str(body.get("s")), []), point)
         elif kind == "average":
             key = str(body.get("key") if body.get("baseline") else body.get("s"))
             w = c["waves"].setdefault(key, {"key": key, "latest": None, "baseline": None, "names": None,
@@ -165,7 +164,8 @@ class HubState:
         return {"case": c["case"], "site": c["site"], "room": c["room"], "header": c["header"],
                 "procedure": c["header"].get("procedure", ""), "unacknowledged": unacked, "newest_alert": newest,
                 "alerts": pending_alerts(c["alerts"]), "streams": sorted(c["waves"].values(), key=lambda w: w["key"]),
-                "trend": c["trend"], "timeline": c["timeline"], "stimulation": c["stimulation"],
+                "trend": {k: display_trend(v) for k, v in c["trend"].items()},  # as the console's page gets them
+                "timeline": c["timeline"], "stimulation": c["stimulation"],
                 "technical": c["technical"], "link": c["link"], "requests": list(c["requests"].values()),
                 "heard_s_ago": None if c["heard"] is None else round(time.time() - c["heard"], 1),
                 "version": self.version}
