@@ -62,7 +62,7 @@ class PhysicianInbox:
 
         self._schema = Schema()  # the console's own checks of a command's fields
         self.applied: set[str] = set(self._receipts())
-        self.stats = {"applied": 0, "refused": 0, "duplicates": 0, "other_case": 0, "connected": False}
+        self.stats = {"applied": 0, "refused": 0, "duplicates": 0, "other_case": 0, "errors": 0, "connected": False}
         self.receipts: list[dict[str, Any]] = []
         self.last_error: str | None = None
         self._stop = threading.Event()
@@ -168,7 +168,13 @@ class PhysicianInbox:
                     await asyncio.sleep(RETRY_S)
                     continue
                 for m in batch:
-                    receipt = await asyncio.get_running_loop().run_in_executor(None, self.handle, m.subject, m.data)
+                    try:
+                        receipt = await asyncio.get_running_loop().run_in_executor(None, self.handle, m.subject,
+                                                                                   m.data)
+                    except Exception as exc:  # the engine or the store failed: not acknowledged, so delivered
+                        self.last_error = repr(exc)  # again after ack_wait, and applied then if not already
+                        self.stats["errors"] += 1
+                        continue
                     if receipt is not None and self.publisher is not None:
                         self.publisher.publish("receipt", receipt)
                     try:
