@@ -220,13 +220,14 @@ def run(args: argparse.Namespace) -> int:
             engine.resume()
     tls = tls_context(args.cert, args.key) if args.cert else None
     server = ConsoleServer(engine, store, tls=tls)
-    publisher = None
+    publisher = inbox = None
     if args.publish:  # remote oversight (docs/OVERSIGHT.md): queued, never blocks the engine
         from ionm.hub import bridge
+        from ionm.hub.inbox import PhysicianInbox
         from ionm.hub.publisher import Publisher
 
         if room_server is not None:  # the room's own JetStream, a leaf node of the hub's
-            from ionm.hub.leaf import ROOM_PREFIX
+            from ionm.hub.leaf import HUB_DOMAIN, ROOM_PREFIX
 
             publisher = Publisher(room_server.url, args.site, args.room, store.case(case_id)["uid"],
                                   prefix=ROOM_PREFIX, ensure=False)
@@ -236,6 +237,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"], tls_ca=args.hub_ca)
         bridge.attach(engine, publisher)
+        # the physicians' acknowledgements and notes from the hub, applied here once each (ionm.hub.inbox)
+        inbox = PhysicianInbox(room_server.url, args.site, args.room, engine, publisher, domain=HUB_DOMAIN) \
+            if room_server is not None else \
+            PhysicianInbox(args.publish, args.site, args.room, engine, publisher, tls_ca=args.hub_ca)
         print("ionm console: publishing to %s as %s/%s" % (_without_password(args.publish), args.site, args.room),
               flush=True)
 
@@ -247,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         serve(server, engine, source, host, port, open_browser=not args.no_browser, announce=announce)
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
-        for step in (engine.stop, getattr(source, "close", None), board.close if board is not None else None,
+        for step in (inbox.close if inbox is not None else None, engine.stop, getattr(source, "close", None),
+                     board.close if board is not None else None,
                      publisher.close if publisher is not None else None,
                      room_server.stop if room_server is not None else None, store.close):
             if step is None:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from ionm.hub import access as ha, leaf, tls
     from ionm.hub.cluster import HubCluster
     from ionm.hub.natsserver import NatsServer, NatsServerError
-    from ionm.hub.server import HubState, follow, make_app
+    from ionm.hub.server import HubState, Sender, follow, make_app
 
     try:
         host, port = parse_listen(args.listen)
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(make_app(state), shutdown_timeout=2.0)  # open pushes end at once
+        sender = Sender(urls, state, acc, **auth)  # the physicians' acknowledgements and notes, to the rooms
+        runner = web.AppRunner(make_app(state, sender), shutdown_timeout=2.0)  # open pushes end at once
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
         print("ionm hub: oversight page at http://%s:%d/" % (host, port), flush=True)

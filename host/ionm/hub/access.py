@@ -42,6 +42,7 @@ from ionm.hub import messages as hm
 ACCOUNT = "IONM"
 SERVICE_USER = "ionm-hub"
 ROLES = ("physician", "room")
+HUB_DOMAIN = "hub"  # the hub's JetStream domain (ionm.hub.leaf.HUB_DOMAIN)
 
 
 class AccessError(ValueError):
@@ -70,6 +71,26 @@ def inbox(name: str) -> str:
 
 def room_subject(site: str, room: str) -> str:
     return "ionm.%s.%s.>" % (hm.token(site), "*" if room == "*" else hm.token(room))
+
+
+def physician_may_send(site: str, room: str, name: str) -> str:
+    """What a physician may publish to an assigned room: acknowledgements and notes under the physician's own name
+    (the last token), to any case of the room."""
+    return "ionm.%s.%s.*.%s.%s" % (hm.token(site), "*" if room == "*" else hm.token(room), hm.PHYSICIAN,
+                                   hm.token(name))
+
+
+def room_inbox_api(site: str, room: str) -> list[str]:
+    """What a room publishes to read its physicians' messages through its one durable consumer (ionm.hub.inbox):
+    create it (the filter is its physicians' subjects of this room only), look it up, pull from it, acknowledge,
+    directly (`$JS.API`) and across its leaf node (`$JS.hub.API`, the hub's JetStream domain)."""
+    name = hm.physician_consumer(site, room)
+    out = []
+    for api in ("$JS.API", "$JS.%s.API" % HUB_DOMAIN):
+        out += ["%s.CONSUMER.CREATE.%s.%s.%s" % (api, hm.STREAM, name, hm.physician_filter(site, room)),
+                "%s.CONSUMER.INFO.%s.%s" % (api, hm.STREAM, name),
+                "%s.CONSUMER.MSG.NEXT.%s.%s" % (api, hm.STREAM, name)]
+    return out + ["$JS.ACK.%s.%s.>" % (hm.STREAM, name)]  # the reply subject, across the leaf too (measured)
 
 
 class Access:
@@ -117,12 +138,16 @@ class Access:
         if user.role == "physician":
             return {"publish": {"allow": ["$JS.API.INFO", "$JS.API.STREAM.INFO." + hm.STREAM,
                                           "$JS.FC.%s.>" % hm.STREAM, "$JS.ACK.%s.>" % hm.STREAM]
-                                + ["$JS.API.CONSUMER.CREATE.%s.*.%s" % (hm.STREAM, s) for s in subjects]},
+                                + ["$JS.API.CONSUMER.CREATE.%s.*.%s" % (hm.STREAM, s) for s in subjects]
+                                + [physician_may_send(s, r, user.name) for s, r in user.rooms]},
                     "subscribe": {"allow": subjects + [inbox(user.name) + ".>"]}}
         from ionm.hub.leaf import JOIN, domain
 
         site, room = user.rooms[0]
-        return {"publish": {"allow": subjects + [JOIN, "$JS.API.STREAM.INFO." + hm.STREAM, "$JS.S.>", "$JSC.R.>"]},
+        return {"publish": {"allow": subjects + [JOIN, "$JS.API.STREAM.INFO." + hm.STREAM, "$JS.S.>", "$JSC.R.>"]
+                            + room_inbox_api(site, room),
+                            # never as a physician: the room reads its physicians' messages, it does not write them
+                            "deny": ["ionm.%s.%s.*.%s.>" % (hm.token(site), hm.token(room), hm.PHYSICIAN)]},
                 "subscribe": {"allow": ["_INBOX.>", "$JS.%s.API.>" % domain(site, room), "$JS.FC.>"]}}
 
     def server_conf(self, service_password: str) -> str:

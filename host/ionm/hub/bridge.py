@@ -6,11 +6,15 @@ the case header once; every timeline event (alerts, acknowledgements, notes, bas
 "stimulation" whenever they change; the pedicle-screw tests as "screws" (without the rules' legend); trend
 points as "trend"; periodic averages (the stack's traces) and each baseline's waveform as "average"; link
 health as "link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
+Each average carries what the hub's case view needs to draw it (stream_info: the channels' names, the time of the
+first point relative to the stimulus, the modality, the alert criteria), which the console's own frames leave to
+the stream frame.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -28,6 +32,9 @@ class Bridge:
         self._link_at = 0.0
         case = getattr(engine, "case", None) or {}
         publisher.publish("header", {k: v for k, v in dict(case).items() if _plain(v)})
+        stim = getattr(engine, "stimulation", None)
+        if stim is not None:  # the program as the case starts (the engine sends its frame only on a change)
+            publisher.publish("stimulation", {"program": stim.state(), "limits": stim.limits(), "board_stopped": None})
         engine.subscribe(self._on_output)
 
     def _on_output(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
@@ -40,7 +47,8 @@ class Bridge:
                         body = {k: body.get(k) for k in SCREW_KEYS}
                     self.publisher.publish(STATE_FRAMES[key], body)
             elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
-                self.publisher.publish("average", json.loads(js) | {"baseline": True})
+                body = json.loads(js)
+                self.publisher.publish("average", body | self.stream_info(body.get("key")) | {"baseline": True})
             elif key == "link":
                 body = json.loads(js)
                 body.pop("t_s", None)  # changes with every frame; the message's own time says when
@@ -52,12 +60,32 @@ class Bridge:
         for js in appends:
             item = json.loads(js)
             kind = {"trend": "trend", "event": "event", "stack": "average"}.get(item.get("k"))
+            if kind == "average":
+                item |= self.stream_info(item.get("s"))
             if kind:
                 self.publisher.publish(kind, item)
+
+    def stream_info(self, key: Any) -> dict[str, Any]:
+        """A stream's channel names (short, as the console shows them), the first point's time relative to the
+        stimulus (ms), its modality and alert criteria; {} for a stream the engine does not know. Called on the
+        engine thread (the engine's subscribers are), so the stream is read as it is."""
+        st = getattr(self.engine, "streams", {}).get(key)
+        if st is None:
+            return {}
+        from ionm.case.timeline import short_name
+
+        m = st.evaluator.modality
+        return {"names": [short_name(n) for n in st.names], "x0_ms": -st.pre / st.fs * 1000.0,
+                "modality": st.modality, "criteria": {"amp_alert": _finite(m.amplitude_ratio_alert),
+                                                      "lat_alert": _finite(m.latency_ratio_alert)}}
 
 
 def attach(engine: Any, publisher: Publisher) -> Bridge:
     return Bridge(engine, publisher)
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
 def _plain(v: Any) -> bool:

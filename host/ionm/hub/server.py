@@ -8,7 +8,15 @@ the state as it changes (/events, Server-Sent Events: at most one view per PUSH_
 viewer a few views a second, except that an alert, a timeline event or a technical alarm ends that pause at once:
 it reaches the page as soon as the hub has it, not at the next poll or view); /state.json is the same view on
 request (and the page's fallback, polled every second, when the push is unavailable). It draws a tile per case,
-cases with unacknowledged alerts first; it is read-only (nothing goes back to the rooms yet).
+cases with unacknowledged alerts first.
+
+Opening a tile shows the case view (/case/<case>.json, case_view): per stream the newest average with its baseline
+overlaid, the trend points (amplitude and latency against baseline), the timeline, the stimulation state (shown,
+never changed from here) and the physician's requests with the room's receipts. What the physician sends back (an
+acknowledgement with its note, or a note: POST /send) goes through Sender, published under the physician's login
+into the stream, from which the room's console applies it (ionm.hub.inbox); /login opens a physician's session:
+with an access file the hub logs in to nats-server as that physician (the server checks the password, and its
+permissions decide what may be sent); without one the page's name is taken as given (keep it on loopback).
 """
 
 from __future__ import annotations
@@ -21,9 +29,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ionm.console.display import append_trend, display_trend
 from ionm.hub import messages as hm
 
 EVENTS_KEPT = 20
+TIMELINE_KEPT = 500  # timeline events a case view lists (the room's store has every one)
+REQUESTS_KEPT = 200  # physicians' requests a case view lists with their receipts
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
 URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
 KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
@@ -80,14 +91,43 @@ class HubState:
             self.bad += 1
             return
         self.messages += 1
-        parts = subject.split(".")
-        site, room = (parts[1], parts[2]) if len(parts) == 5 else ("?", "?")
+        where = hm.parse_subject(subject) or {}
+        site, room = where.get("site", "?"), where.get("room", "?")
         c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
                                                 "alerts": {}, "events": [], "technical": None, "stimulation": None,
-                                                "link": None, "screws": None, "last_seq": 0, "heard": None})
+                                                "link": None, "screws": None, "last_seq": 0, "heard": None,
+                                                "timeline": [], "trend": {}, "waves": {}, "requests": {}})
+        kind, body = msg["kind"], msg["body"]
+        if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
+            if isinstance(body, dict) and body.get("id") is not None:
+                c["requests"].setdefault(str(body["id"]), {
+                    "id": str(body["id"]), "physician": where.get("physician"), "cmd": body.get("cmd"),
+                    "alert": body.get("alert"), "text": body.get("note") or body.get("text"), "sent": msg["sent"],
+                    "status": "sent", "error": None})
+                while len(c["requests"]) > REQUESTS_KEPT:
+                    del c["requests"][next(iter(c["requests"]))]
+            self._notify(True)
+            return
         c["last_seq"] = max(c["last_seq"], int(msg["seq"]))
         c["heard"] = float(msg["sent"])
-        kind, body = msg["kind"], msg["body"]
+        if kind == "receipt":
+            r = c["requests"].get(str(body.get("id")))
+            if r is not None and body.get("status") != "duplicate":
+                r.update(status=body.get("status"), error=body.get("error"))
+        elif kind == "trend":  # bounded as the console bounds its own: recent points, older ones merged
+            point = {k: body.get(k) for k in ("t", "amp", "lat")}
+            append_trend(c["trend"].setdefault(str(body.get("s")), []), point)
+        elif kind == "average":
+            key = str(body.get("key") if body.get("baseline") else body.get("s"))
+            w = c["waves"].setdefault(key, {"key": key, "latest": None, "baseline": None, "names": None,
+                                            "x0_ms": None, "criteria": None, "modality": None})
+            w["baseline" if body.get("baseline") else "latest"] = {k: body.get(k) for k in ("t_s", "dt_ms", "waves")}
+            for k in ("names", "x0_ms", "criteria", "modality"):
+                if body.get(k) is not None:
+                    w[k] = body[k]
+        if kind == "event":
+            c["timeline"].append(body)
+            del c["timeline"][:-TIMELINE_KEPT]
         if kind == "header":
             c["header"] = body
         elif kind == "alerts":
@@ -112,7 +152,33 @@ class HubState:
                 "screws": screw_summary(c["screws"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
-        return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad}
+        return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad, "version": self.version}
+
+    def case_view(self, case: str) -> dict[str, Any] | None:
+        """What an opened tile shows: the case's waveforms (per stream the newest average and its baseline), trend
+        points, timeline, alerts, stimulation (read-only), and the physicians' requests with the room's receipts."""
+        c = self.cases.get(case)
+        if c is None:
+            return None
+        unacked, newest = alert_summary(c["alerts"])
+        return {"case": c["case"], "site": c["site"], "room": c["room"], "header": c["header"],
+                "procedure": c["header"].get("procedure", ""), "unacknowledged": unacked, "newest_alert": newest,
+                "alerts": pending_alerts(c["alerts"]), "streams": sorted(c["waves"].values(), key=lambda w: w["key"]),
+                "trend": {k: display_trend(v) for k, v in c["trend"].items()},  # as the console's page gets them
+                "timeline": c["timeline"], "stimulation": c["stimulation"],
+                "technical": c["technical"], "link": c["link"], "requests": list(c["requests"].values()),
+                "heard_s_ago": None if c["heard"] is None else round(time.time() - c["heard"], 1),
+                "version": self.version}
+
+
+def pending_alerts(frame: dict[str, Any]) -> list[dict[str, Any]]:
+    """The alerts a physician may acknowledge from the hub: per channel group with unacknowledged alerts its newest
+    (acknowledged with group: every earlier one of the channel with it), else the listed unacknowledged ones."""
+    groups = frame.get("groups")
+    if groups is None:
+        return [dict(a, ack_uid=a.get("uid"), unacked=1) for a in frame.get("alerts", []) if not a.get("ack")]
+    return [dict(g["latest"], channel_name=g.get("channel_name"), unacked=g.get("unacked"), ack_uid=g.get("ack_uid"))
+            for g in groups if g.get("unacked")]
 
 
 def screw_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -169,7 +235,137 @@ async def follow(url: str | list[str], state: HubState, stop: asyncio.Event, **a
         await nc.close()
 
 
-def make_app(state: HubState) -> web.Application:
+class SendError(Exception):
+    """A physician's request the hub will not send: status is the HTTP status the page gets."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+SESSION_COOKIE = "ionm_hub"
+SEND_TIMEOUT_S = 3.0
+MAX_TEXT = 4000  # as the console's (ionm.console.commands.MAX_TEXT)
+
+
+class Sender:
+    """A physician's acknowledgements and notes from the page, published into the hub's stream for the room.
+
+    login(name, password) opens a session: with an access file, a NATS connection as that physician (nats-server
+    checks the password, and the physician's permissions bound what may be published: only under the physician's
+    own login, only to assigned rooms); without one, the name as given on the hub's own connection. send()
+    publishes on ionm.<site>.<room>.<case>.physician.<login> with the message id `physician:<id>`, the id the page
+    made, so a request sent again (the page's retry) is stored once."""
+
+    def __init__(self, urls: str | list[str], state: HubState, access: Any = None, **auth: Any) -> None:
+        self.urls, self.state, self.access, self.auth = urls, state, access, auth
+        self.sessions: dict[str, dict[str, Any]] = {}
+        self._service: Any = None
+
+    async def _connect(self, **auth: Any) -> Any:
+        import nats
+
+        return await nats.connect(self.urls, allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+                                  connect_timeout=2, **auth)
+
+    async def login(self, name: str, password: str) -> str:
+        import secrets
+
+        from ionm.hub import access as ha
+
+        name = str(name).strip()
+        if not name or len(name) > 100:
+            raise SendError(400, "a physician's name is needed")
+        if self.access is None:  # no logins on this hub: the name as given (keep it on loopback)
+            if self._service is None:
+                self._service = await self._connect(**self.auth)
+            nc, owned = self._service, False
+        else:
+            user = next((u for u in self.access.users if u.name == name and u.role == "physician"), None)
+            if user is None:
+                raise SendError(401, "no physician %r in the access file" % name)
+            import nats
+
+            login = {"user": name, "password": str(password), "inbox_prefix": ha.inbox(name)} | {
+                k: v for k, v in self.auth.items() if k == "tls"}
+            try:  # once, without retrying (a wrong password is refused at once), then a connection that reconnects
+                await (await nats.connect(self.urls, allow_reconnect=False, connect_timeout=2, **login)).close()
+            except Exception:
+                raise SendError(401, "the hub refused the login of %r" % name) from None
+            nc = await self._connect(**login)
+            owned = True
+        token = secrets.token_urlsafe(24)
+        self.sessions[token] = {"name": name, "nc": nc, "owned": owned}
+        return token
+
+    async def logout(self, token: str | None) -> None:
+        s = self.sessions.pop(token or "", None)
+        if s is not None and s["owned"]:
+            await s["nc"].close()
+
+    def physician(self, token: str | None) -> str | None:
+        s = self.sessions.get(token or "")
+        return None if s is None else str(s["name"])
+
+    def assigned(self, name: str, site: str, room: str) -> bool:
+        if self.access is None:
+            return True
+        user = next((u for u in self.access.users if u.name == name), None)
+        return user is not None and any(hm.token(s) == site and (r == "*" or hm.token(r) == room)
+                                        for s, r in user.rooms)
+
+    async def send(self, token: str | None, req: dict[str, Any]) -> dict[str, Any]:
+        s = self.sessions.get(token or "")
+        if s is None:
+            raise SendError(401, "log in first")
+        body = request_body(req)
+        c = self.state.cases.get(str(req.get("case")))
+        if c is None:
+            raise SendError(404, "no case %r on this hub" % req.get("case"))
+        if not self.assigned(s["name"], c["site"], c["room"]):
+            raise SendError(403, "%s is not assigned %s/%s" % (s["name"], c["site"], c["room"]))
+        subject = hm.physician_subject(c["site"], c["room"], c["case"], s["name"])
+        payload = hm.encode(hm.PHYSICIAN, 0, c["case"], body)
+        try:
+            ack = await s["nc"].jetstream().publish(subject, payload, timeout=SEND_TIMEOUT_S,
+                                                    headers={"Nats-Msg-Id": "physician:" + body["id"]})
+        except Exception as exc:  # a permissions violation gets no answer; so does a hub that is away
+            raise SendError(502, "not sent (%s): try again" % (type(exc).__name__,)) from None
+        return {"id": body["id"], "stream_seq": ack.seq, "duplicate": bool(ack.duplicate), "subject": subject}
+
+    async def close(self) -> None:
+        for token in list(self.sessions):
+            await self.logout(token)
+        if self._service is not None:
+            await self._service.close()
+
+
+def request_body(req: dict[str, Any]) -> dict[str, Any]:
+    """The body of a physician's message from the page's request ({"id", "cmd": "ack", "alert", "note", "group"}
+    or {"id", "cmd": "note", "text"}); SendError(400) for anything else. The room checks it again (ionm.hub.inbox)."""
+    import re
+
+    rid, cmd = str(req.get("id") or ""), req.get("cmd")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{8,64}", rid):
+        raise SendError(400, "id: 8 to 64 of A-Z a-z 0-9 _ -")
+
+    def text(key: str) -> str:
+        v = req.get(key)
+        if not isinstance(v, str) or not v.strip() or len(v) > MAX_TEXT:
+            raise SendError(400, "%s: a text of 1 to %d characters" % (key, MAX_TEXT))
+        return v
+
+    if cmd == "ack":
+        alert = req.get("alert")
+        if not isinstance(alert, str) or not alert or len(alert) > 200:
+            raise SendError(400, "alert: the alert's uid")
+        return {"id": rid, "cmd": "ack", "alert": alert, "note": text("note"), "group": bool(req.get("group", True))}
+    if cmd == "note":
+        return {"id": rid, "cmd": "note", "text": text("text")}
+    raise SendError(400, "cmd: ack or note")
+
+
+def make_app(state: HubState, sender: Sender | None = None) -> web.Application:
     app = web.Application()
 
     async def index(_request: web.Request) -> web.StreamResponse:
@@ -197,7 +393,62 @@ def make_app(state: HubState) -> web.Application:
             pass
         return resp
 
+    async def case(request: web.Request) -> web.Response:
+        v = state.case_view(request.match_info["case"])
+        if v is None:
+            return web.json_response({"error": "no such case"}, status=404)
+        if sender is not None:
+            v["physician"] = sender.physician(request.cookies.get(SESSION_COOKIE))
+        return web.json_response(v, dumps=lambda o: json.dumps(o, allow_nan=False, default=str))
+
+    async def _json(request: web.Request) -> dict[str, Any]:
+        if request.content_type != "application/json":  # a form posted from elsewhere is not JSON
+            raise SendError(415, "JSON only")
+        try:
+            body = await request.json()
+        except ValueError:
+            raise SendError(400, "not JSON") from None
+        if not isinstance(body, dict):
+            raise SendError(400, "a JSON object")
+        return body
+
+    async def login(request: web.Request) -> web.Response:
+        if sender is None:
+            return web.json_response({"error": "this hub sends nothing back"}, status=404)
+        try:
+            body = await _json(request)
+            token = await sender.login(str(body.get("name", "")), str(body.get("password", "")))
+        except SendError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        resp = web.json_response({"physician": sender.physician(token)})
+        resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict")
+        return resp
+
+    async def logout(request: web.Request) -> web.Response:
+        if sender is not None:
+            await sender.logout(request.cookies.get(SESSION_COOKIE))
+        resp = web.json_response({"physician": None})
+        resp.del_cookie(SESSION_COOKIE)
+        return resp
+
+    async def send(request: web.Request) -> web.Response:
+        if sender is None:
+            return web.json_response({"error": "this hub sends nothing back"}, status=404)
+        try:
+            return web.json_response(await sender.send(request.cookies.get(SESSION_COOKIE), await _json(request)))
+        except SendError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+
+    if sender is not None:
+        async def close_sender(_app: web.Application) -> None:
+            await sender.close()
+
+        app.on_cleanup.append(close_sender)
     app.router.add_get("/", index)
+    app.router.add_get("/case/{case}.json", case)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_post("/send", send)
     app.router.add_get("/state.json", view)
     app.router.add_get("/events", events)
     return app
