@@ -151,3 +151,33 @@ def test_tcmep_every_4s_with_four_ssep_programs_gives_clean_mep_trials(tmp_path)
         assert not [i for i in trains if first <= i < first + s.data_uv.shape[1]]
     assert health["pulses_held"] >= 4 * (len(mep) - 1)
     assert health["sweeps_rejected"] == {}
+
+
+def test_after_a_refused_rearm_the_technologist_resumes_the_program_by_hand(held_board_case, monkeypatch):
+    """A board stopped too often is not re-armed automatically (REARM_MAX): the technologist is told to turn
+    stimulation on again, and `resume` does it in one action, the program as it stands, which the log says."""
+    import ionm.board.boardcase as bc
+
+    monkeypatch.setattr(bc, "REARM_MAX", 0)  # the first stop is already one too many
+    case, sweeps, proxy = held_board_case
+    time.sleep(1.5)
+    proxy.hold_host(0.4)
+    deadline = time.monotonic() + 20.0
+    while "rearm-refused" not in _kinds(case) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "rearm-refused" in _kinds(case), case.link_health()
+    assert case.link_health()["stimulation_stopped"] is not None
+    time.sleep(0.5)
+    n = len(sweeps)
+    time.sleep(1.0)
+    assert len(sweeps) == n  # nothing stimulates: no sweeps
+
+    program = case.apply({"action": "resume"})
+    assert program == case.state() and program["ssep"]["0"]["enabled"]  # the program, unchanged
+    health = case.link_health()
+    assert health["stimulation_stopped"] is None
+    assert health["board_events"][-1]["kind"] == "resumed"
+    assert "L median" in health["board_events"][-1]["detail"]
+    n = len(sweeps)
+    time.sleep(1.5)
+    assert {s.source for s in sweeps[n:]} == {"L median", "R median", "L tibial", "R tibial"}

@@ -107,7 +107,10 @@ class BoardCase(ProgramHolder):
                 raise StimulationError("the board refused: %s" % exc.detail) from None
             self._program = new
             if command.get("action") != "tcmep_train":
-                self.stimulation_stopped = None  # the technologist's program is on the board again
+                stopped, self.stimulation_stopped = self.stimulation_stopped, None  # the program is on the board again
+                if command.get("action") == "resume":
+                    self._log("resumed", "stimulation resumed by hand%s: %s" % (
+                        " after %s" % stopped if stopped else "", ", ".join(self._running_list()) or "nothing"))
             return copy.deepcopy(new)
 
     def _load(self, program: dict[str, Any]) -> None:

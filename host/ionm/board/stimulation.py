@@ -10,6 +10,8 @@ Commands (dicts, "action" says which):
   {"action": "tcmep", "train_pulses", "ipi_ms", "repeat_s"}         the TcMEP program (repeat_s 0: on demand)
   {"action": "tcmep_train"}                                         deliver one train now (confirmed in the UI)
   {"action": "stop_all"}                                            every output off, TcMEP repeat off
+  {"action": "resume"}                                              the program as it stands, started again (after
+                                                                    the board stopped it and the host did not re-arm)
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def validate(cmd: dict[str, Any], program: dict[str, Any], lim: dict[str, Any]) 
         for v in new["ssep"].values():
             v["enabled"] = False
         new["tcmep"]["repeat_s"] = 0.0
-    elif action != "tcmep_train":
+    elif action not in ("tcmep_train", "resume"):
         raise StimulationError("unknown stimulation action %r" % action)
     return new
 

@@ -57,6 +57,8 @@ def describe_stim(cmd: dict[str, Any]) -> str:
         return "TcMEP train delivered"
     if action == "stop_all":
         return "all stimulation stopped"
+    if action == "resume":
+        return "stimulation resumed by hand"
     rest = ", ".join("%s %s" % (k, v) for k, v in cmd.items() if k != "action")
     return "%s: %s" % (action, rest)
 

@@ -116,6 +116,7 @@ def _stim_schemas(lim: dict[str, Any]) -> dict[str, tuple[dict[str, Check], tupl
                    "repeat_s": number(0, 3600)}, ("action",)),
         "tcmep_train": ({"action": action}, ("action",)),
         "stop_all": ({"action": action}, ("action",)),
+        "resume": ({"action": action}, ("action",)),  # start the program again as it stands (the board stopped it)
     }
 
 

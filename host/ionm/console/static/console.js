@@ -398,6 +398,10 @@ function drawStim() {
   if (s.board_stopped) {  // the program below is what was asked; the board is not doing it
     const w = document.createElement("div"); w.className = "boardstopped";
     w.textContent = "Board NOT stimulating: " + s.board_stopped;
+    if (edit) {  // when the host did not re-arm by itself: start the program below again, as it stands
+      const r = document.createElement("button"); r.textContent = "Resume"; r.className = "small"; r.id = "resumebtn";
+      r.addEventListener("click", () => stim({ action: "resume" })); w.append(" ", r);
+    }
     el.appendChild(w);
   }
   const t = document.createElement("table"); t.className = "stim";
