@@ -98,6 +98,10 @@ MIN_OBSERVED_S = EVENTS_AT_S + TAIL_S - BASELINE_AT_S  # ... and at least this l
 MEP_EVERY_S = 4.0  # `--mep-every 4`
 HOGS = 2  # CPU-bound processes competing in the loaded pass
 STALL_S = 30.0  # the case is abandoned when its case time does not advance for this long (wall)
+# The technologist presses Resume (the stim command's resume action, docs/CONSOLE.md) when the board has not
+# been stimulating for this long (wall) and the host did not re-arm it (more than 3 stops a minute): the
+# console's warning asks for exactly that. Each press is counted (resumed_by_hand) beside the board's stops.
+RESUME_AFTER_S = 10.0
 GOALS = {"missed": 0, "false_per_8h": 1.0, "duplicates": 0, "ssep_median_s": 20.0, "mep_trains": 2,
          "differences": 0}
 
@@ -435,9 +439,19 @@ def live_case(name: str, scenario: dict[str, Any], seed: int, plan: dict[str, An
         pressed = None
         ready_at = None
         last_t, last_move = -1.0, time.monotonic()
+        stopped_since: float | None = None
+        res["resumed_by_hand"] = 0
         while True:
             time.sleep(0.1)
             board.poll()
+            if source.stimulation_stopped is None:
+                stopped_since = None
+            elif stopped_since is None:
+                stopped_since = time.monotonic()
+            elif time.monotonic() - stopped_since > RESUME_AFTER_S:
+                engine.submit("tech", "technologist", {"cmd": "stim", "command": {"action": "resume"}}).result(30)
+                res["resumed_by_hand"] += 1
+                stopped_since = None
             t = engine.t_s
             if t != last_t:
                 last_t, last_move = t, time.monotonic()
@@ -660,7 +674,8 @@ def _collect(cases: list[dict[str, Any]]) -> dict[str, Any]:
                            "ssep_offline_tta_s": [], "mep_trains": [], "mep_offline_trains": [], "events": 0,
                            "differences": 0, "differences_whole": 0, "observed_h": 0.0, "case_false_per_8h": [],
                            "lag_ms_p95": [], "samples_lost": 0, "sweeps_missing": 0, "board_stops": 0,
-                           "technical_alarms": 0, "technical": {}, "baseline_rebuilds": 0, "errors": []}
+                           "resumed_by_hand": 0, "technical_alarms": 0, "technical": {}, "baseline_rebuilds": 0,
+                           "errors": []}
     for c in cases:
         a = c.get("analysis")
         name = c["scenario"]
@@ -710,6 +725,7 @@ def _collect(cases: list[dict[str, Any]]) -> dict[str, Any]:
         fig["samples_lost"] += int((c.get("link") or {}).get("samples_lost") or 0)
         fig["board_stops"] += sum(e["kind"] in ("watchdog", "host-lost", "recovered")
                                   for e in c.get("board_events", []))
+        fig["resumed_by_hand"] += int(c.get("resumed_by_hand") or 0)
         fig["technical_alarms"] += len(a["technical_alarms"])
         for x in a["technical_alarms"]:
             fig["technical"].setdefault(x["text"], []).append("%s %.0f s" % (name, x["t_s"]))
@@ -781,10 +797,10 @@ def _summary(out: dict[str, Any]) -> list[str]:
         "baselines rebuilt by the engine after B (collecting for untracked channels): %s stream baselines"
         % pair(lambda f: str(f["baseline_rebuilds"])),
         "alert lag behind the fastest sweep, worst case p95: %s ms; link: samples lost %s, sweeps missing %s, "
-        "board stops %s, technical alarms %s" % (
+        "board stops %s (resumed by hand %s), technical alarms %s" % (
             pair(lambda f: _fmt(max(f["lag_ms_p95"], default=None))), pair(lambda f: str(f["samples_lost"])),
             pair(lambda f: str(f["sweeps_missing"])), pair(lambda f: str(f["board_stops"])),
-            pair(lambda f: str(f["technical_alarms"]))),
+            pair(lambda f: str(f.get("resumed_by_hand", 0))), pair(lambda f: str(f["technical_alarms"]))),
     ]
     for label, f in (("idle", i), ("loaded", ld)):
         for kind in ("errors", "missed", "false", "duplicates"):
