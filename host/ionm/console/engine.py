@@ -16,6 +16,11 @@ sweeps that arrived meanwhile and swapped in. The same mechanism re-baselines an
 baselines recorded in the store from the recorded sweeps.
 
 Sources are swappable: any iterable of ionm.sweep.Sweep, optionally with link_health() -> dict and close().
+
+Free-running EMG (run_emg_source: an iterable of ionm.sweep.EmgBlock) takes a path of its own
+(ionm.console.freerun): each block is turned into sound on the source's thread as it arrives and handed to the
+audio subscribers at once; the engine thread then analyses it (events to the timeline, the store and, for the
+cumulative A-train time of a facial channel, an alert) and sends its display columns.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from ionm.console.display import (
     trace,
 )
 from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
-from ionm.sweep import Sweep
+from ionm.sweep import EmgBlock, Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
@@ -98,6 +103,8 @@ TOF_NOISE_FACTOR = 3.0  # ... or this times the peak to peak of the same window 
 TOF_NOISE_AFTER_S = 0.4
 TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the report have every one
 MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
+EMG_QUEUE_BLOCKS = 3000  # free-run blocks waiting for the engine thread: 60 s of 20-ms blocks before the source waits
+EMG_PUBLISH_S = 0.1  # display columns go out at least this much at a time (case s)
 
 
 def tof_interval_s() -> float:
@@ -116,6 +123,15 @@ def _num(v: Any, digits: int = 3) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, digits) if math.isfinite(f) else None
+
+
+def _merge_columns(cols: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive free-run display items as one (their columns follow each other)."""
+    if len(cols) == 1:
+        return cols[0]
+    return {"k": "emg", "t0": cols[0]["t0"], "dt": cols[0]["dt"],
+            "lo": [sum((c["lo"][i] for c in cols), []) for i in range(len(cols[0]["lo"]))],
+            "hi": [sum((c["hi"][i] for c in cols), []) for i in range(len(cols[0]["hi"]))]}
 
 
 def decimate(x: np.ndarray, points: int = DISPLAY_POINTS) -> tuple[np.ndarray, int]:
@@ -167,7 +183,8 @@ class CaseEngine:
     def __init__(self, store: CaseStore, case_id: int, *, stimulation: Stimulation | None = None,
                  link_health: Callable[[], dict[str, Any]] | None = None, auto_baseline_s: float | None = None,
                  queue_size: int = 2048, evaluator_config: Any = None, record: bool = True,
-                 stall_alarm_s: float = STALL_S, probe: Any = None, screw_rules: Any = None):
+                 stall_alarm_s: float = STALL_S, probe: Any = None, screw_rules: Any = None,
+                 a_train_warn_s: float | None = None):
         self.store = store
         self.case_id = int(case_id)
         self.case = store.case(case_id)
@@ -229,6 +246,23 @@ class CaseEngine:
         self.probes: list[dict[str, Any]] = []  # manual probe sessions' records
         self._probe_job: dict[str, Any] | None = None
         self._probe_seq = 0
+        # Free-running EMG (ionm.console.freerun): the monitor (made with the first block), blocks waiting for the
+        # engine thread (never dropped), the sound's listeners, display columns not yet sent.
+        from ionm.console import freerun
+
+        self.a_train_warn_s = float(a_train_warn_s if a_train_warn_s is not None else freerun.A_TRAIN_WARN_S)
+        self.emg: freerun.FreeRunMonitor | None = None
+        self._emg_blocks: queue.Queue[tuple[EmgBlock, np.ndarray]] = queue.Queue(maxsize=EMG_QUEUE_BLOCKS)
+        self._emg_sources: list[Any] = []
+        self._emg_done = threading.Event()
+        self._emg_last_wall: float | None = None  # wall clock of the newest block from the source
+        self._emg_restore: tuple[list[dict[str, Any]], list[str]] = ([], [])
+        self._emg_columns: list[dict[str, Any]] = []
+        self._emg_dirty = False
+        self._audio_subscribers: list[Callable[[dict[str, Any], np.ndarray], None]] = []
+        self.stats["emg_blocks"] = 0
+        self.stats["emg_behind_max_s"] = 0.0  # the most the analysis has been behind the source (s)
+        self.stats["emg_columns_skipped"] = 0  # display columns not sent while the analysis caught up
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -253,7 +287,7 @@ class CaseEngine:
                     stop_hunt()
                 except Exception:  # stopping: the board may be gone
                     pass
-        for src in self._sources:
+        for src in self._sources + self._emg_sources:
             close = getattr(src, "close", None)
             if close:
                 close()
@@ -281,6 +315,48 @@ class CaseEngine:
         t = threading.Thread(target=pump, name="sweep-source", daemon=True)
         t.start()
         return t
+
+    def run_emg_source(self, source: Iterable[EmgBlock]) -> threading.Thread:
+        """Iterate a free-run EMG source on its own thread (put_emg for each block)."""
+        self._emg_sources.append(source)
+        self._emg_done.clear()
+
+        def pump() -> None:
+            try:
+                for block in source:
+                    if not self._running:
+                        break
+                    self.put_emg(block)
+            finally:
+                self._emg_done.set()
+
+        t = threading.Thread(target=pump, name="emg-source", daemon=True)
+        t.start()
+        return t
+
+    def put_emg(self, block: EmgBlock) -> None:
+        """A block of free-running EMG (the source's thread): its sound goes to the audio subscribers now, before
+        any analysis; the block waits for the engine thread (blocking only when EMG_QUEUE_BLOCKS are waiting)."""
+        from ionm.console import freerun
+
+        if self.emg is None:
+            mon = freerun.FreeRunMonitor(block.fs, block.channel_names, warn_s=self.a_train_warn_s)
+            mon.restore(*self._emg_restore)
+            self.emg = mon
+        hp = self.emg.audio.filtered(block)
+        if self._audio_subscribers:
+            pcm = self.emg.audio.pcm(hp)
+            meta = {"t_s": block.t_s, "index0": block.first_index // self.emg.audio.factor,
+                    "wall0": block.acquired_wall - (block.n - 1) / block.fs}
+            for cb in self._audio_subscribers:
+                cb(meta, pcm)
+        self._emg_last_wall = time.time()
+        self._emg_blocks.put((block, hp))
+
+    def subscribe_audio(self, callback: Callable[[dict[str, Any], np.ndarray], None]) -> None:
+        """callback(meta, pcm) on the free-run source's thread for every block: meta {t_s, wall0, index0}, pcm int16
+        [channels, samples] at ionm.console.freerun.AUDIO_RATE_HZ. It must not block."""
+        self._audio_subscribers.append(callback)
 
     def at(self, t_s: float, action: Callable[[], None]) -> None:
         """Run action on the engine thread once the case reaches t_s (a replay re-enacts recorded baselines and
@@ -1006,11 +1082,13 @@ class CaseEngine:
     def _step(self) -> None:
         self._run_commands()
         try:
-            sw = self._sweeps.get(timeout=0.05)
+            sw = self._sweeps.get(timeout=0.02 if self._emg_sources else 0.05)
         except queue.Empty:
             sw = None
         if sw is not None:
             self._process(sw, self._arrivals.pop(id(sw), time.time()))
+        if self.emg is not None:
+            self._drain_emg()
         now = time.monotonic()
         if self._sweeps.empty() or now - self._last_publish >= PUBLISH_EVERY_S:
             self._publish_dirty()
@@ -1417,6 +1495,72 @@ class CaseEngine:
             self._emit([("base:" + st.key, base)], [])
         st.dirty = True
 
+    # ---------------------------------------------------------------- free-running EMG
+    def _drain_emg(self) -> None:
+        """Analyse every free-run block waiting (engine thread): events to the store, the timeline and the page,
+        the A-train warning, display columns. Nothing is skipped but display columns that would be off the screen
+        before they arrive (the analysis more than VIEW_S behind)."""
+        from ionm.case.timeline import EMG_TIMELINE_KINDS, describe_emg
+        from ionm.console import freerun
+
+        assert self.emg is not None
+        mon = self.emg
+        if self._emg_last_wall is not None:
+            self.technical.sweep(freerun.STREAM, self._emg_last_wall)
+        appends: list[dict[str, Any]] = []
+        while True:
+            try:
+                block, hp = self._emg_blocks.get_nowait()
+            except queue.Empty:
+                break
+            events, cols = mon.process(block, hp)
+            self.stats["emg_blocks"] += 1
+            behind = self._emg_blocks.qsize() * block.n / block.fs
+            self.stats["emg_behind_max_s"] = max(self.stats["emg_behind_max_s"], behind)
+            if cols is not None:
+                if behind > freerun.VIEW_S:  # off the screen before it could be drawn: the snapshot has it
+                    self.stats["emg_columns_skipped"] += len(cols["lo"][0]) if cols["lo"] else 0
+                else:
+                    self._emg_columns.append(cols)
+            for ev in events:
+                self.store.add_program(self.case_id, ev["t_s"], "system", "emg", ev)
+                appends.append({"k": "emgev", **ev})
+                if ev["kind"] in EMG_TIMELINE_KINDS:
+                    self._event("emg", describe_emg(ev), "system", t_s=ev["t_s"])
+                self._emg_dirty = True
+            for c in mon.due_warnings():
+                self._emg_alert(c)
+                self._emg_dirty = True
+        if self._emg_columns and (self._emg_columns[-1]["t0"] - self._emg_columns[0]["t0"] >= EMG_PUBLISH_S
+                                  or self._emg_blocks.empty()):
+            appends.append(_merge_columns(self._emg_columns))
+            self._emg_columns = []
+        ongoing = bool(mon.detector.ongoing())
+        frames = [("emg", mon.frame())] if self._emg_dirty or ongoing or mon.blocks % 25 == 0 else []
+        self._emg_dirty = ongoing  # a discharge under way is redrawn until it ends
+        if frames or appends:
+            self._emit(frames, appends)
+
+    def _emg_alert(self, c: int) -> None:
+        """The cumulative A-train time of facial channel c reached the threshold: an alert (banner, store, audit,
+        timeline), once per channel and case."""
+        from ionm.console import freerun
+
+        assert self.emg is not None
+        ch = self.emg.channels[c]
+        self._alert_seq += 1
+        uid = "%s-A%d" % (self.case["uid"], self._alert_seq)
+        row = {"uid": uid, "stream": freerun.STREAM, "t_s": round(self.emg.t_s, 3), "channel": c,
+               "channel_name": ch.name,
+               "criterion": "cumulative A-train time %.1f s (warning at %g s)" % (ch.a_train_s, self.emg.warn_s),
+               "amplitude_ratio": None, "latency_ratio": None, "scope": "focal"}
+        self.store.add_alert(self.case_id, row)
+        self.store.audit(self.case_id, "system", "alert", row | {"a_train_s": round(ch.a_train_s, 3)})
+        label = alert_label(row)
+        self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
+        self._event("alert", label, "system", t_s=row["t_s"])
+        self._publish_alerts()
+
     # ---------------------------------------------------------------- link health, stimulation
     def _poll_link(self) -> None:
         assert self.link_health is not None
@@ -1444,7 +1588,15 @@ class CaseEngine:
     # ---------------------------------------------------------------- technical alarms
     def _running_streams(self) -> dict[str, float]:
         """Streams whose stimulation is on (those a stalled source leaves without sweeps), each with the
-        interval its program stimulates at (s; 0 if not known)."""
+        interval its program stimulates at (s; 0 if not known); and free-run EMG while its source runs."""
+        out = self._running_sweep_streams()
+        if self._emg_sources and not self._emg_done.is_set():
+            from ionm.console.freerun import STREAM
+
+            out[STREAM] = 0.0
+        return out
+
+    def _running_sweep_streams(self) -> dict[str, float]:
         if self._source_done.is_set() or not self._sources:
             return {}
         if time.time() < self._probe_pause_until:  # a screw test paused the other outputs
@@ -1544,6 +1696,9 @@ class CaseEngine:
         frames["tof"] = self.tof_frame()
         frames["probe"] = self.probe_frame()
         frames["case"] = self.case_info()
+        if self.emg is not None:
+            frames["emg"] = self.emg.frame()
+            frames["emgview"] = self.emg.view_frame()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
                                 {k: st.show for k, st in self.streams.items()})
@@ -1624,6 +1779,10 @@ class CaseEngine:
                     self._tof_ref.setdefault((int(r["output"]), int(r["channel"])), float(r["reference_uv"]))
         self._screw_seq = len(self.screws)
         self._screw_job_seq = max([int(r.get("test", 0)) for r in self.screws] + [0])
+        from ionm.console import freerun
+
+        emg_alerts = [a["channel_name"] for a in self.store.rows("alerts", cid) if a["stream"] == freerun.STREAM]
+        self._emg_restore = ([p["body"] for p in programs if p["kind"] == "emg"], emg_alerts)
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
         self.t_s = last_t
