@@ -1782,7 +1782,10 @@ class CaseEngine:
         from ionm.console import freerun
 
         emg_alerts = [a["channel_name"] for a in self.store.rows("alerts", cid) if a["stream"] == freerun.STREAM]
-        self._emg_restore = ([p["body"] for p in programs if p["kind"] == "emg"], emg_alerts)
+        emg_events = [p["body"] for p in programs if p["kind"] == "emg"]
+        self._emg_restore = (emg_events, emg_alerts)
+        # free-run EMG has no sweeps: its newest recorded event is how far it went (the quiet after it is not known)
+        last_t = max([last_t] + [float(e["end_s"]) for e in emg_events])
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
         self.t_s = last_t

@@ -85,9 +85,9 @@ class AudioPacker:
 def audio_message(meta: dict[str, Any], pcm: np.ndarray, channels: Iterable[int]) -> bytes:
     """One binary WebSocket message of sound: AUDIO_HEADER (little-endian: version, number of channels, rate,
     samples per channel, case time of the first sample, host wall clock when the first sample was acquired,
-    its sample index at the audio rate), the channel numbers (one byte each, padded to an even length), then
+    its sample index at the audio rate), the channel numbers (one byte each, ascending, padded to an even length), then
     int16 samples channel after channel (AUDIO_UV_PER_LSB µV per step)."""
-    chans = [c for c in channels if 0 <= c < pcm.shape[0]]
+    chans = sorted({int(c) for c in channels if 0 <= c < pcm.shape[0]})
     head = AUDIO_HEADER.pack(AUDIO_VERSION, len(chans), int(AUDIO_RATE_HZ), pcm.shape[1], meta["t_s"],
                              meta["wall0"], float(meta["index0"]))
     ids = bytes(chans) + (b"\0" if len(chans) % 2 else b"")
