@@ -596,7 +596,7 @@ const AUDIO_MAX_AHEAD_S = 0.3;  // a block that would play later than this is dr
 const AUDIO_FULL_SCALE_UV = 500;  // µV that play at full scale at volume 100 %
 const EMG = { t0: null, dt: 0.01, lo: [], hi: [], events: [], muted: [], volume: [] };
 const A = { ctx: null, on: false, gains: [], master: null, analyser: null, next: null,
-            received: 0, samples: 0, scheduled: 0, underruns: 0, dropped: 0, channels: new Set(), latency: [] };
+            received: 0, samples: 0, scheduled: 0, underruns: 0, dropped: 0, channels: new Set(), lastChannels: [], latency: [] };
 S.emg = EMG; S.audio = A;
 
 function emgColumns(a) {  // append display columns; a gap is kept as nulls, a repeat is skipped
@@ -739,7 +739,7 @@ function onAudio(buf) {
   const nch = dv.getUint8(1), rate = dv.getUint16(2, true), n = dv.getUint32(4, true);
   const wall0 = dv.getFloat64(16, true);
   const ids = new Uint8Array(buf, 32, nch), pcm = new Int16Array(buf, 32 + nch + (nch % 2), nch * n);
-  A.received++; A.samples += nch * n;
+  A.received++; A.samples += nch * n; A.lastChannels = [...ids];
   if (!A.on || !A.ctx) return;
   const ctx = A.ctx, now = ctx.currentTime;
   if (A.next === null || A.next < now + 0.005) { if (A.next !== null) A.underruns++; A.next = now + AUDIO_LEAD_S; }
