@@ -54,25 +54,23 @@ def test_free_run_panel_traces_controls_events_and_sound(tmp_path: Path, browser
         page.click("#signin")
         page.wait_for_selector("#emgpanel:not(.hidden)", timeout=15000)
         assert page.locator("#emgchans .row").count() == 3
-        poll(page, "window.ionm.emg.lo.length === 3 && window.ionm.emg.lo[0].length > 100", 10)
+        poll(page, "window.ionm.emg.lo.length === 3 && window.ionm.emg.lo[0].length > 250", 10)  # 2.5 s of trace
 
-        # time base: the same data spans twice the width at 0.5 s/div as at 1 s/div (newest at the right edge)
-        page.select_option("#emgtime", "1")
-        page.wait_for_timeout(300)
-        left_10s = np.flatnonzero(trace_pixels(page).any(axis=0)).min()
-        page.select_option("#emgtime", "0.5")
-        page.wait_for_timeout(300)
-        left_5s = np.flatnonzero(trace_pixels(page).any(axis=0)).min()
+        def redrawn(select: str, value: str) -> np.ndarray:
+            before = page.evaluate("window.ionm.emgDraws || 0")
+            page.select_option(select, value)
+            poll(page, "window.ionm.emgDraws > %d" % before, 5)
+            return trace_pixels(page)
+
+        # time base: the same seconds span twice the width at 0.5 s/div as at 1 s/div (newest at the right edge)
+        left_10s = np.flatnonzero(redrawn("#emgtime", "1").any(axis=0)).min()
+        left_5s = np.flatnonzero(redrawn("#emgtime", "0.5").any(axis=0)).min()
         width = page.eval_on_selector("#emgcanvas", "c => c.width")
-        assert left_5s < left_10s - 0.1 * width, (left_5s, left_10s, width)
+        assert left_5s < left_10s - 0.15 * width, (left_5s, left_10s, width)
 
         # sensitivity: at 5 µV/div the background (3 µV rms) fills the row; at 1000 µV/div it is a thin line
-        page.select_option("#emgscale", "5")
-        page.wait_for_timeout(300)
-        tall = int(trace_pixels(page).any(axis=1).sum())
-        page.select_option("#emgscale", "1000")
-        page.wait_for_timeout(300)
-        thin = int(trace_pixels(page).any(axis=1).sum())
+        tall = int(redrawn("#emgscale", "5").any(axis=1).sum())
+        thin = int(redrawn("#emgscale", "1000").any(axis=1).sum())
         assert thin < tall / 3, (thin, tall)
         page.select_option("#emgscale", "50")
 

@@ -90,7 +90,7 @@ class Client:
         self.refilled = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None  # a wake-up once the budget allows the held display frames
         self.audio_channels: list[int] = []  # free-run EMG channels this viewer hears (empty: sound off)
-        self.audio: deque[bytes] = deque()
+        self.audio: deque[tuple[bytes, float]] = deque()  # (message, wall clock its last sample was acquired)
         self.audio_dropped = 0
 
     def refill(self, now: float) -> None:
@@ -105,6 +105,7 @@ class Hub:
         self.latency_ms: deque[float] = deque(maxlen=5000)
         self.audio_sent = 0
         self.audio_dropped = 0
+        self.audio_lag_ms: deque[float] = deque(maxlen=5000)  # last sample acquired -> handed to the socket
 
     def publish(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         """Engine thread: hand over without waiting."""
@@ -128,8 +129,9 @@ class Hub:
         self.loop.call_soon_threadsafe(self._distribute_audio, meta, pcm)
 
     def _distribute_audio(self, meta: dict[str, Any], pcm: np.ndarray) -> None:
-        from ionm.console.freerun import audio_message
+        from ionm.console.freerun import AUDIO_RATE_HZ, audio_message
 
+        acquired = float(meta["wall0"]) + (pcm.shape[1] - 1) / AUDIO_RATE_HZ
         for c in self.clients:
             if not c.audio_channels:
                 continue
@@ -137,7 +139,7 @@ class Hub:
                 c.audio.popleft()
                 c.audio_dropped += 1
                 self.audio_dropped += 1
-            c.audio.append(audio_message(meta, pcm, c.audio_channels))
+            c.audio.append((audio_message(meta, pcm, c.audio_channels), acquired))
             c.wake.set()
 
     def update_messages(self, c: Client, now: float | None = None, backlog: int = 0
@@ -333,7 +335,8 @@ class ConsoleServer:
             "engine_latency_ms": _stats(self.engine.stats["engine_latency_ms"]),
             "sweeps": self.engine.stats["sweeps"], "clients": len(self.hub.clients),
             "emg": {k: self.engine.stats[k] for k in ("emg_blocks", "emg_behind_max_s", "emg_columns_skipped")}
-            | {"audio_sent": self.hub.audio_sent, "audio_dropped": self.hub.audio_dropped},
+            | {"audio_sent": self.hub.audio_sent, "audio_dropped": self.hub.audio_dropped,
+               "audio_lag_ms": _stats(self.hub.audio_lag_ms)},
             "t_s": round(self.engine.t_s, 3), "errors": list(self.engine.errors)[-5:],
         })
 
@@ -386,7 +389,9 @@ class ConsoleServer:
                     await ws.send_str(msg)
                     continue
                 while c.audio:  # sound first: it is the only thing that is late when it waits
-                    await ws.send_bytes(c.audio.popleft())
+                    data, acquired = c.audio.popleft()
+                    self.hub.audio_lag_ms.append((time.time() - acquired) * 1000.0)
+                    await ws.send_bytes(data)
                     self.hub.audio_sent += 1
                 if not c.frames and not c.appends:
                     continue

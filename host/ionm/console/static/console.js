@@ -583,20 +583,26 @@ function drawTimeline() {
 // ------------------------------------------------------------------ free-run EMG: traces, events, sound
 // The server sends display columns (min/max µV per 10 ms per channel), events and a small state frame; the page
 // keeps the last EMG_KEEP_S of columns and draws the newest at the right edge. Sound arrives as binary messages
-// (ionm.console.freerun.audio_message) for the channels this viewer hears; each block is scheduled on the Web
-// Audio clock right after the previous one (AudioBufferSourceNode -> the channel's GainNode -> master), a little
-// ahead (AUDIO_LEAD_S) to ride over network jitter.
+// (ionm.console.freerun.audio_message) for the channels this viewer hears. Each block is played at a fixed delay
+// after its samples were acquired: its acquisition time (the console's clock) plus the shortest transit seen over the
+// last AUDIO_TRANSIT_WINDOW blocks (which absorbs any offset between the two machines' clocks) plus AUDIO_LEAD_S
+// (the jitter buffer). Consecutive blocks join seamlessly while that time is within AUDIO_SLIP_S of where the
+// previous one ended; a block whose time has passed when it arrives is not played (late sound is worse than a
+// gap, and a backlog never builds up). AudioBufferSourceNode -> the channel's GainNode (mute, volume) -> master.
 const EMG_KEEP_S = 12;
 const EMG_ROW_H = 64;  // px per channel (the controls' rows are as high)
 const EMG_DIVS_V = 4;  // vertical divisions per channel row
 const EMG_KIND_COLOR = { a_train: "rgba(255,77,79,.35)", neurotonic: "rgba(255,166,87,.32)", burst: "rgba(227,179,65,.30)",
   spike: "rgba(227,179,65,.9)", cautery: "rgba(138,160,184,.22)", ongoing: "rgba(255,77,79,.18)" };
-const AUDIO_LEAD_S = 0.06;  // scheduled this far ahead of the audio clock when (re)starting: the jitter buffer
-const AUDIO_MAX_AHEAD_S = 0.3;  // a block that would play later than this is dropped (the clocks drifted apart)
+const AUDIO_LEAD_S = 0.06;  // the jitter buffer, s
+// a block follows the previous one without a gap while that keeps it within AUDIO_SLIP_S of its own time (the audio
+// clock advances in steps of the device's buffer, ~10 ms, so its own time jitters by that much)
+const AUDIO_SLIP_S = 0.02;
+const AUDIO_TRANSIT_WINDOW = 50;  // blocks (1 s) over which the shortest transit is taken
 const AUDIO_FULL_SCALE_UV = 500;  // µV that play at full scale at volume 100 %
 const EMG = { t0: null, dt: 0.01, lo: [], hi: [], events: [], muted: [], volume: [] };
 const A = { ctx: null, on: false, gains: [], master: null, analyser: null, next: null,
-            received: 0, samples: 0, scheduled: 0, underruns: 0, dropped: 0, channels: new Set(), lastChannels: [], latency: [] };
+            received: 0, samples: 0, scheduled: 0, late: 0, resyncs: 0, transits: [], channels: new Set(), lastChannels: [], latency: [] };
 S.emg = EMG; S.audio = A;
 
 function emgColumns(a) {  // append display columns; a gap is kept as nulls, a repeat is skipped
@@ -742,17 +748,24 @@ function onAudio(buf) {
   A.received++; A.samples += nch * n; A.lastChannels = [...ids];
   if (!A.on || !A.ctx) return;
   const ctx = A.ctx, now = ctx.currentTime;
-  if (A.next === null || A.next < now + 0.005) { if (A.next !== null) A.underruns++; A.next = now + AUDIO_LEAD_S; }
-  else if (A.next > now + AUDIO_MAX_AHEAD_S) { A.dropped++; return; }
+  const acquired = wall0 * 1000 + ((n - 1) / rate) * 1000, arrived = Date.now();  // ms, each on its own clock
+  A.transits.push(arrived - acquired);
+  if (A.transits.length > AUDIO_TRANSIT_WINDOW) A.transits.shift();
+  // the block starts to play AUDIO_LEAD_S after the fastest block of the window arrived whole (this browser's clock)
+  const due = acquired + Math.min(...A.transits) + AUDIO_LEAD_S * 1000;
+  const ideal = now + (due - arrived) / 1000;  // on the audio clock
+  let when = ideal;
+  if (A.next !== null && Math.abs(ideal - A.next) < AUDIO_SLIP_S) when = A.next;
+  else if (A.next !== null) A.resyncs++;
+  if (when < now + 0.003) { A.late++; A.next = null; return; }
   const f = S.frames.emg, scale = ((f && f.audio.uv_per_lsb) || 0.1) / AUDIO_FULL_SCALE_UV;
   audioBuild(Math.max(...ids) + 1);
-  const when = A.next;
   for (let j = 0; j < nch; j++) {
     const b = ctx.createBuffer(1, n, rate), d = b.getChannelData(0);
     for (let i = 0; i < n; i++) d[i] = pcm[j * n + i] * scale;
     const src = ctx.createBufferSource(); src.buffer = b; src.connect(A.gains[ids[j]]); src.start(when);
   }
-  A.next += n / rate;
+  A.next = when + n / rate;
   A.scheduled++;
   // heard = now + until its turn on the audio clock + the context's processing and the device's output latency
   const heard = Date.now() + (when - now + (ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000;
