@@ -258,7 +258,8 @@ def emg_lines(store: Any, cid: int) -> list[str]:
     lines = ["%d free-run EMG events (every one stored; spikes, bursts and cautery are not in the timeline)."
              % len(rows), "", "  %-28s %7s %7s %7s %7s %7s  %s" % ("channel", *kinds, "A-train time")]
     for name, c in per.items():
-        lines.append("  %-28s %7d %7d %7d %7d %7d  %.1f s" % (name[:28], *(int(c[k]) for k in kinds), c["a_train_s"]))
+        counts = " ".join("%7d" % int(c[k]) for k in kinds)
+        lines.append("  %-28s %s  %.1f s" % (name[:28], counts, c["a_train_s"]))
     warn = [a for a in store.rows("alerts", cid) if a["stream"].startswith("emg/")]
     if warn:
         lines += ["", "A-train warnings"] + ["  %s %s: %s" % (_mmss(a["t_s"]), a["channel_name"], a["criterion"])

@@ -1550,7 +1550,8 @@ class CaseEngine:
         ch = self.emg.channels[c]
         self._alert_seq += 1
         uid = "%s-A%d" % (self.case["uid"], self._alert_seq)
-        row = {"uid": uid, "stream": freerun.STREAM, "t_s": round(self.emg.t_s, 3), "channel": c,
+        t_s = round(self.emg.t_s, 3)
+        row: dict[str, Any] = {"uid": uid, "stream": freerun.STREAM, "t_s": t_s, "channel": c,
                "channel_name": ch.name,
                "criterion": "cumulative A-train time %.1f s (warning at %g s)" % (ch.a_train_s, self.emg.warn_s),
                "amplitude_ratio": None, "latency_ratio": None, "scope": "focal"}
@@ -1558,7 +1559,7 @@ class CaseEngine:
         self.store.audit(self.case_id, "system", "alert", row | {"a_train_s": round(ch.a_train_s, 3)})
         label = alert_label(row)
         self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
-        self._event("alert", label, "system", t_s=row["t_s"])
+        self._event("alert", label, "system", t_s=t_s)
         self._publish_alerts()
 
     # ---------------------------------------------------------------- link health, stimulation

@@ -117,7 +117,7 @@ class FreeRunMonitor:
         self.a_train_before = [0.0] * len(self.names)  # recorded before a restart (the detector starts at 0)
         self.bin_n = max(int(round(DISPLAY_BIN_S * self.fs)), 1)
         self._bin_rest = np.zeros((len(self.names), 0))  # samples of the column not yet complete
-        self._bin_t = None  # case time of the next column's start
+        self._bin_t: float | None = None  # case time of the next column's start
         self.view: deque[tuple[float, np.ndarray, np.ndarray]] = deque(maxlen=int(round(VIEW_S / DISPLAY_BIN_S)))
         self.events: deque[dict[str, Any]] = deque(maxlen=400)  # the newest, for the snapshot's marks
         self.t0_s: float | None = None  # case time of the detector's sample 0
