@@ -211,3 +211,30 @@ def test_the_report_has_a_free_run_page_and_survives_the_warning(tmp_path: Path)
         assert pages >= 2 and (tmp_path / "case.pdf").stat().st_size > 1000
     finally:
         run.close()
+
+
+def test_the_technologist_sets_the_threshold_during_the_case_and_it_outlives_a_restart(tmp_path: Path) -> None:
+    from ionm.console.engine import CommandError
+
+    run = Run(tmp_path)
+    try:
+        run.play(65.0)
+        assert run.alerts() == []  # 2.6 s on orbicularis oris, 0.6 s on oculi: below 10 s
+        with pytest.raises(CommandError):
+            run.engine.submit("doc", "physician", {"cmd": "emg_warning", "s": 1.0}).result(10)
+        assert run.engine.submit("tech", "technologist", {"cmd": "emg_warning", "s": 1.0}).result(10) == {"warn_s": 1.0}
+        assert [a["channel_name"] for a in run.alerts()] == [ORIS]  # past the new threshold: warned at once
+        assert "warning at 1 s" in run.alerts()[0]["criterion"]
+        assert any(e["text"] == "free-run EMG: A-train warning at 1 s (was 10 s)" and e["user"] == "tech"
+                   for e in run.engine.timeline)
+        actions = [a["action"] for a in run.store.rows("audit", run.case_id)]
+        assert "emg_warning" in actions and "denied" in actions
+    finally:
+        run.close()
+    run = Run(tmp_path, resume=True)
+    try:
+        run.play(70.0)
+        assert run.engine.call(run.engine.snapshot)["frames"]["emg"]["warn_s"] == 1.0
+        assert [a["channel_name"] for a in run.alerts()] == [ORIS]
+    finally:
+        run.close()

@@ -1,6 +1,7 @@
 """Issue 19 item 5 in a real browser (Playwright driving Debian's chromium, as tests/test_console_browser.py): the
 free-run EMG panel draws a trace per channel, its µV/div and time-base controls change what is drawn, A-trains are
-marked and listed on the timeline, the A-train warning of a facial channel shows; sound reaches the Web Audio graph
+marked and listed on the timeline, the A-train warning of a facial channel shows and its threshold is set from
+the panel; sound reaches the Web Audio graph
 once turned on, a muted channel is no longer sent, volume sets its gain, and with every channel muted the graph
 falls silent.
 
@@ -105,6 +106,13 @@ def test_free_run_panel_traces_controls_events_and_sound(tmp_path: Path, browser
         assert "WARNING" in page.inner_text("#emgchans .row >> nth=0")
         poll(page, "!document.getElementById('banner').classList.contains('hidden')", 10)
         assert "cumulative A-train time" in page.inner_text("#banner")
+        # the technologist lowers the threshold to 0.5 s from the panel: orbicularis oculi (0.6 s) is past it
+        oculi = "[...document.querySelectorAll('#emgchans .row .atrain')][1]"
+        poll(page, oculi + ".textContent.includes('A-train 0.6')", 10)
+        page.fill("#emgwarn", "0.5")
+        page.click("#emgwarnform button")
+        poll(page, oculi + ".classList.contains('over')", 5)
+        assert "/ 0.5 s" in page.inner_text("#emgchans .row >> nth=1")
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "freerun_emg.png"))
         assert not errors, errors

@@ -135,6 +135,10 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
         elif p["kind"] == "probe":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "probe", "user": p["user"],
                           "text": describe_probe(p["body"])})
+        elif p["kind"] == "emg_warning":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "emg", "user": p["user"],
+                          "text": "free-run EMG: A-train warning at %g s (was %g s)" % (p["body"]["warn_s"],
+                                                                                      p["body"]["was_s"])})
         elif p["kind"] == "emg" and p["body"].get("kind") in EMG_TIMELINE_KINDS:
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "emg", "user": p["user"],
                           "text": describe_emg(p["body"])})

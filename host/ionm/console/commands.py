@@ -181,6 +181,8 @@ class Schema:
             "probe_stop": ({}, ()),
             # this viewer's sound: the free-run EMG channels it hears (empty: sound off); not case state, not audited
             "audio": ({"channels": integers(0, 255, 64)}, ("channels",)),
+            # the cumulative A-train time at which a facial channel's free-run EMG warns, s
+            "emg_warning": ({"s": number(0.1, 3600)}, ("s",)),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

@@ -58,7 +58,7 @@ from ionm.sweep import EmgBlock, Sweep
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
     "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
-                     "tof_every", "probe", "probe_stop"},
+                     "tof_every", "probe", "probe_stop", "emg_warning"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -435,6 +435,8 @@ class CaseEngine:
             return self._probe_cmd(user, msg)
         if cmd == "probe_stop":
             return self._probe_stop_cmd(user)
+        if cmd == "emg_warning":
+            return self._emg_warning(user, float(msg["s"]))
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -1541,6 +1543,26 @@ class CaseEngine:
         if frames or appends:
             self._emit(frames, appends)
 
+    def _emg_warning(self, user: str, s: float) -> dict[str, Any]:
+        """Set the cumulative A-train time at which a facial channel warns (s), for the rest of the case: recorded,
+        audited and on the timeline. A channel already warned is not warned again; one already past the new
+        threshold is warned at once."""
+        if not s > 0:
+            raise CommandError("the A-train warning must be above 0 s")
+        old = self.a_train_warn_s
+        self.a_train_warn_s = s
+        if self.emg is not None:
+            self.emg.warn_s = s
+        body = {"warn_s": s, "was_s": old}
+        self.store.add_program(self.case_id, self.t_s, user, "emg_warning", body)
+        self.store.audit(self.case_id, user, "emg_warning", body | {"t_s": round(self.t_s, 3)})
+        self._event("emg", "free-run EMG: A-train warning at %g s (was %g s)" % (s, old), user)
+        if self.emg is not None:
+            for c in self.emg.due_warnings():
+                self._emg_alert(c)
+            self._emit([("emg", self.emg.frame())], [])
+        return {"warn_s": s}
+
     def _emg_alert(self, c: int) -> None:
         """The cumulative A-train time of facial channel c reached the threshold: an alert (banner, store, audit,
         timeline), once per channel and case."""
@@ -1784,6 +1806,9 @@ class CaseEngine:
 
         emg_alerts = [a["channel_name"] for a in self.store.rows("alerts", cid) if a["stream"] == freerun.STREAM]
         emg_events = [p["body"] for p in programs if p["kind"] == "emg"]
+        for p in programs:
+            if p["kind"] == "emg_warning":  # the threshold set during the case outlives a restart
+                self.a_train_warn_s = float(p["body"]["warn_s"])
         self._emg_restore = (emg_events, emg_alerts)
         # free-run EMG has no sweeps: its newest recorded event is how far it went (the quiet after it is not known)
         last_t = max([last_t] + [float(e["end_s"]) for e in emg_events])

@@ -657,6 +657,8 @@ function drawEmgInfo() {
   const f = S.frames.emg; if (!f) return;
   $("emgpanel").classList.remove("hidden");
   ensureEmgRows(f);
+  $("emgwarnform").classList.toggle("hidden", !can("emg_warning"));
+  if (document.activeElement !== $("emgwarn")) $("emgwarn").value = f.warn_s;
   const n = (k) => f.channels.reduce((s, c) => s + (c.counts[k] || 0), 0);
   $("emgmeta").textContent = f.channels.length + " channels · " + n("a_train") + " A-trains · " + n("neurotonic") +
     " neurotonic · " + n("burst") + " bursts · " + n("spike") + " spikes · " + n("cautery") + " cautery";
@@ -858,6 +860,11 @@ function setup() {
       { cmd: "tof_every", s: 0 }, s ? "Train-of-four every " + s + " s" : "Automatic train-of-four off");
   });
   $("emgsound").addEventListener("click", toggleSound);
+  $("emgwarnform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    command({ cmd: "emg_warning", s: +$("emgwarn").value }, "A-train warning at " + $("emgwarn").value + " s")
+      .then(() => $("emgwarn").blur());
+  });
   for (const id of ["emgscale", "emgtime"]) $(id).addEventListener("change", () => { S.dirty.add("emgtrace"); schedule(); });
   $("noteform").addEventListener("submit", (e) => {
     e.preventDefault();
