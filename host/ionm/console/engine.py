@@ -406,10 +406,11 @@ class CaseEngine:
             text = str(msg.get("text", "")).strip()
             if not text:
                 raise CommandError("empty note")
-            self.store.add_note(self.case_id, self.t_s, user, text)
-            self.store.audit(self.case_id, user, "note", {"t_s": self.t_s, "text": text})
-            self._event("note", text, user)
-            return {"t_s": self.t_s}
+            now = self.now_s()
+            self.store.add_note(self.case_id, now, user, text)
+            self.store.audit(self.case_id, user, "note", {"t_s": now, "text": text})
+            self._event("note", text, user, t_s=now)
+            return {"t_s": now}
         if cmd == "ack":
             return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip(),
                              bool(msg.get("group")))
@@ -459,9 +460,9 @@ class CaseEngine:
         if not note:
             raise CommandError("an acknowledgement needs a note (what was done, who was told)")
         for a in members:
-            self.store.add_ack(self.case_id, a["uid"], self.t_s, user, note)
-            self.store.audit(self.case_id, user, "ack", {"alert": a["uid"], "note": note, "t_s": self.t_s})
-        self.alerts.acknowledge(members, {"user": user, "note": note, "wall": time.time(), "t_s": self.t_s})
+            self.store.add_ack(self.case_id, a["uid"], self.now_s(), user, note)
+            self.store.audit(self.case_id, user, "ack", {"alert": a["uid"], "note": note, "t_s": self.now_s()})
+        self.alerts.acknowledge(members, {"user": user, "note": note, "wall": time.time(), "t_s": self.now_s()})
         last = members[-1]
         more = " (%d alerts of this channel)" % len(members) if len(members) > 1 else ""
         self._event("ack", "%s: %s%s" % (last["label"], note, more), user)
@@ -1543,6 +1544,12 @@ class CaseEngine:
         if frames or appends:
             self._emit(frames, appends)
 
+    def now_s(self) -> float:
+        """The case time of what a user does now: the newest sweep's, or the free-run EMG's if that is newer (a case
+        of free-run EMG alone has no sweeps). Free-run EMG does not move self.t_s, the sweeps' clock, whose restarts
+        are told by sweeps falling behind it."""
+        return max(self.t_s, self.emg.t_s if self.emg is not None else 0.0)
+
     def _emg_warning(self, user: str, s: float) -> dict[str, Any]:
         """Set the cumulative A-train time at which a facial channel warns (s), for the rest of the case: recorded,
         audited and on the timeline. A channel already warned is not warned again; one already past the new
@@ -1554,9 +1561,10 @@ class CaseEngine:
         if self.emg is not None:
             self.emg.warn_s = s
         body = {"warn_s": s, "was_s": old}
-        self.store.add_program(self.case_id, self.t_s, user, "emg_warning", body)
-        self.store.audit(self.case_id, user, "emg_warning", body | {"t_s": round(self.t_s, 3)})
-        self._event("emg", "free-run EMG: A-train warning at %g s (was %g s)" % (s, old), user)
+        now = self.now_s()
+        self.store.add_program(self.case_id, now, user, "emg_warning", body)
+        self.store.audit(self.case_id, user, "emg_warning", body | {"t_s": round(now, 3)})
+        self._event("emg", "free-run EMG: A-train warning at %g s (was %g s)" % (s, old), user, t_s=now)
         if self.emg is not None:
             for c in self.emg.due_warnings():
                 self._emg_alert(c)
