@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 ORDER = ["link", "firmware", "pipeline_throughput", "store_ledger", "snapshot_size", "detection", "live_case", "emg",
+         "freerun_audio",
          "eeg", "baep", "hunt", "hub"]
 
 

@@ -19,3 +19,22 @@ class Sweep:
     channels: tuple[int, ...]  # board channel numbers
     channel_names: tuple[str, ...]
     data_uv: np.ndarray  # float32 [n_channels, n_samples], raw and unfiltered, µV
+
+
+@dataclass(frozen=True)
+class EmgBlock:
+    """A block of continuous free-running EMG: what a free-run source yields and the console's EMG path consumes
+    (ionm.console.freerun). Blocks of one source follow each other without gap or overlap."""
+
+    t_s: float  # time of the first sample, seconds from case start, from the source's sample clock
+    first_index: int  # sample index of the first sample (counted from the source's start)
+    fs: float  # Hz
+    channel_names: tuple[str, ...]
+    data_uv: np.ndarray  # float32 [n_channels, n_samples], raw and unfiltered, µV
+    stim_times_s: tuple[float, ...] = ()  # stimuli (case s) whose artefacts start in or just after this block
+    evoked_times_s: tuple[float, ...] = ()  # of those, stimuli that evoke a muscle response (vagal)
+    acquired_wall: float = 0.0  # host wall clock (time.time()) when the last sample was acquired
+
+    @property
+    def n(self) -> int:
+        return int(self.data_uv.shape[1])

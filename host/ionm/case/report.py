@@ -240,6 +240,35 @@ def probe_lines(store: Any, cid: int) -> list[str]:
     return lines
 
 
+def emg_lines(store: Any, cid: int) -> list[str]:
+    """The free-run EMG page: per channel the events by kind and the cumulative A-train time, the A-train warnings,
+    then every neurotonic discharge and A-train in order. Empty when the case had no free-run EMG event."""
+    from ionm.case.timeline import EMG_TIMELINE_KINDS, describe_emg
+
+    rows = [p["body"] for p in store.rows("programs", cid) if p["kind"] == "emg"]
+    if not rows:
+        return []
+    kinds = ("a_train", "neurotonic", "burst", "spike", "cautery")
+    per: dict[str, dict[str, float]] = {}
+    for r in rows:
+        c = per.setdefault(r["channel"], dict.fromkeys((*kinds, "a_train_s"), 0.0))
+        c[r["kind"]] = c.get(r["kind"], 0.0) + 1
+        if r["kind"] == "a_train":
+            c["a_train_s"] += float(r["end_s"]) - float(r["t_s"])
+    lines = ["%d free-run EMG events (every one stored; spikes, bursts and cautery are not in the timeline)."
+             % len(rows), "", "  %-28s %7s %7s %7s %7s %7s  %s" % ("channel", *kinds, "A-train time")]
+    for name, c in per.items():
+        counts = " ".join("%7d" % int(c[k]) for k in kinds)
+        lines.append("  %-28s %s  %.1f s" % (name[:28], counts, c["a_train_s"]))
+    warn = [a for a in store.rows("alerts", cid) if a["stream"].startswith("emg/")]
+    if warn:
+        lines += ["", "A-train warnings"] + ["  %s %s: %s" % (_mmss(a["t_s"]), a["channel_name"], a["criterion"])
+                                            for a in warn]
+    lines += ["", "Neurotonic discharges and A-trains"]
+    lines += ["  %s %s" % (_mmss(r["t_s"]), describe_emg(r)) for r in rows if r["kind"] in EMG_TIMELINE_KINDS]
+    return lines
+
+
 def write_report(store: Any, case_ref: Any, out: str) -> int:
     """Write the PDF; returns the number of pages."""
     import matplotlib
@@ -322,6 +351,8 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
 
         # 3. one page per alert
         for a in alerts:
+            if a["stream"] not in streams:  # free-run EMG's A-train warning: no sweeps; on the free-run EMG page
+                continue
             st = streams[a["stream"]]
             c = int(a["channel"])
             avgs = store.averages(cid, a["stream"])
@@ -376,6 +407,11 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         probes = probe_lines(store, cid)
         if probes:
             pages += _text_page(pdf, "Manual probe (nerve mapping)", probes)
+
+        # 3c''. free-run EMG (only when the case had any)
+        emg = emg_lines(store, cid)
+        if emg:
+            pages += _text_page(pdf, "Free-run EMG", emg)
 
         # 3c. trains-of-four (only when delivered)
         tofs = tof_lines(store, cid)

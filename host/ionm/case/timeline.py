@@ -33,8 +33,9 @@ def alert_label(a: dict[str, Any]) -> str:
         parts.append("amplitude %d %%" % round(100 * amp))
     if lat is not None:
         parts.append("latency %d %%" % round(100 * lat))
-    label = "%s %s: %s (%s; %s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
-                                    ", ".join(parts), a["scope"])
+    # an alert with neither ratio (free-run EMG's A-train warning) says its scope alone
+    label = "%s %s: %s (%s)" % (a["stream"].split("/", 1)[-1], short_name(a["channel_name"]), a["criterion"],
+                                "; ".join([", ".join(parts), a["scope"]] if parts else [a["scope"]]))
     return label + (" [%s]" % tof_note(a["tof"]) if a.get("tof") else "")
 
 
@@ -93,6 +94,21 @@ def describe_probe(r: dict[str, Any]) -> str:
     return "%s: %s: %d pulses%s" % (head, what, r["pulses"], " (stopped by itself)" if r.get("timed_out") else "")
 
 
+EMG_TIMELINE_KINDS = ("neurotonic", "a_train")  # free-run EMG events listed in the timeline (all are stored)
+EMG_KIND_WORDS = {"a_train": "A-train", "neurotonic": "neurotonic discharge", "spike": "spike", "burst": "burst",
+                  "cautery": "cautery"}
+
+
+def describe_emg(ev: dict[str, Any]) -> str:
+    """A free-run EMG event as the timeline and the report word it: 'EMG L orbicularis oris: A-train 1.50 s at 95
+    Hz, 140 µV (cumulative 4.3 s)'."""
+    rate = " at %.0f Hz" % ev["rate_hz"] if ev.get("rate_hz") else ""
+    peak = ", %.0f µV" % ev["peak_uv"] if ev.get("peak_uv") is not None else ""
+    cum = " (cumulative A-train %.1f s)" % ev["cumulative_s"] if ev.get("cumulative_s") is not None else ""
+    return "EMG %s: %s %.2f s%s%s%s" % (ev["channel"], EMG_KIND_WORDS.get(ev["kind"], ev["kind"]),
+                                        max(float(ev["end_s"]) - float(ev["t_s"]), 0.0), rate, peak, cum)
+
+
 def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     """The case's events in time order, as the console timeline and the report show them."""
     items: list[dict[str, Any]] = []
@@ -121,6 +137,13 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
         elif p["kind"] == "probe":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "probe", "user": p["user"],
                           "text": describe_probe(p["body"])})
+        elif p["kind"] == "emg_warning":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "emg", "user": p["user"],
+                          "text": "free-run EMG: A-train warning at %g s (was %g s)" % (p["body"]["warn_s"],
+                                                                                      p["body"]["was_s"])})
+        elif p["kind"] == "emg" and p["body"].get("kind") in EMG_TIMELINE_KINDS:
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "emg", "user": p["user"],
+                          "text": describe_emg(p["body"])})
         elif p["kind"] == "tof":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "tof", "user": p["user"],
                           "text": describe_tof(p["body"])})

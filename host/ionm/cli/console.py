@@ -3,6 +3,8 @@
     ionm console --sim [--scenario NAME]              the virtual board: the firmware on MicroPython, a patient
     ionm console --sim --direct [--fast]              the scenario's physiology straight from the patient model
     ionm console --port /dev/ttyACM0                  the board
+    ionm console --sim --freerun NAME                 also free-running EMG from a free-run scenario
+                                                      (hardware/scenarios/freerun): traces, events, sound
     ionm console ... --publish nats-leaf://HUB:7422 --site S --room R --room-store DIR
                                                       also to the oversight hub (ionm hub), through the room's
                                                       own JetStream, a leaf node of the hub's
@@ -41,6 +43,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--events-at", type=float, metavar="S", help="--sim: move the scenario's events to start at S s")
     p.add_argument("--mep-every", type=float, default=0.0, metavar="S",
                    help="--sim: TcMEP train every S s (0: on demand)")
+    p.add_argument("--freerun", metavar="NAME",
+                   help="--sim: free-running EMG from this free-run scenario (hardware/scenarios/freerun: "
+                        "lumbar_root_retraction, cpa_facial_traction, thyroid_rln_traction) or JSON path")
+    p.add_argument("--a-train-warning", type=float, default=10.0, metavar="S",
+                   help="free-run EMG: warn when a facial channel's cumulative A-train time reaches S s "
+                        "(default %(default)s)")
     p.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT", help="default %(default)s")
     p.add_argument("--no-browser", action="store_true", help="do not open a browser")
     add_db_argument(p)
@@ -141,6 +149,17 @@ def run(args: argparse.Namespace) -> int:
         problem = scenario_error(args.scenario)
         if problem:
             return fail("console", 2, problem)
+    if args.freerun:
+        if not args.sim:
+            return fail("console", 2, "--freerun needs --sim (a board's free-run EMG is not wired yet)")
+        from ionm_hw.physiology.freerun import load_scenario as load_freerun
+
+        try:
+            load_freerun(args.freerun)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            return fail("console", 2, str(exc))
+    if not args.a_train_warning > 0:
+        return fail("console", 2, "--a-train-warning must be above 0 s")
     if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
         print("ionm console: WARNING: listening on %s without TLS: passwords and patient data cross the network "
               "in clear. Give --cert/--key for remote oversight." % host, file=sys.stderr)
@@ -184,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         meta = {"source": "sim" if args.sim else "board", "port": args.port}
         if args.sim:
             meta.update(scenario=args.scenario, seed=args.seed, events_at=args.events_at, mep_every=args.mep_every)
+        if args.freerun:
+            meta.update(freerun=args.freerun, a_train_warning_s=args.a_train_warning)
         case_id = store.open_case(patient_id=args.patient_id, procedure=args.procedure, meta=meta)
 
     board = None
@@ -198,13 +219,14 @@ def run(args: argparse.Namespace) -> int:
         source, stimulation, link_health = _live_source(board.device, program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
                             auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
-                            screw_rules=screw_rules)
+                            screw_rules=screw_rules, a_train_warn_s=meta.get("a_train_warning_s", args.a_train_warning))
         if resuming:
             engine.resume()
     elif args.sim:
         stimulation = RecordedStimulation(program)
         engine = CaseEngine(store, case_id, stimulation=stimulation, auto_baseline_s=args.auto_baseline,
                             stall_alarm_s=args.stall_alarm, screw_rules=screw_rules,
+                            a_train_warn_s=meta.get("a_train_warning_s", args.a_train_warning),
                             queue_size=32 if args.fast else 2048)  # a fast source runs just ahead, not minutes
         start_s = engine.resume() + 0.25 if resuming else 0.0
         source = SimulatedCase(scenario, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
@@ -215,9 +237,16 @@ def run(args: argparse.Namespace) -> int:
         source, stimulation, link_health = _live_source(args.port)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
                             auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
-                            screw_rules=screw_rules)
+                            screw_rules=screw_rules, a_train_warn_s=meta.get("a_train_warning_s", args.a_train_warning))
         if resuming:
             engine.resume()
+    emg_source = None
+    freerun = meta.get("freerun") or args.freerun
+    if freerun and args.sim:  # free-run EMG beside the sweeps: a resumed case goes on from its case time
+        from ionm.board.freerun import FreeRunCase
+
+        emg_source = FreeRunCase(freerun, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
+                                 start_s=engine.t_s)
     tls = tls_context(args.cert, args.key) if args.cert else None
     server = ConsoleServer(engine, store, tls=tls)
     publisher = inbox = None
@@ -249,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
         print("ionm console: %s case %s at %s" % ("resumed" if resuming else "opened", case["uid"], url), flush=True)
 
     try:
-        serve(server, engine, source, host, port, open_browser=not args.no_browser, announce=announce)
+        serve(server, engine, source, host, port, open_browser=not args.no_browser, announce=announce,
+              emg_source=emg_source)
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
         for step in (inbox.close if inbox is not None else None, engine.stop, getattr(source, "close", None),

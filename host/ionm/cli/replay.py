@@ -57,10 +57,13 @@ def run(args: argparse.Namespace) -> int:
     def at_end() -> bool:
         engine.store.flush()
         replayed = len(engine.store.rows("alerts", engine.case_id))
-        recorded = len(store.rows("alerts", int(case["id"])))
-        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s"
-              % (source.sent, replayed, recorded, "; serving until a signal" if args.keep_serving else ""),
-              flush=True)
+        rows = store.rows("alerts", int(case["id"]))
+        # free-run EMG's A-train warnings come from samples that are not recorded: counted apart, not replayed
+        emg = sum(1 for a in rows if a["stream"].startswith("emg/"))
+        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s%s"
+              % (source.sent, replayed, len(rows) - emg,
+                 "; %d free-run EMG warnings recorded, not replayed" % emg if emg else "",
+                 "; serving until a signal" if args.keep_serving else ""), flush=True)
         return bool(args.keep_serving)
 
     try:

@@ -81,6 +81,17 @@ def boolean(path: str, v: Any) -> Any:
     return v
 
 
+def integers(lo: int, hi: int, max_len: int) -> Check:
+    def check(path: str, v: Any) -> Any:
+        if not isinstance(v, list):
+            raise CommandInvalid(path, "must be an array, not %s" % _kind(v))
+        if len(v) > max_len:
+            raise CommandInvalid(path, "longer than %d items" % max_len)
+        one = number(lo, hi, integer=True)
+        return [one("%s[%d]" % (path, i), x) for i, x in enumerate(v)]
+    return check
+
+
 def nullable(check: Check) -> Check:
     return lambda path, v: None if v is None else check(path, v)
 
@@ -169,6 +180,10 @@ class Schema:
             "probe": ({"ma": number(0, _probe_max_ma(), lo_open=True), "rate_hz": number(0.5, _probe_max_rate()),
                        "label": text(80, nonempty=False)}, ("ma",)),
             "probe_stop": ({}, ()),
+            # this viewer's sound: the free-run EMG channels it hears (empty: sound off); not case state, not audited
+            "audio": ({"channels": integers(0, 255, 64)}, ("channels",)),
+            # the cumulative A-train time at which a facial channel's free-run EMG warns, s
+            "emg_warning": ({"s": number(0.1, 3600)}, ("s",)),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

@@ -16,6 +16,11 @@ sweeps that arrived meanwhile and swapped in. The same mechanism re-baselines an
 baselines recorded in the store from the recorded sweeps.
 
 Sources are swappable: any iterable of ionm.sweep.Sweep, optionally with link_health() -> dict and close().
+
+Free-running EMG (run_emg_source: an iterable of ionm.sweep.EmgBlock) takes a path of its own
+(ionm.console.freerun): each block is turned into sound on the source's thread as it arrives and handed to the
+audio subscribers at once; the engine thread then analyses it (events to the timeline, the store and, for the
+cumulative A-train time of a facial channel, an alert) and sends its display columns.
 """
 
 from __future__ import annotations
@@ -48,12 +53,12 @@ from ionm.console.display import (
     trace,
 )
 from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
-from ionm.sweep import Sweep
+from ionm.sweep import EmgBlock, Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
     "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
-                     "tof_every", "probe", "probe_stop"},
+                     "tof_every", "probe", "probe_stop", "emg_warning"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -98,6 +103,8 @@ TOF_NOISE_FACTOR = 3.0  # ... or this times the peak to peak of the same window 
 TOF_NOISE_AFTER_S = 0.4
 TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the report have every one
 MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
+EMG_QUEUE_BLOCKS = 3000  # free-run blocks waiting for the engine thread: 60 s of 20-ms blocks before the source waits
+EMG_PUBLISH_S = 0.1  # display columns go out at least this much at a time (case s)
 
 
 def tof_interval_s() -> float:
@@ -116,6 +123,15 @@ def _num(v: Any, digits: int = 3) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, digits) if math.isfinite(f) else None
+
+
+def _merge_columns(cols: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive free-run display items as one (their columns follow each other)."""
+    if len(cols) == 1:
+        return cols[0]
+    return {"k": "emg", "t0": cols[0]["t0"], "dt": cols[0]["dt"],
+            "lo": [sum((c["lo"][i] for c in cols), []) for i in range(len(cols[0]["lo"]))],
+            "hi": [sum((c["hi"][i] for c in cols), []) for i in range(len(cols[0]["hi"]))]}
 
 
 def decimate(x: np.ndarray, points: int = DISPLAY_POINTS) -> tuple[np.ndarray, int]:
@@ -167,7 +183,8 @@ class CaseEngine:
     def __init__(self, store: CaseStore, case_id: int, *, stimulation: Stimulation | None = None,
                  link_health: Callable[[], dict[str, Any]] | None = None, auto_baseline_s: float | None = None,
                  queue_size: int = 2048, evaluator_config: Any = None, record: bool = True,
-                 stall_alarm_s: float = STALL_S, probe: Any = None, screw_rules: Any = None):
+                 stall_alarm_s: float = STALL_S, probe: Any = None, screw_rules: Any = None,
+                 a_train_warn_s: float | None = None):
         self.store = store
         self.case_id = int(case_id)
         self.case = store.case(case_id)
@@ -229,6 +246,23 @@ class CaseEngine:
         self.probes: list[dict[str, Any]] = []  # manual probe sessions' records
         self._probe_job: dict[str, Any] | None = None
         self._probe_seq = 0
+        # Free-running EMG (ionm.console.freerun): the monitor (made with the first block), blocks waiting for the
+        # engine thread (never dropped), the sound's listeners, display columns not yet sent.
+        from ionm.console import freerun
+
+        self.a_train_warn_s = float(a_train_warn_s if a_train_warn_s is not None else freerun.A_TRAIN_WARN_S)
+        self.emg: freerun.FreeRunMonitor | None = None
+        self._emg_blocks: queue.Queue[tuple[EmgBlock, np.ndarray]] = queue.Queue(maxsize=EMG_QUEUE_BLOCKS)
+        self._emg_sources: list[Any] = []
+        self._emg_done = threading.Event()
+        self._emg_last_wall: float | None = None  # wall clock of the newest block from the source
+        self._emg_restore: tuple[list[dict[str, Any]], list[str]] = ([], [])
+        self._emg_columns: list[dict[str, Any]] = []
+        self._emg_dirty = False
+        self._audio_subscribers: list[Callable[[dict[str, Any], np.ndarray], None]] = []
+        self.stats["emg_blocks"] = 0
+        self.stats["emg_behind_max_s"] = 0.0  # the most the analysis has been behind the source (s)
+        self.stats["emg_columns_skipped"] = 0  # display columns not sent while the analysis caught up
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -253,7 +287,7 @@ class CaseEngine:
                     stop_hunt()
                 except Exception:  # stopping: the board may be gone
                     pass
-        for src in self._sources:
+        for src in self._sources + self._emg_sources:
             close = getattr(src, "close", None)
             if close:
                 close()
@@ -281,6 +315,48 @@ class CaseEngine:
         t = threading.Thread(target=pump, name="sweep-source", daemon=True)
         t.start()
         return t
+
+    def run_emg_source(self, source: Iterable[EmgBlock]) -> threading.Thread:
+        """Iterate a free-run EMG source on its own thread (put_emg for each block)."""
+        self._emg_sources.append(source)
+        self._emg_done.clear()
+
+        def pump() -> None:
+            try:
+                for block in source:
+                    if not self._running:
+                        break
+                    self.put_emg(block)
+            finally:
+                self._emg_done.set()
+
+        t = threading.Thread(target=pump, name="emg-source", daemon=True)
+        t.start()
+        return t
+
+    def put_emg(self, block: EmgBlock) -> None:
+        """A block of free-running EMG (the source's thread): its sound goes to the audio subscribers now, before
+        any analysis; the block waits for the engine thread (blocking only when EMG_QUEUE_BLOCKS are waiting)."""
+        from ionm.console import freerun
+
+        if self.emg is None:
+            mon = freerun.FreeRunMonitor(block.fs, block.channel_names, warn_s=self.a_train_warn_s)
+            mon.restore(*self._emg_restore)
+            self.emg = mon
+        hp = self.emg.audio.filtered(block)
+        if self._audio_subscribers:
+            pcm = self.emg.audio.pcm(hp)
+            meta = {"t_s": block.t_s, "index0": block.first_index // self.emg.audio.factor,
+                    "wall0": block.acquired_wall - (block.n - 1) / block.fs}
+            for cb in self._audio_subscribers:
+                cb(meta, pcm)
+        self._emg_last_wall = time.time()
+        self._emg_blocks.put((block, hp))
+
+    def subscribe_audio(self, callback: Callable[[dict[str, Any], np.ndarray], None]) -> None:
+        """callback(meta, pcm) on the free-run source's thread for every block: meta {t_s, wall0, index0}, pcm int16
+        [channels, samples] at ionm.console.freerun.AUDIO_RATE_HZ. It must not block."""
+        self._audio_subscribers.append(callback)
 
     def at(self, t_s: float, action: Callable[[], None]) -> None:
         """Run action on the engine thread once the case reaches t_s (a replay re-enacts recorded baselines and
@@ -330,10 +406,11 @@ class CaseEngine:
             text = str(msg.get("text", "")).strip()
             if not text:
                 raise CommandError("empty note")
-            self.store.add_note(self.case_id, self.t_s, user, text)
-            self.store.audit(self.case_id, user, "note", {"t_s": self.t_s, "text": text})
-            self._event("note", text, user)
-            return {"t_s": self.t_s}
+            now = self.now_s()
+            self.store.add_note(self.case_id, now, user, text)
+            self.store.audit(self.case_id, user, "note", {"t_s": now, "text": text})
+            self._event("note", text, user, t_s=now)
+            return {"t_s": now}
         if cmd == "ack":
             return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip(),
                              bool(msg.get("group")))
@@ -359,6 +436,8 @@ class CaseEngine:
             return self._probe_cmd(user, msg)
         if cmd == "probe_stop":
             return self._probe_stop_cmd(user)
+        if cmd == "emg_warning":
+            return self._emg_warning(user, float(msg["s"]))
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -381,9 +460,9 @@ class CaseEngine:
         if not note:
             raise CommandError("an acknowledgement needs a note (what was done, who was told)")
         for a in members:
-            self.store.add_ack(self.case_id, a["uid"], self.t_s, user, note)
-            self.store.audit(self.case_id, user, "ack", {"alert": a["uid"], "note": note, "t_s": self.t_s})
-        self.alerts.acknowledge(members, {"user": user, "note": note, "wall": time.time(), "t_s": self.t_s})
+            self.store.add_ack(self.case_id, a["uid"], self.now_s(), user, note)
+            self.store.audit(self.case_id, user, "ack", {"alert": a["uid"], "note": note, "t_s": self.now_s()})
+        self.alerts.acknowledge(members, {"user": user, "note": note, "wall": time.time(), "t_s": self.now_s()})
         last = members[-1]
         more = " (%d alerts of this channel)" % len(members) if len(members) > 1 else ""
         self._event("ack", "%s: %s%s" % (last["label"], note, more), user)
@@ -1006,11 +1085,13 @@ class CaseEngine:
     def _step(self) -> None:
         self._run_commands()
         try:
-            sw = self._sweeps.get(timeout=0.05)
+            sw = self._sweeps.get(timeout=0.02 if self._emg_sources else 0.05)
         except queue.Empty:
             sw = None
         if sw is not None:
             self._process(sw, self._arrivals.pop(id(sw), time.time()))
+        if self.emg is not None:
+            self._drain_emg()
         now = time.monotonic()
         if self._sweeps.empty() or now - self._last_publish >= PUBLISH_EVERY_S:
             self._publish_dirty()
@@ -1417,6 +1498,100 @@ class CaseEngine:
             self._emit([("base:" + st.key, base)], [])
         st.dirty = True
 
+    # ---------------------------------------------------------------- free-running EMG
+    def _drain_emg(self) -> None:
+        """Analyse every free-run block waiting (engine thread): events to the store, the timeline and the page,
+        the A-train warning, display columns. Nothing is skipped but display columns that would be off the screen
+        before they arrive (the analysis more than VIEW_S behind)."""
+        from ionm.case.timeline import EMG_TIMELINE_KINDS, describe_emg
+        from ionm.console import freerun
+
+        assert self.emg is not None
+        mon = self.emg
+        if self._emg_last_wall is not None:
+            self.technical.sweep(freerun.STREAM, self._emg_last_wall)
+        appends: list[dict[str, Any]] = []
+        while True:
+            try:
+                block, hp = self._emg_blocks.get_nowait()
+            except queue.Empty:
+                break
+            events, cols = mon.process(block, hp)
+            self.stats["emg_blocks"] += 1
+            behind = self._emg_blocks.qsize() * block.n / block.fs
+            self.stats["emg_behind_max_s"] = max(self.stats["emg_behind_max_s"], behind)
+            if cols is not None:
+                if behind > freerun.VIEW_S:  # off the screen before it could be drawn: the snapshot has it
+                    self.stats["emg_columns_skipped"] += len(cols["lo"][0]) if cols["lo"] else 0
+                else:
+                    self._emg_columns.append(cols)
+            for ev in events:
+                self.store.add_program(self.case_id, ev["t_s"], "system", "emg", ev)
+                appends.append({"k": "emgev", **ev})
+                if ev["kind"] in EMG_TIMELINE_KINDS:
+                    self._event("emg", describe_emg(ev), "system", t_s=ev["t_s"])
+                self._emg_dirty = True
+            for c in mon.due_warnings():
+                self._emg_alert(c)
+                self._emg_dirty = True
+        if self._emg_columns and (self._emg_columns[-1]["t0"] - self._emg_columns[0]["t0"] >= EMG_PUBLISH_S
+                                  or self._emg_blocks.empty()):
+            appends.append(_merge_columns(self._emg_columns))
+            self._emg_columns = []
+        ongoing = bool(mon.detector.ongoing())
+        frames = [("emg", mon.frame())] if self._emg_dirty or ongoing or mon.blocks % 25 == 0 else []
+        self._emg_dirty = ongoing  # a discharge under way is redrawn until it ends
+        if frames or appends:
+            self._emit(frames, appends)
+
+    def now_s(self) -> float:
+        """The case time of what a user does now: the newest sweep's, or the free-run EMG's if that is newer (a case
+        of free-run EMG alone has no sweeps). Free-run EMG does not move self.t_s, the sweeps' clock, whose restarts
+        are told by sweeps falling behind it."""
+        return max(self.t_s, self.emg.t_s if self.emg is not None else 0.0)
+
+    def _emg_warning(self, user: str, s: float) -> dict[str, Any]:
+        """Set the cumulative A-train time at which a facial channel warns (s), for the rest of the case: recorded,
+        audited and on the timeline. A channel already warned is not warned again; one already past the new
+        threshold is warned at once."""
+        if not s > 0:
+            raise CommandError("the A-train warning must be above 0 s")
+        old = self.a_train_warn_s
+        self.a_train_warn_s = s
+        if self.emg is not None:
+            self.emg.warn_s = s
+        body = {"warn_s": s, "was_s": old}
+        now = self.now_s()
+        self.store.add_program(self.case_id, now, user, "emg_warning", body)
+        self.store.audit(self.case_id, user, "emg_warning", body | {"t_s": round(now, 3)})
+        self._event("emg", "free-run EMG: A-train warning at %g s (was %g s)" % (s, old), user, t_s=now)
+        if self.emg is not None:
+            for c in self.emg.due_warnings():
+                self._emg_alert(c)
+            self._emit([("emg", self.emg.frame())], [])
+        return {"warn_s": s}
+
+    def _emg_alert(self, c: int) -> None:
+        """The cumulative A-train time of facial channel c reached the threshold: an alert (banner, store, audit,
+        timeline), once per channel and case."""
+        from ionm.console import freerun
+
+        assert self.emg is not None
+        ch = self.emg.channels[c]
+        self._alert_seq += 1
+        uid = "%s-A%d" % (self.case["uid"], self._alert_seq)
+        t_s = round(self.emg.t_s, 3)
+        row: dict[str, Any] = {"uid": uid, "stream": freerun.STREAM, "t_s": t_s, "channel": c,
+               "channel_name": ch.name,
+               "criterion": "cumulative A-train time %.1f s (warning at %g s)" % (ch.a_train_s, self.emg.warn_s),
+               "amplitude_ratio": None, "latency_ratio": None, "scope": "focal"}
+        self.store.add_alert(self.case_id, row)
+        self.store.audit(self.case_id, "system", "alert", row | {"a_train_s": round(ch.a_train_s, 3)})
+        label = alert_label(row)
+        self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
+        self._event("alert", label, "system", t_s=t_s)
+        self._publish_alerts()
+
     # ---------------------------------------------------------------- link health, stimulation
     def _poll_link(self) -> None:
         assert self.link_health is not None
@@ -1444,7 +1619,15 @@ class CaseEngine:
     # ---------------------------------------------------------------- technical alarms
     def _running_streams(self) -> dict[str, float]:
         """Streams whose stimulation is on (those a stalled source leaves without sweeps), each with the
-        interval its program stimulates at (s; 0 if not known)."""
+        interval its program stimulates at (s; 0 if not known); and free-run EMG while its source runs."""
+        out = self._running_sweep_streams()
+        if self._emg_sources and not self._emg_done.is_set():
+            from ionm.console.freerun import STREAM
+
+            out[STREAM] = 0.0
+        return out
+
+    def _running_sweep_streams(self) -> dict[str, float]:
         if self._source_done.is_set() or not self._sources:
             return {}
         if time.time() < self._probe_pause_until:  # a screw test paused the other outputs
@@ -1544,6 +1727,9 @@ class CaseEngine:
         frames["tof"] = self.tof_frame()
         frames["probe"] = self.probe_frame()
         frames["case"] = self.case_info()
+        if self.emg is not None:
+            frames["emg"] = self.emg.frame()
+            frames["emgview"] = self.emg.view_frame()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
                                 {k: st.show for k, st in self.streams.items()})
@@ -1624,6 +1810,16 @@ class CaseEngine:
                     self._tof_ref.setdefault((int(r["output"]), int(r["channel"])), float(r["reference_uv"]))
         self._screw_seq = len(self.screws)
         self._screw_job_seq = max([int(r.get("test", 0)) for r in self.screws] + [0])
+        from ionm.console import freerun
+
+        emg_alerts = [a["channel_name"] for a in self.store.rows("alerts", cid) if a["stream"] == freerun.STREAM]
+        emg_events = [p["body"] for p in programs if p["kind"] == "emg"]
+        for p in programs:
+            if p["kind"] == "emg_warning":  # the threshold set during the case outlives a restart
+                self.a_train_warn_s = float(p["body"]["warn_s"])
+        self._emg_restore = (emg_events, emg_alerts)
+        # free-run EMG has no sweeps: its newest recorded event is how far it went (the quiet after it is not known)
+        last_t = max([last_t] + [float(e["end_s"]) for e in emg_events])
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
         self.t_s = last_t

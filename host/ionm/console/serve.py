@@ -13,12 +13,14 @@ from ionm.console.server import ConsoleServer
 
 
 def serve(server: ConsoleServer, engine: CaseEngine, source: Iterable[Any], host: str, port: int, *,
-          open_browser: bool, announce: Callable[[str], None], at_end: Callable[[], bool] | None = None) -> None:
+          open_browser: bool, announce: Callable[[str], None], at_end: Callable[[], bool] | None = None,
+          emg_source: Iterable[Any] | None = None) -> None:
     """Start the web server, the engine and the source; `announce(url)` once all three run; block until a
     signal, then stop the web server (the caller stops the engine and the source, whatever happened).
 
     at_end (a source that ends, such as a recording): called once the source is exhausted and every sweep of it
-    processed; serving stops then unless it returns True (keep serving until a signal)."""
+    processed; serving stops then unless it returns True (keep serving until a signal). emg_source: free-running
+    EMG blocks (ionm.sweep.EmgBlock), run beside the sweeps."""
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -28,6 +30,8 @@ def serve(server: ConsoleServer, engine: CaseEngine, source: Iterable[Any], host
         url = await server.start(host, port)
         engine.start()
         engine.run_source(source)
+        if emg_source is not None:
+            engine.run_emg_source(emg_source)
         announce(url)
         if open_browser:
             webbrowser.open(url)

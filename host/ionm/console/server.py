@@ -21,6 +21,12 @@ Latency: each stream frame carries the arrival time of the oldest sweep it inclu
 send time - arr0 for every stream frame it sends (GET /api/stats), and passes arr0 on so the page can measure
 arrival-to-render.
 
+Sound (free-running EMG, ionm.console.freerun): a viewer that turns its sound on ({"cmd": "audio", "channels": [...]},
+a setting of this viewer only, handled here, not by the engine) is sent every block of those channels as a binary
+message, before any waiting text; sound is never held by the display budget (its rate is fixed: 16 kB/s per
+channel at 8 kHz). A viewer whose socket cannot take it loses the oldest blocks beyond AUDIO_QUEUE_BLOCKS (late
+sound is worse than none), counted in /api/stats.
+
 Security: no page, asset or socket without a valid session (middleware); an account locked after repeated
 failed logins, an address only slowed down (auth.AddressBackoff);
 cookies HttpOnly, SameSite=Strict, Secure under TLS; WebSocket and POST origins must match the host;
@@ -66,8 +72,9 @@ DISPLAY_BACKLOG = 16 * 1024  # bytes still on their way to a viewer above which 
 BACKLOG_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0  # ping every 30 s; no pong within 15 s closes the socket (a dead viewer, not a slow one)
 DURABLE = {"ack", "note", "stim", "baseline", "close", "peak", "screw_test", "screw_stop", "tof", "tof_every", "probe",
-           "probe_stop"}
+           "probe_stop", "emg_warning"}
 IDENTITY = web.RequestKey("identity", Identity)
+AUDIO_QUEUE_BLOCKS = 25  # sound blocks (20 ms each) waiting for one viewer: 0.5 s; older ones are dropped
 
 
 class Client:
@@ -82,6 +89,9 @@ class Client:
         self.tokens = float(DISPLAY_BURST)  # bytes this viewer may be sent now (DISPLAY_BYTES_PER_S refills it)
         self.refilled = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None  # a wake-up once the budget allows the held display frames
+        self.audio_channels: list[int] = []  # free-run EMG channels this viewer hears (empty: sound off)
+        self.audio: deque[tuple[bytes, float]] = deque()  # (message, wall clock its last sample was acquired)
+        self.audio_dropped = 0
 
     def refill(self, now: float) -> None:
         self.tokens = min(float(DISPLAY_BURST), self.tokens + (now - self.refilled) * DISPLAY_BYTES_PER_S)
@@ -93,6 +103,9 @@ class Hub:
         self.loop = loop
         self.clients: set[Client] = set()
         self.latency_ms: deque[float] = deque(maxlen=5000)
+        self.audio_sent = 0
+        self.audio_dropped = 0
+        self.audio_lag_ms: deque[float] = deque(maxlen=5000)  # last sample acquired -> handed to the socket
 
     def publish(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         """Engine thread: hand over without waiting."""
@@ -109,6 +122,24 @@ class Hub:
                 if len(c.appends) > MAX_BACKLOG:
                     c.appends.clear()
                     c.resync = True
+            c.wake.set()
+
+    def publish_audio(self, meta: dict[str, Any], pcm: np.ndarray) -> None:
+        """The free-run source's thread: hand a block of sound over without waiting."""
+        self.loop.call_soon_threadsafe(self._distribute_audio, meta, pcm)
+
+    def _distribute_audio(self, meta: dict[str, Any], pcm: np.ndarray) -> None:
+        from ionm.console.freerun import AUDIO_RATE_HZ, audio_message
+
+        acquired = float(meta["wall0"]) + (pcm.shape[1] - 1) / AUDIO_RATE_HZ
+        for c in self.clients:
+            if not c.audio_channels:
+                continue
+            if len(c.audio) >= AUDIO_QUEUE_BLOCKS:
+                c.audio.popleft()
+                c.audio_dropped += 1
+                self.audio_dropped += 1
+            c.audio.append((audio_message(meta, pcm, c.audio_channels), acquired))
             c.wake.set()
 
     def update_messages(self, c: Client, now: float | None = None, backlog: int = 0
@@ -303,6 +334,9 @@ class ConsoleServer:
             "ws_latency_ms": _stats(self.hub.latency_ms),
             "engine_latency_ms": _stats(self.engine.stats["engine_latency_ms"]),
             "sweeps": self.engine.stats["sweeps"], "clients": len(self.hub.clients),
+            "emg": {k: self.engine.stats[k] for k in ("emg_blocks", "emg_behind_max_s", "emg_columns_skipped")}
+            | {"audio_sent": self.hub.audio_sent, "audio_dropped": self.hub.audio_dropped,
+               "audio_lag_ms": _stats(self.hub.audio_lag_ms)},
             "t_s": round(self.engine.t_s, 3), "errors": list(self.engine.errors)[-5:],
         })
 
@@ -354,6 +388,11 @@ class ConsoleServer:
                                       "server_wall": time.time(), **snap}, separators=(",", ":"), allow_nan=False)
                     await ws.send_str(msg)
                     continue
+                while c.audio:  # sound first: it is the only thing that is late when it waits
+                    data, acquired = c.audio.popleft()
+                    self.hub.audio_lag_ms.append((time.time() - acquired) * 1000.0)
+                    await ws.send_bytes(data)
+                    self.hub.audio_sent += 1
                 if not c.frames and not c.appends:
                     continue
                 msgs, lat = self.hub.update_messages(c, backlog=_backlog(transport))
@@ -380,6 +419,13 @@ class ConsoleServer:
         if msg["cmd"] == "ping":
             await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": True, "result": {"wall": time.time()}}))
             return
+        if msg["cmd"] == "audio":  # this viewer's sound: which free-run channels it hears (not case state)
+            c.audio_channels = sorted(set(msg.get("channels", [])))
+            if not c.audio_channels:
+                c.audio.clear()
+            await ws.send_str(json.dumps({"type": "reply", "req": req, "ok": True,
+                                          "result": {"channels": c.audio_channels}}))
+            return
         loop = asyncio.get_running_loop()
         try:
             result = await asyncio.wrap_future(self.engine.submit(c.ident.user, c.ident.role, msg))
@@ -399,6 +445,7 @@ class ConsoleServer:
         self._loop = loop
         self.hub = Hub(loop)
         self.engine.subscribe(self.hub.publish)
+        self.engine.subscribe_audio(self.hub.publish_audio)
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         if self.tls is not None:

@@ -27,7 +27,9 @@ function connect() {
   const proto = location.protocol === "https:" ? "wss:" : "ws:";
   const ws = new WebSocket(proto + "//" + location.host + "/ws");
   S.ws = ws;
-  ws.onmessage = (ev) => onMessage(JSON.parse(ev.data));
+  ws.binaryType = "arraybuffer";
+  ws.onmessage = (ev) => { if (ev.data instanceof ArrayBuffer) onAudio(ev.data); else onMessage(JSON.parse(ev.data)); };
+  ws.onopen = () => { if (A.on) sendAudioChannels(); };  // a reconnected viewer hears what it heard
   ws.onclose = () => {
     $("linkpill").className = "pill bad"; $("linkpill").textContent = "console disconnected";
     setTimeout(() => fetch("/api/stats").then((r) => { if (r.status === 401) location.href = "/login"; else connect(); })
@@ -71,6 +73,9 @@ const STREAM_KEYS = /^(stream|stack|base):/;  // a stream's frames: its state, i
 const STACK_KEEP = 5;  // stack traces kept per stream (ionm.console.display.STACK_SHOWN): the newest + 4 drawn
 
 function applyFrame(key, f) {
+  if (key === "emgview") { emgView(f); return; }
+  if (key === "emg") { const had = S.frames.emg; S.frames.emg = f; S.dirty.add("emginfo"); S.dirty.add("emgtrace");
+    if (!had && A.on) sendAudioChannels(); return; }
   S.frames[key] = f;
   if (STREAM_KEYS.test(key)) { ensurePanel(f.key); S.dirty.add(f.key); }
   else S.dirty.add(key);
@@ -93,7 +98,9 @@ function applyAppend(a) {
     if (!last || a.t_s > last.t_s) f.traces.push(a);  // (one already in the snapshot comes once)
     if (f.traces.length > STACK_KEEP) f.traces.splice(0, f.traces.length - STACK_KEEP);
     ensurePanel(a.s); S.dirty.add(a.s);
-  } else if (a.k === "event") {
+  } else if (a.k === "emg") emgColumns(a);
+  else if (a.k === "emgev") emgEvent(a);
+  else if (a.k === "event") {
     S.timeline.set(a.id, a); S.dirty.add("timeline");
   }
 }
@@ -106,7 +113,7 @@ let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
 // Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
-const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe"]);
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe", "emginfo"]);
 
 function draw() {
   scheduled = false;
@@ -119,7 +126,7 @@ function draw() {
   if (c) $("caseinfo").textContent = "Case " + c.uid + (c.patient_id ? " · patient " + c.patient_id : "") +
     (c.procedure ? " · " + c.procedure : "") + (c.closed ? " · CLOSED" : "");
   let t = 0;
-  for (const [k, f] of Object.entries(S.frames)) if (k.startsWith("stream:")) t = Math.max(t, f.t_s);
+  for (const [k, f] of Object.entries(S.frames)) if (k.startsWith("stream:") || k === "emg") t = Math.max(t, f.t_s);
   $("clock").textContent = fmtT(t);
   for (const key of dirty) {
     if (key === "alerts") drawBanner();
@@ -130,6 +137,8 @@ function draw() {
     else if (key === "screws") drawScrews();
     else if (key === "tof") drawTof();
     else if (key === "probe") drawProbe();
+    else if (key === "emginfo") drawEmgInfo();
+    else if (key === "emgtrace") drawEmgTrace();
     else if (S.frames["stream:" + key]) drawStream(key);
   }
   const now = Date.now();
@@ -152,7 +161,7 @@ function ensurePanel(key) {
   el.querySelector(".basebtn").addEventListener("click", (e) => { e.stopPropagation();
     command({ cmd: "baseline", stream: key }, "Setting baseline of " + key); });
   const streams = $("streams");
-  const order = (k) => (k.startsWith("ssep-upper") ? 0 : k.startsWith("ssep-lower") ? 1 : 2) + (k.includes("R ") ? 0.5 : 0);
+  const order = (k) => k.startsWith("emg") ? -1 : (k.startsWith("ssep-upper") ? 0 : k.startsWith("ssep-lower") ? 1 : 2) + (k.includes("R ") ? 0.5 : 0);
   const after = [...streams.children].find((c) => order(c.dataset.key) > order(key));
   streams.insertBefore(el, after || null);
   if (!S.selected) select(key);
@@ -575,6 +584,207 @@ function drawTimeline() {
   }
 }
 
+// ------------------------------------------------------------------ free-run EMG: traces, events, sound
+// The server sends display columns (min/max µV per 10 ms per channel), events and a small state frame; the page
+// keeps the last EMG_KEEP_S of columns and draws the newest at the right edge. Sound arrives as binary messages
+// (ionm.console.freerun.audio_message) for the channels this viewer hears. Each block is played at a fixed delay
+// after its samples were acquired: its acquisition time (the console's clock) plus the shortest transit seen over the
+// last AUDIO_TRANSIT_WINDOW blocks (which absorbs any offset between the two machines' clocks) plus AUDIO_LEAD_S
+// (the jitter buffer). Consecutive blocks join seamlessly while that time is within AUDIO_SLIP_S of where the
+// previous one ended; a block whose time has passed when it arrives is not played (late sound is worse than a
+// gap, and a backlog never builds up). AudioBufferSourceNode -> the channel's GainNode (mute, volume) -> master.
+const EMG_KEEP_S = 12;
+const EMG_ROW_H = 64;  // px per channel (the controls' rows are as high)
+const EMG_DIVS_V = 4;  // vertical divisions per channel row
+const EMG_KIND_COLOR = { a_train: "rgba(255,77,79,.35)", neurotonic: "rgba(255,166,87,.32)", burst: "rgba(227,179,65,.30)",
+  spike: "rgba(227,179,65,.9)", cautery: "rgba(138,160,184,.22)", ongoing: "rgba(255,77,79,.18)" };
+const AUDIO_LEAD_S = 0.06;  // the jitter buffer, s
+// a block follows the previous one without a gap while that keeps it within AUDIO_SLIP_S of its own time (the audio
+// clock advances in steps of the device's buffer, ~10 ms, so its own time jitters by that much)
+const AUDIO_SLIP_S = 0.02;
+const AUDIO_TRANSIT_WINDOW = 50;  // blocks (1 s) over which the shortest transit is taken
+const AUDIO_FULL_SCALE_UV = 500;  // µV that play at full scale at volume 100 %
+const EMG = { t0: null, dt: 0.01, lo: [], hi: [], events: [], muted: [], volume: [] };
+const A = { ctx: null, on: false, gains: [], master: null, analyser: null, next: null,
+            received: 0, samples: 0, scheduled: 0, late: 0, resyncs: 0, transits: [], channels: new Set(), lastChannels: [], latency: [] };
+S.emg = EMG; S.audio = A;
+
+function emgColumns(a) {  // append display columns; a gap is kept as nulls, a repeat is skipped
+  const n = a.lo.length ? a.lo[0].length : 0;
+  if (!n) return;
+  if (EMG.t0 === null || EMG.lo.length !== a.lo.length) {
+    EMG.t0 = a.t0; EMG.dt = a.dt; EMG.lo = a.lo.map((r) => r.slice()); EMG.hi = a.hi.map((r) => r.slice());
+  } else {
+    const have = EMG.lo[0].length, at = Math.round((a.t0 - EMG.t0) / EMG.dt);
+    if (at > have) for (let c = 0; c < EMG.lo.length; c++) for (let k = have; k < at; k++) { EMG.lo[c].push(null); EMG.hi[c].push(null); }
+    const skip = Math.max(0, have - at);
+    for (let c = 0; c < EMG.lo.length; c++) { EMG.lo[c].push(...a.lo[c].slice(skip)); EMG.hi[c].push(...a.hi[c].slice(skip)); }
+  }
+  const extra = EMG.lo[0].length - Math.round(EMG_KEEP_S / EMG.dt);
+  if (extra > 0) { for (let c = 0; c < EMG.lo.length; c++) { EMG.lo[c].splice(0, extra); EMG.hi[c].splice(0, extra); } EMG.t0 += extra * EMG.dt; }
+  S.dirty.add("emgtrace");
+}
+
+function emgEvent(e) {
+  EMG.events.push(e);
+  const tEnd = EMG.t0 === null ? -Infinity : EMG.t0;
+  while (EMG.events.length && EMG.events[0].end_s < tEnd) EMG.events.shift();
+  S.dirty.add("emgtrace");
+}
+
+function emgView(v) {  // a snapshot's last seconds
+  EMG.t0 = null; EMG.lo = []; EMG.hi = []; EMG.events = [];
+  if (v.t0 !== null) emgColumns({ t0: v.t0, dt: v.dt, lo: v.lo, hi: v.hi });
+  for (const e of v.events || []) emgEvent(e);
+}
+
+function ensureEmgRows(f) {
+  const box = $("emgchans");
+  if (box.children.length === f.channels.length) return;
+  box.innerHTML = "";
+  f.channels.forEach((c, i) => {
+    if (EMG.muted[i] === undefined) { EMG.muted[i] = false; EMG.volume[i] = 70; }
+    const row = document.createElement("div"); row.className = "row"; row.dataset.ch = i;
+    row.innerHTML = '<div class="name"></div><div class="ctl"><label title="mute this channel"><input type="checkbox" class="mute"> mute</label>' +
+      '<input type="range" class="vol" min="0" max="100" title="volume"></div><div class="atrain"></div>';
+    row.querySelector(".name").textContent = c.name;
+    row.querySelector(".name").style.color = COLORS[i % COLORS.length];
+    const mute = row.querySelector(".mute"), vol = row.querySelector(".vol");
+    mute.checked = EMG.muted[i]; vol.value = EMG.volume[i];
+    mute.addEventListener("change", () => { EMG.muted[i] = mute.checked; applyGains(); sendAudioChannels(); });
+    vol.addEventListener("input", () => { EMG.volume[i] = +vol.value; applyGains(); });
+    box.appendChild(row);
+  });
+}
+
+function drawEmgInfo() {
+  const f = S.frames.emg; if (!f) return;
+  $("emgpanel").classList.remove("hidden");
+  ensureEmgRows(f);
+  $("emgwarnform").classList.toggle("hidden", !can("emg_warning"));
+  if (document.activeElement !== $("emgwarn")) $("emgwarn").value = f.warn_s;
+  const n = (k) => f.channels.reduce((s, c) => s + (c.counts[k] || 0), 0);
+  $("emgmeta").textContent = f.channels.length + " channels · " + n("a_train") + " A-trains · " + n("neurotonic") +
+    " neurotonic · " + n("burst") + " bursts · " + n("spike") + " spikes · " + n("cautery") + " cautery";
+  f.channels.forEach((c, i) => {
+    const el = $("emgchans").children[i].querySelector(".atrain");
+    if (!c.facial) { el.textContent = c.counts.a_train ? "A-train " + c.a_train_s.toFixed(1) + " s" : ""; el.className = "atrain"; return; }
+    el.textContent = "A-train " + c.a_train_s.toFixed(1) + " s / " + f.warn_s + " s" + (c.warned ? "  WARNING" : "");
+    el.className = "atrain" + (c.a_train_s >= f.warn_s ? " over" : c.a_train_s >= 0.8 * f.warn_s ? " near" : "");
+  });
+}
+
+function drawEmgTrace() {
+  const f = S.frames.emg, cv = $("emgcanvas"); if (!f) return;
+  const nch = f.channels.length;
+  cv.style.height = nch * EMG_ROW_H + "px";
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const sdiv = +$("emgtime").value, span = 10 * sdiv, uvdiv = +$("emgscale").value;
+  const cols = EMG.lo.length ? EMG.lo[0].length : 0;
+  const tEnd = EMG.t0 === null ? 0 : EMG.t0 + cols * EMG.dt, tStart = tEnd - span;
+  const x = (t) => ((t - tStart) / span) * W;
+  ctx.strokeStyle = "#1c2836"; ctx.lineWidth = 1;
+  for (let d = 0; d <= 10; d++) { const xx = Math.round((d / 10) * W) + 0.5; ctx.beginPath(); ctx.moveTo(xx, 0); ctx.lineTo(xx, H); ctx.stroke(); }
+  const ongoing = (f.ongoing || []).map((o) => Object.assign({ kind: "ongoing" }, o));
+  for (let c = 0; c < nch; c++) {
+    const top = c * EMG_ROW_H, mid = top + EMG_ROW_H / 2, pxPerUv = EMG_ROW_H / EMG_DIVS_V / uvdiv;
+    ctx.strokeStyle = "#26364a";
+    for (let d = 0; d <= EMG_DIVS_V; d++) { const yy = Math.round(top + (d * EMG_ROW_H) / EMG_DIVS_V) + 0.5; ctx.beginPath(); ctx.moveTo(0, yy); ctx.lineTo(W, yy); ctx.stroke(); }
+    for (const e of EMG.events.concat(ongoing)) {  // event marks behind the trace
+      if (e.ch !== c || e.end_s < tStart) continue;
+      ctx.fillStyle = EMG_KIND_COLOR[e.kind] || "rgba(255,255,255,.2)";
+      if (e.kind === "spike") ctx.fillRect(x(e.t_s) - 1, top + 1, 3, 6);
+      else ctx.fillRect(x(e.t_s), top + 1, Math.max(2, x(e.end_s) - x(e.t_s)), EMG_ROW_H - 2);
+      if (e.kind === "a_train" || e.kind === "neurotonic") {
+        ctx.fillStyle = "#e6edf3"; ctx.font = "10px system-ui";
+        ctx.fillText(e.kind === "a_train" ? "A-train" : "neurotonic", x(e.t_s) + 2, top + 11);
+      }
+    }
+    ctx.strokeStyle = COLORS[c % COLORS.length]; ctx.beginPath();
+    const lo = EMG.lo[c] || [], hi = EMG.hi[c] || [];
+    const first = Math.max(0, Math.floor((tStart - EMG.t0) / EMG.dt));
+    const clamp = (y) => Math.max(top + 1, Math.min(top + EMG_ROW_H - 1, y));
+    for (let k = first; k < cols; k++) {
+      if (lo[k] === null) continue;
+      const xx = x(EMG.t0 + k * EMG.dt);  // negative up, as every trace of the console
+      ctx.moveTo(xx, clamp(mid + lo[k] * pxPerUv)); ctx.lineTo(xx, clamp(mid + hi[k] * pxPerUv) + 0.5);
+    }
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#8aa0b8"; ctx.font = "10px system-ui";
+  ctx.fillText(uvdiv + " µV/div · " + sdiv + " s/div", W - 120, H - 4);
+  S.emgDraws = (S.emgDraws || 0) + 1;
+}
+
+// ---- sound
+function audioBuild(n) {
+  const ctx = A.ctx;
+  if (!A.master) { A.master = ctx.createGain(); A.analyser = ctx.createAnalyser(); A.analyser.fftSize = 2048;
+    A.master.connect(ctx.destination); A.master.connect(A.analyser); }
+  while (A.gains.length < n) { const g = ctx.createGain(); g.connect(A.master); A.gains.push(g); }
+  applyGains();
+}
+
+function applyGains() {
+  A.gains.forEach((g, i) => { g.gain.value = EMG.muted[i] ? 0 : (EMG.volume[i] ?? 70) / 100; });
+}
+
+function sendAudioChannels() {
+  const f = S.frames.emg; if (!f || !S.ws || S.ws.readyState !== 1) return;
+  const chans = A.on ? f.channels.map((_, i) => i).filter((i) => !EMG.muted[i]) : [];
+  send({ cmd: "audio", channels: chans }).then((r) => { A.channels = new Set(r.channels); }).catch((e) => toast(e.message));
+}
+
+function toggleSound() {
+  const f = S.frames.emg; if (!f) return;
+  if (!A.ctx) A.ctx = new AudioContext({ latencyHint: "interactive" });
+  A.on = !A.on;
+  if (A.on) { A.ctx.resume(); audioBuild(f.channels.length); A.next = null; }
+  $("emgsound").textContent = "Sound: " + (A.on ? "on" : "off");
+  $("emgsound").classList.toggle("primary", A.on);
+  sendAudioChannels();
+}
+
+function onAudio(buf) {
+  const dv = new DataView(buf);
+  const nch = dv.getUint8(1), rate = dv.getUint16(2, true), n = dv.getUint32(4, true);
+  const wall0 = dv.getFloat64(16, true);
+  const ids = new Uint8Array(buf, 32, nch), pcm = new Int16Array(buf, 32 + nch + (nch % 2), nch * n);
+  A.received++; A.samples += nch * n; A.lastChannels = [...ids];
+  if (!A.on || !A.ctx) return;
+  const ctx = A.ctx, now = ctx.currentTime;
+  const acquired = wall0 * 1000 + ((n - 1) / rate) * 1000, arrived = Date.now();  // ms, each on its own clock
+  A.transits.push(arrived - acquired);
+  if (A.transits.length > AUDIO_TRANSIT_WINDOW) A.transits.shift();
+  // the block starts to play AUDIO_LEAD_S after the fastest block of the window arrived whole (this browser's clock)
+  const due = acquired + Math.min(...A.transits) + AUDIO_LEAD_S * 1000;
+  const ideal = now + (due - arrived) / 1000;  // on the audio clock
+  let when = ideal;
+  if (A.next !== null && Math.abs(ideal - A.next) < AUDIO_SLIP_S) when = A.next;
+  else if (A.next !== null) A.resyncs++;
+  if (when < now + 0.003) { A.late++; A.next = null; return; }
+  const f = S.frames.emg, scale = ((f && f.audio.uv_per_lsb) || 0.1) / AUDIO_FULL_SCALE_UV;
+  audioBuild(Math.max(...ids) + 1);
+  for (let j = 0; j < nch; j++) {
+    const b = ctx.createBuffer(1, n, rate), d = b.getChannelData(0);
+    for (let i = 0; i < n; i++) d[i] = pcm[j * n + i] * scale;
+    const src = ctx.createBufferSource(); src.buffer = b; src.connect(A.gains[ids[j]]); src.start(when);
+  }
+  A.next = when + n / rate;
+  A.scheduled++;
+  // heard = now + until its turn on the audio clock + the context's processing and the device's output latency
+  const heard = Date.now() + (when - now + (ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000;
+  A.latency.push(heard - wall0 * 1000);
+  if (A.latency.length > 5000) A.latency.splice(0, A.latency.length - 5000);
+}
+
+A.level = () => {  // the largest |sample| now at the master output (tests: the graph carries sound)
+  if (!A.analyser) return 0;
+  const x = new Float32Array(A.analyser.fftSize); A.analyser.getFloatTimeDomainData(x);
+  return x.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+};
+
 // ------------------------------------------------------------------ actions
 function toast(text, info) {
   const el = $("toast"); el.textContent = text; el.className = info ? "info" : "";
@@ -653,6 +863,13 @@ function setup() {
     command(s ? { cmd: "tof_every", s, output: +$("tofoutput").value, channel: +$("tofchannel").value } :
       { cmd: "tof_every", s: 0 }, s ? "Train-of-four every " + s + " s" : "Automatic train-of-four off");
   });
+  $("emgsound").addEventListener("click", toggleSound);
+  $("emgwarnform").addEventListener("submit", (e) => {
+    e.preventDefault();
+    command({ cmd: "emg_warning", s: +$("emgwarn").value }, "A-train warning at " + $("emgwarn").value + " s")
+      .then(() => $("emgwarn").blur());
+  });
+  for (const id of ["emgscale", "emgtime"]) $(id).addEventListener("change", () => { S.dirty.add("emgtrace"); schedule(); });
   $("noteform").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("note").value.trim(); if (!text) return;
@@ -669,7 +886,8 @@ function setup() {
     else if (k === "a") { e.preventDefault(); openAck(); }
     else if (k === "t") { e.preventDefault(); openTcmep(); }
   });
-  window.addEventListener("resize", () => { for (const k of Object.keys(S.frames)) if (k.startsWith("stream:")) S.dirty.add(k.slice(7)); schedule(); });
+  window.addEventListener("resize", () => { for (const k of Object.keys(S.frames)) if (k.startsWith("stream:")) S.dirty.add(k.slice(7));
+    S.dirty.add("emgtrace"); schedule(); });
   connect();
 }
 
