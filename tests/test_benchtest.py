@@ -43,7 +43,7 @@ def test_a_healthy_board_passes_and_the_report_says_what_was_measured(bench_boar
     status, out, err = run_bench(bench_board, capsys, "--report", str(tmp_path / "rep"))
     assert status == 0, out + err
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert report["passed"] is True and report["board_serial"] == "SIM-0001"
+    assert report["passed"] is True and report["board_serial"] == "SIM-0001" and report["partial"] is False
     checks = {c["name"]: c for c in report["checks"]}
     assert set(checks) == EXPECTED_CHECKS
     for c in report["checks"]:
@@ -63,10 +63,14 @@ def test_a_healthy_board_passes_and_the_report_says_what_was_measured(bench_boar
 @pytest.mark.slow
 @pytest.mark.parametrize("bench_board", [["dead:5"]], indirect=True)
 def test_a_dead_channel_fails_and_is_named(bench_board, tmp_path, capsys):
-    status, out, _err = run_bench(bench_board, capsys, "--report", str(tmp_path / "rep"))
-    assert status == 1 and "FAILED" in out
+    # (the healthy board's test runs every group; the groups that can see a channel suffice here)
+    status, out, _err = run_bench(bench_board, capsys, "--report", str(tmp_path / "rep"),
+                                  "--only", "noise,amplitude,timing")
+    assert status == 1 and "FAILED" in out and "partial bench: only noise, amplitude, timing" in out
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
-    assert report["passed"] is False
+    assert report["passed"] is False and report["partial"] is True
+    assert {c["name"] for c in report["checks"]} == EXPECTED_CHECKS - {
+        "stimulator_accuracy", "upper_3db", "passband_flatness"}
     failed = {c["name"]: c for c in report["checks"] if not c["passed"]}
     assert "amplitude_gain_24" in failed and failed["amplitude_gain_24"]["value"] == pytest.approx(100.0)
     for c in failed.values():
@@ -77,14 +81,23 @@ def test_a_dead_channel_fails_and_is_named(bench_board, tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("bench_board", [["gain:3:0.05"]], indirect=True)
 def test_an_uncalibrated_gain_error_fails_and_is_named(bench_board, tmp_path, capsys):
-    status, out, _err = run_bench(bench_board, capsys, "--json")
+    status, out, _err = run_bench(bench_board, capsys, "--json", "--only", "amplitude")
     assert status == 1
     report = json.loads(out)
+    assert report["groups"] == ["amplitude"] and report["partial"] is True
     failed = {c["name"]: c for c in report["checks"] if not c["passed"]}
     assert set(failed) == {"amplitude_gain_%d" % g for g in GAINS} | {"channel_match"}, failed
     for c in failed.values():
         assert c["channels_failed"] == [3]
     assert failed["amplitude_gain_24"]["value"] == pytest.approx(5.0, abs=0.1)
+
+
+def test_an_unknown_group_of_checks_is_refused_before_the_board_is_touched(tmp_path, capsys):
+    p = argparse.ArgumentParser()
+    bench_cmd.add_arguments(p)
+    status = bench_cmd.run(p.parse_args(["--port", str(tmp_path / "no-such-port"), "--generator", "TCPIP::x",
+                                         "--only", "noise,gains"]))
+    assert status == 2 and "no group of checks called gains" in capsys.readouterr().err
 
 
 # ---- estimators against known truth ---------------------------------------------------------------------------
