@@ -41,15 +41,20 @@ VALID: dict[str, dict[str, Any]] = {
     "screw_test": {"cmd": "screw_test", "req": 1, "level": "L4", "side": "L", "dynamic": False, "hi_ma": 20.0,
                    "p2p_uv": 100.0},
     "screw_stop": {"cmd": "screw_stop", "req": 1},
+    "resume": {"cmd": "stim", "req": 1, "command": {"action": "resume"}},
+    "emg_warning": {"cmd": "emg_warning", "req": 1, "s": 12.5},
+    "audio": {"cmd": "audio", "req": 1, "channels": [0, 2]},
 }
 NUMBERS = {"req", "output", "current_ma", "width_us", "rate_hz", "train_pulses", "ipi_ms", "repeat_s", "channel",
-           "latency_ms", "hi_ma", "p2p_uv"}
+           "latency_ms", "hi_ma", "p2p_uv", "s"}
 BOOLS = {"enabled", "confirmed", "group", "dynamic"}
 NULLABLE = {"req", "stream@baseline", "latency_ms"}
 REQUIRED = {"note": ["text"], "ack": ["alert", "note"], "ssep": ["command", "command.action", "command.output"],
             "tcmep": ["command", "command.action"], "tcmep_train": ["command", "command.action"],
             "stop_all": ["command", "command.action"], "peak": ["stream", "channel", "name"],
-            "screw_test": ["level", "side"]}
+            "screw_test": ["level", "side"], "resume": ["command", "command.action"], "emg_warning": ["s"],
+            "audio": ["channels"]}
+INTEGER_LISTS = {"channels"}
 
 
 def fields(kind: str) -> list[str]:
@@ -76,6 +81,8 @@ def wrong_types(kind: str, path: str) -> hs.SearchStrategy[Any]:
         others += [hs.text(max_size=8), hs.integers(), hs.floats(allow_nan=False)]
     else:  # strings
         others += [hs.integers(), hs.floats(allow_nan=False), hs.booleans()]
+    if name in INTEGER_LISTS:  # a list of integers is its type: anything else is wrong
+        others = others[1:]  # (a wrong element is named with its index, channels[0]: not this table's business)
     if name == "command":
         others = [hs.text(max_size=8), hs.integers(), hs.lists(hs.integers(), max_size=2), hs.none()]
     return hs.one_of(*others)
