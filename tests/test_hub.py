@@ -810,3 +810,58 @@ def test_an_alert_is_pushed_at_once_even_right_after_a_view_of_routine_data():
     assert not asyncio.run(woken("trend", {"k": "trend", "s": "x", "t": 1.0}))  # routine data waits out the pause
     assert asyncio.run(woken("event", {"k": "event", "id": 1, "kind": "alert"}))  # an alert ends it
     assert asyncio.run(woken("alerts", {"total": 1, "unacked": 1, "groups": []}))
+
+
+def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_the_tile():
+    """The TOF state (the count < 2 warning that makes MEP and EMG unreliable) and the manual probe's records
+    ("response present at X mA") go to the hub as the screws do: their frames without the room's panel detail."""
+    from ionm.hub.server import HubState
+
+    class Engine:
+        case = {"uid": "case-8", "procedure": "thyroidectomy"}
+
+        def subscribe(self, fn):
+            self.out = fn
+
+    class Sink:
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, kind, body):
+            self.sent.append((kind, body))
+            return len(self.sent)
+
+    tof_results = [{"uid": "t1", "t_s": 120.0, "user": "tech", "auto": False, "site": "R median",
+                    "channel_name": "APB", "current_ma": 25.0, "count": 1, "ratio": None, "t1_fraction": 0.2,
+                    "error": None}]
+    tof = {"available": True, "interval_s": 15.0, "outputs": {"1": "R median"}, "channels": [[4, "APB"]],
+           "next_allowed_t_s": 135.0, "running": None, "every": None,
+           "warning": "TOF 1/4 (R median -> APB): MEP and EMG unreliable", "results": tof_results, "count": 1}
+    last = {"3": {"p2p_uv": 420.0, "latency_ms": 6.1}}
+    record = {"uid": "p1", "t_s": 130.0, "user": "tech", "label": "R vagus", "ma": 1.0, "pulses": 12,
+              "present": True, "response": {"channel_name": "R vocalis", "p2p_uv": 420.0}, "error": None}
+    probe = {"available": True, "ma_max": 40.0, "rate_hz_max": 5.0, "criterion_uv": 100.0,
+             "running": {"ma": 1.0, "rate_hz": 4.0, "label": "R vagus", "pulses": 12, "user": "tech", "last": last},
+             "records": [record], "count": 1}
+    engine, sink = Engine(), Sink()
+    bridge.attach(engine, sink)
+    engine.out([("tof", json.dumps(tof), None), ("probe", json.dumps(probe), None)], [])
+    engine.out([("tof", json.dumps(tof), None)], [])  # unchanged: not sent again
+    sent = {kind: body for kind, body in sink.sent if kind in ("tof", "probe")}
+    assert [k for k, _ in sink.sent].count("tof") == 1
+    assert sent["tof"] == {"available": True, "running": None, "every": None, "warning": tof["warning"],
+                           "results": tof_results, "count": 1}  # not the panel's outputs, channels or clock
+    assert sent["probe"] == {"available": True, "records": [record], "count": 1,
+                             "running": {"ma": 1.0, "rate_hz": 4.0, "label": "R vagus", "pulses": 12, "user": "tech"}}
+    changed = dict(probe, running=dict(probe["running"], pulses=13, last={"3": {"p2p_uv": 380.0}}))
+    engine.out([("probe", json.dumps(changed), None)], [])
+    assert [k for k, _ in sink.sent].count("probe") == 2  # the session goes on: its pulse count changed
+
+    state = HubState()
+    state.add("ionm.General.OR_3.case-8.tof", hm.encode("tof", 3, "case-8", sent["tof"]))
+    state.add("ionm.General.OR_3.case-8.probe", hm.encode("probe", 4, "case-8", sent["probe"]))
+    (tile,) = state.view()["cases"]
+    assert tile["tof"] == {"count": 1, "warning": tof["warning"], "newest": {"count": 1, "ratio": None,
+                                                                               "site": "R median", "t_s": 120.0}}
+    assert tile["probe"] == {"count": 1, "running": True,
+                             "newest": {"label": "R vagus", "ma": 1.0, "present": True, "t_s": 130.0}}

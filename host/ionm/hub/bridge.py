@@ -3,7 +3,8 @@
 attach(engine, publisher) subscribes to the engine (ionm.console.engine.CaseEngine.subscribe) and publishes:
 the case header once; every timeline event (alerts, acknowledgements, notes, baselines, board events) as
 "event"; the alert list, the technical alarms and the stimulation state as "alerts", "technical" and
-"stimulation" whenever they change; the pedicle-screw tests as "screws" (without the rules' legend); trend
+"stimulation" whenever they change; the pedicle-screw tests as "screws" (without the rules' legend), the
+train-of-four as "tof" (results and the count < 2 warning) and the manual probe as "probe" (its records); trend
 points as "trend"; periodic averages (the stack's traces) and each baseline's waveform as "average"; link
 health as "link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
 Each average carries what the hub's case view needs to draw it (stream_info: the channels' names, the time of the
@@ -21,8 +22,13 @@ from typing import Any
 from ionm.hub.publisher import Publisher
 
 LINK_EVERY_S = 1.0
-STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws"}
+STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws", "tof": "tof",
+                "probe": "probe"}
+# What of the room's panels the hub gets: the results and the state, not the controls' choices
 SCREW_KEYS = ("available", "running", "results", "count")  # the frame without its rules (the legend)
+TOF_KEYS = ("available", "running", "every", "warning", "results", "count")  # not the outputs, channels, clock
+PROBE_KEYS = ("available", "running", "records", "count")  # the session without its newest pulse's responses
+PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS}
 
 
 class Bridge:
@@ -43,8 +49,10 @@ class Bridge:
                 if self._last.get(key) != js:
                     self._last[key] = js
                     body = json.loads(js)
-                    if key == "screws":
-                        body = {k: body.get(k) for k in SCREW_KEYS}
+                    if key in PANEL_KEYS:
+                        body = {k: body.get(k) for k in PANEL_KEYS[key]}
+                        if key == "probe" and isinstance(body.get("running"), dict):
+                            body["running"] = {k: v for k, v in body["running"].items() if k != "last"}
                     self.publisher.publish(STATE_FRAMES[key], body)
             elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
                 body = json.loads(js)

@@ -26,8 +26,8 @@ import cbor2
 VERSION = 1
 STREAM = "IONM"
 SUBJECTS = "ionm.>"
-KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link", "screws", "receipt",
-         "physician")
+KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link", "screws", "tof", "probe",
+         "receipt", "physician")
 PHYSICIAN = "physician"  # the one kind a room does not publish: a physician's ack or note, sent to the room
 DUPLICATE_WINDOW_S = 600.0  # JetStream de-duplication window: longer than any outage a room back-fills
 

@@ -95,7 +95,8 @@ class HubState:
         site, room = where.get("site", "?"), where.get("room", "?")
         c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
                                                 "alerts": {}, "events": [], "technical": None, "stimulation": None,
-                                                "link": None, "screws": None, "last_seq": 0, "heard": None,
+                                                "link": None, "screws": None, "tof": None, "probe": None, "last_seq": 0,
+                                                "heard": None,
                                                 "timeline": [], "trend": {}, "waves": {}, "requests": {}})
         kind, body = msg["kind"], msg["body"]
         if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
@@ -135,7 +136,7 @@ class HubState:
         elif kind == "event":
             c["events"].append(body)
             del c["events"][:-EVENTS_KEPT]
-        elif kind in ("technical", "stimulation", "link", "screws"):
+        elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe"):
             c[kind] = body
         self._notify(kind in URGENT_KINDS)
 
@@ -149,7 +150,7 @@ class HubState:
                 "procedure": c["header"].get("procedure", ""), "unacknowledged": unacked,
                 "newest_alert": newest,
                 "events": c["events"][-5:], "stimulation": c["stimulation"], "technical": c["technical"],
-                "screws": screw_summary(c["screws"]),
+                "screws": screw_summary(c["screws"]), "tof": tof_summary(c["tof"]), "probe": probe_summary(c["probe"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
         return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad, "version": self.version}
@@ -192,6 +193,28 @@ def screw_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
             "running": frame.get("running") is not None,
             "newest": None if newest is None else {k: newest.get(k) for k in ("level", "side", "lowest", "colour",
                                                                                "label", "hi_ma")}}
+
+
+def tof_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a tile says of a room's train-of-four: how many, the warning while the count is below 2 (MEP and EMG
+    unreliable), the newest result; None if none."""
+    if not frame or not frame.get("count"):
+        return None
+    results = list(frame.get("results") or [])
+    newest = results[-1] if results else None
+    return {"count": int(frame.get("count") or 0), "warning": frame.get("warning"),
+            "newest": None if newest is None else {k: newest.get(k) for k in ("count", "ratio", "site", "t_s")}}
+
+
+def probe_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a tile says of a room's manual probe (nerve mapping): how many sessions, one under way, the newest
+    record ("response present at X mA" or not); None if none."""
+    if not frame or not (frame.get("count") or frame.get("running")):
+        return None
+    records = list(frame.get("records") or [])
+    newest = records[-1] if records else None
+    return {"count": int(frame.get("count") or 0), "running": frame.get("running") is not None,
+            "newest": None if newest is None else {k: newest.get(k) for k in ("label", "ma", "present", "t_s")}}
 
 
 def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
