@@ -291,7 +291,7 @@ def test_a_physician_cannot_send_to_an_unassigned_room_nor_as_another_and_a_room
             return out
 
         out = asyncio.run(forge())
-        stored = asyncio.run(physician_messages(server.url, service))
+        stored = physician_messages(server.url, service)
     finally:
         if page is not None:
             page.close()
@@ -304,22 +304,12 @@ def test_a_physician_cannot_send_to_an_unassigned_room_nor_as_another_and_a_room
                                         for e in errors), (out, errors)
 
 
-async def physician_messages(url: str, auth: dict) -> list[tuple[str, str]]:
+def physician_messages(url: str, auth: dict) -> list[tuple[str, str]]:
     """(subject, request id) of every physician's message in the hub's stream."""
-    import nats
+    from test_hub import stream_messages
 
-    nc = await nats.connect(url, **auth)
-    js = nc.jetstream()
-    try:
-        state = (await js.stream_info(hm.STREAM)).state
-        out = []
-        for seq in range(state.first_seq, state.last_seq + 1):
-            m = await js.get_msg(hm.STREAM, seq)
-            if m.subject.split(".")[4] == hm.PHYSICIAN:
-                out.append((m.subject, hm.decode(m.data)["body"]["id"]))
-        return out
-    finally:
-        await nc.close()
+    return [(subject, msg["body"]["id"]) for subject, _id, msg in stream_messages(url, **auth)
+            if subject.split(".")[4] == hm.PHYSICIAN]
 
 
 def test_through_the_rooms_leaf_node_a_physicians_ack_reaches_the_room_and_its_receipt_the_page(tmp_path):
