@@ -35,7 +35,8 @@ which keeps its real length: cut to 90 s (~400 sweeps) no test can tell 45 % fro
 evaluator alerts 1-4 min into the real one. Each case ends TAIL_S after its last keypoint, and at least
 MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
-both passes, ~6 min.
+both passes, ~15 min. IONM_BENCH_LIVE_CASE_SCENARIOS=a,b runs those scenarios only. Every scenario, compact:
+about 90 min of case time per pass (the two fusion scenarios 15-17 min each), so over three hours in all.
 
 Truth. The virtual patient (ionm_hw.patient.VirtualPatient, same scenario and seed as the board) says which
 responses each stimulated site evokes and how strongly each channel records each of them; a channel's truth is
@@ -845,6 +846,13 @@ def _run_pass(label: str, names: list[str], compact: bool, workroot: Path, log: 
                 store.close()
                 shutil.rmtree(workdir, ignore_errors=True)
             res["cases"].append(c)
+            if "analysis" in c:  # each case's figures as it ends: a long run stopped early still says something
+                f = _collect([c])
+                log("     missed %d, false %d, duplicates %d, SSEP time to alert %s s, MEP %s trains, differences "
+                    "%d, board stops %d (resumed by hand %d), errors %d" % (
+                        len(f["missed"]), f["false_alerts"], len(f["duplicates"]), _fmt(f["ssep_median_s"]),
+                        _fmt(f["mep_worst_trains"]), f["differences"], f["board_stops"], f["resumed_by_hand"],
+                        len(f["errors"])))
     finally:
         if hogs:
             hogs.close()
@@ -861,7 +869,8 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
     plan = plan or os.environ.get("IONM_BENCH_LIVE_CASE", "compact")
     if plan not in ("compact", "natural"):
         raise ValueError("plan must be compact or natural, not %r" % plan)
-    names = scenarios or (QUICK_SCENARIOS if quick else scenario_names())
+    chosen = [s for s in os.environ.get("IONM_BENCH_LIVE_CASE_SCENARIOS", "").split(",") if s]
+    names = scenarios or chosen or (QUICK_SCENARIOS if quick else scenario_names())
 
     def log(s: str) -> None:
         print(s, flush=True)
