@@ -33,6 +33,8 @@ class StoredCase:
         for sw, _ in self.store.iter_sweeps(self.case_id, t_from=self.from_s):
             if self._closed:
                 return
+            if sw.modality == "eeg":  # continuous EEG records are not sweeps: not replayed through the sweep path
+                continue
             due = sw.t_s + (sw.data_uv.shape[1] - sw.pre_samples) / sw.fs
             if wall0 is None:
                 wall0 = time.monotonic() - due / self.speed if self.speed > 0 else 0.0
