@@ -51,7 +51,7 @@ class EegCase(_Paced):
 
     def __init__(self, scenario: str, seed: int = 1, *, speed: float = 1.0, fs_hz: float = FS_HZ,
                  block_s: float = EEG_BLOCK_S, start_s: float = 0.0) -> None:
-        from ionm_hw.physiology import eeg
+        import ionm_hw.physiology.eeg as eeg
 
         self.scenario = eeg.load_scenario(scenario)
         self.name = str(self.scenario.get("name", scenario))
@@ -67,7 +67,7 @@ class EegCase(_Paced):
         self.blocks_sent = 0
 
     def _chunk(self, i0: int, n: int) -> np.ndarray:
-        from ionm_hw.physiology import eeg
+        import ionm_hw.physiology.eeg as eeg
 
         out = np.empty((len(self.names), n), dtype=np.float32)
         done, end = 0, self._samples_uv.shape[1]
@@ -106,7 +106,7 @@ class EegCase(_Paced):
 class BaepCase(_Paced):
     def __init__(self, scenario: str, seed: int = 1, *, speed: float = 1.0, block: int = BAEP_BLOCK,
                  start_s: float = 0.0, side: str = "L") -> None:
-        from ionm_hw.physiology import baep
+        import ionm_hw.physiology.baep as baep
 
         self.scenario = baep.load_scenario(scenario)
         self.name = str(self.scenario.get("name", scenario))
@@ -124,7 +124,7 @@ class BaepCase(_Paced):
         self.blocks_sent = 0
 
     def _chunk(self, i0: int, n: int) -> np.ndarray:
-        from ionm_hw.physiology import baep
+        import ionm_hw.physiology.baep as baep
 
         out = np.empty((len(self.names), n, self._sweeps_uv.shape[2]), dtype=np.float32)
         done, end = 0, self._sweeps_uv.shape[1]

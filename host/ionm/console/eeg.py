@@ -140,7 +140,7 @@ class EegView:
         self.dsa.append((t, cols["L"], cols["R"]))
         point = self._trend_point(t)
         self.trend.append(point)
-        return {"k": "eegep", "t": t, "L": _b64(cols["L"]), "R": _b64(cols["R"]), **point}
+        return {"k": "eegep", "dL": _b64(cols["L"]), "dR": _b64(cols["R"]), **point}
 
     def _trend_point(self, t: float) -> dict[str, Any]:
         mon = self.monitor
