@@ -102,6 +102,7 @@ def test_clamp_ischaemia_is_a_unilateral_alert_and_the_eeg_is_stored_and_exporte
         assert len(view["raw"]["v"]) == 8
         assert len(view["raw"]["v"][0]) == pytest.approx(ev.RAW_VIEW_S * ev.RAW_FS_HZ, abs=40)
         assert any(a["k"] == "eegep" for a in run.appends) and any(a["k"] == "eegraw" for a in run.appends)
+        assert len(json.dumps(view)) + len(json.dumps(f)) < 100_000  # what a new viewer is sent of the EEG
         # the EEG itself: 1-s records at 250 SPS in the store, exported as EDF+ with the derivations' labels
         records = list(run.store.iter_sweeps(run.case_id, ev.STREAM))
         assert len(records) >= 340 and records[0][0].fs == 250.0 and records[0][0].data_uv.shape == (8, 250)

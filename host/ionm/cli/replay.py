@@ -60,9 +60,12 @@ def run(args: argparse.Namespace) -> int:
         rows = store.rows("alerts", int(case["id"]))
         # free-run EMG's A-train warnings come from samples that are not recorded: counted apart, not replayed
         emg = sum(1 for a in rows if a["stream"].startswith("emg/"))
-        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s%s"
-              % (source.sent, replayed, len(rows) - emg,
+        # EEG and BAEP are not replayed yet either: their recorded alerts are counted apart
+        neuro = sum(1 for a in rows if a["stream"].split("/")[0] in ("eeg", "baep"))
+        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s%s%s"
+              % (source.sent, replayed, len(rows) - emg - neuro,
                  "; %d free-run EMG warnings recorded, not replayed" % emg if emg else "",
+                 "; %d EEG/BAEP alerts recorded, not replayed" % neuro if neuro else "",
                  "; serving until a signal" if args.keep_serving else ""), flush=True)
         return bool(args.keep_serving)
 

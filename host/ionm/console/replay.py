@@ -114,8 +114,10 @@ def prepare(store: CaseStore, case_id: int, scratch: CaseStore, speed: float,
             msg = {"stream": m["stream"], "channel": m["channel"], "name": m["name"], "latency_ms": m["latency_ms"]}
             engine.at(m["t_s"], functools.partial(_mark, engine, m["user"], msg))
     for item in timeline_from_store(store, case_id):
-        # free-run EMG events too (its samples are not recorded: they are shown as recorded, not re-detected)
-        if item["kind"] in ("note", "ack", "stim", "screw", "tof", "probe", "emg") and item["t_s"] >= from_s:
+        # free-run EMG events too (its samples are not recorded: they are shown as recorded, not re-detected), and the
+        # EEG's and BAEP's recoveries (not replayed yet)
+        kinds = ("note", "ack", "stim", "screw", "tof", "probe", "emg", "eeg", "baep")
+        if item["kind"] in kinds and item["t_s"] >= from_s:
             engine.at(item["t_s"], functools.partial(engine._event, item["kind"], "[recorded] " + item["text"],
                                                      item["user"]))
     source = StoredCase(store, case_id, speed, from_s)
