@@ -138,14 +138,15 @@ class EegView:
         cols = {s: dsa_levels(psd[idx].mean(axis=0)) if idx else np.zeros(self.dsa_f.size, np.uint8)
                 for s, idx in self.sides.items()}
         self.dsa.append((t, cols["L"], cols["R"]))
-        point = self._trend_point(t)
+        point = self._trend_point(t, k)
         self.trend.append(point)
         return {"k": "eegep", "dL": _b64(cols["L"]), "dR": _b64(cols["R"]), **point}
 
-    def _trend_point(self, t: float) -> dict[str, Any]:
+    def _trend_point(self, t: float, k: int) -> dict[str, Any]:
+        """The trend at epoch k, from the epochs up to it."""
         mon = self.monitor
-        last = mon.epochs[-qeeg.SMOOTH_EPOCHS:]
-        few = mon.epochs[-SEF_BSR_EPOCHS:]
+        last = mon.epochs[max(0, k + 1 - qeeg.SMOOTH_EPOCHS):k + 1]
+        few = mon.epochs[max(0, k + 1 - SEF_BSR_EPOCHS):k + 1]
         p: dict[str, Any] = {"t": t}
         for s, idx in self.sides.items():
             ra, adr = qeeg._pooled(last, idx) if idx else (float("nan"), float("nan"))
