@@ -139,6 +139,16 @@ def test_anaesthetic_bolus_is_global_slowing_not_ischaemia(tmp_path: Path) -> No
         assert not [a for a in alerts if a["scope"] != "global"], alerts
         assert [a["channel_name"] for a in alerts] == ["both hemispheres"]
         assert "not ischaemia" in alerts[0]["criterion"]
+        # the technologist takes the slowed EEG as the new reference (B on the EEG): judged afresh from it
+        assert run.engine.eeg.monitor.mode == ("global", None)
+        res = run.engine.call(lambda: run.engine._command("tech", "technologist", {"cmd": "baseline",
+                                                                                   "stream": "eeg/EEG"}))
+        assert res == {"streams": ["eeg/EEG"]} and run.engine.eeg.monitor.mode == ("normal", None)
+        with pytest.raises(CommandError):  # a physician may not
+            run.engine.call(lambda: run.engine._command("dr", "physician", {"cmd": "baseline", "stream": "eeg/EEG"}))
+        run.store.flush()
+        assert [p["user"] for p in run.store.rows("programs", run.case_id) if p["kind"] == "eeg_baseline"] == [
+            "auto", "tech"]
     finally:
         run.close()
 
@@ -165,6 +175,7 @@ def test_baep_wave_v_loss_alerts_with_averages_stored(tmp_path: Path) -> None:
         assert frame["state"] == "alert" and frame["baseline"]["waves"]["V"]["ms"] == pytest.approx(5.7, abs=0.3)
         assert {"I", "III", "V"} <= set(frame["current"]["waves"]) and "I-V" in frame["current"]["ipl"]
         assert 1 <= len(frame["stack"]) <= 12 and len(frame["current"]["v"][0]) == 110
+        assert len(json.dumps(frame)) < 40_000  # sent with every new average
         whys = [w for _, w, _ in run.store.averages(run.case_id, "baep/L ear")]
         assert whys.count("baseline") == 1 and whys.count("alert") == 1 and whys.count("stack") >= 3
         assert [p["kind"] for p in run.store.rows("programs", run.case_id)].count("baep_baseline") == 1

@@ -29,7 +29,8 @@ AVG_SWEEPS = 1000
 AVG_EVERY = 200  # accepted sweeps between two running averages (9.5 s at 21.1 Hz)
 STACK_EVERY_S = 60.0
 STACK_SHOWN = 12
-TREND_KEEP = 2000
+TREND_KEEP = 2000  # points of the wave V trend kept (5 h at one a ~10 s) ...
+TREND_SHOWN = 180  # ... and sent
 BASELINE_SWEEPS = 2000
 BASELINE_MIN_SWEEPS = 1000
 DISPLAY_STEP = 2
@@ -117,11 +118,15 @@ class BaepView:
     # ---------------------------------------------------------------- baseline
     def set_baseline(self, now_s: float) -> tuple[dict[str, Any], np.ndarray]:
         """The monitor's baseline from the last BASELINE_SWEEPS accepted sweeps (at least BASELINE_MIN_SWEEPS);
-        returns its description and its average [ch, n] to store. ValueError when too few sweeps."""
+        returns its description and its average [ch, n] to store. ValueError when too few sweeps. A new baseline
+        also ends an alert under way (the technologist accepted the change as the new reference): the monitor
+        judges afresh from it."""
         n = min(len(self.monitor._kept), BASELINE_SWEEPS)
         if n < BASELINE_MIN_SWEEPS:
             raise ValueError("a BAEP baseline needs %d accepted sweeps (%d so far)" % (BASELINE_MIN_SWEEPS, n))
         bl = self.monitor.set_baseline(n)
+        self.monitor._alert = None  # (BaepMonitor keeps its alert across set_baseline: it is judged afresh here)
+        self.monitor._restart()
         trace = self._average("baseline", n)
         # the monitor's own marks on its baseline (ipsilateral), the reference of the alert criteria
         trace["waves"] = {w: {"ms": round(v.latency_ms, 2), "uv": round(v.amplitude_uv, 3)}
@@ -133,14 +138,22 @@ class BaepView:
         return self.baseline_info, self._mean(min(n, len(self.kept)))
 
     # ---------------------------------------------------------------- what a viewer is given
+    def _trend_shown(self) -> list[dict[str, Any]]:
+        """The wave V trend thinned to at most TREND_SHOWN points, the newest always among them (the frame is sent
+        with every new average, ~every 10 s: it must stay small)."""
+        pts = list(self.trend)
+        step = max(1, -(-len(pts) // TREND_SHOWN))
+        return pts[::-1][::step][::-1]
+
+    # ----------------------------------------------------------------
     def frame(self) -> dict[str, Any]:
         """The BAEP state: the newest average with its marks, the stack, the baseline, the trend of wave V (at most
-        TREND_KEEP points), the criteria, counts."""
+        TREND_SHOWN points), the criteria, counts."""
         m = self.monitor
         return {"stream": self.stream, "t_s": round(self.t_s, 2), "channels": list(self.names), "side": self.side,
                 "fs": self.fs / DISPLAY_STEP, "pre_ms": self.pre * 1000.0 / self.fs, "rate_hz": self.rate_hz,
                 "sweeps": m.n_seen, "rejected": m.n_rejected, "state": self.state,
                 "current": self.current, "stack": list(self.stack), "baseline": self.baseline_trace,
-                "trend": list(self.trend)[-600:],
+                "trend": self._trend_shown(),
                 "criteria": {"latency_ms": pb.LATENCY_MS, "amplitude_drop": pb.AMPLITUDE_DROP,
                              "decide_every": pb.UPDATE_SWEEPS}}

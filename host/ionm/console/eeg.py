@@ -171,6 +171,9 @@ class EegView:
             raise ValueError("an EEG baseline needs %.0f s of EEG (%.0f s so far)" % (BASELINE_MIN_S, have))
         from_s = max(0.0, mon.epochs[-1].t_s - BASELINE_S) if from_s is None else max(0.0, from_s - self.t0_s)
         mon.set_baseline(from_s)
+        # a new baseline also ends a state under way (EegMonitor keeps it across set_baseline): the EEG as it is now
+        # is the reference, and is judged afresh from it
+        mon.mode, mon.state, mon._streak = ("normal", None), {"L": "normal", "R": "normal"}, {}
         assert mon.baseline is not None
         eps = [e for e in mon.epochs if e.t_s - qeeg.EPOCH_S >= from_s]
         lines: dict[str, Any] = {}
