@@ -206,6 +206,31 @@ def test_a_silent_eeg_source_raises_a_technical_alarm(tmp_path: Path) -> None:
         run.close()
 
 
+def test_a_failing_baep_source_raises_a_technical_alarm(tmp_path: Path) -> None:
+    run = Run(tmp_path, stall_alarm_s=0.5)
+    try:
+        src = BaepCase(str(_loss_scenario(tmp_path)), 142, speed=0.0)
+
+        class Fails:
+            stream = src.stream
+
+            def __iter__(self) -> Iterator[Any]:
+                for i, block in enumerate(src):
+                    if i == 8:
+                        raise OSError("amplifier unplugged")
+                    yield block
+
+        run.engine.run_baep_source(Fails())
+        end = time.monotonic() + 2.5
+        while not any("no sweep from baep/L ear" in a.text for a in run.engine.technical_alarms()):
+            assert time.monotonic() < end, run.engine.technical_alarms()
+            time.sleep(0.05)
+        run.store.flush()
+        assert any(r["action"] == "source.error" for r in run.store.rows("audit", run.case_id))
+    finally:
+        run.close()
+
+
 def test_a_resumed_case_gets_its_eeg_state_back(tmp_path: Path) -> None:
     run = Run(tmp_path, auto_baseline_s=60.0)
     run.play(EegCase("cea_clamp_ischaemia", 134, speed=0.0), 120.0)

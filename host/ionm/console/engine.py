@@ -393,8 +393,11 @@ class CaseEngine:
                     if not self._running:
                         break
                     self._neuro_blocks.put((stream, time.time(), block))
-            finally:
-                done.set()
+            except Exception as exc:  # a failed source is not an ended one: its stream stays expected, so the stall
+                self.errors.append(repr(exc))  # alarm says the monitoring stopped
+                self.store.audit(self.case_id, "system", "source.error", {"stream": stream, "error": repr(exc)})
+                return
+            done.set()
 
         t = threading.Thread(target=pump, name="source-" + stream, daemon=True)
         t.start()
