@@ -121,6 +121,27 @@ def test_clamp_ischaemia_is_a_unilateral_alert_and_the_eeg_is_stored_and_exporte
             np.testing.assert_allclose(x[:250], records[0][0].data_uv[0], atol=0.05)
             notes = r.readAnnotations()[2]
         assert any("unilateral ischaemia" in n for n in notes) and not any(n.startswith("stim ") for n in notes)
+        # a replay of the record through a fresh engine gives the same EEG alert, from the recorded EEG and baseline
+        from ionm.console.replay import eeg_source, prepare
+
+        scratch = CaseStore(tmp_path / "replay.db")
+        engine, source = prepare(run.store, run.case_id, scratch, 0.0)
+        try:
+            engine.start()
+            engine.run_source(source)
+            src = eeg_source(run.store, run.case_id, 0.0)
+            assert src is not None
+            engine.run_eeg_source(src)
+            assert engine.wait_idle(30)
+            scratch.flush()
+            again = scratch.rows("alerts", engine.case_id)
+            keys = ("t_s", "channel_name", "criterion", "scope")
+            assert [{k: x[k] for k in keys} for x in again] == [{k: a[k] for k in keys}]
+            assert [p["user"] for p in scratch.rows("programs", engine.case_id) if p["kind"] == "eeg_baseline"] == [
+                "auto (recorded)"]
+        finally:
+            engine.stop()
+            scratch.close()
         # the report: an EEG and BAEP page, and no per-alert waveform page for an EEG alert
         from ionm.case.report import eeg_baep_lines, write_report
 

@@ -278,6 +278,7 @@ class CaseEngine:
         self._neuro_streams: set[str] = set()  # streams recorded in the store's streams table
         self._eeg_seq = 0  # EEG records stored
         self._eeg_restore: dict[str, Any] | None = None  # a resumed case's EEG, run through again on its first block
+        self.eeg_recorded_baselines: list[dict[str, Any]] = []  # a replay: the record's EEG baselines, set again
         self._baep_shown: float | None = None  # case time of the BAEP average last sent
         self.eeg_end_s = 0.0  # a resumed case: the end of its recorded EEG, where an EEG source should go on
         self.stats["neuro_blocks"] = 0
@@ -424,11 +425,13 @@ class CaseEngine:
         self._subscribers.append(callback)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Until the source is exhausted and every queued sweep processed (tests, replays)."""
+        """Until the source is exhausted and every queued sweep processed (tests, replays), and so are the EEG and
+        BAEP sources and their blocks."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self._source_done.is_set() and self._sweeps.empty() and not any(
-                    s.baseline_pending for s in self.streams.values()):
+                    s.baseline_pending for s in self.streams.values()) and all(
+                    done.is_set() for _, done in self._neuro_sources.values()) and self._neuro_blocks.empty():
                 return self.call(lambda: True, timeout=max(0.1, end - time.monotonic()))
             time.sleep(0.02)
         return False
@@ -1693,6 +1696,9 @@ class CaseEngine:
                 self._eeg_rebuild(self._eeg_restore)
         view = self.eeg
         events, appends = view.process(block)
+        while self.eeg_recorded_baselines and view.t_s >= float(self.eeg_recorded_baselines[0]["to_s"]) - 1e-6:
+            b = self.eeg_recorded_baselines.pop(0)  # a replay: where it was set live, from the EEG it was set from
+            self._neuro_baseline(ev.STREAM, "%s (recorded)" % b.get("user", "?"), from_s=float(b["from_s"]))
         if self.record:
             for t_s, idx, x in view.store_records(block):
                 sw = Sweep(t_s, idx, "eeg", "EEG", block.fs, 0, tuple(range(x.shape[0])), tuple(view.names), x)
@@ -1801,7 +1807,7 @@ class CaseEngine:
                                            "criterion": criterion, "amplitude_ratio": _num(e.amplitude_ratio, 4),
                                            "latency_ratio": _num(lat, 4)}, {"baep": body})
 
-    def _neuro_baseline(self, key: str, user: str) -> str:
+    def _neuro_baseline(self, key: str, user: str, from_s: float | None = None) -> str:
         """Set the EEG's or the BAEP's baseline now (engine thread): recorded (programs), audited, on the timeline.
         Raises CommandError when that stream has no data or too little yet."""
         from ionm.case.timeline import describe_baep_baseline, describe_eeg_baseline
@@ -1809,7 +1815,7 @@ class CaseEngine:
         now = self.now_s()
         if self.eeg is not None and key == self.eeg.stream:
             try:
-                info = self.eeg.set_baseline(now)
+                info = self.eeg.set_baseline(now, from_s=from_s)
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
             text = describe_eeg_baseline(info)
