@@ -137,7 +137,7 @@ function draw() {
     else if (key === "technical") { drawTech(); drawLink(); }
     else if (key === "link") drawLink();
     else if (key === "stim") drawStim();
-    else if (key === "timeline") drawTimeline();
+    else if (key === "timeline") { drawTimeline(); if (S.frames.eeg) { S.dirty.add("eegdsa"); schedule(); } }
     else if (key === "screws") drawScrews();
     else if (key === "tof") drawTof();
     else if (key === "probe") drawProbe();
@@ -862,6 +862,21 @@ function drawEegInfo() {
   $("eegbase").disabled = !can("baseline");
 }
 
+// Alerts, notes and EEG lines of the timeline as ticks on the DSA's time axis (a note "clamp on" is seen where the
+// spectrum changes), each kind in its timeline colour.
+const TICK_COLOR = { alert: "#ff4d4f", note: "#79c0ff", eeg: "#d2a8ff", ack: "#3fb950" };
+function eventTicks(ctx, tStart, span, left, w, y0, y1) {
+  ctx.font = "9px system-ui";
+  for (const e of S.timeline.values()) {
+    const c = TICK_COLOR[e.kind];
+    if (!c || e.t_s < tStart || e.t_s > tStart + span) continue;
+    if (e.kind === "alert" && !e.text.startsWith("EEG")) continue;  // the EEG's alerts, not every modality's
+    const x = Math.round(left + (e.t_s - tStart) / span * w) + 0.5;
+    ctx.strokeStyle = c; ctx.globalAlpha = 0.8; ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); ctx.globalAlpha = 1;
+    ctx.fillStyle = c; ctx.fillText(e.kind === "note" ? e.text.slice(0, 18) : e.kind, x + 2, y0 + 9);
+  }
+}
+
 function drawDsa() {
   const f = S.frames.eeg, cv = $("dsacanvas"); if (!f) return;
   const [ctx, W, H] = sizeCanvas(cv);
@@ -900,6 +915,11 @@ function drawDsa() {
   const b = f.baseline;
   if (b && b.t_s >= tStart) { const x = left + (b.t_s - tStart) / span * w; ctx.strokeStyle = "#3fb950"; ctx.setLineDash([4, 3]);
     ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, H - gap); ctx.stroke(); ctx.setLineDash([]); }
+  eventTicks(ctx, tStart, span, left, w, top, H - gap);
+  for (let i = 0; i < 64; i++) {  // the colour scale, low to high power
+    const k = Math.round(i / 63 * 255) * 3; ctx.fillStyle = "rgb(" + DSA_PALETTE[k] + "," + DSA_PALETTE[k + 1] + "," + DSA_PALETTE[k + 2] + ")";
+    ctx.fillRect(W / 2 + 40 + i, H - 9, 1, 7);
+  }
   ctx.fillStyle = "#6e849b"; ctx.fillText("Hz", 4, top + 2);
   ctx.fillText(fmtT(tStart), left, H - 2); ctx.fillText(fmtT(tEnd), W - right - 30, H - 2);
   ctx.fillText(f.dsa.db[0] + "…" + f.dsa.db[1] + " dB", W / 2 - 30, H - 2);
@@ -1093,7 +1113,8 @@ function openBaseline() {
 
 function togglePause() {
   S.paused = !S.paused; $("paused").classList.toggle("hidden", !S.paused);
-  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(STREAM_KEYS, "")); S.dirty.add("timeline"); schedule(); }
+  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(STREAM_KEYS, ""));
+    for (const k of ["timeline", "emgtrace", "eegdsa", "eegraw", "baep"]) S.dirty.add(k); schedule(); }
 }
 
 function setup() {
