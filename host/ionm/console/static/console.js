@@ -870,7 +870,7 @@ function eventTicks(ctx, tStart, span, left, w, y0, y1) {
   for (const e of S.timeline.values()) {
     const c = TICK_COLOR[e.kind];
     if (!c || e.t_s < tStart || e.t_s > tStart + span) continue;
-    if (e.kind === "alert" && !e.text.startsWith("EEG")) continue;  // the EEG's alerts, not every modality's
+    if ((e.kind === "alert" || e.kind === "ack") && !e.text.startsWith("EEG")) continue;  // the EEG's, not every modality's
     const x = Math.round(left + (e.t_s - tStart) / span * w) + 0.5;
     ctx.strokeStyle = c; ctx.globalAlpha = 0.8; ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); ctx.globalAlpha = 1;
     ctx.fillStyle = c; ctx.fillText(e.kind === "note" ? e.text.slice(0, 18) : e.kind, x + 2, y0 + 9);
