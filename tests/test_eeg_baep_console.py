@@ -267,3 +267,23 @@ def test_a_resumed_case_gets_its_eeg_state_back(tmp_path: Path) -> None:
         assert len(list(again.store.iter_sweeps(again.case_id, ev.STREAM))) >= 124
     finally:
         again.close()
+
+
+def test_a_resumed_case_gets_its_baep_stack_back_and_is_told_to_set_the_baseline_again(tmp_path: Path) -> None:
+    scenario = str(_loss_scenario(tmp_path))
+    run = Run(tmp_path, auto_baseline_s=100.0)
+    run.play(BaepCase(scenario, 143, speed=0.0), 190.0, baep=True)
+    stack = [a["t_s"] for a in run.engine.baep.stack]
+    assert len(stack) >= 2
+    run.close()
+    again = Run(tmp_path, resume=True)
+    try:
+        start = again.engine.now_s()
+        assert start >= stack[-1] - 0.01  # (the BAEP went on after its last stored average: not recorded)
+        again.play(BaepCase(scenario, 143, speed=0.0, start_s=start), start + 5.0, baep=True)
+        view = again.engine.baep
+        assert [a["t_s"] for a in view.stack] == stack and view.stack[-1]["waves"]["V"]["ms"] > 5.0
+        assert view.baseline_info is None
+        assert any("set it again" in e["text"] for e in again.engine.timeline)
+    finally:
+        again.close()

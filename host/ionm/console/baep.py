@@ -98,13 +98,24 @@ class BaepView:
 
     def _average(self, why: str, n: int = AVG_SWEEPS) -> dict[str, Any]:
         k = min(n, len(self.kept))
-        mean = self._mean(k)
-        waves, ipl = pb.mark_waves(mean[0], self.fs, self.pre)
-        smooth = signal.sosfiltfilt(self.sos, mean, axis=1)[:, ::DISPLAY_STEP]
-        return {"t_s": round(self.t_s, 2), "why": why, "n": k,
+        return self.trace(self._mean(k), self.t_s, why, k)
+
+    def trace(self, mean: np.ndarray, t_s: float, why: str, n: int) -> dict[str, Any]:
+        """An average [ch, samples] as the page draws it: thinned, with waves I, III, V marked on the first channel."""
+        waves, ipl = pb.mark_waves(np.asarray(mean[0], dtype=np.float64), self.fs, self.pre)
+        smooth = signal.sosfiltfilt(self.sos, np.asarray(mean, dtype=np.float64), axis=1)[:, ::DISPLAY_STEP]
+        return {"t_s": round(t_s, 2), "why": why, "n": int(n),
                 "q": TRACE_Q_UV, "v": np.round(smooth / TRACE_Q_UV).astype(np.int64).tolist(),
                 "waves": {w: {"ms": round(v.latency_ms, 2), "uv": round(v.amplitude_uv, 3)} for w, v in waves.items()},
                 "ipl": {k2: round(v, 2) for k2, v in ipl.items()}}
+
+    def restore(self, averages: list[tuple[float, str, np.ndarray]]) -> None:
+        """After a restart: the stack from the recorded averages (why "stack"; the baseline is not restored, its
+        sweeps are not recorded)."""
+        for t, why, mean in averages:
+            if why == "stack":
+                self.stack.append(self.trace(mean, t, why, AVG_SWEEPS))
+                self._last_stack_t = t
 
     def _trend_point(self, avg: dict[str, Any]) -> dict[str, Any]:
         v = avg["waves"]["V"]

@@ -279,6 +279,7 @@ class CaseEngine:
         self._eeg_seq = 0  # EEG records stored
         self._eeg_restore: dict[str, Any] | None = None  # a resumed case's EEG, run through again on its first block
         self.eeg_recorded_baselines: list[dict[str, Any]] = []  # a replay: the record's EEG baselines, set again
+        self._baep_restore: list[tuple[float, str, np.ndarray]] = []  # a resumed case's BAEP averages (its stack)
         self._baep_shown: float | None = None  # case time of the BAEP average last sent
         self.eeg_end_s = 0.0  # a resumed case: the end of its recorded EEG, where an EEG source should go on
         self.stats["neuro_blocks"] = 0
@@ -1766,6 +1767,7 @@ class CaseEngine:
                     tuple(range(len(block.channel_names))), tuple(block.channel_names),
                     np.zeros((len(block.channel_names), n), dtype=np.float32)))
                 self._neuro_streams.add(self.baep.stream)
+            self.baep.restore(self._baep_restore)
         view = self.baep
         state = view.state
         events, to_store = view.process(block)
@@ -1860,6 +1862,7 @@ class CaseEngine:
                 avgs = self.store.averages(cid, meta["key"])
                 if avgs:
                     last = max(last, avgs[-1][0])
+                self._baep_restore = avgs
                 if any(p["kind"] == "baep_baseline" for p in programs):
                     self._event("baep", "BAEP %s: its sweeps are not recorded, so the baseline set before the restart "
                                 "is not restored: set it again" % meta["key"].split("/", 1)[-1], "system", t_s=last)
