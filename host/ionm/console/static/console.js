@@ -177,7 +177,7 @@ function ensurePanel(key) {
 
 function select(key) {
   S.selected = key;
-  for (const el of document.querySelectorAll(".stream")) el.classList.toggle("selected", el.dataset.key === key);
+  for (const el of document.querySelectorAll(".stream, .neuro")) el.classList.toggle("selected", el.dataset.key === key);
 }
 
 function sizeCanvas(cv) {
@@ -1005,7 +1005,7 @@ function drawEegRaw() {
 // bottom; waves I, III and V marked on each; vertex positive up, as BAEPs are read.
 function drawBaep() {
   const f = S.frames.baep; if (!f) return;
-  $("baeppanel").classList.remove("hidden");
+  $("baeppanel").classList.remove("hidden"); $("baeppanel").dataset.key = f.stream;
   $("baeppanel").classList.toggle("alert", f.state === "alert");
   $("baepbase").disabled = !can("baseline");
   const b = f.baseline;
