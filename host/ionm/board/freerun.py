@@ -31,7 +31,7 @@ class FreeRunCase:
                  block_ms: float = BLOCK_MS, start_s: float = 0.0) -> None:
         """speed: times real time (0: as fast as rendered, for tests); start_s: the case time to start at (a
         resumed case goes on from its last recorded time; the scenario's events before it are not played)."""
-        from ionm_hw.physiology import freerun
+        import ionm_hw.physiology.freerun as freerun
 
         self.scenario = freerun.load_scenario(scenario)
         self.name = str(self.scenario.get("name", scenario))
@@ -74,7 +74,7 @@ class FreeRunCase:
         return out
 
     def _render_background(self, i0: int) -> np.ndarray:
-        from ionm_hw.physiology import freerun
+        import ionm_hw.physiology.freerun as freerun
 
         chunk = int(i0 // int(CONTINUATION_S * self.fs))
         rec = freerun.render(CONTINUATION_S, self.fs, len(self.names), [], self.seed * 1000 + 7 + chunk)

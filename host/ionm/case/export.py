@@ -12,6 +12,11 @@ the case events (each once) (alerts, acknowledgements, notes, baselines,
 stimulation changes) with the user who made them. With several streams OUT is a name pattern:
 case.edf -> case.ssep-lower_L-tibial.edf, ...
 
+EEG (stream "eeg/EEG", stored in 1-s records at 250 SPS): the same writer makes it a continuous EEG, one signal per
+derivation labelled as the montage names it ("F3-C3"), with no stimulus annotations; EDF+C's time is then case time
+from the first record on (an "EEG ... t=" annotation at 0 says when that was) as long as the records follow each other,
+and the case events are annotated at their own time. BAEP streams keep their averages only: no EDF.
+
 CSV: one tidy table: the trend measurements (per stream, channel and case second: amplitude, latency, ratios
 to baseline, state) and the events, distinguished by the "kind" column.
 """
@@ -105,6 +110,8 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
         onsets = stims - pre / fs
         records: list[list[Any]] = [[ea._EdfTAL(float(round(o, 6)), None, [""])] for o in onsets]
         for k, (sw, reasons) in enumerate(sweeps):
+            if meta["modality"] == "eeg":  # continuous EEG: no stimulus
+                continue
             records[k].append(ea._EdfTAL(float(round(sw.t_s, 6)), None, ["stim " + meta["source"]]))
             bad = sorted({r for r in reasons if r})
             if bad:
@@ -122,7 +129,12 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
     else:
         # Sweeps end to end (file time is not case time): each stimulus annotation carries its case time.
         annotations = []
+        eeg = meta["modality"] == "eeg"  # continuous EEG in 1-s records: no stimulus; events at their sample
+        if eeg:
+            annotations.append(edfio.EdfAnnotation(0.0, None, "EEG %s t=%.4f" % (meta["source"], stims[0])))
         for k, (sw, reasons) in enumerate(sweeps):
+            if eeg:
+                continue
             annotations.append(edfio.EdfAnnotation(k * duration + pre / fs, None,
                                                    "stim %s t=%.4f" % (meta["source"], sw.t_s)))
             bad = sorted({r for r in reasons if r})
@@ -132,8 +144,13 @@ def write_edf(store: Any, case_id: int, stream: str, out: Path, bdf: bool = Fals
             annotations.append(edfio.EdfAnnotation(k * duration + i0 / fs, (i1 - i0) / fs,
                                                    "%s t=%.4f" % (text, sw_time(stims[k], i0, pre, fs))))
         for item in events:
-            k = min(int(np.searchsorted(stims, item["t_s"], side="left")), len(sweeps) - 1)
-            annotations.append(edfio.EdfAnnotation(k * duration, None, _edf_text("%s (%s) t=%.2f: %s" % (
+            if eeg:  # the record holding the event's time, and the event at its sample in it
+                k = max(int(np.searchsorted(stims, item["t_s"], side="right")) - 1, 0)
+                onset = k * duration + min(max(float(item["t_s"]) - stims[k], 0.0), duration)
+            else:
+                k = min(int(np.searchsorted(stims, item["t_s"], side="left")), len(sweeps) - 1)
+                onset = k * duration
+            annotations.append(edfio.EdfAnnotation(onset, None, _edf_text("%s (%s) t=%.2f: %s" % (
                 item["kind"], item["user"], item["t_s"], item["text"]))))
     start = datetime.datetime.fromtimestamp(case["created"])
     recording = edfio.Recording(startdate=start.date(), hospital_administration_code=case["uid"],

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ionm.case.store import CaseStore
-from ionm.sweep import Sweep
+from ionm.sweep import EegBlock, Sweep
 
 
 class StoredCase:
@@ -33,6 +33,8 @@ class StoredCase:
         for sw, _ in self.store.iter_sweeps(self.case_id, t_from=self.from_s):
             if self._closed:
                 return
+            if sw.modality == "eeg":  # continuous EEG records are not sweeps: not replayed through the sweep path
+                continue
             due = sw.t_s + (sw.data_uv.shape[1] - sw.pre_samples) / sw.fs
             if wall0 is None:
                 wall0 = time.monotonic() - due / self.speed if self.speed > 0 else 0.0
@@ -42,3 +44,33 @@ class StoredCase:
                     time.sleep(wait)
             self.sent += 1
             yield sw
+
+
+class StoredEeg:
+    """A recorded case's EEG (stream eeg/EEG, 1-s records) as an EEG source of ionm.sweep.EegBlock, in time order,
+    paced like the original (speed 0: unpaced)."""
+
+    stream = "eeg/EEG"
+
+    def __init__(self, store: CaseStore, case_id: int, speed: float = 1.0, from_s: float = 0.0):
+        self.store, self.case_id, self.speed, self.from_s = store, case_id, float(speed), float(from_s)
+        self._closed = False
+        self.sent = 0
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __iter__(self) -> Iterator[EegBlock]:
+        wall0 = None
+        for sw, _ in self.store.iter_sweeps(self.case_id, self.stream, t_from=self.from_s):
+            if self._closed:
+                return
+            due = sw.t_s + sw.data_uv.shape[1] / sw.fs
+            if wall0 is None:
+                wall0 = time.monotonic() - due / self.speed if self.speed > 0 else 0.0
+            if self.speed > 0:
+                wait = wall0 + due / self.speed - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+            self.sent += 1
+            yield EegBlock(sw.t_s, sw.stim_index, sw.fs, sw.channel_names, sw.data_uv)

@@ -269,6 +269,41 @@ def emg_lines(store: Any, cid: int) -> list[str]:
     return lines
 
 
+def eeg_baep_lines(store: Any, cid: int) -> list[str]:
+    """The EEG and BAEP page: baselines, alerts and recoveries in order, and the BAEP averages stored. Empty when the
+    case had neither."""
+    from ionm.case.timeline import describe_baep_baseline, describe_eeg_baseline, describe_eeg_recovery
+
+    kinds = ("eeg_baseline", "baep_baseline", "eeg_event", "baep_event")
+    programs = [p for p in store.rows("programs", cid) if p["kind"] in kinds]
+    alerts = [a for a in store.rows("alerts", cid) if a["stream"].split("/")[0] in ("eeg", "baep")]
+    if not programs and not alerts:
+        return []
+    lines = ["EEG: indices every 2 s per hemisphere, judged against the baseline (ionm.pipeline.eeg); the raw EEG",
+             "is in the record and `ionm export --edf` writes it. BAEP: wave V judged on the ipsilateral channel",
+             "(ionm.pipeline.baep); its averages are in the record.", ""]
+    for p in programs:
+        b = p["body"]
+        if p["kind"] == "eeg_baseline":
+            lines.append("  %s %s (%s)" % (_mmss(p["t_s"]), describe_eeg_baseline(b), p["user"]))
+        elif p["kind"] == "baep_baseline":
+            lines.append("  %s %s (%s)" % (_mmss(p["t_s"]), describe_baep_baseline(b), p["user"]))
+        elif p["kind"] == "eeg_event" and b["kind"] == "recovered":
+            lines.append("  %s %s" % (_mmss(p["t_s"]), describe_eeg_recovery(b)))
+        elif p["kind"] == "baep_event" and b["kind"] == "recovered":
+            lines.append("  %s BAEP: wave V recovered (%d %% of baseline, %+.2f ms)"
+                         % (_mmss(p["t_s"]), round(100 * b["amplitude_ratio"]), b["latency_shift_ms"]))
+    lines += ["", "Alerts"] + ["  %s %s %s: %s [%s]" % (_mmss(a["t_s"]), a["stream"], a["channel_name"],
+                                                        a["criterion"], a["scope"]) for a in alerts]
+    for s in store.streams(cid):
+        if s["modality"] == "baep":
+            avgs = store.averages(cid, s["key"])
+            whys = sorted({w for _, w, _ in avgs})
+            lines += ["", "%s: %d averages stored (%s)" % (s["key"], len(avgs), ", ".join(
+                "%s %d" % (w, sum(1 for _, w2, _ in avgs if w2 == w)) for w in whys))]
+    return lines
+
+
 def write_report(store: Any, case_ref: Any, out: str) -> int:
     """Write the PDF; returns the number of pages."""
     import matplotlib
@@ -353,6 +388,8 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         for a in alerts:
             if a["stream"] not in streams:  # free-run EMG's A-train warning: no sweeps; on the free-run EMG page
                 continue
+            if streams[a["stream"]]["modality"] in ("eeg", "baep"):  # on the EEG and BAEP page
+                continue
             st = streams[a["stream"]]
             c = int(a["channel"])
             avgs = store.averages(cid, a["stream"])
@@ -407,6 +444,11 @@ def write_report(store: Any, case_ref: Any, out: str) -> int:
         probes = probe_lines(store, cid)
         if probes:
             pages += _text_page(pdf, "Manual probe (nerve mapping)", probes)
+
+        # 3c'''. EEG and BAEP (only when the case had any)
+        neuro = eeg_baep_lines(store, cid)
+        if neuro:
+            pages += _text_page(pdf, "EEG and BAEP", neuro)
 
         # 3c''. free-run EMG (only when the case had any)
         emg = emg_lines(store, cid)

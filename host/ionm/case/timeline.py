@@ -109,6 +109,42 @@ def describe_emg(ev: dict[str, Any]) -> str:
                                         max(float(ev["end_s"]) - float(ev["t_s"]), 0.0), rate, peak, cum)
 
 
+def describe_eeg_baseline(b: dict[str, Any]) -> str:
+    """'baseline EEG: 01:00-04:00 (90 epochs): relative alpha L 0.50, R 0.49; alpha/delta L 1.76, R 1.63'."""
+    lines = b["lines"]
+    return ("baseline EEG: %s-%s (%d epochs): relative alpha L %.2f, R %.2f; alpha/delta L %.2f, R %.2f"
+            % (fmt_case_time(b["from_s"]), fmt_case_time(b["to_s"]), b["epochs"], lines["L"]["ra"], lines["R"]["ra"],
+               lines["L"]["adr"], lines["R"]["adr"]))
+
+
+def describe_baep_baseline(b: dict[str, Any]) -> str:
+    """'baseline BAEP L ear (2000 sweeps): I 1.70, III 3.95, V 5.75 ms (V 0.60 uV); I-V 4.05 ms'."""
+    w = b["waves"]
+    return ("baseline BAEP %s (%d sweeps): I %.2f, III %.2f, V %.2f ms (V %.2f uV); I-V %.2f ms"
+            % (b["stream"].split("/", 1)[-1], b["sweeps"], w["I"]["ms"], w["III"]["ms"], w["V"]["ms"], w["V"]["uv"],
+               b["ipl"]["I-V"]))
+
+
+def eeg_ratios(e: dict[str, Any]) -> str:
+    a, d = e["alpha_ratio"], e["adr_ratio"]
+    return "relative alpha L %d %%, R %d %%; alpha/delta L %d %%, R %d %% of baseline" % (
+        round(100 * a["L"]), round(100 * a["R"]), round(100 * d["L"]), round(100 * d["R"]))
+
+
+def describe_eeg_recovery(e: dict[str, Any]) -> str:
+    where = "%s hemisphere" % e["side"] if e.get("side") else "both hemispheres"
+    return "EEG: %s back within the criteria (%s)" % (where, eeg_ratios(e))
+
+
+def baep_wave_v(e: dict[str, Any]) -> str:
+    return "wave V %d %% of baseline, %+.2f ms, over the last %d sweeps" % (
+        round(100 * e["amplitude_ratio"]), e["latency_shift_ms"], e["window"])
+
+
+def describe_baep_recovery(stream: str, e: dict[str, Any]) -> str:
+    return "BAEP %s: wave V recovered (%s)" % (stream.split("/", 1)[-1], baep_wave_v(e))
+
+
 def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
     """The case's events in time order, as the console timeline and the report show them."""
     items: list[dict[str, Any]] = []
@@ -147,5 +183,15 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
         elif p["kind"] == "tof":
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "tof", "user": p["user"],
                           "text": describe_tof(p["body"])})
+        elif p["kind"] in ("eeg_baseline", "baep_baseline"):
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "baseline", "user": p["user"],
+                          "text": (describe_eeg_baseline if p["kind"] == "eeg_baseline" else
+                                   describe_baep_baseline)(p["body"])})
+        elif p["kind"] == "eeg_event" and p["body"]["kind"] == "recovered":  # (the others are alerts)
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "eeg", "user": p["user"],
+                          "text": describe_eeg_recovery(p["body"])})
+        elif p["kind"] == "baep_event" and p["body"]["kind"] == "recovered":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "baep", "user": p["user"],
+                          "text": describe_baep_recovery(p["body"].get("stream", "baep/?"), p["body"])})
     items.sort(key=lambda i: (i["wall"], i["t_s"]))
     return items

@@ -5,6 +5,9 @@
     ionm console --port /dev/ttyACM0                  the board
     ionm console --sim --freerun NAME                 also free-running EMG from a free-run scenario
                                                       (hardware/scenarios/freerun): traces, events, sound
+    ionm console --sim --eeg NAME --baep NAME         also EEG (hardware/scenarios/eeg: DSA, index trends, raw
+                                                      EEG, ischaemia alerts) and BAEP (hardware/scenarios/baep:
+                                                      the stack with waves I, III, V, wave V alerts)
     ionm console ... --publish nats-leaf://HUB:7422 --site S --room R --room-store DIR
                                                       also to the oversight hub (ionm hub), through the room's
                                                       own JetStream, a leaf node of the hub's
@@ -46,6 +49,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freerun", metavar="NAME",
                    help="--sim: free-running EMG from this free-run scenario (hardware/scenarios/freerun: "
                         "lumbar_root_retraction, cpa_facial_traction, thyroid_rln_traction) or JSON path")
+    p.add_argument("--eeg", metavar="NAME",
+                   help="--sim: EEG from this EEG scenario (hardware/scenarios/eeg: cea_clamp_ischaemia, "
+                        "cea_anaesthetic_bolus) or JSON path")
+    p.add_argument("--baep", metavar="NAME",
+                   help="--sim: BAEP from this BAEP scenario (hardware/scenarios/baep: mvd_cn8_retraction, "
+                        "cpa_tumour_loss, baep_stable) or JSON path")
     p.add_argument("--a-train-warning", type=float, default=10.0, metavar="S",
                    help="free-run EMG: warn when a facial channel's cumulative A-train time reaches S s "
                         "(default %(default)s)")
@@ -158,6 +167,18 @@ def run(args: argparse.Namespace) -> int:
             load_freerun(args.freerun)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             return fail("console", 2, str(exc))
+    for what in ("eeg", "baep"):
+        name = getattr(args, what)
+        if not name:
+            continue
+        if not args.sim:
+            return fail("console", 2, "--%s needs --sim (a board's %s is not wired yet)" % (what, what.upper()))
+        import importlib
+
+        try:
+            importlib.import_module("ionm_hw.physiology." + what).load_scenario(name)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            return fail("console", 2, str(exc))
     if not args.a_train_warning > 0:
         return fail("console", 2, "--a-train-warning must be above 0 s")
     if host not in ("127.0.0.1", "localhost", "::1") and not args.cert:
@@ -205,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             meta.update(scenario=args.scenario, seed=args.seed, events_at=args.events_at, mep_every=args.mep_every)
         if args.freerun:
             meta.update(freerun=args.freerun, a_train_warning_s=args.a_train_warning)
+        meta.update({k: getattr(args, k) for k in ("eeg", "baep") if getattr(args, k)})
         case_id = store.open_case(patient_id=args.patient_id, procedure=args.procedure, meta=meta)
 
     board = None
@@ -247,6 +269,17 @@ def run(args: argparse.Namespace) -> int:
 
         emg_source = FreeRunCase(freerun, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
                                  start_s=engine.t_s)
+    neuro_sources: list[Any] = []  # EEG and BAEP beside the sweeps: a resumed case goes on where its EEG / BAEP stopped
+    if args.sim and (meta.get("eeg") or args.eeg):
+        from ionm.board.eegbaep import EegCase
+
+        neuro_sources.append(EegCase(meta.get("eeg") or args.eeg, int(meta.get("seed", args.seed)),
+                                     speed=0.0 if args.fast else args.speed, start_s=engine.eeg_end_s))
+    if args.sim and (meta.get("baep") or args.baep):
+        from ionm.board.eegbaep import BaepCase
+
+        neuro_sources.append(BaepCase(meta.get("baep") or args.baep, int(meta.get("seed", args.seed)),
+                                      speed=0.0 if args.fast else args.speed, start_s=engine.now_s()))
     tls = tls_context(args.cert, args.key) if args.cert else None
     server = ConsoleServer(engine, store, tls=tls)
     publisher = inbox = None
@@ -279,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         serve(server, engine, source, host, port, open_browser=not args.no_browser, announce=announce,
-              emg_source=emg_source)
+              emg_source=emg_source, neuro_sources=neuro_sources)
     finally:
         # each step on its own: a failure in one must not leave the virtual board running
         for step in (inbox.close if inbox is not None else None, engine.stop, getattr(source, "close", None),

@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         case = store.case(args.case)
         cid = int(case["id"])
-        keys = [s["key"] for s in store.streams(cid)]
+        modality = {s["key"]: s["modality"] for s in store.streams(cid)}
+        keys = list(modality)
         if args.stream:
             if args.stream not in keys:
                 raise StoreError("no stream %r in case %s (streams: %s)" % (args.stream, case["uid"], ", ".join(keys)))
@@ -39,9 +40,13 @@ def run(args: argparse.Namespace) -> int:
             out = Path(args.edf)
             bdf = out.suffix.lower() == ".bdf"
             for key in keys:
+                if modality[key] == "baep":  # its averages only are recorded (the report and the console show them)
+                    print("ionm export: %s: BAEP averages only, no EDF" % key)
+                    continue
                 path = out if len(keys) == 1 else out.with_name("%s.%s%s" % (out.stem, slug(key), out.suffix or ".edf"))
                 n = write_edf(store, cid, key, path, bdf, args.discontinuous)
-                print("ionm export: %s: %d sweeps -> %s" % (key, n, path))
+                print("ionm export: %s: %d %s -> %s" % (key, n, "s of EEG" if modality[key] == "eeg" else "sweeps",
+                                                        path))
         if args.csv:
             n = write_csv(store, cid, Path(args.csv), args.stream)
             print("ionm export: %d rows -> %s" % (n, args.csv))

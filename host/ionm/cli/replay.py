@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from ionm.case.store import CaseStore, StoreError
-    from ionm.console.replay import prepare
+    from ionm.console.replay import eeg_source, prepare
     from ionm.console.serve import serve
     from ionm.console.server import ConsoleServer, tls_context
 
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
         scratch_path = tmp.name + "/replay.db"
     scratch = CaseStore(scratch_path)
     engine, source = prepare(store, int(case["id"]), scratch, 0.0 if args.fast else args.speed, args.from_s)
+    eeg = eeg_source(store, int(case["id"]), 0.0 if args.fast else args.speed, args.from_s)
     host, port = parse_listen(args.listen)
     server = ConsoleServer(engine, scratch, tls=tls_context(args.cert, args.key) if args.cert else None,
                            auth_store=store)
@@ -60,16 +61,19 @@ def run(args: argparse.Namespace) -> int:
         rows = store.rows("alerts", int(case["id"]))
         # free-run EMG's A-train warnings come from samples that are not recorded: counted apart, not replayed
         emg = sum(1 for a in rows if a["stream"].startswith("emg/"))
-        print("ionm replay: end of the recording: %d sweeps, %d alerts (%d recorded)%s%s"
-              % (source.sent, replayed, len(rows) - emg,
+        # nor are the BAEP's (its sweeps are not recorded; the EEG is replayed)
+        neuro = sum(1 for a in rows if a["stream"].startswith("baep/"))
+        print("ionm replay: end of the recording: %d sweeps%s, %d alerts (%d recorded)%s%s%s"
+              % (source.sent, ", %d s of EEG" % eeg.sent if eeg is not None else "", replayed, len(rows) - emg - neuro,
                  "; %d free-run EMG warnings recorded, not replayed" % emg if emg else "",
+                 "; %d BAEP alerts recorded, not replayed" % neuro if neuro else "",
                  "; serving until a signal" if args.keep_serving else ""), flush=True)
         return bool(args.keep_serving)
 
     try:
         serve(server, engine, source, host, port, open_browser=not args.no_browser,
               announce=lambda url: print("ionm replay: case %s at %s" % (case["uid"], url), flush=True),
-              at_end=at_end)
+              at_end=at_end, neuro_sources=[eeg] if eeg is not None else [])
     finally:
         engine.stop()
         scratch.close()

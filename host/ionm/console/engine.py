@@ -53,7 +53,7 @@ from ionm.console.display import (
     trace,
 )
 from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
-from ionm.sweep import EmgBlock, Sweep
+from ionm.sweep import BaepBlock, EegBlock, EmgBlock, Sweep
 
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
@@ -105,6 +105,8 @@ TOF_SHOWN = 120  # results a viewer is sent (the trend); the store and the repor
 MUSCLE_MODALITIES = ("mep", "emg")  # alerts that carry the TOF state when the last count is below 2
 EMG_QUEUE_BLOCKS = 3000  # free-run blocks waiting for the engine thread: 60 s of 20-ms blocks before the source waits
 EMG_PUBLISH_S = 0.1  # display columns go out at least this much at a time (case s)
+NEURO_QUEUE_BLOCKS = 400  # EEG / BAEP blocks waiting for the engine thread (100 s of EEG) before a source waits
+NEURO_BLOCKS_PER_STEP = 40  # at most this many analysed per engine step, so that commands and sweeps are not starved
 
 
 def tof_interval_s() -> float:
@@ -263,6 +265,24 @@ class CaseEngine:
         self.stats["emg_blocks"] = 0
         self.stats["emg_behind_max_s"] = 0.0  # the most the analysis has been behind the source (s)
         self.stats["emg_columns_skipped"] = 0  # display columns not sent while the analysis caught up
+        # EEG and BAEP (ionm.console.eeg, ionm.console.baep): each view made with its source's first block; the blocks
+        # of both wait for the engine thread in one queue (never dropped), with their arrival's wall clock.
+        from ionm.console.baep import BaepView
+        from ionm.console.eeg import EegView
+
+        self.eeg: EegView | None = None
+        self.baep: BaepView | None = None
+        self._neuro_blocks: queue.Queue[tuple[str, float, EegBlock | BaepBlock]] = queue.Queue(
+            maxsize=NEURO_QUEUE_BLOCKS)
+        self._neuro_sources: dict[str, tuple[Any, threading.Event]] = {}  # stream -> (source, ended)
+        self._neuro_streams: set[str] = set()  # streams recorded in the store's streams table
+        self._eeg_seq = 0  # EEG records stored
+        self._eeg_restore: dict[str, Any] | None = None  # a resumed case's EEG, run through again on its first block
+        self.eeg_recorded_baselines: list[dict[str, Any]] = []  # a replay: the record's EEG baselines, set again
+        self._baep_restore: list[tuple[float, str, np.ndarray]] = []  # a resumed case's BAEP averages (its stack)
+        self._baep_shown: float | None = None  # case time of the BAEP average last sent
+        self.eeg_end_s = 0.0  # a resumed case: the end of its recorded EEG, where an EEG source should go on
+        self.stats["neuro_blocks"] = 0
 
     # ================================================================ lifecycle
     def start(self) -> None:
@@ -287,7 +307,7 @@ class CaseEngine:
                     stop_hunt()
                 except Exception:  # stopping: the board may be gone
                     pass
-        for src in self._sources + self._emg_sources:
+        for src in self._sources + self._emg_sources + [v[0] for v in self._neuro_sources.values()]:
             close = getattr(src, "close", None)
             if close:
                 close()
@@ -353,6 +373,38 @@ class CaseEngine:
         self._emg_last_wall = time.time()
         self._emg_blocks.put((block, hp))
 
+    def run_eeg_source(self, source: Iterable[EegBlock], stream: str | None = None) -> threading.Thread:
+        """Iterate an EEG source (ionm.sweep.EegBlock) on its own thread; its blocks are analysed on the engine's."""
+        from ionm.console.eeg import STREAM
+
+        return self._run_neuro(source, stream or STREAM)
+
+    def run_baep_source(self, source: Iterable[BaepBlock], stream: str | None = None) -> threading.Thread:
+        """Iterate a BAEP source (ionm.sweep.BaepBlock) on its own thread; its blocks are analysed on the engine's."""
+        from ionm.console.baep import stream_key
+
+        return self._run_neuro(source, stream or str(getattr(source, "stream", stream_key("L"))))
+
+    def _run_neuro(self, source: Iterable[Any], stream: str) -> threading.Thread:
+        done = threading.Event()
+        self._neuro_sources[stream] = (source, done)
+
+        def pump() -> None:
+            try:
+                for block in source:
+                    if not self._running:
+                        break
+                    self._neuro_blocks.put((stream, time.time(), block))
+            except Exception as exc:  # a failed source is not an ended one: its stream stays expected, so the stall
+                self.errors.append(repr(exc))  # alarm says the monitoring stopped
+                self.store.audit(self.case_id, "system", "source.error", {"stream": stream, "error": repr(exc)})
+                return
+            done.set()
+
+        t = threading.Thread(target=pump, name="source-" + stream, daemon=True)
+        t.start()
+        return t
+
     def subscribe_audio(self, callback: Callable[[dict[str, Any], np.ndarray], None]) -> None:
         """callback(meta, pcm) on the free-run source's thread for every block: meta {t_s, wall0, index0}, pcm int16
         [channels, samples] at ionm.console.freerun.AUDIO_RATE_HZ. It must not block."""
@@ -374,11 +426,13 @@ class CaseEngine:
         self._subscribers.append(callback)
 
     def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Until the source is exhausted and every queued sweep processed (tests, replays)."""
+        """Until the source is exhausted and every queued sweep processed (tests, replays), and so are the EEG and
+        BAEP sources and their blocks."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if self._source_done.is_set() and self._sweeps.empty() and not any(
-                    s.baseline_pending for s in self.streams.values()):
+                    s.baseline_pending for s in self.streams.values()) and all(
+                    done.is_set() for _, done in self._neuro_sources.values()) and self._neuro_blocks.empty():
                 return self.call(lambda: True, timeout=max(0.1, end - time.monotonic()))
             time.sleep(0.02)
         return False
@@ -415,8 +469,16 @@ class CaseEngine:
             return self._ack(user, str(msg.get("alert", "")), str(msg.get("note", "")).strip(),
                              bool(msg.get("group")))
         if cmd == "baseline":
+            if msg.get("stream") and str(msg["stream"]).split("/")[0] in ("eeg", "baep"):
+                return {"streams": [self._neuro_baseline(str(msg["stream"]), user)]}
             keys = [str(msg["stream"])] if msg.get("stream") else list(self.streams)
             started = [k for k in keys if k in self.streams and self.request_baseline(k, user)]
+            if not msg.get("stream"):  # all streams: EEG and BAEP too, those that can have one now
+                for k in self._neuro_keys():
+                    try:
+                        started.append(self._neuro_baseline(k, user))
+                    except CommandError:
+                        pass
             if not started:
                 raise CommandError("no stream to set a baseline on (no sweeps yet, or one is being set)")
             return {"streams": started}
@@ -1085,13 +1147,15 @@ class CaseEngine:
     def _step(self) -> None:
         self._run_commands()
         try:
-            sw = self._sweeps.get(timeout=0.02 if self._emg_sources else 0.05)
+            sw = self._sweeps.get(timeout=0.02 if self._emg_sources or self._neuro_sources else 0.05)
         except queue.Empty:
             sw = None
         if sw is not None:
             self._process(sw, self._arrivals.pop(id(sw), time.time()))
         if self.emg is not None:
             self._drain_emg()
+        if self._neuro_sources:
+            self._drain_neuro()
         now = time.monotonic()
         if self._sweeps.empty() or now - self._last_publish >= PUBLISH_EVERY_S:
             self._publish_dirty()
@@ -1548,7 +1612,8 @@ class CaseEngine:
         """The case time of what a user does now: the newest sweep's, or the free-run EMG's if that is newer (a case
         of free-run EMG alone has no sweeps). Free-run EMG does not move self.t_s, the sweeps' clock, whose restarts
         are told by sweeps falling behind it."""
-        return max(self.t_s, self.emg.t_s if self.emg is not None else 0.0)
+        return max(self.t_s, self.emg.t_s if self.emg is not None else 0.0,
+                   self.eeg.t_s if self.eeg is not None else 0.0, self.baep.t_s if self.baep is not None else 0.0)
 
     def _emg_warning(self, user: str, s: float) -> dict[str, Any]:
         """Set the cumulative A-train time at which a facial channel warns (s), for the rest of the case: recorded,
@@ -1592,6 +1657,234 @@ class CaseEngine:
         self._event("alert", label, "system", t_s=t_s)
         self._publish_alerts()
 
+    # ---------------------------------------------------------------- EEG and BAEP
+    def _neuro_keys(self) -> list[str]:
+        return [k for k in (self.eeg.stream if self.eeg is not None else None,
+                            self.baep.stream if self.baep is not None else None) if k]
+
+    def _drain_neuro(self) -> None:
+        """Analyse the EEG and BAEP blocks waiting (engine thread, at most NEURO_BLOCKS_PER_STEP): EEG records to the
+        store, events to alerts and the timeline, display items to the viewers."""
+        appends: list[dict[str, Any]] = []
+        frames: list[tuple[str, dict[str, Any]]] = []
+        eeg_changed = baep_changed = False
+        for _ in range(NEURO_BLOCKS_PER_STEP):
+            try:
+                stream, wall, block = self._neuro_blocks.get_nowait()
+            except queue.Empty:
+                break
+            self.technical.sweep(stream, wall)
+            self.stats["neuro_blocks"] += 1
+            if isinstance(block, EegBlock):
+                new = self._eeg_block(block)
+                appends += new
+                eeg_changed = eeg_changed or any(a["k"] == "eegep" for a in new)
+            else:
+                baep_changed = self._baep_block(block) or baep_changed
+        if eeg_changed and self.eeg is not None:
+            frames.append(("eeg", self.eeg.frame()))
+        if baep_changed and self.baep is not None:
+            frames.append(("baep", self.baep.frame()))
+        if frames or appends:
+            self._emit(frames, appends)
+
+    def _eeg_block(self, block: EegBlock) -> list[dict[str, Any]]:
+        from ionm.console import eeg as ev
+
+        if self.eeg is None:
+            self.eeg = ev.EegView(block.fs, list(block.channel_names), t0_s=block.t_s)
+            if self._eeg_restore is not None:
+                self._eeg_rebuild(self._eeg_restore)
+        view = self.eeg
+        events, appends = view.process(block)
+        while self.eeg_recorded_baselines and view.t_s >= float(self.eeg_recorded_baselines[0]["to_s"]) - 1e-6:
+            b = self.eeg_recorded_baselines.pop(0)  # a replay: where it was set live, from the EEG it was set from
+            self._neuro_baseline(ev.STREAM, "%s (recorded)" % b.get("user", "?"), from_s=float(b["from_s"]))
+        if self.record:
+            for t_s, idx, x in view.store_records(block):
+                sw = Sweep(t_s, idx, "eeg", "EEG", block.fs, 0, tuple(range(x.shape[0])), tuple(view.names), x)
+                if ev.STREAM not in self._neuro_streams:
+                    self.store.add_stream(self.case_id, ev.STREAM, sw)
+                    self._neuro_streams.add(ev.STREAM)
+                self.store.add_sweep(self.case_id, ev.STREAM, self._eeg_seq, sw, [None] * x.shape[0])
+                self._eeg_seq += 1
+        if self.auto_baseline_s is not None and view.baseline_info is None and view.t_s >= self.auto_baseline_s:
+            try:
+                self._neuro_baseline(ev.STREAM, "auto")
+            except CommandError:
+                pass
+        for e in events:
+            self._eeg_event(e)
+        return appends
+
+    def _eeg_event(self, e: Any) -> None:
+        from ionm.console import eeg as ev
+
+        assert self.eeg is not None
+        t = round(self.eeg.t0_s + e.t_s, 2)
+        from ionm.case.timeline import describe_eeg_recovery, eeg_ratios
+
+        body = e.as_json() | {"t_s": t}
+        ratios = eeg_ratios(body)
+        self.store.add_program(self.case_id, t, "system", "eeg_event", body)
+        if e.kind == "recovered":
+            self._event("eeg", describe_eeg_recovery(body), "system", t_s=t)
+            return
+        if e.kind == "ischaemia":
+            side = str(e.side)
+            row = {"channel": 0 if side == "L" else 1, "channel_name": "%s hemisphere" % side, "scope": "focal",
+                   "criterion": "unilateral ischaemia (%s)" % ratios}
+        else:
+            row = {"channel": 2, "channel_name": "both hemispheres", "scope": "global",
+                   "criterion": "bilateral slowing, the anaesthetic pattern, not ischaemia (%s; BSR %d %%)"
+                                % (ratios, round(100 * e.bsr))}
+        self._neuro_alert(ev.STREAM, t, row, {"eeg": body})
+
+    def _neuro_alert(self, stream: str, t_s: float, fields: dict[str, Any], detail: dict[str, Any]) -> None:
+        """An EEG or BAEP alert: stored, audited, on the banner and the timeline, acknowledged like any other."""
+        self._alert_seq += 1
+        uid = "%s-A%d" % (self.case["uid"], self._alert_seq)
+        row: dict[str, Any] = {"uid": uid, "stream": stream, "t_s": t_s, "amplitude_ratio": None,
+                               "latency_ratio": None} | fields
+        self.store.add_alert(self.case_id, row)
+        self.store.audit(self.case_id, "system", "alert", row | detail)
+        label = alert_label(row)
+        self.alerts.add(row | {"label": label, "wall": time.time(), "ack": None})
+        self._event("alert", label, "system", t_s=t_s)
+        self._publish_alerts()
+
+    def _baep_block(self, block: BaepBlock) -> bool:
+        """One BAEP block; True when the page's BAEP state changed (a new average, an alert, a baseline)."""
+        from ionm.console import baep as bv
+
+        if self.baep is None:
+            self.baep = bv.BaepView(block.fs, block.pre_samples, block.rate_hz, list(block.channel_names),
+                                    block.side, t0_s=block.t_s)
+            if self.record and self.baep.stream not in self._neuro_streams:
+                n = int(block.sweeps_uv.shape[2])
+                self.store.add_stream(self.case_id, self.baep.stream, Sweep(
+                    block.t_s, 0, "baep", "%s ear" % block.side, block.fs, block.pre_samples,
+                    tuple(range(len(block.channel_names))), tuple(block.channel_names),
+                    np.zeros((len(block.channel_names), n), dtype=np.float32)))
+                self._neuro_streams.add(self.baep.stream)
+            self.baep.restore(self._baep_restore)
+        view = self.baep
+        state = view.state
+        events, to_store = view.process(block)
+        for why, mean, n in to_store:
+            self.store.add_average(self.case_id, view.stream, view.t_s, why, [n] * mean.shape[0], mean)
+        if self.auto_baseline_s is not None and view.baseline_info is None and view.t_s >= self.auto_baseline_s:
+            try:
+                self._neuro_baseline(view.stream, "auto")
+            except CommandError:
+                pass
+        for e in events:
+            self._baep_event(e)
+        changed = bool(events) or state != view.state or (
+            view.current is not None and view.current["t_s"] != self._baep_shown)
+        self._baep_shown = view.current["t_s"] if view.current is not None else None
+        return changed
+
+    def _baep_event(self, e: Any) -> None:
+        assert self.baep is not None
+        view = self.baep
+        t = view.event_time(e)
+        from ionm.case.timeline import baep_wave_v, describe_baep_recovery
+
+        body = e.as_json() | {"t_s": t, "stream": view.stream}
+        self.store.add_program(self.case_id, t, "system", "baep_event", body)
+        what = baep_wave_v(body)
+        if e.kind == "recovered":
+            self._event("baep", describe_baep_recovery(view.stream, body), "system", t_s=t)
+            return
+        if len(view.kept):
+            mean = view._mean(min(len(view.kept), 1000))
+            self.store.add_average(self.case_id, view.stream, t, "alert", [min(len(view.kept), 1000)] * mean.shape[0],
+                                   mean)
+        base_v = (view.baseline_info or {}).get("waves", {}).get("V", {}).get("ms")
+        lat = (base_v + e.latency_shift_ms) / base_v if base_v else None
+        criterion = ("wave V lost (%s)" % what if e.kind == "loss" else
+                     "wave V later by >= 1 ms with its amplitude halved (%s)" % what)
+        self._neuro_alert(view.stream, t, {"channel": 0, "channel_name": view.names[0], "scope": "focal",
+                                           "criterion": criterion, "amplitude_ratio": _num(e.amplitude_ratio, 4),
+                                           "latency_ratio": _num(lat, 4)}, {"baep": body})
+
+    def _neuro_baseline(self, key: str, user: str, from_s: float | None = None) -> str:
+        """Set the EEG's or the BAEP's baseline now (engine thread): recorded (programs), audited, on the timeline.
+        Raises CommandError when that stream has no data or too little yet."""
+        from ionm.case.timeline import describe_baep_baseline, describe_eeg_baseline
+
+        now = self.now_s()
+        if self.eeg is not None and key == self.eeg.stream:
+            try:
+                info = self.eeg.set_baseline(now, from_s=from_s)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            text = describe_eeg_baseline(info)
+            self.store.add_program(self.case_id, now, user, "eeg_baseline", info)
+            self.store.audit(self.case_id, user, "baseline", {"stream": key, "t_s": round(now, 3)} | info)
+            self._event("baseline", text, user, t_s=now)
+            self._emit([("eeg", self.eeg.frame())], [])
+            return key
+        if self.baep is not None and key == self.baep.stream:
+            try:
+                info, mean = self.baep.set_baseline(now)
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+            text = describe_baep_baseline(info | {"stream": key})
+            self.store.add_average(self.case_id, key, now, "baseline", [info["sweeps"]] * mean.shape[0], mean)
+            self.store.add_program(self.case_id, now, user, "baep_baseline", info | {"stream": key})
+            self.store.audit(self.case_id, user, "baseline", {"stream": key, "t_s": round(now, 3)} | info)
+            self._event("baseline", text, user, t_s=now)
+            self._emit([("baep", self.baep.frame())], [])
+            return key
+        raise CommandError("no %s data yet to set a baseline on" % key.split("/")[0].upper())
+
+    def _resume_neuro(self, programs: list[dict[str, Any]]) -> float:
+        """A resumed case: the recorded EEG is run through a fresh view with its first new block (its DSA, trends and
+        the monitor's state come back, the recorded baseline set where it was set, its events not raised again);
+        the BAEP's sweeps are not recorded, so its baseline must be set again. Returns the case time the EEG and
+        BAEP reached."""
+        cid = self.case_id
+        last = 0.0
+        for meta in self.store.streams(cid):
+            if meta["modality"] == "eeg":
+                rows = self.store.query("SELECT COUNT(*), MAX(t_s) FROM sweeps WHERE case_id = ? AND stream = ?",
+                                        (cid, meta["key"]))
+                self._eeg_seq = int(rows[0][0])
+                if self._eeg_seq:
+                    self.eeg_end_s = float(rows[0][1]) + float(meta["n_samples"]) / float(meta["fs"])
+                    last = max(last, self.eeg_end_s)
+                    self._eeg_restore = {"baselines": [p["body"] for p in programs if p["kind"] == "eeg_baseline"]}
+                self._neuro_streams.add(meta["key"])
+            elif meta["modality"] == "baep":
+                self._neuro_streams.add(meta["key"])
+                avgs = self.store.averages(cid, meta["key"])
+                if avgs:
+                    last = max(last, avgs[-1][0])
+                self._baep_restore = avgs
+                if any(p["kind"] == "baep_baseline" for p in programs):
+                    self._event("baep", "BAEP %s: its sweeps are not recorded, so the baseline set before the restart "
+                                "is not restored: set it again" % meta["key"].split("/", 1)[-1], "system", t_s=last)
+        return last
+
+    def _eeg_rebuild(self, restore: dict[str, Any]) -> None:
+        """Run the recorded EEG through the fresh view (no display, no store, no alerts: they are recorded)."""
+        from ionm.console import eeg as ev
+
+        assert self.eeg is not None
+        view: Any = None
+        pending = list(restore["baselines"])
+        for sw, _ in self.store.iter_sweeps(self.case_id, ev.STREAM):
+            if view is None:
+                view = ev.EegView(sw.fs, list(sw.channel_names), t0_s=sw.t_s)
+            view.process(EegBlock(sw.t_s, sw.stim_index, sw.fs, sw.channel_names, sw.data_uv), display=False)
+            while pending and view.t_s >= float(pending[0]["to_s"]) - 1e-6:
+                b = pending.pop(0)
+                view.set_baseline(float(b["t_s"]), from_s=float(b["from_s"]))
+        if view is not None:
+            self.eeg = view
+
     # ---------------------------------------------------------------- link health, stimulation
     def _poll_link(self) -> None:
         assert self.link_health is not None
@@ -1625,6 +1918,9 @@ class CaseEngine:
             from ionm.console.freerun import STREAM
 
             out[STREAM] = 0.0
+        for stream, (_, done) in self._neuro_sources.items():  # EEG and BAEP while their sources run
+            if not done.is_set():
+                out[stream] = 0.0
         return out
 
     def _running_sweep_streams(self) -> dict[str, float]:
@@ -1730,6 +2026,11 @@ class CaseEngine:
         if self.emg is not None:
             frames["emg"] = self.emg.frame()
             frames["emgview"] = self.emg.view_frame()
+        if self.eeg is not None:
+            frames["eeg"] = self.eeg.frame()
+            frames["eegview"] = self.eeg.view_frame()
+        if self.baep is not None:
+            frames["baep"] = self.baep.frame()
         # bounded as the page draws it, however long the case (ionm.console.display); the store has everything
         return bounded_snapshot({"frames": frames}, self.trend, self.timeline,
                                 {k: st.show for k, st in self.streams.items()})
@@ -1750,6 +2051,8 @@ class CaseEngine:
         baselines = {b["stream"]: b for b in self.store.baselines(cid)}  # the newest per stream wins
         for meta in self.store.streams(cid):
             key = meta["key"]
+            if meta["modality"] in ("eeg", "baep"):  # EEG and BAEP: below
+                continue
             rows = self.store.query("SELECT COUNT(*), MAX(t_s) FROM sweeps WHERE case_id = ? AND stream = ?",
                                     (cid, key))
             count, t_max = int(rows[0][0]), rows[0][1]
@@ -1820,6 +2123,7 @@ class CaseEngine:
         self._emg_restore = (emg_events, emg_alerts)
         # free-run EMG has no sweeps: its newest recorded event is how far it went (the quiet after it is not known)
         last_t = max([last_t] + [float(e["end_s"]) for e in emg_events])
+        last_t = max(last_t, self._resume_neuro(programs))
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])
         self.t_s = last_t

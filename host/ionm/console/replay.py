@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ionm.case.replay import StoredCase
+from ionm.case.replay import StoredCase, StoredEeg
 from ionm.case.store import CaseStore
 from ionm.case.timeline import timeline_from_store
 from ionm.console.engine import CaseEngine, CommandError, Stream
@@ -114,10 +114,22 @@ def prepare(store: CaseStore, case_id: int, scratch: CaseStore, speed: float,
             msg = {"stream": m["stream"], "channel": m["channel"], "name": m["name"], "latency_ms": m["latency_ms"]}
             engine.at(m["t_s"], functools.partial(_mark, engine, m["user"], msg))
     for item in timeline_from_store(store, case_id):
-        # free-run EMG events too (its samples are not recorded: they are shown as recorded, not re-detected)
-        if item["kind"] in ("note", "ack", "stim", "screw", "tof", "probe", "emg") and item["t_s"] >= from_s:
+        # free-run EMG events too (its samples are not recorded: they are shown as recorded, not re-detected), and the
+        # BAEP's recoveries (its sweeps are not recorded either); the EEG is replayed (eeg_source)
+        kinds = ("note", "ack", "stim", "screw", "tof", "probe", "emg", "baep")
+        if item["kind"] in kinds and item["t_s"] >= from_s:
             engine.at(item["t_s"], functools.partial(engine._event, item["kind"], "[recorded] " + item["text"],
                                                      item["user"]))
     source = StoredCase(store, case_id, speed, from_s)
     engine.link_health = source.link_health
+    # the EEG: its recorded baselines (user and time from the programs row) set again where they were set
+    engine.eeg_recorded_baselines = [p["body"] | {"user": p["user"]} for p in store.rows("programs", case_id)
+                                     if p["kind"] == "eeg_baseline" and float(p["body"]["to_s"]) >= from_s]
     return engine, source
+
+
+def eeg_source(store: CaseStore, case_id: int, speed: float, from_s: float = 0.0) -> StoredEeg | None:
+    """The recorded EEG of a case as a source for the replay's engine (run_eeg_source), or None without EEG."""
+    if not any(s["modality"] == "eeg" for s in store.streams(case_id)):
+        return None
+    return StoredEeg(store, case_id, speed, from_s)

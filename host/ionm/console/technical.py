@@ -79,7 +79,8 @@ class TechnicalAlarms:
             silent = wall - arr[-1]
             usual = statistics.median(b - a for a, b in itertools.pairwise(arr)) if len(arr) > 2 else 0.0
             if silent > max(self.stall_s, STALL_INTERVALS * max(usual, programmed[stream])):
-                what = "no data from" if stream.startswith("emg/") else "no sweep from"  # free-run EMG: blocks
+                # free-run EMG and EEG: continuous blocks, not sweeps
+                what = "no data from" if stream.startswith(("emg/", "eeg/")) else "no sweep from"
                 now["stall:" + stream] = "%s %s for %.0f s" % (what, stream, silent)
         stopped = link.get("stimulation_stopped")
         if stopped:

@@ -74,6 +74,8 @@ const STACK_KEEP = 5;  // stack traces kept per stream (ionm.console.display.STA
 
 function applyFrame(key, f) {
   if (key === "emgview") { emgView(f); return; }
+  if (key === "eegview") { eegView(f); return; }
+  if (key === "eeg") { S.frames.eeg = f; S.dirty.add("eeginfo"); S.dirty.add("eegdsa"); return; }
   if (key === "emg") { const had = S.frames.emg; S.frames.emg = f; S.dirty.add("emginfo"); S.dirty.add("emgtrace");
     if (!had && A.on) sendAudioChannels(); return; }
   S.frames[key] = f;
@@ -100,6 +102,8 @@ function applyAppend(a) {
     ensurePanel(a.s); S.dirty.add(a.s);
   } else if (a.k === "emg") emgColumns(a);
   else if (a.k === "emgev") emgEvent(a);
+  else if (a.k === "eegep") eegEpoch(a);
+  else if (a.k === "eegraw") eegRaw(a);
   else if (a.k === "event") {
     S.timeline.set(a.id, a); S.dirty.add("timeline");
   }
@@ -113,7 +117,7 @@ let scheduled = false;
 function schedule() { if (!scheduled) { scheduled = true; requestAnimationFrame(draw); } }
 
 // Pausing freezes the waveforms only: alerts, technical alarms, link, stimulation and the timeline still update.
-const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe", "emginfo"]);
+const ALWAYS = new Set(["alerts", "technical", "link", "stim", "timeline", "screws", "tof", "probe", "emginfo", "eeginfo"]);
 
 function draw() {
   scheduled = false;
@@ -126,19 +130,23 @@ function draw() {
   if (c) $("caseinfo").textContent = "Case " + c.uid + (c.patient_id ? " · patient " + c.patient_id : "") +
     (c.procedure ? " · " + c.procedure : "") + (c.closed ? " · CLOSED" : "");
   let t = 0;
-  for (const [k, f] of Object.entries(S.frames)) if (k.startsWith("stream:") || k === "emg") t = Math.max(t, f.t_s);
+  for (const [k, f] of Object.entries(S.frames)) if (k.startsWith("stream:") || ["emg", "eeg", "baep"].includes(k)) t = Math.max(t, f.t_s);
   $("clock").textContent = fmtT(t);
   for (const key of dirty) {
     if (key === "alerts") drawBanner();
     else if (key === "technical") { drawTech(); drawLink(); }
     else if (key === "link") drawLink();
     else if (key === "stim") drawStim();
-    else if (key === "timeline") drawTimeline();
+    else if (key === "timeline") { drawTimeline(); if (S.frames.eeg) { S.dirty.add("eegdsa"); schedule(); } }
     else if (key === "screws") drawScrews();
     else if (key === "tof") drawTof();
     else if (key === "probe") drawProbe();
     else if (key === "emginfo") drawEmgInfo();
     else if (key === "emgtrace") drawEmgTrace();
+    else if (key === "eeginfo") drawEegInfo();
+    else if (key === "eegdsa") { drawDsa(); drawEegTrends(); }
+    else if (key === "eegraw") drawEegRaw();
+    else if (key === "baep") drawBaep();
     else if (S.frames["stream:" + key]) drawStream(key);
   }
   const now = Date.now();
@@ -169,7 +177,7 @@ function ensurePanel(key) {
 
 function select(key) {
   S.selected = key;
-  for (const el of document.querySelectorAll(".stream")) el.classList.toggle("selected", el.dataset.key === key);
+  for (const el of document.querySelectorAll(".stream, .neuro")) el.classList.toggle("selected", el.dataset.key === key);
 }
 
 function sizeCanvas(cv) {
@@ -786,6 +794,294 @@ A.level = () => {  // the largest |sample| now at the master output (tests: the 
 };
 
 // ------------------------------------------------------------------ actions
+// ------------------------------------------------------------------ EEG (DSA, index trends, raw) and BAEP
+// The server sends per 2-s epoch a DSA column per hemisphere (bytes: dB re 1 µV²/Hz over frame.dsa.db, base64) with
+// the epoch's trend point, raw EEG band-passed and thinned to 125 Hz, and the BAEP averages with their marks. The page
+// keeps the last EEG_KEEP_S of DSA and trends and EEG_RAW_KEEP_S of raw, and draws; it computes nothing of its own.
+const EEG_KEEP_S = 3600, EEG_RAW_KEEP_S = 16;
+const EEG_SIDE_COLOR = { L: "#58a6ff", R: "#ffa657" };
+const EEG = { dsa: [], trend: [], raw: { t0: null, dt: 0.008, q: 0.5, v: [] } };
+S.eeg = EEG;
+const DSA_PALETTE = (() => {  // dark blue -> blue -> cyan -> green -> yellow -> red (a spectral scale, as on the monitors)
+  const stops = [[0, [8, 12, 40]], [0.2, [20, 40, 160]], [0.4, [0, 170, 220]], [0.6, [40, 200, 80]], [0.8, [250, 220, 40]], [1, [230, 30, 30]]];
+  const out = new Uint8ClampedArray(256 * 3);
+  for (let i = 0; i < 256; i++) {
+    const v = i / 255; let k = 0; while (k < stops.length - 2 && v > stops[k + 1][0]) k++;
+    const [a, ca] = stops[k], [b, cb] = stops[k + 1], f = (v - a) / (b - a);
+    for (let j = 0; j < 3; j++) out[i * 3 + j] = ca[j] + (cb[j] - ca[j]) * f;
+  }
+  return out;
+})();
+
+function b64bytes(s) { const t = atob(s), a = new Uint8Array(t.length); for (let i = 0; i < t.length; i++) a[i] = t.charCodeAt(i); return a; }
+
+function eegEpoch(a) {
+  const last = EEG.dsa[EEG.dsa.length - 1];
+  if (last && a.t <= last.t) return;  // one already in the snapshot comes once
+  EEG.dsa.push({ t: a.t, dt: 2, L: b64bytes(a.dL), R: b64bytes(a.dR) });
+  delete a.dL; delete a.dR;  // the trend point keeps its indices only
+  EEG.trend.push(a);
+  while (EEG.dsa.length && EEG.dsa[0].t < a.t - EEG_KEEP_S) EEG.dsa.shift();
+  while (EEG.trend.length && EEG.trend[0].t < a.t - EEG_KEEP_S) EEG.trend.shift();
+  S.dirty.add("eegdsa");
+}
+
+function eegRaw(a) {  // append raw columns; a gap is kept as nulls, a repeat is skipped
+  const R = EEG.raw, n = a.v.length ? a.v[0].length : 0;
+  if (!n) return;
+  if (R.t0 === null || R.v.length !== a.v.length) { R.t0 = a.t0; R.dt = a.dt; R.q = a.q; R.v = a.v.map((r) => r.slice()); }
+  else {
+    const have = R.v[0].length, at = Math.round((a.t0 - R.t0) / R.dt);
+    if (at > have) for (const r of R.v) for (let k = have; k < at; k++) r.push(null);
+    const skip = Math.max(0, have - at);
+    R.v.forEach((r, c) => r.push(...a.v[c].slice(skip)));
+  }
+  const extra = R.v[0].length - Math.round(EEG_RAW_KEEP_S / R.dt);
+  if (extra > 0) { for (const r of R.v) r.splice(0, extra); R.t0 += extra * R.dt; }
+  S.dirty.add("eegraw");
+}
+
+function eegView(v) {  // a snapshot: the DSA and trends of the last half hour (thinned) and the last seconds of raw
+  EEG.dsa = v.dsa.map((c) => ({ t: c.t, dt: v.dsa_dt, L: b64bytes(c.L), R: b64bytes(c.R) }));
+  EEG.trend = v.trend.slice();
+  EEG.raw = { t0: null, dt: v.raw.dt, q: v.raw.q, v: [] };
+  if (v.raw.t0 !== null) eegRaw(v.raw);
+  S.dirty.add("eegdsa"); S.dirty.add("eegraw");
+}
+
+function drawEegInfo() {
+  const f = S.frames.eeg; if (!f) return;
+  $("eegpanel").classList.remove("hidden");
+  const st = (s) => s + " " + (f.state[s] === "normal" ? "normal" : f.state[s] === "ischaemia" ? "ISCHAEMIA" : "global slowing");
+  const b = f.baseline;
+  $("eegmeta").textContent = f.channels.length + " channels · " + st("L") + " · " + st("R") + " · " +
+    (b ? "baseline " + fmtT(b.t_s) + " (" + fmtT(b.from_s) + "–" + fmtT(b.to_s) + ")" : "no baseline: press B");
+  const bad = f.state.L === "ischaemia" || f.state.R === "ischaemia";
+  $("eegpanel").classList.toggle("alert", bad);
+  $("eegpanel").classList.toggle("warning", !bad && f.mode[0] === "global");
+  $("eegbase").disabled = !can("baseline");
+}
+
+// Alerts, notes and EEG lines of the timeline as ticks on the DSA's time axis (a note "clamp on" is seen where the
+// spectrum changes), each kind in its timeline colour.
+const TICK_COLOR = { alert: "#ff4d4f", note: "#79c0ff", eeg: "#d2a8ff", ack: "#3fb950" };
+function eventTicks(ctx, tStart, span, left, w, y0, y1) {
+  ctx.font = "9px system-ui";
+  for (const e of S.timeline.values()) {
+    const c = TICK_COLOR[e.kind];
+    if (!c || e.t_s < tStart || e.t_s > tStart + span) continue;
+    if ((e.kind === "alert" || e.kind === "ack") && !e.text.startsWith("EEG")) continue;  // the EEG's, not every modality's
+    const x = Math.round(left + (e.t_s - tStart) / span * w) + 0.5;
+    ctx.strokeStyle = c; ctx.globalAlpha = 0.8; ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); ctx.globalAlpha = 1;
+    ctx.fillStyle = c; ctx.fillText(e.kind === "note" ? e.text.slice(0, 18) : e.kind, x + 2, y0 + 9);
+  }
+}
+
+function drawDsa() {
+  const f = S.frames.eeg, cv = $("dsacanvas"); if (!f) return;
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const span = +$("eegspan").value, tEnd = f.t_s, tStart = tEnd - span, left = 40, right = 8, gap = 14, top = 12;
+  const rowH = (H - top - 2 * gap) / 2, w = Math.max(1, Math.round(W - left - right)), nb = f.dsa.n;
+  const off = document.createElement("canvas"); off.width = w; off.height = nb;
+  const octx = off.getContext("2d");
+  ["L", "R"].forEach((side, r) => {
+    const img = octx.createImageData(w, nb);
+    let j = 0;
+    for (let x = 0; x < w; x++) {
+      const t = tStart + (x + 0.5) / w * span;
+      while (j < EEG.dsa.length && EEG.dsa[j].t < t) j++;  // the column whose epoch covers t (ends at or after it)
+      const c = EEG.dsa[j];
+      if (!c || c.t - c.dt > t + 1e-6) continue;
+      const lv = c[side];
+      for (let b = 0; b < nb; b++) {
+        const p = ((nb - 1 - b) * w + x) * 4, k = lv[b] * 3;  // low frequencies at the bottom
+        img.data[p] = DSA_PALETTE[k]; img.data[p + 1] = DSA_PALETTE[k + 1]; img.data[p + 2] = DSA_PALETTE[k + 2]; img.data[p + 3] = 255;
+      }
+    }
+    octx.putImageData(img, 0, 0);
+    const y0 = top + r * (rowH + gap);
+    ctx.imageSmoothingEnabled = false;
+    ctx.drawImage(off, left, y0, w, rowH);
+    ctx.strokeStyle = "#26364a"; ctx.strokeRect(left, y0, w, rowH);
+    ctx.fillStyle = "#8aa0b8"; ctx.font = "10px system-ui";
+    ctx.fillText((side === "L" ? "Left" : "Right") + " hemisphere (" + (f.sides[side] || []).join(", ") + ")", left + 4, y0 - 2);
+    for (const hz of [1, 4, 8, 13, 30]) {  // band edges: delta, theta, alpha, beta
+      const y = y0 + rowH - (hz - f.dsa.f0 + f.dsa.df / 2) / (f.dsa.n * f.dsa.df) * rowH;
+      ctx.fillText(String(hz), 4, y + 3);
+      ctx.strokeStyle = "rgba(255,255,255,.25)"; ctx.beginPath(); ctx.moveTo(left - 4, y); ctx.lineTo(left, y); ctx.stroke();
+    }
+  });
+  const b = f.baseline;
+  if (b && b.t_s >= tStart) { const x = left + (b.t_s - tStart) / span * w; ctx.strokeStyle = "#3fb950"; ctx.setLineDash([4, 3]);
+    ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, H - gap); ctx.stroke(); ctx.setLineDash([]); }
+  eventTicks(ctx, tStart, span, left, w, top, H - gap);
+  for (let i = 0; i < 64; i++) {  // the colour scale, low to high power
+    const k = Math.round(i / 63 * 255) * 3; ctx.fillStyle = "rgb(" + DSA_PALETTE[k] + "," + DSA_PALETTE[k + 1] + "," + DSA_PALETTE[k + 2] + ")";
+    ctx.fillRect(W / 2 + 40 + i, H - 9, 1, 7);
+  }
+  ctx.fillStyle = "#6e849b"; ctx.fillText("Hz", 4, top + 2);
+  ctx.fillText(fmtT(tStart), left, H - 2); ctx.fillText(fmtT(tEnd), W - right - 30, H - 2);
+  ctx.fillText(f.dsa.db[0] + "…" + f.dsa.db[1] + " dB", W / 2 - 30, H - 2);
+  S.dsaDraws = (S.dsaDraws || 0) + 1;
+}
+
+const EEG_TRENDS = [  // [label, key, index in the side's array, fixed range or null (auto), alert line key]
+  ["relative alpha", "ra", 0, null, "ra_alert"], ["alpha/delta", "adr", 1, null, "adr_alert"],
+  ["SEF95 Hz", "sef", 2, [0, 30], null], ["BSR", "bsr", 3, [0, 1], null], ["asymmetry (L−R)/(L+R)", "asym", -1, [-0.5, 0.5], null]];
+
+function drawEegTrends() {
+  const f = S.frames.eeg, cv = $("eegtrend"); if (!f) return;
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const span = +$("eegspan").value, tEnd = f.t_s, tStart = tEnd - span, left = 40, right = 8, top = 4, bottom = 12;
+  const ph = (H - top - bottom) / EEG_TRENDS.length, X = (t) => left + (t - tStart) / span * (W - left - right);
+  const pts = EEG.trend.filter((p) => p.t >= tStart), b = f.baseline;
+  ctx.font = "10px system-ui";
+  EEG_TRENDS.forEach(([label, key, idx, fixed, alertKey], k) => {
+    const y0 = top + k * ph + 10, h = ph - 12;
+    const val = (p, s) => (idx < 0 ? p.asym : p[s] ? p[s][idx] : null);
+    let lo = 0, hi = 1;
+    if (fixed) [lo, hi] = fixed;
+    else {
+      let m = 0; for (const p of pts) for (const s of ["L", "R"]) { const v = val(p, s); if (v !== null && v > m) m = v; }
+      if (b) for (const s of ["L", "R"]) m = Math.max(m, b.lines[s][key] || 0);
+      hi = m > 0 ? m * 1.15 : 1;
+    }
+    const Y = (v) => y0 + h - (Math.min(Math.max(v, lo), hi) - lo) / (hi - lo) * h;
+    ctx.strokeStyle = "#26364a"; ctx.strokeRect(left, y0, W - left - right, h);
+    ctx.fillStyle = "#8aa0b8"; ctx.fillText(label, left + 4, y0 - 1);
+    ctx.fillText(hi.toFixed(hi < 2 ? 2 : 0), 2, y0 + 8); ctx.fillText(lo.toFixed(lo === 0 ? 0 : 1), 2, y0 + h);
+    for (const s of (idx < 0 ? ["A"] : ["L", "R"])) {
+      const color = idx < 0 ? "#d2a8ff" : EEG_SIDE_COLOR[s];
+      if (b) {  // the baseline dashed green, the alert level red (the criterion with its confidence margin)
+        const bv = idx < 0 ? b.asym : b.lines[s][key];
+        if (bv !== null && bv !== undefined) { ctx.strokeStyle = "#3fb950"; ctx.setLineDash([4, 3]); ctx.beginPath();
+          ctx.moveTo(left, Y(bv)); ctx.lineTo(W - right, Y(bv)); ctx.stroke(); ctx.setLineDash([]); }
+        const av = alertKey && idx >= 0 ? b.lines[s][alertKey] : null;
+        if (av !== null && av !== undefined) { ctx.strokeStyle = color; ctx.globalAlpha = 0.8; ctx.setLineDash([1, 2]);
+          ctx.beginPath(); ctx.moveTo(left, Y(av)); ctx.lineTo(W - right, Y(av)); ctx.stroke(); ctx.setLineDash([]);
+          ctx.globalAlpha = 1; ctx.strokeStyle = "#ff4d4f"; ctx.beginPath(); ctx.moveTo(W - right - 14, Y(av)); ctx.lineTo(W - right, Y(av)); ctx.stroke(); }
+      }
+      ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.beginPath(); let pen = false;
+      for (const p of pts) { const v = idx < 0 ? p.asym : val(p, s);
+        if (v === null || v === undefined) { pen = false; continue; }
+        if (pen) ctx.lineTo(X(p.t), Y(v)); else { ctx.moveTo(X(p.t), Y(v)); pen = true; } }
+      ctx.stroke(); ctx.lineWidth = 1;
+    }
+  });
+  ctx.fillStyle = EEG_SIDE_COLOR.L; ctx.fillText("— L", W - 70, 10); ctx.fillStyle = EEG_SIDE_COLOR.R; ctx.fillText("— R", W - 40, 10);
+  S.eegTrendDraws = (S.eegTrendDraws || 0) + 1;
+}
+
+function drawEegRaw() {
+  const f = S.frames.eeg, cv = $("eegraw"); if (!f) return;
+  const [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const R = EEG.raw, nch = f.channels.length, span = +$("eegrawspan").value, uvdiv = +$("eegscale").value;
+  const left = 54, rowH = H / nch, pxPerUv = rowH / 2 / uvdiv;  // a channel's row is two divisions high
+  const cols = R.v.length ? R.v[0].length : 0, tEnd = R.t0 === null ? 0 : R.t0 + cols * R.dt, tStart = tEnd - span;
+  const X = (t) => left + (t - tStart) / span * (W - left);
+  ctx.strokeStyle = "#1c2836";
+  for (let s = Math.ceil(tStart); s <= tEnd; s++) { const x = Math.round(X(s)) + 0.5; ctx.beginPath(); ctx.moveTo(x, 0); ctx.lineTo(x, H); ctx.stroke(); }
+  ctx.font = "10px system-ui";
+  for (let c = 0; c < nch; c++) {
+    const mid = (c + 0.5) * rowH, side = (f.channels[c].match(/\d+/g) || []).map(Number)[0] % 2 ? "L" : "R";
+    ctx.fillStyle = EEG_SIDE_COLOR[side]; ctx.fillText(f.channels[c], 2, mid + 3);
+    const v = R.v[c] || [], first = Math.max(0, Math.floor((tStart - R.t0) / R.dt));
+    ctx.strokeStyle = EEG_SIDE_COLOR[side]; ctx.beginPath(); let pen = false;
+    for (let k = first; k < cols; k++) {
+      if (v[k] === null) { pen = false; continue; }
+      const y = Math.max(mid - rowH / 2, Math.min(mid + rowH / 2, mid + v[k] * R.q * pxPerUv));  // negative up
+      if (pen) ctx.lineTo(X(R.t0 + k * R.dt), y); else { ctx.moveTo(X(R.t0 + k * R.dt), y); pen = true; }
+    }
+    ctx.stroke();
+  }
+  ctx.fillStyle = "#8aa0b8"; ctx.fillText(uvdiv + " µV/div · 1 s/div · 0.5–35 Hz", W - 150, H - 4);
+  S.eegRawDraws = (S.eegRawDraws || 0) + 1;
+}
+
+// BAEP: the stack of averages over time (oldest at the top), the newest running average, the baseline in green at the
+// bottom; waves I, III and V marked on each; vertex positive up, as BAEPs are read.
+function drawBaep() {
+  const f = S.frames.baep; if (!f) return;
+  $("baeppanel").classList.remove("hidden"); $("baeppanel").dataset.key = f.stream;
+  $("baeppanel").classList.toggle("alert", f.state === "alert");
+  $("baepbase").disabled = !can("baseline");
+  const b = f.baseline;
+  $("baepmeta").textContent = f.stream.replace("/", " · ") + " · " + f.channels.join(", ") + " · " + f.sweeps + " sweeps at " +
+    f.rate_hz + " Hz · " + f.rejected + " rejected · " + (b ? "baseline " + fmtT(b.t_s) + " (" + b.n + " sweeps)" : "no baseline: press B");
+  const cv = $("baepcanvas"), [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const rows = f.stack.map((s) => [s, "#8aa0b8", "stack"]);
+  if (f.current && (!f.stack.length || f.current.t_s > f.stack[f.stack.length - 1].t_s)) rows.push([f.current, "#58a6ff", "now"]);
+  else if (rows.length) rows[rows.length - 1][1] = "#58a6ff";
+  if (b) rows.push([b, "#3fb950", "baseline"]);
+  const left = 44, right = 110, top = 14, bottom = 16, n = Math.max(rows.length, 4), rowH = (H - top - bottom) / n;
+  const uvdiv = +$("baepscale").value, pxPerUv = rowH / uvdiv / 2, msMax = 10, msMin = -f.pre_ms;
+  const X = (ms) => left + (ms - msMin) / (msMax - msMin) * (W - left - right);
+  ctx.strokeStyle = "#1c2836"; ctx.font = "10px system-ui"; ctx.fillStyle = "#6e849b";
+  for (let ms = 0; ms <= msMax; ms++) { const x = Math.round(X(ms)) + 0.5; ctx.beginPath(); ctx.moveTo(x, top); ctx.lineTo(x, H - bottom); ctx.stroke();
+    if (ms % 2 === 0) ctx.fillText(ms + " ms", x - 8, H - 3); }
+  rows.forEach(([a, color, what], r) => {
+    const mid = top + (r + 0.5) * rowH, dt = 1000 / f.fs, ip = a.v[0];
+    ctx.fillStyle = color; ctx.fillText(what === "baseline" ? "baseline" : fmtT(a.t_s), 2, mid + 3);
+    ctx.strokeStyle = color; ctx.lineWidth = what === "stack" ? 1 : 1.6; ctx.beginPath();
+    ip.forEach((v, k) => { const x = X(msMin + k * dt), y = mid - v * a.q * pxPerUv;  // positive up
+      if (k) ctx.lineTo(x, y); else ctx.moveTo(x, y); });
+    ctx.stroke(); ctx.lineWidth = 1;
+    for (const w of ["I", "III", "V"]) {  // the marks: a tick at the peak and its name
+      const m = a.waves[w]; if (!m) continue;
+      const k = Math.round((m.ms - msMin) / dt), y = mid - (ip[k] || 0) * a.q * pxPerUv;
+      ctx.strokeStyle = "#e6edf3"; ctx.beginPath(); ctx.moveTo(X(m.ms), y - 3); ctx.lineTo(X(m.ms), y - 9); ctx.stroke();
+      ctx.fillStyle = "#e6edf3"; ctx.fillText(w, X(m.ms) - (w.length * 3), y - 11);
+    }
+    ctx.fillStyle = color;
+    ctx.fillText("V " + a.waves.V.ms.toFixed(2) + " ms " + a.waves.V.uv.toFixed(2) + " µV", W - right + 4, mid - 2);
+    ctx.fillText("I–V " + a.ipl["I-V"].toFixed(2) + " ms", W - right + 4, mid + 10);
+  });
+  ctx.fillStyle = "#8aa0b8"; ctx.fillText(uvdiv + " µV/div · vertex positive up · " + f.channels[0], left, 10);
+  drawBaepTable(f);
+  drawBaepTrend(f);
+  S.baepDraws = (S.baepDraws || 0) + 1;
+}
+
+function drawBaepTable(f) {
+  const a = f.current, b = f.baseline, t = $("baeptable");
+  if (!a) { t.textContent = "averaging…"; return; }
+  const row = (name, now, base, unit, d) => [name, now == null ? "–" : now.toFixed(d) + unit,
+    base == null ? "–" : base.toFixed(d) + unit, now != null && base != null ? (now - base >= 0 ? "+" : "") + (now - base).toFixed(d) : "–"];
+  const rows = [];
+  for (const w of ["I", "III", "V"]) {
+    rows.push(["", row(w + " latency", a.waves[w].ms, b && b.waves[w].ms, " ms", 2)]);
+    rows.push(["", row(w + " amplitude", a.waves[w].uv, b && b.waves[w].uv, " µV", 2)]);
+  }
+  for (const k of ["I-III", "III-V", "I-V"]) rows.push(["ipl", row(k.replace("-", "–") + " IPL", a.ipl[k], b && b.ipl[k], " ms", 2)]);
+  tableRows(t, ["", "now (" + a.n + ")", "baseline", "Δ"], rows);
+}
+
+function drawBaepTrend(f) {
+  const cv = $("baeptrend"), [ctx, W, H] = sizeCanvas(cv);
+  ctx.fillStyle = "#0e1722"; ctx.fillRect(0, 0, W, H);
+  const pts = f.trend, left = 36, right = 8, gap = 18, top = 12, ph = (H - top - gap - 12) / 2;
+  ctx.font = "10px system-ui"; ctx.fillStyle = "#8aa0b8";
+  if (!f.baseline || !pts.length) { ctx.fillText(f.baseline ? "averaging…" : "wave V trend: after the baseline", left, H / 2); return; }
+  const tEnd = f.t_s, tStart = Math.max(pts[0].t, tEnd - 1800), X = (t) => left + (t - tStart) / Math.max(60, tEnd - tStart) * (W - left - right);
+  const plots = [["wave V latency shift (ms)", "v_shift_ms", -0.5, 3, f.criteria.latency_ms, 0],
+    ["wave V amplitude (× baseline)", "v_ratio", 0, 1.5, 1 - f.criteria.amplitude_drop, 1]];
+  plots.forEach(([label, key, lo, hi, alert, base], k) => {
+    const y0 = top + k * (ph + gap), Y = (v) => y0 + ph - (Math.min(Math.max(v, lo), hi) - lo) / (hi - lo) * ph;
+    ctx.strokeStyle = "#26364a"; ctx.strokeRect(left, y0, W - left - right, ph);
+    ctx.fillStyle = "#8aa0b8"; ctx.fillText(label, left + 4, y0 - 2); ctx.fillText(String(hi), 4, y0 + 8); ctx.fillText(String(lo), 4, y0 + ph);
+    for (const [v, c, d] of [[base, "#3fb950", [4, 3]], [alert, "#ff4d4f", []]]) { ctx.strokeStyle = c; ctx.setLineDash(d);
+      ctx.beginPath(); ctx.moveTo(left, Y(v)); ctx.lineTo(W - right, Y(v)); ctx.stroke(); ctx.setLineDash([]); }
+    ctx.strokeStyle = "#58a6ff"; ctx.lineWidth = 1.5; ctx.beginPath(); let pen = false;
+    for (const p of pts) { const v = p[key]; if (p.t < tStart || v === null || v === undefined) { pen = false; continue; }
+      if (pen) ctx.lineTo(X(p.t), Y(v)); else { ctx.moveTo(X(p.t), Y(v)); pen = true; } }
+    ctx.stroke(); ctx.lineWidth = 1;
+  });
+}
+
 function toast(text, info) {
   const el = $("toast"); el.textContent = text; el.className = info ? "info" : "";
   clearTimeout(toast.timer); toast.timer = setTimeout(() => el.classList.add("hidden"), 3500);
@@ -817,7 +1113,8 @@ function openBaseline() {
 
 function togglePause() {
   S.paused = !S.paused; $("paused").classList.toggle("hidden", !S.paused);
-  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(STREAM_KEYS, "")); S.dirty.add("timeline"); schedule(); }
+  if (!S.paused) { for (const k of Object.keys(S.frames)) S.dirty.add(k.replace(STREAM_KEYS, ""));
+    for (const k of ["timeline", "emgtrace", "eegdsa", "eegraw", "baep"]) S.dirty.add(k); schedule(); }
 }
 
 function setup() {
@@ -870,6 +1167,15 @@ function setup() {
       .then(() => $("emgwarn").blur());
   });
   for (const id of ["emgscale", "emgtime"]) $(id).addEventListener("change", () => { S.dirty.add("emgtrace"); schedule(); });
+  $("eegspan").addEventListener("change", () => { S.dirty.add("eegdsa"); schedule(); });
+  for (const id of ["eegscale", "eegrawspan"]) $(id).addEventListener("change", () => { S.dirty.add("eegraw"); schedule(); });
+  $("baepscale").addEventListener("change", () => { S.dirty.add("baep"); schedule(); });
+  $("eegpanel").addEventListener("click", () => select("eeg/EEG"));
+  $("baeppanel").addEventListener("click", () => { if (S.frames.baep) select(S.frames.baep.stream); });
+  $("eegbase").addEventListener("click", (e) => { e.stopPropagation();
+    command({ cmd: "baseline", stream: "eeg/EEG" }, "EEG baseline set"); });
+  $("baepbase").addEventListener("click", (e) => { e.stopPropagation(); if (!S.frames.baep) return;
+    command({ cmd: "baseline", stream: S.frames.baep.stream }, "BAEP baseline set"); });
   $("noteform").addEventListener("submit", (e) => {
     e.preventDefault();
     const text = $("note").value.trim(); if (!text) return;
@@ -887,7 +1193,8 @@ function setup() {
     else if (k === "t") { e.preventDefault(); openTcmep(); }
   });
   window.addEventListener("resize", () => { for (const k of Object.keys(S.frames)) if (k.startsWith("stream:")) S.dirty.add(k.slice(7));
-    S.dirty.add("emgtrace"); schedule(); });
+    for (const k of ["emgtrace", "eegdsa", "eegraw", "baep"]) S.dirty.add(k);
+    schedule(); });
   connect();
 }
 
