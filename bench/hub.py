@@ -306,7 +306,15 @@ class Arrivals:
         from ionm.hub import messages as hm
 
         nc = await nats.connect(self.url)
-        sub = await nc.jetstream().subscribe(hm.SUBJECTS, stream=hm.STREAM, ordered_consumer=True)
+        while True:  # the hub makes its stream once it is up: on a loaded machine, after this starts
+            try:
+                sub = await nc.jetstream().subscribe(hm.SUBJECTS, stream=hm.STREAM, ordered_consumer=True)
+                break
+            except Exception:
+                if self._stop.is_set():
+                    await nc.close()
+                    return
+                await asyncio.sleep(0.2)
         try:
             while not self._stop.is_set():
                 try:
