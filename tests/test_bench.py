@@ -83,3 +83,28 @@ def test_hunt_bench_runs_the_firmwares_hunt_and_counts_a_ramp_to_the_first_respo
         assert pulses == 7 and found is not None and abs(found - m1.truth_ma) <= tol
         n, at = hb.ramp_once(hb._Muscle(i50, 7))
         assert at is not None and n == round((at - 0.5) / 0.5) + 1 and abs(at - m1.truth_ma) <= tol
+
+
+def test_hub_outage_scoring_counts_the_outage_the_back_fill_order_repeats_and_gaps():
+    """bench/hub.py's outage figures from (seq, created, arrived at the hub) in arrival order: outage [100, 160)."""
+    from bench import hub
+
+    before = [(1, 90.0, 90.1), (2, 95.0, 95.1)]
+    outage = [(3, 120.0, 163.0), (4, 150.0, 163.5)]  # created while cut, back-filled after the restore
+    after = [(5, 161.0, 164.0), (6, 170.0, 170.1)]
+    s = hub.outage_score(before + outage + after, 100.0, 160.0)
+    assert s == {"messages": 6, "during_outage": 2, "through_the_cut": 0, "backfill_s": 3.5, "in_order": True,
+                 "duplicates": 0, "lost": 0}
+    # the back-fill out of order, one message twice and one never arrived (5 missing below 6)
+    s = hub.outage_score(before + [outage[1], outage[0], outage[0], after[1]], 100.0, 160.0)
+    assert s["in_order"] is False and s["duplicates"] == 1 and s["lost"] == 1 and s["backfill_s"] == 3.5
+    assert hub.outage_score(before, 100.0, 160.0)["backfill_s"] == 0.0  # nothing was missing at the restore
+    assert hub.outage_score([(1, 130.0, 130.2)], 100.0, 160.0)["through_the_cut"] == 1  # the cut was no cut
+
+
+def test_hub_page_catch_up_is_the_first_view_showing_a_message_from_after_the_restore():
+    from bench import hub
+
+    heard = [(150.0, 99.0), (160.5, 99.0), (163.0, 150.0), (164.2, 160.0), (165.0, 164.0)]
+    assert hub.view_catchup_s(heard, 160.0) == 4.2
+    assert hub.view_catchup_s(heard[:3], 160.0) is None
