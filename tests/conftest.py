@@ -138,11 +138,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 # `make test` runs the suite in two phases (Makefile): these files on two workers at once (pytest-xdist), then
-# every other file alone. These only compute: their outcome does not depend on how fast the machine is. The
-# others pace something in real time (the virtual board's firmware and hardware model, a browser, a console or
-# hub server, nats-server) and share the machine with nothing but the load a check adds; run beside a second
-# worker they met the board's 100 ms host watchdog late (the pty's kernel worker, tools/pty_latency.py) and
-# failed. A new test file runs alone until it is listed here.
+# every other file alone. These compute, or wait for what they check without a deadline of real time: the hub's
+# tests (nats-server and a room on the simulated case, no virtual board) and replay's. The others pace something
+# in real time (the virtual board's firmware and hardware model, a browser, a console on the board, a cluster's
+# fail-over) and share the machine with nothing but the load a check adds; run beside a second worker they met
+# the board's 100 ms host watchdog late (the pty's kernel worker, tools/pty_latency.py) and failed. A new test
+# file runs alone until it is listed here.
 PARALLEL_FILES = frozenset("""
     test_ads1299_model test_alert_groups test_auth test_baep test_bench test_bench_live_case test_cbor
     test_console_engine test_display test_eeg test_emg test_evaluate test_evaluate_edf test_export
@@ -151,6 +152,7 @@ PARALLEL_FILES = frozenset("""
     test_pipeline_alerts test_pipeline_averaging test_pipeline_conditioning test_pipeline_peaks
     test_pipeline_tracker test_probe_console test_report test_rln test_safety_mpy test_scenarios test_screw_model
     test_screw_rules test_strict_requests test_technical_alarms test_tof test_tof_console test_ws_commands
+    test_hub test_hub_physician test_replay
 """.split())
 
 
