@@ -226,7 +226,7 @@ def _room_alerts(path: Path) -> int:
 
 class Relay:
     """A TCP relay on loopback that can be cut (every connection closed, new ones refused) and restored: the network
-    between a room and the hub (as tests/test_hub.py's Link)."""
+    between a room and the hub (tests/test_hub.py's cut test uses it too)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port

@@ -379,79 +379,6 @@ def test_re_applying_a_rooms_source_repeats_nothing(tmp_path):
     assert [mid for _s, mid, _m in got] == [hm.msg_id("case-3", pub.session, i) for i in range(1, 61)]
 
 
-class Link:
-    """A TCP relay on loopback between a room's server and the hub's leafnode port that can be cut (every
-    connection closed, new ones refused) and restored: the network between the room and the hub."""
-
-    def __init__(self, target_port: int) -> None:
-        import socket
-        import threading
-
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.up = threading.Event()
-        self.up.set()
-        self._conns: list = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-        import threading
-
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if not self.up.is_set():
-                client.close()
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                client.close()
-                continue
-            with self._lock:
-                self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a, b) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        for s in (a, b):
-            try:
-                s.close()
-            except OSError:
-                pass
-
-    def cut(self) -> None:
-        import socket
-
-        self.up.clear()
-        with self._lock:
-            conns, self._conns = self._conns, []
-        for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def restore(self) -> None:
-        self.up.set()
-
-    def close(self) -> None:
-        self.cut()
-        self.listener.close()
-
-
 def test_a_cut_between_room_and_hub_loses_nothing_and_repeats_nothing(tmp_path):
     """The network between the room and the hub fails for 7 s (longer than the 5 s after which the hub re-applies
     a silent room's source) while the room publishes; once it is back, the hub's stream has every message once,
@@ -461,7 +388,9 @@ def test_a_cut_between_room_and_hub_loses_nothing_and_repeats_nothing(tmp_path):
 
     leaf_port = free_port()
     hub = hub_server(tmp_path / "hub", leaf_port).start()
-    link = Link(leaf_port)
+    from bench.hub import Relay  # the network between the room and the hub, cut and restored (as the benchmark)
+
+    link = Relay(leaf_port)
     keeper = leaf.SourceKeeper(hub.url)
     room = leaf.RoomServer(tmp_path / "room", "General", "OR 4", "nats-leaf://127.0.0.1:%d" % link.port).start()
     pub = Publisher(room.url, "General", "OR 4", "case-4", prefix="ionmroom", ensure=False)
