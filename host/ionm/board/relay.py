@@ -40,9 +40,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024  # bytes; the kernel may cap it (net.core.wmem_m
 # the host's evaluation and display, as an acquisition service would: real-time round-robin, else a higher
 # niceness, else as it is. Its priority is above the virtual board's (ionm.board.virtual.BOARD_RT_PRIORITY):
 # below it, the board's two processes, which run in bursts when they catch up, kept the relay off both cores
-# for 65-124 ms with a heartbeat due, and the board's 100 ms watchdog tripped (tools/watchdog_soak.py under
-# two hogs, with a loop-gap probe in the relay). Above it the relay waits only for the pty itself, which a
-# kernel worker of normal priority delivers (tools/pty_latency.py measures that part).
+# with a heartbeat due, and the board's 100 ms watchdog tripped more often (tools/watchdog_soak.py under two
+# hogs: 7 trips in 3 min and 3 in 2 at priority 10, 0 and 1 in 2 min at 30). Above it the relay waits only
+# for the pty itself, which a kernel worker of normal priority delivers (tools/pty_latency.py measures that).
 RELAY_RT_PRIORITY = 30
 RELAY_NICE = -5
 READY_TIMEOUT_S = 15.0  # the relay process starts and opens the port within this (a loaded machine included)
