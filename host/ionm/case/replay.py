@@ -13,6 +13,24 @@ from ionm.case.store import CaseStore
 from ionm.sweep import EegBlock, Sweep
 
 
+class _Pacer:
+    """Plays recorded times back as they were, speed times faster (speed 0: at once): the first item at once."""
+
+    def __init__(self, speed: float) -> None:
+        self.speed = speed
+        self.wall0: float | None = None
+
+    def until(self, due_s: float) -> None:
+        """Wait until the recorded time due_s (s) comes round on the wall clock."""
+        if self.speed <= 0:
+            return
+        if self.wall0 is None:
+            self.wall0 = time.monotonic() - due_s / self.speed
+        wait = self.wall0 + due_s / self.speed - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+
+
 class StoredCase:
     """A recorded case as a sweep source, in stimulus-time order, paced like the original (speed 0: unpaced)."""
 
@@ -29,19 +47,14 @@ class StoredCase:
                 "samples_lost": 0, "sweeps": self.sent}
 
     def __iter__(self) -> Iterator[Sweep]:
-        wall0 = None
+        pace = _Pacer(self.speed)
         for sw, _ in self.store.iter_sweeps(self.case_id, t_from=self.from_s):
             if self._closed:
                 return
             if sw.modality == "eeg":  # continuous EEG records are not sweeps: not replayed through the sweep path
                 continue
             due = sw.t_s + (sw.data_uv.shape[1] - sw.pre_samples) / sw.fs
-            if wall0 is None:
-                wall0 = time.monotonic() - due / self.speed if self.speed > 0 else 0.0
-            if self.speed > 0:
-                wait = wall0 + due / self.speed - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
+            pace.until(due)
             self.sent += 1
             yield sw
 
@@ -61,16 +74,11 @@ class StoredEeg:
         self._closed = True
 
     def __iter__(self) -> Iterator[EegBlock]:
-        wall0 = None
+        pace = _Pacer(self.speed)
         for sw, _ in self.store.iter_sweeps(self.case_id, self.stream, t_from=self.from_s):
             if self._closed:
                 return
             due = sw.t_s + sw.data_uv.shape[1] / sw.fs
-            if wall0 is None:
-                wall0 = time.monotonic() - due / self.speed if self.speed > 0 else 0.0
-            if self.speed > 0:
-                wait = wall0 + due / self.speed - time.monotonic()
-                if wait > 0:
-                    time.sleep(wait)
+            pace.until(due)
             self.sent += 1
             yield EegBlock(sw.t_s, sw.stim_index, sw.fs, sw.channel_names, sw.data_uv)
