@@ -26,6 +26,21 @@ STATUS_EVERY_BLOCKS = 64  # a status event (heap, counters) about every 64 block
 LATCH_SIZE = const(14)
 
 
+def _program_ids(value, n):
+    """stim-start's `program`: an index, or an array of distinct indices (the programs started together,
+    from one start index, so that their phase_us interleave them as written). A tuple, or bad-field."""
+    ids = value if isinstance(value, list) else [value]
+    ok = 0 < len(ids) <= n
+    for pid in ids if ok else ():
+        if not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < n:
+            ok = False
+            break
+    if not ok or len(set(ids)) != len(ids):
+        raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d, or an array of distinct ones (leave"
+                              " it out for all)" % (n - 1))
+    return tuple(ids)
+
+
 class Firmware:
     def __init__(self, bsp_module, slot=None, rolled_back=False, defn=None, arena=None):
         self.defn = defn if defn is not None else boardcfg.load()
@@ -175,19 +190,16 @@ class Firmware:
         # validated again: a calibration written since stim-program changes what the outputs deliver
         self.supervisor.check_programs(self.program_specs)
         programs = self.scheduler.programs
-        only = None
-        if "program" in body:  # absent: all programs; present: an index (null is not "all")
-            only = body["program"]
-            if not isinstance(only, int) or isinstance(only, bool) or not 0 <= only < len(programs):
-                raise m.ProtocolError(m.E_BAD_FIELD, "program must be an index 0..%d (leave it out for all)"
-                                      % (len(programs) - 1))
+        only = None  # absent: all programs
+        if "program" in body:  # an index, or an array of distinct indices started together (null is not "all")
+            only = _program_ids(body["program"], len(programs))
         fs = self.acq.cfg.rate_hz
         self.scheduler.check_blocks(fs, self.acq.writer.nsamp)
         # Every output the started programs drive is measured now, with a sub-threshold probe pulse, and
         # refused above the impedance limit before any stimulus is delivered (TcMEP triggers drive no output
         # of this board: the external stimulator measures its own electrodes).
         outputs = 0
-        for pid in (range(len(programs)) if only is None else (only,)):
+        for pid in (range(len(programs)) if only is None else only):
             for shape in programs[pid]["shapes"]:
                 outputs |= 1 << shape[0]
         for out in range(self.supervisor.n_outputs):

@@ -91,11 +91,12 @@ class Scheduler:
                                   " %d ms (fewer samples per frame)" % (self.sup.watchdog_ms // 2, block * 1000 // fs))
 
     def start(self, now_index, fs, block, only=None):
-        """Start all programs (or program `only`) from the next horizon on. Returns the start index."""
+        """Start all programs (or the programs whose ids are in the tuple `only`) together, from the next
+        horizon on: one start index for all of them, so their phases interleave them exactly. Returns it."""
         self.check_blocks(fs, block)
         start = now_index + max(fs * _HORIZON_MS // 1000, 2 * block)
-        ids = range(len(self.programs)) if only is None else [only]
-        if only is not None and self.programs[only]["kind"] == "tcmep":
+        ids = range(len(self.programs)) if only is None else only
+        if only is not None and [pid for pid in ids if self.programs[pid]["kind"] == "tcmep"]:
             # pulses armed (or just delivered) inside the coming train's hold-off cannot be taken back:
             # the train waits until they are far enough behind it (at most the hold-off, 100 ms)
             before = self.sup.holdoff_before_ms * fs // 1000
@@ -118,8 +119,8 @@ class Scheduler:
                                           " the minimum is %d ms" % (since_ms, self.sup.train_interval_ms_min))
         if self.running and only is None:
             self.stop()
-        elif only is not None:  # one program started again restarts it (it never runs twice)
-            self.running = [r for r in self.running if r.pid != only]
+        elif only is not None:  # a program started again restarts it (it never runs twice)
+            self.running = [r for r in self.running if r.pid not in ids]
         self.fs = fs
         t0 = start * 1000000 // fs
         for pid in ids:

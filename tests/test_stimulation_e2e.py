@@ -69,6 +69,28 @@ def test_interleaved_ssep_schedule_indices_match_the_delivered_pulse_log(stim_bo
     assert not [e for e in events if e["kind"] in ("fault", "watchdog")]
 
 
+def test_programs_started_together_share_one_start_index_and_keep_their_phases(stim_board):
+    """SPEC 5.8: stim-start {program: [..]} times the listed programs from one start index, so that their
+    phase_us interleave them whatever the delay between the host's commands; program 2, not listed, stays off."""
+    vb, link, events = stim_board
+    period_us = 1e9 / 4700
+    progs = [{"kind": "pulse", "output": o, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
+              "phase_us": int(o * period_us / 4)} for o in range(3)]
+    link.request(m.STIM_PROGRAM, {"programs": progs})
+    start = link.request(m.STIM_START, {"program": [1, 0]})["start_index"]
+    time.sleep(1.0)
+    link.request(m.STIM_STOP, {})
+    time.sleep(0.2)
+    stims = [(e["index"], e["output"]) for e in events if e["kind"] == "stim"]
+    assert {o for _, o in stims} == {0, 1}
+    fs = 4000
+    for o in (0, 1):
+        idx = [i for i, out in stims if out == o]
+        assert len(idx) >= 3
+        for k, i in enumerate(idx):
+            assert -1e-3 <= i - (start * 1e6 / fs + o * period_us / 4 + k * period_us) * fs / 1e6 < 1
+
+
 def test_watchdog_stops_stimulation_within_100ms_of_host_silence(tmp_path):
     from ionm.board.virtual import VirtualBoard
 

@@ -30,14 +30,16 @@ def test_hello_with_another_schema_is_refused_and_the_right_one_welcomed(connect
     assert link.request(m.HELLO, {"versions": [m.VERSION]})["version"] == m.VERSION  # schema is optional
 
 
-def test_stim_start_program_must_be_an_index_when_present(connected):
+def test_stim_start_program_must_be_an_index_or_an_array_of_distinct_indices_when_present(connected):
     _vb, link, _w = connected
     link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0]})
     link.request(m.START, {})
-    link.request(m.STIM_PROGRAM, {"programs": [PULSE]})
-    for bad in (None, -1, 1, "0", 0.0, True):
+    link.request(m.STIM_PROGRAM, {"programs": [PULSE, dict(PULSE, output=1)]})
+    for bad in (None, -1, 2, "0", 0.0, True, [], [0, 0], [0, 2], [0, True], [[0]], [0, None], [0, 1, 0],
+                {"0": 0}):
         assert refused(link, m.STIM_START, {"program": bad}).code == m.E_BAD_FIELD, bad
     assert link.request(m.STIM_START, {"program": 0})["start_index"] >= 0
+    assert link.request(m.STIM_START, {"program": [1, 0]})["start_index"] >= 0  # together
     assert link.request(m.STIM_START, {})["start_index"] >= 0  # absent: all programs
     link.request(m.STIM_STOP, {})
 

@@ -108,6 +108,9 @@ def examples() -> list[tuple[str, list]]:
         # an error reply with a multi-byte UTF-8 detail and a rid above 255 (the board encodes these by hand)
         ("error-charge", [m.ERROR, 300, m.error_body(m.E_LIMIT_CHARGE, "charge of phase 1: 55000 µA x 1000 µs"
                                                      " = 55000 nC, above the limit 50000 nC")]),
+        # several programs started together, from one start index (SPEC 5.8): four interleaved SSEP outputs
+        # and a repeating TcMEP
+        ("stim-start-together", [m.STIM_START, 307, {"program": [0, 1, 2, 3, 4]}]),
     ]
 
 
