@@ -181,3 +181,58 @@ def test_after_a_refused_rearm_the_technologist_resumes_the_program_by_hand(held
     n = len(sweeps)
     time.sleep(1.5)
     assert {s.source for s in sweeps[n:]} == {"L median", "R median", "L tibial", "R tibial"}
+
+
+def _phases_ms(sweeps, period_ms: float) -> dict[str, list[float]]:
+    """Each source's stimuli, in ms after the L median stimulus before it (a re-arm restarts every program
+    from a new start: the phases between the outputs are what must hold)."""
+    ssep = sorted((s for s in sweeps if s.modality != "mep"), key=lambda s: s.stim_index)
+    out: dict[str, list[float]] = {}
+    ref = None
+    for s in ssep:
+        if s.source == "L median":
+            ref = s.stim_index
+        if ref is not None and (s.stim_index - ref) * 1000.0 / s.fs < period_ms:
+            out.setdefault(s.source, []).append((s.stim_index - ref) * 1000.0 / s.fs)
+    return out
+
+
+def test_the_four_ssep_outputs_interleave_a_quarter_period_apart_however_slow_the_host(tmp_path, monkeypatch):
+    """The outputs are interleaved so that no output's stimulus falls where another's responses are read: L
+    median, R median, L tibial, R tibial a quarter period apart. Started one command each, every program was
+    timed from when its own command arrived, so the stagger was whatever the host's delays made it (7.9 ms
+    late per output on an idle host; on a busy one two outputs could pulse together, and the midline cervical
+    channel, which records both medians, read the other side's N13 as a change: two false alerts in the
+    live-case benchmark). Here the host is slow on purpose (40 ms before each start command)."""
+    from ionm.board.acquire import BoardSession
+    from ionm.board.virtual import VirtualBoard
+
+    slow = BoardSession.start_stimulation
+
+    def busy_host(self, program=None):
+        time.sleep(0.04)
+        return slow(self, program)
+
+    monkeypatch.setattr(BoardSession, "start_stimulation", busy_host)
+    period_ms = 1000.0 / 4.7
+    want = {"L median": 0.0, "R median": period_ms / 4, "L tibial": period_ms / 2, "R tibial": 3 * period_ms / 4}
+    err = open(tmp_path / "board.stderr", "w")
+    with VirtualBoard(scenario="stable", seed=5, stderr=err) as vb:
+        case = BoardCase(vb.device)
+        sweeps: list = []
+        reader = threading.Thread(target=lambda: sweeps.extend(case), daemon=True)
+        reader.start()
+        try:
+            for step in ("started", "resumed"):
+                time.sleep(1.5)
+                phases = _phases_ms(sweeps, period_ms)
+                assert set(phases) == set(want), step
+                for source, got in phases.items():  # within a sample (0.125 ms)
+                    off = max(abs(p - want[source]) for p in got)
+                    assert off < 0.2, "%s %s: %.2f ms from its place" % (step, source, off)
+                case.apply({"action": "resume"})  # the program sent and started again, as a re-arm does
+                sweeps.clear()
+        finally:
+            case.close()
+            reader.join(timeout=5)
+    err.close()

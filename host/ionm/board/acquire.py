@@ -60,7 +60,9 @@ class BoardSession:
         self.link.request(m.STIM_PROGRAM, {"programs": programs})
         self.programs = programs
 
-    def start_stimulation(self, program: int | None = None) -> dict[str, Any]:
+    def start_stimulation(self, program: int | list[int] | None = None) -> dict[str, Any]:
+        """Start every loaded program (None), one (an index) or several together (a list: one start index for
+        all, so that their phase_us interleave them exactly, SPEC 5.8)."""
         body: dict[str, Any] = {} if program is None else {"program": program}
         reply: dict[str, Any] = self.link.request(m.STIM_START, body)
         return reply

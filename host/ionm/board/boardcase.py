@@ -133,10 +133,11 @@ class BoardCase(ProgramHolder):
         self.session.stop_stimulation()
         self.session.load_programs(programs)
         self.case.set_specs(specs)
-        for i in range(len(enabled)):
-            self.session.start_stimulation(i)
-        if tc["repeat_s"]:
-            self.session.start_stimulation(self._tcmep_index)
+        # one command, so one start index: started one by one, each program was timed from its own command's
+        # arrival and a slow host shifted the outputs onto each other's responses
+        together = list(range(len(enabled))) + ([self._tcmep_index] if tc["repeat_s"] else [])
+        if together:
+            self.session.start_stimulation(together)
 
     def _check_impedance(self) -> None:
         from ionm.board import link as ln
