@@ -35,7 +35,8 @@ which keeps its real length: cut to 90 s (~400 sweeps) no test can tell 45 % fro
 evaluator alerts 1-4 min into the real one. Each case ends TAIL_S after its last keypoint, and at least
 MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
-both passes, ~15 min. IONM_BENCH_LIVE_CASE_SCENARIOS=a,b runs those scenarios only. Every scenario, compact:
+both passes, ~15 min. IONM_BENCH_LIVE_CASE_SCENARIOS=a,b runs those scenarios only, and
+IONM_BENCH_LIVE_CASE_PASSES=idle (or loaded) that pass only. Every scenario, compact:
 about 90 min of case time per pass (the two fusion scenarios 15-17 min each), so over three hours in all.
 
 Truth. The virtual patient (ionm_hw.patient.VirtualPatient, same scenario and seed as the board) says which
@@ -765,24 +766,25 @@ def _fmt(v: Any, unit: str = "") -> str:
 
 
 def _summary(out: dict[str, Any]) -> list[str]:
-    p = [out["passes"][k]["figures"] for k in ("idle", "loaded") if k in out["passes"]]
-    if len(p) < 2:
-        return ["incomplete: %s" % ", ".join(out["passes"])]
-    i, ld = p
+    labels = [k for k in ("idle", "loaded") if k in out["passes"]]
+    if not labels:
+        return ["no pass ran"]
+    ps = [out["passes"][k] for k in labels]
+    figs = [x["figures"] for x in ps]
 
-    def pair(f: Callable[[dict[str, Any]], str]) -> str:
-        return "%s | %s" % (f(i), f(ld))
+    def pair(f: Callable[[dict[str, Any]], str]) -> str:  # one value per pass run, "idle | loaded"
+        return " | ".join(f(x) for x in figs)
 
-    ps = [out["passes"][k] for k in ("idle", "loaded")]
     lines = [
-        "%d scenario(s), %s plan (B at %.0f s, events from %.0f s%s); idle | loaded (%d CPU hogs)"
+        "%d scenario(s), %s plan (B at %.0f s, events from %.0f s%s); %s"
         % (len(out["scenarios"]), out["plan"], BASELINE_AT_S, EVENTS_AT_S,
            ", stretches <= %.0f s, plateaus <= %.0f s" % (SEGMENT_MAX_S, PLATEAU_MAX_S)
-           if out["plan"] == "compact" else "", HOGS),
+           if out["plan"] == "compact" else "",
+           " | ".join("loaded (%d CPU hogs)" % HOGS if k == "loaded" else k for k in labels)),
         "wall time %s min; load avg at start %s; observed after baseline %s h" % (
-            "%.1f | %.1f" % tuple(x["wall_s"] / 60 for x in ps), "%.1f | %.1f" % tuple(x["loadavg_start"] for x in ps),
+            " | ".join("%.1f" % (x["wall_s"] / 60) for x in ps), " | ".join("%.1f" % x["loadavg_start"] for x in ps),
             pair(lambda f: "%.3f" % f["observed_h"])),
-        "missed events: %s of %s (goal 0)" % (pair(lambda f: str(len(f["missed"]))), i["events"]),
+        "missed events: %s of %s (goal 0)" % (pair(lambda f: str(len(f["missed"]))), figs[0]["events"]),
         "false alerts: %s per 8 h (%s alerts; worst case %s per 8 h) (goal <= 1 per 8 h per case, MEP included)"
         % (pair(lambda f: _fmt(f["false_per_8h"])), pair(lambda f: str(f["false_alerts"])),
            pair(lambda f: _fmt(max([v for v in f["case_false_per_8h"] if v is not None], default=None)))),
@@ -803,12 +805,12 @@ def _summary(out: dict[str, Any]) -> list[str]:
             pair(lambda f: str(f["sweeps_missing"])), pair(lambda f: str(f["board_stops"])),
             pair(lambda f: str(f.get("resumed_by_hand", 0))), pair(lambda f: str(f["technical_alarms"]))),
     ]
-    for label, f in (("idle", i), ("loaded", ld)):
+    for label, f in zip(labels, figs, strict=True):
         for kind in ("errors", "missed", "false", "duplicates"):
             lines += ["%s %s: %s" % (label, kind.rstrip("s") if kind != "false" else kind, x) for x in f[kind]]
-    for label, f in (("idle", i), ("loaded", ld)):
+    for label, f in zip(labels, figs, strict=True):
         lines += ["%s %s: %s" % (label, text, ", ".join(where)) for text, where in f["technical"].items()]
-    for label, pas in (("idle", ps[0]), ("loaded", ps[1])):
+    for label, pas in zip(labels, ps, strict=True):
         for c in pas["cases"]:
             for d in (c.get("analysis") or {}).get("differences_same_sweeps", []):
                 lines.append("%s difference: %s %s %s %s at %.3f s only %s" % (
@@ -871,6 +873,9 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
         raise ValueError("plan must be compact or natural, not %r" % plan)
     chosen = [s for s in os.environ.get("IONM_BENCH_LIVE_CASE_SCENARIOS", "").split(",") if s]
     names = scenarios or chosen or (QUICK_SCENARIOS if quick else scenario_names())
+    passes = [p for p in os.environ.get("IONM_BENCH_LIVE_CASE_PASSES", "idle,loaded").split(",") if p]
+    if not passes or set(passes) - {"idle", "loaded"}:
+        raise ValueError("IONM_BENCH_LIVE_CASE_PASSES is idle, loaded or idle,loaded, not %r" % ",".join(passes))
 
     def log(s: str) -> None:
         print(s, flush=True)
@@ -891,7 +896,7 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
                                         "mep_every_s": MEP_EVERY_S, "grace_s": GRACE_S, "hogs": HOGS,
                                         "seed_base": SEED_BASE}}
     try:
-        for label in ("idle", "loaded"):
+        for label in passes:
             out["passes"][label] = _run_pass(label, names, plan == "compact", workroot, log)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)

@@ -282,3 +282,32 @@ def test_mep_trials_drowned_in_cautery_are_not_a_loss():
     assert all(s == ["normal"] * 6 for s in states[:12])
     assert [a.channel_name for a in ev.alerts] == [MEP_NAMES[4]] and ev.alerts[0].criterion == "loss"
     assert all(sum(ev.rejected()[nm].values()) >= 2 for nm in MEP_NAMES)  # counted, by whichever reason
+
+
+def test_an_mep_falling_through_the_criterion_alerts_at_the_second_train_past_it():
+    """A corticospinal injury over 20 s (5 trains): the first train whose truth is past -80 % is drawn just
+    above it (trial scatter at the crossing is a coin flip), the next one far below. Two consecutive trials
+    that together are past the criterion (geometric mean, each counted no lower than half of it) and the last
+    past it alone are the evidence: alert at the second train. (Two of three trials each past it, alone, waited
+    for a third train: the live-case bench's worst MEP time to alert, 3 trains against a goal of 2.)"""
+    f = _lognormal_trials(20, 0.35, seed=51, n_channels=1)[:, 0]
+    f[:8] = np.clip(f[:8], 0.8, 1.25)  # a baseline of ordinary trials
+    level = np.ones(20)
+    level[8:] = [0.8, 0.6, 0.42, 0.24, 0.09, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1]
+    f[8:] = 1.0  # the scripted level itself: the crossing trial (index 11) is at 24 %, the next at 9 %
+    d = make_mep(20, seed=52, amplitude_uv=(800.0 * f * level)[:, None], interval_s=4.0, baseline_end_s=29.0,
+                 channel_names=["TA-L (L TA)"], onset_ms=28.0)
+    ev, _ = _evaluate(d)
+    t = d["stim_time_s"]
+    assert ev.alerts and ev.alerts[0].t_s == pytest.approx(t[12]), [a.t_s for a in ev.alerts]
+    assert ev.alerts[0].criterion == "amplitude" and len(ev.alerts) == 1
+
+
+def test_one_mep_trial_just_past_the_criterion_after_an_ordinary_one_is_not_an_alert():
+    """The pair rule needs both trials low: an ordinary trial (50 %) then one at 15 % is scatter, not evidence."""
+    f = np.ones(20)
+    f[12], f[13] = 0.5, 0.15
+    d = make_mep(20, seed=53, amplitude_uv=(800.0 * f)[:, None], interval_s=4.0, baseline_end_s=29.0,
+                 channel_names=["TA-L (L TA)"], onset_ms=28.0)
+    ev, _ = _evaluate(d)
+    assert ev.alerts == []
