@@ -142,3 +142,18 @@ def test_an_alert_while_the_truth_falls_into_an_event_is_early_not_false():
     assert r["channels"]["m"]["false"] == []
     r = live_case.score_stream("mep", t, {"m": ("mep_TA_L", amp, np.ones_like(t))}, {"m": [40.0]})
     assert r["units"][0]["missed"] and r["channels"]["m"]["false"] == [40.0]
+
+
+def test_probe_events_make_no_keypoints_so_a_fusion_case_is_as_long_as_a_stable_one():
+    """The bench's technologist never stimulates the probe output, so a screw under the probe changes no truth
+    it scores: the fusion scenarios' 12 probe events (a minute apart) made them 15-17 min of case time each,
+    a third of every pass, for nothing the bench measures."""
+    from ionm_hw.patient import load_scenario
+
+    _, stable = live_case.case_plan(load_scenario("stable"), True)
+    for name in ("lumbar_fusion_l3_s1", "thoracic_fusion_t8_t12"):
+        _, plan = live_case.case_plan(load_scenario(name), True)
+        assert plan["keypoints"] == [] and plan["end_s"] == stable["end_s"], name
+    mixed = _scenario()
+    mixed["events"].append({"type": "probe", "target": "L4 left", "onset_s": 2000.0, "end_s": 2020.0})
+    assert live_case._keypoints(mixed["events"]) == live_case._keypoints(_scenario()["events"])
