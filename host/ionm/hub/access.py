@@ -3,15 +3,20 @@
 The access file (JSON):
 
     {"users": [
-      {"name": "dr_lee", "password": "...", "role": "physician", "rooms": ["General/OR 1", "General/OR 2"]},
+      {"name": "dr_lee", "nkey": "U...", "password": "$2a$...", "role": "physician",
+       "rooms": ["General/OR 1", "General/OR 2"]},
       {"name": "dr_ray", "password": "...", "role": "physician", "rooms": ["Children's/*"]},
-      {"name": "or1", "password": "...", "role": "room", "room": "General/OR 1"}
+      {"name": "or1", "nkey": "U...", "role": "room", "room": "General/OR 1"}
     ]}
 
-A room is "SITE/ROOM" (split at the first "/"; ROOM "*" is every room of the site). A password is given as is, or
-as a bcrypt hash ("$2a$..."), which nats-server accepts in place of the password. Every user is in one account,
-IONM, with JetStream; server_conf() writes it, and a service user for the hub's own page and source keeper,
-with a password made at each start.
+A room is "SITE/ROOM" (split at the first "/"; ROOM "*" is every room of the site). A user logs in with an nkey
+(`"nkey"`: the user's public key, "U...", from `ionm hub --keygen`, ionm.hub.identity: the client proves it holds
+the seed, and no secret is in this file or on the wire), a password, or both (a physician's password is then for
+the hub's page only: the hub holds no physician's seed and signs in to NATS for the page with the password; the
+physician's own NATS tools use the nkey). A password is given as is, or as a bcrypt hash ("$2a$..."), which
+nats-server accepts in place of the password. Every user is in one account, IONM, with JetStream; server_conf()
+writes it (an nkey user as `nkey:`, a password user as `user:`/`password:`, both with the same permissions), and a
+service user for the hub's own page and source keeper, with a password made at each start.
 
 - A physician may subscribe only to `ionm.<site>.<room>.>` of the assigned rooms and to replies under the
   user's own inbox prefix `_INBOX_<name>` (connect with inbox_prefix=inbox(name)); through JetStream, may only
@@ -38,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ionm.hub import messages as hm
+from ionm.hub.identity import is_user_public_key
 
 ACCOUNT = "IONM"
 SERVICE_USER = "ionm-hub"
@@ -52,9 +58,10 @@ class AccessError(ValueError):
 @dataclass
 class User:
     name: str
-    password: str
+    password: str | None
     role: str
     rooms: list[tuple[str, str]] = field(default_factory=list)  # (site, room); room "*": every room of the site
+    nkey: str | None = None  # the user's public nkey ("U..."), ionm.hub.identity
 
 
 def parse_room(text: str) -> tuple[str, str]:
@@ -99,6 +106,9 @@ class Access:
         names = [u.name for u in users]
         if len(set(names)) != len(names) or SERVICE_USER in names:
             raise AccessError("user names must be distinct (and not %r)" % SERVICE_USER)
+        keys = [u.nkey for u in users if u.nkey]
+        if len(set(keys)) != len(keys):
+            raise AccessError("nkeys must be distinct: one identity per room or physician")
 
     @classmethod
     def load(cls, path: str | Path) -> Access:
@@ -114,8 +124,14 @@ class Access:
             raise AccessError('an access file is {"users": [...]}')
         users = []
         for u in data["users"]:
-            if not isinstance(u, dict) or not u.get("name") or not u.get("password"):
-                raise AccessError("every user has a name and a password: %r" % (u,))
+            if not isinstance(u, dict) or not u.get("name"):
+                raise AccessError("every user has a name: %r" % (u,))
+            if not u.get("password") and not u.get("nkey"):
+                raise AccessError("user %s: a user has a password or an nkey (or both)" % u["name"])
+            nkey = u.get("nkey")
+            if nkey is not None and not is_user_public_key(nkey):
+                raise AccessError("user %s: \"nkey\" is a user's public key (U..., 56 characters, from ionm hub "
+                                  "--keygen), never a seed" % u["name"])
             role = u.get("role")
             if role not in ROLES:
                 raise AccessError("user %s: role is one of %s, not %r" % (u["name"], ", ".join(ROLES), role))
@@ -125,7 +141,8 @@ class Access:
                     raise AccessError("room user %s: a room user is one room, not a site" % u["name"])
             else:
                 rooms = [parse_room(r) for r in u.get("rooms", [])]
-            users.append(User(str(u["name"]), str(u["password"]), role, rooms))
+            password = str(u["password"]) if u.get("password") else None
+            users.append(User(str(u["name"]), password, role, rooms, nkey))
         return cls(users)
 
     def room_allowed(self, site: str, room: str) -> bool:
@@ -154,7 +171,10 @@ class Access:
         """The accounts block of the hub's nats-server configuration."""
         users: list[dict[str, Any]] = [{"user": SERVICE_USER, "password": service_password}]
         for u in self.users:
-            users.append({"user": u.name, "password": u.password, "permissions": self.permissions(u)})
+            if u.nkey:  # the client signs the server's challenge with its seed; the server has the public key only
+                users.append({"nkey": u.nkey, "permissions": self.permissions(u)})
+            if u.password:
+                users.append({"user": u.name, "password": u.password, "permissions": self.permissions(u)})
         # nats-server's configuration reads JSON values: the block is JSON inside its own syntax
         return "accounts {\n  %s: {\n    jetstream: enabled\n    users: %s\n  }\n}\n" % (ACCOUNT, json.dumps(
             users, indent=2))

@@ -44,7 +44,7 @@ class PhysicianInbox:
 
     def __init__(self, servers: str | list[str], site: str, room: str, engine: Any, publisher: Any = None, *,
                  user: str | None = None, password: str | None = None, tls_ca: str | None = None,
-                 domain: str | None = None) -> None:
+                 domain: str | None = None, nkey_seed: str | None = None) -> None:
         """servers: the hub's nats-server (the room's login in user/password or in the URL), or with domain="hub"
         the room's own server (ionm.hub.leaf.RoomServer), whose leaf node reaches the hub's JetStream;
         publisher: the room's Publisher, for the receipts."""
@@ -54,6 +54,8 @@ class PhysicianInbox:
         self.case_uid = str(engine.case["uid"])
         self.case_id = int(engine.case_id)
         self._auth: dict[str, Any] = {"user": user, "password": password} if user else {}
+        if nkey_seed:  # the room's nkey (ionm.hub.identity.read_seed): it signs the server's challenge
+            self._auth["nkeys_seed_str"] = nkey_seed
         if tls_ca:
             from ionm.hub.tls import client_context
 

@@ -86,16 +86,21 @@ def hub_conf(leaf_host: str, leaf_port: int, accounts: str = "", *, tls: Files |
 class RoomServer:
     """The room's nats-server: JetStream (domain `<site>-<room>`, its stream on store_dir), a leaf node of the hub
     at hub_url (nats-leaf://[USER:PASSWORD@]HOST:PORT, or the list of a hub cluster's nodes), clients on loopback
-    at `url`; hub_ca: the CA file that the hub's leafnode certificate must chain to (the hub has TLS)."""
+    at `url`; hub_ca: the CA file that the hub's leafnode certificate must chain to (the hub has TLS); nkey_seed:
+    the room's nkey seed (ionm.hub.identity.read_seed), with which the leaf connection signs in (the remote's
+    `nkey`, nats-server 2.10.9 and later) instead of a user and password in the URL. The seed is then in the
+    room's nats-server.conf, mode 0600 in the room's store, as a password in the URL would be."""
 
     def __init__(self, store_dir: str | Path, site: str, room: str, hub_url: str | list[str], *,
-                 port: int | None = None, join_every_s: float = JOIN_EVERY_S, hub_ca: str | None = None) -> None:
+                 port: int | None = None, join_every_s: float = JOIN_EVERY_S, hub_ca: str | None = None,
+                 nkey_seed: str | None = None) -> None:
         self.site, self.room = site, room
         self.domain, self.stream, self.subjects = domain(site, room), room_stream(site, room), room_subjects(site,
                                                                                                              room)
         tls = ", tls: { ca_file: %s }" % json.dumps(str(Path(hub_ca).resolve())) if hub_ca else ""
-        conf = ('jetstream { domain: "%s" }\nleafnodes { reconnect: "1s", remotes: [ { urls: %s%s } ] }\n'
-                % (self.domain, json.dumps(leaf_remotes(hub_url)), tls))
+        nkey = ", nkey: %s" % json.dumps(nkey_seed) if nkey_seed else ""
+        conf = ('jetstream { domain: "%s" }\nleafnodes { reconnect: "1s", remotes: [ { urls: %s%s%s } ] }\n'
+                % (self.domain, json.dumps(leaf_remotes(hub_url)), tls, nkey))
         self.server = NatsServer(store_dir, port=port, name="ionm-room-" + self.domain, conf=conf)
         self.join_every_s = join_every_s
         self._stop = threading.Event()

@@ -30,17 +30,20 @@ ACK_TIMEOUT_S = 2.0
 class Publisher:
     def __init__(self, servers: str | list[str], site: str, room: str, case: str, *, outbox_max: int = 100_000,
                  user: str | None = None, password: str | None = None, prefix: str = "ionm",
-                 ensure: bool = True, tls_ca: str | None = None) -> None:
+                 ensure: bool = True, tls_ca: str | None = None, nkey_seed: str | None = None) -> None:
         """servers: the hub's nats-server (direct; a hub cluster: every node's URL, or URLs separated by commas),
         or the room's own (ionm.hub.leaf.RoomServer: then prefix "ionmroom" and ensure=False, the room server
         keeps its stream); ensure: create the IONM stream if the server has none; tls_ca: the CA file the hub's
-        certificate must chain to (a hub with TLS, ionm.hub.tls)."""
+        certificate must chain to (a hub with TLS, ionm.hub.tls); nkey_seed: the room's nkey seed (read with
+        ionm.hub.identity.read_seed) instead of user and password."""
         self.prefix, self.ensure = prefix, ensure
         self.servers = [u.strip() for u in servers.split(",") if u.strip()] if isinstance(servers, str) \
             else list(servers)
         self.site, self.room, self.case = site, room, case
         self.outbox_max = outbox_max
         self._auth: dict[str, Any] = {"user": user, "password": password} if user else {}
+        if nkey_seed:  # the room's nkey (ionm.hub.identity.read_seed): it signs the server's challenge
+            self._auth["nkeys_seed_str"] = nkey_seed
         if tls_ca:
             from ionm.hub.tls import client_context
 
