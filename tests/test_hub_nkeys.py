@@ -256,3 +256,63 @@ def test_the_page_login_of_a_physician_without_a_password_is_refused_before_nats
     with pytest.raises(SendError, match="no page password") as err:
         asyncio.run(sender.login("dr_k", "anything"))
     assert err.value.status == 401
+
+
+def test_the_page_login_of_a_physician_with_an_nkey_and_a_password_uses_the_password(tmp_path):
+    from ionm.hub import access, identity
+    from ionm.hub.server import HubState, Sender, SendError
+
+    server, _leaf_port, service, seeds = nkey_hub(tmp_path)
+    acc = access.Access.parse({"users": [
+        {"name": "dr_a", "nkey": identity.public_key(seeds["dr_a"]), "password": "pw-a", "role": "physician",
+         "rooms": ["General/OR 1"]}]})
+
+    async def go() -> int:
+        sender = Sender(server.url, HubState(), acc, **service)
+        try:
+            await sender.login("dr_a", "pw-a")
+            with pytest.raises(SendError) as err:
+                await sender.login("dr_a", "wrong")
+            return err.value.status
+        finally:
+            await sender.close()
+
+    try:
+        assert asyncio.run(go()) == 401
+    finally:
+        server.stop()
+
+
+def test_ionm_console_publishes_with_its_nkey_through_its_leaf_node_to_ionm_hub(tmp_path):
+    """As it is run: `ionm hub --keygen or9 --keygen-room "General/OR 9"`, the entry in the access file, `ionm hub
+    --access FILE`, and `ionm console --sim --direct --publish nats-leaf://HUB:LEAFPORT --nkey-seed or9.nk`: the
+    case reaches the hub's page."""
+    import signal
+    import subprocess
+
+    from conftest import ionm_cmd, room_case_on_hub_page, store_with_technologist
+
+    from ionm.hub.natsserver import free_port
+
+    seed_file, _out, entry = keygen(tmp_path, "or9", "--keygen-room", "General/OR 9")
+    access_file = tmp_path / "access.json"
+    access_file.write_text(json.dumps({"users": [entry]}))
+    web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
+    hub = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
+                                    "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "hub"),
+                                    "--access", str(access_file)), stdout=subprocess.PIPE, text=True)
+    db = store_with_technologist(tmp_path / "cases.db")
+    log = tmp_path / "console.log"
+    try:
+        for _ in range(3):
+            hub.stdout.readline()
+        view = room_case_on_hub_page(web_port, db, log, "--publish", "nats-leaf://127.0.0.1:%d" % leaf_port,
+                                     "--nkey-seed", seed_file, "--site", "General", "--room", "OR 9",
+                                     "--room-store", str(tmp_path / "room"))
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        assert hub.wait(timeout=20) == 0
+    text = log.read_text(errors="replace")
+    assert open(seed_file).read().strip() not in text
+    assert [(c["site"], c["room"]) for c in view["cases"]] == [("General", "OR_9")], view
+    assert any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]), view

@@ -12,6 +12,8 @@
                                                       also to the oversight hub (ionm hub), through the room's
                                                       own JetStream, a leaf node of the hub's
     ionm console ... --publish nats://HUB:4222 --site S --room R   straight to the hub's server
+    ionm console ... --publish nats-leaf://HUB:7422 --nkey-seed or2.nk ...   signed in with the room's nkey
+                                                      (ionm hub --keygen) instead of a password in the URL
 
 The console serves on --listen (default 127.0.0.1:8080). For an oversight physician on another machine, listen
 on a reachable address AND give --cert/--key (TLS); accounts are made with `ionm users add`. Restarting with
@@ -80,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--room", default="OR", help="--publish: this operating room's name (default %(default)s)")
     p.add_argument("--hub-ca", metavar="PEM",
                    help="--publish to a hub with TLS (ionm hub --tls-cert): the CA its certificate must chain to")
+    p.add_argument("--nkey-seed", metavar="FILE",
+                   help="--publish: sign in to the hub with this room's nkey seed (ionm hub --keygen; the file "
+                        "mode 0600) instead of a user and password in the URL")
     p.add_argument("--room-store", default="room-store", metavar="DIR",
                    help="--publish nats-leaf://: the room's JetStream store (default %(default)s)")
 
@@ -203,6 +208,18 @@ def run(args: argparse.Namespace) -> int:
     if args.hub_ca and not Path(args.hub_ca).is_file():
         store.close()
         return fail("console", 2, "--hub-ca %s is not a file" % args.hub_ca)
+    nkey_seed = None
+    if args.nkey_seed:
+        from ionm.hub.identity import IdentityError, read_seed
+
+        try:
+            nkey_seed = read_seed(args.nkey_seed)
+        except IdentityError as exc:
+            store.close()
+            return fail("console", 2, "--nkey-seed: %s" % exc)
+        if not args.publish:
+            store.close()
+            return fail("console", 2, "--nkey-seed is the room's identity for --publish")
     room_server = None
     if args.publish and args.publish.startswith("nats-leaf://"):  # started first: a failure leaves nothing running
         from ionm.hub.leaf import RoomServer
@@ -210,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             room_server = RoomServer(Path(args.room_store), args.site, args.room, args.publish,
-                                     hub_ca=args.hub_ca).start()
+                                     hub_ca=args.hub_ca, nkey_seed=nkey_seed).start()
         except (ValueError, NatsServerError) as exc:
             store.close()
             return fail("console", 2 if isinstance(exc, ValueError) else 1, str(exc))
@@ -297,12 +314,14 @@ def run(args: argparse.Namespace) -> int:
                   % (room_server.url, room_server.domain, args.room_store, _without_password(args.publish)),
                   flush=True)
         else:
-            publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"], tls_ca=args.hub_ca)
+            publisher = Publisher(args.publish, args.site, args.room, store.case(case_id)["uid"], tls_ca=args.hub_ca,
+                                  nkey_seed=nkey_seed)
         bridge.attach(engine, publisher)
         # the physicians' acknowledgements and notes from the hub, applied here once each (ionm.hub.inbox)
         inbox = PhysicianInbox(room_server.url, args.site, args.room, engine, publisher, domain=HUB_DOMAIN) \
             if room_server is not None else \
-            PhysicianInbox(args.publish, args.site, args.room, engine, publisher, tls_ca=args.hub_ca)
+            PhysicianInbox(args.publish, args.site, args.room, engine, publisher, tls_ca=args.hub_ca,
+                           nkey_seed=nkey_seed)
         print("ionm console: publishing to %s as %s/%s" % (_without_password(args.publish), args.site, args.room),
               flush=True)
 

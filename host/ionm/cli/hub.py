@@ -49,6 +49,46 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--make-certs", metavar="DIR",
                    help="write a self-signed CA (ca.pem) and a server certificate for 127.0.0.1 and localhost "
                         "(server.pem, server-key.pem) into DIR with openssl, for a test or a demonstration, and exit")
+    p.add_argument("--keygen", metavar="NAME",
+                   help="make an nkey identity for a room or a physician: its seed into --key-dir/NAME.nk (mode "
+                        "0600, never printed; give it to its owner only), print its public key and the access "
+                        "file's entry, and exit")
+    p.add_argument("--key-dir", default="keys", metavar="DIR", help="--keygen: where the seed file goes "
+                   "(default %(default)s, made with mode 0700)")
+    p.add_argument("--keygen-room", metavar="SITE/ROOM",
+                   help="--keygen: the identity is this room's (without it, a physician's, to be given rooms)")
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """`ionm hub --keygen NAME`: a new nkey identity; the seed only in its file, the public key and the entry out."""
+    import json
+
+    from ionm.hub import access as ha, identity
+
+    entry: dict[str, Any] = {"name": args.keygen, "nkey": ""}
+    try:
+        if args.keygen_room:
+            site, room = ha.parse_room(args.keygen_room)
+            if room == "*":
+                raise ha.AccessError("a room identity is one room, not a site")
+            entry |= {"role": "room", "room": "%s/%s" % (site, room)}
+        else:
+            entry |= {"role": "physician", "rooms": []}
+        path, public = identity.keygen(args.keygen, args.key_dir)
+    except (ha.AccessError, identity.IdentityError) as exc:
+        return fail("hub", 2, str(exc))
+    entry["nkey"] = public
+    print("ionm hub: the seed of %s is in %s (mode 0600): give it to its owner only, never to the hub"
+          % (args.keygen, path))
+    print("ionm hub: public key %s; the access file's entry%s:" % (
+        public, "" if args.keygen_room else " (add the physician's rooms, and a \"password\" for the hub's page)"))
+    print(json.dumps(entry))
+    use = ("ionm console ... --publish nats-leaf://HUB:7422 --nkey-seed %s --site %s --room %s" % (
+        path, json.dumps(entry["room"].partition("/")[0]), json.dumps(entry["room"].partition("/")[2]))
+        if args.keygen_room else "nats.connect(..., nkeys_seed=%s, inbox_prefix=%s)" % (
+        json.dumps(str(path)), json.dumps(ha.inbox(args.keygen))))
+    print("ionm hub: use: %s" % use, flush=True)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         print("ionm hub: --tls-cert %s --tls-key %s --tls-ca %s (rooms: ionm console ... --hub-ca %s)"
               % (made.cert, made.key, made.ca, made.ca), flush=True)
         return 0
+    if args.keygen:
+        return keygen(args)
     if (args.access or args.cluster or args.tls_cert or args.tls_key) and args.connect:
         return fail("hub", 2, "--access, --cluster and --tls-cert configure the embedded server; a server given "
                               "with --connect has its own")

@@ -276,9 +276,10 @@ class Sender:
 
     login(name, password) opens a session: with an access file, a NATS connection as that physician (nats-server
     checks the password, and the physician's permissions bound what may be published: only under the physician's
-    own login, only to assigned rooms); without one, the name as given on the hub's own connection. send()
-    publishes on ionm.<site>.<room>.<case>.physician.<login> with the message id `physician:<id>`, the id the page
-    made, so a request sent again (the page's retry) is stored once."""
+    own login, only to assigned rooms; a physician whose entry has an nkey and no password cannot log in here: the
+    hub holds no physician's seed, docs/OVERSIGHT.md); without one, the name as given on the hub's own connection.
+    send() publishes on ionm.<site>.<room>.<case>.physician.<login> with the message id `physician:<id>`, the id the
+    page made, so a request sent again (the page's retry) is stored once."""
 
     def __init__(self, urls: str | list[str], state: HubState, access: Any = None, **auth: Any) -> None:
         self.urls, self.state, self.access, self.auth = urls, state, access, auth
@@ -307,6 +308,9 @@ class Sender:
             user = next((u for u in self.access.users if u.name == name and u.role == "physician"), None)
             if user is None:
                 raise SendError(401, "no physician %r in the access file" % name)
+            if not user.password:  # the hub holds no physician's seed: an nkey alone is for the physician's own tools
+                raise SendError(401, "%s has no page password in the access file (an nkey only: the hub cannot "
+                                     "sign in as the physician)" % name)
             import nats
 
             login = {"user": name, "password": str(password), "inbox_prefix": ha.inbox(name)} | {
