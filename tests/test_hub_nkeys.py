@@ -316,3 +316,53 @@ def test_ionm_console_publishes_with_its_nkey_through_its_leaf_node_to_ionm_hub(
     assert open(seed_file).read().strip() not in text
     assert [(c["site"], c["room"]) for c in view["cases"]] == [("General", "OR_9")], view
     assert any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]), view
+
+
+def test_nkeys_over_tls_directly_and_through_the_leaf_node(tmp_path):
+    """The hub with TLS on its client and leafnode ports and an access file of nkeys: a room's leaf node given the
+    CA and its seed, and a room publishing directly with the CA and its seed, both reach the stream."""
+    from test_hub import _ensure_ionm_stream, wait_for_count
+
+    from ionm.hub import access, identity, leaf, tls
+    from ionm.hub.natsserver import NatsServer, free_port
+
+    files = tls.make_ca(tmp_path / "certs")
+    seeds = {n: identity.new_seed() for n in ("or1", "or2")}
+    acc = access.Access.parse({"users": [
+        {"name": "or%d" % n, "nkey": identity.public_key(seeds["or%d" % n]), "role": "room",
+         "room": "General/OR %d" % n} for n in (1, 2)]})
+    service = {"user": access.SERVICE_USER, "password": access.service_password()}
+    leaf_port = free_port()
+    server = NatsServer(tmp_path / "hub", name="ionm-hub", scheme="tls", conf=leaf.hub_conf(
+        "127.0.0.1", leaf_port, acc.server_conf(service["password"]), tls=files)).start()
+    auth = service | {"tls": tls.client_context(str(files.ca))}
+    keeper = leaf.SourceKeeper(server.url, leaf.Sources(allowed=acc.room_allowed), **auth)
+    room = leaf.RoomServer(tmp_path / "room", "General", "OR 1", "nats-leaf://127.0.0.1:%d" % leaf_port,
+                           hub_ca=str(files.ca), nkey_seed=seeds["or1"]).start()
+    pubs = [Publisher(room.url, "General", "OR 1", "case-1", prefix="ionmroom", ensure=False),
+            Publisher(server.url, "General", "OR 2", "case-2", tls_ca=str(files.ca), nkey_seed=seeds["or2"])]
+    try:
+        asyncio.run(_ensure_ionm_stream(server.url, auth))
+        for p in pubs:
+            for i in range(10):
+                p.publish("event", {"i": i})
+            assert p.flush(20), p.last_error
+        assert wait_for_count(server.url, 20, 30, **auth) == 20, keeper.sources.stats
+    finally:
+        for p in pubs:
+            p.close()
+        keeper.close()
+        room.stop()
+        server.stop()
+
+
+def test_the_console_takes_a_seed_or_a_password_not_both(tmp_path):
+    from conftest import run_ionm, store_with_technologist
+
+    seed_file, _out, _entry = keygen(tmp_path, "or1")
+    db = store_with_technologist(tmp_path / "cases.db")
+    out = run_ionm("console", "--sim", "--direct", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
+                   "--publish", "nats-leaf://or1:pw@127.0.0.1:1", "--nkey-seed", seed_file,
+                   "--room-store", str(tmp_path / "room"), timeout=30)
+    assert out.returncode == 2 and "not both" in out.stderr, out.stderr
+    assert "pw" not in out.stderr
