@@ -220,6 +220,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.publish:
             store.close()
             return fail("console", 2, "--nkey-seed is the room's identity for --publish")
+        if any("@" in u.partition("://")[2] for u in args.publish.split(",")):
+            store.close()
+            return fail("console", 2, "the room signs in with --nkey-seed or with USER:PASSWORD in the --publish "
+                                      "URL, not both")
     room_server = None
     if args.publish and args.publish.startswith("nats-leaf://"):  # started first: a failure leaves nothing running
         from ionm.hub.leaf import RoomServer
