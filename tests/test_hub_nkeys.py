@@ -314,6 +314,7 @@ def test_ionm_console_publishes_with_its_nkey_through_its_leaf_node_to_ionm_hub(
         assert hub.wait(timeout=20) == 0
     text = log.read_text(errors="replace")
     assert open(seed_file).read().strip() not in text
+    assert "signed in with the nkey %s" % entry["nkey"] in text, text  # which access-file entry it is
     assert [(c["site"], c["room"]) for c in view["cases"]] == [("General", "OR_9")], view
     assert any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]), view
 
