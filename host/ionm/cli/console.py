@@ -326,8 +326,13 @@ def run(args: argparse.Namespace) -> int:
             if room_server is not None else \
             PhysicianInbox(args.publish, args.site, args.room, engine, publisher, tls_ca=args.hub_ca,
                            nkey_seed=nkey_seed)
-        print("ionm console: publishing to %s as %s/%s" % (_without_password(args.publish), args.site, args.room),
-              flush=True)
+        signed = ""
+        if nkey_seed:
+            from ionm.hub.identity import public_key
+
+            signed = ", signed in with the nkey %s" % public_key(nkey_seed)  # public: matches the access file
+        print("ionm console: publishing to %s as %s/%s%s" % (_without_password(args.publish), args.site, args.room,
+                                                               signed), flush=True)
 
     def announce(url: str) -> None:
         case = store.case(case_id)

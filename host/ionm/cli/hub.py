@@ -2,7 +2,8 @@
 --nats with a leafnode listener on --leaf, and serves the oversight page on --listen. Operating rooms run their
 own JetStream as a leaf node (`ionm console ... --publish nats-leaf://HOST:LEAFPORT --site S --room R`), which
 the hub's stream sources; a room may also publish directly (`--publish nats://HOST:PORT`). --access FILE gives
-physicians and rooms their logins and permissions (ionm.hub.access). --cluster runs three nodes instead of one
+physicians and rooms their logins and permissions (ionm.hub.access); --keygen NAME makes a room's or a
+physician's nkey for it (ionm.hub.identity). --cluster runs three nodes instead of one
 (ionm.hub.cluster: ports --nats, --leaf and --routes and the two after each; the stream replicated on all
 three). docs/OVERSIGHT.md."""
 
