@@ -17,7 +17,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from ionm.protocol import cbor, framing, messages as m
+from ionm.protocol import cbor, framing, messages as m, rice
 
 
 class LinkError(Exception):
@@ -53,7 +53,16 @@ class LinkStats:
     board_resets: int = 0
     bad_messages: int = 0
     samples_skipped: int = 0  # not sent on purpose (epoch mode), announced by the board: not lost
+    blocks_undecodable: int = 0  # data-rice blocks that did not decode: dropped, their samples counted lost
+    block_bytes: int = 0  # bytes of the samples or blocks of every data message received (compression)
     rejected_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def decode_block(block: bytes, n_channels: int) -> np.ndarray:
+    """A data-rice block (SPEC 5.4.1) -> int32 array (n_samples, n_channels); rice.RiceError if corrupt."""
+    if block[:1] == b"\x00" and (len(block) - 1) % (3 * n_channels) == 0 and len(block) > 1:
+        return decode_samples(block[1:], n_channels)  # raw fallback: the fast path
+    return np.asarray(rice.decode(block, n_channels), dtype=np.int32).reshape(-1, n_channels)
 
 
 def decode_samples(samples: bytes, n_channels: int) -> np.ndarray:
@@ -171,7 +180,7 @@ class BoardLink:
             self.stats.bad_messages += 1
             return
         self.any_frame.set()
-        if mtype == m.DATA:
+        if mtype in (m.DATA, m.DATA_RICE):
             self._on_data(msg)
         elif mtype == m.EVENT:
             self.stats.events += 1
@@ -202,12 +211,23 @@ class BoardLink:
                 self.stats.samples_skipped += int(body["count"])
 
     def _on_data(self, msg: list[Any]) -> None:
-        _, cfg, first32, leadoff, samples = msg
+        mtype, cfg, first32, leadoff, samples = msg
         conf = self._configs.get(cfg)
         if conf is None:
             return  # a stream this host did not configure (e.g. left over from a previous session)
         channels = conf["channels"]
-        counts = decode_samples(samples, len(channels))
+        try:
+            if mtype == m.DATA_RICE:
+                counts = decode_block(samples, len(channels))
+            else:
+                counts = decode_samples(samples, len(channels))
+        except (rice.RiceError, ValueError, TypeError, IndexError):
+            # a block that does not decode is dropped and counted; its samples become a counted loss when the
+            # next block's first_index arrives (SPEC 5.4)
+            self.stats.blocks_undecodable += 1
+            self.stats.bad_messages += 1
+            return
+        self.stats.block_bytes += len(samples)
         expected = self._expected.get(cfg)
         if expected is None or (first32 == 0 and expected & 0xFFFFFFFF != 0):
             first = first32  # the first block, or a new acquisition run (SPEC §5.4: every run starts at 0)
