@@ -85,7 +85,8 @@ ERROR_NAMES = {
 TYPE_NAMES = {
     HELLO: "hello", WELCOME: "welcome", GET_INFO: "get-info", INFO: "info", CONFIGURE: "configure",
     START: "start", STOP: "stop", HEARTBEAT: "heartbeat", ACK: "ack", ERROR: "error", DATA: "data",
-    EVENT: "event", DATA_RICE: "data-rice", STIM_PROGRAM: "stim-program", STIM_START: "stim-start", STIM_STOP: "stim-stop",
+    EVENT: "event", DATA_RICE: "data-rice", STIM_PROGRAM: "stim-program", STIM_START: "stim-start",
+    STIM_STOP: "stim-stop",
     IMPEDANCE: "impedance", HUNT: "hunt",
     CAL_READ: "cal-read", CAL_WRITE: "cal-write", SELF_TEST: "self-test", FW_BEGIN: "fw-begin",
     FW_CHUNK: "fw-chunk", FW_COMMIT: "fw-commit", RESET: "reset",
