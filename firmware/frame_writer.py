@@ -166,10 +166,11 @@ class FrameWriter:
         if self.rice:
             leadoff = _pack(self.raw, self.pk, 0, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
                             self.offs, self.nsel)  # type: ignore[arg-type]
-            n = self._encode(self.pk, self.nsamp, self.nsel, self.frame, _SAMPLES_AT, self.nbytes + 1, self.sums)
+            n = self._encode(self.pk, self.nsamp, self.nsel, self.frame,  # type: ignore[arg-type]
+                             _SAMPLES_AT, self.nbytes + 1, self.sums)  # type: ignore[arg-type]
             if n == 0:  # not shorter: mode 0, the samples as they are
                 self.frame[_SAMPLES_AT] = 0
-                self._copy(self.pk, self.frame, _SAMPLES_AT + 1, self.nbytes)
+                self._copy(self.pk, self.frame, _SAMPLES_AT + 1, self.nbytes)  # type: ignore[arg-type]
                 n = self.nbytes + 1
         else:
             leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
