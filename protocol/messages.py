@@ -10,7 +10,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x7CEA22F7
+SCHEMA = 0x743A5F5C
 
 # Message types.
 HELLO = 1

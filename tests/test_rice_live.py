@@ -25,6 +25,7 @@ def test_full_board_is_accepted_with_rice_and_refused_raw(connected):
     budget = board.load()["link"]["budget_bytes_per_s"]
     assert ack["encoding"] == "rice" and len(ack["channels"]) == 16 and ack["rate_hz"] == 16000
     assert ack["wire_bytes_per_s"] > budget >= ack["expected_bytes_per_s"]  # worst case raw, expected fits
+    assert (ack["wire_bytes_per_s"], ack["expected_bytes_per_s"]) == (785000, 477500)  # SPEC 5.3's figures
     assert link.request(m.CONFIGURE, {"rate_hz": 2000})["encoding"] == "raw"  # the default
     with pytest.raises(ln.BoardError) as exc:
         link.request(m.CONFIGURE, dict(full, encoding="zip"))
