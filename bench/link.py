@@ -179,6 +179,19 @@ def dma_blocks(counts: np.ndarray, n: int) -> list[str]:
     return out
 
 
+def host_rice_decode_rate(counts: np.ndarray, blocks: int = 300) -> float:
+    """Channel-samples per second through the host's data-rice decoder (ionm.board.link.decode_block: the pure
+    Python reference decoder) on blocks of EMG."""
+    from ionm.board.link import decode_block
+    from ionm.protocol import rice
+
+    enc = [rice.encode(counts[s:s + RICE_SPF].ravel().tolist(), 16)
+           for s in range(0, min(counts.shape[0], blocks * RICE_SPF) - RICE_SPF + 1, RICE_SPF)]
+    t0 = time.perf_counter()
+    n = sum(decode_block(b, 16).size for b in enc)
+    return n / (time.perf_counter() - t0)
+
+
 def rice_firmware_cost(counts: np.ndarray, quick: bool) -> dict[str, Any]:
     # 12 blocks of EMG (the heap holds their hex), each framed reps times in a row
     proc = mpy.run_code(RICE_FW_CODE, stdin=json.dumps([dma_blocks(counts, 12), 5 if quick else 40]).encode(),
@@ -234,11 +247,13 @@ def run(quick: bool = False) -> dict[str, Any]:
     full_raw = frames_per_s * (framing.OVERHEAD + 19 + 3 * 16 * RICE_SPF)
     full_rice = frames_per_s * (framing.OVERHEAD + 19 + (1 + 3 * 16 * RICE_SPF) * comp["emg"]["ratio"])
     capacity = budget  # the board definition's sustained USB CDC budget (no USB link is measured here)
+    dec_rate = host_rice_decode_rate(sigs["emg"][1], 100 if quick else 300)
     res["rice"] = {"compression": comp, "firmware": cost, "full_board_raw_bytes_per_s": round(full_raw),
                    "full_board_rice_bytes_per_s": round(full_rice), "link_capacity_bytes_per_s": capacity,
                    "full_board_rice_load": round(full_rice / capacity, 3),
                    "fits_80pct": full_rice <= 0.8 * capacity,
-                   "rice_expected_pct": defn["link"].get("rice_expected_pct")}
+                   "rice_expected_pct": defn["link"].get("rice_expected_pct"),
+                   "host_rice_decode_channel_samples_per_s": round(dec_rate)}
     res["summary"] = [
         "wire efficiency (payload/wire) for frames >= 1 KiB payload: min %.1f %% (goal >= 97 %%)"
         % (100 * res["min_efficiency_at_1KiB_or_more"]),
@@ -259,5 +274,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "16 ch x 16 kSPS continuous: raw %d B/s, rice %d B/s at the EMG ratio = %.0f %% of the link budget %d B/s"
         " (goal <= 80 %%: %s)" % (full_raw, full_rice, 100 * full_rice / capacity, capacity,
                                   "fits" if full_rice <= 0.8 * capacity else "does NOT fit"),
+        "host rice decode (pure Python) %d channel-samples/s = %.1f x the full board's 256000/s"
+        % (dec_rate, dec_rate / 256000),
     ]
     return res
