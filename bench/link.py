@@ -180,8 +180,8 @@ def dma_blocks(counts: np.ndarray, n: int) -> list[str]:
 
 
 def host_rice_decode_rate(counts: np.ndarray, blocks: int = 300) -> float:
-    """Channel-samples per second through the host's data-rice decoder (ionm.board.link.decode_block: the pure
-    Python reference decoder) on blocks of EMG."""
+    """Channel-samples per second through the host's data-rice decoder (ionm.board.link.decode_block, numpy
+    finding the codes, one Python step per code) on blocks of EMG."""
     from ionm.board.link import decode_block
     from ionm.protocol import rice
 
@@ -274,7 +274,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "16 ch x 16 kSPS continuous: raw %d B/s, rice %d B/s at the EMG ratio = %.0f %% of the link budget %d B/s"
         " (goal <= 80 %%: %s)" % (full_raw, full_rice, 100 * full_rice / capacity, capacity,
                                   "fits" if full_rice <= 0.8 * capacity else "does NOT fit"),
-        "host rice decode (pure Python) %d channel-samples/s = %.1f x the full board's 256000/s"
+        "host rice decode %d channel-samples/s = %.1f x the full board's 256000/s"
         % (dec_rate, dec_rate / 256000),
     ]
     return res
