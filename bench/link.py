@@ -98,23 +98,32 @@ def _counts(uv: np.ndarray, fs: int, seed: int) -> np.ndarray:
 
 
 def recorded_like(quick: bool) -> dict[str, tuple[int, np.ndarray]]:
-    """(rate, counts [n, 16]) of free-running EMG (16 kSPS), EEG (1 kSPS) and BAEP sweeps end to end (EP,
-    rendered at 20 kSPS, interpolated to 16 kSPS), rendered by the hardware models from their scenarios."""
+    """(rate, counts [n, 16]) of free-running EMG (16 kSPS; a stretch with discharges and one with cautery),
+    EEG (1 kSPS) and BAEP sweeps end to end (EP, rendered at 20 kSPS, interpolated to 16 kSPS), rendered by
+    the hardware models from their scenarios."""
     from ionm_hw.physiology import baep, eeg, freerun
 
     seconds = 2.0 if quick else 8.0
     sc = freerun.load_scenario("lumbar_root_retraction")
-    t0 = 58.0  # the window with its neurotonic discharges (from 60 s on)
-    script = [dict(e, onset_s=e["onset_s"] - t0) for e in sc["events"]
-              if "onset_s" in e and t0 <= e["onset_s"] and e["onset_s"] + e.get("duration_s", 0.0) <= t0 + seconds]
-    emg = freerun.render(seconds, 16000, len(sc["channels"]), script, 1).samples_uv
+
+    def window(t0: float, length: float) -> np.ndarray:  # the scenario's events from t0 on, cut at the end
+        script = [dict(e, onset_s=e["onset_s"] - t0, **({"duration_s": min(e["duration_s"], t0 + length
+                                                                             - e["onset_s"])}
+                                                          if "duration_s" in e else {}))
+                  for e in sc["events"] if "onset_s" in e and t0 <= e["onset_s"] < t0 + length - 0.1]
+        uv: np.ndarray = freerun.render(length, 16000, len(sc["channels"]), script, 1).samples_uv
+        return uv
+
+    emg = window(58.0, seconds)  # neurotonic discharges (from 60 s on)
+    cautery = window(10.0, min(seconds, 3.0))  # electrocautery throughout (800 µV, broadband): the worst stretch
     sc = eeg.load_scenario("cea_clamp_ischaemia")
     eg = eeg.render(4 * seconds, 1000, list(sc["channels"]), sc["events"], 2).samples_uv
     ep = baep.render_scenario("baep_stable", 3).sweeps_uv
     ep = ep[:, : int(seconds * baep.RATE_HZ)].reshape(ep.shape[0], -1)
     t = np.arange(int(ep.shape[1] * 16000 / baep.FS_HZ)) / 16000.0  # the model's 20 kSPS to the board's 16 kSPS
     ep = np.array([np.interp(t, np.arange(ep.shape[1]) / baep.FS_HZ, row) for row in ep])
-    return {"emg": (16000, _counts(emg, 16000, 4)), "eeg": (1000, _counts(eg, 1000, 5)),
+    return {"emg": (16000, _counts(emg, 16000, 4)), "emg_cautery": (16000, _counts(cautery, 16000, 7)),
+            "eeg": (1000, _counts(eg, 1000, 5)),
             "ep": (16000, _counts(ep, 16000, 6))}
 
 
@@ -247,13 +256,16 @@ def run(quick: bool = False) -> dict[str, Any]:
     full_raw = frames_per_s * (framing.OVERHEAD + 19 + 3 * 16 * RICE_SPF)
     full_rice = frames_per_s * (framing.OVERHEAD + 19 + (1 + 3 * 16 * RICE_SPF) * comp["emg"]["ratio"])
     capacity = budget  # the board definition's sustained USB CDC budget (no USB link is measured here)
+    full_cautery = frames_per_s * (framing.OVERHEAD + 19 + (1 + 3 * 16 * RICE_SPF) * comp["emg_cautery"]["ratio"])
     dec_rate = host_rice_decode_rate(sigs["emg"][1], 100 if quick else 300)
     res["rice"] = {"compression": comp, "firmware": cost, "full_board_raw_bytes_per_s": round(full_raw),
                    "full_board_rice_bytes_per_s": round(full_rice), "link_capacity_bytes_per_s": capacity,
                    "full_board_rice_load": round(full_rice / capacity, 3),
                    "fits_80pct": full_rice <= 0.8 * capacity,
                    "rice_expected_pct": defn["link"].get("rice_expected_pct"),
-                   "host_rice_decode_channel_samples_per_s": round(dec_rate)}
+                   "host_rice_decode_channel_samples_per_s": round(dec_rate),
+                   "full_board_rice_cautery_bytes_per_s": round(full_cautery),
+                   "full_board_rice_cautery_load": round(full_cautery / capacity, 3)}
     res["summary"] = [
         "wire efficiency (payload/wire) for frames >= 1 KiB payload: min %.1f %% (goal >= 97 %%)"
         % (100 * res["min_efficiency_at_1KiB_or_more"]),
@@ -274,6 +286,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         "16 ch x 16 kSPS continuous: raw %d B/s, rice %d B/s at the EMG ratio = %.0f %% of the link budget %d B/s"
         " (goal <= 80 %%: %s)" % (full_raw, full_rice, 100 * full_rice / capacity, capacity,
                                   "fits" if full_rice <= 0.8 * capacity else "does NOT fit"),
+        "  during cautery (EMG ratio %.3f): rice %d B/s = %.0f %% of the budget"
+        % (comp["emg_cautery"]["ratio"], full_cautery, 100 * full_cautery / capacity),
         "host rice decode %d channel-samples/s = %.1f x the full board's 256000/s"
         % (dec_rate, dec_rate / 256000),
     ]
