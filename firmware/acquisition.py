@@ -8,11 +8,15 @@ from ads1299 import MUX
 from frame_writer import FrameWriter
 
 _CBOR_PREFIX_MAX = 19  # longest CBOR head of a data message: array, type, cfg, index, lead-off, bstr head
+ENCODINGS = ("raw", "rice")  # configure's `encoding`: data (16) or data-rice (18) messages (SPEC 5.4.1)
 
 
 class Config:
-    def __init__(self, cfg_id, rate_hz, channels, gains, inputs, samples_per_frame, leadoff, pre=0, post=0):
+    def __init__(self, cfg_id, rate_hz, channels, gains, inputs, samples_per_frame, leadoff, pre=0, post=0,
+                 encoding="raw", expected_pct=100):
         self.cfg_id = cfg_id
+        self.encoding = encoding
+        self.expected_pct = expected_pct  # rice: link.rice_expected_pct, the block size expected, % of raw
         self.rate_hz = rate_hz
         self.channels = channels
         self.gains = gains  # per selected channel
@@ -21,8 +25,18 @@ class Config:
         self.leadoff = leadoff
         self.pre = pre  # epoch mode: samples kept before each stimulus (0 with post 0: continuous)
         self.post = post  # epoch mode: samples kept from each stimulus on
+    def block_bytes(self):
+        """The samples' bytes in one frame at worst: a rice block is its mode byte and at most the raw samples."""
+        return 3 * len(self.channels) * self.samples_per_frame + (1 if self.encoding == "rice" else 0)
+
     def wire_bytes_per_s(self):
-        frame = framing.OVERHEAD + _CBOR_PREFIX_MAX + 3 * len(self.channels) * self.samples_per_frame
+        """The link load at worst (raw blocks), B/s (SPEC 5.3)."""
+        frame = framing.OVERHEAD + _CBOR_PREFIX_MAX + self.block_bytes()
+        return self.rate_hz * frame // self.samples_per_frame
+
+    def expected_bytes_per_s(self):
+        """The link load expected, B/s: with rice, blocks of expected_pct % of their worst case (SPEC 5.3)."""
+        frame = framing.OVERHEAD + _CBOR_PREFIX_MAX + self.block_bytes() * self.expected_pct // 100
         return self.rate_hz * frame // self.samples_per_frame
 
 
@@ -50,8 +64,12 @@ def parse_config(body, defn, cfg_id):
         raise m.ProtocolError(m.E_BAD_FIELD, "channels must be distinct integers 0..%d" % (n_all - 1))
     gains = _per_channel(body.get("gain", 24), len(channels), "gain", adc["gains"])
     inputs = _per_channel(body.get("input", "normal"), len(channels), "input", list(MUX.keys()))
+    encoding = body.get("encoding", "raw")
+    if encoding not in ENCODINGS:
+        raise m.ProtocolError(m.E_BAD_FIELD, "encoding %r is not one of %r" % (encoding, ENCODINGS))
+    rice = encoding == "rice"
     spf = body.get("samples_per_frame", 32)
-    max_spf = (framing.MAX_PAYLOAD - _CBOR_PREFIX_MAX) // (3 * len(channels))
+    max_spf = (framing.MAX_PAYLOAD - _CBOR_PREFIX_MAX - (1 if rice else 0)) // (3 * len(channels))
     if not isinstance(spf, int) or spf < 1 or spf > max_spf:
         raise m.ProtocolError(m.E_BAD_FIELD, "samples_per_frame must be 1..%d for %d channels (max payload %d bytes)"
                               % (max_spf, len(channels), framing.MAX_PAYLOAD))
@@ -67,12 +85,18 @@ def parse_config(body, defn, cfg_id):
             raise m.ProtocolError(m.E_BAD_FIELD, "epochs must be {pre_ms: 0..50, post_ms: 1..500}")
         pre = epochs["pre_ms"] * rate // 1000
         post = epochs["post_ms"] * rate // 1000
-    cfg = Config(cfg_id, rate, channels, gains, inputs, spf, leadoff, pre, post)
-    need = cfg.wire_bytes_per_s()
+    # Raw: the load is known and must fit. Rice: the load depends on the signal; the configuration is
+    # accepted when the load expected at link.rice_expected_pct of raw fits. Blocks the link then cannot
+    # carry (a signal that does not compress) hold up the loop until the DMA ring overruns: the samples are
+    # counted lost (overrun event, a gap in first_index), never dropped silently (SPEC 5.3).
+    pct = defn["link"].get("rice_expected_pct", 100) if rice else 100
+    cfg = Config(cfg_id, rate, channels, gains, inputs, spf, leadoff, pre, post, encoding, pct)
+    need = cfg.expected_bytes_per_s()
     budget = defn["link"]["budget_bytes_per_s"]
     if need > budget:
-        raise m.ProtocolError(m.E_LINK_BUDGET, "needs %d B/s, the link budget is %d B/s: %d B/s (%d %%) over"
-                              % (need, budget, need - budget, (need - budget) * 100 // budget))
+        raise m.ProtocolError(m.E_LINK_BUDGET, "needs %d B/s%s, the link budget is %d B/s: %d B/s (%d %%) over"
+                              % (need, " (rice, expected at %d %% of raw)" % pct if rice else "", budget,
+                                 need - budget, (need - budget) * 100 // budget))
     return cfg
 
 
@@ -82,7 +106,7 @@ class Acquisition:
         self.adc = adc
         self.link = link
         self.cfg = cfg
-        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA, arena)
+        self.writer = FrameWriter(chips, cfg.channels, cfg.samples_per_frame, m.SCHEMA, arena, cfg.encoding == "rice")
         self.running = False
         self.next_index = 0  # index of the next sample expected from the board support
         self.blocks = 0

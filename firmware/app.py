@@ -151,7 +151,8 @@ class Firmware:
                             "epochs": {"pre": cfg.pre, "post": cfg.post} if cfg.post else None,
                             "gain": cfg.gains, "input": cfg.inputs, "samples_per_frame": cfg.samples_per_frame,
                             "vref_uv": int(self.defn["adc"]["vref_v"] * 1000000), "full_scale_code": 8388607,
-                            "wire_bytes_per_s": cfg.wire_bytes_per_s()})
+                            "wire_bytes_per_s": cfg.wire_bytes_per_s(), "encoding": cfg.encoding,
+                            "expected_bytes_per_s": cfg.expected_bytes_per_s()})
 
     def on_start(self, rid, body):
         if self.acq is None:

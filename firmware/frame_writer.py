@@ -70,7 +70,7 @@ def _pack(raw: ptr8, frame: ptr8, at: int, nsamp: int, stride: int, chips: int, 
 
 @micropython.viper
 def _finish(frame: ptr8, nbytes: int, vals: ptr32, head: ptr8, seq: int, schema: int, table: ptr32) -> int:
-    # vals = [len(samples), leadoff, -, cfg], head[0:4] = first index (big-endian, read here so that no
+    # vals = [len(samples), leadoff, -, cfg, message type], head[0:4] = first index (big-endian, read here so that no
     # Python int above 2**30 is ever made: that would be a heap object on the RP2350). CBOR heads are
     # written right-to-left before the samples.
     e = _SAMPLES_AT
@@ -104,7 +104,7 @@ def _finish(frame: ptr8, nbytes: int, vals: ptr32, head: ptr8, seq: int, schema:
         k += 1
     e -= 2
     frame[e] = 0x85  # array(5)
-    frame[e + 1] = 0x10  # DATA (16)
+    frame[e + 1] = vals[4]  # DATA (16) or DATA_RICE (18)
     end = _SAMPLES_AT + nbytes
     n = end - e  # CBOR payload length
     start = e - 10
@@ -124,34 +124,61 @@ def _finish(frame: ptr8, nbytes: int, vals: ptr32, head: ptr8, seq: int, schema:
 class FrameWriter:
     """Preallocated data-frame builder for one acquisition configuration."""
 
-    def __init__(self, chips, channels, samples_per_frame, schema, arena=None):
+    def __init__(self, chips, channels, samples_per_frame, schema, arena=None, rice=False):
         """arena: a buffer allocated once at boot; the frame and the DMA block are carved from it when both
-        fit (no allocation, so no configuration fails for a fragmented heap), else from one of their own."""
+        fit (no allocation, so no configuration fails for a fragmented heap), else from one of their own.
+        rice: send `data-rice` messages (SPEC 5.4.1): the samples are packed into a scratch buffer and
+        compressed into the frame, or copied there as a raw block when compressing would not shorten them."""
         self.chips = chips
+        self.rice = rice
         self.nsel = len(channels)
         self.nsamp = samples_per_frame
         self.stride = _CHIP_BYTES * chips
         self.nbytes = 3 * self.nsel * samples_per_frame
         self.offs = array.array("H", [(ch // 8) * _CHIP_BYTES + 3 + 3 * (ch % 8) for ch in channels])
-        n_frame = _SAMPLES_AT + self.nbytes + 4
+        n_block = self.nbytes + 1 if rice else self.nbytes  # a rice block: its mode byte, then at most raw
+        n_frame = _SAMPLES_AT + n_block + 4
         n_raw = self.stride * samples_per_frame
-        if arena is None or n_frame + n_raw > len(arena):
-            arena = bytearray(n_frame + n_raw)
+        n_pk = self.nbytes if rice else 0  # the packed samples the encoder reads
+        if arena is None or n_frame + n_raw + n_pk > len(arena):
+            arena = bytearray(n_frame + n_raw + n_pk)
         view = memoryview(arena)
         self.frame = view[:n_frame]
         self.raw = view[n_frame:n_frame + n_raw]
-        self.vals = array.array("I", [self.nbytes, 0, 0, 0])
+        self.pk = view[n_frame + n_raw:n_frame + n_raw + n_pk]
+        self.sums = array.array("i", [0] * len(channels))  # the encoder's per-channel scratch
+        self.vals = array.array("I", [n_block, 0, 0, 0, 18 if rice else 16])
         self.schema = schema & 0xFFFF
-        self.end = _SAMPLES_AT + self.nbytes + 4
+        self.end = _SAMPLES_AT + n_block + 4
+        self.block_bytes = n_block  # of the most recent frame (a rice block varies)
+        if rice:
+            import rice_encoder
+
+            self._encode = rice_encoder.encode
+            self._copy = rice_encoder.copy
 
     def build(self, head, cfg, seq):
         """Frame for the block in self.raw whose first sample index is big-endian in head[0:4]. Returns the
         frame's start offset in self.frame (it ends at self.end); the block's lead-off mask is left in
         self.vals[1]. Allocates nothing (a tuple return would)."""
         # (viper pointer parameters take any buffer; the stubs' ptr types do not say so)
-        leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
-                        self.offs, self.nsel)  # type: ignore[arg-type]
         vals = self.vals
+        if self.rice:
+            leadoff = _pack(self.raw, self.pk, 0, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
+                            self.offs, self.nsel)  # type: ignore[arg-type]
+            n = self._encode(self.pk, self.nsamp, self.nsel, self.frame,  # type: ignore[arg-type]
+                             _SAMPLES_AT, self.nbytes + 1, self.sums)  # type: ignore[arg-type]
+            if n == 0:  # not shorter: mode 0, the samples as they are
+                self.frame[_SAMPLES_AT] = 0
+                self._copy(self.pk, self.frame, _SAMPLES_AT + 1, self.nbytes)  # type: ignore[arg-type]
+                n = self.nbytes + 1
+        else:
+            leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
+                            self.offs, self.nsel)  # type: ignore[arg-type]
+            n = self.nbytes
+        vals[0] = n
         vals[1] = leadoff
         vals[3] = cfg
-        return _finish(self.frame, self.nbytes, vals, head, seq, self.schema, CRC_TABLE)  # type: ignore[arg-type]
+        self.block_bytes = n
+        self.end = _SAMPLES_AT + n + 4
+        return _finish(self.frame, n, vals, head, seq, self.schema, CRC_TABLE)  # type: ignore[arg-type]

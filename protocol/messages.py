@@ -5,11 +5,12 @@
 #   reply    (board -> host):  [ACK, rid, body] or [ERROR, rid, {"code", "name", "detail"}]
 #   event    (board -> host):  [EVENT, 0, {"kind": ..., ...}]
 #   data     (board -> host):  [DATA, cfg, first_index, leadoff, samples]
+#                              [DATA_RICE, cfg, first_index, leadoff, block]  (rice.py, SPEC 5.4.1)
 # SCHEMA is the fingerprint of messages.cddl (CRC-32 of its normalised text, see schema_fingerprint());
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x7CEA22F7
+SCHEMA = 0x743A5F5C
 
 # Message types.
 HELLO = 1
@@ -24,6 +25,7 @@ ACK = 9
 ERROR = 10
 DATA = 16
 EVENT = 17
+DATA_RICE = 18
 STIM_PROGRAM = 20
 STIM_START = 21
 STIM_STOP = 22
@@ -83,7 +85,8 @@ ERROR_NAMES = {
 TYPE_NAMES = {
     HELLO: "hello", WELCOME: "welcome", GET_INFO: "get-info", INFO: "info", CONFIGURE: "configure",
     START: "start", STOP: "stop", HEARTBEAT: "heartbeat", ACK: "ack", ERROR: "error", DATA: "data",
-    EVENT: "event", STIM_PROGRAM: "stim-program", STIM_START: "stim-start", STIM_STOP: "stim-stop",
+    EVENT: "event", DATA_RICE: "data-rice", STIM_PROGRAM: "stim-program", STIM_START: "stim-start",
+    STIM_STOP: "stim-stop",
     IMPEDANCE: "impedance", HUNT: "hunt",
     CAL_READ: "cal-read", CAL_WRITE: "cal-write", SELF_TEST: "self-test", FW_BEGIN: "fw-begin",
     FW_CHUNK: "fw-chunk", FW_COMMIT: "fw-commit", RESET: "reset",

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "protocol"))
 import cbor  # noqa: E402
 import framing  # noqa: E402
 import messages as m  # noqa: E402
+import rice  # noqa: E402
 
 SAMPLES = bytes(range(48))  # one sample of 16 channels
 STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min": 50, "width_us_max": 1000,
@@ -28,6 +29,20 @@ STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min":
                "waveforms": ["monophasic", "biphasic"],
                "probe": {"output": 4, "current_ua_max": 40000, "width_us": 200, "rate_mhz_min": 2000,
                          "rate_mhz_max": 5000, "hunt_pulses_max": 32}}
+
+
+# encoding rice (SPEC 5.4.1): sample-major counts and channel count of each data-rice vector; the vector
+# also carries them ("counts", "channels"), so that both decoders are held to them
+RICE_BLOCKS = {
+    # 8 samples x 4 channels: small differences, a channel at full scale, full-scale steps (escapes)
+    "data-rice": ([v for row in zip(
+        [1000, 1003, 999, 1001, 1010, 1004, 998, 1000],
+        [-2000, -2005, -1990, -1996, -2001, -2010, -2003, -1999],
+        [8388607, 8388600, 8388607, 8388605, 8388607, 8388607, 8388606, 8388607],
+        [0, 0, -8388608, -8388608, 0, 0, 0, 0], strict=True) for v in row], 4),
+    # 2 samples x 2 channels of extremes: coding would be longer, the block is sent raw (mode 0)
+    "data-rice-raw": ([8388607, -8388608, -8388608, 8388607], 2),
+}
 
 
 def examples() -> list[tuple[str, list]]:
@@ -111,6 +126,10 @@ def examples() -> list[tuple[str, list]]:
         # several programs started together, from one start index (SPEC 5.8): four interleaved SSEP outputs
         # and a repeating TcMEP
         ("stim-start-together", [m.STIM_START, 307, {"program": [0, 1, 2, 3, 4]}]),
+        # lossless compression (SPEC 5.4.1): the option, and a compressed and a raw-fallback block
+        ("configure-rice", [m.CONFIGURE, 308, {"rate_hz": 16000, "samples_per_frame": 32, "encoding": "rice"}]),
+        ("data-rice", [m.DATA_RICE, 2, 65536, 0, rice.encode(*RICE_BLOCKS["data-rice"])]),
+        ("data-rice-raw", [m.DATA_RICE, 2, 70000, 0x8001, rice.encode(*RICE_BLOCKS["data-rice-raw"])]),
     ]
 
 
@@ -137,6 +156,8 @@ def main() -> int:
             assert len(set(crc.to_bytes(4, "big"))) == 4, "pick a frame whose CRC bytes differ"
             vector["crc32"] = crc  # the frame ends with these 4 bytes, most significant first
             vector["hchk"] = framing.crc32(frame[2:8]) & 0xFFFF  # bytes 8..9, most significant first
+        if name in RICE_BLOCKS:
+            vector["counts"], vector["channels"] = RICE_BLOCKS[name]
         out.append(vector)
     path = ROOT / "protocol" / "vectors" / "messages.json"
     path.write_text(json.dumps({"schema": m.SCHEMA, "vectors": out}, indent=1) + "\n")

@@ -47,4 +47,9 @@ def stream(port: str, seconds: float, config: dict[str, Any]) -> dict[str, Any]:
         "board_samples": stop["samples"],
         "seconds": round(elapsed, 3),
         "bytes_per_s": round(s.bytes / elapsed) if elapsed else 0,
+        "encoding": conf.get("encoding", "raw"),
+        "blocks_undecodable": s.blocks_undecodable,
+        # bytes of samples (raw) or blocks (rice) per 3-byte raw sample: the compression ratio
+        "block_bytes_over_raw": round(s.block_bytes / (3 * s.samples_received * len(channels)), 4)
+        if s.samples_received else None,
     }

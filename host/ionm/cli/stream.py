@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", default="all", help="comma-separated channel numbers, or 'all'")
     p.add_argument("--samples-per-frame", type=int, default=32)
     p.add_argument("--input", default="normal", choices=("normal", "shorted", "test"))
+    p.add_argument("--encoding", default="raw", choices=("raw", "rice"),
+                   help="rice: the board compresses the samples losslessly (SPEC 5.4.1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -26,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from ionm.board import link as ln
 
     config: dict[str, Any] = {"rate_hz": args.rate, "samples_per_frame": args.samples_per_frame, "input": args.input}
+    if args.encoding != "raw":
+        config["encoding"] = args.encoding
     if args.channels != "all":
         config["channels"] = [int(c) for c in args.channels.split(",")]
     try:
@@ -38,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
     else:
         for key in ("frames", "bytes", "frames_rejected", "samples_lost", "sequence_gaps", "channels",
-                    "sample_rate_hz", "bytes_per_s"):
+                    "sample_rate_hz", "bytes_per_s", "blocks_undecodable"):
             print("%-16s %s" % (key, result[key]))
-    return 0 if result["samples_lost"] == 0 and result["frames_rejected"] == 0 else 1
+    ok = result["samples_lost"] == 0 and result["frames_rejected"] == 0 and result["blocks_undecodable"] == 0
+    return 0 if ok else 1

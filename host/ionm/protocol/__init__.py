@@ -30,3 +30,4 @@ def _load(name: str) -> Any:
 cbor = _load("cbor")
 framing = _load("framing")
 messages = _load("messages")
+rice = _load("rice")
