@@ -84,9 +84,10 @@ def test_every_error_code_is_in_the_spec():
         assert re.search(r"\| %s \| %s \|" % (re.escape(cell), re.escape(name)), spec), (code, name)
 
 
-def test_real_board_frames_validate_against_the_cddl(virtual_board, schema):
+def _capturing_link(device: str) -> tuple[ln.BoardLink, list[bytes]]:
+    """A link to the board that keeps every payload it receives, as received (for the CDDL)."""
     payloads: list[bytes] = []
-    link = ln.BoardLink(ln.open_port(virtual_board.device), heartbeat_s=0.025)
+    link = ln.BoardLink(ln.open_port(device), heartbeat_s=0.025)
     real_dispatch = link._dispatch
 
     def capture(payload: bytes) -> None:
@@ -94,6 +95,11 @@ def test_real_board_frames_validate_against_the_cddl(virtual_board, schema):
         real_dispatch(payload)
 
     link._dispatch = capture  # type: ignore[method-assign]
+    return link, payloads
+
+
+def test_real_board_frames_validate_against_the_cddl(virtual_board, schema):
+    link, payloads = _capturing_link(virtual_board.device)
     try:
         ln.connect(link, timeout=10)
         link.request(m.GET_INFO, {})
@@ -199,15 +205,7 @@ for v in _IN:
 
 
 def test_real_board_rice_frames_validate_against_the_cddl(virtual_board, schema):
-    payloads: list[bytes] = []
-    link = ln.BoardLink(ln.open_port(virtual_board.device), heartbeat_s=0.025)
-    real_dispatch = link._dispatch
-
-    def capture(payload: bytes) -> None:
-        payloads.append(payload)
-        real_dispatch(payload)
-
-    link._dispatch = capture  # type: ignore[method-assign]
+    link, payloads = _capturing_link(virtual_board.device)
     try:
         ln.connect(link, timeout=10)
         link.request(m.CONFIGURE, {"rate_hz": 2000, "channels": [0, 5, 9], "samples_per_frame": 16,
