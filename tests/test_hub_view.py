@@ -1,0 +1,196 @@
+"""Viewing the hub's page needs a physician's login (issue 21 item 3: "the page shows every live case the physician
+is assigned"): with an access file nothing of a case leaves the hub without a session, a physician sees only the
+assigned rooms (the rooms nats-server lets that physician read), sessions end at logout and after their idle time.
+Real nats-server (the wheel's), the hub's page served for real, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+
+from test_hub_physician import Page
+
+from ionm.hub import access, leaf
+from ionm.hub.natsserver import NatsServer, free_port
+from ionm.hub.publisher import Publisher
+
+USERS = {"users": [
+    {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/OR 1", "Children's/*"]},
+    {"name": "dr_b", "password": "pw-b", "role": "physician", "rooms": ["General/OR 2"]},
+    {"name": "or1", "password": "pw-1", "role": "room", "room": "General/OR 1"},
+    {"name": "or2", "password": "pw-2", "role": "room", "room": "General/OR 2"},
+    {"name": "picu", "password": "pw-3", "role": "room", "room": "Children's/PICU 3"},
+]}
+ROOMS = [("General", "OR 1", "or1", "pw-1", "case-1"), ("General", "OR 2", "or2", "pw-2", "case-2"),
+         ("Children's", "PICU 3", "picu", "pw-3", "case-3")]
+DATA_PATHS = ["/state.json", "/events", "/case/case-1.json", "/case/case-2.json", "/case/nope.json"]
+
+
+def hub(tmp_path) -> tuple[NatsServer, dict]:
+    acc = access.Access.parse(USERS)
+    service = {"user": access.SERVICE_USER, "password": "service-pw"}
+    server = NatsServer(tmp_path / "hub", port=None, name="ionm-hub", conf=leaf.hub_conf(
+        "127.0.0.1", free_port(), acc.server_conf(service["password"]))).start()
+    return server, service
+
+
+def publish_rooms(url: str) -> None:
+    """A case in each room, with an alert, published with the room's own login."""
+    for site, room, user, pw, case in ROOMS:
+        pub = Publisher(url, site, room, case, user=user, password=pw)
+        pub.publish("header", {"uid": case, "procedure": "fusion in %s" % room})
+        pub.publish("alerts", {"alerts": [{"uid": case + "-A1", "label": "%s: TcMEP loss" % room, "ack": None}]})
+        pub.publish("event", {"t_s": 1.0, "kind": "alert", "user": "system", "text": "alert in %s" % room})
+        assert pub.flush(20), pub.last_error
+        pub.close()
+
+
+def status_of(page: Page, path: str, method: str = "GET", body: dict | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(page.base + path, method=method, data=None if body is None else json.dumps(
+        body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with page.http.open(req, timeout=10) as r:
+            return r.status, r.read(200) if path == "/events" else r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def first_push(page: Page) -> dict:
+    with page.http.open(page.base + "/events", timeout=10) as r:
+        return json.loads(next(line for line in r if line.startswith(b"data: "))[6:])
+
+
+def test_without_a_login_no_endpoint_gives_any_case_data(tmp_path):
+    server, service = hub(tmp_path)
+    page = Page(server.url, service, users=USERS)
+    try:
+        publish_rooms(server.url)
+        page.wait(lambda: len(page.state.cases) == 3)
+        refused = {path: status_of(page, path) for path in DATA_PATHS}
+        refused["/send"] = status_of(page, "/send", "POST", {"id": "note-0001-abcdef", "case": "case-1",
+                                                              "cmd": "note", "text": "seen"})
+        page.http.addheaders = [("Cookie", "ionm_hub=forged-token")]  # a made-up session is no session
+        forged = {path: status_of(page, path)[0] for path in DATA_PATHS}
+        page.http.addheaders = []
+        index = status_of(page, "/")
+        session = page.get("/session.json")
+    finally:
+        page.close()
+        server.stop()
+    for path, (status, body) in refused.items():
+        assert status == 401, (path, status, body)
+        assert json.loads(body) == {"error": "log in first"}, (path, body)  # nothing of any case
+    assert forged == {path: 401 for path in DATA_PATHS}
+    assert index[0] == 200 and b'id="gate"' in index[1]  # the page itself: its login form, no data
+    assert not any(c.encode() in index[1] for *_r, c in ROOMS)
+    assert session == {"physician": None, "login": True}
+
+
+def test_a_physician_sees_only_the_assigned_rooms_as_nats_server_lets_them_read(tmp_path):
+    """dr_a (General/OR 1 and every room of Children's) and dr_b (General/OR 2) on one hub: each one's tiles, push
+    and case views hold exactly the rooms that physician's own NATS login may subscribe to; an unassigned case by
+    its URL is 404 with nothing of it, as a case that does not exist."""
+    server, service = hub(tmp_path)
+    pages = {}
+    try:
+        for name in ("dr_a", "dr_b"):
+            pages[name] = Page(server.url, service, users=USERS)
+        publish_rooms(server.url)
+        seen = {}
+        for name, page in pages.items():
+            page.wait(lambda p=page: len(p.state.cases) == 3)
+            page.login(name, "pw-" + name[-1])
+            state = page.get("/state.json")
+            seen[name] = {"tiles": sorted(c["case"] for c in state["cases"]), "messages": state["messages"],
+                          "pushed": sorted(c["case"] for c in first_push(page)["cases"]),
+                          "cases": {case: status_of(page, "/case/%s.json" % case) for *_r, case in ROOMS}}
+        nats_reads = {name: asyncio.run(rooms_nats_lets_read(server.url, name, "pw-" + name[-1]))
+                      for name in ("dr_a", "dr_b")}
+    finally:
+        for page in pages.values():
+            page.close()
+        server.stop()
+    assert seen["dr_a"]["tiles"] == seen["dr_a"]["pushed"] == ["case-1", "case-3"]
+    assert seen["dr_b"]["tiles"] == seen["dr_b"]["pushed"] == ["case-2"]
+    assert seen["dr_a"]["messages"] == 6 and seen["dr_b"]["messages"] == 3  # counted over their rooms only
+    for name, mine in (("dr_a", {"case-1", "case-3"}), ("dr_b", {"case-2"})):
+        for case, (status, body) in seen[name]["cases"].items():
+            if case in mine:
+                assert status == 200 and json.loads(body)["case"] == case
+                assert json.loads(body)["physician"] == name
+            else:  # by direct URL: nothing, and not even whether it exists
+                assert (status, json.loads(body)) == (404, {"error": "no such case"}), (name, case)
+                assert b"fusion" not in body and b"TcMEP" not in body
+    # the same rooms nats-server delivers to the physician's own login (a live subscription per room)
+    assert nats_reads == {"dr_a": ["case-1", "case-3"], "dr_b": ["case-2"]}
+
+
+async def rooms_nats_lets_read(url: str, name: str, password: str) -> list[str]:
+    """The cases whose rooms' messages nats-server delivers to `name`: a live subscription on every room, then a
+    message published in each (a subscription the physician may not make gets a permissions violation and
+    nothing)."""
+    import nats
+
+    got: set[str] = set()
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(url, user=name, password=password, inbox_prefix=access.inbox(name), error_cb=on_error,
+                            allow_reconnect=False)
+    async def on_msg(msg) -> None:
+        got.add(msg.subject.split(".")[3])
+
+    for site, room, *_rest in ROOMS:
+        await nc.subscribe(access.room_subject(site, room), cb=on_msg)
+    await nc.flush()
+    for site, room, user, pw, case in ROOMS:
+        pub = Publisher(url, site, room, case, user=user, password=pw)
+        pub.publish("link", {"ok": True})
+        assert pub.flush(20), pub.last_error
+        pub.close()
+    await asyncio.sleep(0.5)
+    await nc.close()
+    assert len(errors) == len(ROOMS) - len(got), errors  # one violation per room refused
+    return sorted(got)
+
+
+def test_a_session_ends_at_logout_and_after_its_idle_time_and_so_does_its_push(tmp_path):
+    server, service = hub(tmp_path)
+    page = Page(server.url, service, users=USERS, idle_s=3.0)
+    try:
+        publish_rooms(server.url)
+        page.login()
+        assert status_of(page, "/state.json")[0] == 200
+        for _ in range(4):  # the physician doing something (1 s apart: 4 s in all) keeps the session
+            time.sleep(1.0)
+            assert status_of(page, "/case/case-1.json")[0] == 200
+        page.http.addheaders = [("X-Ionm-Background", "1")]  # the page's own refreshes do not
+        time.sleep(1.5)
+        assert status_of(page, "/state.json")[0] == 200
+        time.sleep(2.0)
+        idle = {path: status_of(page, path)[0] for path in DATA_PATHS}
+        page.http.addheaders = []
+        closed_after_idle = not page.sender.sessions  # ended on the hub, its NATS login closed
+
+        page.login()
+        with page.http.open(page.base + "/events", timeout=10) as push:
+            assert next(line for line in push if line.startswith(b"data: "))
+            assert page.post("/logout", {}) == (200, {"physician": None})
+            t0 = time.monotonic()
+            rest = push.read()  # the push ends with the session
+            ended_s = time.monotonic() - t0
+        after_logout = {path: status_of(page, path)[0] for path in DATA_PATHS}
+        session = page.get("/session.json")
+    finally:
+        page.close()
+        server.stop()
+    assert idle == {path: 401 for path in DATA_PATHS}, idle
+    assert closed_after_idle
+    assert ended_s < 3.0 and b"data:" not in rest
+    assert after_logout == {path: 401 for path in DATA_PATHS}, after_logout
+    assert session == {"physician": None, "login": True}
