@@ -1,16 +1,21 @@
 """Viewing the hub's page needs a physician's login (issue 21 item 3: "the page shows every live case the physician
 is assigned"): with an access file nothing of a case leaves the hub without a session, a physician sees only the
-assigned rooms (the rooms nats-server lets that physician read), sessions end at logout and after their idle time.
-Real nats-server (the wheel's), the hub's page served for real, no mocks."""
+assigned rooms (the rooms nats-server lets that physician read), sessions end at logout and after their idle time,
+the page is served over HTTPS with a Secure cookie, and a hub without logins listens on loopback only. Real
+nats-server (the wheel's), the hub's page served for real, no mocks."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.request
 
+from conftest import ionm_cmd, run_ionm
 from test_hub_physician import Page
 
 from ionm.hub import access, leaf
@@ -194,3 +199,61 @@ def test_a_session_ends_at_logout_and_after_its_idle_time_and_so_does_its_push(t
     assert ended_s < 3.0 and b"data:" not in rest
     assert after_logout == {path: 401 for path in DATA_PATHS}, after_logout
     assert session == {"physician": None, "login": True}
+
+
+def test_ionm_hub_serves_the_page_over_https_with_a_secure_cookie(tmp_path):
+    """As it is run: `ionm hub --access FILE --cert PEM --key PEM`: the page over HTTPS (a plain HTTP request is
+    not served), the login's cookie Secure, HttpOnly and SameSite=Strict, the physician's rooms only."""
+    from ionm.hub import tls
+
+    certs = tls.make_ca(tmp_path / "certs")
+    access_file = tmp_path / "access.json"
+    access_file.write_text(json.dumps(USERS))
+    web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
+    proc = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
+                                     "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "hub"),
+                                     "--access", str(access_file), "--cert", certs.cert, "--key", certs.key),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert "oversight page at https://127.0.0.1:%d/" % web_port in lines[2], lines
+        publish_rooms("nats://127.0.0.1:%d" % nats_port)
+        ctx = ssl.create_default_context(cafile=certs.ca)
+        https = urllib.request.build_opener(urllib.request.HTTPSHandler(context=ctx))
+        base = "https://127.0.0.1:%d" % web_port
+        with https.open(urllib.request.Request(base + "/login", method="POST", data=json.dumps(
+                {"name": "dr_b", "password": "pw-b"}).encode(), headers={"Content-Type": "application/json"}),
+                timeout=10) as r:
+            cookie = r.headers["Set-Cookie"]
+        token = cookie.split(";")[0]
+        end, cases = time.monotonic() + 20, []
+        while not cases and time.monotonic() < end:
+            with https.open(urllib.request.Request(base + "/state.json", headers={"Cookie": token}), timeout=10) as r:
+                cases = [c["case"] for c in json.loads(r.read())["cases"]]
+            time.sleep(0.2)
+        try:
+            urllib.request.urlopen(base.replace("https", "http") + "/session.json", timeout=5)
+            plain = "served"
+        except Exception as exc:  # the TLS listener does not speak plain HTTP
+            plain = repr(exc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")[1:]}
+    assert {"secure", "httponly", "samesite"} <= attrs, cookie
+    assert "SameSite=Strict" in cookie and token.startswith("ionm_hub=")
+    assert cases == ["case-2"]
+    assert plain != "served"
+
+
+def test_without_access_the_hub_refuses_a_non_loopback_address(tmp_path):
+    for flags in (["--listen", "0.0.0.0:%d" % free_port()], ["--nats", "0.0.0.0:%d" % free_port()],
+                  ["--leaf", "192.0.2.1:%d" % free_port()]):
+        done = run_ionm("hub", *flags, "--store", str(tmp_path / "hub"), timeout=20)
+        assert done.returncode == 2, (flags, done.stdout, done.stderr)
+        assert "without --access" in done.stderr and "loopback only" in done.stderr and flags[0] in done.stderr
+        assert not (tmp_path / "hub").exists()  # refused before anything started
+    done = run_ionm("hub", "--cert", "x.pem", timeout=20)
+    assert done.returncode == 2 and "--cert and --key go together" in done.stderr
+    done = run_ionm("hub", "--session-idle", "0", timeout=20)
+    assert done.returncode == 2 and "--session-idle" in done.stderr
