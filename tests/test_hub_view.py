@@ -257,3 +257,32 @@ def test_without_access_the_hub_refuses_a_non_loopback_address(tmp_path):
     assert done.returncode == 2 and "--cert and --key go together" in done.stderr
     done = run_ionm("hub", "--session-idle", "0", timeout=20)
     assert done.returncode == 2 and "--session-idle" in done.stderr
+
+
+def test_a_room_publishing_another_rooms_case_id_gets_none_of_that_case(tmp_path):
+    """A case is where its messages are published: OR 2 (its own subjects, its own login) sending a message with
+    OR 1's case id, first or later, neither joins OR 1's case nor lets OR 2's physician see any of it."""
+    server, service = hub(tmp_path)
+    page = Page(server.url, service, users=USERS)
+    try:
+        forged = Publisher(server.url, "General", "OR 2", "case-1", user="or2", password="pw-2")
+        forged.publish("header", {"uid": "case-1", "procedure": "forged by OR 2"})  # before OR 1's case starts
+        assert forged.flush(20), forged.last_error
+        publish_rooms(server.url)
+        forged.publish("event", {"t_s": 2.0, "kind": "note", "user": "x", "text": "forged note"})  # and during it
+        assert forged.flush(20), forged.last_error
+        forged.close()
+        page.wait(lambda: len(page.state.cases) == 4)
+        page.login("dr_b", "pw-b")
+        b_tiles = sorted((c["room"], c["case"], c["procedure"]) for c in page.get("/state.json")["cases"])
+        b_case = page.get("/case/case-1.json")
+        page.login("dr_a", "pw-a")
+        a_case = page.get("/case/case-1.json")
+    finally:
+        page.close()
+        server.stop()
+    assert b_tiles == [("OR_2", "case-1", "forged by OR 2"), ("OR_2", "case-2", "fusion in OR 2")]
+    assert b_case["room"] == "OR_2" and b_case["procedure"] == "forged by OR 2"
+    assert [e["text"] for e in b_case["timeline"]] == ["forged note"]
+    assert a_case["room"] == "OR_1" and a_case["procedure"] == "fusion in OR 1"
+    assert [e["text"] for e in a_case["timeline"]] == ["alert in OR 1"]

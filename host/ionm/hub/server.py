@@ -55,7 +55,7 @@ Readable = Callable[[str, str], bool] | None
 
 class HubState:
     def __init__(self) -> None:
-        self.cases: dict[str, dict[str, Any]] = {}
+        self.cases: dict[tuple[str, str, str], dict[str, Any]] = {}  # by (site, room, case id)
         self.messages = 0
         self.bad = 0
         self.version = 0  # counts the changes: a viewer pushed version v has seen everything up to it
@@ -104,11 +104,13 @@ class HubState:
         self.messages += 1
         where = hm.parse_subject(subject) or {}
         site, room = where.get("site", "?"), where.get("room", "?")
-        c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
-                                                "alerts": {}, "events": [], "technical": None, "stimulation": None,
-                                                "link": None, "screws": None, "tof": None, "probe": None, "last_seq": 0,
-                                                "heard": None, "messages": 0, "version": 0,
-                                                "timeline": [], "trend": {}, "waves": {}, "requests": {}})
+        # a case is where its messages are published (the room's own subjects, which its login bounds): another
+        # room sending the same case id makes a case of its own, never joins this one (nor is shown with it)
+        c = self.cases.setdefault((site, room, msg["case"]), {
+            "case": msg["case"], "site": site, "room": room, "header": {}, "alerts": {}, "events": [],
+            "technical": None, "stimulation": None, "link": None, "screws": None, "tof": None, "probe": None,
+            "last_seq": 0, "heard": None, "messages": 0, "version": 0, "timeline": [], "trend": {}, "waves": {},
+            "requests": {}})
         c["messages"] += 1
         kind, body = msg["kind"], msg["body"]
         if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
@@ -184,12 +186,18 @@ class HubState:
         return {"cases": tiles, "messages": sum(c["messages"] for c in shown), "bad_messages": self.bad,
                 "version": self.visible_version(readable)}
 
+    def find(self, case: str, readable: Readable = None) -> dict[str, Any] | None:
+        """The case of id `case` among those `readable` shows (of two rooms' cases with one id, the first by site,
+        room); None if none."""
+        found = [c for c in self._visible(readable) if c["case"] == case]
+        return min(found, key=lambda c: (c["site"], c["room"])) if found else None
+
     def case_view(self, case: str, readable: Readable = None) -> dict[str, Any] | None:
         """What an opened tile shows: the case's waveforms (per stream the newest average and its baseline), trend
         points, timeline, alerts, stimulation (read-only), and the physicians' requests with the room's receipts.
         None if there is no such case, or readable (a physician's rooms) does not include its room."""
-        c = self.cases.get(case)
-        if c is None or (readable is not None and not readable(c["site"], c["room"])):
+        c = self.find(case, readable)
+        if c is None:
             return None
         unacked, newest = alert_summary(c["alerts"])
         return {"case": c["case"], "site": c["site"], "room": c["room"], "header": c["header"],
@@ -407,7 +415,7 @@ class Sender:
         if s is None:
             raise SendError(401, "log in first")
         body = request_body(req)
-        c = self.state.cases.get(str(req.get("case")))
+        c = self.state.find(str(req.get("case")), self.readable(s["name"])) or self.state.find(str(req.get("case")))
         if c is None:
             raise SendError(404, "no case %r on this hub" % req.get("case"))
         if not self.assigned(s["name"], c["site"], c["room"]):
