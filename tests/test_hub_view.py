@@ -286,3 +286,15 @@ def test_a_room_publishing_another_rooms_case_id_gets_none_of_that_case(tmp_path
     assert [e["text"] for e in b_case["timeline"]] == ["forged note"]
     assert a_case["room"] == "OR_1" and a_case["procedure"] == "fusion in OR 1"
     assert [e["text"] for e in a_case["timeline"]] == ["alert in OR 1"]
+
+
+def test_may_read_follows_the_physicians_nats_subscribe_permissions():
+    acc = access.Access.parse(USERS)
+    assert acc.may_read("dr_a", "General", "OR_1") and not acc.may_read("dr_a", "General", "OR_10")
+    assert acc.may_read("dr_a", "Children_s", "PICU_3") and acc.may_read("dr_a", "Children_s", "any")
+    assert not acc.may_read("dr_a", "General", "OR_2") and not acc.may_read("dr_a", "Children", "PICU_3")
+    assert acc.may_read("dr_b", "General", "OR_2") and not acc.may_read("dr_b", "General", "OR_1")
+    assert not acc.may_read("or1", "General", "OR_1")  # a room reads no case, as nats-server has it
+    assert not acc.may_read("nobody", "General", "OR_1") and not acc.may_read(None, "General", "OR_1")
+    assert access.subject_matches("ionm.a.>", "ionm.a.b.c") and not access.subject_matches("ionm.a.>", "ionm.a")
+    assert access.subject_matches("ionm.*.b", "ionm.x.b") and not access.subject_matches("ionm.*.b", "ionm.x.b.c")
