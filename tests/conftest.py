@@ -35,14 +35,25 @@ def store_with_technologist(db: Path, password: str = "long-password-1") -> Path
     return db
 
 
-def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, timeout_s: float = 40.0) -> dict:
+def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, timeout_s: float = 40.0,
+                          login: tuple[str, str] | None = None) -> dict:
     """Run a simulated room console (`ionm console --sim --direct`, baseline at 1 s) publishing with the given
     --publish/--site/--room/... arguments until the hub's page at web_port lists its case with a baseline (or
-    timeout_s passes), stop it with SIGINT (it must exit 0), and return the page's last view."""
+    timeout_s passes), stop it with SIGINT (it must exit 0), and return the page's last view. login: (name,
+    password) of a physician to log in to the page first (a hub with --access shows nothing without one)."""
     import json
     import signal
     import time
     import urllib.request
+    from http.cookiejar import CookieJar
+
+    page = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+    if login is not None:
+        req = urllib.request.Request("http://127.0.0.1:%d/login" % web_port, method="POST",
+                                     data=json.dumps({"name": login[0], "password": login[1]}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with page.open(req, timeout=10) as r:
+            assert json.loads(r.read()) == {"physician": login[0]}
 
     console = subprocess.Popen([sys.executable, "-m", "ionm.cli", "console", "--sim", "--direct", "--scenario",
                                 "stable", "--db", str(db), "--no-browser", "--listen", "127.0.0.1:0",
@@ -52,7 +63,7 @@ def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, tim
         view: dict = {"cases": []}
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+            with page.open("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
                 view = json.loads(r.read())
             if view["cases"] and any(e.get("kind") == "baseline" for e in view["cases"][0]["events"]):
                 break
@@ -152,7 +163,7 @@ PARALLEL_FILES = frozenset("""
     test_pipeline_alerts test_pipeline_averaging test_pipeline_conditioning test_pipeline_peaks
     test_pipeline_tracker test_probe_console test_report test_rln test_safety_mpy test_scenarios test_screw_model
     test_screw_rules test_strict_requests test_technical_alarms test_tof test_tof_console test_ws_commands
-    test_hub test_hub_physician test_hub_nkeys test_replay
+    test_hub test_hub_physician test_hub_nkeys test_hub_view test_replay
 """.split())
 
 

@@ -638,7 +638,8 @@ def test_ionm_console_publishes_through_its_rooms_leaf_node_to_a_hub_with_an_acc
         for _ in range(3):
             hub.stdout.readline()
         view = room_case_on_hub_page(web_port, db, log, "--publish", "nats-leaf://or9:pw-9@127.0.0.1:%d" % leaf_port,
-                                     "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room"))
+                                     "--site", "General", "--room", "OR 9", "--room-store", str(tmp_path / "room"),
+                                     login=("dr_a", "pw-a"))
     finally:
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0

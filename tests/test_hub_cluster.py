@@ -239,7 +239,8 @@ def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_the_rooms_cases(tm
     access_file = tmp_path / "access.json"
     access_file.write_text(json.dumps({"users": [
         {"name": "or7", "password": "pw-7", "role": "room", "room": "General/OR 7"},
-        {"name": "or8", "password": "pw-8", "role": "room", "room": "General/OR 8"}]}))
+        {"name": "or8", "password": "pw-8", "role": "room", "room": "General/OR 8"},
+        {"name": "dr_a", "password": "pw-a", "role": "physician", "rooms": ["General/*"]}]}))
     web_port, nats_port, leaf_port, route_port = free_port(), *(consecutive_free_ports(3) for _ in range(3))
     proc = subprocess.Popen(ionm_cmd("hub", "--cluster", "--listen", "127.0.0.1:%d" % web_port,
                                      "--nats", "127.0.0.1:%d" % nats_port, "--leaf", "127.0.0.1:%d" % leaf_port,
@@ -266,10 +267,15 @@ def test_ionm_hub_cluster_runs_three_nodes_and_its_page_shows_the_rooms_cases(tm
         for p in (direct, via_leaf):
             assert p.flush(30), p.last_error
             p.close()
+        from http.cookiejar import CookieJar
+
+        page = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))  # the physician's browser
+        page.open(urllib.request.Request("http://127.0.0.1:%d/login" % web_port, method="POST", data=json.dumps(
+            {"name": "dr_a", "password": "pw-a"}).encode(), headers={"Content-Type": "application/json"}), timeout=10)
         view: dict = {"cases": []}
         end = time.monotonic() + 40
         while len(view["cases"]) < 2 and time.monotonic() < end:
-            with urllib.request.urlopen("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
+            with page.open("http://127.0.0.1:%d/state.json" % web_port, timeout=5) as r:
                 view = json.loads(r.read())
             time.sleep(0.2)
         assert sorted((c["room"], c["procedure"]) for c in view["cases"]) == [("OR_7", "craniotomy"),

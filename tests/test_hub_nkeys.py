@@ -296,7 +296,8 @@ def test_ionm_console_publishes_with_its_nkey_through_its_leaf_node_to_ionm_hub(
 
     seed_file, _out, entry = keygen(tmp_path, "or9", "--keygen-room", "General/OR 9")
     access_file = tmp_path / "access.json"
-    access_file.write_text(json.dumps({"users": [entry]}))
+    access_file.write_text(json.dumps({"users": [entry, {"name": "dr_a", "password": "pw-a", "role": "physician",
+                                                         "rooms": ["General/OR 9"]}]}))
     web_port, nats_port, leaf_port = free_port(), free_port(), free_port()
     hub = subprocess.Popen(ionm_cmd("hub", "--listen", "127.0.0.1:%d" % web_port, "--nats", "127.0.0.1:%d" % nats_port,
                                     "--leaf", "127.0.0.1:%d" % leaf_port, "--store", str(tmp_path / "hub"),
@@ -308,7 +309,7 @@ def test_ionm_console_publishes_with_its_nkey_through_its_leaf_node_to_ionm_hub(
             hub.stdout.readline()
         view = room_case_on_hub_page(web_port, db, log, "--publish", "nats-leaf://127.0.0.1:%d" % leaf_port,
                                      "--nkey-seed", seed_file, "--site", "General", "--room", "OR 9",
-                                     "--room-store", str(tmp_path / "room"))
+                                     "--room-store", str(tmp_path / "room"), login=("dr_a", "pw-a"))
     finally:
         hub.send_signal(signal.SIGTERM)
         assert hub.wait(timeout=20) == 0

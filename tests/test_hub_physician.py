@@ -40,9 +40,10 @@ def hub_nats(store, port: int | None = None, leaf_port: int | None = None) -> tu
 
 class Page:
     """The hub's page (HubState, the stream reader, Sender, the web app) on its own event loop, as `ionm hub` runs
-    it, and an HTTP client with a cookie jar (a physician's browser)."""
+    it, and an HTTP client with a cookie jar (a physician's browser). users: the access file (ACCESS); idle_s: the
+    sessions' idle time."""
 
-    def __init__(self, url: str, service: dict) -> None:
+    def __init__(self, url: str, service: dict, users: dict | None = None, idle_s: float | None = None) -> None:
         from aiohttp import web
 
         from ionm.hub.server import HubState, Sender, follow, make_app
@@ -54,7 +55,9 @@ class Page:
 
         async def main() -> None:
             self.stop = asyncio.Event()
-            sender = Sender([url], self.state, access.Access.parse(ACCESS), **service)
+            sender = Sender([url], self.state, access.Access.parse(users or ACCESS),
+                            **({} if idle_s is None else {"idle_s": idle_s}), **service)
+            self.sender = sender
             runner = web.AppRunner(make_app(self.state, sender), shutdown_timeout=1.0)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", self.port).start()
@@ -67,12 +70,16 @@ class Page:
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(main(),), daemon=True)
         self.thread.start()
         assert ready.wait(10)
+        self.base = "http://127.0.0.1:%d" % self.port
         self.http = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(CookieJar()))
+
+    def login(self, name: str = "dr_a", password: str = "pw-a") -> None:
+        assert self.post("/login", {"name": name, "password": password}) == (200, {"physician": name})
 
     def get(self, path: str) -> Any:
         """The JSON at path, None if not found (yet)."""
         try:
-            with self.http.open("http://127.0.0.1:%d%s" % (self.port, path), timeout=10) as r:
+            with self.http.open(self.base + path, timeout=10) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
@@ -80,7 +87,7 @@ class Page:
             raise
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
-        req = urllib.request.Request("http://127.0.0.1:%d%s" % (self.port, path), data=json.dumps(body).encode(),
+        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"}, method="POST")
         try:
             with self.http.open(req, timeout=10) as r:
@@ -166,13 +173,13 @@ def test_a_physicians_ack_and_note_from_the_hub_are_applied_in_the_room_once_acr
         with room_case(tmp_path, server.url) as room:
             engine, store, case = room["engine"], room["store"], room["case"]
             page = Page(server.url, service)
+            # the page's physician logs in (nats-server checks the password) to view, and acknowledges the alerts
+            assert page.post("/login", {"name": "dr_a", "password": "wrong"})[0] == 401
+            assert page.post("/login", {"name": "dr_a", "password": "pw-a"}) == (200, {"physician": "dr_a"})
             view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and v["alerts"] and v)
             alert = view["alerts"][0]
             unacked = engine.call(lambda: engine.alerts.frame()["unacked"])
             assert unacked >= 1 and view["unacknowledged"] == unacked
-            # the page's physician logs in (nats-server checks the password) and acknowledges the channel's alerts
-            assert page.post("/login", {"name": "dr_a", "password": "wrong"})[0] == 401
-            assert page.post("/login", {"name": "dr_a", "password": "pw-a"}) == (200, {"physician": "dr_a"})
             ack = {"id": "ack-0001-abcdef", "case": case, "cmd": "ack", "alert": alert["ack_uid"],
                    "note": "surgeon told, MAP raised", "group": True}
             status, sent = page.post("/send", ack)
@@ -251,7 +258,7 @@ def test_a_physician_cannot_send_to_an_unassigned_room_nor_as_another_and_a_room
             pub.publish("header", {"uid": "case-%d" % n, "procedure": "fusion"})
             assert pub.flush(20), pub.last_error
             pub.close()
-        page.wait(lambda: len(page.get("/state.json")["cases"]) == 2)
+        page.wait(lambda: len(page.state.cases) == 2)
         note = {"id": "note-0001-abcdef", "cmd": "note", "text": "seen"}
         assert page.post("/send", note | {"case": "case-1"})[0] == 401  # not logged in
         assert page.post("/login", {"name": "dr_a", "password": "pw-a"})[0] == 200
@@ -321,9 +328,9 @@ def test_through_the_rooms_leaf_node_a_physicians_ack_reaches_the_room_and_its_r
     try:
         with room_case(tmp_path, server.url, leaf_url="nats-leaf://or1:pw-1@127.0.0.1:%d" % leaf_port) as room:
             engine, store, case = room["engine"], room["store"], room["case"]
+            page.login()
             view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and v["alerts"] and v, 20)
             alert = view["alerts"][0]
-            assert page.post("/login", {"name": "dr_a", "password": "pw-a"})[0] == 200
             status, sent = page.post("/send", {"id": "ack-leaf-0001", "case": case, "cmd": "ack",
                                                "alert": alert["ack_uid"], "note": "seen from the hub"})
             assert status == 200, sent
@@ -351,9 +358,10 @@ def test_an_opened_tile_shows_the_rooms_waveforms_over_their_baselines_trend_and
             assert room["publisher"].flush(20)
             expect = engine.call(lambda: {k: (len(st.names), st.baseline is not None, len(engine.trend[k]))
                                           for k, st in engine.streams.items()})
+            page.login()
             view = page.wait(lambda: (v := page.get("/case/%s.json" % case)) and len(v["streams"]) == len(expect)
                              and all(w["latest"] and w["baseline"] for w in v["streams"]) and v)
-            with urllib.request.urlopen("http://127.0.0.1:%d/events" % page.port, timeout=10) as r:
+            with page.http.open(page.base + "/events", timeout=10) as r:
                 pushed = json.loads(next(line for line in r if line.startswith(b"data: "))[6:])
             with urllib.request.urlopen("http://127.0.0.1:%d/" % page.port, timeout=10) as r:
                 html = r.read().decode()
@@ -375,8 +383,8 @@ def test_an_opened_tile_shows_the_rooms_waveforms_over_their_baselines_trend_and
     assert [(e["kind"], e["text"]) for e in view["timeline"]] == timeline  # every event, in the room's order
     assert any(k == "alert" for k, _t in timeline) and view["alerts"] and view["unacknowledged"] > 0
     assert view["stimulation"] and "program" in view["stimulation"]
-    assert view["physician"] is None  # not logged in: the page shows the login, and the buttons disabled
-    for element in ('id="case"', 'id="streams"', 'id="pending"', 'id="note"', 'id="login"', "function waves(",
+    assert view["physician"] == "dr_a"  # logged in to view: the login box hidden, the buttons enabled
+    for element in ('id="case"', 'id="streams"', 'id="pending"', 'id="note"', 'id="gate"', "function waves(",
                     "function trend("):
         assert element in html
 

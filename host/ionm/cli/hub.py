@@ -5,17 +5,21 @@ the hub's stream sources; a room may also publish directly (`--publish nats://HO
 physicians and rooms their logins and permissions (ionm.hub.access); --keygen NAME makes a room's or a
 physician's nkey for it (ionm.hub.identity). --cluster runs three nodes instead of one
 (ionm.hub.cluster: ports --nats, --leaf and --routes and the two after each; the stream replicated on all
-three). docs/OVERSIGHT.md."""
+three). With --access the page shows nothing without a physician's login, and each physician only the assigned
+rooms; --cert/--key serve it over HTTPS. Without --access the hub listens on loopback only. docs/OVERSIGHT.md."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 from ionm.cli.common import fail, parse_listen
+
+SESSION_IDLE_H = 12.0  # ionm.hub.server.SESSION_IDLE_H (not imported here: the parser stays light)
 
 HELP = "the oversight hub: every room's live case from NATS JetStream, in a browser"
 
@@ -30,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--access", metavar="FILE",
                    help="the access file: physicians and rooms, their passwords and rooms (docs/OVERSIGHT.md); "
                         "without it anyone who reaches the ports may read and publish: keep them on loopback")
+    p.add_argument("--cert", metavar="PEM", help="the page's TLS certificate (PEM); with --key serves https, and the "
+                   "session cookie is then Secure")
+    p.add_argument("--key", metavar="PEM", help="the page's TLS private key (PEM)")
+    p.add_argument("--session-idle", type=float, default=SESSION_IDLE_H, metavar="HOURS",
+                   help="--access: a physician's page session ends after this many hours with nothing done on the "
+                        "page (default %(default)s)")
     p.add_argument("--store", default="hub-store", metavar="DIR", help="JetStream's store (default %(default)s)")
     p.add_argument("--connect", metavar="URL[,URL...]",
                    help="use this NATS server or cluster (its nodes' URLs, separated by commas) instead of "
@@ -92,6 +102,18 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def loopback(host: str) -> bool:
+    """Whether host (as --listen gives it) is a loopback address: 127.0.0.0/8, ::1 or localhost."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -117,6 +139,30 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.keygen:
         return keygen(args)
+    if bool(args.cert) != bool(args.key):
+        return fail("hub", 2, "--cert and --key go together")
+    if not args.session_idle > 0:
+        return fail("hub", 2, "--session-idle must be above 0 hours")
+    if not args.access:  # nothing on these ports asks who is there: patient data for anyone who reaches them
+        exposed = [(flag, h) for flag, h in (("--listen", host), ("--nats", nats_host), ("--leaf", leaf_host))
+                   if not loopback(h) and (flag == "--listen" or not args.connect)]
+        if exposed:
+            return fail("hub", 2, "without --access the hub has no logins and listens on loopback only (%s): give "
+                                  "--access FILE (docs/OVERSIGHT.md) to serve another address"
+                        % ", ".join("%s %s" % e for e in exposed))
+    page_tls = None
+    if args.cert:
+        import ssl
+
+        from ionm.console.server import tls_context
+
+        try:
+            page_tls = tls_context(args.cert, args.key)
+        except (OSError, ssl.SSLError) as exc:
+            return fail("hub", 2, "--cert/--key: %s" % exc)
+    elif args.access and not loopback(host):
+        print("ionm hub: WARNING: the page on %s without TLS: passwords and patient data cross the network in "
+              "clear. Give --cert/--key." % host, file=sys.stderr, flush=True)
     if (args.access or args.cluster or args.tls_cert or args.tls_key) and args.connect:
         return fail("hub", 2, "--access, --cluster and --tls-cert configure the embedded server; a server given "
                               "with --connect has its own")
@@ -177,11 +223,16 @@ def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        sender = Sender(urls, state, acc, **auth)  # the physicians' acknowledgements and notes, to the rooms
-        runner = web.AppRunner(make_app(state, sender), shutdown_timeout=2.0)  # open pushes end at once
+        # the physicians' logins, acknowledgements and notes
+        sender = Sender(urls, state, acc, idle_s=args.session_idle * 3600.0, **auth)
+        runner = web.AppRunner(make_app(state, sender, secure=page_tls is not None),
+                               shutdown_timeout=2.0)  # open pushes end at once
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
-        print("ionm hub: oversight page at http://%s:%d/" % (host, port), flush=True)
+        await web.TCPSite(runner, host, port, ssl_context=page_tls).start()
+        print("ionm hub: oversight page at %s://%s:%d/%s" % (
+            "https" if page_tls else "http", host, port,
+            " (a physician's login to view: %s h idle ends a session)" % ("%g" % args.session_idle) if acc else ""),
+            flush=True)
         reader = asyncio.create_task(follow(urls, state, stop, **auth))
         keeper = asyncio.create_task(leaf.keep_sources(urls, stop, sources, **auth))
         await stop.wait()

@@ -103,6 +103,7 @@ def room_inbox_api(site: str, room: str) -> list[str]:
 class Access:
     def __init__(self, users: list[User]) -> None:
         self.users = users
+        self._readable: dict[tuple[str, str, str], bool] = {}
         names = [u.name for u in users]
         if len(set(names)) != len(names) or SERVICE_USER in names:
             raise AccessError("user names must be distinct (and not %r)" % SERVICE_USER)
@@ -150,6 +151,19 @@ class Access:
         return any(u.role == "room" and (hm.token(u.rooms[0][0]), hm.token(u.rooms[0][1])) ==
                    (hm.token(site), hm.token(room)) for u in self.users)
 
+    def may_read(self, name: str | None, site: str, room: str) -> bool:
+        """Whether physician `name` may read the room whose subject tokens are site and room (as the hub's stream has
+        them, ionm.hub.messages.parse_subject): exactly when the subscribe permissions that nats-server is given
+        for the physician (permissions(), the same rules) let a message of that room through. The hub's page
+        shows a physician only such rooms' cases."""
+        key = (str(name), site, room)
+        if key not in self._readable:  # the file does not change while the hub runs
+            user = next((u for u in self.users if u.name == name and u.role == "physician"), None)
+            probe = "ionm.%s.%s.case.kind" % (site, room)
+            self._readable[key] = user is not None and any(
+                subject_matches(p, probe) for p in self.permissions(user)["subscribe"]["allow"])
+        return self._readable[key]
+
     def permissions(self, user: User) -> dict[str, Any]:
         subjects = [room_subject(s, r) for s, r in user.rooms]
         if user.role == "physician":
@@ -178,6 +192,17 @@ class Access:
         # nats-server's configuration reads JSON values: the block is JSON inside its own syntax
         return "accounts {\n  %s: {\n    jetstream: enabled\n    users: %s\n  }\n}\n" % (ACCOUNT, json.dumps(
             users, indent=2))
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` is one token, a final `>` one or more."""
+    pat, sub = pattern.split("."), subject.split(".")
+    for i, p in enumerate(pat):
+        if p == ">" and i == len(pat) - 1:
+            return len(sub) > i
+        if i >= len(sub) or (p != "*" and p != sub[i]):
+            return False
+    return len(pat) == len(sub)
 
 
 def service_password() -> str:

@@ -17,6 +17,11 @@ acknowledgement with its note, or a note: POST /send) goes through Sender, publi
 into the stream, from which the room's console applies it (ionm.hub.inbox); /login opens a physician's session:
 with an access file the hub logs in to nats-server as that physician (the server checks the password, and its
 permissions decide what may be sent); without one the page's name is taken as given (keep it on loopback).
+
+With an access file the page shows nothing without a session: every path but the page itself, /session.json and
+the login and logout answers 401, and a physician's tiles, push and case views hold only the rooms the access file
+assigns to that physician (Access.may_read, matched against the subscribe permissions nats-server is given for the
+physician). A session ends at logout or after --session-idle hours with nothing done by the physician.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +46,16 @@ URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the
 KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
 FOLLOW_HEARTBEAT_S = 1.0  # the stream reader's heartbeat: a dead node is noticed (and the reader moved) within ~2 s
 STATIC = Path(__file__).with_name("static")
+SESSION_IDLE_H = 12.0  # a page session ends after this long without the physician doing anything (a shift)
+SESSION_CHECK_S = 1.0  # an open push checks its session this often: a logout or an expiry ends it within ~1 s
+
+# (site token, room token) -> whether the viewer may see that room's cases; None: every room (a hub without logins)
+Readable = Callable[[str, str], bool] | None
 
 
 class HubState:
     def __init__(self) -> None:
-        self.cases: dict[str, dict[str, Any]] = {}
+        self.cases: dict[tuple[str, str, str], dict[str, Any]] = {}  # by (site, room, case id)
         self.messages = 0
         self.bad = 0
         self.version = 0  # counts the changes: a viewer pushed version v has seen everything up to it
@@ -93,11 +104,14 @@ class HubState:
         self.messages += 1
         where = hm.parse_subject(subject) or {}
         site, room = where.get("site", "?"), where.get("room", "?")
-        c = self.cases.setdefault(msg["case"], {"case": msg["case"], "site": site, "room": room, "header": {},
-                                                "alerts": {}, "events": [], "technical": None, "stimulation": None,
-                                                "link": None, "screws": None, "tof": None, "probe": None, "last_seq": 0,
-                                                "heard": None,
-                                                "timeline": [], "trend": {}, "waves": {}, "requests": {}})
+        # a case is where its messages are published (the room's own subjects, which its login bounds): another
+        # room sending the same case id makes a case of its own, never joins this one (nor is shown with it)
+        c = self.cases.setdefault((site, room, msg["case"]), {
+            "case": msg["case"], "site": site, "room": room, "header": {}, "alerts": {}, "events": [],
+            "technical": None, "stimulation": None, "link": None, "screws": None, "tof": None, "probe": None,
+            "last_seq": 0, "heard": None, "messages": 0, "version": 0, "timeline": [], "trend": {}, "waves": {},
+            "requests": {}})
+        c["messages"] += 1
         kind, body = msg["kind"], msg["body"]
         if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
             if isinstance(body, dict) and body.get("id") is not None:
@@ -108,6 +122,7 @@ class HubState:
                 while len(c["requests"]) > REQUESTS_KEPT:
                     del c["requests"][next(iter(c["requests"]))]
             self._notify(True)
+            c["version"] = self.version
             return
         c["last_seq"] = max(c["last_seq"], int(msg["seq"]))
         c["heard"] = float(msg["sent"])
@@ -139,11 +154,24 @@ class HubState:
         elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe"):
             c[kind] = body
         self._notify(kind in URGENT_KINDS)
+        c["version"] = self.version  # the state's version when this case last changed: a viewer's own version
 
-    def view(self) -> dict[str, Any]:
+    def _visible(self, readable: Readable) -> list[dict[str, Any]]:
+        return [c for c in self.cases.values() if readable is None or readable(c["site"], c["room"])]
+
+    def visible_version(self, readable: Readable = None) -> int:
+        """The version of what a viewer who may read `readable` sees: it changes only when one of those cases does
+        (another room's message neither pushes such a viewer a view nor tells it that anything happened)."""
+        if readable is None:
+            return self.version
+        return max((c["version"] for c in self._visible(readable)), default=0)
+
+    def view(self, readable: Readable = None) -> dict[str, Any]:
+        """The tiles; given readable (a physician's rooms, ionm.hub.access.Access.may_read), only those rooms'."""
         now = time.time()
         tiles = []
-        for c in self.cases.values():
+        shown = self._visible(readable)
+        for c in shown:
             unacked, newest = alert_summary(c["alerts"])
             tiles.append({
                 "case": c["case"], "site": c["site"], "room": c["room"],
@@ -153,12 +181,22 @@ class HubState:
                 "screws": screw_summary(c["screws"]), "tof": tof_summary(c["tof"]), "probe": probe_summary(c["probe"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
-        return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad, "version": self.version}
+        if readable is None:
+            return {"cases": tiles, "messages": self.messages, "bad_messages": self.bad, "version": self.version}
+        return {"cases": tiles, "messages": sum(c["messages"] for c in shown), "bad_messages": self.bad,
+                "version": self.visible_version(readable)}
 
-    def case_view(self, case: str) -> dict[str, Any] | None:
+    def find(self, case: str, readable: Readable = None) -> dict[str, Any] | None:
+        """The case of id `case` among those `readable` shows (of two rooms' cases with one id, the first by site,
+        room); None if none."""
+        found = [c for c in self._visible(readable) if c["case"] == case]
+        return min(found, key=lambda c: (c["site"], c["room"])) if found else None
+
+    def case_view(self, case: str, readable: Readable = None) -> dict[str, Any] | None:
         """What an opened tile shows: the case's waveforms (per stream the newest average and its baseline), trend
-        points, timeline, alerts, stimulation (read-only), and the physicians' requests with the room's receipts."""
-        c = self.cases.get(case)
+        points, timeline, alerts, stimulation (read-only), and the physicians' requests with the room's receipts.
+        None if there is no such case, or readable (a physician's rooms) does not include its room."""
+        c = self.find(case, readable)
         if c is None:
             return None
         unacked, newest = alert_summary(c["alerts"])
@@ -281,9 +319,12 @@ class Sender:
     send() publishes on ionm.<site>.<room>.<case>.physician.<login> with the message id `physician:<id>`, the id the
     page made, so a request sent again (the page's retry) is stored once."""
 
-    def __init__(self, urls: str | list[str], state: HubState, access: Any = None, **auth: Any) -> None:
+    def __init__(self, urls: str | list[str], state: HubState, access: Any = None,
+                 idle_s: float = SESSION_IDLE_H * 3600.0, **auth: Any) -> None:
         self.urls, self.state, self.access, self.auth = urls, state, access, auth
+        self.idle_s = float(idle_s)
         self.sessions: dict[str, dict[str, Any]] = {}
+        self._swept = time.monotonic()
         self._service: Any = None
 
     async def _connect(self, **auth: Any) -> Any:
@@ -322,8 +363,40 @@ class Sender:
             nc = await self._connect(**login)
             owned = True
         token = secrets.token_urlsafe(24)
-        self.sessions[token] = {"name": name, "nc": nc, "owned": owned}
+        self.sessions[token] = {"name": name, "nc": nc, "owned": owned, "seen": time.monotonic()}
         return token
+
+    @property
+    def login_required(self) -> bool:
+        """With an access file the page shows nothing without a physician's session (docs/OVERSIGHT.md)."""
+        return self.access is not None
+
+    async def session(self, token: str | None, touch: bool = True) -> dict[str, Any] | None:
+        """The session of a cookie, or None; a session idle longer than idle_s is ended here (its NATS connection
+        closed). touch: this request is the physician's doing, so the idle time starts again."""
+        now = time.monotonic()
+        if now - self._swept > 60.0:  # sessions nobody comes back to (a closed browser) end too, with their logins
+            self._swept = now
+            for t, other in list(self.sessions.items()):
+                if now - other["seen"] > self.idle_s:
+                    await self.logout(t)
+        s = self.sessions.get(token or "")
+        if s is None:
+            return None
+        if now - s["seen"] > self.idle_s:
+            await self.logout(token)
+            return None
+        if touch:
+            s["seen"] = now
+        return s
+
+    def readable(self, name: str | None) -> Readable:
+        """Which rooms physician `name` may see on the page: with an access file the rooms nats-server lets the
+        physician read (Access.may_read, from the same permissions); without one, every room (None)."""
+        if self.access is None:
+            return None
+        access = self.access
+        return lambda site, room: bool(access.may_read(name, site, room))
 
     async def logout(self, token: str | None) -> None:
         s = self.sessions.pop(token or "", None)
@@ -335,18 +408,14 @@ class Sender:
         return None if s is None else str(s["name"])
 
     def assigned(self, name: str, site: str, room: str) -> bool:
-        if self.access is None:
-            return True
-        user = next((u for u in self.access.users if u.name == name), None)
-        return user is not None and any(hm.token(s) == site and (r == "*" or hm.token(r) == room)
-                                        for s, r in user.rooms)
+        return self.access is None or bool(self.access.may_read(name, site, room))
 
     async def send(self, token: str | None, req: dict[str, Any]) -> dict[str, Any]:
-        s = self.sessions.get(token or "")
+        s = await self.session(token)
         if s is None:
             raise SendError(401, "log in first")
         body = request_body(req)
-        c = self.state.cases.get(str(req.get("case")))
+        c = self.state.find(str(req.get("case")), self.readable(s["name"])) or self.state.find(str(req.get("case")))
         if c is None:
             raise SendError(404, "no case %r on this hub" % req.get("case"))
         if not self.assigned(s["name"], c["site"], c["room"]):
@@ -392,41 +461,85 @@ def request_body(req: dict[str, Any]) -> dict[str, Any]:
     raise SendError(400, "cmd: ack or note")
 
 
-def make_app(state: HubState, sender: Sender | None = None) -> web.Application:
-    app = web.Application()
+PUBLIC_PATHS = frozenset({"/", "/login", "/logout", "/session.json"})  # the page itself and its login: no case data
+BACKGROUND = "X-Ionm-Background"  # the page's own refreshes carry it: they are not the physician's doing (idle time)
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def make_app(state: HubState, sender: Sender | None = None, secure: bool = False) -> web.Application:
+    """The hub's page. With an access file (sender.login_required) every path but the page, its login and logout
+    answers 401 without a physician's session, and a session sees only the rooms assigned to its physician (the
+    tiles, the push, the case view: an unassigned case is 404, as one that does not exist). secure: the page is
+    served over HTTPS, so the session cookie is sent over HTTPS only."""
+    from ionm.console.auth import AddressBackoff, RateLimiter
+
+    gated = sender is not None and sender.login_required
+    user_limiter, addr_backoff = RateLimiter(), AddressBackoff()  # as the console's login (ionm.console.auth)
+
+    @web.middleware
+    async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
+        request["physician"] = None
+        if sender is not None:
+            touch = request.path != "/events" and not request.headers.get(BACKGROUND)
+            s = await sender.session(request.cookies.get(SESSION_COOKIE), touch=touch)
+            request["physician"] = None if s is None else str(s["name"])
+            if gated and s is None and request.path not in PUBLIC_PATHS:
+                return web.json_response({"error": "log in first"}, status=401, headers=NO_STORE)
+        return await handler(request)
+
+    app = web.Application(middlewares=[gate])
+
+    def readable(request: web.Request) -> Readable:
+        return sender.readable(request["physician"]) if sender is not None and gated else None
+
+    def dumps(o: Any) -> str:
+        return json.dumps(o, allow_nan=False, default=str)
 
     async def index(_request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "hub.html")
+        return web.FileResponse(STATIC / "hub.html", headers=NO_STORE)
 
-    async def view(_request: web.Request) -> web.Response:
-        return web.json_response(state.view(), dumps=lambda o: json.dumps(o, allow_nan=False, default=str))
+    async def session(request: web.Request) -> web.Response:
+        return web.json_response({"physician": request["physician"], "login": gated}, headers=NO_STORE)
+
+    async def view(request: web.Request) -> web.Response:
+        return web.json_response(state.view(readable(request)), dumps=dumps, headers=NO_STORE)
 
     async def events(request: web.Request) -> web.StreamResponse:
-        """The view pushed as it changes (text/event-stream: one `data:` line of JSON per view)."""
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        """The view pushed as it changes (text/event-stream: one `data:` line of JSON per view); with logins, the
+        physician's rooms only, and the push ends when the session does (logout, expiry)."""
+        token, shown = request.cookies.get(SESSION_COOKIE), readable(request)
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"} | NO_STORE)
         await resp.prepare(request)
-        seen = -1
+        seen = looked = -1  # the viewer's version last sent; the state's version last looked at
+        wrote = time.monotonic()
         try:
             while True:
-                await state.changed(seen, KEEPALIVE_S)
-                if state.version == seen:
+                await state.changed(looked, SESSION_CHECK_S if gated else KEEPALIVE_S)
+                if gated and sender is not None and await sender.session(token, touch=False) is None:
+                    break  # logged out or expired: the page finds the push gone and asks for the login
+                if state.version != looked:
+                    looked, urgent = state.version, state.urgent
+                    if state.visible_version(shown) != seen:
+                        v = state.view(shown)
+                        seen = v["version"]
+                        await resp.write(b"data: " + dumps(v).encode() + b"\n\n")
+                        wrote = time.monotonic()
+                        await state.urgent_change(urgent, PUSH_MIN_S)  # the pause, cut short by an alert
+                        continue
+                if time.monotonic() - wrote >= KEEPALIVE_S - 0.5:
                     await resp.write(b": keepalive\n\n")
-                    continue
-                seen, urgent = state.version, state.urgent
-                text = json.dumps(state.view(), allow_nan=False, default=str)
-                await resp.write(b"data: " + text.encode() + b"\n\n")
-                await state.urgent_change(urgent, PUSH_MIN_S)  # the pause, cut short by an alert
+                    wrote = time.monotonic()
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return resp
 
     async def case(request: web.Request) -> web.Response:
-        v = state.case_view(request.match_info["case"])
-        if v is None:
-            return web.json_response({"error": "no such case"}, status=404)
+        v = state.case_view(request.match_info["case"], readable(request))
+        if v is None:  # an unassigned room's case says no more than one that does not exist
+            return web.json_response({"error": "no such case"}, status=404, headers=NO_STORE)
         if sender is not None:
-            v["physician"] = sender.physician(request.cookies.get(SESSION_COOKIE))
-        return web.json_response(v, dumps=lambda o: json.dumps(o, allow_nan=False, default=str))
+            v["physician"] = request["physician"]
+        return web.json_response(v, dumps=dumps, headers=NO_STORE)
 
     async def _json(request: web.Request) -> dict[str, Any]:
         if request.content_type != "application/json":  # a form posted from elsewhere is not JSON
@@ -444,18 +557,36 @@ def make_app(state: HubState, sender: Sender | None = None) -> web.Application:
             return web.json_response({"error": "this hub sends nothing back"}, status=404)
         try:
             body = await _json(request)
-            token = await sender.login(str(body.get("name", "")), str(body.get("password", "")))
+            name, password = str(body.get("name", "")).strip(), str(body.get("password", ""))
+            addr = request.remote or "?"
+            if gated:  # the address slowed down, the name locked after 5 failures in 5 min, as the console's
+                delay = addr_backoff.reserve(addr)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                wait = user_limiter.retry_after("u:" + name)
+                if wait > 0:
+                    return web.json_response({"error": "locked after too many failed logins: try again in %d s"
+                                                       % int(wait + 1)}, status=429,
+                                             headers={"Retry-After": str(int(wait + 1))})
+            try:
+                token = await sender.login(name, password)
+            except SendError as exc:
+                if gated and exc.status == 401:
+                    user_limiter.fail("u:" + name)
+                    addr_backoff.fail(addr)
+                raise
         except SendError as exc:
             return web.json_response({"error": str(exc)}, status=exc.status)
+        await sender.logout(request.cookies.get(SESSION_COOKIE))  # a new login replaces the browser's old session
         resp = web.json_response({"physician": sender.physician(token)})
-        resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict")
+        resp.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=secure, path="/")
         return resp
 
     async def logout(request: web.Request) -> web.Response:
         if sender is not None:
             await sender.logout(request.cookies.get(SESSION_COOKIE))
         resp = web.json_response({"physician": None})
-        resp.del_cookie(SESSION_COOKIE)
+        resp.del_cookie(SESSION_COOKIE, path="/")
         return resp
 
     async def send(request: web.Request) -> web.Response:
@@ -472,6 +603,7 @@ def make_app(state: HubState, sender: Sender | None = None) -> web.Application:
 
         app.on_cleanup.append(close_sender)
     app.router.add_get("/", index)
+    app.router.add_get("/session.json", session)
     app.router.add_get("/case/{case}.json", case)
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)

@@ -1,0 +1,70 @@
+"""The hub's page in a real browser (Playwright driving Debian's chromium) with an access file: nothing before a
+physician logs in, then only that physician's rooms; logout and an idle expiry clear the page and ask for the login
+again. Real nats-server (the wheel's), the hub's page served for real (tests/test_hub_view.py has the HTTP side)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from test_hub_physician import Page
+from test_hub_view import USERS, hub, publish_rooms
+
+CHROMIUM = os.environ.get("IONM_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")]
+
+
+def test_the_hub_page_asks_for_a_login_shows_the_physicians_rooms_only_and_clears_on_logout_and_expiry(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    server, service = hub(tmp_path)
+    page = Page(server.url, service, users=USERS, idle_s=4.0)
+    try:
+        publish_rooms(server.url)
+        page.wait(lambda: len(page.state.cases) == 3)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                tab = browser.new_page()
+                tab.goto(page.base + "/")
+                expect(tab.locator("#gate")).to_be_visible()
+                assert tab.locator(".tile").count() == 0
+                tab.fill("#gate-name", "dr_a")
+                tab.fill("#gate-pw", "wrong")
+                tab.click("#gate-login")
+                expect(tab.locator("#gate-err")).to_contain_text("refused")
+                tab.fill("#gate-pw", "pw-a")
+                tab.click("#gate-login")
+                expect(tab.locator(".tile")).to_have_count(2)
+                cases = sorted(tab.locator(".tile").evaluate_all("els => els.map(e => e.dataset.case)"))
+                expect(tab.locator("#me-name")).to_have_text("dr_a")
+                expect(tab.locator("#gate")).to_be_hidden()
+                tab.click('.tile[data-case="case-3"]')
+                expect(tab.locator("#case-title")).to_contain_text("PICU_3")
+                tab.click("#logout")  # in the case view
+                expect(tab.locator("#gate")).to_be_visible()
+                expect(tab.locator("#gate-err")).to_have_text("logged out")
+                assert tab.locator(".tile").count() == 0 and not tab.locator("#case").is_visible()
+                after_logout = tab.request.get(page.base + "/state.json").status
+
+                tab.fill("#gate-name", "dr_b")
+                tab.fill("#gate-pw", "pw-b")
+                tab.click("#gate-login")
+                expect(tab.locator(".tile")).to_have_count(1)
+                cases_b = tab.locator(".tile").evaluate_all("els => els.map(e => e.dataset.case)")
+                # left alone: the session's idle time (4 s) ends it, the push closes, the page clears
+                expect(tab.locator("#gate-err")).to_have_text("the session ended: log in again", timeout=15000)
+                assert tab.locator(".tile").count() == 0
+            finally:
+                browser.close()
+    finally:
+        page.close()
+        server.stop()
+    assert cases == ["case-1", "case-3"]
+    assert after_logout == 401
+    assert cases_b == ["case-2"]
