@@ -304,6 +304,7 @@ class SendError(Exception):
         self.status = status
 
 
+PHYSICIAN: web.RequestKey[str | None] = web.RequestKey("physician")  # whose session the request has (None: nobody)
 SESSION_COOKIE = "ionm_hub"
 SEND_TIMEOUT_S = 3.0
 MAX_TEXT = 4000  # as the console's (ionm.console.commands.MAX_TEXT)
@@ -478,11 +479,11 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
 
     @web.middleware
     async def gate(request: web.Request, handler: Any) -> web.StreamResponse:
-        request["physician"] = None
+        request[PHYSICIAN] = None
         if sender is not None:
             touch = request.path != "/events" and not request.headers.get(BACKGROUND)
             s = await sender.session(request.cookies.get(SESSION_COOKIE), touch=touch)
-            request["physician"] = None if s is None else str(s["name"])
+            request[PHYSICIAN] = None if s is None else str(s["name"])
             if gated and s is None and request.path not in PUBLIC_PATHS:
                 return web.json_response({"error": "log in first"}, status=401, headers=NO_STORE)
         return await handler(request)
@@ -490,7 +491,7 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
     app = web.Application(middlewares=[gate])
 
     def readable(request: web.Request) -> Readable:
-        return sender.readable(request["physician"]) if sender is not None and gated else None
+        return sender.readable(request[PHYSICIAN]) if sender is not None and gated else None
 
     def dumps(o: Any) -> str:
         return json.dumps(o, allow_nan=False, default=str)
@@ -499,7 +500,7 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
         return web.FileResponse(STATIC / "hub.html", headers=NO_STORE)
 
     async def session(request: web.Request) -> web.Response:
-        return web.json_response({"physician": request["physician"], "login": gated}, headers=NO_STORE)
+        return web.json_response({"physician": request[PHYSICIAN], "login": gated}, headers=NO_STORE)
 
     async def view(request: web.Request) -> web.Response:
         return web.json_response(state.view(readable(request)), dumps=dumps, headers=NO_STORE)
@@ -538,7 +539,7 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
         if v is None:  # an unassigned room's case says no more than one that does not exist
             return web.json_response({"error": "no such case"}, status=404, headers=NO_STORE)
         if sender is not None:
-            v["physician"] = request["physician"]
+            v["physician"] = request[PHYSICIAN]
         return web.json_response(v, dumps=dumps, headers=NO_STORE)
 
     async def _json(request: web.Request) -> dict[str, Any]:
