@@ -155,7 +155,6 @@ class FrameWriter:
             import rice_encoder
 
             self._encode = rice_encoder.encode
-            self._copy = rice_encoder.copy
 
     def build(self, head, cfg, seq):
         """Frame for the block in self.raw whose first sample index is big-endian in head[0:4]. Returns the
@@ -168,9 +167,10 @@ class FrameWriter:
                             self.offs, self.nsel)  # type: ignore[arg-type]
             n = self._encode(self.pk, self.nsamp, self.nsel, self.frame,  # type: ignore[arg-type]
                              _SAMPLES_AT, self.nbytes + 1, self.sums)  # type: ignore[arg-type]
-            if n == 0:  # not shorter: mode 0, the samples as they are
+            if n == 0:  # not shorter: mode 0, the samples packed again, straight after the mode byte
                 self.frame[_SAMPLES_AT] = 0
-                self._copy(self.pk, self.frame, _SAMPLES_AT + 1, self.nbytes)  # type: ignore[arg-type]
+                _pack(self.raw, self.frame, _SAMPLES_AT + 1, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]
+                      self.offs, self.nsel)  # type: ignore[arg-type]
                 n = self.nbytes + 1
         else:
             leadoff = _pack(self.raw, self.frame, _SAMPLES_AT, self.nsamp, self.stride, self.chips,  # type: ignore[arg-type]

@@ -122,11 +122,3 @@ def encode(pk: ptr8, nsamp: int, nsel: int, out: ptr8, at: int, lim: int, sums: 
         return 0
     return o - at
 
-
-@micropython.viper
-def copy(src: ptr8, dst: ptr8, at: int, n: int):
-    # dst[at:at + n] = src[:n] without a memoryview slice (which would allocate)
-    i = 0
-    while i < n:
-        dst[at + i] = src[i]
-        i += 1
