@@ -74,8 +74,8 @@ def test_dsa_trends_raw_eeg_and_baep_stack_render(tmp_path: Path, browser: Any) 
         # raw EEG: eight traces in the hemispheres' colours; a finer µV/div draws taller traces
         raw = canvas_pixels(page, "#eegraw")
         assert share(raw, L_RGB) > 0.005 and share(raw, R_RGB) > 0.005
-        n = page.evaluate("window.ionm.eegRawDraws")
         page.select_option("#eegscale", "20")
+        n = page.evaluate("window.ionm.eegRawDraws")  # counted after the change: a draw before it has the old scale
         poll(page, "window.ionm.eegRawDraws > %d" % n, 5)
         assert share(canvas_pixels(page, "#eegraw"), L_RGB) > 1.5 * share(raw, L_RGB)
         assert page.evaluate("window.ionm.frames.eeg.channels.length") == 8

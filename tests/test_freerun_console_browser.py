@@ -58,8 +58,10 @@ def test_free_run_panel_traces_controls_events_and_sound(tmp_path: Path, browser
         poll(page, "window.ionm.emg.lo.length === 3 && window.ionm.emg.lo[0].length > 250", 10)  # 2.5 s of trace
 
         def redrawn(select: str, value: str) -> np.ndarray:
-            before = page.evaluate("window.ionm.emgDraws || 0")
+            # counted after the change: a draw between reading the counter and the change (new data arrive
+            # all the time) would pass with the old setting's picture (on a loaded machine it did)
             page.select_option(select, value)
+            before = page.evaluate("window.ionm.emgDraws || 0")
             poll(page, "window.ionm.emgDraws > %d" % before, 5)
             return trace_pixels(page)
 

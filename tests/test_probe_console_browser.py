@@ -30,6 +30,10 @@ def test_a_probe_session_from_the_panel_shows_responses_and_its_record(tmp_path:
         assert "TAL1-TAL2" in live and "µV" in live, live
         SHOTS.mkdir(parents=True, exist_ok=True)
         tech.screenshot(path=str(SHOTS / "probe_panel.png"))
+        # the record counts a muscle as responding on at least half the pulses, and 2: stop after a few, as a
+        # technologist would (a stop right after the first response can leave one pulse, too few to count)
+        poll(tech, "+((document.getElementById('probestatus').textContent.match(/(\\d+) pulses/) || [0, 0])[1])"
+                   " >= 4", 30)
         tech.click("#probestop")
         poll(tech, "document.querySelectorAll('#proberecords tr.present').length >= 1", 30)
         assert "L5 root" in tech.inner_text("#proberecords") and "TAL1-TAL2" in tech.inner_text("#proberecords")
