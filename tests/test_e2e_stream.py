@@ -43,7 +43,9 @@ def test_sim_runs_firmware_on_micropython_and_stream_reports_a_clean_link(sim_pr
     proc, device = sim_process
     assert device.startswith("/dev/pts/") and os.path.exists(device)
     kids = _children(proc.pid)
-    assert any("micropython" in k and "heapsize=192K" in k and "firmware/main.py" in k for k in kids), kids
+    # the board runs the build (.mpy) `ionm flash` would deploy: its main.py from build/virtual-board/
+    assert any("micropython" in k and "heapsize=192K" in k and "build/virtual-board/" in k and k.strip().endswith(
+        "/main.py") for k in kids), kids
     assert any("ionm_hw.server" in k for k in kids), kids
 
     result = run_ionm("stream", "--port", device, "--seconds", "2", "--json", timeout=60)

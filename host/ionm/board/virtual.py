@@ -9,6 +9,7 @@ SIGINT/SIGTERM stop both children; exit status 0.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import shutil
@@ -67,8 +68,8 @@ class VirtualBoard:
     def __init__(self, *, scenario: str = "stable", seed: int = 1, serial: str = "SIM-0001", fast: bool = False,
                  bench: bool = False, generator: bool = False, pulse_log: str | None = None,
                  faults: list[str] | None = None, stderr: Any = None, state_dir: str | None = None) -> None:
-        from ionm import paths
         from ionm.board import mpy
+        from ionm.board.tools import image
 
         # In fast virtual time the board's processes run flat out: ahead of the host they would starve it.
         self._preexec = _die_with_parent if fast else _board_process
@@ -97,10 +98,16 @@ class VirtualBoard:
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)  # no echo, no line editing: a binary link, as USB CDC is
         self.device = os.ttyname(self.slave)
-        self.fw_cmd = mpy.command(paths.firmware_dir() / "main.py")
+        # The board runs what `ionm flash` deploys: the modules compiled by mpy-cross (for the unix port's own
+        # architecture), with the build's identity at the flash root as a flashed board has it.
+        self.image = image.port_image()
+        self.fw_cmd = mpy.command(self.image.out / "main.py")
         self.state_dir = Path(state_dir) if state_dir else self.tmp / "flash"
         self.state_dir.mkdir(parents=True, exist_ok=True)  # the board's flash filesystem
-        self.fw_env = mpy.mpy_env({"IONM_MODEL_SOCKET": self.socket_path, "IONM_STATE_DIR": str(self.state_dir)})
+        (self.state_dir / image.MANIFEST_NAME).write_text(json.dumps(self.image.manifest(flashed="virtual board")))
+        self.fw_env = mpy.mpy_env({"IONM_MODEL_SOCKET": self.socket_path, "IONM_STATE_DIR": str(self.state_dir),
+                                   "MICROPYPATH": os.pathsep.join([str(self.image.out), ".frozen"]),
+                                   "IONM_BOARD": str(self.image.out / "board.json")})
         self.resets = 0
         self._closing = threading.Event()
         self._fw_lock = threading.Lock()

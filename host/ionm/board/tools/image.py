@@ -10,9 +10,11 @@ hash: a protocol update's slot manifest records it, and a full flash writes the 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,6 +88,11 @@ def build(out: Path, arch: str | None = None) -> Build:
     port on x64) gets modules it can load: the native code in them is architecture-specific."""
     default = board.load()["mcu"]["mpy_arch"]
     manifest = firmware_build.build(out) if arch in (None, default) else _build_for(out, str(arch))
+    return _read(out, manifest)
+
+
+def _read(out: Path, manifest: dict[str, Any]) -> Build:
+    """The Build whose files `manifest` lists in `out`, checked against board.json's .mpy version."""
     files = {f["name"]: (out / f["name"]).read_bytes() for f in manifest["files"]}
     headers = [mpy_header(d) for n, d in files.items() if n.endswith(".mpy")]
     versions = {v for v, _s, _a in headers}
@@ -120,7 +127,44 @@ def _build_for(out: Path, arch: str) -> dict[str, Any]:
     shutil.copyfile(paths.board_file(), out / "board.json")
     entries = [{"name": f.name, "size": f.stat().st_size, "sha256": hashlib.sha256(f.read_bytes()).hexdigest()}
                for f in sorted(out.iterdir())]
-    return {"arch": arch, "files": entries}
+    manifest = {"arch": arch, "files": entries}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def port_image(cache: Path | None = None) -> Build:
+    """The firmware as `ionm flash` deploys it, compiled for the MicroPython unix port that runs the virtual
+    board (its own native architecture, x64 here). The virtual board runs these .mpy files, as a board runs
+    its flashed ones, not the sources: importing a module from source compiles it in the board's heap, which
+    a board never does, and that transient need (about 20 kB more for the hunt's modules than their .mpy)
+    made a lazily imported module fail on a heap the board itself would not run out of. Built once per
+    content of the sources, board.json and the two executables, under build/virtual-board/ (concurrent
+    builders each build aside and the first rename wins)."""
+    from ionm.board import mpy
+
+    exes = [Path(firmware_build.mpy_cross_exe()), Path(mpy.micropython_exe())]
+    key = hashlib.sha256()
+    for f in [*firmware_build.sources(), paths.board_file()]:
+        key.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    for exe in exes:
+        st = exe.stat()
+        key.update(b"%s\0%d\0%d" % (str(exe).encode(), st.st_size, st.st_mtime_ns))
+    root = cache if cache is not None else paths.repo_root() / "build" / "virtual-board"
+    out = root / key.hexdigest()[:20]
+    if not (out / "manifest.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        proc = mpy.run_code("import sys\nprint(sys.implementation._mpy)", timeout=30)
+        arch = arch_of(int(proc.stdout.split()[-1])) if proc.returncode == 0 and proc.stdout.split() else None
+        if arch is None:
+            raise firmware_build.BuildError("the MicroPython unix port did not report a native architecture: %s"
+                                            % (proc.stdout + proc.stderr).decode(errors="replace").strip())
+        aside = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=root))
+        _build_for(aside, arch)
+        try:
+            aside.rename(out)
+        except OSError:  # another process built it first (the same content): use theirs
+            shutil.rmtree(aside, ignore_errors=True)
+    return _read(out, json.loads((out / "manifest.json").read_text()))
 
 
 class Incompatible(Exception):
