@@ -77,6 +77,33 @@ def _text(buf, p, s, room):
     return p + n
 
 
+def _uint(buf, p, end):
+    # (value, next position) of a CBOR unsigned integer head at p, or (-1, p) when it is not one that fits
+    if p >= end or buf[p] >> 5:
+        return -1, p
+    info = buf[p] & 0x1F
+    if info < 24:
+        return info, p + 1
+    if info == 24 and p + 1 < end:
+        return buf[p + 1], p + 2
+    if info == 25 and p + 2 < end:
+        return buf[p + 1] << 8 | buf[p + 2], p + 3
+    return -1, p
+
+
+def envelope_rid(buf, p, n):
+    """The rid of a payload that begins [type, rid, ...] (0x83, two unsigned heads), read without decoding the
+    rest: a request too big for the heap to decode is still answered under its own rid. 0 when it does not."""
+    end = p + n
+    if n < 3 or buf[p] != 0x83:
+        return 0
+    mtype, p = _uint(buf, p + 1, end)
+    if mtype < 0:
+        return 0
+    rid, p = _uint(buf, p, end)
+    return rid if 0 < rid <= 0xFFFF else 0
+
+
 class Link:
     def __init__(self, bsp, capacity):
         self.bsp = bsp
@@ -113,7 +140,7 @@ class Link:
             except MemoryError:
                 gc.collect()
                 self.bad_messages += 1
-                self.error(0, m.E_MALFORMED, OOM_PARSE_DETAIL)
+                self.error(envelope_rid(r.buf, r.start, size), m.E_MALFORMED, OOM_PARSE_DETAIL)
                 continue
             except Exception as exc:  # any decode failure is the sender's problem, reported as such
                 self.bad_messages += 1

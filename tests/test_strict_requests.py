@@ -75,3 +75,15 @@ def test_starting_a_running_program_again_restarts_it_instead_of_running_it_twic
     status = [e for e in events if e["kind"] == "status"]
     assert len(stims) >= 5 and status
     assert status[-1]["pulses_skipped"] == 0, status[-1]
+
+
+def test_a_request_too_big_for_the_heap_to_decode_gets_its_error_under_its_own_rid(connected):
+    """A well-formed payload whose decoding needs more memory than the board has (4000 empty maps: 4 kB on the
+    wire, far more as objects) is refused as malformed, and the reply carries the request's rid, read from the
+    envelope's head, so the host's request ends with that error at once instead of waiting out its retries
+    in silence (it was rid 0, which no request waits for)."""
+    _vb, link, _w = connected
+    with pytest.raises(ln.BoardError) as err:
+        link.request(m.GET_INFO, {"x": [{}] * 4000}, retries=0)
+    assert err.value.code == m.E_MALFORMED and "memory" in err.value.detail
+    assert link.request(m.GET_INFO, {})["board"]["serial"]  # and the board carries on
