@@ -36,7 +36,8 @@ evaluator alerts 1-4 min into the real one. Each case ends TAIL_S after its last
 MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in the details. IONM_BENCH_LIVE_CASE=natural
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
 both passes, ~15 min. IONM_BENCH_LIVE_CASE_SCENARIOS=a,b runs those scenarios only, and
-IONM_BENCH_LIVE_CASE_PASSES=idle (or loaded) that pass only. Every scenario, compact:
+IONM_BENCH_LIVE_CASE_PASSES=idle (or loaded) that pass only; IONM_BENCH_LIVE_CASE_KEEP=DIR keeps the case
+stores in DIR (one per pass and scenario) for `ionm replay` or a look at the sweeps. Every scenario, compact:
 about 68 min of case time per pass (the fusion scenarios' probe events are no keypoints: the bench never
 stimulates the probe, so they run as long as stable), so about 2 h 20 min in all.
 
@@ -891,7 +892,9 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
             raise KeyboardInterrupt
 
         old = signal.signal(signal.SIGTERM, term)
-    workroot = Path(tempfile.mkdtemp(prefix="ionm-bench-live-"))
+    keep = os.environ.get("IONM_BENCH_LIVE_CASE_KEEP")  # a directory: the case stores stay there, to look into
+    workroot = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="ionm-bench-live-"))
+    workroot.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"scenarios": names, "plan": plan, "goals": GOALS, "passes": {},
                            "settings": {"baseline_at_s": BASELINE_AT_S, "events_at_s": EVENTS_AT_S,
                                         "segment_max_s": SEGMENT_MAX_S if plan == "compact" else None,
@@ -903,7 +906,8 @@ def run(quick: bool = False, *, scenarios: list[str] | None = None, plan: str | 
         for label in passes:
             out["passes"][label] = _run_pass(label, names, plan == "compact", workroot, log)
     finally:
-        shutil.rmtree(workroot, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(workroot, ignore_errors=True)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
     out["goal"] = {k: v["figures"]["goal"] for k, v in out["passes"].items()}
