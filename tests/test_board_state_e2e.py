@@ -92,16 +92,20 @@ def test_self_test_reports_each_check(board_link):
 
 
 def image(version: str, broken: bool = False) -> bytes:
-    """A firmware image from the sources (.py runs on any port), with its version string changed."""
-    files = {}
-    for src in sorted(paths.firmware_dir().glob("*.py")) + sorted(paths.protocol_dir().glob("*.py")):
-        if src.name in ("main.py", "bootslot.py"):
-            continue  # the boot stage is not replaced by a protocol update
-        files[src.name] = src.read_bytes()
-    files["version.py"] = files["version.py"].replace(b'FIRMWARE_VERSION = "0.1.0"',
-                                                      b'FIRMWARE_VERSION = "%s"' % version.encode())
+    """An update as `ionm flash --update` sends one: the build the virtual board runs (mpy-cross's .mpy files
+    for the unix port), with version.py as source for the changed version string. (From source throughout,
+    the updated board compiled every module in its heap and ran out of it for the next update's 4 kB chunk
+    on a loaded machine: no board runs its firmware from source.)"""
+    from ionm.board.tools import image as build_image
+
+    files = dict(build_image.port_image().update_files)
+    del files["version.mpy"]
+    src = (paths.firmware_dir() / "version.py").read_bytes()
+    files["version.py"] = src.replace(b'FIRMWARE_VERSION = "0.1.0"', b'FIRMWARE_VERSION = "%s"' % version.encode())
+    assert files["version.py"] != src
     if broken:
-        files["app.py"] = b"raise ImportError('this update is broken')\n" + files["app.py"]
+        del files["app.mpy"]
+        files["app.py"] = b"raise ImportError('this update is broken')\n"
     return cbor.dumps(files)
 
 
