@@ -851,7 +851,8 @@ def _run_pass(label: str, names: list[str], compact: bool, workroot: Path, log: 
                 log("   %s: analysis failed: %r" % (name, exc))
             finally:
                 store.close()
-                shutil.rmtree(workdir, ignore_errors=True)
+                if not os.environ.get("IONM_BENCH_LIVE_CASE_KEEP"):
+                    shutil.rmtree(workdir, ignore_errors=True)
             res["cases"].append(c)
             if "analysis" in c:  # each case's figures as it ends: a long run stopped early still says something
                 f = _collect([c])
