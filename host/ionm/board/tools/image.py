@@ -136,7 +136,7 @@ def port_image(cache: Path | None = None) -> Build:
     """The firmware as `ionm flash` deploys it, compiled for the MicroPython unix port that runs the virtual
     board (its own native architecture, x64 here). The virtual board runs these .mpy files, as a board runs
     its flashed ones, not the sources: importing a module from source compiles it in the board's heap, which
-    a board never does, and that transient need (about 20 kB more for the hunt's modules than their .mpy)
+    a board never does, and that transient need (the compiler's, on top of what the .mpy needs)
     made a lazily imported module fail on a heap the board itself would not run out of. Built once per
     content of the sources, board.json and the two executables, under build/virtual-board/ (concurrent
     builders each build aside and the first rename wins)."""
