@@ -77,31 +77,34 @@ def _text(buf, p, s, room):
     return p + n
 
 
-def _uint(buf, p, end):
-    # (value, next position) of a CBOR unsigned integer head at p, or (-1, p) when it is not one that fits
+def _uint_len(buf, p, end):
+    # bytes taken by a CBOR unsigned-integer head at p with at most a two-byte argument; 0 when it is not one
     if p >= end or buf[p] >> 5:
-        return -1, p
+        return 0
     info = buf[p] & 0x1F
-    if info < 24:
-        return info, p + 1
-    if info == 24 and p + 1 < end:
-        return buf[p + 1], p + 2
-    if info == 25 and p + 2 < end:
-        return buf[p + 1] << 8 | buf[p + 2], p + 3
-    return -1, p
+    k = 1 if info < 24 else 2 if info == 24 else 3 if info == 25 else 0
+    return k if p + k <= end else 0
 
 
 def envelope_rid(buf, p, n):
     """The rid of a payload that begins [type, rid, ...] (0x83, two unsigned heads), read without decoding the
-    rest: a request too big for the heap to decode is still answered under its own rid. 0 when it does not."""
+    rest and without allocating: a request too big for the heap to decode is still answered under its own rid.
+    0 when it does not begin so."""
     end = p + n
     if n < 3 or buf[p] != 0x83:
         return 0
-    mtype, p = _uint(buf, p + 1, end)
-    if mtype < 0:
+    k = _uint_len(buf, p + 1, end)  # the type
+    if not k:
         return 0
-    rid, p = _uint(buf, p, end)
-    return rid if 0 < rid <= 0xFFFF else 0
+    p += 1 + k
+    k = _uint_len(buf, p, end)
+    if k == 1:
+        return buf[p] & 0x1F
+    if k == 2:
+        return buf[p + 1]
+    if k == 3:
+        return buf[p + 1] << 8 | buf[p + 2]
+    return 0
 
 
 class Link:

@@ -166,3 +166,32 @@ def test_error_replies_are_encoded_without_allocating_and_match_the_reference_en
         want = framing.encode(cbor.dumps([m.ERROR, c["rid"], m.error_body(c["code"], detail)]), c["seq"], m.SCHEMA)
         assert got == want.hex(), c
     assert len(bytes.fromhex(frames[-1])) < 320
+
+
+ENVELOPE_RID = """
+import binascii, micropython
+import link
+out = []
+rid = 0  # a global assigned under heap_lock must exist already (a new one grows the module's dict)
+for hx in _IN:
+    buf = bytearray(b"..") + binascii.unhexlify(hx)  # at an offset, as in the frame reader's buffer
+    micropython.heap_lock()
+    try:
+        rid = link.envelope_rid(buf, 2, len(buf) - 2)
+    finally:
+        micropython.heap_unlock()
+    out.append(rid)
+emit(out)
+"""
+
+
+def test_the_envelope_rid_is_read_from_the_head_alone_without_allocating():
+    """What the board answers a request it cannot decode for want of memory under (SPEC §4): the rid of a payload
+    that begins 0x83, type, rid (arguments of up to two bytes), else 0; read under heap_lock."""
+    body = {"x": [{}] * 3}
+    good = [cbor.dumps([m.GET_INFO, rid, body]) for rid in (1, 23, 24, 255, 256, 65535)]
+    bad = [cbor.dumps([m.GET_INFO, 70000, body]),  # a four-byte argument: no rid a host chose
+           cbor.dumps([m.GET_INFO, -1, body]), cbor.dumps({"a": 1}), cbor.dumps([m.GET_INFO]),
+           bytes([0x83, 0x19, 0x00]), bytes([0x83, 0x01, 0x18]), b"", bytes([0x83])]
+    got = run_json(ENVELOPE_RID, [bytes(p).hex() for p in good + bad])[0]
+    assert got == [1, 23, 24, 255, 256, 65535] + [0] * len(bad)
