@@ -52,13 +52,13 @@ def run(script: str | Path, args: Sequence[str] = (), *, timeout: float = 60, st
 
 
 def run_code(code: str, **kwargs) -> subprocess.CompletedProcess[bytes]:
-    """Run a snippet under MicroPython (written to a temporary file: the unix port reads files)."""
+    """Run a snippet under MicroPython (written to a file: the unix port reads files). The file is alone in a
+    directory of its own: MicroPython puts the script's directory first on the module path, and any link.py
+    or app.mpy lying in the shared temporary directory would otherwise be imported instead of the firmware's."""
     import tempfile
 
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as fh:
-        fh.write(code)
-        name = fh.name
-    try:
+    with tempfile.TemporaryDirectory(prefix="ionm-mpy-") as d:
+        name = os.path.join(d, "snippet.py")
+        with open(name, "w") as fh:
+            fh.write(code)
         return run(name, **kwargs)
-    finally:
-        os.unlink(name)
