@@ -37,7 +37,8 @@ MIN_OBSERVED_S after B. Each scenario's plan (the mapping of keypoints) is in th
 keeps every event's timing (only moved; about an hour per pass). quick: one scenario (acute_cord_injury),
 both passes, ~15 min. IONM_BENCH_LIVE_CASE_SCENARIOS=a,b runs those scenarios only, and
 IONM_BENCH_LIVE_CASE_PASSES=idle (or loaded) that pass only; IONM_BENCH_LIVE_CASE_KEEP=DIR keeps the case
-stores in DIR (one per pass and scenario) for `ionm replay` or a look at the sweeps. Every scenario, compact:
+stores in DIR, a new directory (one per pass and scenario) for `ionm replay` or a look at the sweeps.
+Every scenario, compact:
 about 68 min of case time per pass (the fusion scenarios' probe events are no keypoints: the bench never
 stimulates the probe, so they run as long as stable), so about 2 h 20 min in all.
 

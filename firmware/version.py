@@ -1,6 +1,6 @@
 # Firmware identity reported in INFO. The hash is the SHA-256 recorded in the running slot's manifest (a
-# protocol update) or in /fw_manifest.json (`ionm flash`); elsewhere (the virtual board's base image) it is
-# computed from the sources.
+# protocol update) or in /fw_manifest.json (`ionm flash`, and the virtual board, which runs the same build);
+# elsewhere (the firmware run from the source tree, as the firmware tests run it) it is computed from the sources.
 import binascii
 import hashlib
 import json

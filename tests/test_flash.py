@@ -192,4 +192,4 @@ def test_the_virtual_board_runs_the_flashed_build_not_the_sources(virtual_board)
     assert image.arch_of(info["micropython"]["mpy"]) == b.arch and b.native_arch == info["micropython"]["mpy"] >> 10
     modules = {n for n in b.files if n.endswith(".mpy")}
     assert {"app.mpy", "hunt.mpy", "huntreq.mpy", "cbor.mpy"} <= modules and "main.py" in b.files
-    assert virtual_board.fw_env["MICROPYPATH"].split(":")[0] == str(b.out)
+    assert virtual_board.fw_env["MICROPYPATH"].split(os.pathsep)[0] == str(b.out)
