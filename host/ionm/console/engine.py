@@ -66,7 +66,11 @@ DISPLAY_POINTS = 400  # samples per displayed trace: enough for a 400 px wide pl
 STACK_EVERY_S = 10.0  # case seconds between traces of the waveform stack (and stored averages)
 STACK_DEPTH = STACK_SHOWN  # the stack traces a viewer keeps (ionm.console.display)
 TREND_EVERY_S = 1.0  # case seconds between trend points per stream
-BASELINE_SWEEPS = {"mep": 6, "ssep": 400}  # recent sweeps a baseline is built from
+# Recent sweeps a baseline is built from. MEP: 12 trials (48 s at a train every 4 s). A hand muscle's trials
+# scatter with a CV of ~48 %, so the median of 6 is known to ~±23 % (log SD), and a baseline that high read
+# anaesthetic fade to 65 % as an 80 % drop; 12 give a third of the false alerts at that fade and detect a deep drop
+# as fast (tools/mep_baseline_trials.py, docs/EVALUATION.md).
+BASELINE_SWEEPS = {"mep": 12, "ssep": 400}
 # A baseline that leaves channels untracked keeps collecting up to this many sweeps (SSEP: ~4 min at 4.7 Hz),
 # then completes by itself; a channel that would need more is reported as not reproducible.
 BASELINE_SWEEPS_MAX = {"mep": 15, "ssep": 1200}
