@@ -1,5 +1,6 @@
 """How long a baseline takes: a simulated case (the console engine on the simulated source, unpaced) in which B is
-pressed at --press s; prints every baseline line of the timeline, with its case time. docs/CONSOLE.md quotes it.
+pressed at --press s; prints every baseline line of the timeline, with its case time, and each stored baseline's
+level SEs. docs/CONSOLE.md and docs/EVALUATION.md quote it.
 
     .venv/bin/python tools/baseline_time.py --press 3 --duration 150
 """
@@ -11,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from ionm.case.store import CaseStore
+from ionm.case.timeline import short_name
 from ionm.console.scripted import command, run_case
 from ionm_hw.patient import load_scenario
 
@@ -26,12 +28,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = CaseStore(Path(tmp) / "cases.db")
         try:
-            engine, _ = run_case(store, load_scenario(args.scenario), duration_s=args.duration, seed=args.seed,
+            engine, cid = run_case(store, load_scenario(args.scenario), duration_s=args.duration, seed=args.seed,
                                  mep_every=args.mep_every,
                                  actions=[(args.press, command("tech", "technologist", {"cmd": "baseline"}))])
             for e in engine.timeline:
                 if e.get("kind") == "baseline":
                     print("%7.1f s  %s" % (e["t_s"], e["text"]))
+            print("each baseline's tracked levels (relative SE), as stored:")
+            for b in store.baselines(cid):
+                names = engine.streams[b["stream"]].names
+                levels = ["%s ±%.1f %%" % (short_name(nm), 100 * r["level_se"])
+                          for nm, r in zip(names, b["refs"], strict=True) if r["level_se"] is not None]
+                if levels:
+                    print("  %s, sweeps %.1f-%.1f s: %s" % (b["stream"], b["first_t"], b["last_t"], ", ".join(levels)))
         finally:
             store.close()
 
