@@ -582,6 +582,27 @@ def _diff(live: list[dict[str, Any]], offline: list[dict[str, Any]]) -> list[dic
                for k in sorted(ok - lk)])
 
 
+def _with_wander(patient: Any, unit: dict[str, Any], truth: dict[str, tuple[str | None, np.ndarray, np.ndarray]],
+                 t: np.ndarray, baselines: list[dict[str, Any]], t_all: np.ndarray) -> list[float] | None:
+    """An event's amplitude as the patient delivered it against the baseline in force: the scripted factor
+    times the response's slow wander (ionm_hw PatientResponse.wander, log-SD 3-6 % on SSEPs), over the wander's
+    mean across that baseline's sweeps; [median, min, max] over the event. The truth scores by the scripted factor
+    alone, so a change scripted just past a criterion (limb_positioning: 45 % against 50 %) may have been
+    delivered short of it; this says by how much. Reported for SSEP misses (an MEP's scatter is per trial)."""
+    resp = unit["response"]
+    if resp not in patient.responses or not unit["channels"]:
+        return None
+    r = patient.responses[resp]
+    before = [b for b in baselines if b["last_t"] < unit["start"]] or baselines[:1]
+    b = before[-1]
+    tb = t_all[(t_all >= b["first_t"]) & (t_all <= b["last_t"])]
+    sel = (t >= unit["start"]) & (t <= unit["end"])
+    if not len(tb) or not sel.any():
+        return None
+    amp = truth[unit["channels"][0]][1][sel] * r.wander(t[sel])[0] / float(np.mean(r.wander(tb)[0]))
+    return [round(float(np.median(amp)), 3), round(float(amp.min()), 3), round(float(amp.max()), 3)]
+
+
 def analyse(res: dict[str, Any], store: Any, scenario: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Score the recorded case against the truth, and compare it with `ionm evaluate` on its sweeps."""
     from ionm_hw.patient import VirtualPatient
@@ -661,6 +682,8 @@ def analyse(res: dict[str, Any], store: Any, scenario: dict[str, Any], workdir: 
                   for nm in meta["channel_names"]}
         info["live"] = score_stream(meta["modality"], t, truth, by_ch,
                                     {(c, at): v for (k, c, at), v in lag.items() if k == key})
+        for u in info["live"]["units"]:
+            u["amplitude_with_wander"] = _with_wander(patient, u, truth, t, rows, t_all)
         info["offline"] = score_stream(meta["modality"], t, truth, off_ch)
         info["modality"] = meta["modality"]
         out["streams"][key] = info
@@ -703,9 +726,11 @@ def _collect(cases: list[dict[str, Any]]) -> dict[str, Any]:
             for u in s["live"]["units"]:
                 fig["events"] += 1
                 if u["missed"]:
-                    fig["missed"].append("%s %s %s (%s) from %.1f s" % (name, key, u["response"],
-                                                                       ", ".join(_short(x) for x in u["channels"]),
-                                                                       u["start"]))
+                    w = u.get("amplitude_with_wander")
+                    fig["missed"].append("%s %s %s (%s) from %.1f s%s" % (
+                        name, key, u["response"], ", ".join(_short(x) for x in u["channels"]), u["start"],
+                        "" if not w or mep else "; amplitude with the patient's slow wander, against its baseline: "
+                        "median %.2f (%.2f-%.2f)" % tuple(w)))
                 elif mep:
                     fig["mep_trains"].append(u["trains"])
                 else:
