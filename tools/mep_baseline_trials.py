@@ -19,6 +19,7 @@ import numpy as np
 
 from ionm.pipeline import modalities
 from ionm.pipeline.alerts import MepAlerts
+from ionm.pipeline.evaluator import robust_log_sd
 
 TRAINS_PER_8H = 8 * 3600 / 4.0
 
@@ -28,9 +29,8 @@ def _case(g: np.random.Generator, n: int, cv: float, level: float, trains: int) 
     trials at `level` of it."""
     sigma = np.sqrt(np.log1p(cv * cv))
     base = np.exp(g.normal(0.0, sigma, n))
-    logs = np.log(base)
     alerts = MepAlerts(modalities.get("mep"), ["c"])
-    alerts.set_spread(np.array([1.4826 * np.median(np.abs(logs - np.median(logs)))]))
+    alerts.set_spread(np.array([robust_log_sd(base)]))
     ratios = level * np.exp(g.normal(0.0, sigma, trains)) / np.median(base)
     first = None
     yes, no = np.array([True]), np.array([False])

@@ -1263,6 +1263,8 @@ class CaseEngine:
         if self.auto_baseline_s is not None and sw.t_s >= self.auto_baseline_s and st.baseline is None \
                 and not st.baseline_pending:
             self.request_baseline(key, "system")
+        if st.collecting is not None and st.collecting["refining"] and any(s != "normal" for s in st.states):
+            self._stop_refining(st)
         if st.collecting is not None:
             st.collecting["have"] += 1
             if st.collecting["have"] >= st.collecting["due_n"] and not st.baseline_pending:
@@ -1447,20 +1449,22 @@ class CaseEngine:
             self._event("baseline", "baseline %s: stopped collecting for %s (the stream is in alert)"
                         % (st.key, ", ".join(col["names"])), "system")
             return
-        if col["refining"] and any(s != "normal" for s in st.states):
-            # Refining is for a stable response: one that has begun to change stops it (a waiting untracked
-            # channel goes on collecting, as above, until the stream alerts).
-            self._event("baseline", "baseline %s: stopped refining %s (the stream is changing)"
-                        % (st.key, ", ".join(col["refining"])), "system")
-            col["names"] = [nm for nm in col["names"] if nm not in col["refining"]]
-            col["refining"] = []
-            if not col["names"]:
-                st.collecting = None
-                return
         sweeps = [(t, x) for t, x in st.recent if t >= col["first_t"]]
         self.store.audit(self.case_id, "system", "baseline.extend", {"stream": st.key, "sweeps": len(sweeps),
                                                                      "for": col["names"]})
         self._start_baseline(st, sweeps, col["user"], col["t_req"], extension=col["extension"] + 1)
+
+    def _stop_refining(self, st: Stream) -> None:
+        """Refining is for a stable response: the first sweep with a channel out of normal stops it (engine thread).
+        An untracked channel still waiting goes on collecting until the stream alerts (_extend_baseline)."""
+        col = st.collecting
+        assert col is not None
+        self._event("baseline", "baseline %s: stopped refining %s (the stream is changing)"
+                    % (st.key, ", ".join(col["refining"])), "system")
+        col["names"] = [nm for nm in col["names"] if nm not in col["refining"]]
+        col["refining"] = []
+        if not col["names"]:
+            st.collecting = None
 
     def _baseline_loop(self) -> None:
         while self._running:

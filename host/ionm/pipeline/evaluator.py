@@ -25,6 +25,14 @@ from ionm.pipeline.tracker import MAX_BASELINE_SE, KalmanState, Tracker
 # (a complete loss against a ±19 % baseline could not be confirmed at 3.5 SE within 1024 sweeps in the
 # detection bench). Reported to the technologist, who can re-baseline on more sweeps or watch another channel.
 WEAK_BASELINE_SE = 0.1
+
+
+def robust_log_sd(p2p_uv: np.ndarray) -> float:
+    """MEP baseline trials' spread: the robust SD (1.4826 MAD) of their log amplitude."""
+    logs = np.log(np.maximum(np.asarray(p2p_uv, dtype=float), 1e-3))
+    return 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+
+
 # An MEP onset is searched from this fraction of the earliest typical onset of the channel's muscle (APB 18 ms ->
 # 12.6 ms, TA 25 -> 17.5 ms, abductor hallucis 35 -> 24.5 ms; none for an unrecognised label): an artefact tail
 # or a stray stimulus a few ms after the train is never taken for the response, while a short patient's or a
@@ -128,8 +136,7 @@ class Evaluator:
                 if len(good) >= self.cfg.mep_baseline_trials and 2 * len(good) > len(trials):
                     self.mep_baseline[c] = np.median(good, axis=0)
                     # robust: one small or one large baseline trial must not set the channel's criterion
-                    logs = np.log(np.maximum(good[:, 0], 1e-3))
-                    log_sd[c] = 1.4826 * float(np.median(np.abs(logs - np.median(logs))))
+                    log_sd[c] = robust_log_sd(good[:, 0])
             self.tracked = np.isfinite(self.mep_baseline[:, 0]) & self.monitored
             self.mep_alerts.set_spread(log_sd)
         else:
