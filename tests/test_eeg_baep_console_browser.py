@@ -59,6 +59,10 @@ def test_dsa_trends_raw_eeg_and_baep_stack_render(tmp_path: Path, browser: Any) 
         poll(page, "window.ionm.frames.eeg.baseline !== null && window.ionm.eeg.dsa.length > 60", 20)
         poll(page, "window.ionm.frames.baep && window.ionm.frames.baep.baseline !== null && "
                    "window.ionm.frames.baep.stack.length >= 1 && window.ionm.frames.baep.current !== null", 20)
+        # the raw EEG buffer holds the 10 s the panel shows (on a starved machine the first blocks come late)
+        poll(page, "(() => { const R = window.ionm.eeg.raw, n = Math.round(10 / R.dt); if (!R.v.length) "
+                   "return false; const v = R.v[0].slice(-n); return v.length >= n && "
+                   "v.filter(x => x === null).length < 0.1 * n; })()", 30)
         before = page.evaluate("[window.ionm.dsaDraws, window.ionm.eegTrendDraws, window.ionm.eegRawDraws, "
                                "window.ionm.baepDraws]")
         poll(page, "window.ionm.dsaDraws > %d && window.ionm.eegRawDraws > %d && window.ionm.baepDraws > %d"

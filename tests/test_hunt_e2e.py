@@ -184,9 +184,22 @@ def test_a_probe_touching_nothing_is_refused_before_any_stimulus(tmp_path):
 
 def test_stim_stop_ends_a_hunt_at_once_with_its_results_so_far(hunt_board):
     vb, link, events = hunt_board
-    link.request(m.HUNT, HUNT)
-    while len([e for e in events if e["kind"] == "hunt-pulse"]) < 2:
-        time.sleep(0.02)
+    # On a starved host the board may end a hunt for host silence before its second pulse (a stop by design,
+    # test_host_silence_stops_a_hunt...); the hunt is then asked for again, as the console does, up to 3 times.
+    for _attempt in range(3):
+        del events[:]
+        link.request(m.HUNT, HUNT)
+        end = time.monotonic() + 30.0
+        while (len([e for e in events if e["kind"] == "hunt-pulse"]) < 2
+               and not any(e["kind"] == "hunt-done" for e in events) and time.monotonic() < end):
+            time.sleep(0.02)
+        early = [e for e in events if e["kind"] == "hunt-done"]
+        if not early:
+            break
+        assert early[0]["reason"] == "watchdog", early
+    else:
+        raise AssertionError("three hunts ended by host silence before their second pulse")
+    assert len([e for e in events if e["kind"] == "hunt-pulse"]) >= 2, [e["kind"] for e in events][-20:]
     link.request(m.STIM_STOP, {})
     done = wait_for(events, "hunt-done", 5)
     assert done["reason"] == "stopped" and done["pulses"] >= 2
