@@ -20,6 +20,16 @@ channel in alert stays there until it has recovered: the window's median back at
 with a response in the newest trial, and only then can it alert again, on new trials. Warning: the window's median
 at or below the warning level. Threshold rise (a stimulation parameter, not a waveform) is threshold_rise_alert().
 
+Corroboration (SSEP): the levels of one stimulated nerve (Erb's point N9, cervical N13, cortical N20) carry one
+volley. A change at one level is read into the others by a reader who sees it at one level clearly: a channel
+alerts on amplitude, without the z standard errors beyond the criterion, when another level of the same
+stimulus (a channel outside its pool, on its side, or either of no side) is in alert, and some window of its own puts
+its level at or below the criterion (the point estimate) while it is beyond the baseline (level 1) by z standard
+errors, the change itself certain. A noisy level held just past the criterion (limb_positioning: 45 %, the
+cortical level known to +-5 %, the cervical to +-10 %) cannot be shown below 50 % at z by any window of the
+case, but it is changed beyond doubt and reads below 50 % while the nerve's precise level alerts. The point
+estimate keeps levels that stayed above the criterion out (a cortical level at 62 % next to Erb's at 30 %).
+
 Scope: an alert is "global" when another channel, on the other side or of unknown side, is itself changed
 at that moment (warning or alert, or significant evidence beyond the warning levels) — anaesthetics and
 other systemic causes affect both sides and the control channels; "focal" when no such channel changed;
@@ -81,6 +91,7 @@ class SsepAlerts:
         self.z_scope_drop = z_scope_drop
         n = len(names)
         self.members = members or [[c] for c in range(n)]  # channels recording the same response (pools)
+        self.sides = [side_of(nm) for nm in names]
         self.state = [NORMAL] * n
         self.streak = np.zeros(n, dtype=int)
         self.changed = np.zeros(n, dtype=bool)
@@ -121,6 +132,27 @@ class SsepAlerts:
             cache[self] = (ok, ok & (est.drop_z > self.z_change), est.amplitude / est.amplitude_se > self.present_z)
         return cache[self]  # type: ignore[no-any-return]
 
+    def _corroborated(self, est: WindowEstimates, tracked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel: does another level of the same stimulus in alert corroborate an amplitude alert here (its
+        point estimate at or below the criterion on some window that is beyond the baseline by z standard errors;
+        module docstring, Corroboration), and the index of the window judged (the channel's longest)."""
+        n = len(self.names)
+        alerting = [k for k in range(n) if self.state[k] == ALERT and tracked[k]]
+        if not alerting:
+            return np.zeros(n, dtype=bool), np.zeros(n, dtype=int)
+        ok = self._shared(est)[0]
+        # The longest window the channel has (its most precise average), and only that one: a maximum over the
+        # short windows too would find one that reads past the criterion by chance on a level well above it.
+        longest = len(est.n) - 1 - np.argmax(ok[:, ::-1], axis=1)
+        rows = np.arange(n)
+        a = est.amplitude[rows, longest]
+        changed = (1.0 - a) / est.level_se(1.0)[rows, longest] > self.z
+        reads = ok[rows, longest] & changed & (a <= self.m.amplitude_ratio_alert)
+        by = np.array([any(k not in self.members[c]
+                           and (None in (self.sides[k], self.sides[c]) or self.sides[k] == self.sides[c])
+                           for k in alerting) for c in range(n)])
+        return by & tracked & reads, longest
+
     def _recovered(self, est: WindowEstimates) -> np.ndarray:
         """Evidence the other way on some window: amplitude above and latency at or below the criteria."""
         ok = self._shared(est)[0]
@@ -145,22 +177,28 @@ class SsepAlerts:
         dropping = np.where(self._shared(est)[0], est.drop_z, -np.inf).max(axis=1) > self.z_scope_drop
         amp_s, lat_s = (za_w > self.z_scope) | dropping, zl_w > self.z_scope
         recovered = self._recovered(est)
+        corroborated, w_c = self._corroborated(est, tracked)
         restart: list[int] = []
         self.changed = tracked & (amp_s | lat_s | np.array([s != NORMAL for s in self.state]))
         # Streaks, vectorised over channels (the per-channel work is only for the rare transitions): in alert,
         # sweeps of recovery evidence; otherwise sweeps meeting a criterion. Only accepted, tracked channels move.
         live = accepted & tracked
         in_alert = np.array([st == ALERT for st in self.state])
-        met = amp_a | lat_a
+        met = amp_a | lat_a | corroborated
         self.streak = np.where(live, np.where(np.where(in_alert, recovered, met), self.streak + 1, 0), self.streak)
         done = live & (self.streak >= self.confirm)
         for c in np.flatnonzero(done):
             if in_alert[c]:
                 self.state[c] = NORMAL
             else:
-                crit = "amplitude+latency" if amp_a[c] and lat_a[c] else "amplitude" if amp_a[c] else "latency"
+                a_c, l_c = float(amp[c]), float(lat[c])
+                if amp_a[c] or lat_a[c]:
+                    crit = "amplitude+latency" if amp_a[c] and lat_a[c] else "amplitude" if amp_a[c] else "latency"
+                else:  # corroborated by another level in alert: its own longest window that reads past the criterion
+                    crit = "amplitude"
+                    a_c, l_c = float(est.amplitude[c, w_c[c]]), float(est.latency[c, w_c[c]])
                 self.state[c] = ALERT
-                self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, float(amp[c]), float(lat[c]),
+                self.events.append(AlertEvent(t_s, int(c), self.names[c], crit, a_c, l_c,
                                               scope_of(int(c), self.changed, self.names, self.members[c])))
             self.streak[c] = 0
             restart.append(int(c))
