@@ -193,3 +193,39 @@ def test_the_virtual_board_runs_the_flashed_build_not_the_sources(virtual_board)
     modules = {n for n in b.files if n.endswith(".mpy")}
     assert {"app.mpy", "hunt.mpy", "huntreq.mpy", "cbor.mpy"} <= modules and "main.py" in b.files
     assert virtual_board.fw_env["MICROPYPATH"].split(os.pathsep)[0] == str(b.out)
+
+
+def test_old_virtual_board_builds_are_pruned_but_recent_and_current_ones_kept(tmp_path):
+    """Every firmware edit makes a new build under build/virtual-board/; those unused for a day beyond the newest
+    KEEP_BUILDS go, and so do half-made ones a killed builder left aside. The current build always stays."""
+    import time
+
+    now = time.time()
+    day = image.STALE_S
+    current = tmp_path / "c0ffee"
+    current.mkdir()
+    os.utime(current, (now - 10 * day, now - 10 * day))  # the one in use, however old
+    old = []
+    for k in range(image.KEEP_BUILDS + 3):  # newest first: k days + 1 h old
+        d = tmp_path / ("%020x" % k)
+        d.mkdir()
+        (d / "manifest.json").write_text("{}")
+        age = (k + 1) * day + 3600.0
+        os.utime(d, (now - age, now - age))
+        old.append(d)
+    fresh = tmp_path / "feed"
+    fresh.mkdir()
+    os.utime(fresh, (now - 60.0, now - 60.0))  # used a minute ago: stays even beyond the newest few
+    half = tmp_path / "abc.x1y2"  # mkdtemp's aside, left by a killed builder
+    half.mkdir()
+    os.utime(half, (now - 2 * day, now - 2 * day))
+    recent_half = tmp_path / "abd.x1y2"  # another builder at work right now
+    recent_half.mkdir()
+    removed = image.prune_builds(tmp_path, keep=current, now=now)
+    left = {d.name for d in tmp_path.iterdir()}
+    assert current.name in left and fresh.name in left and recent_half.name in left
+    assert half.name not in left
+    # the newest KEEP_BUILDS among the other builds stay (the fresh one counts among them)
+    kept = [d for d in old if d.name in left]
+    assert kept == old[: image.KEEP_BUILDS - 1]
+    assert set(removed) == {half, *old[image.KEEP_BUILDS - 1:]}

@@ -164,7 +164,33 @@ def port_image(cache: Path | None = None) -> Build:
             aside.rename(out)
         except OSError:  # another process built it first (the same content): use theirs
             shutil.rmtree(aside, ignore_errors=True)
+        prune_builds(root, keep=out)
+    else:
+        out.touch()  # its mtime says when it was last used (prune_builds)
     return _read(out, json.loads((out / "manifest.json").read_text()))
+
+
+KEEP_BUILDS = 8  # virtual-board builds kept besides the newest (one per firmware content a checkout has run)
+STALE_S = 24 * 3600.0  # ... and only those untouched for this long are removed: a board started from an older
+#                        build may still import from it (modules load lazily), so a recent one stays
+
+
+def prune_builds(root: Path, keep: Path, now: float | None = None) -> list[Path]:
+    """Remove old virtual-board builds under root: every build but `keep` and the KEEP_BUILDS newest, and only
+    those last used (port_image touches the one it returns) more than STALE_S ago, and builds left half-made
+    aside by a killed builder once as old.
+    Returns what was removed. Each firmware edit makes a new build; without this they pile up."""
+    import time
+
+    now = time.time() if now is None else now
+    others = [d for d in root.iterdir() if d.is_dir() and d != keep]
+    built = sorted((d for d in others if "." not in d.name), key=lambda d: d.stat().st_mtime, reverse=True)
+    removed = []
+    for d in built[KEEP_BUILDS:] + [d for d in others if "." in d.name]:  # mkdtemp's asides have a dot
+        if now - d.stat().st_mtime > STALE_S:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 class Incompatible(Exception):
