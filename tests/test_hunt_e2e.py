@@ -89,6 +89,27 @@ def wait_for(events: list[dict], kind: str, timeout: float) -> dict:
     raise AssertionError("no %s event in %.0f s: %s" % (kind, timeout, [e["kind"] for e in events][-20:]))
 
 
+def hunt_until_pulses(link: ln.BoardLink, events: list[dict], n: int) -> None:
+    """Ask for HUNT and wait for its n-th pulse. On a starved test machine the board may end a hunt for host
+    silence before that (the pty between host and virtual board can hold a heartbeat past the 100 ms watchdog:
+    docs/SAFETY.md, known limits; a stop by design); the hunt is then asked for again, as the console does, up
+    to 3 times. `events` is emptied before each attempt."""
+    for _attempt in range(3):
+        del events[:]
+        link.request(m.HUNT, HUNT)
+        end = time.monotonic() + 30.0
+        while (len([e for e in events if e["kind"] == "hunt-pulse"]) < n
+               and not any(e["kind"] == "hunt-done" for e in events) and time.monotonic() < end):
+            time.sleep(0.01)
+        early = [e for e in events if e["kind"] == "hunt-done"]
+        if not early:
+            break
+        assert early[0]["reason"] == "watchdog", early
+    else:
+        raise AssertionError("three hunts ended by host silence before pulse %d" % n)
+    assert len([e for e in events if e["kind"] == "hunt-pulse"]) >= n, [e["kind"] for e in events][-20:]
+
+
 def test_a_hunt_finds_each_channels_known_threshold_in_few_pulses(hunt_board, tmp_path):
     """The board brackets and bisects to the resolution: each channel's threshold (the lowest current that
     evoked >= 100 uV) lies within the resolution plus the model's trial-to-trial spread of the truth (the
@@ -184,22 +205,7 @@ def test_a_probe_touching_nothing_is_refused_before_any_stimulus(tmp_path):
 
 def test_stim_stop_ends_a_hunt_at_once_with_its_results_so_far(hunt_board):
     vb, link, events = hunt_board
-    # On a starved host the board may end a hunt for host silence before its second pulse (a stop by design,
-    # test_host_silence_stops_a_hunt...); the hunt is then asked for again, as the console does, up to 3 times.
-    for _attempt in range(3):
-        del events[:]
-        link.request(m.HUNT, HUNT)
-        end = time.monotonic() + 30.0
-        while (len([e for e in events if e["kind"] == "hunt-pulse"]) < 2
-               and not any(e["kind"] == "hunt-done" for e in events) and time.monotonic() < end):
-            time.sleep(0.02)
-        early = [e for e in events if e["kind"] == "hunt-done"]
-        if not early:
-            break
-        assert early[0]["reason"] == "watchdog", early
-    else:
-        raise AssertionError("three hunts ended by host silence before their second pulse")
-    assert len([e for e in events if e["kind"] == "hunt-pulse"]) >= 2, [e["kind"] for e in events][-20:]
+    hunt_until_pulses(link, events, 2)
     link.request(m.STIM_STOP, {})
     done = wait_for(events, "hunt-done", 5)
     assert done["reason"] == "stopped" and done["pulses"] >= 2
@@ -231,9 +237,7 @@ def test_host_silence_stops_a_hunt_within_the_watchdog_and_says_so(tmp_path):
             ln.connect(link, timeout=10)
             link.request(m.CONFIGURE, {"rate_hz": FS, "samples_per_frame": 20})
             link.request(m.START, {})
-            link.request(m.HUNT, HUNT)
-            while len([e for e in events if e["kind"] == "hunt-pulse"]) < 2:
-                time.sleep(0.01)
+            hunt_until_pulses(link, events, 2)
             quiet.set()
             time.sleep(1.5)
         finally:
@@ -362,7 +366,12 @@ def test_the_host_api_runs_a_hunt_and_returns_each_channels_threshold(tmp_path):
                 with pytest.raises(HuntError):
                     session.hunt([11, 13], **{"lo_ma": 0.5, "hi_ma": 40.0, **bad})
             assert delivered(log) == []
-            res = session.hunt([11, 13], lo_ma=0.5, hi_ma=40.0, resolution_ma=0.5, rate_hz=5.0, p2p_uv=100)
+            n_before = 0  # probe pulses of hunts ended early by host silence (hunt_until_pulses says why)
+            for _attempt in range(3):
+                res = session.hunt([11, 13], lo_ma=0.5, hi_ma=40.0, resolution_ma=0.5, rate_hz=5.0, p2p_uv=100)
+                if res.reason != "watchdog":
+                    break
+                n_before += len(res.pulses)
         finally:
             session.close()
     assert res.complete and set(res.thresholds_ma) == {11, 13}
@@ -372,4 +381,4 @@ def test_the_host_api_runs_a_hunt_and_returns_each_channels_threshold(tmp_path):
         assert abs(t - KNOWN[name]) <= 2.0  # the median response's threshold lies a little below I50
         assert [p.current_ma for p in res.pulses if p.responses[ch]] and min(
             p.current_ma for p in res.pulses if p.responses[ch]) == t
-    assert len([p for p in delivered(log) if p["output"] == PROBE]) == len(res.pulses)
+    assert len([p for p in delivered(log) if p["output"] == PROBE]) == n_before + len(res.pulses)
