@@ -89,3 +89,68 @@ def test_the_judgement_needs_a_baseline_and_says_so():
     mon = eeg.EegMonitor(FS, CH)
     with pytest.raises(ValueError, match="no EEG epoch"):
         mon.set_baseline(0.0)
+
+
+def _stable_with(artefacts: list[dict], seed: int, duration_s: float = 600.0) -> sim.EegRecording:
+    return sim.render(duration_s, FS, CH, artefacts, seed)
+
+
+def test_the_model_renders_cautery_on_one_side_and_a_pop_on_one_channel():
+    rec = _stable_with([{"kind": "cautery", "onset_s": 10.0, "duration_s": 2.0, "side": "L", "uv": 300.0},
+                        {"kind": "pop", "t_s": 20.0, "channel": "F4-C4", "uv": 500.0}], 141, 30.0)
+    x, n = rec.samples_uv, int(FS)
+    assert np.std(x[0, 10 * n:12 * n]) > 250 and np.std(x[4, 10 * n:12 * n]) < 60  # left only
+    assert x[4, 20 * n] > 400 and abs(x[0, 20 * n]) < 150  # the pop on its channel only
+    assert rec.truth["artefact"][[10, 11, 20]].all() and not rec.truth["artefact"][[5, 15, 25]].any()
+
+
+@pytest.mark.parametrize("artefact", [
+    {"kind": "pop", "t_s": 401.0, "channel": "C3-P3", "uv": 500.0},
+    {"kind": "pop", "t_s": 401.0, "channel": "C3-P3", "uv": 300.0, "tau_s": 1.0},
+    {"kind": "cautery", "onset_s": 400.0, "duration_s": 4.0, "side": "L", "uv": 300.0},
+    {"kind": "cautery", "onset_s": 400.0, "duration_s": 1.0, "side": "R", "uv": 60.0},
+], ids=["pop", "slow-pop", "cautery", "weak-cautery"])
+def test_an_artefact_on_one_side_is_rejected_and_counted_never_judged_ischaemia(artefact):
+    """Without rejection the pops and the cautery raised 'ischaemia' on their side: a pop's step is delta power,
+    cautery's broadband noise lowers relative alpha. The weak cautery stays under the amplitude limit and only
+    biases the indices; its power above 30 Hz gives it away. Epochs an artefact touches are left out of every
+    index and counted per channel."""
+    mon = _run(_stable_with([artefact], 142))
+    assert mon.events == []
+    side = "L" if artefact.get("side", "L") == "L" and artefact.get("channel", "C3") != "F4-C4" else "R"
+    counted = {c: int(n) for c, n in zip(CH, mon.rejected, strict=True) if n}
+    assert counted and all(eeg.side_of(c) == side for c in counted), counted
+    assert sum(counted.values()) <= 4 * 4  # only the epochs the artefact touched (at most 4 s, 4 channels)
+    hit = [e for e in mon.epochs if e.rejected.any()]
+    assert all(398.0 <= e.t_s <= 408.0 for e in hit), [e.t_s for e in hit]
+    assert all(np.isnan(e.relative_alpha[e.rejected]).all() for e in hit)
+
+
+def test_cautery_during_an_ischaemia_neither_ends_it_nor_adds_an_alert():
+    """The hemisphere in alarm is not judged recovered while its epochs are rejected: the state holds."""
+    sc = sim.load_scenario("cea_clamp_ischaemia")
+    script = sc["events"] + [{"kind": "cautery", "onset_s": 360.0, "duration_s": 30.0, "side": "L", "uv": 300.0}]
+    mon = _run(sim.render(float(sc["duration_s"]), FS, sc["channels"], script, 131))
+    assert [(e.kind, e.side) for e in mon.events] == [("ischaemia", "L"), ("recovered", "L")]
+    assert mon.events[1].t_s > sc["shunt_s"]
+    assert mon.rejected[:4].sum() >= 4 * 14 and mon.rejected[4:].sum() == 0
+    assert mon.unjudged_epochs > 0  # the left hemisphere had too few clean epochs in its 20 s for a while
+    assert mon.unjudged_since_s is None and mon.unjudged_sides == []  # judged again once it was clean
+
+
+@pytest.mark.parametrize("name,seed", [("cea_anaesthetic_bolus", 133), ("cea_clamp_ischaemia", 132)])
+def test_bursts_slowing_and_ischaemia_are_never_rejected_as_artefact(name, seed):
+    mon = _run(sim.render_scenario(name, seed))
+    assert int(mon.rejected.sum()) == 0
+
+
+@pytest.mark.parametrize("suppression", [0.8, 0.95])
+def test_the_bursts_of_deep_burst_suppression_are_not_artefacts(suppression):
+    """Mostly suppressed epochs have almost no power: against them a burst is many times more. The power limit
+    counts power per unsuppressed second and leaves mostly suppressed epochs out of its reference (a first
+    version rejected about 105 epochs per channel at 80 % suppression and held the judgement for 4 min)."""
+    bolus = {"kind": "anaesthetic", "onset_s": 300.0, "ramp_s": 30.0, "end_s": 600.0, "recovery_s": 60.0,
+             "alpha": 0.45, "delta": 2.2, "suppression": suppression}
+    mon = _run(sim.render(720.0, FS, CH, [bolus], 136))
+    assert int(mon.rejected.sum()) == 0 and mon.unjudged_epochs == 0
+    assert [(e.kind, e.side) for e in mon.events] == [("global", None), ("recovered", None)]

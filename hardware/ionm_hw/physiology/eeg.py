@@ -13,6 +13,13 @@ the script over time, per hemisphere (odd-numbered electrodes left, even right):
   a bolus: both hemispheres slow alike, and burst suppression appears, the fraction of time suppressed rising
   to `suppression` (bursts 0.5-2 s, suppressions in between, at 1 µV plus amplifier noise).
 
+Artefacts of the operating room, added on top (what the monitor must reject, never judge):
+
+- {"kind": "cautery", "onset_s", "duration_s", "side": "L"|"R"|absent (both), "uv"}: electrocautery picked
+  up by the electrodes, broadband noise of `uv` rms (default 300 µV) over the whole band.
+- {"kind": "pop", "t_s", "channel", "uv", "tau_s"}: an electrode pop on one channel, a step of `uv` (default
+  500 µV) decaying with time constant tau_s (default 0.3 s).
+
 render(...) returns µV [n_channels, n_samples] and the truth per second: per hemisphere the alpha and delta
 gains, and the suppression fraction. Scenarios: hardware/scenarios/eeg/NAME.json.
 """
@@ -44,7 +51,7 @@ class EegRecording:
     samples_uv: np.ndarray  # [n_channels, n_samples]
     channel_names: list[str]
     truth_t_s: np.ndarray  # one row per second
-    truth: dict[str, np.ndarray]  # "alpha_L", "alpha_R", "delta_L", "delta_R", "suppression"
+    truth: dict[str, np.ndarray]  # "alpha_L", "alpha_R", "delta_L", "delta_R", "suppression", "artefact"
 
 
 def side_of(name: str) -> str | None:
@@ -82,8 +89,8 @@ def render(duration_s: float, fs_hz: float, channel_names: list[str], script: li
                                  ("delta", ev.get("delta", 2.0))):
                     gains[(r, s)] *= _course(t, ev, float(level))
             suppression = np.maximum(suppression, 1 - _course(t, ev, 1 - float(ev.get("suppression", 0.0))))
-        else:
-            raise ValueError("unknown EEG event kind %r (ischaemia, anaesthetic)" % kind)
+        elif kind not in ("cautery", "pop"):
+            raise ValueError("unknown EEG event kind %r (ischaemia, anaesthetic, cautery, pop)" % kind)
     # Burst suppression: alternate bursts (0.5-2 s) and suppressions whose lengths keep the scripted fraction.
     g = keyed.rng(seed, EEG, 1)
     envelope = np.ones(n)
@@ -110,10 +117,26 @@ def render(duration_s: float, fs_hz: float, channel_names: list[str], script: li
         out[c] += PINK_UV * pink / max(float(np.std(pink)), 1e-12)
         out[c] = out[c] * envelope + SUPPRESSED_UV * (1 - envelope) * keyed.rng(seed, EEG, 4, c).standard_normal(n)
         out[c] += AMPLIFIER_UV * keyed.rng(seed, EEG, 5, c).standard_normal(n)
+    artefact = np.zeros(n, dtype=bool)
+    for k, ev in enumerate(script):
+        if ev.get("kind") == "cautery":
+            i0 = int(round(float(ev["onset_s"]) * fs_hz))
+            i1 = min(n, i0 + int(round(float(ev.get("duration_s", 2.0)) * fs_hz)))
+            for c in range(len(channel_names)):
+                if ev.get("side") in (None, sides[c]) and i1 > i0:
+                    out[c, i0:i1] += float(ev.get("uv", 300.0)) * keyed.rng(seed, EEG, 6, k, c).standard_normal(i1 - i0)
+            artefact[i0:i1] = True
+        elif ev.get("kind") == "pop":
+            c = list(channel_names).index(str(ev["channel"]))
+            i0 = int(round(float(ev["t_s"]) * fs_hz))
+            tail = t[i0:] - t[i0]
+            out[c, i0:] += float(ev.get("uv", 500.0)) * np.exp(-tail / float(ev.get("tau_s", 0.3)))
+            artefact[i0:min(n, i0 + int(5 * float(ev.get("tau_s", 0.3)) * fs_hz))] = True
     secs = np.arange(0, n, int(fs_hz))
     truth = {"alpha_L": gains[("alpha", "L")][secs], "alpha_R": gains[("alpha", "R")][secs],
              "delta_L": gains[("delta", "L")][secs], "delta_R": gains[("delta", "R")][secs],
-             "suppression": suppression[secs]}
+             "suppression": suppression[secs],
+             "artefact": np.array([artefact[i:i + int(fs_hz)].any() for i in secs])}
     return EegRecording(fs_hz, out, list(channel_names), t[secs], truth)
 
 

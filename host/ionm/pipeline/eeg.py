@@ -9,6 +9,15 @@ suppression: stretches of at least SUPPRESSION_MIN_S where the 1-30 Hz signal st
 ±SUPPRESSION_UV). Hemispheric asymmetry: (left - right) / (left + right) of total power over homologous
 pairs (10-20 names: odd numbers left, even right; C3 with C4, ...).
 
+Artefacts (per channel and epoch): an epoch is rejected when a sample lies beyond ±ARTEFACT_UV of its linear
+trend (an electrode pop, movement, saturating cautery), when its power is POWER_JUMP times the channel's median over
+its recent clean epochs (a smaller pop), or when it holds more than HF_UV rms in HF_HZ (electrocautery or muscle:
+above the indices' band, below both mains frequencies). The channel's next epoch goes too (a pop's decay, the
+amplifier's recovery). None of that channel's indices is taken from a rejected epoch (they are NaN), and the
+monitor counts them per channel. Pooled values use the clean channel-epochs only. A hemisphere with fewer than
+MIN_CLEAN_FRACTION of its channel-epochs clean over the 20 s is not judged: the state holds (an alarm is neither
+raised nor ended by an artefact), and the epoch is counted as unjudged.
+
 Judgement (EegMonitor), against a baseline set before the clamp (set_baseline): per hemisphere, relative
 alpha and the alpha/delta ratio of the power pooled over its channels and the last SMOOTH_EPOCHS epochs
 (20 s), as ratios to the baseline's (pooled likewise). A hemisphere meets the ischaemia criterion when
@@ -23,7 +32,8 @@ ischaemia. One event per change of state, confirmed over CONFIRM_EPOCHS; "recove
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +52,17 @@ CONFIRM_EPOCHS = 3  # consecutive smoothed epochs meeting a state before it is r
 OTHER_SIDE_FRACTION = 0.5  # the other hemisphere not past half the drops (by one scatter): one-sided
 CONFIDENCE_Z = 2.0  # a criterion is met when the 20 s estimate lies this many of its baseline scatters beyond it
 MIN_SCATTER = 0.02  # log-ratio scatter never taken below 2 %
+# Artefact limits. EEG under anaesthesia, bursts of burst suppression included, stays within about ±150 µV of its
+# trend; a pop or movement goes to hundreds of µV. Its power between 32 and 45 Hz is a few µV rms, cautery's tens.
+# A smaller pop still multiplies its epoch's power: an epoch with POWER_JUMP times the channel's median power over
+# its last POWER_EPOCHS clean epochs is rejected too (slowing changes it by 1.5-3 times). Both count power per
+# second not suppressed (total / (1 - BSR)), so that the bursts of deep burst suppression are not taken for pops.
+ARTEFACT_UV = 200.0
+POWER_JUMP = 8.0
+POWER_EPOCHS = 30
+HF_HZ = (32.0, 45.0)
+HF_UV = 10.0
+MIN_CLEAN_FRACTION = 0.5
 
 
 def side_of(name: str) -> str | None:
@@ -62,10 +83,13 @@ class Indices:
     alpha_delta: np.ndarray
     sef95_hz: np.ndarray
     bsr: np.ndarray
+    rejected: np.ndarray  # [n_channels] bool: an artefact; that channel's indices above are NaN
+    peak_uv: np.ndarray  # largest excursion from the epoch's linear trend (µV), the amplitude test
+    hf_uv: np.ndarray  # rms in HF_HZ (µV; NaN where the sampling rate does not reach it), the cautery test
 
 
 def indices(x: np.ndarray, fs: float, t_s: float = 0.0) -> Indices:
-    """The indices of one epoch [n_channels, n] (µV)."""
+    """The indices of one epoch [n_channels, n] (µV); a channel with an artefact has NaN indices (rejected)."""
     x = np.atleast_2d(np.asarray(x, dtype=float))
     nper = min(x.shape[1], int(round(fs)))
     f, p = signal.welch(x, fs=fs, nperseg=nper, noverlap=nper // 2, detrend="constant", axis=1)
@@ -80,7 +104,24 @@ def indices(x: np.ndarray, fs: float, t_s: float = 0.0) -> Indices:
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = np.where(total > 0, bands["alpha"] / total, np.nan)
         adr = np.where(bands["delta"] > 0, bands["alpha"] / bands["delta"], np.nan)
-    return Indices(t_s, bands, total, rel, adr, sef, burst_suppression_ratio(x, fs))
+    peak = np.abs(signal.detrend(x, axis=1)).max(axis=1) if x.shape[1] > 1 else np.zeros(x.shape[0])
+    hf_sel = (f >= HF_HZ[0]) & (f < HF_HZ[1])
+    hf = np.sqrt(p[:, hf_sel].sum(axis=1) * df) if f[-1] >= HF_HZ[1] else np.full(x.shape[0], np.nan)
+    ind = Indices(t_s, bands, total, rel, adr, sef, burst_suppression_ratio(x, fs), np.zeros(x.shape[0], bool),
+                  peak, hf)
+    return reject(ind, (peak > ARTEFACT_UV) | (np.nan_to_num(hf) > HF_UV))
+
+
+def reject(ind: Indices, mask: np.ndarray) -> Indices:
+    """The epoch with the channels in mask rejected: their indices NaN."""
+    mask = np.asarray(mask, dtype=bool) & ~ind.rejected
+    if not mask.any():
+        return ind
+    return replace(ind, band_uv2={k: np.where(mask, np.nan, v) for k, v in ind.band_uv2.items()},
+                   total_uv2=np.where(mask, np.nan, ind.total_uv2),
+                   relative_alpha=np.where(mask, np.nan, ind.relative_alpha),
+                   alpha_delta=np.where(mask, np.nan, ind.alpha_delta), sef95_hz=np.where(mask, np.nan, ind.sef95_hz),
+                   bsr=np.where(mask, np.nan, ind.bsr), rejected=ind.rejected | mask)
 
 
 def burst_suppression_ratio(x: np.ndarray, fs: float) -> np.ndarray:
@@ -109,6 +150,8 @@ def asymmetry(total_uv2: np.ndarray, names: list[str]) -> dict[str, float]:
         if mirror in names:
             j = names.index(mirror)
             s = total_uv2[i] + total_uv2[j]
+            if not np.isfinite(s):
+                continue  # a channel of the pair rejected (artefact): no value, rather than a false one
             out["%s/%s" % (a, mirror)] = float((total_uv2[i] - total_uv2[j]) / s) if s > 0 else 0.0
     return out
 
@@ -118,10 +161,17 @@ def _pooled(epochs: list[Indices], channels: list[int] | None = None) -> tuple[f
     spectrum over several derivations: far steadier than a median of per-epoch, per-channel ratios, whose
     delta band holds only a few cycles)."""
     sel = slice(None) if channels is None else channels
-    alpha = float(np.sum([e.band_uv2["alpha"][sel] for e in epochs]))
-    delta = float(np.sum([e.band_uv2["delta"][sel] for e in epochs]))
-    total = float(np.sum([e.total_uv2[sel] for e in epochs]))
+    alpha = float(np.nansum([e.band_uv2["alpha"][sel] for e in epochs]))  # (rejected channel-epochs are NaN)
+    delta = float(np.nansum([e.band_uv2["delta"][sel] for e in epochs]))
+    total = float(np.nansum([e.total_uv2[sel] for e in epochs]))
     return (alpha / total if total > 0 else float("nan"), alpha / delta if delta > 0 else float("nan"))
+
+
+def clean_fraction(epochs: list[Indices], channels: list[int]) -> float:
+    """The fraction of the channel-epochs that were not rejected (1.0 for none)."""
+    cells = [e.rejected[channels] for e in epochs]
+    n = sum(c.size for c in cells)
+    return 1.0 - float(sum(int(c.sum()) for c in cells)) / n if n else 1.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +209,12 @@ class EegMonitor:
         self.mode: tuple[str, str | None] = ("normal", None)  # ("ischaemia", side) or ("global", None)
         self.state: dict[str, str] = {"L": "normal", "R": "normal"}  # per hemisphere, for a display
         self._streak: dict[tuple[str, str | None], int] = {}
+        self.rejected = np.zeros(len(self.channel_names), dtype=np.int64)  # channel-epochs rejected (artefact)
+        self._artefact_before = np.zeros(len(self.channel_names), dtype=bool)  # the last epoch's own artefacts
+        self._power_history = np.full((POWER_EPOCHS, len(self.channel_names)), np.nan)  # clean epochs' total µV²
+        self.unjudged_epochs = 0  # epochs after the baseline with a hemisphere too contaminated to judge
+        self.unjudged_since_s: float | None = None  # monitor time since which the judgement has been held
+        self.unjudged_sides: list[str] = []  # the hemispheres too contaminated to judge, while held
 
     def push(self, block: np.ndarray) -> list[EegEvent]:
         x = np.concatenate([self._pending, np.atleast_2d(np.asarray(block, dtype=float))], axis=1)
@@ -167,7 +223,22 @@ class EegMonitor:
         while x.shape[1] >= n:
             self._t += EPOCH_S
             ind = indices(x[:, :n], self.fs, self._t)
+            # the epoch after an artefact goes too: a pop's decay and an amplifier's recovery outlast their epoch
+            # power per second of EEG that is not suppressed: under burst suppression a burst is not an artefact
+            level = ind.total_uv2 / np.maximum(1.0 - ind.bsr, 0.1)
+            with warnings.catch_warnings():  # a channel without 5 epochs to compare with: no test
+                warnings.simplefilter("ignore", RuntimeWarning)
+                ref = np.where(np.isfinite(self._power_history).sum(axis=0) >= 5,
+                               np.nanmedian(self._power_history, axis=0), np.inf)
+            ind = reject(ind, level > POWER_JUMP * ref)
+            own, ind = ind.rejected, reject(ind, self._artefact_before)
+            self._artefact_before = own
+            self._power_history = np.roll(self._power_history, -1, axis=0)
+            # rejected epochs are left out of the reference, and so are epochs mostly suppressed (their power per
+            # unsuppressed second rests on too little EEG)
+            self._power_history[-1] = np.where(ind.rejected | ~(ind.bsr <= 0.5), np.nan, level)
             self.epochs.append(ind)
+            self.rejected += ind.rejected
             x = x[:, n:]
             if self.baseline is not None:
                 out += self._judge()
@@ -203,13 +274,23 @@ class EegMonitor:
         for s in "LR":
             r, a = _pooled(last, self._side(s))
             rel[s], adr[s] = r / self.baseline[s][0], a / self.baseline[s][1]
-        bsr = float(np.nanmedian([np.nanmedian(e.bsr) for e in last]))
+        per_epoch = [float(np.median(e.bsr[~e.rejected])) for e in last if not e.rejected.all()]
+        bsr = float(np.median(per_epoch)) if per_epoch else float("nan")
         return rel, adr, bsr
 
     def _judge(self) -> list[EegEvent]:
         """The state machine: normal -> ischaemia (one side) or global (both); each back to normal. A side in
         ischaemia stays so until it clears, whatever the other side does; global (the anaesthetic pattern)
         stays until both clear, so that an uneven recovery is never called ischaemia."""
+        last = self.epochs[-SMOOTH_EPOCHS:]
+        fouled = [s for s in "LR" if clean_fraction(last, self._side(s)) < MIN_CLEAN_FRACTION]
+        if fouled:  # too much artefact to tell a change, or to tell one side's from both: hold the state
+            self.unjudged_epochs += 1
+            if self.unjudged_since_s is None:
+                self.unjudged_since_s = last[-1].t_s - EPOCH_S
+            self.unjudged_sides = fouled
+            return []
+        self.unjudged_since_s, self.unjudged_sides = None, []
         rel, adr, bsr = self.ratios()
         sc = self.scatter
         met = {s: np.log(rel[s]) <= np.log(1 - ALPHA_DROP) - CONFIDENCE_Z * sc[s][0]
