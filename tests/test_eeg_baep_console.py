@@ -227,6 +227,38 @@ def test_a_silent_eeg_source_raises_a_technical_alarm(tmp_path: Path) -> None:
         run.close()
 
 
+def test_cautery_on_one_side_is_rejected_and_a_long_bout_raises_a_technical_alarm_not_an_alert(tmp_path: Path) -> None:
+    """Electrocautery picked up by the left electrodes for 40 s, after the baseline: no ischaemia alert (without
+    artefact rejection the broadband noise read as a fall of relative alpha), the rejected epochs counted per
+    channel in the EEG frame, and once the judgement has been held for EEG_HELD_S a technical alarm says the EEG
+    is not being judged."""
+    sc = json.loads(Path(ev.qeeg.__file__).parents[3].joinpath(
+        "hardware/scenarios/eeg/cea_clamp_ischaemia.json").read_text())
+    sc.update(name="cautery_left", duration_s=400.0,
+              events=[{"kind": "cautery", "onset_s": 300.0, "duration_s": 40.0, "side": "L", "uv": 300.0}])
+    path = tmp_path / "cautery.json"
+    path.write_text(json.dumps(sc))
+    run = Run(tmp_path, auto_baseline_s=240.0)
+    try:
+        run.play(EegCase(str(path), 133, speed=0.0), 336.0)
+        end = time.monotonic() + 5.0
+        while not any(a.key == "eeg-artefact" for a in run.engine.technical_alarms()):
+            assert time.monotonic() < end, run.engine.technical_alarms()
+            time.sleep(0.05)
+        text = [a.text for a in run.engine.technical_alarms() if a.key == "eeg-artefact"][0]
+        assert "EEG not judged" in text and "left hemisphere" in text, text
+        assert run.alerts(ev.STREAM) == []
+        art = run.engine.snapshot()["frames"]["eeg"]["artefact"]
+        left = [n for n in sc["channels"] if ev.qeeg.side_of(n) == "L"]
+        assert all(art["rejected"][n] >= 14 for n in left), art
+        assert not any(art["rejected"][n] for n in sc["channels"] if n not in left), art
+        assert art["held_since"] is not None and art["held_sides"] == ["L"]
+        assert any(n["kind"] == "technical" and "EEG not judged" in n["text"]
+                   for n in run.store.rows("notes", run.case_id))
+    finally:
+        run.close()
+
+
 def test_a_failing_baep_source_raises_a_technical_alarm(tmp_path: Path) -> None:
     run = Run(tmp_path, stall_alarm_s=0.5)
     try:

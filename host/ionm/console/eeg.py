@@ -150,10 +150,10 @@ class EegView:
         p: dict[str, Any] = {"t": t}
         for s, idx in self.sides.items():
             ra, adr = qeeg._pooled(last, idx) if idx else (float("nan"), float("nan"))
-            sef = float(np.nanmedian([e.sef95_hz[idx] for e in few])) if idx else float("nan")
-            bsr = float(np.nanmedian([e.bsr[idx] for e in few])) if idx else float("nan")
+            sef = _nanmedian([e.sef95_hz[idx] for e in few]) if idx else float("nan")
+            bsr = _nanmedian([e.bsr[idx] for e in few]) if idx else float("nan")
             p[s] = [_r(ra, 4), _r(adr, 3), _r(sef, 2), _r(bsr, 3)]
-        total = np.sum([e.total_uv2 for e in last], axis=0)
+        total = _clean_mean([e.total_uv2 for e in last])
         asym = qeeg.asymmetry(total, list(self.names))
         p["asym"] = _r(float(np.mean(list(asym.values()))), 4) if asym else None
         return p
@@ -183,9 +183,9 @@ class EegView:
             lines[s] = {"ra": _r(ra, 4), "adr": _r(adr, 3),
                         "ra_alert": _r(ra * float(np.exp(np.log(1 - qeeg.ALPHA_DROP) - qeeg.CONFIDENCE_Z * sc_ra)), 4),
                         "adr_alert": _r(adr * float(np.exp(np.log(1 - qeeg.ADR_DROP) - qeeg.CONFIDENCE_Z * sc_adr)), 3),
-                        "sef": _r(float(np.nanmedian([e.sef95_hz[idx] for e in eps])), 2) if idx else None,
-                        "bsr": _r(float(np.nanmedian([e.bsr[idx] for e in eps])), 3) if idx else None}
-        total = np.sum([e.total_uv2 for e in eps], axis=0)
+                        "sef": _r(_nanmedian([e.sef95_hz[idx] for e in eps]), 2) if idx else None,
+                        "bsr": _r(_nanmedian([e.bsr[idx] for e in eps]), 3) if idx else None}
+        total = _clean_mean([e.total_uv2 for e in eps])
         asym = qeeg.asymmetry(total, list(self.names))
         self.baseline_info = {"t_s": round(now_s, 2), "from_s": round(self.t0_s + from_s, 2),
                               "to_s": round(self.t0_s + mon.epochs[-1].t_s, 2), "epochs": len(eps),
@@ -205,7 +205,26 @@ class EegView:
                              "confirm_s": qeeg.CONFIRM_EPOCHS * qeeg.EPOCH_S},
                 "dsa": {"f0": float(self.dsa_f[0]), "df": float(self.dsa_f[1] - self.dsa_f[0]),
                         "n": int(self.dsa_f.size), "db": list(DSA_DB), "epoch_s": qeeg.EPOCH_S},
-                "trend_fields": ["ra", "adr", "sef", "bsr"], "view_s": DSA_VIEW_S}
+                "trend_fields": ["ra", "adr", "sef", "bsr"], "view_s": DSA_VIEW_S,
+                "artefact": self.artefact()}
+
+    def artefact(self) -> dict[str, Any]:
+        """Artefact rejection so far: epochs rejected per channel, and since when (case time) the judgement has
+        been held because a hemisphere was too contaminated to judge (None: it is judging)."""
+        mon = self.monitor
+        return {"rejected": {n: int(k) for n, k in zip(self.names, mon.rejected, strict=True)},
+                "epoch_s": qeeg.EPOCH_S, "unjudged_epochs": mon.unjudged_epochs,
+                "held_since": _r(self.t0_s + mon.unjudged_since_s, 2) if mon.unjudged_since_s is not None else None,
+                "held_sides": list(mon.unjudged_sides)}
+
+    def held_alarm(self, held_s: float) -> str | None:
+        """The technical alarm's text when the judgement has been held by artefact for held_s or longer."""
+        mon = self.monitor
+        if mon.unjudged_since_s is None or not mon.epochs or mon.epochs[-1].t_s - mon.unjudged_since_s < held_s:
+            return None
+        sides = " and ".join({"L": "left", "R": "right"}[s] for s in mon.unjudged_sides)
+        return "EEG not judged for %.0f s: artefact on the %s hemisphere%s" % (
+            mon.epochs[-1].t_s - mon.unjudged_since_s, sides, "s" if len(mon.unjudged_sides) > 1 else "")
 
     def view_frame(self) -> dict[str, Any]:
         """What a new viewer draws at once: the last DSA_VIEW_S of DSA columns (levels averaged over runs of columns
@@ -226,6 +245,20 @@ class EegView:
         return {"dsa": dsa, "dsa_dt": qeeg.EPOCH_S * k, "trend": pts,
                 "raw": {"t0": round(raw[0][0], 4) if raw else None, "dt": 1.0 / RAW_FS_HZ, "q": RAW_Q_UV,
                         "v": np.stack([r[1] for r in raw], axis=1).tolist() if raw else []}}
+
+
+def _nanmedian(rows: list[np.ndarray]) -> float:
+    """The median of the values that are not NaN (rejected epochs), NaN if none is."""
+    v = np.concatenate([np.ravel(r) for r in rows]) if rows else np.zeros(0)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else float("nan")
+
+
+def _clean_mean(rows: list[np.ndarray]) -> np.ndarray:
+    """Per channel, the mean over the epochs that were not rejected (NaN for a channel with none)."""
+    a = np.asarray(rows, dtype=float)
+    n = np.isfinite(a).sum(axis=0)
+    return np.where(n > 0, np.nansum(a, axis=0) / np.maximum(n, 1), np.nan)
 
 
 def _r(v: float | None, digits: int) -> float | None:

@@ -52,7 +52,7 @@ from ionm.console.display import (
     compact_trend,
     trace,
 )
-from ionm.console.technical import STALL_S, Alarm, TechnicalAlarms
+from ionm.console.technical import EEG_HELD_S, STALL_S, Alarm, TechnicalAlarms
 from ionm.sweep import BaepBlock, EegBlock, EmgBlock, Sweep
 
 ROLES = ("technologist", "physician", "read-only")
@@ -1976,7 +1976,11 @@ class CaseEngine:
         return out
 
     def _check_technical(self) -> None:
-        raised, cleared = self.technical.check(time.time(), self.t_s, self._running_streams(), self.link)
+        quality: dict[str, str] = {}
+        held = self.eeg.held_alarm(EEG_HELD_S) if self.eeg is not None else None
+        if held:
+            quality["eeg-artefact"] = held
+        raised, cleared = self.technical.check(time.time(), self.t_s, self._running_streams(), self.link, quality)
         for a in raised:
             self._technical_record("TECHNICAL ALARM: %s" % a.text, "technical.raise", {"key": a.key, "text": a.text})
         for a in cleared:

@@ -12,7 +12,9 @@ Conditions, checked several times a second on the engine thread:
   (a TcMEP train every 4 s is late after 12 s, not 2 s, from its first train on);
 - stimulation stopped by the board (host silence, reset, output fault) while the program says it runs;
 - lost samples above `loss_fraction` of those received over the last `loss_window_s`;
-- the link not streaming (the board is being reconfigured, or the source failed).
+- the link not streaming (the board is being reconfigured, or the source failed);
+- conditions the engine judges from the data themselves (`quality`: e.g. the EEG judgement held by artefact
+  for EEG_HELD_S), raised while the engine reports them.
 Board events (watchdog, host-lost, overrun, reset, the host's re-arm) are passed on one by one, numbered by
 the source so that none is shown twice.
 """
@@ -30,6 +32,7 @@ STALL_S = 2.0  # default: no sweep on a running stream for this long (s) is an a
 STALL_INTERVALS = 3.0  # ...or this many of the stream's usual intervals, if longer
 LOSS_FRACTION = 0.001  # lost samples above 0.1 % of those received ...
 LOSS_WINDOW_S = 5.0  # ... over this window (s)
+EEG_HELD_S = 10.0  # the EEG judgement held by artefact this long (case s) is an alarm: ischaemia could go unseen
 
 
 @dataclass
@@ -65,12 +68,12 @@ class TechnicalAlarms:
             self._board_seq = max(int(e["seq"]) for e in out)
         return out
 
-    def check(self, wall: float, t_s: float, running: set[str] | dict[str, float], link: dict[str, Any]
-              ) -> tuple[list[Alarm], list[Alarm]]:
+    def check(self, wall: float, t_s: float, running: set[str] | dict[str, float], link: dict[str, Any],
+              quality: dict[str, str] | None = None) -> tuple[list[Alarm], list[Alarm]]:
         """Update the active alarms; returns (raised, cleared). `running`: the streams whose stimulation is on
         (empty once the source has ended), or a mapping of them to the interval their program stimulates at
-        (s; 0 if not known)."""
-        now: dict[str, str] = {}
+        (s; 0 if not known). `quality`: key -> text of the data-quality conditions that hold now."""
+        now: dict[str, str] = dict(quality or {})
         programmed = running if isinstance(running, dict) else dict.fromkeys(running, 0.0)
         for stream in sorted(programmed):
             arr = self._arrivals.get(stream)

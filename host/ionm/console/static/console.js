@@ -855,11 +855,21 @@ function drawEegInfo() {
   const st = (s) => s + " " + (f.state[s] === "normal" ? "normal" : f.state[s] === "ischaemia" ? "ISCHAEMIA" : "global slowing");
   const b = f.baseline;
   $("eegmeta").textContent = f.channels.length + " channels · " + st("L") + " · " + st("R") + " · " +
-    (b ? "baseline " + fmtT(b.t_s) + " (" + fmtT(b.from_s) + "–" + fmtT(b.to_s) + ")" : "no baseline: press B");
+    (b ? "baseline " + fmtT(b.t_s) + " (" + fmtT(b.from_s) + "–" + fmtT(b.to_s) + ")" : "no baseline: press B") +
+    eegArtefactText(f.artefact);
   const bad = f.state.L === "ischaemia" || f.state.R === "ischaemia";
   $("eegpanel").classList.toggle("alert", bad);
   $("eegpanel").classList.toggle("warning", !bad && f.mode[0] === "global");
   $("eegbase").disabled = !can("baseline");
+}
+
+// Artefact rejection as the engine reports it: epochs rejected so far, and a judgement held by artefact.
+function eegArtefactText(a) {
+  if (!a) return "";
+  const n = Object.values(a.rejected).reduce((x, y) => x + y, 0);
+  let t = n ? " · artefact: " + n + " channel-epochs rejected" : "";
+  if (a.held_since !== null) t += " · NOT JUDGED since " + fmtT(a.held_since) + " (artefact, " + a.held_sides.join("+") + ")";
+  return t;
 }
 
 // Alerts, notes and EEG lines of the timeline as ticks on the DSA's time axis (a note "clamp on" is seen where the
