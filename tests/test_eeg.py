@@ -154,3 +154,15 @@ def test_the_bursts_of_deep_burst_suppression_are_not_artefacts(suppression):
     mon = _run(sim.render(720.0, FS, CH, [bolus], 136))
     assert int(mon.rejected.sum()) == 0 and mon.unjudged_epochs == 0
     assert [(e.kind, e.side) for e in mon.events] == [("global", None), ("recovered", None)]
+
+
+@pytest.mark.parametrize("seed", [131, 132])
+def test_the_clamp_through_the_operating_rooms_artefacts_is_one_ischaemia_on_its_side(seed):
+    """cea_clamp_cautery (`ionm console --sim --eeg cea_clamp_cautery`): cautery on either side and pops, one of
+    25 s on the clamped side during the ischaemia; the same events as without them."""
+    sc = sim.load_scenario("cea_clamp_cautery")
+    mon = _run(sim.render_scenario("cea_clamp_cautery", seed))
+    assert [(e.kind, e.side) for e in mon.events] == [("ischaemia", "L"), ("recovered", "L")]
+    assert sc["clamp_s"] < mon.events[0].t_s <= sc["clamp_s"] + 30
+    assert mon.events[1].t_s > sc["shunt_s"]
+    assert mon.rejected.sum() > 0 and all(mon.rejected > 0)  # every channel met an artefact, and it was counted

@@ -53,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "lumbar_root_retraction, cpa_facial_traction, thyroid_rln_traction) or JSON path")
     p.add_argument("--eeg", metavar="NAME",
                    help="--sim: EEG from this EEG scenario (hardware/scenarios/eeg: cea_clamp_ischaemia, "
-                        "cea_anaesthetic_bolus) or JSON path")
+                        "cea_clamp_cautery, cea_anaesthetic_bolus) or JSON path")
     p.add_argument("--baep", metavar="NAME",
                    help="--sim: BAEP from this BAEP scenario (hardware/scenarios/baep: mvd_cn8_retraction, "
                         "cpa_tumour_loss, baep_stable) or JSON path")
