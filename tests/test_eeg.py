@@ -63,8 +63,10 @@ def _run(rec: sim.EegRecording, baseline_at_s: float = 240.0) -> eeg.EegMonitor:
     return mon
 
 
-@pytest.mark.parametrize("seed", [131, 132])
+@pytest.mark.parametrize("seed", [131, 132, 196])
 def test_a_clamp_that_starves_one_hemisphere_is_ischaemia_on_that_side_then_recovers(seed):
+    """Seed 196: the unclamped side's 20 s spectrum wandered just past half the drops as the clamped side met the
+    criterion, and an absolute test of the other side called the clamp global (the anaesthetic pattern)."""
     sc = sim.load_scenario("cea_clamp_ischaemia")
     mon = _run(sim.render_scenario("cea_clamp_ischaemia", seed))
     assert [(e.kind, e.side) for e in mon.events] == [("ischaemia", "L"), ("recovered", "L")]
@@ -72,8 +74,10 @@ def test_a_clamp_that_starves_one_hemisphere_is_ischaemia_on_that_side_then_reco
     assert mon.events[1].t_s > sc["shunt_s"]
 
 
-@pytest.mark.parametrize("seed", [133, 134])
+@pytest.mark.parametrize("seed", [133, 134, 23000])
 def test_an_anaesthetic_bolus_is_global_slowing_not_ischaemia(seed):
+    """Seed 23000: at the bolus's onset the left hemisphere led the right by a few seconds; confirmed over 3 epochs
+    (6 s), as the other states are, it was called ischaemia on the left."""
     mon = _run(sim.render_scenario("cea_anaesthetic_bolus", seed))
     assert [(e.kind, e.side) for e in mon.events] == [("global", None), ("recovered", None)]
     during = [e for e in mon.epochs if 400 <= e.t_s <= 470]
