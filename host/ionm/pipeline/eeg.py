@@ -243,7 +243,6 @@ class EegMonitor:
         while x.shape[1] >= n:
             self._t += EPOCH_S
             ind = indices(x[:, :n], self.fs, self._t)
-            # the epoch after an artefact goes too: a pop's decay and an amplifier's recovery outlast their epoch
             # power per second of EEG that is not suppressed: under burst suppression a burst is not an artefact
             level = ind.total_uv2 / np.maximum(1.0 - ind.bsr, 0.1)
             with warnings.catch_warnings():  # a channel without 5 epochs to compare with: no test
@@ -251,6 +250,7 @@ class EegMonitor:
                 ref = np.where(np.isfinite(self._power_history).sum(axis=0) >= 5,
                                np.nanmedian(self._power_history, axis=0), np.inf)
             ind = reject(ind, level > POWER_JUMP * ref)
+            # the epoch after an artefact goes too: a pop's decay and an amplifier's recovery outlast their epoch
             own, ind = ind.rejected, reject(ind, self._artefact_before)
             self._artefact_before = own
             self._power_history = np.roll(self._power_history, -1, axis=0)
