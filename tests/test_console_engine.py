@@ -393,3 +393,20 @@ def test_a_weak_baseline_refines_by_itself_while_stable_and_never_takes_in_a_cha
         assert any(x.startswith("baseline %s: stopped " % hurt) for x in texts), texts
     finally:
         store.close()
+
+
+def test_a_source_publishing_after_the_server_stopped_is_not_an_error():
+    """The free-run source's thread can hand over a block of sound (and the engine a batch of frames) just after
+    the console's event loop has closed at shutdown: under load that raised 'Event loop is closed' in the
+    source's thread. With no loop there is no viewer to hand them to; they are dropped."""
+    import asyncio
+
+    import numpy as np
+
+    from ionm.console.server import Hub
+
+    loop = asyncio.new_event_loop()
+    hub = Hub(loop)
+    loop.close()
+    hub.publish_audio({"wall0": 0.0}, np.zeros((1, 160), dtype=np.int16))
+    hub.publish([("case", "{}", None)], [])

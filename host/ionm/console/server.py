@@ -107,9 +107,18 @@ class Hub:
         self.audio_dropped = 0
         self.audio_lag_ms: deque[float] = deque(maxlen=5000)  # last sample acquired -> handed to the socket
 
+    def _hand_over(self, fn: Any, *args: Any) -> None:
+        """From another thread onto the event loop. After the loop has closed (the console shutting down while a
+        source thread still delivers) there is no viewer to hand anything to: it is dropped, not raised."""
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            if not self.loop.is_closed():
+                raise
+
     def publish(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         """Engine thread: hand over without waiting."""
-        self.loop.call_soon_threadsafe(self._distribute, frames, appends)
+        self._hand_over(self._distribute, frames, appends)
 
     def _distribute(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         for c in self.clients:
@@ -126,7 +135,7 @@ class Hub:
 
     def publish_audio(self, meta: dict[str, Any], pcm: np.ndarray) -> None:
         """The free-run source's thread: hand a block of sound over without waiting."""
-        self.loop.call_soon_threadsafe(self._distribute_audio, meta, pcm)
+        self._hand_over(self._distribute_audio, meta, pcm)
 
     def _distribute_audio(self, meta: dict[str, Any], pcm: np.ndarray) -> None:
         from ionm.console.freerun import AUDIO_RATE_HZ, audio_message
