@@ -54,64 +54,60 @@ def _artefacts(duration_s: float, names: list[str], seed: int, after_s: float) -
     return out
 
 
-def _without_rejection() -> Any:
-    """The monitor with its artefact limits out of reach (the reference): a context manager."""
+def _rejection(on: bool) -> Any:
+    """A context manager: the monitor as it is (on), or with its artefact limits out of reach (the reference)."""
     import contextlib
 
     from ionm.pipeline import eeg
 
     @contextlib.contextmanager
-    def off() -> Any:
+    def limits() -> Any:
         saved = eeg.ARTEFACT_UV, eeg.HF_UV, eeg.POWER_JUMP
-        eeg.ARTEFACT_UV = eeg.HF_UV = eeg.POWER_JUMP = float("inf")
+        if not on:
+            eeg.ARTEFACT_UV = eeg.HF_UV = eeg.POWER_JUMP = float("inf")
         try:
             yield
         finally:
             eeg.ARTEFACT_UV, eeg.HF_UV, eeg.POWER_JUMP = saved
-    return off()
+    return limits()
 
 
 def _artefact_pass(quick: bool, runs: int) -> dict[str, Any]:
+    """Each recording rendered once and judged twice, with the rejection and without it."""
     from ionm_hw.physiology import eeg as sim
 
     clamp = sim.load_scenario("cea_clamp_ischaemia")
     names = list(clamp["channels"])
     stable_s = 600.0 if quick else 1800.0
-    res: dict[str, Any] = {}
-    for label in ("rejection", "without"):
-        events = rejected = cells = missed = 0
-        delays: list[float] = []
-        for i in range(runs):
-            seed = SEED_BASE + 300 + i
-            script = _artefacts(stable_s, names, seed, BASELINE_AT_S)
-            rec = sim.render(stable_s, 250.0, names, script, seed)
-            with _without_rejection() if label == "without" else _nothing():
-                mon = _monitor(rec)
-            events += sum(1 for e in mon.events if e.kind != "recovered")
-            rejected += int(mon.rejected.sum())
-            cells += len(mon.epochs) * len(names)
-            script = clamp["events"] + _artefacts(float(clamp["duration_s"]), names, seed + 50, BASELINE_AT_S)
-            rec = sim.render(float(clamp["duration_s"]), 250.0, names, script, seed + 50)
-            with _without_rejection() if label == "without" else _nothing():
-                mon = _monitor(rec)
+    tally = {label: {"events": 0, "rejected": 0, "cells": 0, "missed": 0, "delays": []}
+             for label in ("rejection", "without")}
+    for i in range(runs):
+        seed = SEED_BASE + 300 + i
+        stable = sim.render(stable_s, 250.0, names, _artefacts(stable_s, names, seed, BASELINE_AT_S), seed)
+        script = clamp["events"] + _artefacts(float(clamp["duration_s"]), names, seed + 50, BASELINE_AT_S)
+        clamped = sim.render(float(clamp["duration_s"]), 250.0, names, script, seed + 50)
+        for label, tl in tally.items():
+            with _rejection(label == "rejection"):
+                mon = _monitor(stable)
+                tl["events"] += sum(1 for e in mon.events if e.kind != "recovered")
+                tl["rejected"] += int(mon.rejected.sum())
+                tl["cells"] += len(mon.epochs) * len(names)
+                mon = _monitor(clamped)
             hits = [e for e in mon.events if e.kind == "ischaemia" and e.t_s > clamp["clamp_s"] and e.side == "L"]
-            early = [e for e in mon.events if e.kind != "recovered" and e.t_s <= clamp["clamp_s"]]
-            events += len(early)
+            tl["events"] += sum(1 for e in mon.events if e.kind != "recovered" and e.t_s <= clamp["clamp_s"])
             if hits:
-                delays.append(hits[0].t_s - clamp["clamp_s"])
+                tl["delays"].append(hits[0].t_s - clamp["clamp_s"])
             else:
-                missed += 1
-        res[label] = {"stable_and_preclamp_events": events, "rejected_pct": round(100.0 * rejected / max(cells, 1), 2),
-                      "clamp_to_alert_s_median": round(float(np.median(delays)), 1) if delays else None,
-                      "clamp_to_alert_s_worst": round(max(delays), 1) if delays else None, "clamp_missed": missed}
+                tl["missed"] += 1
+    res: dict[str, Any] = {}
+    for label, tl in tally.items():
+        d = tl["delays"]
+        res[label] = {"stable_and_preclamp_events": tl["events"],
+                      "rejected_pct": round(100.0 * tl["rejected"] / max(tl["cells"], 1), 2),
+                      "clamp_to_alert_s_median": round(float(np.median(d)), 1) if d else None,
+                      "clamp_to_alert_s_worst": round(max(d), 1) if d else None, "clamp_missed": tl["missed"]}
     res["hours"] = round(runs * (stable_s - BASELINE_AT_S + clamp["clamp_s"] - BASELINE_AT_S) / 3600.0, 2)
     return res
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def run(quick: bool = False) -> dict[str, Any]:
