@@ -153,9 +153,10 @@ class Hunt:
         return end >= b
 
     def judge(self):
-        """The window is over: update the brackets (unless samples were lost in it) and return the pulse's
-        record (index, current_ua, p2p µV per channel, response per channel); the next pulse is due one
-        period after this one."""
+        """The window is over: update the brackets (unless samples were lost in it: the same current is then
+        delivered again, and the pulse still counts against max_pulses, since it reached the patient) and
+        return the pulse's record (index, current_ua, p2p µV per channel, response per channel); the next pulse
+        is due one period after this one."""
         p2p = []
         resp = []
         cur = self.current
@@ -173,8 +174,6 @@ class Hunt:
                     self.above[j] = cur
             elif cur > self.below[j]:
                 self.below[j] = cur
-        if self.gap:
-            self.pulses -= 1  # not counted: the same current is delivered again
         rec = (self.pulse_index, cur, p2p, resp, self.gap)
         self.due = self.pulse_index + self.period
         self.pulse_index = _NONE

@@ -89,14 +89,14 @@ def wait_for(events: list[dict], kind: str, timeout: float) -> dict:
     raise AssertionError("no %s event in %.0f s: %s" % (kind, timeout, [e["kind"] for e in events][-20:]))
 
 
-def hunt_until_pulses(link: ln.BoardLink, events: list[dict], n: int) -> None:
-    """Ask for HUNT and wait for its n-th pulse. On a starved test machine the board may end a hunt for host
-    silence before that (the pty between host and virtual board can hold a heartbeat past the 100 ms watchdog:
-    docs/SAFETY.md, known limits; a stop by design); the hunt is then asked for again, as the console does, up
-    to 3 times. `events` is emptied before each attempt."""
+def hunt_until_pulses(link: ln.BoardLink, events: list[dict], n: int) -> dict:
+    """Ask for HUNT and wait for its n-th pulse; returns the HUNT reply of the hunt that got there. On a starved
+    test machine the board may end a hunt for host silence before that (the pty between host and virtual board
+    can hold a heartbeat past the 100 ms watchdog: docs/SAFETY.md, known limits; a stop by design); the hunt is
+    then asked for again, as the console does, up to 3 times. `events` is emptied before each attempt."""
     for _attempt in range(3):
         del events[:]
-        link.request(m.HUNT, HUNT)
+        ack = link.request(m.HUNT, HUNT)
         end = time.monotonic() + 30.0
         while (len([e for e in events if e["kind"] == "hunt-pulse"]) < n
                and not any(e["kind"] == "hunt-done" for e in events) and time.monotonic() < end):
@@ -108,6 +108,7 @@ def hunt_until_pulses(link: ln.BoardLink, events: list[dict], n: int) -> None:
     else:
         raise AssertionError("three hunts ended by host silence before pulse %d" % n)
     assert len([e for e in events if e["kind"] == "hunt-pulse"]) >= n, [e["kind"] for e in events][-20:]
+    return ack
 
 
 def hunt_to_the_end(link: ln.BoardLink, events: list[dict], request: dict, timeout: float) -> tuple[dict, dict]:
@@ -217,14 +218,19 @@ def test_a_probe_touching_nothing_is_refused_before_any_stimulus(tmp_path):
 
 def test_stim_stop_ends_a_hunt_at_once_with_its_results_so_far(hunt_board):
     vb, link, events = hunt_board
-    hunt_until_pulses(link, events, 2)
+    ack = hunt_until_pulses(link, events, 2)
     link.request(m.STIM_STOP, {})
     done = wait_for(events, "hunt-done", 5)
     assert done["reason"] == "stopped" and done["pulses"] >= 2
+
+    def this_hunts_pulses() -> int:  # (the pulses of hunts ended by host silence came before its start)
+        return len([p for p in delivered(vb.pulse_log_path)
+                    if p["output"] == PROBE and p["index"] >= ack["start_index"]])
+
     time.sleep(0.1)  # what the model delivered inside the block under way
-    n_at_stop = len([p for p in delivered(vb.pulse_log_path) if p["output"] == PROBE])
+    n_at_stop = this_hunts_pulses()
     time.sleep(1.0)  # five more periods at 5 Hz
-    assert len([p for p in delivered(vb.pulse_log_path) if p["output"] == PROBE]) == n_at_stop <= done["pulses"]
+    assert this_hunts_pulses() == n_at_stop <= done["pulses"]
 
 
 def test_host_silence_stops_a_hunt_within_the_watchdog_and_says_so(tmp_path):
@@ -321,6 +327,41 @@ def test_response_detection_scans_the_stimulus_locked_samples_allocation_free():
     assert r["crit"][1] == -(-100 * 24 * 8388607 // 4500000)
     assert r["resp"] == [False, 200 >= r["crit"][1], True]
     assert r["above"][2] == 1000 and r["below"][0] == 1000
+
+
+LOST_CODE = """
+import boardcfg
+from acquisition import parse_config
+from hunt import Hunt
+from huntreq import parse
+from safety import Supervisor
+
+sup = Supervisor(boardcfg.load())
+cfg = parse_config({"rate_hz": 4000, "channels": [0, 9, 13], "samples_per_frame": 40, "gain": 24}, boardcfg.load(), 1)
+h = Hunt(parse(sup, _IN["body"], cfg), cfg, 2, 4500000)
+raw = bytearray(54 * 40)
+currents = []
+index = 0
+while len(currents) < 10:
+    cur = h.next_current()
+    if cur is None:
+        break
+    h.armed(index, cur)
+    currents.append(cur)
+    h.scan(raw, index + 80, 40)  # the window's first samples (20..79) never arrived: an overrun
+    h.judge()
+    index = h.due
+emit({"currents": currents, "reason": h.reason, "pulses": h.pulses})
+"""
+
+
+def test_pulses_whose_windows_lost_samples_count_against_the_hunts_pulse_budget():
+    """A window that lost samples (an overrun) does not move the brackets, so the same current is delivered
+    again; each of those pulses still reached the patient, so it counts in `pulses` and against `max_pulses`:
+    a hunt that keeps losing samples ends at its budget instead of stimulating without end."""
+    (r,) = run_json(LOST_CODE, {"body": dict(HUNT, channels=[0, 9, 13], max_pulses=3)})
+    assert r["reason"] == "pulses" and r["pulses"] == 3, r
+    assert len(r["currents"]) == 3 and len(set(r["currents"])) == 1, r  # the brackets never moved
 
 
 def test_the_pulse_log_of_ionm_sim_shows_no_pulse_over_a_limit_across_hunts_and_a_manual_probe(tmp_path):

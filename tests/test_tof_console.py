@@ -364,10 +364,17 @@ def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_
     path = tmp_path / "tof.json"
     path.write_text(json.dumps(scen))
     log = tmp_path / "pulses.jsonl"
+
+    def output0() -> list[int]:  # the output stage's log, flushed per pulse
+        with open(log) as fh:
+            return [p["index"] for p in map(json.loads, fh) if not p.get("probe") and p["output"] == 0]
+
+    retried_after = -1  # the last output-0 pulse before a train asked again
     with console_on_board(tmp_path, str(path)) as (engine, case):
         r = run_tof(engine, timeout=60)
         if r["error"] is not None and ("watchdog" in r["error"] or "did not all arrive" in r["error"]):
             time.sleep(16.0)  # a starved host (this shared 2-core machine): ask again, as a person would
+            retried_after = max(output0())
             r = run_tof(engine, timeout=60)
         with pytest.raises(StimulationError, match="refused the train-of-four"):
             case.deliver_tof(0, APB_L, current_ma=25.0)  # the board's own 15-s rule
@@ -387,7 +394,10 @@ def test_on_the_board_the_firmwares_tof_program_delivers_with_the_other_outputs_
     idx = [p["index"] for p in on0]
     trains = [idx[k:k + 4] for k in range(len(idx) - 3) if all(3900 <= b - a <= 4100 for a, b in zip(
         idx[k:k + 4], idx[k + 1:k + 4], strict=False))]
-    assert len(trains) == 1 + (1 if len([t for t in timeline if t.startswith("TOF")]) > 1 else 0), trains
+    # one train for the TOF that read; a first one the board stopped for host silence may have delivered all its
+    # 4 pulses (its responses lost) or fewer
+    assert len([t for t in trains if t[0] > retried_after]) == 1, (retried_after, trains)
+    assert len([t for t in trains if t[0] <= retried_after]) <= 1, (retried_after, trains)
     first, last = trains[-1][0], trains[-1][-1]
     others = [p for p in pulses if 0 <= p["output"] < 4 and first - 100 <= p["index"] <= last + 100
               and p["index"] not in trains[-1]]
