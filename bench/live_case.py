@@ -430,6 +430,7 @@ def live_case(name: str, scenario: dict[str, Any], seed: int, plan: dict[str, An
     wall0 = time.monotonic()
     try:
         board = VirtualBoard(scenario=str(scn_path), seed=seed, stderr=err)
+        res["board_priority"] = board.priority  # "normal": the load lands on the board's clock too
         program = default_program(scenario)
         program["tcmep"]["repeat_s"] = MEP_EVERY_S
         source = BoardCase(board.device, program=program)
@@ -812,8 +813,9 @@ def _summary(out: dict[str, Any]) -> list[str]:
            ", stretches <= %.0f s, plateaus <= %.0f s" % (SEGMENT_MAX_S, PLATEAU_MAX_S)
            if out["plan"] == "compact" else "",
            " | ".join("loaded (%d CPU hogs)" % HOGS if k == "loaded" else k for k in labels)),
-        "wall time %s min; load avg at start %s; observed after baseline %s h" % (
+        "wall time %s min; load avg at start %s; virtual board priority %s; observed after baseline %s h" % (
             " | ".join("%.1f" % (x["wall_s"] / 60) for x in ps), " | ".join("%.1f" % x["loadavg_start"] for x in ps),
+            " | ".join(",".join(sorted({c.get("board_priority", "?") for c in x["cases"]})) for x in ps),
             pair(lambda f: "%.3f" % f["observed_h"])),
         "missed events: %s of %s (goal 0)" % (pair(lambda f: str(len(f["missed"]))), figs[0]["events"]),
         "false alerts: %s per 8 h (%s alerts; worst case %s per 8 h) (goal <= 1 per 8 h per case, MEP included)"

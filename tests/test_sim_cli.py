@@ -89,3 +89,38 @@ def test_console_sim_refuses_an_unknown_scenario_before_opening_a_case(tmp_path)
         assert store.open_case_id() is None  # refused before anything entered the record
     finally:
         store.close()
+
+
+
+PRIORITY_PROBE = """
+from ionm.board.virtual import VirtualBoard, priority_of
+with VirtualBoard(scenario="stable", seed=1) as vb:
+    print("|".join([vb.priority, priority_of(vb.model.pid), priority_of(vb.firmware.pid)]))
+"""
+
+
+def run_priority_probe(*prefix: str) -> tuple[list[str], str]:
+    """(the board's stated priority, its model's and its firmware's as the OS has them), and its stderr."""
+    import sys
+
+    proc = subprocess.run([*prefix, sys.executable, "-c", PRIORITY_PROBE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip().split("|"), proc.stderr
+
+
+def test_the_virtual_board_says_what_priority_the_os_gave_it_and_warns_when_it_got_none():
+    """The board's processes run ahead of the host where the OS allows it, so the checks' load lands on the host
+    software; where it does not, the board says so on its stderr instead of leaving host-silence stops to look
+    like the host's fault."""
+    import shutil
+
+    (stated, model, firmware), err = run_priority_probe()
+    assert stated == model == firmware, (stated, model, firmware)
+    assert ("normal priority" in err) == (stated == "normal"), (stated, err)
+    drop = ("setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice")
+    if stated == "normal" or shutil.which("setpriv") is None or subprocess.run([*drop, "true"]).returncode != 0:
+        return  # no privilege to lose (the warning was checked above), or no way to drop it here
+    # the same user without CAP_SYS_NICE (as a container may run the checks): neither real time nor a raised nice
+    got, err = run_priority_probe(*drop)
+    assert got == ["normal"] * 3, got
+    assert "normal priority" in err and "CAP_SYS_NICE" in err, err

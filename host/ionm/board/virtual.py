@@ -56,6 +56,17 @@ def _raise_priority(rt_priority: int, nice: int) -> None:
         pass
 
 
+def priority_of(pid: int) -> str:
+    """How the OS schedules process `pid`: "real-time", "nice N" (raised) or "normal"."""
+    try:
+        if os.sched_getscheduler(pid) in (os.SCHED_RR, os.SCHED_FIFO):
+            return "real-time"
+        nice = os.getpriority(os.PRIO_PROCESS, pid)
+    except (OSError, AttributeError):  # gone, or not Linux
+        return "normal"
+    return "nice %d" % nice if nice < 0 else "normal"
+
+
 def _board_process() -> None:
     """preexec_fn of the board's processes in real time: die with the parent, run ahead of the host if allowed."""
     _die_with_parent()
@@ -95,6 +106,14 @@ class VirtualBoard:
             self.model.kill()
             raise RuntimeError("the hardware model did not start (see its error above)")
         self.generator_resource = ready[1] if len(ready) > 1 else None
+        # What the OS granted the board's processes (see _raise_priority); said aloud when it is nothing, since the
+        # checks' CPU-bound load then lands on the simulated board's clock too and the pty can hold a heartbeat
+        # past the watchdog (docs/SAFETY.md, known limits): a stop that would otherwise look like the host's fault.
+        self.priority = priority_of(self.model.pid)
+        if not fast and self.priority == "normal":
+            print("ionm sim: the virtual board runs at normal priority (the OS refused real-time and a raised nice "
+                  "level: run as root or with CAP_SYS_NICE); on a loaded host the board may stop stimulation for "
+                  "host silence", file=self.stderr, flush=True)
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)  # no echo, no line editing: a binary link, as USB CDC is
         self.device = os.ttyname(self.slave)
