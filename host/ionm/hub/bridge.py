@@ -6,7 +6,10 @@ the case header once; every timeline event (alerts, acknowledgements, notes, bas
 "stimulation" whenever they change; the pedicle-screw tests as "screws" (without the rules' legend), the
 train-of-four as "tof" (results and the count < 2 warning) and the manual probe as "probe" (its records); trend
 points as "trend"; periodic averages (the stack's traces) and each baseline's waveform as "average"; link
-health as "link" when it changes, at most once per LINK_EVERY_S. Live display frames (streams) stay in the room.
+health as "link" when it changes, at most once per LINK_EVERY_S; the EEG's state as "eeg" when it changes (its clock
+aside) and each 2-s epoch (the DSA columns of both hemispheres and the indices' trend point) as "eegepoch"; the
+BAEP's state (the newest average with waves I, III and V marked, the baseline, the wave V trend) as "baep" with each
+new average, without the stack of earlier averages. Live display frames (streams, raw EEG) stay in the room.
 Each average carries what the hub's case view needs to draw it (stream_info: the channels' names, the time of the
 first point relative to the stimulus, the modality, the alert criteria), which the console's own frames leave to
 the stream frame.
@@ -23,12 +26,16 @@ from ionm.hub.publisher import Publisher
 
 LINK_EVERY_S = 1.0
 STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws", "tof": "tof",
-                "probe": "probe"}
+                "probe": "probe", "eeg": "eeg", "baep": "baep"}
 # What of the room's panels the hub gets: the results and the state, not the controls' choices
 SCREW_KEYS = ("available", "running", "results", "count")  # the frame without its rules (the legend)
 TOF_KEYS = ("available", "running", "every", "warning", "results", "count")  # not the outputs, channels, clock
 PROBE_KEYS = ("available", "running", "records", "count")  # the session without its newest pulse's responses
-PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS}
+# the EEG frame without its clock (sent with every epoch, which "eegepoch" carries), the BAEP's without its stack
+EEG_KEYS = ("fs", "channels", "sides", "state", "mode", "baseline", "criteria", "dsa", "trend_fields", "artefact")
+BAEP_KEYS = ("stream", "t_s", "channels", "side", "fs", "pre_ms", "rate_hz", "sweeps", "rejected", "state", "current",
+             "baseline", "trend", "criteria")
+PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS, "eeg": EEG_KEYS, "baep": BAEP_KEYS}
 
 
 class Bridge:
@@ -46,13 +53,14 @@ class Bridge:
     def _on_output(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         for key, js, _arrival in frames:
             if key in STATE_FRAMES:
-                if self._last.get(key) != js:
-                    self._last[key] = js
-                    body = json.loads(js)
-                    if key in PANEL_KEYS:
-                        body = {k: body.get(k) for k in PANEL_KEYS[key]}
-                        if key == "probe" and isinstance(body.get("running"), dict):
-                            body["running"] = {k: v for k, v in body["running"].items() if k != "last"}
+                body = json.loads(js)
+                if key in PANEL_KEYS:
+                    body = {k: body.get(k) for k in PANEL_KEYS[key]}
+                    if key == "probe" and isinstance(body.get("running"), dict):
+                        body["running"] = {k: v for k, v in body["running"].items() if k != "last"}
+                text = json.dumps(body, sort_keys=True) if key in PANEL_KEYS else js
+                if self._last.get(key) != text:
+                    self._last[key] = text
                     self.publisher.publish(STATE_FRAMES[key], body)
             elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
                 body = json.loads(js)
@@ -67,7 +75,7 @@ class Bridge:
                     self.publisher.publish("link", body)
         for js in appends:
             item = json.loads(js)
-            kind = {"trend": "trend", "event": "event", "stack": "average"}.get(item.get("k"))
+            kind = {"trend": "trend", "event": "event", "stack": "average", "eegep": "eegepoch"}.get(item.get("k"))
             if kind == "average":
                 item |= self.stream_info(item.get("s"))
             if kind:

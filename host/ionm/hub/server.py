@@ -41,6 +41,7 @@ from ionm.hub import messages as hm
 EVENTS_KEPT = 20
 TIMELINE_KEPT = 500  # timeline events a case view lists (the room's store has every one)
 REQUESTS_KEPT = 200  # physicians' requests a case view lists with their receipts
+EEG_EPOCHS_KEPT = 300  # the EEG's 2-s epochs a case view draws: the last 10 min of DSA and trend, as the console's view
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
 URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
 KEEPALIVE_S = 15.0  # a comment line when nothing changed, so proxies keep the push open
@@ -109,8 +110,8 @@ class HubState:
         c = self.cases.setdefault((site, room, msg["case"]), {
             "case": msg["case"], "site": site, "room": room, "header": {}, "alerts": {}, "events": [],
             "technical": None, "stimulation": None, "link": None, "screws": None, "tof": None, "probe": None,
-            "last_seq": 0, "heard": None, "messages": 0, "version": 0, "timeline": [], "trend": {}, "waves": {},
-            "requests": {}})
+            "eeg": None, "eegepochs": [], "baep": None, "last_seq": 0, "heard": None, "messages": 0, "version": 0,
+            "timeline": [], "trend": {}, "waves": {}, "requests": {}})
         c["messages"] += 1
         kind, body = msg["kind"], msg["body"]
         if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
@@ -141,6 +142,9 @@ class HubState:
             for k in ("names", "x0_ms", "criteria", "modality"):
                 if body.get(k) is not None:
                     w[k] = body[k]
+        elif kind == "eegepoch":
+            c["eegepochs"].append(body)
+            del c["eegepochs"][:-EEG_EPOCHS_KEPT]
         if kind == "event":
             c["timeline"].append(body)
             del c["timeline"][:-TIMELINE_KEPT]
@@ -151,7 +155,7 @@ class HubState:
         elif kind == "event":
             c["events"].append(body)
             del c["events"][:-EVENTS_KEPT]
-        elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe"):
+        elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe", "eeg", "baep"):
             c[kind] = body
         self._notify(kind in URGENT_KINDS)
         c["version"] = self.version  # the state's version when this case last changed: a viewer's own version
@@ -179,6 +183,7 @@ class HubState:
                 "newest_alert": newest,
                 "events": c["events"][-5:], "stimulation": c["stimulation"], "technical": c["technical"],
                 "screws": screw_summary(c["screws"]), "tof": tof_summary(c["tof"]), "probe": probe_summary(c["probe"]),
+                "eeg": eeg_summary(c["eeg"], c["eegepochs"]), "baep": baep_summary(c["baep"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
         if readable is None:
@@ -206,6 +211,7 @@ class HubState:
                 "trend": {k: display_trend(v) for k, v in c["trend"].items()},  # as the console's page gets them
                 "timeline": c["timeline"], "stimulation": c["stimulation"],
                 "technical": c["technical"], "link": c["link"], "requests": list(c["requests"].values()),
+                "eeg": None if c["eeg"] is None else {"frame": c["eeg"], "epochs": c["eegepochs"]}, "baep": c["baep"],
                 "heard_s_ago": None if c["heard"] is None else round(time.time() - c["heard"], 1),
                 "version": self.version}
 
@@ -253,6 +259,29 @@ def probe_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
     newest = records[-1] if records else None
     return {"count": int(frame.get("count") or 0), "running": frame.get("running") is not None,
             "newest": None if newest is None else {k: newest.get(k) for k in ("label", "ma", "present", "t_s")}}
+
+
+def eeg_summary(frame: dict[str, Any] | None, epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a tile says of a room's EEG: each hemisphere's state (normal, ischaemia, anaesthetic, ...), the newest
+    epoch's relative alpha per hemisphere, and since when (case time) artefact has held the judgement; None if the
+    room has no EEG."""
+    if not frame:
+        return None
+    newest = epochs[-1] if epochs else {}
+    art = frame.get("artefact") or {}
+    return {"state": frame.get("state"), "t": newest.get("t"),
+            "ra": {s: (newest.get(s) or [None])[0] for s in ("L", "R")}, "held_since": art.get("held_since")}
+
+
+def baep_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a tile says of a room's BAEP: its ear, state, and wave V now against the baseline; None if none."""
+    if not frame:
+        return None
+    v = ((frame.get("current") or {}).get("waves") or {}).get("V")
+    b = ((frame.get("baseline") or {}).get("waves") or {}).get("V")
+    return {"stream": frame.get("stream"), "state": frame.get("state"), "t_s": frame.get("t_s"),
+            "v_ms": v and v.get("ms"), "v_uv": v and v.get("uv"), "base_v_ms": b and b.get("ms"),
+            "base_v_uv": b and b.get("uv")}
 
 
 def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
