@@ -236,3 +236,52 @@ def test_the_four_ssep_outputs_interleave_a_quarter_period_apart_however_slow_th
             case.close()
             reader.join(timeout=5)
     err.close()
+
+
+def test_a_board_stop_during_a_probe_session_ends_it_with_an_error_not_as_no_response(tmp_path):
+    """Nerve mapping: the board stops stimulation (here 0.4 s of host silence, its watchdog) while the surgeon holds
+    the probe. Nothing is delivered from then on, so the session must not go on as if the site gave no response
+    ("no response at 10 mA" over a nerve is the worst answer mapping can give): run_probe ends with an error that
+    says the board stopped it."""
+    from faultproxy import FaultProxy
+    from test_screw_console import board_scenario
+
+    from ionm.board.stimulation import StimulationError
+    from ionm.board.virtual import VirtualBoard
+
+    err = open(tmp_path / "board.stderr", "w")
+    result: dict = {}
+    responses: list[int] = []
+    with VirtualBoard(scenario=board_scenario(tmp_path), seed=3, stderr=err) as vb:
+        proxy = FaultProxy(vb.device, seed=1, p_damage=0.0, p_garbage=0.0)
+        case = BoardCase(proxy.device)
+        reader = threading.Thread(target=lambda: list(case), daemon=True)
+        reader.start()
+        stop = threading.Event()
+
+        def run() -> None:
+            try:
+                result["pulses"] = case.run_probe(10.0, 5.0, [11, 13], lambda x, fs, pre: responses.append(pre), stop)
+            except StimulationError as exc:
+                result["error"] = str(exc)
+
+        session = threading.Thread(target=run, daemon=True)
+        try:
+            session.start()
+            deadline = time.monotonic() + 20.0
+            while len(responses) < 3 and session.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(responses) >= 3, (responses, result)
+            proxy.hold_host(0.4)
+            session.join(10.0)
+            ended_by_itself = not session.is_alive()
+            stop.set()
+            session.join(5.0)
+        finally:
+            case.close()
+            reader.join(timeout=5)
+            proxy.close()
+    err.close()
+    assert ended_by_itself, "the probe session kept waiting for pulses the board no longer delivered"
+    assert "pulses" not in result and "the board stopped the probe" in result["error"], result
+    assert "watchdog" in result["error"] or "host" in result["error"], result

@@ -68,7 +68,8 @@ def session(engine: CaseEngine, msg: dict[str, Any], pulses: int = 6) -> dict[st
         assert time.monotonic() < end
         time.sleep(0.02)
     frame = engine.call(engine.probe_frame)
-    engine.submit(*TECH, {"cmd": "probe_stop"}).result(10)
+    if engine.call(lambda: engine._probe_job is not None):  # (not ended by itself: the board stopped it)
+        engine.submit(*TECH, {"cmd": "probe_stop"}).result(10)
     while engine.call(lambda: len(engine.probes)) == before:
         assert time.monotonic() < end
         time.sleep(0.02)
@@ -177,17 +178,29 @@ def test_on_the_board_the_firmwares_probe_program_runs_with_the_other_outputs_pa
 
     probe_out = board.load()["stimulator"]["probe"]["output"]
     log = tmp_path / "pulses.jsonl"
+
+    def probe_pulses() -> list[dict]:  # the output stage's log, flushed per pulse
+        with open(log) as fh:
+            return [p for p in map(json.loads, fh) if not p.get("probe") and p["output"] == probe_out]
+
     with console_on_board(tmp_path, board_scenario(tmp_path)) as (engine, case):
         with pytest.raises(CommandError, match="ma must be"):
             engine.submit(*TECH, {"cmd": "probe", "ma": 45.0}).result(10)
-        rec = session(engine, {"ma": 10.0, "rate_hz": 5, "label": "L5 root"}, pulses=8)
+        for _attempt in range(3):
+            n_before = len(probe_pulses())
+            rec = session(engine, {"ma": 10.0, "rate_hz": 5, "label": "L5 root"}, pulses=8)
+            if rec["error"] is None or "the board stopped the probe" not in rec["error"]:
+                break
+            # a starved host (this shared 2-core machine): the board stopped stimulation for host silence, and
+            # the session ended saying so; the technologist probes again
+            time.sleep(1.0)
         time.sleep(1.5)  # the outputs resumed
         timeline = [e["text"] for e in engine.timeline]
     assert rec["error"] is None and rec["pulses"] >= 8, rec
     assert set(rec["present"]) == {"AHL1-AHL2 L abductor hallucis", "TAL1-TAL2 L tibialis anterior"}, rec
     with open(log) as fh:
         pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
-    probe = [p for p in pulses if p["output"] == probe_out]
+    probe = [p for p in pulses if p["output"] == probe_out][n_before:]  # the last session's
     others = [p for p in pulses if 0 <= p["output"] < probe_out]
     assert len(probe) >= rec["pulses"] and {p["requested_ma"] for p in probe} == {10.0}
     first, last = probe[0]["index"], probe[-1]["index"]

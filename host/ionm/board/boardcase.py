@@ -78,6 +78,8 @@ class BoardCase(ProgramHolder):
         self.probe_paused = False  # a screw test or a TOF paused the other outputs (pause_for_probe)
         self._tof_sweeps: queue.Queue[Sweep] | None = None  # a TOF's sweeps, diverted from the stream
         self._probe_sweeps: queue.Queue[Sweep] | None = None  # the manual probe's, likewise
+        # why the board stopped the probe session under way (watchdog, host-lost, fault, reset); None: it has not
+        self._probe_stopped: str | None = None
         self.pulses_held = 0  # SSEP pulses the board held off around TcMEP trains (its status event)
         self.stim_impedance: dict[str, int | None] = {}  # site -> ohms (None: open), from the check and each pulse
         self.lead_impedance: dict[str, int | None] = {}  # channel name -> ohms at the check before the case
@@ -274,6 +276,7 @@ class BoardCase(ProgramHolder):
             q: queue.Queue[Sweep] = queue.Queue()
             with self._lock:
                 self._probe_sweeps = q
+                self._probe_stopped = None
                 try:
                     self.session.load_programs([{"kind": "probe", "current_ua": int(round(current_ma * 1000)),
                                                  "rate_mhz": int(round(rate_hz * 1000))}])
@@ -286,6 +289,11 @@ class BoardCase(ProgramHolder):
                 try:
                     sw = q.get(timeout=0.2)
                 except queue.Empty:
+                    # Nothing is delivered after a stop: a session left running would read as "no response" at
+                    # a site that was never stimulated (the technologist probes again; no re-arm behind their back)
+                    if self._probe_stopped is not None:
+                        raise StimulationError("the board stopped the probe after %d pulse(s): %s: probe again"
+                                               % (pulses, self._probe_stopped)) from None
                     continue
                 pulses += 1
                 on_response(sw.data_uv, sw.fs, sw.pre_samples)
@@ -316,6 +324,8 @@ class BoardCase(ProgramHolder):
         reset = kind == "boot" and session is not None and session.link.handshaken  # a boot mid-case
         if kind in ("watchdog", "fault", "overrun", "recovered", "host-lost", "latch-overflow") or reset:
             self._log(kind, str(body.get("detail") or _describe(body)))
+        if self._probe_sweeps is not None and (kind in ("watchdog", "fault", "host-lost") or reset):
+            self._probe_stopped = "%s (%s)" % (kind if not reset else "reset", body.get("detail") or _describe(body))
         if kind == "recovered" and self.session.conf_reply is not None:
             self.case.set_configuration(self.session.conf_reply)  # the reset board's configuration (new cfg id)
         if kind == "host-lost":
