@@ -768,8 +768,10 @@ def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_
            "next_allowed_t_s": 135.0, "running": None, "every": None,
            "warning": "TOF 1/4 (R median -> APB): MEP and EMG unreliable", "results": tof_results, "count": 1}
     last = {"3": {"p2p_uv": 420.0, "latency_ms": 6.1}}
+    # a record as the engine makes it (ionm.console.engine._probe_end): present per muscle, response a bool
     record = {"uid": "p1", "t_s": 130.0, "user": "tech", "label": "R vagus", "ma": 1.0, "pulses": 12,
-              "present": True, "response": {"channel_name": "R vocalis", "p2p_uv": 420.0}, "error": None}
+              "present": {"VOCR1-VOCR2 R vocalis": {"p2p_uv": 420.0, "lat_ms": 3.1, "pulses": 12}},
+              "response": True, "error": None}
     probe = {"available": True, "ma_max": 40.0, "rate_hz_max": 5.0, "criterion_uv": 100.0,
              "running": {"ma": 1.0, "rate_hz": 4.0, "label": "R vagus", "pulses": 12, "user": "tech", "last": last},
              "records": [record], "count": 1}
@@ -794,4 +796,15 @@ def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_
     assert tile["tof"] == {"count": 1, "warning": tof["warning"], "newest": {"count": 1, "ratio": None,
                                                                                "site": "R median", "t_s": 120.0}}
     assert tile["probe"] == {"count": 1, "running": True,
-                             "newest": {"label": "R vagus", "ma": 1.0, "present": True, "t_s": 130.0}}
+                             "newest": {"label": "R vagus", "ma": 1.0, "t_s": 130.0, "response": True, "error": None,
+                                        "muscles": ["VOCR1-VOCR2"]}}
+    # no response, and a session the board stopped: neither reads as a response (nor the failed one as none)
+    none = dict(record, uid="p2", t_s=140.0, present={}, response=False)
+    failed = dict(record, uid="p3", t_s=150.0, present={}, response=False, pulses=3,
+                  error="the board stopped the probe after 3 pulse(s): watchdog (...): probe again")
+    for seq, rec in ((5, none), (6, failed)):
+        body = dict(sent["probe"], running=None, records=[record, rec], count=2)
+        state.add("ionm.General.OR_3.case-8.probe", hm.encode("probe", seq, "case-8", body))
+        (tile,) = state.view()["cases"]
+        assert tile["probe"]["newest"] == {"label": "R vagus", "ma": 1.0, "t_s": rec["t_s"], "response": False,
+                                           "error": rec["error"], "muscles": []}

@@ -68,3 +68,46 @@ def test_the_hub_page_asks_for_a_login_shows_the_physicians_rooms_only_and_clear
     assert cases == ["case-1", "case-3"]
     assert after_logout == 401
     assert cases_b == ["case-2"]
+
+
+def test_a_tile_words_the_newest_probe_record_as_the_room_recorded_it(tmp_path):
+    """Nerve mapping at the hub: "response present" with its muscles only when the room recorded one, "no response"
+    when it recorded none, and a session the board stopped as failed, never as either (its site was not stimulated
+    throughout)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from ionm.hub.publisher import Publisher
+
+    server, service = hub(tmp_path)
+    page = Page(server.url, service, users=USERS)
+    base = {"uid": "p1", "t_s": 130.0, "user": "tech", "label": "R vagus", "ma": 1.0, "pulses": 12,
+            "present": {"VOCR1-VOCR2 R vocalis": {"p2p_uv": 420.0, "lat_ms": 3.1, "pulses": 12}}, "response": True,
+            "error": None}
+    none = dict(base, uid="p2", present={}, response=False)
+    failed = dict(none, uid="p3", pulses=3, error="the board stopped the probe after 3 pulse(s): watchdog")
+    pub = Publisher(server.url, "General", "OR 1", "case-1", user="or1", password="pw-1")
+    seen = []
+    try:
+        pub.publish("header", {"uid": "case-1", "procedure": "thyroidectomy"})
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                tab = browser.new_page()
+                tab.goto(page.base + "/")
+                tab.fill("#gate-name", "dr_a")
+                tab.fill("#gate-pw", "pw-a")
+                tab.click("#gate-login")
+                for k, rec in enumerate((base, none, failed)):
+                    pub.publish("probe", {"available": True, "running": None, "records": [rec], "count": k + 1})
+                    assert pub.flush(20), pub.last_error
+                    expect(tab.locator(".tile .screws")).to_contain_text("probe: %d session(s)" % (k + 1))
+                    seen.append(tab.locator(".tile .screws").inner_text())
+            finally:
+                browser.close()
+    finally:
+        pub.close(2)
+        page.close()
+        server.stop()
+    assert seen[0].endswith("R vagus at 1 mA: response present (VOCR1-VOCR2)"), seen
+    assert seen[1].endswith("R vagus at 1 mA: no response"), seen
+    assert "failed: the board stopped the probe" in seen[2] and "response" not in seen[2], seen

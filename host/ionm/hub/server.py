@@ -252,13 +252,17 @@ def tof_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def probe_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
     """What a tile says of a room's manual probe (nerve mapping): how many sessions, one under way, the newest
-    record ("response present at X mA" or not); None if none."""
+    record: "response present at X mA" on which muscles, no response, or failed (the board stopped it: neither,
+    since the site was not stimulated throughout); None if none."""
     if not frame or not (frame.get("count") or frame.get("running")):
         return None
     records = list(frame.get("records") or [])
     newest = records[-1] if records else None
     return {"count": int(frame.get("count") or 0), "running": frame.get("running") is not None,
-            "newest": None if newest is None else {k: newest.get(k) for k in ("label", "ma", "present", "t_s")}}
+            "newest": None if newest is None else {
+                "label": newest.get("label"), "ma": newest.get("ma"), "t_s": newest.get("t_s"),
+                "response": bool(newest.get("response")), "error": newest.get("error"),
+                "muscles": [str(n).split(" ")[0] for n in (newest.get("present") or {})]}}
 
 
 def eeg_summary(frame: dict[str, Any] | None, epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
