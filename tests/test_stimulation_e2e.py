@@ -26,6 +26,24 @@ def pulses(board_fixture) -> list[dict]:
     return delivered_stimuli(board_fixture.pulse_log_path)
 
 
+def host_silence_retried(vb, link, events: list[dict], body, tries: int = 3) -> None:
+    """Run body(new_events, new_pulses): the test's stimulation and its assertions on what it produced (the events
+    and logged pulses since the attempt began). The board stops stimulation for host silence when the pty holds a
+    heartbeat past its 100 ms watchdog on a starved machine (docs/SAFETY.md, known limits; a stop by design), and
+    that cuts what the body measures: an attempt that fails with a watchdog event in it is run again, up to
+    `tries` times, after stopping what it started. A failure without one is the test's failure."""
+    for attempt in range(tries):
+        mark, logged = len(events), len(pulses(vb))
+        try:
+            body(lambda mark=mark: events[mark:], lambda logged=logged: pulses(vb)[logged:])
+            return
+        except AssertionError:
+            if attempt == tries - 1 or not any(e["kind"] == "watchdog" for e in events[mark:]):
+                raise
+        link.request(m.STIM_STOP, {})
+        time.sleep(1.5)  # past the minimum TcMEP train interval
+
+
 @pytest.fixture
 def stim_board(tmp_path):
     from ionm.board.virtual import VirtualBoard
@@ -52,21 +70,25 @@ def test_interleaved_ssep_schedule_indices_match_the_delivered_pulse_log(stim_bo
     progs = [{"kind": "pulse", "output": o, "current_ua": 25000 if o < 2 else 35000, "width_us": 200 if o < 2 else 300,
               "rate_mhz": 4700, "phase_us": int(o * period_us / 4)} for o in range(4)]
     link.request(m.STIM_PROGRAM, {"programs": progs})
-    start = link.request(m.STIM_START, {})["start_index"]
-    time.sleep(1.5)
-    link.request(m.STIM_STOP, {})
-    time.sleep(0.2)
-    stims = [(e["index"], e["output"]) for e in events if e["kind"] == "stim"]
-    logged = [(p["index"], p["output"]) for p in pulses(vb)]
-    assert len(stims) >= 20
-    assert stims == logged  # the board's latched indices are exactly when the model delivered them
-    fs = 4000
-    for o in range(4):  # each output at 4.7 Hz, a quarter period apart, computed without drift
-        idx = [i for i, out in stims if out == o]
-        t0 = start * 1e6 / fs + o * period_us / 4
-        for k, i in enumerate(idx):  # the first sample at or after the pulse's exact time
-            assert -1e-3 <= i - (t0 + k * period_us) * fs / 1e6 < 1
-    assert not [e for e in events if e["kind"] in ("fault", "watchdog")]
+
+    def body(new_events, new_pulses) -> None:
+        start = link.request(m.STIM_START, {})["start_index"]
+        time.sleep(1.5)
+        link.request(m.STIM_STOP, {})
+        time.sleep(0.2)
+        stims = [(e["index"], e["output"]) for e in new_events() if e["kind"] == "stim"]
+        logged = [(p["index"], p["output"]) for p in new_pulses()]
+        assert len(stims) >= 20
+        assert stims == logged  # the board's latched indices are exactly when the model delivered them
+        fs = 4000
+        for o in range(4):  # each output at 4.7 Hz, a quarter period apart, computed without drift
+            idx = [i for i, out in stims if out == o]
+            t0 = start * 1e6 / fs + o * period_us / 4
+            for k, i in enumerate(idx):  # the first sample at or after the pulse's exact time
+                assert -1e-3 <= i - (t0 + k * period_us) * fs / 1e6 < 1
+        assert not [e for e in new_events() if e["kind"] in ("fault", "watchdog")]
+
+    host_silence_retried(vb, link, events, body)
 
 
 def test_programs_started_together_share_one_start_index_and_keep_their_phases(stim_board):
@@ -77,18 +99,22 @@ def test_programs_started_together_share_one_start_index_and_keep_their_phases(s
     progs = [{"kind": "pulse", "output": o, "current_ua": 25000, "width_us": 200, "rate_mhz": 4700,
               "phase_us": int(o * period_us / 4)} for o in range(3)]
     link.request(m.STIM_PROGRAM, {"programs": progs})
-    start = link.request(m.STIM_START, {"program": [1, 0]})["start_index"]
-    time.sleep(1.0)
-    link.request(m.STIM_STOP, {})
-    time.sleep(0.2)
-    stims = [(e["index"], e["output"]) for e in events if e["kind"] == "stim"]
-    assert {o for _, o in stims} == {0, 1}
-    fs = 4000
-    for o in (0, 1):
-        idx = [i for i, out in stims if out == o]
-        assert len(idx) >= 3
-        for k, i in enumerate(idx):
-            assert -1e-3 <= i - (start * 1e6 / fs + o * period_us / 4 + k * period_us) * fs / 1e6 < 1
+
+    def body(new_events, _new_pulses) -> None:
+        start = link.request(m.STIM_START, {"program": [1, 0]})["start_index"]
+        time.sleep(1.0)
+        link.request(m.STIM_STOP, {})
+        time.sleep(0.2)
+        stims = [(e["index"], e["output"]) for e in new_events() if e["kind"] == "stim"]
+        assert {o for _, o in stims} == {0, 1}
+        fs = 4000
+        for o in (0, 1):
+            idx = [i for i, out in stims if out == o]
+            assert len(idx) >= 3
+            for k, i in enumerate(idx):
+                assert -1e-3 <= i - (start * 1e6 / fs + o * period_us / 4 + k * period_us) * fs / 1e6 < 1
+
+    host_silence_retried(vb, link, events, body)
 
 
 def test_watchdog_stops_stimulation_within_100ms_of_host_silence(tmp_path):
@@ -286,22 +312,33 @@ def test_ssep_pulses_are_held_off_around_every_tcmep_train(stim_board):
               "phase_us": int(o * period_us / 4)} for o in range(4)]
     progs.append({"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 1000})
     link.request(m.STIM_PROGRAM, {"programs": progs})
-    link.request(m.STIM_START, {})
-    time.sleep(4.6)
-    link.request(m.STIM_STOP, {})
-    time.sleep(0.3)
-    log = pulses(vb)
-    trigger = [p["index"] for p in log if p["output"] == -1]
-    ssep = [p["index"] for p in log if p["output"] >= 0]
-    trains = [trigger[i:i + 5] for i in range(0, len(trigger), 5)]
-    assert len(trains) >= 4 and all(len(t) == 5 for t in trains[:-1])
-    for t in trains:
-        inside = [i for i in ssep if t[0] - before <= i <= t[-1] + after]
-        assert not inside, "SSEP pulses %s inside the hold-off of the train at %d" % (inside, t[0])
-    # between trains, every output keeps pulsing (one 4.7 Hz period is 851 samples at 4 kHz)
-    assert len(ssep) >= 4 * 4.0 * 4.7 * 0.7
-    status = [e for e in events if e["kind"] == "status"]
-    assert status and status[-1]["pulses_held"] >= 4 * (len(trains) - 1)
+    ipi = 3000 * fs // 1_000_000  # samples between a train's pulses
+
+    def body(new_events, new_pulses) -> None:
+        held0 = max([e["pulses_held"] for e in events if e["kind"] == "status"], default=0)  # (counts since START)
+        link.request(m.STIM_START, {})
+        time.sleep(4.6)
+        link.request(m.STIM_STOP, {})
+        time.sleep(0.3)
+        log = new_pulses()
+        trigger = [p["index"] for p in log if p["output"] == -1]
+        ssep = [p["index"] for p in log if p["output"] >= 0]
+        trains: list[list[int]] = []  # a train: pulses one inter-pulse interval apart (a cut train stays apart)
+        for i in trigger:
+            if trains and i - trains[-1][-1] <= ipi + 1:
+                trains[-1].append(i)
+            else:
+                trains.append([i])
+        assert len(trains) >= 4 and all(len(t) == 5 for t in trains[:-1]), trains
+        for t in trains:
+            inside = [i for i in ssep if t[0] - before <= i <= t[-1] + after]
+            assert not inside, "SSEP pulses %s inside the hold-off of the train at %d" % (inside, t[0])
+        # between trains, every output keeps pulsing (one 4.7 Hz period is 851 samples at 4 kHz)
+        assert len(ssep) >= 4 * 4.0 * 4.7 * 0.7
+        status = [e for e in new_events() if e["kind"] == "status"]
+        assert status and status[-1]["pulses_held"] - held0 >= 4 * (len(trains) - 1)
+
+    host_silence_retried(vb, link, events, body)
 
 
 def _cal(stim_gain_ppm: list[int]) -> dict:
