@@ -77,9 +77,10 @@ def room_case_on_hub_page(web_port: int, db: Path, log: Path, *publish: str, tim
 
 
 @contextmanager
-def console_on_board(tmp_path: Path, scenario: str, settle_s: float = 2.0) -> Iterator[tuple]:
+def console_on_board(tmp_path: Path, scenario: str, settle_s: float = 2.0, held: bool = False) -> Iterator[tuple]:
     """A case engine on the virtual board (BoardCase, the firmware on MicroPython, pulse log at
-    tmp_path/pulses.jsonl) with the board as its probe, once its SSEP sweeps flow (settle_s): (engine, case).
+    tmp_path/pulses.jsonl) with the board as its probe, once its SSEP sweeps flow (settle_s): (engine, case); with
+    held, through a fault proxy that can hold the host's bytes back (a starved host): (engine, case, proxy).
     Stopped, with its case store, on the way out."""
     import time
 
@@ -93,16 +94,23 @@ def console_on_board(tmp_path: Path, scenario: str, settle_s: float = 2.0) -> It
     err = open(tmp_path / "board.stderr", "w")
     try:
         with VirtualBoard(scenario=scenario, pulse_log=str(tmp_path / "pulses.jsonl"), stderr=err) as vb:
-            case = BoardCase(vb.device)
+            proxy = None
+            if held:
+                from faultproxy import FaultProxy
+
+                proxy = FaultProxy(vb.device, seed=1, p_damage=0.0, p_garbage=0.0)
+            case = BoardCase(proxy.device if proxy is not None else vb.device)
             engine = CaseEngine(store, cid, stimulation=case, link_health=case.link_health, probe=case)
             engine.start()
             engine.run_source(case)
             try:
                 time.sleep(settle_s)
-                yield engine, case
+                yield (engine, case, proxy) if held else (engine, case)
             finally:
                 engine.stop()
                 case.close()
+                if proxy is not None:
+                    proxy.close()
     finally:
         err.close()
         store.close()

@@ -380,7 +380,9 @@ def test_on_the_board_the_firmware_hunts_with_the_other_outputs_paused(tmp_path:
         pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
     probe = [p for p in pulses if p["output"] == probe_out]
     others = [p for p in pulses if p["output"] != probe_out and 0 <= p["output"] < probe_out]
-    assert len(probe) == sum(t["pulses"] for t in tries) and r["pulses"] >= 5, tries
+    # every delivered pulse accounted for: judged, or armed by a hunt that ended before its window closed
+    assert sum(t["pulses"] for t in tries) <= len(probe) <= sum(t["armed"] for t in tries) and r["pulses"] >= 5, tries
+    assert r["armed"] == r["pulses"]  # the complete hunt judged every pulse it armed
     hunt = probe[-r["pulses"]:]  # the complete hunt's pulses
     first, last = hunt[0]["index"], hunt[-1]["index"]
     assert others and min(p["index"] for p in others) < probe[0]["index"]  # SSEP ran before ...
@@ -482,9 +484,49 @@ def test_on_the_board_a_dynamic_test_keeps_the_outputs_paused_until_screw_stop(t
         pulses = [p for p in map(json.loads, fh) if not p.get("probe")]
     probe = [p for p in pulses if p["output"] == probe_out]
     others = [p for p in pulses if 0 <= p["output"] < probe_out]
-    # (a pulse delivered as screw_stop arrived has no judged window: one more in the log than in the results)
-    assert sum(r["pulses"] for r in recs) <= len(probe) <= sum(r["pulses"] for r in recs) + 1
+    # (a pulse delivered as screw_stop arrived has no judged window: the hunt armed it, it was not judged)
+    assert sum(r["pulses"] for r in recs) <= len(probe) <= sum(r["armed"] for r in recs)
     first, last = probe[0]["index"], probe[-1]["index"]
     if all(r["reason"] in ("done", "stopped") for r in recs):  # one pause for the whole session
         assert not [p for p in others if first - 800 <= p["index"] <= last + 320]
     assert max(p["index"] for p in others) > last  # running again after
+
+
+def test_on_the_board_a_dynamic_test_hunts_again_after_the_board_stopped_a_hunt_for_host_silence(tmp_path: Path):
+    """The probe is on the tool and the board stops a hunt because the host went quiet (0.4 s: its 100 ms watchdog):
+    the hunt is recorded as incomplete ("watchdog", grey, not a reading) and the dynamic test hunts again by itself,
+    as it would after any hunt, instead of ending while the surgeon still probes. Every pulse the output stage
+    delivered is one the results account for: at least the judged ones, at most the armed ones."""
+    from ionm import board
+
+    probe_out = board.load()["stimulator"]["probe"]["output"]
+    log = tmp_path / "pulses.jsonl"
+    with console_on_board(tmp_path, board_scenario(tmp_path), settle_s=1.5, held=True) as (engine, case, proxy):
+        engine.submit(*TECH, {"cmd": "screw_test", "level": "L5", "side": "L", "dynamic": True}).result(10)
+        end = time.monotonic() + 30
+        while engine.call(lambda: len(engine.screws)) < 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # into the next hunt
+        proxy.hold_host(0.4)
+        while not engine.call(lambda: [r for r in engine.screws if r["reason"] == "watchdog"]) and \
+                time.monotonic() < end:
+            time.sleep(0.05)
+        n_stopped = engine.call(lambda: len(engine.screws))
+        while engine.call(lambda: len(engine.screws)) < n_stopped + 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        running = engine.call(lambda: engine._screw_job is not None)
+        if running:
+            engine.submit(*TECH, {"cmd": "screw_stop"}).result(10)
+        while engine.call(lambda: engine._screw_job is not None) and time.monotonic() < end:
+            time.sleep(0.02)
+        time.sleep(0.5)
+        recs = engine.call(lambda: list(engine.screws))
+    stopped = [r for r in recs if r["reason"] == "watchdog"]
+    assert stopped, [(r["reason"], r["pulses"]) for r in recs]
+    assert not stopped[0]["complete"] and stopped[0]["colour"] == "grey", stopped[0]
+    assert running and recs.index(stopped[0]) < len(recs) - 1, [(r["reason"], r["pulses"]) for r in recs]
+    assert recs[recs.index(stopped[0]) + 1]["test"] == stopped[0]["test"]  # the same dynamic test hunted on
+    with open(log) as fh:
+        probe = [p for p in map(json.loads, fh) if not p.get("probe") and p["output"] == probe_out]
+    assert sum(r["pulses"] for r in recs) <= len(probe) <= sum(r["armed"] for r in recs), (
+        len(probe), [(r["reason"], r["pulses"], r["armed"]) for r in recs])

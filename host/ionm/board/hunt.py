@@ -34,7 +34,10 @@ class HuntResult:
     reason: str  # done, pulses, stopped, watchdog, fault, limit, host-lost, acquisition-stopped, replaced
     thresholds_ma: dict[int, float | None]  # the lowest current that evoked a response; None: none up to hi
     below_ma: dict[int, float | None]  # the highest that did not
-    pulses: list[HuntPulse] = field(default_factory=list)
+    pulses: list[HuntPulse] = field(default_factory=list)  # every pulse whose response was judged
+    # the pulses the hunt armed (hunt-done's count, a window that lost samples included): at least those delivered,
+    # one more than judged when the hunt ended with a pulse's window open; None: as many as `pulses`
+    armed: int | None = None
 
     @property
     def complete(self) -> bool:
@@ -115,7 +118,8 @@ class HuntListener:
             return None if v is None else v / 1000.0
 
         return HuntResult(str(done["reason"]), {r["channel"]: ma(r["threshold_ua"]) for r in done["results"]},
-                          {r["channel"]: ma(r["below_ua"]) for r in done["results"]}, list(self.pulses))
+                          {r["channel"]: ma(r["below_ua"]) for r in done["results"]}, list(self.pulses),
+                          int(done["pulses"]))
 
 
 class Bisection:

@@ -88,6 +88,9 @@ SCREW_HI_MA = 20.0  # default top of the hunt: above every default rule's bounds
 SCREW_P2P_UV = 100.0  # default response criterion, as the commercial systems'
 SCREW_SHOWN = 40  # results a viewer is sent (the store and the report have every one)
 SCREW_RESUME_GRACE_S = 3.0  # after the other outputs resume, before a silent stream counts as stalled
+# a dynamic screw test hunts again after the board stopped a hunt for host silence, at most this many times in a
+# row (the probe is still on the tool; more in a row is a link that needs the technologist, and the test ends)
+SCREW_DYNAMIC_SILENCE_RETRIES = 3
 # Train-of-four (issue 20 item 5): 4 pulses at 2 Hz on a stimulator output, the 4 M-waves on one muscle channel
 # (ionm.pipeline.tof). At most one per TOF_INTERVAL_S of case time (board.json safety.tof_interval_ms_min, which
 # the firmware enforces on its own clock too); count < tof.UNRELIABLE_BELOW makes MEP and EMG unreliable.
@@ -644,7 +647,10 @@ class CaseEngine:
                     self._submit(functools.partial(self._screw_result, job, None, str(exc)))
                     break
                 self._submit(functools.partial(self._screw_result, job, res, None))
-                if not job["dynamic"] or res.reason not in ("done", "pulses"):
+                silenced = res.reason == "watchdog"  # (host-lost stops acquisition too: the re-arm restarts it)
+                job["silenced"] = job.get("silenced", 0) + 1 if silenced else 0
+                if not job["dynamic"] or not (res.reason in ("done", "pulses") or (
+                        silenced and job["silenced"] <= SCREW_DYNAMIC_SILENCE_RETRIES)):
                     break
         except Exception as exc:  # the pause failed: nothing was hunted
             self._submit(functools.partial(self._screw_result, job, None,
@@ -691,7 +697,9 @@ class CaseEngine:
                "lowest": None if low is None else {"channel": low[0], "threshold_ma": low[1]},
                "colour": band["colour"], "label": band["label"], "rule": band["rule"], "rule_source": band["source"],
                "rule_def": None if rule is None else sc.rule_json(rule),
-               "pulses": 0 if res is None else len(res.pulses), "paused": list(job["paused"]), "timeline": shown}
+               "pulses": 0 if res is None else len(res.pulses),
+               "armed": 0 if res is None else (len(res.pulses) if res.armed is None else res.armed),
+               "paused": list(job["paused"]), "timeline": shown}
         self.store.add_program(self.case_id, rec["t_s"], job["user"], "screw_test", rec)
         self.store.audit(self.case_id, job["user"], "screw_test.result",
                          {k: rec[k] for k in ("uid", "level", "side", "lowest", "colour", "label", "rule", "reason",
