@@ -96,15 +96,22 @@ def test_a_quiet_host_is_reported_and_stimulation_rearmed(held_board_case, quiet
     case, sweeps, proxy = held_board_case
     time.sleep(1.5)
     assert {s.source for s in sweeps} == {"L median", "R median", "L tibial", "R tibial"}
+    # (a loaded machine's pty can cause a stop and re-arm of its own before the hold: only later events count)
+    seq0 = max([e["seq"] for e in case.link_health()["board_events"]], default=0)
+
+    def since() -> list[dict]:
+        return [e for e in case.link_health()["board_events"] if e["seq"] > seq0]
+
     proxy.hold_host(quiet_s)
     deadline = time.monotonic() + 20.0
-    while "rearmed" not in _kinds(case) and time.monotonic() < deadline:
+    while not ([e for e in since() if e["kind"] == stopped_by] and [e for e in since() if e["kind"] == "rearmed"]
+               and case.link_health()["stimulation_stopped"] is None) and time.monotonic() < deadline:
         time.sleep(0.1)
     health = case.link_health()
-    kinds = [e["kind"] for e in health["board_events"]]
-    assert stopped_by in kinds and "rearmed" in kinds, health
+    kinds = [e["kind"] for e in since()]
+    assert stopped_by in kinds and "rearmed" in kinds[kinds.index(stopped_by):], health
     assert health["stimulation_stopped"] is None  # running again
-    rearm = next(e for e in health["board_events"] if e["kind"] == "rearmed")
+    rearm = next(e for e in since() if e["kind"] == "rearmed")
     assert "L median" in rearm["detail"] and "R tibial" in rearm["detail"]
     assert [e["seq"] for e in health["board_events"]] == sorted({e["seq"] for e in health["board_events"]})
     n = len(sweeps)
@@ -172,14 +179,22 @@ def test_after_a_refused_rearm_the_technologist_resumes_the_program_by_hand(held
     time.sleep(1.0)
     assert len(sweeps) == n  # nothing stimulates: no sweeps
 
-    program = case.apply({"action": "resume"})
-    assert program == case.state() and program["ssep"]["0"]["enabled"]  # the program, unchanged
-    health = case.link_health()
+    for _attempt in range(3):
+        program = case.apply({"action": "resume"})
+        assert program == case.state() and program["ssep"]["0"]["enabled"]  # the program, unchanged
+        events = case.link_health()["board_events"]
+        resumed = [e for e in events if e["kind"] == "resumed"][-1]
+        assert "L median" in resumed["detail"]
+        n = len(sweeps)
+        time.sleep(1.5)
+        health = case.link_health()
+        # a loaded machine's pty may stop it again (REARM_MAX 0: nothing re-arms): resume again, as the log says
+        if not [e for e in health["board_events"] if e["seq"] > resumed["seq"] and e["kind"] in ("watchdog",
+                                                                                                  "host-lost")]:
+            break
+    refused = [e for e in events if e["kind"] == "rearm-refused"][0]
+    assert resumed["seq"] > refused["seq"]  # logged as the technologist's resume after the refusal
     assert health["stimulation_stopped"] is None
-    assert health["board_events"][-1]["kind"] == "resumed"
-    assert "L median" in health["board_events"][-1]["detail"]
-    n = len(sweeps)
-    time.sleep(1.5)
     assert {s.source for s in sweeps[n:]} == {"L median", "R median", "L tibial", "R tibial"}
 
 
