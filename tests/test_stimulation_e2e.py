@@ -490,16 +490,21 @@ def test_the_watchdog_counts_every_valid_frame_and_nothing_else(tmp_path):
             link.request(m.START, {})
             link.request(m.STIM_PROGRAM, {"programs": [{"kind": "pulse", "output": 0, "current_ua": 1000,
                                                         "width_us": 100, "rate_mhz": 9700}]})
-            for name, (data, _counts) in kinds.items():
-                link.request(m.STIM_START, {})
-                n = len(events)
-                t_end = time.monotonic() + 0.4
-                while time.monotonic() < t_end:
-                    with link._tx_lock:
-                        link.transport.write(data)
-                    time.sleep(0.01)
-                tripped[name] = any(e["kind"] == "watchdog" for e in events[n:])
-                link.request(m.STIM_STOP, {})
+            for name, (data, counts) in kinds.items():
+                # a kind that counts, tripped all the same, is tried again up to 3 times: the pty of a starved
+                # machine can hold frames past 100 ms (docs/SAFETY.md); one that does not count trips every time
+                for _trial in range(3 if counts else 1):
+                    link.request(m.STIM_START, {})
+                    n = len(events)
+                    t_end = time.monotonic() + 0.4
+                    while time.monotonic() < t_end:
+                        with link._tx_lock:
+                            link.transport.write(data)
+                        time.sleep(0.01)
+                    tripped[name] = any(e["kind"] == "watchdog" for e in events[n:])
+                    link.request(m.STIM_STOP, {})
+                    if not tripped[name]:
+                        break
         finally:
             link.close()
     assert tripped == {name: not counts for name, (_data, counts) in kinds.items()}
