@@ -808,3 +808,43 @@ def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_
         (tile,) = state.view()["cases"]
         assert tile["probe"]["newest"] == {"label": "R vagus", "ma": 1.0, "t_s": rec["t_s"], "response": False,
                                            "error": rec["error"], "muscles": []}
+
+
+def test_the_free_run_emg_goes_to_the_hub_on_each_count_and_every_tenth_of_a_second_of_a_train():
+    """During an A-train the console's free-run frame changes with every 20-ms block (its A-train time grows); the
+    hub is sent it each time a channel has gained 0.1 s, a count or a warning at once, and never the discharges
+    under way, the clock or the sound's format."""
+    class Engine:
+        case = {"uid": "case-9", "procedure": "CPA tumour"}
+
+        def subscribe(self, fn):
+            self.out = fn
+
+    class Sink:
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, kind, body):
+            self.sent.append((kind, body))
+            return len(self.sent)
+
+    def frame(t_s, a_train_s, counts, warned=False):
+        return {"t_s": t_s, "fs": 8000.0, "warn_s": 10.0, "audio": {"rate_hz": 8000},
+                "channels": [{"name": "L orbicularis oris", "facial": True, "a_train_s": a_train_s, "warned": warned,
+                              "counts": counts},
+                             {"name": "L mentalis", "facial": True, "a_train_s": 0.0, "warned": False, "counts": {}}],
+                "ongoing": [{"ch": 0, "t_s": 40.0, "end_s": t_s, "peak_uv": 80.0}]}
+
+    engine, sink = Engine(), Sink()
+    bridge.attach(engine, sink)
+    for k in range(101):  # a 2-s A-train, one frame per 20-ms block, then counted at its end
+        engine.out([("emg", json.dumps(frame(40.0 + 0.02 * k, round(9.0 + 0.02 * k, 3), {"spike": 3})), None)], [])
+    engine.out([("emg", json.dumps(frame(42.02, 11.0, {"spike": 3, "a_train": 1}, warned=True)), None)], [])
+    engine.out([("emg", json.dumps(frame(42.04, 11.0, {"spike": 3, "a_train": 1}, warned=True)), None)], [])
+    sent = [b for k, b in sink.sent if k == "emg"]
+    assert 20 <= len(sent) <= 22, len(sent)  # 2 s of train in steps of 0.1 s, and the count at its end
+    assert all(set(b) == {"warn_s", "channels"} for b in sent)
+    times = [b["channels"][0]["a_train_s"] for b in sent]
+    assert all(0.1 - 1e-6 <= b - a <= 0.1 + 1e-6 for a, b in zip(times[:-2], times[1:-1], strict=True)), times
+    assert sent[-1]["channels"][0] == {"name": "L orbicularis oris", "facial": True, "a_train_s": 11.0,
+                                       "warned": True, "counts": {"spike": 3, "a_train": 1}}  # exact, and once

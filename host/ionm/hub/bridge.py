@@ -9,7 +9,10 @@ points as "trend"; periodic averages (the stack's traces) and each baseline's wa
 health as "link" when it changes, at most once per LINK_EVERY_S; the EEG's state as "eeg" when it changes (its clock
 aside) and each 2-s epoch (the DSA columns of both hemispheres and the indices' trend point) as "eegepoch"; the
 BAEP's state (the newest average with waves I, III and V marked, the baseline, the wave V trend) as "baep" with each
-new average, without the stack of earlier averages. Live display frames (streams, raw EEG) stay in the room.
+new average, without the stack of earlier averages; the free-run EMG's channels (cumulative A-train time, the
+warning, discharges counted per kind) as "emg" when a count or a warning changes, and during an A-train each time a
+channel's A-train time has grown by EMG_STEP_S (not with every 20-ms block); an A-train is counted when it ends, so
+its final time is sent exact. Live display frames (streams, raw EEG and EMG, sound) stay in the room.
 Each average carries what the hub's case view needs to draw it (stream_info: the channels' names, the time of the
 first point relative to the stimulus, the modality, the alert criteria), which the console's own frames leave to
 the stream frame.
@@ -25,8 +28,9 @@ from typing import Any
 from ionm.hub.publisher import Publisher
 
 LINK_EVERY_S = 1.0
+EMG_STEP_S = 0.1  # A-train time (s) a channel gains before the hub is sent it again during a train
 STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws", "tof": "tof",
-                "probe": "probe", "eeg": "eeg", "baep": "baep"}
+                "probe": "probe", "eeg": "eeg", "baep": "baep", "emg": "emg"}
 # What of the room's panels the hub gets: the results and the state, not the controls' choices
 SCREW_KEYS = ("available", "running", "results", "count")  # the frame without its rules (the legend)
 TOF_KEYS = ("available", "running", "every", "warning", "results", "count")  # not the outputs, channels, clock
@@ -35,7 +39,9 @@ PROBE_KEYS = ("available", "running", "records", "count")  # the session without
 EEG_KEYS = ("fs", "channels", "sides", "state", "mode", "baseline", "criteria", "dsa", "trend_fields", "artefact")
 BAEP_KEYS = ("stream", "t_s", "channels", "side", "fs", "pre_ms", "rate_hz", "sweeps", "rejected", "state", "current",
              "baseline", "trend", "criteria")
-PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS, "eeg": EEG_KEYS, "baep": BAEP_KEYS}
+EMG_KEYS = ("warn_s", "channels")  # the free-run frame without its clock, the discharges under way and the sound
+PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS, "eeg": EEG_KEYS, "baep": BAEP_KEYS,
+              "emg": EMG_KEYS}
 
 
 class Bridge:
@@ -43,6 +49,7 @@ class Bridge:
         self.engine, self.publisher = engine, publisher
         self._last: dict[str, str] = {}
         self._link_at = 0.0
+        self._emg_sent: tuple[list[Any], list[float]] | None = None  # the last free-run frame sent: marks, times
         case = getattr(engine, "case", None) or {}
         publisher.publish("header", {k: v for k, v in dict(case).items() if _plain(v)})
         stim = getattr(engine, "stimulation", None)
@@ -59,7 +66,7 @@ class Bridge:
                     if key == "probe" and isinstance(body.get("running"), dict):
                         body["running"] = {k: v for k, v in body["running"].items() if k != "last"}
                 text = json.dumps(body, sort_keys=True) if key in PANEL_KEYS else js
-                if self._last.get(key) != text:
+                if self._last.get(key) != text and (key != "emg" or self._emg_due(body)):
                     self._last[key] = text
                     self.publisher.publish(STATE_FRAMES[key], body)
             elif key.startswith("base:"):  # a stream's baseline waveform, once per baseline
@@ -80,6 +87,19 @@ class Bridge:
                 item |= self.stream_info(item.get("s"))
             if kind:
                 self.publisher.publish(kind, item)
+
+    def _emg_due(self, body: dict[str, Any]) -> bool:
+        """A changed free-run frame is sent when a channel's counts or warning changed, or its A-train time grew by
+        EMG_STEP_S since the last one sent."""
+        chans = body.get("channels") or []
+        marks = [(c.get("name"), c.get("warned"), c.get("counts")) for c in chans]
+        times = [float(c.get("a_train_s") or 0.0) for c in chans]
+        last = self._emg_sent
+        if last is not None and last[0] == marks and len(last[1]) == len(times) and \
+                all(t - t0 < EMG_STEP_S - 1e-6 for t, t0 in zip(times, last[1], strict=True)):  # (times in ms)
+            return False
+        self._emg_sent = (marks, times)
+        return True
 
     def stream_info(self, key: Any) -> dict[str, Any]:
         """A stream's channel names (short, as the console shows them), the first point's time relative to the

@@ -27,7 +27,7 @@ VERSION = 1
 STREAM = "IONM"
 SUBJECTS = "ionm.>"
 KINDS = ("header", "alerts", "event", "trend", "average", "technical", "stimulation", "link", "screws", "tof", "probe",
-         "eeg", "eegepoch", "baep", "receipt", "physician")
+         "eeg", "eegepoch", "baep", "emg", "receipt", "physician")
 PHYSICIAN = "physician"  # the one kind a room does not publish: a physician's ack or note, sent to the room
 DUPLICATE_WINDOW_S = 600.0  # JetStream de-duplication window: longer than any outage a room back-fills
 

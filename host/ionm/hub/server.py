@@ -110,8 +110,8 @@ class HubState:
         c = self.cases.setdefault((site, room, msg["case"]), {
             "case": msg["case"], "site": site, "room": room, "header": {}, "alerts": {}, "events": [],
             "technical": None, "stimulation": None, "link": None, "screws": None, "tof": None, "probe": None,
-            "eeg": None, "eegepochs": [], "baep": None, "last_seq": 0, "heard": None, "messages": 0, "version": 0,
-            "timeline": [], "trend": {}, "waves": {}, "requests": {}})
+            "eeg": None, "eegepochs": [], "baep": None, "emg": None, "last_seq": 0, "heard": None, "messages": 0,
+            "version": 0, "timeline": [], "trend": {}, "waves": {}, "requests": {}})
         c["messages"] += 1
         kind, body = msg["kind"], msg["body"]
         if kind == hm.PHYSICIAN:  # sent to the room, not heard from it
@@ -155,7 +155,7 @@ class HubState:
         elif kind == "event":
             c["events"].append(body)
             del c["events"][:-EVENTS_KEPT]
-        elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe", "eeg", "baep"):
+        elif kind in ("technical", "stimulation", "link", "screws", "tof", "probe", "eeg", "baep", "emg"):
             c[kind] = body
         self._notify(kind in URGENT_KINDS)
         c["version"] = self.version  # the state's version when this case last changed: a viewer's own version
@@ -184,6 +184,7 @@ class HubState:
                 "events": c["events"][-5:], "stimulation": c["stimulation"], "technical": c["technical"],
                 "screws": screw_summary(c["screws"]), "tof": tof_summary(c["tof"]), "probe": probe_summary(c["probe"]),
                 "eeg": eeg_summary(c["eeg"], c["eegepochs"]), "baep": baep_summary(c["baep"]),
+                "emg": emg_summary(c["emg"]),
                 "heard_s_ago": None if c["heard"] is None else round(now - c["heard"], 1)})
         tiles.sort(key=lambda t: (-t["unacknowledged"], t["site"], t["room"], t["case"]))
         if readable is None:
@@ -212,6 +213,7 @@ class HubState:
                 "timeline": c["timeline"], "stimulation": c["stimulation"],
                 "technical": c["technical"], "link": c["link"], "requests": list(c["requests"].values()),
                 "eeg": None if c["eeg"] is None else {"frame": c["eeg"], "epochs": c["eegepochs"]}, "baep": c["baep"],
+                "emg": c["emg"],
                 "heard_s_ago": None if c["heard"] is None else round(time.time() - c["heard"], 1),
                 "version": self.version}
 
@@ -286,6 +288,22 @@ def baep_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
     return {"stream": frame.get("stream"), "state": frame.get("state"), "t_s": frame.get("t_s"),
             "v_ms": v and v.get("ms"), "v_uv": v and v.get("uv"), "base_v_ms": b and b.get("ms"),
             "base_v_uv": b and b.get("uv")}
+
+
+def emg_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a tile says of a room's free-run EMG: the channel with the most cumulative A-train time (the facial
+    nerve's predictor of palsy past the warning, 10 s by default), the channels warned, and the discharges counted
+    per kind over all channels; None if the room runs none."""
+    if not frame or not frame.get("channels"):
+        return None
+    chans = frame["channels"]
+    top = max(chans, key=lambda c: c.get("a_train_s") or 0.0)
+    counts: dict[str, int] = {}
+    for c in chans:
+        for k, n in (c.get("counts") or {}).items():
+            counts[k] = counts.get(k, 0) + int(n)
+    return {"warn_s": frame.get("warn_s"), "a_train_s": top.get("a_train_s") or 0.0, "a_train_channel": top.get("name"),
+            "warned": [c.get("name") for c in chans if c.get("warned")], "counts": counts}
 
 
 def alert_summary(frame: dict[str, Any]) -> tuple[int, dict[str, Any] | None]:
