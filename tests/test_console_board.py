@@ -288,13 +288,20 @@ def test_a_board_stop_during_a_probe_session_ends_it_with_an_error_not_as_no_res
             except StimulationError as exc:
                 result["error"] = str(exc)
 
-        session = threading.Thread(target=run, daemon=True)
         try:
-            session.start()
-            deadline = time.monotonic() + 20.0
-            while len(responses) < 3 and session.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert len(responses) >= 3, (responses, result)
+            for _attempt in range(3):
+                # (a loaded machine's pty may stop it before the hold, ending the session the same way: again)
+                result.clear()
+                del responses[:]
+                session = threading.Thread(target=run, daemon=True)
+                session.start()
+                deadline = time.monotonic() + 20.0
+                while len(responses) < 3 and session.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                if session.is_alive() or "the board stopped the probe" not in result.get("error", ""):
+                    break
+                time.sleep(1.0)
+            assert len(responses) >= 3 and session.is_alive(), (responses, result)
             proxy.hold_host(0.4)
             session.join(10.0)
             ended_by_itself = not session.is_alive()
