@@ -93,17 +93,21 @@ def test_console_sim_refuses_an_unknown_scenario_before_opening_a_case(tmp_path)
 
 
 PRIORITY_PROBE = """
+import subprocess, sys
 from ionm.board.virtual import VirtualBoard, priority_of
-with VirtualBoard(scenario="stable", seed=1) as vb:
+stderr = {"default": None, "devnull": subprocess.DEVNULL, "fd": 2}[sys.argv[1]]
+with VirtualBoard(scenario="stable", seed=1, stderr=stderr) as vb:
     print("|".join([vb.priority, priority_of(vb.model.pid), priority_of(vb.firmware.pid)]))
 """
 
 
-def run_priority_probe(*prefix: str) -> tuple[list[str], str]:
-    """(the board's stated priority, its model's and its firmware's as the OS has them), and its stderr."""
+def run_priority_probe(*prefix: str, stderr: str = "default") -> tuple[list[str], str]:
+    """(the board's stated priority, its model's and its firmware's as the OS has them), and its stderr; the board's
+    stderr the default (sys.stderr), subprocess.DEVNULL or a file descriptor (as the CLI tools give it)."""
     import sys
 
-    proc = subprocess.run([*prefix, sys.executable, "-c", PRIORITY_PROBE], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([*prefix, sys.executable, "-c", PRIORITY_PROBE, stderr], capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split("|"), proc.stderr
 
@@ -124,3 +128,8 @@ def test_the_virtual_board_says_what_priority_the_os_gave_it_and_warns_when_it_g
     got, err = run_priority_probe(*drop)
     assert got == ["normal"] * 3, got
     assert "normal priority" in err and "CAP_SYS_NICE" in err, err
+    # as `ionm impedance --sim` starts it (stderr=DEVNULL: said to no one) and with a file descriptor
+    got, err = run_priority_probe(*drop, stderr="devnull")
+    assert got == ["normal"] * 3 and "normal priority" not in err, (got, err)
+    got, err = run_priority_probe(*drop, stderr="fd")
+    assert got == ["normal"] * 3 and "normal priority" in err, (got, err)

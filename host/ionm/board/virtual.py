@@ -111,9 +111,9 @@ class VirtualBoard:
         # past the watchdog (docs/SAFETY.md, known limits): a stop that would otherwise look like the host's fault.
         self.priority = priority_of(self.model.pid)
         if not fast and self.priority == "normal":
-            print("ionm sim: the virtual board runs at normal priority (the OS refused real-time and a raised nice "
-                  "level: run as root or with CAP_SYS_NICE); on a loaded host the board may stop stimulation for "
-                  "host silence", file=self.stderr, flush=True)
+            self._say("ionm sim: the virtual board runs at normal priority (the OS refused real-time and a raised "
+                      "nice level: run as root or with CAP_SYS_NICE); on a loaded host the board may stop "
+                      "stimulation for host silence")
         self.master, self.slave = pty.openpty()
         tty.setraw(self.slave)  # no echo, no line editing: a binary link, as USB CDC is
         self.device = os.ttyname(self.slave)
@@ -135,6 +135,16 @@ class VirtualBoard:
         self._supervisor = threading.Thread(target=self._supervise, name="ionm-sim-reset", daemon=True)
         self._supervisor.start()
 
+    def _say(self, text: str) -> None:
+        """A line on the board's stderr as given: a file, a file descriptor, or subprocess.DEVNULL (said to no one)."""
+        err = self.stderr
+        if err == subprocess.DEVNULL:
+            return
+        if isinstance(err, int):
+            os.write(err, (text + "\n").encode())
+        else:
+            print(text, file=err, flush=True)
+
     def _start_firmware(self) -> subprocess.Popen[bytes]:
         return subprocess.Popen(self.fw_cmd, stdin=self.master, stdout=self.master, stderr=self.stderr,
                                 env=self.fw_env, preexec_fn=self._preexec)
@@ -152,8 +162,8 @@ class VirtualBoard:
             with self._fw_lock:
                 if self._closing.is_set() or self.firmware.poll() is None:
                     continue
-                print("ionm sim: firmware exited with status %s; restarting it (board reset)"
-                      % self.firmware.returncode, file=self.stderr, flush=True)
+                self._say("ionm sim: firmware exited with status %s; restarting it (board reset)"
+                          % self.firmware.returncode)
                 self.resets += 1
                 self.firmware = self._start_firmware()
 
