@@ -686,28 +686,35 @@ def test_the_page_is_pushed_each_change_as_it_happens_not_at_the_next_poll():
     assert tile["room"] == "OR9" and tile["events"][-1]["text"] == "ALERT tibial L cortical"
 
 
+class Engine:
+    """The engine's subscription interface (CaseEngine.subscribe): out() hands frames as the console emits them."""
+
+    def __init__(self, uid: str, procedure: str) -> None:
+        self.case = {"uid": uid, "procedure": procedure}
+
+    def subscribe(self, fn):
+        self.out = fn
+
+
+class Sink:
+    """What the bridge hands to the publisher, kept in order."""
+
+    def __init__(self):
+        self.sent = []
+
+    def publish(self, kind, body):
+        self.sent.append((kind, body))
+        return len(self.sent)
+
+
 def test_screw_tests_reach_the_hub_without_the_rules_legend_and_a_tile_counts_the_red_ones():
     from ionm.hub.server import HubState
-
-    class Engine:  # the engine's subscription interface (CaseEngine.subscribe): frames as the console emits them
-        case = {"uid": "case-7", "procedure": "L3-S1 fusion"}
-
-        def subscribe(self, fn):
-            self.out = fn
-
-    class Sink:  # what the bridge hands to the publisher
-        def __init__(self):
-            self.sent = []
-
-        def publish(self, kind, body):
-            self.sent.append((kind, body))
-            return len(self.sent)
 
     results = [{"level": "L4", "side": "left", "lowest": {"channel": 9, "threshold_ma": 1.5}, "colour": "red",
                 "label": "likely breach", "hi_ma": 20.0},
                {"level": "L5", "side": "left", "lowest": None, "colour": "green", "label": "no breach", "hi_ma": 20.0}]
     frame = {"available": True, "rules": [{"name": "lumbosacral"}], "running": None, "results": results, "count": 2}
-    engine, sink = Engine(), Sink()
+    engine, sink = Engine("case-7", "L3-S1 fusion"), Sink()
     bridge.attach(engine, sink)
     engine.out([("screws", json.dumps(frame), None)], [])
     engine.out([("screws", json.dumps(frame), None)], [])  # unchanged: not sent again
@@ -747,20 +754,6 @@ def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_
     ("response present at X mA") go to the hub as the screws do: their frames without the room's panel detail."""
     from ionm.hub.server import HubState
 
-    class Engine:
-        case = {"uid": "case-8", "procedure": "thyroidectomy"}
-
-        def subscribe(self, fn):
-            self.out = fn
-
-    class Sink:
-        def __init__(self):
-            self.sent = []
-
-        def publish(self, kind, body):
-            self.sent.append((kind, body))
-            return len(self.sent)
-
     tof_results = [{"uid": "t1", "t_s": 120.0, "user": "tech", "auto": False, "site": "R median",
                     "channel_name": "APB", "current_ma": 25.0, "count": 1, "ratio": None, "t1_fraction": 0.2,
                     "error": None}]
@@ -775,7 +768,7 @@ def test_train_of_four_and_probe_records_reach_the_hub_and_a_low_count_shows_on_
     probe = {"available": True, "ma_max": 40.0, "rate_hz_max": 5.0, "criterion_uv": 100.0,
              "running": {"ma": 1.0, "rate_hz": 4.0, "label": "R vagus", "pulses": 12, "user": "tech", "last": last},
              "records": [record], "count": 1}
-    engine, sink = Engine(), Sink()
+    engine, sink = Engine("case-8", "thyroidectomy"), Sink()
     bridge.attach(engine, sink)
     engine.out([("tof", json.dumps(tof), None), ("probe", json.dumps(probe), None)], [])
     engine.out([("tof", json.dumps(tof), None)], [])  # unchanged: not sent again
@@ -814,20 +807,6 @@ def test_the_free_run_emg_goes_to_the_hub_on_each_count_and_every_tenth_of_a_sec
     """During an A-train the console's free-run frame changes with every 20-ms block (its A-train time grows); the
     hub is sent it each time a channel has gained 0.1 s, a count or a warning at once, and never the discharges
     under way, the clock or the sound's format."""
-    class Engine:
-        case = {"uid": "case-9", "procedure": "CPA tumour"}
-
-        def subscribe(self, fn):
-            self.out = fn
-
-    class Sink:
-        def __init__(self):
-            self.sent = []
-
-        def publish(self, kind, body):
-            self.sent.append((kind, body))
-            return len(self.sent)
-
     def frame(t_s, a_train_s, counts, warned=False):
         return {"t_s": t_s, "fs": 8000.0, "warn_s": 10.0, "audio": {"rate_hz": 8000},
                 "channels": [{"name": "L orbicularis oris", "facial": True, "a_train_s": a_train_s, "warned": warned,
@@ -835,7 +814,7 @@ def test_the_free_run_emg_goes_to_the_hub_on_each_count_and_every_tenth_of_a_sec
                              {"name": "L mentalis", "facial": True, "a_train_s": 0.0, "warned": False, "counts": {}}],
                 "ongoing": [{"ch": 0, "t_s": 40.0, "end_s": t_s, "peak_uv": 80.0}]}
 
-    engine, sink = Engine(), Sink()
+    engine, sink = Engine("case-9", "CPA tumour"), Sink()
     bridge.attach(engine, sink)
     for k in range(101):  # a 2-s A-train, one frame per 20-ms block, then counted at its end
         engine.out([("emg", json.dumps(frame(40.0 + 0.02 * k, round(9.0 + 0.02 * k, 3), {"spike": 3})), None)], [])

@@ -15,6 +15,16 @@ CHROMIUM = os.environ.get("IONM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+def logged_in_tab(browser, base: str, name: str = "dr_a", password: str = "pw-a"):
+    """A new tab on the hub's page, logged in through its gate as a physician would."""
+    tab = browser.new_page()
+    tab.goto(base + "/")
+    tab.fill("#gate-name", name)
+    tab.fill("#gate-pw", password)
+    tab.click("#gate-login")
+    return tab
+
+
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed (make test installs it)")]
 
@@ -92,11 +102,7 @@ def test_a_tile_words_the_newest_probe_record_as_the_room_recorded_it(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                tab = browser.new_page()
-                tab.goto(page.base + "/")
-                tab.fill("#gate-name", "dr_a")
-                tab.fill("#gate-pw", "pw-a")
-                tab.click("#gate-login")
+                tab = logged_in_tab(browser, page.base)
                 for k, rec in enumerate((base, none, failed)):
                     pub.publish("probe", {"available": True, "running": None, "records": [rec], "count": k + 1})
                     assert pub.flush(20), pub.last_error

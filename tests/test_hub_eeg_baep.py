@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hub_browser import ARGS, CHROMIUM
+from test_hub_browser import ARGS, CHROMIUM, logged_in_tab
 from test_hub_physician import Page, hub_nats
 
 from ionm.board.eegbaep import BaepCase, EegCase
@@ -43,20 +43,36 @@ def play(engine: CaseEngine, source: Any, until_s: float, baep: bool) -> None:
 
 
 @contextmanager
-def room_with_eeg_and_baep(tmp_path: Path) -> Iterator[tuple[Page, dict[str, Any], str]]:
-    """The hub (access file, the page served) and a room's console engine publishing to it straight, which has played
-    the clamp ischaemia's EEG to 345 s (left clamp at 300 s) and a BAEP whose wave V is lost at 300 s to 400 s:
-    (the page, the room's newest "eeg" and "baep" frames as its console got them, the case's uid)."""
-    from ionm.hub import bridge
+def hub_and_room(tmp_path: Path, procedure: str, **engine_kw: Any) -> Iterator[tuple[Page, CaseEngine, Any]]:
+    """The hub (access file, the page served) and a room's console engine (started, with a case of `procedure`) with
+    the room's publisher to the hub straight: (the page, the engine, the publisher, for bridge.attach). All stopped
+    on the way out."""
     from ionm.hub.publisher import Publisher
 
     server, service = hub_nats(tmp_path / "hub")
     page = Page(server.url, service)
     store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case(patient_id="CEA-1", procedure="left carotid endarterectomy")
-    engine = CaseEngine(store, cid, auto_baseline_s=240.0)
+    cid = store.open_case(patient_id="HUB-1", procedure=procedure)
+    engine = CaseEngine(store, cid, **engine_kw)
     pub = Publisher(server.url, "General", "OR 1", engine.case["uid"], user="or1", password="pw-1")
     try:
+        yield page, engine, pub
+    finally:
+        page.close()
+        engine.stop()
+        pub.close(2)
+        server.stop()
+        store.close()
+
+
+@contextmanager
+def room_with_eeg_and_baep(tmp_path: Path) -> Iterator[tuple[Page, dict[str, Any], str]]:
+    """The hub and a room publishing to it, which has played the clamp ischaemia's EEG to 345 s (left clamp at
+    300 s) and a BAEP whose wave V is lost at 300 s to 400 s: (the page, the room's newest "eeg" and "baep" frames
+    as its console got them, the case's uid)."""
+    from ionm.hub import bridge
+
+    with hub_and_room(tmp_path, "left carotid endarterectomy", auto_baseline_s=240.0) as (page, engine, pub):
         bridge.attach(engine, pub)
         sent: dict[str, Any] = {}  # the room's newest frames as its console's page got them
 
@@ -73,12 +89,6 @@ def room_with_eeg_and_baep(tmp_path: Path) -> Iterator[tuple[Page, dict[str, Any
         engine.call(lambda: None)
         assert pub.flush(20), pub.last_error
         yield page, sent, engine.case["uid"]
-    finally:
-        page.close()
-        engine.stop()
-        pub.close(2)
-        server.stop()
-        store.close()
 
 
 def test_a_rooms_eeg_and_baep_reach_the_physicians_tile_and_case_view(tmp_path: Path) -> None:
@@ -123,11 +133,7 @@ def test_the_hub_page_draws_the_rooms_eeg_and_baep(tmp_path: Path) -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                tab = browser.new_page()
-                tab.goto(page.base + "/")
-                tab.fill("#gate-name", "dr_a")
-                tab.fill("#gate-pw", "pw-a")
-                tab.click("#gate-login")
+                tab = logged_in_tab(browser, page.base)
                 expect(tab.locator(".tile")).to_contain_text("EEG: L ischaemia")
                 expect(tab.locator(".tile")).to_contain_text("R normal")
                 expect(tab.locator(".tile")).to_contain_text("BAEP L ear: alert")

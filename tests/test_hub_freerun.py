@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_hub_browser import ARGS, CHROMIUM
-from test_hub_physician import Page, hub_nats
+from test_hub_browser import ARGS, CHROMIUM, logged_in_tab
+from test_hub_eeg_baep import hub_and_room
+from test_hub_physician import Page
 
 from ionm.board.freerun import FreeRunCase
-from ionm.case.store import CaseStore
-from ionm.console.engine import CaseEngine
 
 ORIS = "L orbicularis oris"  # cpa_facial_traction: its cumulative A-train time passes 10 s in the train at 135 s
 
@@ -29,23 +28,16 @@ def room_with_freerun(tmp_path: Path, until_s: float) -> Iterator[tuple[Page, di
     (the page, the room's newest "emg" frame as its console got it, the case's uid, the messages published per
     kind)."""
     from ionm.hub import bridge
-    from ionm.hub.publisher import Publisher
 
-    server, service = hub_nats(tmp_path / "hub")
-    page = Page(server.url, service)
-    store = CaseStore(tmp_path / "cases.db")
-    cid = store.open_case(patient_id="CPA-1", procedure="vestibular schwannoma")
-    engine = CaseEngine(store, cid)
-    pub = Publisher(server.url, "General", "OR 1", engine.case["uid"], user="or1", password="pw-1")
-    kinds: dict[str, int] = {}
-    publish = pub.publish
+    with hub_and_room(tmp_path, "vestibular schwannoma") as (page, engine, pub):
+        kinds: dict[str, int] = {}
+        publish = pub.publish
 
-    def counted(kind: str, body: Any) -> Any:
-        kinds[kind] = kinds.get(kind, 0) + 1
-        return publish(kind, body)
+        def counted(kind: str, body: Any) -> Any:
+            kinds[kind] = kinds.get(kind, 0) + 1
+            return publish(kind, body)
 
-    pub.publish = counted  # type: ignore[method-assign]
-    try:
+        pub.publish = counted  # type: ignore[method-assign]
         bridge.attach(engine, pub)
         sent: dict[str, Any] = {}
         engine.subscribe(lambda frames, _a: sent.update((k, json.loads(js)) for k, js, _t in frames if k == "emg"))
@@ -66,12 +58,6 @@ def room_with_freerun(tmp_path: Path, until_s: float) -> Iterator[tuple[Page, di
         engine.call(lambda: None)
         assert pub.flush(20), pub.last_error
         yield page, sent["emg"], engine.case["uid"], kinds
-    finally:
-        page.close()
-        engine.stop()
-        pub.close(2)
-        server.stop()
-        store.close()
 
 
 def test_a_rooms_a_train_time_and_warning_reach_the_physicians_tile_and_case_view(tmp_path: Path) -> None:
@@ -105,11 +91,7 @@ def test_the_hub_page_shows_the_a_train_time_past_the_warning(tmp_path: Path) ->
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             try:
-                tab = browser.new_page()
-                tab.goto(page.base + "/")
-                tab.fill("#gate-name", "dr_a")
-                tab.fill("#gate-pw", "pw-a")
-                tab.click("#gate-login")
+                tab = logged_in_tab(browser, page.base)
                 expect(tab.locator(".tile")).to_contain_text(
                     "EMG: A-train %.1f s on %s (past 10 s)" % (oris["a_train_s"], ORIS))
                 tab.click('.tile[data-case="%s"]' % case)

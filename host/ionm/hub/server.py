@@ -513,7 +513,9 @@ def request_body(req: dict[str, Any]) -> dict[str, Any]:
     raise SendError(400, "cmd: ack or note")
 
 
-PUBLIC_PATHS = frozenset({"/", "/login", "/logout", "/session.json"})  # the page itself and its login: no case data
+# the page itself, its colours and its login: no case data
+PUBLIC_PATHS = frozenset({"/", "/login", "/logout", "/session.json", "/palette.js"})
+PALETTE = Path(__file__).parent.parent / "console" / "static" / "palette.js"  # the DSA's colours, as the console's
 BACKGROUND = "X-Ionm-Background"  # the page's own refreshes carry it: they are not the physician's doing (idle time)
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -549,6 +551,9 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
 
     async def index(_request: web.Request) -> web.StreamResponse:
         return web.FileResponse(STATIC / "hub.html", headers=NO_STORE)
+
+    async def palette(_request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(PALETTE, headers=NO_STORE)
 
     async def session(request: web.Request) -> web.Response:
         return web.json_response({"physician": request[PHYSICIAN], "login": gated}, headers=NO_STORE)
@@ -655,6 +660,7 @@ def make_app(state: HubState, sender: Sender | None = None, secure: bool = False
 
         app.on_cleanup.append(close_sender)
     app.router.add_get("/", index)
+    app.router.add_get("/palette.js", palette)
     app.router.add_get("/session.json", session)
     app.router.add_get("/case/{case}.json", case)
     app.router.add_post("/login", login)

@@ -802,16 +802,7 @@ const EEG_KEEP_S = 3600, EEG_RAW_KEEP_S = 16;
 const EEG_SIDE_COLOR = { L: "#58a6ff", R: "#ffa657" };
 const EEG = { dsa: [], trend: [], raw: { t0: null, dt: 0.008, q: 0.5, v: [] } };
 S.eeg = EEG;
-const DSA_PALETTE = (() => {  // dark blue -> blue -> cyan -> green -> yellow -> red (a spectral scale, as on the monitors)
-  const stops = [[0, [8, 12, 40]], [0.2, [20, 40, 160]], [0.4, [0, 170, 220]], [0.6, [40, 200, 80]], [0.8, [250, 220, 40]], [1, [230, 30, 30]]];
-  const out = new Uint8ClampedArray(256 * 3);
-  for (let i = 0; i < 256; i++) {
-    const v = i / 255; let k = 0; while (k < stops.length - 2 && v > stops[k + 1][0]) k++;
-    const [a, ca] = stops[k], [b, cb] = stops[k + 1], f = (v - a) / (b - a);
-    for (let j = 0; j < 3; j++) out[i * 3 + j] = ca[j] + (cb[j] - ca[j]) * f;
-  }
-  return out;
-})();
+// DSA_PALETTE: palette.js
 
 function b64bytes(s) { const t = atob(s), a = new Uint8Array(t.length); for (let i = 0; i < t.length; i++) a[i] = t.charCodeAt(i); return a; }
 
