@@ -47,7 +47,8 @@ PANEL_KEYS = {"screws": SCREW_KEYS, "tof": TOF_KEYS, "probe": PROBE_KEYS, "eeg":
 class Bridge:
     def __init__(self, engine: Any, publisher: Publisher) -> None:
         self.engine, self.publisher = engine, publisher
-        self._last: dict[str, str] = {}
+        self._last: dict[str, str] = {}  # per kind, what was last published (a panel's frame as the hub gets it)
+        self._raw: dict[str, str] = {}  # per state frame, the engine's last text, to skip a repeat without parsing it
         self._link_at = 0.0
         self._emg_sent: tuple[list[Any], list[float]] | None = None  # the last free-run frame sent: marks, times
         case = getattr(engine, "case", None) or {}
@@ -60,6 +61,9 @@ class Bridge:
     def _on_output(self, frames: list[tuple[str, str, float | None]], appends: list[str]) -> None:
         for key, js, _arrival in frames:
             if key in STATE_FRAMES:
+                if self._raw.get(key) == js:  # the engine sent the same frame again (EMG every few blocks): nothing
+                    continue
+                self._raw[key] = js
                 body = json.loads(js)
                 if key in PANEL_KEYS:
                     body = {k: body.get(k) for k in PANEL_KEYS[key]}
