@@ -80,6 +80,7 @@ class VirtualPatient:
     NEAR_THRESHOLD_DELAY_MS = 0.5  # weakly recruited volleys arrive slightly later
     MEP_PHASE_JITTER = 0.12  # log-sd of each MEP phase's size, trial to trial (shape varies too)
     MEP_PHASE_PP_CV = 0.10  # the peak-to-peak CV that phase jitter alone produces (measured)
+    EEG_FS_HZ = 250.0  # a scenario's EEG is rendered at this rate (its content is below 30 Hz)
     MEP_ONSET_FRACTION = 0.02  # truth onset: where the noise-free response first reaches 2 % of its peak
 
     def __init__(self, scenario: dict[str, Any], seed: int, fs_hz: float, n_channels: int = 16) -> None:
@@ -135,6 +136,21 @@ class VirtualPatient:
         names = sorted({e for ch in self.channels for e in ch.electrodes})
         self._lead_z = {e: float(np.clip(2000 * np.exp(0.35 * g.standard_normal()), 1000, 6000)) for e in names}
 
+        # An EEG scenario on the montage's EEG derivations (a carotid case): rendered at EEG_FS_HZ, interpolated to
+        # the board's rate. Only with "eeg": every other draw stays what it was without it.
+        self._eeg: tuple[Any, list[tuple[int, int]]] | None = None
+        if self.scenario.get("eeg"):
+            from ionm_hw.physiology.eeg import OngoingEeg
+
+            src = OngoingEeg(self.scenario["eeg"], self.seed, self.EEG_FS_HZ)
+            cols = [(ch.index, src.channel_names.index(ch.derivation)) for ch in self.channels
+                    if ch.kind == "eeg" and ch.derivation in src.channel_names]
+            if not cols:
+                raise ValueError("the EEG scenario %r records none of the montage's EEG channels (kind 'eeg': %s)"
+                                 % (src.name, ", ".join(ch.derivation for ch in self.channels if ch.kind == "eeg")
+                                    or "none"))
+            self._eeg = (src, cols)
+
         self._next = 0  # first sample not yet rendered
         self._pending: list[tuple[int, np.ndarray]] = []  # (start index, (L, n_channels) volts)
         self._train: list[Pulse] = []  # trigger pulses of the train not yet known to be complete
@@ -156,6 +172,8 @@ class VirtualPatient:
         end = first_index + n
         out = self._background.render(first_index, n, sel)
         out += self._mains.render(first_index, n, sel)
+        if self._eeg is not None:
+            self._add_eeg(out, first_index, n, sel)
         self._cautery.render(out, first_index, sel)
         self._pops.render(out, first_index, sel)
         self._emg.render(out, first_index, sel)
@@ -223,6 +241,21 @@ class VirtualPatient:
         return int(np.argmax(c)) if c.max() > 0 else -1
 
     # ---------------------------------------------------------------- internals
+    def _add_eeg(self, out: np.ndarray, first_index: int, n: int, sel: list[int]) -> None:
+        """The EEG scenario's signal (µV at EEG_FS_HZ, linearly interpolated) on the selected EEG channels, volts."""
+        assert self._eeg is not None
+        src, cols = self._eeg
+        if n <= 0:
+            return
+        u = (first_index + np.arange(n)) * (self.EEG_FS_HZ / self.fs)  # positions in EEG samples
+        i0 = int(np.floor(u[0]))
+        m = int(np.floor(u[-1])) - i0 + 2
+        x = src.samples(i0, m)
+        grid = np.arange(i0, i0 + m)
+        for ch, k in cols:
+            if ch in sel:
+                out[:, sel.index(ch)] += np.interp(u, grid, x[k]) * 1e-6
+
     def _deliver(self, p: Pulse) -> None:
         if p.output == TRIGGER_OUTPUT:
             if self._train and p.index - self._train[-1].index > self._train_gap:

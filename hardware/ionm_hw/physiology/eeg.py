@@ -164,3 +164,43 @@ def load_scenario(name_or_path: str) -> dict[str, Any]:
 def render_scenario(name_or_path: str, seed: int, fs_hz: float = 250.0) -> EegRecording:
     sc = load_scenario(name_or_path)
     return render(float(sc["duration_s"]), fs_hz, list(sc["channels"]), sc["events"], seed)
+
+
+CONTINUATION_S = 120.0  # past the scenario's end the EEG goes on without events, rendered this much at a time
+
+
+class OngoingEeg:
+    """An EEG scenario as a signal without end, for a source that asks for any stretch of it in time order (the
+    virtual patient, whose board-rate samples interpolate it): the scenario rendered whole at fs_hz, then
+    CONTINUATION_S at a time with the same channels and no event, each from a seed of its own."""
+
+    def __init__(self, scenario: str | dict[str, Any], seed: int, fs_hz: float = 250.0) -> None:
+        sc = load_scenario(scenario) if isinstance(scenario, str) else scenario
+        self.name = str(sc.get("name", scenario))
+        self.seed, self.fs = int(seed), float(fs_hz)
+        rec = render(float(sc["duration_s"]), self.fs, list(sc["channels"]), list(sc.get("events", [])), self.seed)
+        self.channel_names = list(rec.channel_names)
+        self.truth = rec.truth
+        self._head = rec.samples_uv
+        self._tail: tuple[int, np.ndarray] | None = None
+
+    def samples(self, i0: int, n: int) -> np.ndarray:
+        """µV [n_channels, n] for the EEG samples i0 .. i0 + n (i0 >= 0)."""
+        out = np.empty((len(self.channel_names), n))
+        done, end = 0, self._head.shape[1]
+        while done < n:
+            i = i0 + done
+            if i < end:
+                k = min(n - done, end - i)
+                out[:, done:done + k] = self._head[:, i:i + k]
+            else:
+                per = int(CONTINUATION_S * self.fs)
+                start = end + (i - end) // per * per
+                if self._tail is None or self._tail[0] != start:
+                    rec = render(CONTINUATION_S, self.fs, self.channel_names, [], self.seed * 1000 + 11 + start // per)
+                    self._tail = (start, rec.samples_uv)
+                j = i - start
+                k = min(n - done, per - j)
+                out[:, done:done + k] = self._tail[1][:, j:j + k]
+            done += k
+        return out

@@ -21,6 +21,11 @@ Default 16-channel montage (a scenario may replace it with its own "montage" lis
   14  TAR1-TAR2       R tibialis anterior
   15  Cz'-Fpz         tibial cortical P37, both sides (the standard derivation: backup and EEG)
 
+Procedure montages (PROCEDURE_MONTAGES, a scenario's "montage" by name, `ionm console --montage`): "default" above,
+and "carotid" (CAROTID_MONTAGE): channels 0-7 the median cortical, cervical, both Erb's, the tibial Cz'-Fpz and both
+APBs, channels 8-15 the EEG derivations F3-C3, C3-P3, P3-O1, T3-C3, F4-C4, C4-P4, P4-O2, T4-C4 (kind "eeg"), which
+record the scenario's "eeg" (physiology/eeg.py) instead of the generic background.
+
 A channel is named "derivation (label)", e.g. "C3'-Fz (R median cortical N20)". Its electrodes are the
 two sides of the derivation; an electrode that comes off affects every channel that uses it (Fz!).
 """
@@ -51,6 +56,19 @@ DEFAULT_MONTAGE: list[dict[str, str]] = [
     {"derivation": "Cz'-Fpz", "label": "tibial cortical P37, both sides", "kind": "scalp", "modality": "ssep-lower"},
 ]
 
+# Carotid endarterectomy (and other vascular cases): EEG over both hemispheres for ischaemia at clamping, with the
+# upper-limb SSEPs (the median cortical N20 falls with the same ischaemia), one tibial cortical channel and the hand
+# muscles for TcMEP on demand. The 8 EEG derivations are those hardware/scenarios/eeg renders (physiology/eeg.py):
+# their signal comes from the scenario's "eeg", not from the generic background.
+EEG_DERIVATIONS = ("F3-C3", "C3-P3", "P3-O1", "T3-C3", "F4-C4", "C4-P4", "P4-O2", "T4-C4")
+CAROTID_MONTAGE: list[dict[str, str]] = [
+    *DEFAULT_MONTAGE[:2], DEFAULT_MONTAGE[4], DEFAULT_MONTAGE[5], DEFAULT_MONTAGE[6], DEFAULT_MONTAGE[15],
+    DEFAULT_MONTAGE[9], DEFAULT_MONTAGE[10],
+    *({"derivation": d, "label": "EEG %s" % ("left" if int(d[-1]) % 2 else "right"), "kind": "eeg", "modality": "eeg"}
+      for d in EEG_DERIVATIONS),
+]
+PROCEDURE_MONTAGES = {"default": DEFAULT_MONTAGE, "carotid": CAROTID_MONTAGE}
+
 SCALP_ELECTRODES = {"C3'", "C4'", "Cz'", "CPz", "CP3", "CP4", "Fz", "Fpz", "Cz", "C3", "C4", "Fp1", "Fp2"}
 
 # Body region of each electrode: decides how much stimulus artefact a channel sees from each output.
@@ -70,7 +88,7 @@ ELECTRODE_REGION = {
 # Background rms per kind, µV (lo, hi; the patient draws within): EEG-like 1/f, EMG band, white floor.
 # Scalp EEG of a few µV rms under anaesthesia; spontaneous EMG low but present (partial relaxation).
 EEG_UV = (3.5, 7.0)
-EMG_UV = {"scalp": (0.3, 1.0), "spine": (1.0, 3.0), "nerve": (0.5, 1.5), "muscle": (3.0, 10.0)}
+EMG_UV = {"eeg": (0.3, 1.0), "scalp": (0.3, 1.0), "spine": (1.0, 3.0), "nerve": (0.5, 1.5), "muscle": (3.0, 10.0)}
 FLOOR_UV = (0.2, 0.4)  # electrode thermal noise (the amplifier adds its own)
 
 
@@ -79,7 +97,7 @@ class Channel:
     index: int
     derivation: str
     label: str
-    kind: str  # scalp | spine | nerve | muscle
+    kind: str  # scalp | spine | nerve | muscle | eeg (a 10-20 EEG derivation: its EEG is the scenario's "eeg")
     modality: str  # the evaluate modality the channel serves (ssep-upper, ssep-lower, mep, eeg)
     electrodes: tuple[str, str]
     region: str
@@ -89,8 +107,13 @@ class Channel:
         return f"{self.derivation} ({self.label})"
 
 
-def build(entries: list[dict[str, Any]] | None, n_channels: int) -> list[Channel]:
-    """The montage for n_channels: the given (or default) entries, truncated or padded with spare EEG."""
+def build(entries: list[dict[str, Any]] | str | None, n_channels: int) -> list[Channel]:
+    """The montage for n_channels: the given (or default, or named procedure) entries, truncated or padded with
+    spare EEG."""
+    if isinstance(entries, str):
+        if entries not in PROCEDURE_MONTAGES:
+            raise ValueError(f"no procedure montage {entries!r}; available: {', '.join(PROCEDURE_MONTAGES)}")
+        entries = PROCEDURE_MONTAGES[entries]
     entries = list(entries if entries is not None else DEFAULT_MONTAGE)[:n_channels]
     while len(entries) < n_channels:
         entries.append({"derivation": f"X{len(entries)}-Fz", "label": "spare", "kind": "scalp", "modality": "eeg"})
@@ -102,7 +125,7 @@ def build(entries: list[dict[str, Any]] | None, n_channels: int) -> list[Channel
         kind = str(e.get("kind", "scalp"))
         if kind not in EMG_UV:
             raise ValueError(f"montage channel {i}: kind must be one of {sorted(EMG_UV)}")
-        region = str(e.get("region", ELECTRODE_REGION.get(parts[0], "head" if kind == "scalp" else "trunk")))
+        region = str(e.get("region", ELECTRODE_REGION.get(parts[0], "head" if kind in ("scalp", "eeg") else "trunk")))
         out.append(
             Channel(i, str(e["derivation"]), str(e.get("label", "")), kind, str(e.get("modality", "eeg")),
                     (parts[0], parts[1]), region)
@@ -121,5 +144,7 @@ def noise_levels(channels: list[Channel], g: np.random.Generator,
     for ch in channels:
         n_scalp = sum(e in SCALP_ELECTRODES for e in ch.electrodes)
         eeg = g.uniform(*EEG_UV) * (1.0 if n_scalp == 2 else 0.6 if n_scalp == 1 else 0.0)
+        if ch.kind == "eeg":
+            eeg = 0.0  # the scenario's EEG model supplies it (the draw above is kept: the others' stay as they were)
         out[ch.index] = np.array((eeg, g.uniform(*EMG_UV[ch.kind]), g.uniform(*FLOOR_UV))) * scale
     return out

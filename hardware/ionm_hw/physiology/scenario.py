@@ -14,7 +14,10 @@ A scenario is a JSON object; every key but "name" is optional (DEFAULTS fill the
                     "cautery_per_min", "cautery_s": [lo, hi],
                     "cautery_uv": [lo, hi], "pops_per_min", "emg_bursts_per_min"}
   patient           overrides of drawn parameters: {"height_factor"}
-  montage           a full replacement of the default montage (see montage.py)
+  montage           a full replacement of the default montage (see montage.py), or the name of a procedure
+                    montage there ("carotid")
+  eeg               an EEG scenario (hardware/scenarios/eeg/NAME.json, physiology/eeg.py) rendered on the
+                    montage's channels whose derivation it records (F3-C3, ...), from case time 0
   events            scripted events, times in seconds from the start of the case:
     {"type": "change", "targets": [glob over response names], "onset_s", "ramp_s",
      "amplitude": factor, "latency": factor, "recovery": {"onset_s", "ramp_s", "amplitude", "latency"}}
@@ -82,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "patient": {},
     "montage": None,
+    "eeg": None,
     "screws": [],
     "events": [],
     "expected": {},

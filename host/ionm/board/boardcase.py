@@ -13,6 +13,9 @@ so at most REARM_MAX times in REARM_WINDOW_S: a host that keeps starving the boa
 loop. An output fault (impedance, compliance, over-current) is never re-armed automatically: the electrode needs
 a person.
 
+A montage with EEG channels (modality "eeg", e.g. the carotid procedure montage) also gives `eeg_source`: those
+channels decimated to 250 SPS as EEG blocks for the console's EEG path (ionm.board.eegtap), from the same stream.
+
 Before acquisition starts the board checks the electrodes (SPEC 5.10): every channel's lead impedance and
 every stimulator output's; link health carries them (`lead_impedance_ohm`, `stim_impedance_ohm`), the latter
 kept current by the impedance every delivered pulse measures.
@@ -26,6 +29,8 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+
+import numpy as np
 
 from ionm.board.acquire import BoardSession, LiveCase, SweepSpec
 from ionm.board.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
@@ -57,11 +62,27 @@ def default_montage() -> list[dict[str, str]]:
     return DEFAULT_MONTAGE
 
 
+def procedure_montage(name: str) -> list[dict[str, str]]:
+    """A named procedure montage ("default", "carotid"; ionm_hw.physiology.montage), or ValueError naming them."""
+    from ionm_hw.physiology.montage import PROCEDURE_MONTAGES
+
+    if name not in PROCEDURE_MONTAGES:
+        raise ValueError("no procedure montage %r; available: %s" % (name, ", ".join(PROCEDURE_MONTAGES)))
+    return PROCEDURE_MONTAGES[name]
+
+
 class BoardCase(ProgramHolder):
     def __init__(self, port: str, montage: list[dict[str, str]] | None = None,
-                 program: dict[str, Any] | None = None) -> None:
+                 program: dict[str, Any] | None = None, eeg_start_s: float | None = 0.0) -> None:
+        from ionm.board.eegtap import EegTap
+
         super().__init__(program)
         self.montage = montage or default_montage()
+        eeg = [i for i, c in enumerate(self.montage) if c.get("modality") == "eeg" and c.get("kind") == "eeg"]
+        # the montage's EEG derivations, decimated from the board's stream (None: the montage records no EEG)
+        self.eeg_source: EegTap | None = EegTap(eeg, [self.montage[i]["derivation"] for i in eeg], RATE_HZ,
+                                                start_s=eeg_start_s) if eeg else None
+        self._uv_per_count: tuple[int, np.ndarray] | None = None  # (cfg, µV per count per board channel)
         self.names = {i: "%s (%s)" % (c["derivation"], c["label"]) for i, c in enumerate(self.montage)}
         self.case = LiveCase({}, self.names)
         self._leadoff = 0
@@ -310,6 +331,15 @@ class BoardCase(ProgramHolder):
     def _data(self, block: Any) -> None:
         self._leadoff = block.leadoff
         self.case.on_data(block)
+        if self.eeg_source is not None:
+            session = getattr(self, "session", None)  # (data arrive while the session is being opened)
+            conf = session.conf_reply if session is not None else None
+            if conf is None or block.cfg != conf["cfg"]:
+                return  # (an old configuration's last frames, or before the session is open)
+            if self._uv_per_count is None or self._uv_per_count[0] != conf["cfg"]:
+                self._uv_per_count = (conf["cfg"], np.array([conf["vref_uv"] / conf["full_scale_code"] / g
+                                                             for g in conf["gain"]]))
+            self.eeg_source.feed(block.first_index, block.counts * self._uv_per_count[1])
 
     def _event(self, body: dict[str, Any]) -> None:
         self.case.on_event(body)
@@ -412,7 +442,7 @@ class BoardCase(ProgramHolder):
             "stim_impedance_ohm": dict(self.stim_impedance),
             "lead_impedance_ohm": dict(self.lead_impedance),
             "lead_impedance_good_ohm": GOOD_LEAD_OHM,
-        }
+        } | (self.eeg_source.link_health() if self.eeg_source is not None else {})
 
     def _events_copy(self) -> list[dict[str, Any]]:
         with self._events_lock:
@@ -435,6 +465,8 @@ class BoardCase(ProgramHolder):
             return
         self._closed = True
         self.case.close()
+        if self.eeg_source is not None:
+            self.eeg_source.close()
         try:
             self.session.stop_stimulation()
         except Exception:  # closing after the board is gone must not raise

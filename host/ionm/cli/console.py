@@ -6,8 +6,11 @@
     ionm console --sim --freerun NAME                 also free-running EMG from a free-run scenario
                                                       (hardware/scenarios/freerun): traces, events, sound
     ionm console --sim --eeg NAME --baep NAME         also EEG (hardware/scenarios/eeg: DSA, index trends, raw
-                                                      EEG, ischaemia alerts) and BAEP (hardware/scenarios/baep:
-                                                      the stack with waves I, III, V, wave V alerts)
+                                                      EEG, ischaemia alerts), recorded by the virtual board on
+                                                      the carotid montage's EEG channels, and BAEP
+                                                      (hardware/scenarios/baep: the stack with waves I, III, V,
+                                                      wave V alerts)
+    ionm console --port /dev/ttyACM0 --montage carotid   the board's EEG channels as EEG too
     ionm console ... --publish nats-leaf://HUB:7422 --site S --room R --room-store DIR
                                                       also to the oversight hub (ionm hub), through the room's
                                                       own JetStream, a leaf node of the hub's
@@ -54,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eeg", metavar="NAME",
                    help="--sim: EEG from this EEG scenario (hardware/scenarios/eeg: cea_clamp_ischaemia, "
                         "cea_clamp_cautery, cea_anaesthetic_bolus) or JSON path")
+    p.add_argument("--montage", metavar="NAME",
+                   help="the board's procedure montage: default (SSEP and TcMEP, 16 channels) or carotid (8 EEG "
+                        "derivations, the median SSEPs, one tibial cortical channel, both APBs: the EEG comes from "
+                        "the board); default 'carotid' with --sim --eeg, else 'default'")
     p.add_argument("--baep", metavar="NAME",
                    help="--sim: BAEP from this BAEP scenario (hardware/scenarios/baep: mvd_cn8_retraction, "
                         "cpa_tumour_loss, baep_stable) or JSON path")
@@ -110,6 +117,10 @@ def _simulated_case(meta: dict[str, Any], args: argparse.Namespace) -> tuple[dic
     from ionm_hw.patient import load_scenario
 
     scenario = load_scenario(meta.get("scenario", args.scenario))
+    if not args.direct and meta.get("montage", "default") != "default":
+        scenario["montage"] = meta["montage"]  # the patient is wired as the board's montage says
+        if meta.get("eeg"):
+            scenario["eeg"] = meta["eeg"]  # ... and its EEG channels record the EEG scenario
     if meta.get("events_at") is not None:
         scenario = shift_events(scenario, float(meta["events_at"]))
     program = default_program(scenario)
@@ -117,13 +128,16 @@ def _simulated_case(meta: dict[str, Any], args: argparse.Namespace) -> tuple[dic
     return scenario, program
 
 
-def _live_source(port: str, program: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    """(sweep source, stimulation, link_health) for a board on `port` (real or virtual)."""
+def _live_source(port: str, program: dict[str, Any] | None = None, montage: str = "default",
+                 resuming: bool = False) -> tuple[Any, Any, Any]:
+    """(sweep source, stimulation, link_health) for a board on `port` (real or virtual). A resumed case's EEG
+    (a montage with EEG channels) is held until the engine says where it goes on (case.eeg_source.begin)."""
     from ionm.board import link as ln
-    from ionm.board.boardcase import BoardCase
+    from ionm.board.boardcase import BoardCase, procedure_montage
 
     try:
-        case = BoardCase(port, program=program)
+        case = BoardCase(port, montage=procedure_montage(montage), program=program,
+                         eeg_start_s=None if resuming else 0.0)
     except (ln.LinkError, ln.BoardError) as exc:
         raise SystemExit("ionm console: %s" % exc) from None
     return case, case, case.link_health
@@ -172,12 +186,24 @@ def run(args: argparse.Namespace) -> int:
             load_freerun(args.freerun)
         except (FileNotFoundError, ValueError, KeyError) as exc:
             return fail("console", 2, str(exc))
+    if args.montage is not None:
+        from ionm.board.boardcase import procedure_montage
+
+        try:
+            procedure_montage(args.montage)
+        except ValueError as exc:
+            return fail("console", 2, str(exc))
+        if args.direct:
+            return fail("console", 2, "--montage is the board's: not with --direct")
     for what in ("eeg", "baep"):
         name = getattr(args, what)
         if not name:
             continue
         if not args.sim:
-            return fail("console", 2, "--%s needs --sim (a board's %s is not wired yet)" % (what, what.upper()))
+            return fail("console", 2, "--%s is a simulated scenario and needs --sim (a board records its EEG with "
+                        "--montage carotid; its BAEP is not wired yet)" % what)
+        if what == "eeg" and not args.direct and args.montage is not None and args.montage != "carotid":
+            return fail("console", 2, "--eeg on the virtual board needs a montage with EEG channels (carotid)")
         import importlib
 
         try:
@@ -248,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
         if args.freerun:
             meta.update(freerun=args.freerun, a_train_warning_s=args.a_train_warning)
         meta.update({k: getattr(args, k) for k in ("eeg", "baep") if getattr(args, k)})
+        if not args.direct:  # the board's montage (the virtual board's EEG is recorded on the carotid montage)
+            meta["montage"] = args.montage or ("carotid" if args.sim and args.eeg else "default")
         case_id = store.open_case(patient_id=args.patient_id, procedure=args.procedure, meta=meta)
 
     board = None
@@ -259,7 +287,8 @@ def run(args: argparse.Namespace) -> int:
         board = _virtual_board(scenario, int(meta.get("seed", args.seed)))
         print("ionm console: virtual board at %s (firmware on MicroPython, scenario %s)"
               % (board.device, meta.get("scenario", args.scenario)), flush=True)
-        source, stimulation, link_health = _live_source(board.device, program)
+        source, stimulation, link_health = _live_source(board.device, program, meta.get("montage", "default"),
+                                                        resuming)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
                             auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
                             screw_rules=screw_rules, a_train_warn_s=meta.get("a_train_warning_s", args.a_train_warning))
@@ -277,7 +306,8 @@ def run(args: argparse.Namespace) -> int:
         engine.link_health = source.link_health
         engine.probe = source
     else:
-        source, stimulation, link_health = _live_source(args.port)
+        source, stimulation, link_health = _live_source(args.port, montage=meta.get("montage", "default"),
+                                                        resuming=resuming)
         engine = CaseEngine(store, case_id, stimulation=stimulation, link_health=link_health,
                             auto_baseline_s=args.auto_baseline, stall_alarm_s=args.stall_alarm, probe=source,
                             screw_rules=screw_rules, a_train_warn_s=meta.get("a_train_warning_s", args.a_train_warning))
@@ -291,7 +321,11 @@ def run(args: argparse.Namespace) -> int:
         emg_source = FreeRunCase(freerun, int(meta.get("seed", args.seed)), speed=0.0 if args.fast else args.speed,
                                  start_s=engine.t_s)
     neuro_sources: list[Any] = []  # EEG and BAEP beside the sweeps: a resumed case goes on where its EEG / BAEP stopped
-    if args.sim and (meta.get("eeg") or args.eeg):
+    eeg_tap = getattr(source, "eeg_source", None)  # the board's EEG channels (a montage with EEG)
+    if eeg_tap is not None:
+        eeg_tap.begin(engine.eeg_end_s)
+        neuro_sources.append(eeg_tap)
+    elif args.sim and (meta.get("eeg") or args.eeg):
         from ionm.board.eegbaep import EegCase
 
         neuro_sources.append(EegCase(meta.get("eeg") or args.eeg, int(meta.get("seed", args.seed)),
