@@ -77,3 +77,18 @@ def test_a_resumed_case_goes_on_from_its_eeg_and_a_reader_ends_on_close() -> Non
     reader.join(5.0)
     assert not reader.is_alive()
     assert got and got[0].first_index == 30000 and got[0].t_s == 120.0
+
+
+def test_a_resumed_board_case_holds_its_eeg_until_the_console_says_where_it_goes_on() -> None:
+    """The board streams before the console has read the resumed case's stored EEG: nothing is dropped meanwhile, and
+    the first block starts where the stored EEG ended."""
+    x, _ = _stream(1.0)
+    tap = EegTap([1], ["C3-P3"], FS, start_s=None)
+    for i in range(0, x.shape[0], 64):
+        tap.feed(i, x[i:i + 64])
+    assert tap.blocks_sent == 0
+    tap.begin(300.0)
+    tap.begin(0.0)  # once only
+    blocks = _drain(tap)
+    assert [b.first_index for b in blocks] == [75000 + 62 * k for k in range(len(blocks))]
+    assert len(blocks) == 8000 // 32 // 62 and blocks[0].t_s == 300.0
