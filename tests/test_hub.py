@@ -827,3 +827,22 @@ def test_the_free_run_emg_goes_to_the_hub_on_each_count_and_every_tenth_of_a_sec
     assert all(0.1 - 1e-6 <= b - a <= 0.1 + 1e-6 for a, b in zip(times[:-2], times[1:-1], strict=True)), times
     assert sent[-1]["channels"][0] == {"name": "L orbicularis oris", "facial": True, "a_train_s": 11.0,
                                        "warned": True, "counts": {"spike": 3, "a_train": 1}}  # exact, and once
+
+
+def test_the_hub_keeps_the_last_10_s_of_raw_eeg_with_a_gap_blank_and_a_restart_starting_afresh() -> None:
+    from ionm.hub.server import EEG_RAW_KEPT_S, joined_raw, keep_raw
+
+    def chunk(t0: float, n: int, value: int) -> dict:
+        return {"t0": t0, "dt": 0.008, "q": 0.5, "v": [[value] * n, [-value] * n]}
+
+    chunks: list = []
+    for k in range(8):  # 16 s of 2-s epochs, the 4th missing (the room's message lost? never: a gap is drawn as one)
+        if k != 3:
+            keep_raw(chunks, chunk(2.0 * k, 250, k))
+    raw = joined_raw(chunks)
+    assert raw is not None and len(raw["v"]) == 2
+    assert len(raw["v"][0]) == round(EEG_RAW_KEPT_S / 0.008) and abs(raw["t0"] - 6.0) < 1e-9
+    assert raw["v"][0][:250] == [None] * 250 and raw["v"][0][250:500] == [4] * 250 and raw["v"][1][-1] == -7
+    keep_raw(chunks, chunk(0.0, 250, 9))  # a resumed room's EEG going back in time: the old trace is not joined to it
+    assert joined_raw(chunks) == {"t0": 0.0, "dt": 0.008, "q": 0.5, "v": [[9] * 250, [-9] * 250]}
+    assert joined_raw([]) is None

@@ -74,10 +74,11 @@ def room_with_eeg_and_baep(tmp_path: Path) -> Iterator[tuple[Page, dict[str, Any
 
     with hub_and_room(tmp_path, "left carotid endarterectomy", auto_baseline_s=240.0) as (page, engine, pub):
         bridge.attach(engine, pub)
-        sent: dict[str, Any] = {}  # the room's newest frames as its console's page got them
+        sent: dict[str, Any] = {"eegraw": []}  # the room's newest frames as its console's page got them, its raw EEG
 
-        def keep(frames: list, _appends: list) -> None:
+        def keep(frames: list, appends: list) -> None:
             sent.update((k, json.loads(js)) for k, js, _t in frames if k in ("eeg", "baep"))
+            sent["eegraw"].extend(a for js in appends if (a := json.loads(js)).get("k") == "eegraw")
 
         engine.subscribe(keep)
         engine.start()
@@ -114,6 +115,16 @@ def test_a_rooms_eeg_and_baep_reach_the_physicians_tile_and_case_view(tmp_path: 
     n = eeg["frame"]["dsa"]["n"]
     assert all(len(base64.b64decode(e["dL"])) == n == len(base64.b64decode(e["dR"])) for e in epochs)
     assert all(len(e["L"]) == len(eeg["frame"]["trend_fields"]) for e in epochs)
+    # the raw EEG of the last 10 s, as the room's console drew it (travelling with the epochs): every derivation, the
+    # samples the room's page got, ending with the newest epoch
+    raw, room_raw = eeg["raw"], sent["eegraw"]
+    assert len(raw["v"]) == len(eeg["frame"]["channels"]) == 8 and raw["dt"] == room_raw[0]["dt"] == 1 / 125
+    n = len(raw["v"][0])
+    assert 10.0 - 1e-6 <= n * raw["dt"] <= 10.0 + 1e-6
+    assert abs(raw["t0"] + n * raw["dt"] - ts[-1]) < 0.3  # (the epoch ends inside the room's last 0.25-s block)
+    room = [sum((list(a["v"][c]) for a in room_raw), []) for c in range(8)]
+    at = int(round((raw["t0"] - room_raw[0]["t0"]) / raw["dt"]))
+    assert all(raw["v"][c] == room[c][at:at + n] for c in range(8))
     # the BAEP: the room's frame without its stack, waves I, III and V marked on the newest average and the baseline
     assert view["baep"] == {k: v for k, v in room_baep.items() if k != "stack"}
     assert view["baep"]["state"] == "alert" and {"I", "III", "V"} <= set(view["baep"]["baseline"]["waves"])
@@ -140,6 +151,7 @@ def test_the_hub_page_draws_the_rooms_eeg_and_baep(tmp_path: Path) -> None:
                 tab.click('.tile[data-case="%s"]' % case)
                 expect(tab.locator("#hub-dsa")).to_have_attribute("data-columns", "172")
                 expect(tab.locator("svg.baep")).to_have_attribute("data-rows", "2")
+                expect(tab.locator("#hub-eegraw")).to_have_attribute("data-samples", "1250")  # 10 s at 125 Hz
                 # the DSA drawn: in each hemisphere's row, pixels of the palette, not the background
                 lit = tab.evaluate("""() => { const cv = document.getElementById("hub-dsa"), ctx = cv.getContext("2d");
                     const rowH = (cv.height - 16) / 2;
@@ -147,11 +159,22 @@ def test_the_hub_page_draws_the_rooms_eeg_and_baep(tmp_path: Path) -> None:
                       const d = ctx.getImageData(40, Math.round(y), cv.width - 50, 1).data; let n = 0;
                       for (let i = 0; i < d.length; i += 4) if (d[i] !== 14 || d[i + 1] !== 23 || d[i + 2] !== 34) n++;
                       return n / (d.length / 4); }); }""")
+                # the raw EEG drawn: in every derivation's row, its trace in its hemisphere's hue across the width
+                traced = tab.evaluate("""() => { const cv = document.getElementById("hub-eegraw"),
+                    ctx = cv.getContext("2d"), rowH = (cv.height - 12) / 8;
+                    return [...Array(8).keys()].map(c => {  // (a 1-px line is blended with the background: L bluer
+                      const d = ctx.getImageData(60, Math.round(c * rowH), cv.width - 64, Math.round(rowH)).data,
+                        sign = c < 4 ? 1 : -1, cols = new Set(), w = cv.width - 64;  // than red, R redder than blue)
+                      for (let i = 0; i < d.length; i += 4)
+                        if (Math.abs(d[i] - 14) + Math.abs(d[i + 1] - 23) + Math.abs(d[i + 2] - 34) > 40
+                            && sign * (d[i + 2] - d[i]) > 15) cols.add((i / 4) % w);
+                      return cols.size / w; }); }""")
                 marks = tab.locator("svg.baep text.wave").all_text_contents()
                 trend_paths = tab.locator("svg.eegtrend path").count()
                 alert_lines = tab.locator("svg.eegtrend line.ra-alert").count()
             finally:
                 browser.close()
     assert min(lit) > 0.9, lit
+    assert min(traced) > 0.9, traced
     assert sorted(marks) == sorted(["I", "III", "V"] * 2), marks
     assert trend_paths == 2 and alert_lines == 2

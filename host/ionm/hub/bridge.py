@@ -7,12 +7,14 @@ the case header once; every timeline event (alerts, acknowledgements, notes, bas
 train-of-four as "tof" (results and the count < 2 warning) and the manual probe as "probe" (its records); trend
 points as "trend"; periodic averages (the stack's traces) and each baseline's waveform as "average"; link
 health as "link" when it changes, at most once per LINK_EVERY_S; the EEG's state as "eeg" when it changes (its clock
-aside) and each 2-s epoch (the DSA columns of both hemispheres and the indices' trend point) as "eegepoch"; the
+aside) and each 2-s epoch (the DSA columns of both hemispheres, the indices' trend point, and the raw EEG since the
+epoch before as the console draws it: band-passed, at 125 Hz, in steps of 0.5 µV) as "eegepoch"; the
 BAEP's state (the newest average with waves I, III and V marked, the baseline, the wave V trend) as "baep" with each
 new average, without the stack of earlier averages; the free-run EMG's channels (cumulative A-train time, the
 warning, discharges counted per kind) as "emg" when a count or a warning changes, and during an A-train each time a
 channel's A-train time has grown by EMG_STEP_S (not with every 20-ms block); an A-train is counted when it ends, so
-its final time is sent exact. Live display frames (streams, raw EEG and EMG, sound) stay in the room.
+its final time is sent exact. Live display frames (streams, raw EMG, sound) stay in the room; the raw EEG travels with
+the epochs, so that the physician reads the trace every 2 s without a message of its own every 0.25 s.
 Each average carries what the hub's case view needs to draw it (stream_info: the channels' names, the time of the
 first point relative to the stimulus, the modality, the alert criteria), which the console's own frames leave to
 the stream frame.
@@ -29,6 +31,7 @@ from ionm.hub.publisher import Publisher
 
 LINK_EVERY_S = 1.0
 EMG_STEP_S = 0.1  # A-train time (s) a channel gains before the hub is sent it again during a train
+EEG_RAW_HELD = 40  # raw EEG items (0.25 s each) held for the next epoch at most: 10 s (an epoch is 2 s)
 STATE_FRAMES = {"alerts": "alerts", "technical": "technical", "stim": "stimulation", "screws": "screws", "tof": "tof",
                 "probe": "probe", "eeg": "eeg", "baep": "baep", "emg": "emg"}
 # What of the room's panels the hub gets: the results and the state, not the controls' choices
@@ -51,6 +54,7 @@ class Bridge:
         self._raw: dict[str, str] = {}  # per state frame, the engine's last text, to skip a repeat without parsing it
         self._link_at = 0.0
         self._emg_sent: tuple[list[Any], list[float]] | None = None  # the last free-run frame sent: marks, times
+        self._eegraw: list[dict[str, Any]] = []  # the raw EEG items since the last epoch sent
         case = getattr(engine, "case", None) or {}
         publisher.publish("header", {k: v for k, v in dict(case).items() if _plain(v)})
         stim = getattr(engine, "stimulation", None)
@@ -86,9 +90,16 @@ class Bridge:
                     self.publisher.publish("link", body)
         for js in appends:
             item = json.loads(js)
+            if item.get("k") == "eegraw":
+                self._eegraw.append(item)
+                del self._eegraw[:-EEG_RAW_HELD]
+                continue
             kind = {"trend": "trend", "event": "event", "stack": "average", "eegep": "eegepoch"}.get(item.get("k"))
             if kind == "average":
                 item |= self.stream_info(item.get("s"))
+            elif kind == "eegepoch" and self._eegraw:
+                item["raw"] = merge_raw(self._eegraw)
+                self._eegraw = []
             if kind:
                 self.publisher.publish(kind, item)
 
@@ -126,6 +137,13 @@ def attach(engine: Any, publisher: Publisher) -> Bridge:
 
 def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def merge_raw(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Consecutive raw EEG items of the console ({"t0", "dt", "q", "v": [per channel: samples]}) as one."""
+    first = items[0]
+    v = [sum((list(it["v"][c]) for it in items), []) for c in range(len(first["v"]))]
+    return {"t0": first["t0"], "dt": first["dt"], "q": first["q"], "v": v}
 
 
 def _plain(v: Any) -> bool:

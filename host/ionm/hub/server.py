@@ -41,6 +41,7 @@ from ionm.hub import messages as hm
 EVENTS_KEPT = 20
 TIMELINE_KEPT = 500  # timeline events a case view lists (the room's store has every one)
 REQUESTS_KEPT = 200  # physicians' requests a case view lists with their receipts
+EEG_RAW_KEPT_S = 10.0  # the raw EEG a case view draws (the console's page keeps 16 s; a new viewer gets 10)
 EEG_EPOCHS_KEPT = 300  # the EEG's 2-s epochs a case view draws: the last 10 min of DSA and trend, as the console's view
 PUSH_MIN_S = 0.1  # a viewer gets at most one view per 100 ms: a storm of messages costs the hub 10 views/s each
 URGENT_KINDS = ("alerts", "event", "technical")  # pushed at once, not after the viewer's PUSH_MIN_S pause
@@ -110,7 +111,8 @@ class HubState:
         c = self.cases.setdefault((site, room, msg["case"]), {
             "case": msg["case"], "site": site, "room": room, "header": {}, "alerts": {}, "events": [],
             "technical": None, "stimulation": None, "link": None, "screws": None, "tof": None, "probe": None,
-            "eeg": None, "eegepochs": [], "baep": None, "emg": None, "last_seq": 0, "heard": None, "messages": 0,
+            "eeg": None, "eegepochs": [], "eegraw": [], "baep": None, "emg": None, "last_seq": 0, "heard": None,
+            "messages": 0,
             "version": 0, "timeline": [], "trend": {}, "waves": {}, "requests": {}})
         c["messages"] += 1
         kind, body = msg["kind"], msg["body"]
@@ -143,6 +145,10 @@ class HubState:
                 if body.get(k) is not None:
                     w[k] = body[k]
         elif kind == "eegepoch":
+            body = dict(body)
+            raw = body.pop("raw", None)  # kept apart: the last EEG_RAW_KEPT_S of it, not 10 min in the epochs
+            if isinstance(raw, dict) and raw.get("v"):
+                keep_raw(c["eegraw"], raw)
             c["eegepochs"].append(body)
             del c["eegepochs"][:-EEG_EPOCHS_KEPT]
         if kind == "event":
@@ -212,7 +218,8 @@ class HubState:
                 "trend": {k: display_trend(v) for k, v in c["trend"].items()},  # as the console's page gets them
                 "timeline": c["timeline"], "stimulation": c["stimulation"],
                 "technical": c["technical"], "link": c["link"], "requests": list(c["requests"].values()),
-                "eeg": None if c["eeg"] is None else {"frame": c["eeg"], "epochs": c["eegepochs"]}, "baep": c["baep"],
+                "eeg": None if c["eeg"] is None else {"frame": c["eeg"], "epochs": c["eegepochs"],
+                                                      "raw": joined_raw(c["eegraw"])}, "baep": c["baep"],
                 "emg": c["emg"],
                 "heard_s_ago": None if c["heard"] is None else round(time.time() - c["heard"], 1),
                 "version": self.version}
@@ -265,6 +272,37 @@ def probe_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:
                 "label": newest.get("label"), "ma": newest.get("ma"), "t_s": newest.get("t_s"),
                 "response": bool(newest.get("response")), "error": newest.get("error"),
                 "muscles": [str(n).split(" ")[0] for n in (newest.get("present") or {})]}}
+
+
+def keep_raw(chunks: list[dict[str, Any]], raw: dict[str, Any]) -> None:
+    """Add an epoch's raw EEG ({"t0", "dt", "q", "v": [per channel: samples]}) and keep only the last EEG_RAW_KEPT_S
+    (a chunk that goes back in time, a resumed room's, starts the list again)."""
+    if chunks and float(raw["t0"]) < float(chunks[-1]["t0"]):
+        chunks.clear()
+    chunks.append(raw)
+    end = float(raw["t0"]) + len(raw["v"][0]) * float(raw["dt"])
+    while len(chunks) > 1 and float(chunks[1]["t0"]) <= end - EEG_RAW_KEPT_S:
+        chunks.pop(0)
+
+
+def joined_raw(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The kept raw EEG as one trace per channel from the first chunk's t0 (null where a chunk is missing: a gap is
+    drawn as one), trimmed to the last EEG_RAW_KEPT_S; None without any."""
+    if not chunks:
+        return None
+    dt, q, n_ch = float(chunks[0]["dt"]), chunks[0]["q"], len(chunks[0]["v"])
+    t0 = float(chunks[0]["t0"])
+    v: list[list[Any]] = [[] for _ in range(n_ch)]
+    for ch in chunks:
+        if len(ch["v"]) != n_ch:
+            continue
+        at = int(round((float(ch["t0"]) - t0) / dt))
+        for c in range(n_ch):
+            v[c].extend([None] * max(at - len(v[c]), 0))
+            v[c][at:] = list(ch["v"][c])
+    n = len(v[0])
+    cut = max(n - int(round(EEG_RAW_KEPT_S / dt)), 0)
+    return {"t0": round(t0 + cut * dt, 4), "dt": dt, "q": q, "v": [row[cut:] for row in v]}
 
 
 def eeg_summary(frame: dict[str, Any] | None, epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
