@@ -319,3 +319,51 @@ def test_a_resumed_case_gets_its_baep_stack_back_and_is_told_to_set_the_baseline
         assert any("set it again" in e["text"] for e in again.engine.timeline)
     finally:
         again.close()
+
+
+def test_the_clamp_marked_on_the_timeline_sets_the_eegs_baseline_and_times_its_alert(tmp_path: Path) -> None:
+    """Issue 22 item 2, clamp and shunt from the timeline: the technologist marks "clamp on" (no baseline was set):
+    the EEG's baseline is the EEG before the clamp, the ischaemia alert says how long after the clamp it came, the
+    shunt and the clamp off are on the timeline and in the record; a clamp while the EEG is in alert keeps its
+    baseline; a physician may not mark; the clamp state comes back after a restart."""
+
+    def mark(run: Run, event: str, role: str = "technologist") -> dict[str, Any]:
+        return run.engine.call(lambda: run.engine._command("tech", role, {"cmd": "mark", "event": event}))
+
+    run = Run(tmp_path)
+    try:
+        src = EegCase("cea_clamp_ischaemia", 133, speed=0.0)
+        run.play(src, CLAMP_S - 1.0)
+        assert run.engine.eeg.baseline_info is None
+        body = mark(run, "clamp")
+        assert body["eeg_baseline"] == "renewed"
+        base = run.engine.eeg.baseline_info
+        assert base is not None and base["to_s"] >= CLAMP_S - 3.0 and base["to_s"] - base["from_s"] >= 170.0
+        assert run.engine.snapshot()["frames"]["eeg"]["clamp"]["clamp_s"] == pytest.approx(CLAMP_S - 1.0, abs=1.0)
+        run.play(src, 345.0)
+        (a,) = run.alerts(ev.STREAM)
+        after = a["t_s"] - body["t_s"]
+        assert a["channel_name"] == "L hemisphere" and ", %.0f s after clamp on" % after in a["criterion"], a
+        assert mark(run, "clamp")["eeg_baseline"].startswith("kept: the EEG is not normal now (L ischaemia")
+        assert run.engine.eeg.baseline_info == base  # the state under way is judged against the pre-clamp EEG still
+        with pytest.raises(CommandError):
+            mark(run, "clamp", role="physician")
+        with pytest.raises(CommandError, match="unknown surgical event 'unclamp'"):
+            mark(run, "unclamp")
+        mark(run, "shunt")
+        run.store.flush()
+        lines = [e["text"] for e in run.engine.timeline if e["kind"] == "surgical"]
+        assert lines == ["clamp on (EEG baseline renewed from the EEG before it)",
+                         "clamp on (EEG baseline kept: the EEG is not normal now (L ischaemia))", "shunt open"]
+        assert [r["detail"]["event"] for r in run.store.rows("audit", run.case_id) if r["action"] == "mark"] == [
+            "clamp", "clamp", "shunt"]
+    finally:
+        run.close()
+    run = Run(tmp_path, resume=True)  # restarted: the case is still clamped, with its shunt open
+    try:
+        assert run.engine.clamp is not None and run.engine.clamp["shunt_s"] is not None
+        assert [e["text"] for e in run.engine.timeline if e["kind"] == "surgical"][-1] == "shunt open"
+        mark(run, "declamp")
+        assert run.engine.clamp is None
+    finally:
+        run.close()

@@ -109,6 +109,11 @@ def test_dsa_trends_raw_eeg_and_baep_stack_render(tmp_path: Path, browser: Any) 
         for row in ("I latency", "III latency", "V latency", "I–V IPL"):
             assert row in table, table
         assert page.evaluate("window.ionm.frames.baep.current.v[0].length") == 110  # thinned on the server
+        # the clamp marked from the EEG panel: on the timeline, and the panel says the case is clamped
+        page.click('#eegpanel button.mark[data-event="clamp"]')
+        poll(page, "window.ionm.frames.eeg.clamp !== null", 10)
+        page.wait_for_selector("#timeline >> text=clamp on", timeout=10000)
+        assert "CLAMPED at" in page.inner_text("#eegmeta")
         SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "eeg_baep.png"), full_page=True)
         assert not errors, errors

@@ -85,7 +85,10 @@ def room_with_eeg_and_baep(tmp_path: Path) -> Iterator[tuple[Page, dict[str, Any
         loss = tmp_path / "loss.json"  # wave V lost within 2 s at 300 s
         loss.write_text(json.dumps({"name": "short_loss", "duration_s": 420.0, "channels": ["Cz-Ai", "Cz-Ac"],
                                     "events": [{"kind": "loss", "onset_s": CLAMP_S, "ramp_s": 2.0}]}))
-        play(engine, EegCase("cea_clamp_ischaemia", 131, speed=0.0), 345.0, baep=False)
+        eeg = EegCase("cea_clamp_ischaemia", 131, speed=0.0)
+        play(engine, eeg, CLAMP_S - 1.0, baep=False)
+        engine.call(lambda: engine._command("tech", "technologist", {"cmd": "mark", "event": "clamp"}))
+        play(engine, eeg, 345.0, baep=False)
         play(engine, BaepCase(str(loss), 141, speed=0.0), 400.0, baep=True)
         engine.call(lambda: None)
         assert pub.flush(20), pub.last_error
@@ -104,6 +107,7 @@ def test_a_rooms_eeg_and_baep_reach_the_physicians_tile_and_case_view(tmp_path: 
     assert tile["eeg"]["state"] == room_eeg["state"]
     assert tile["eeg"]["ra"]["L"] < tile["eeg"]["ra"]["R"], tile["eeg"]
     assert tile["baep"]["stream"] == "baep/L ear" and tile["baep"]["base_v_ms"] > 5.0
+    assert tile["eeg"]["clamp"] == room_eeg["clamp"] and abs(room_eeg["clamp"]["clamp_s"] - (CLAMP_S - 1.0)) < 1.0
     # the case view: the EEG's state as the room has it (without its clock), and its epochs: one per 2 s, in order,
     # each with both hemispheres' DSA columns of the frame's frequency bins, the newest 10 min of them
     eeg = view["eeg"]
@@ -148,6 +152,7 @@ def test_the_hub_page_draws_the_rooms_eeg_and_baep(tmp_path: Path) -> None:
                 expect(tab.locator(".tile")).to_contain_text("EEG: L ischaemia")
                 expect(tab.locator(".tile")).to_contain_text("R normal")
                 expect(tab.locator(".tile")).to_contain_text("BAEP L ear: alert")
+                expect(tab.locator(".tile")).to_contain_text("clamped at 29")  # (299 s: the room's mark)
                 tab.click('.tile[data-case="%s"]' % case)
                 expect(tab.locator("#hub-dsa")).to_have_attribute("data-columns", "172")
                 expect(tab.locator("svg.baep")).to_have_attribute("data-rows", "2")

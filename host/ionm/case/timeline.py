@@ -131,6 +131,23 @@ def eeg_ratios(e: dict[str, Any]) -> str:
         round(100 * a["L"]), round(100 * a["R"]), round(100 * d["L"]), round(100 * d["R"]))
 
 
+# Surgical events the technologist marks (the console's Clamp on / Shunt / Clamp off): on the timeline, in the record
+# and the audit. A clamp renews the EEG's baseline from the EEG before it (docs/CONSOLE.md), and the EEG's alerts
+# raised while clamped say how long after the clamp they came (ionm.console.engine).
+SURGICAL_EVENTS = {"clamp": "clamp on", "shunt": "shunt open", "declamp": "clamp off"}
+
+
+def describe_surgical_event(body: dict[str, Any]) -> str:
+    """A surgical event's timeline line: "clamp on (EEG baseline renewed from the EEG before it)"."""
+    text = SURGICAL_EVENTS.get(str(body.get("event")), str(body.get("event")))
+    eeg = body.get("eeg_baseline")
+    if eeg == "renewed":
+        text += " (EEG baseline renewed from the EEG before it)"
+    elif eeg and eeg != "no EEG":
+        text += " (EEG baseline %s)" % eeg
+    return text
+
+
 def describe_eeg_recovery(e: dict[str, Any]) -> str:
     where = "%s hemisphere" % e["side"] if e.get("side") else "both hemispheres"
     return "EEG: %s back within the criteria (%s)" % (where, eeg_ratios(e))
@@ -187,6 +204,9 @@ def timeline_from_store(store: CaseStore, case_id: int) -> list[dict[str, Any]]:
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "baseline", "user": p["user"],
                           "text": (describe_eeg_baseline if p["kind"] == "eeg_baseline" else
                                    describe_baep_baseline)(p["body"])})
+        elif p["kind"] == "surgical_event":
+            items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "surgical", "user": p["user"],
+                          "text": describe_surgical_event(p["body"])})
         elif p["kind"] == "eeg_event" and p["body"]["kind"] == "recovered":  # (the others are alerts)
             items.append({"t_s": p["t_s"], "wall": p["wall"], "kind": "eeg", "user": p["user"],
                           "text": describe_eeg_recovery(p["body"])})

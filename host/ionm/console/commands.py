@@ -184,6 +184,8 @@ class Schema:
             "audio": ({"channels": integers(0, 255, 64)}, ("channels",)),
             # the cumulative A-train time at which a facial channel's free-run EMG warns, s
             "emg_warning": ({"s": number(0.1, 3600)}, ("s",)),
+            # a surgical event on the timeline (ionm.case.timeline.SURGICAL_EVENTS: clamp, shunt, declamp)
+            "mark": ({"event": text(20)}, ("event",)),
         }
         for fields, _ in self.kinds.values():
             fields["cmd"] = text(20)

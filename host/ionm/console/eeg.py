@@ -59,6 +59,7 @@ class EegView:
     fs: float
     names: list[str]
     t0_s: float = 0.0  # case time of the monitor's sample 0
+    clamp: dict[str, Any] | None = None  # the engine's clamp state ({"clamp_s", "shunt_s"}), shown with the EEG
     dsa: deque[tuple[float, np.ndarray, np.ndarray]] = field(default_factory=lambda: deque(maxlen=5400))
     trend: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5400))
 
@@ -205,7 +206,7 @@ class EegView:
                              "confirm_s": qeeg.CONFIRM_EPOCHS * qeeg.EPOCH_S},
                 "dsa": {"f0": float(self.dsa_f[0]), "df": float(self.dsa_f[1] - self.dsa_f[0]),
                         "n": int(self.dsa_f.size), "db": list(DSA_DB), "epoch_s": qeeg.EPOCH_S},
-                "trend_fields": ["ra", "adr", "sef", "bsr"], "view_s": DSA_VIEW_S,
+                "trend_fields": ["ra", "adr", "sef", "bsr"], "view_s": DSA_VIEW_S, "clamp": self.clamp,
                 "artefact": self.artefact()}
 
     def artefact(self) -> dict[str, Any]:

@@ -41,7 +41,15 @@ import numpy as np
 
 from ionm.board.stimulation import Stimulation, StimulationError
 from ionm.case.store import CaseStore
-from ionm.case.timeline import alert_label, describe_stim, fmt_case_time, short_name, timeline_from_store
+from ionm.case.timeline import (
+    SURGICAL_EVENTS,
+    alert_label,
+    describe_stim,
+    describe_surgical_event,
+    fmt_case_time,
+    short_name,
+    timeline_from_store,
+)
 from ionm.console.alerts import AlertBoard
 from ionm.console.display import (
     STACK_DIGITS,
@@ -58,7 +66,7 @@ from ionm.sweep import BaepBlock, EegBlock, EmgBlock, Sweep
 ROLES = ("technologist", "physician", "read-only")
 PERMISSIONS: dict[str, set[str]] = {
     "technologist": {"baseline", "ack", "note", "stim", "peak", "close", "screw_test", "screw_stop", "tof",
-                     "tof_every", "probe", "probe_stop", "emg_warning"},
+                     "tof_every", "probe", "probe_stop", "emg_warning", "mark"},
     "physician": {"ack", "note"},
     "read-only": set(),
 }
@@ -290,6 +298,7 @@ class CaseEngine:
         self._baep_restore: list[tuple[float, str, np.ndarray]] = []  # a resumed case's BAEP averages (its stack)
         self._baep_shown: float | None = None  # case time of the BAEP average last sent
         self.eeg_end_s = 0.0  # a resumed case: the end of its recorded EEG, where an EEG source should go on
+        self.clamp: dict[str, Any] | None = None  # {"clamp_s", "shunt_s"} from the clamp on to the clamp off
         self.stats["neuro_blocks"] = 0
 
     # ================================================================ lifecycle
@@ -508,6 +517,8 @@ class CaseEngine:
             return self._probe_stop_cmd(user)
         if cmd == "emg_warning":
             return self._emg_warning(user, float(msg["s"]))
+        if cmd == "mark":
+            return self._mark(user, str(msg.get("event", "")))
         if cmd == "close":
             self.store.close_case(self.case_id, user, str(msg.get("note", "")))
             self._event("event", "case closed", user)
@@ -1733,6 +1744,7 @@ class CaseEngine:
 
         if self.eeg is None:
             self.eeg = ev.EegView(block.fs, list(block.channel_names), t0_s=block.t_s)
+            self.eeg.clamp = self.clamp
             if self._eeg_restore is not None:
                 self._eeg_rebuild(self._eeg_restore)
         view = self.eeg
@@ -1765,6 +1777,8 @@ class CaseEngine:
         from ionm.case.timeline import describe_eeg_recovery, eeg_ratios
 
         body = e.as_json() | {"t_s": t}
+        if self.clamp is not None:
+            body["clamp"] = dict(self.clamp)
         ratios = eeg_ratios(body)
         self.store.add_program(self.case_id, t, "system", "eeg_event", body)
         if e.kind == "recovered":
@@ -1773,12 +1787,21 @@ class CaseEngine:
         if e.kind == "ischaemia":
             side = str(e.side)
             row = {"channel": 0 if side == "L" else 1, "channel_name": "%s hemisphere" % side, "scope": "focal",
-                   "criterion": "unilateral ischaemia (%s)" % ratios}
+                   "criterion": "unilateral ischaemia (%s)%s" % (ratios, self._since_clamp(t))}
         else:
             row = {"channel": 2, "channel_name": "both hemispheres", "scope": "global",
-                   "criterion": "bilateral slowing, the anaesthetic pattern, not ischaemia (%s; BSR %d %%)"
-                                % (ratios, round(100 * e.bsr))}
+                   "criterion": "bilateral slowing, the anaesthetic pattern, not ischaemia (%s; BSR %d %%)%s"
+                                % (ratios, round(100 * e.bsr), self._since_clamp(t))}
         self._neuro_alert(ev.STREAM, t, row, {"eeg": body})
+
+    def _since_clamp(self, t_s: float) -> str:
+        """", 32 s after clamp on" (and the shunt's time) while clamped; "" otherwise."""
+        if self.clamp is None:
+            return ""
+        text = ", %.0f s after clamp on" % (t_s - self.clamp["clamp_s"])
+        if self.clamp.get("shunt_s") is not None:
+            text += ", shunt open for %.0f s" % (t_s - self.clamp["shunt_s"])
+        return text
 
     def _neuro_alert(self, stream: str, t_s: float, fields: dict[str, Any], detail: dict[str, Any]) -> None:
         """An EEG or BAEP alert: stored, audited, on the banner and the timeline, acknowledged like any other."""
@@ -1848,6 +1871,43 @@ class CaseEngine:
         self._neuro_alert(view.stream, t, {"channel": 0, "channel_name": view.names[0], "scope": "focal",
                                            "criterion": criterion, "amplitude_ratio": _num(e.amplitude_ratio, 4),
                                            "latency_ratio": _num(lat, 4)}, {"baep": body})
+
+    def _mark(self, user: str, event: str) -> dict[str, Any]:
+        """A surgical event (SURGICAL_EVENTS) now: recorded (programs, `surgical_event`), audited, on the timeline. A
+        clamp renews the EEG's baseline from the EEG before it (the last 3 min, at least 40 s), unless the EEG is in
+        a changed state then (its baseline is kept: a re-baseline would end the state under way) or too short."""
+        if event not in SURGICAL_EVENTS:
+            raise CommandError("unknown surgical event %r (%s)" % (event, ", ".join(SURGICAL_EVENTS)))
+        now = self.now_s()
+        body: dict[str, Any] = {"event": event, "t_s": round(now, 3)}
+        if event == "clamp":
+            body["eeg_baseline"] = self._baseline_at_clamp(user)
+            self.clamp = {"clamp_s": round(now, 2), "shunt_s": None}
+        elif event == "shunt" and self.clamp is not None:
+            self.clamp["shunt_s"] = round(now, 2)
+        elif event == "declamp":
+            self.clamp = None
+        self.store.add_program(self.case_id, now, user, "surgical_event", body)
+        self.store.audit(self.case_id, user, "mark", body)
+        self._event("surgical", describe_surgical_event(body), user, t_s=now)
+        if self.eeg is not None:
+            self.eeg.clamp = self.clamp
+            self._emit([("eeg", self.eeg.frame())], [])
+        return body
+
+    def _baseline_at_clamp(self, user: str) -> str:
+        """The clamp's effect on the EEG's baseline: "renewed", or why it was not."""
+        if self.eeg is None:
+            return "no EEG"
+        mon = self.eeg.monitor
+        if mon.mode[0] != "normal" or any(v != "normal" for v in mon.state.values()):
+            return "kept: the EEG is not normal now (%s)" % ", ".join(
+                "%s %s" % (k, v) for k, v in sorted(mon.state.items()) if v != "normal")
+        try:
+            self._neuro_baseline(self.eeg.stream, "%s (clamp on)" % user)
+        except CommandError as exc:
+            return "not set: %s" % exc
+        return "renewed"
 
     def _neuro_baseline(self, key: str, user: str, from_s: float | None = None) -> str:
         """Set the EEG's or the BAEP's baseline now (engine thread): recorded (programs), audited, on the timeline.
@@ -2167,6 +2227,14 @@ class CaseEngine:
         self._emg_restore = (emg_events, emg_alerts)
         # free-run EMG has no sweeps: its newest recorded event is how far it went (the quiet after it is not known)
         last_t = max([last_t] + [float(e["end_s"]) for e in emg_events])
+        for p in programs:  # the clamp state the surgical events left
+            ev = p["body"].get("event") if p["kind"] == "surgical_event" else None
+            if ev == "clamp":
+                self.clamp = {"clamp_s": round(float(p["t_s"]), 2), "shunt_s": None}
+            elif ev == "shunt" and self.clamp is not None:
+                self.clamp["shunt_s"] = round(float(p["t_s"]), 2)
+            elif ev == "declamp":
+                self.clamp = None
         last_t = max(last_t, self._resume_neuro(programs))
         for item in timeline_from_store(self.store, cid):
             self._event(item["kind"], item["text"], item["user"], item["t_s"], item["wall"])

@@ -72,7 +72,7 @@ DISPLAY_BACKLOG = 16 * 1024  # bytes still on their way to a viewer above which 
 BACKLOG_POLL_S = 0.05
 WS_HEARTBEAT_S = 30.0  # ping every 30 s; no pong within 15 s closes the socket (a dead viewer, not a slow one)
 DURABLE = {"ack", "note", "stim", "baseline", "close", "peak", "screw_test", "screw_stop", "tof", "tof_every", "probe",
-           "probe_stop", "emg_warning"}
+           "probe_stop", "emg_warning", "mark"}
 IDENTITY = web.RequestKey("identity", Identity)
 AUDIO_QUEUE_BLOCKS = 25  # sound blocks (20 ms each) waiting for one viewer: 0.5 s; older ones are dropped
 

@@ -39,7 +39,8 @@ SCREW_KEYS = ("available", "running", "results", "count")  # the frame without i
 TOF_KEYS = ("available", "running", "every", "warning", "results", "count")  # not the outputs, channels, clock
 PROBE_KEYS = ("available", "running", "records", "count")  # the session without its newest pulse's responses
 # the EEG frame without its clock (sent with every epoch, which "eegepoch" carries), the BAEP's without its stack
-EEG_KEYS = ("fs", "channels", "sides", "state", "mode", "baseline", "criteria", "dsa", "trend_fields", "artefact")
+EEG_KEYS = ("fs", "channels", "sides", "state", "mode", "baseline", "criteria", "dsa", "trend_fields", "artefact",
+            "clamp")
 BAEP_KEYS = ("stream", "t_s", "channels", "side", "fs", "pre_ms", "rate_hz", "sweeps", "rejected", "state", "current",
              "baseline", "trend", "criteria")
 EMG_KEYS = ("warn_s", "channels")  # the free-run frame without its clock, the discharges under way and the sound

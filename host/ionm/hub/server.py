@@ -307,14 +307,15 @@ def joined_raw(chunks: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def eeg_summary(frame: dict[str, Any] | None, epochs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """What a tile says of a room's EEG: each hemisphere's state (normal, ischaemia, anaesthetic, ...), the newest
-    epoch's relative alpha per hemisphere, and since when (case time) artefact has held the judgement; None if the
-    room has no EEG."""
+    epoch's relative alpha per hemisphere, since when (case time) artefact has held the judgement, and the clamp
+    state the room marked ({"clamp_s", "shunt_s"} or None); None if the room has no EEG."""
     if not frame:
         return None
     newest = epochs[-1] if epochs else {}
     art = frame.get("artefact") or {}
     return {"state": frame.get("state"), "t": newest.get("t"),
-            "ra": {s: (newest.get(s) or [None])[0] for s in ("L", "R")}, "held_since": art.get("held_since")}
+            "ra": {s: (newest.get(s) or [None])[0] for s in ("L", "R")}, "held_since": art.get("held_since"),
+            "clamp": frame.get("clamp")}
 
 
 def baep_summary(frame: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -847,11 +847,13 @@ function drawEegInfo() {
   const b = f.baseline;
   $("eegmeta").textContent = f.channels.length + " channels · " + st("L") + " · " + st("R") + " · " +
     (b ? "baseline " + fmtT(b.t_s) + " (" + fmtT(b.from_s) + "–" + fmtT(b.to_s) + ")" : "no baseline: press B") +
+    (f.clamp ? " · CLAMPED at " + fmtT(f.clamp.clamp_s) + (f.clamp.shunt_s !== null ? ", shunt open at " + fmtT(f.clamp.shunt_s) : "") : "") +
     eegArtefactText(f.artefact);
   const bad = f.state.L === "ischaemia" || f.state.R === "ischaemia";
   $("eegpanel").classList.toggle("alert", bad);
   $("eegpanel").classList.toggle("warning", !bad && f.mode[0] === "global");
   $("eegbase").disabled = !can("baseline");
+  for (const b of document.querySelectorAll("#eegpanel button.mark")) b.disabled = !can("mark");
 }
 
 // Artefact rejection as the engine reports it: epochs rejected so far, and a judgement held by artefact.
@@ -865,7 +867,7 @@ function eegArtefactText(a) {
 
 // Alerts, notes and EEG lines of the timeline as ticks on the DSA's time axis (a note "clamp on" is seen where the
 // spectrum changes), each kind in its timeline colour.
-const TICK_COLOR = { alert: "#ff4d4f", note: "#79c0ff", eeg: "#d2a8ff", ack: "#3fb950" };
+const TICK_COLOR = { alert: "#ff4d4f", note: "#79c0ff", eeg: "#d2a8ff", ack: "#3fb950", surgical: "#e3b341" };
 function eventTicks(ctx, tStart, span, left, w, y0, y1) {
   ctx.font = "9px system-ui";
   for (const e of S.timeline.values()) {
@@ -874,7 +876,7 @@ function eventTicks(ctx, tStart, span, left, w, y0, y1) {
     if ((e.kind === "alert" || e.kind === "ack") && !e.text.startsWith("EEG")) continue;  // the EEG's, not every modality's
     const x = Math.round(left + (e.t_s - tStart) / span * w) + 0.5;
     ctx.strokeStyle = c; ctx.globalAlpha = 0.8; ctx.beginPath(); ctx.moveTo(x, y0); ctx.lineTo(x, y1); ctx.stroke(); ctx.globalAlpha = 1;
-    ctx.fillStyle = c; ctx.fillText(e.kind === "note" ? e.text.slice(0, 18) : e.kind, x + 2, y0 + 9);
+    ctx.fillStyle = c; ctx.fillText(e.kind === "note" || e.kind === "surgical" ? e.text.slice(0, 18) : e.kind, x + 2, y0 + 9);
   }
 }
 
@@ -1175,6 +1177,8 @@ function setup() {
   $("baeppanel").addEventListener("click", () => { if (S.frames.baep) select(S.frames.baep.stream); });
   $("eegbase").addEventListener("click", (e) => { e.stopPropagation();
     command({ cmd: "baseline", stream: "eeg/EEG" }, "EEG baseline set"); });
+  for (const b of document.querySelectorAll("#eegpanel button.mark")) b.addEventListener("click", (e) => {
+    e.stopPropagation(); command({ cmd: "mark", event: b.dataset.event }, b.textContent + " marked"); });
   $("baepbase").addEventListener("click", (e) => { e.stopPropagation(); if (!S.frames.baep) return;
     command({ cmd: "baseline", stream: S.frames.baep.stream }, "BAEP baseline set"); });
   $("noteform").addEventListener("submit", (e) => {
