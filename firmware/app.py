@@ -179,6 +179,9 @@ class Firmware:
 
     def on_stim_program(self, rid, body):
         programs = self.supervisor.check_programs(body.get("programs"))  # all or nothing
+        if not getattr(self.bsp, "HAS_AUDITORY", False) and [p for p in programs if p["kind"] == "click"]:
+            raise m.ProtocolError(m.E_LIMIT_OUTPUT, "this board has no earphone driver fitted: click programs"
+                                  " cannot run here")
         self.scheduler.load(programs)
         self.program_specs = body.get("programs")
         self.link.ack(rid, {"programs": len(programs)})
@@ -366,6 +369,11 @@ class Firmware:
             flags = lat[o + 11]
             volts = (lat[o + 12] << 8) | lat[o + 13]  # compliance-voltage readback, 10 mV units
             pid, requested = sched.match_latch(index, output)
+            if output == sup.auditory_output:  # a click on the earphones: its level (dB nHL), polarity and ear
+                import auditory
+
+                self.link.event(auditory.stim_event(index, output, pid, measured, flags))
+                continue
             if output < 0:  # a TcMEP trigger: no current from this board
                 self.link.event({"kind": "stim", "index": index, "output": output, "program": pid,
                                  "current_ua": measured, "width_us": width, "biphasic": bool(flags & 1)})

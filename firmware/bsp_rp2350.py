@@ -92,6 +92,10 @@ def _pulse_shaper():
 
 
 class Board:
+    # The reference board (revision A) has no insert-earphone driver fitted yet: the firmware refuses click
+    # programs on it (limit-output), and arm_click/set_masking are never reached.
+    HAS_AUDITORY = False
+
     def __init__(self, defn):
         adc = defn["adc"]
         pins = adc["pins"]

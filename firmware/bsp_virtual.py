@@ -59,6 +59,8 @@ class _ModelSPI:
 
 
 class Board:
+    HAS_AUDITORY = True  # the model's insert earphones (board.json stimulator.auditory)
+
     def __init__(self, defn):
         path = os.getenv("IONM_MODEL_SOCKET")
         if not path:
@@ -80,6 +82,8 @@ class Board:
         self._xreq = bytearray(b"X")
         self._pulse = bytearray(1 + 12)
         self._train = bytearray(1 + 9)
+        self._click = bytearray(1 + 7)
+        self._mask = bytearray(1 + 2)
         self._probe = bytearray(1 + 7)
         self._probe_reply = bytearray(7)
         self._u16 = bytearray(2)
@@ -182,6 +186,17 @@ class Board:
         """Triggers first..last-1 of a train of count whose first trigger is at sample index."""
         struct.pack_into(">BIBHBB", self._train, 0, 84, index, count, ipi_us, first, last)
         self.sock.write(self._train)
+
+    def arm_click(self, index, level_db, rarefaction, right_ear):
+        """A click on the earphones at sample index: the attenuator set to level_db (dB nHL), the polarity."""
+        struct.pack_into(">BIBBB", self._click, 0, 67, index, level_db, 1 if rarefaction else 0,
+                         1 if right_ear else 0)  # "C"
+        self.sock.write(self._click)
+
+    def set_masking(self, right_ear, level_db):
+        """White-noise masking of one ear at level_db (0: off); cancel_stimulation silences it."""
+        struct.pack_into(">BBB", self._mask, 0, 77, 1 if right_ear else 0, level_db)  # "M"
+        self.sock.write(self._mask)
 
     def probe_output(self, output, current_ua, width_us):
         """A sub-threshold test pulse on `output`, now: (current-sense µA, compliance voltage in 10 mV)."""

@@ -51,6 +51,12 @@ class Supervisor:
         self.probe_rate_mhz_min = int(sp["rate_hz_min"] * 1000)
         self.probe_rate_mhz_max = int(sp["rate_hz_max"] * 1000)
         self.hunt_pulses_max = sp["hunt_pulses_max"]
+        # the insert-earphone driver: its own output number (negative: no current stage), limits in dB nHL
+        aud, sa = st["auditory"], s["auditory"]
+        self.auditory_output = aud["output"]
+        # (width µs, level dB nHL max, masking dB max, rate mHz min, rate mHz max): one attribute, not five (heap)
+        self.clicks = (sa["width_us"], min(sa["level_db_nhl_max"], aud["level_db_nhl_max"]), sa["masking_db_max"],
+                       int(sa["rate_hz_min"] * 1000), int(sa["rate_hz_max"] * 1000))
         self.current_ua_max = int(s["current_ma_max"] * 1000)
         self.current_step_ua = st["current_step_ua"]
         self.width_us_min = s["width_us_min"]
@@ -95,7 +101,11 @@ class Supervisor:
                 "waveforms": ["monophasic", "biphasic"],
                 "probe": {"output": self.probe_output, "current_ua_max": self.probe_ua_max,
                           "width_us": self.probe_width_us, "rate_mhz_min": self.probe_rate_mhz_min,
-                          "rate_mhz_max": self.probe_rate_mhz_max, "hunt_pulses_max": self.hunt_pulses_max}}
+                          "rate_mhz_max": self.probe_rate_mhz_max, "hunt_pulses_max": self.hunt_pulses_max},
+                "auditory": {"output": self.auditory_output, "width_us": self.clicks[0],
+                             "level_db_nhl_max": self.clicks[1], "masking_db_max": self.clicks[2],
+                             "rate_mhz_min": self.clicks[3], "rate_mhz_max": self.clicks[4],
+                             "polarities": ["rarefaction", "condensation", "alternating"]}}
 
     # -- what an output delivers ------------------------------------------------------------------------
     def dac_ua(self, output, current_ua):
@@ -142,6 +152,8 @@ class Supervisor:
 
     def rate_limit_mhz(self, output):
         """The rate limit of an output (its minimum interval is the inverse)."""
+        if output == self.auditory_output:
+            return self.clicks[4]
         return self.probe_rate_mhz_max if output == self.probe_output else self.rate_mhz_max_output
 
     def check_delivery(self, output, current_ua, width_us, phases):
@@ -278,10 +290,14 @@ class Supervisor:
             raise m.ProtocolError(m.E_LIMIT_TRAIN_INTERVAL, "%d TcMEP programs would start their trains together;"
                                   " trains must be at least %d ms apart: one TcMEP program per set"
                                   % (len(trains), self.train_interval_ms_min))
+        clicks = [p for p in checked if p["kind"] == "click"]
+        if len(clicks) > 1:
+            raise m.ProtocolError(m.E_LIMIT_RATE, "%d click programs: the earphones take one (its rate is the"
+                                  " limit's)" % len(clicks))
         per_output = [0] * self.n_outputs
         total = 0
         for p in checked:
-            if p["kind"] == "tcmep":
+            if p["kind"] in ("tcmep", "click"):  # no current from this board's output stages
                 continue
             rate = p["rate_mhz"]
             per_output[p["output"]] += rate
@@ -347,4 +363,10 @@ def _probe(sup, prog):  # the handheld probe, manual mode: nerve mapping and scr
             "jitter_us": 0, "phase_us": 0, "shapes": [(out, cur, wid, False)]}
 
 
-KINDS = {"pulse": _pulse, "ramp": _ramp, "tof": _tof, "tcmep": _tcmep, "probe": _probe}
+def _click(sup, prog):  # BAEP clicks on the earphones: parsed by auditory.py, loaded only when a set has one
+    import auditory
+
+    return auditory.parse(sup, prog)
+
+
+KINDS = {"pulse": _pulse, "ramp": _ramp, "tof": _tof, "tcmep": _tcmep, "probe": _probe, "click": _click}

@@ -12,6 +12,7 @@ import messages as m
 
 _HORIZON_MS = 20  # how far ahead pulses are handed to the PIO
 HUNT_PID = -2  # the program id of a hunt's pulses (stim events' `program`)
+TRIGGER = -1  # the output of TcMEP triggers (the external stimulator's); the earphones' is board.json's (-2)
 
 
 def _train_samples(prog, fs):
@@ -69,6 +70,8 @@ class Scheduler:
         self.last_train_index = None
         self.last_train_samples = 0  # first to last trigger of the last train
         self.last_tof_index = None  # the first pulse of the last train-of-four (one per 15 s at most)
+        self.last_click_index = None  # the last click armed (the earphones' minimum interval)
+        self.rarefaction_next = True  # alternating clicks: the polarity of the next one armed (held ones skip none)
         self.last_index = [None] * supervisor.n_outputs  # per output: the most recent armed pulse
         self.pulses_armed = 0
         self.pulses_skipped = 0  # pulses dropped to keep the minimum interval (two programs, jitter)
@@ -125,6 +128,9 @@ class Scheduler:
         t0 = start * 1000000 // fs
         for pid in ids:
             prog = self.programs[pid]
+            if prog["kind"] == "click":  # the other ear's masking noise, on until any stop (cancel_stimulation)
+                self.bsp.set_masking(prog["ear"] == "L", prog["masking_db"])
+                self.rarefaction_next = True
             if prog["kind"] == "tcmep":
                 self.last_train_index = start  # taken now: a second request before it is armed is refused
                 self.last_train_samples = _train_samples(prog, fs)
@@ -179,6 +185,9 @@ class Scheduler:
                 if p["kind"] == "tcmep":
                     last = self.last_train_index if run.k else None  # (start() reserved the first train)
                     gap = self.sup.train_interval_ms_min * fs // 1000
+                elif p["kind"] == "click":
+                    last = self.last_click_index
+                    gap = fs * 1000 // self.sup.clicks[4]
                 else:
                     last = self.last_index[p["output"]]
                     gap = fs * 1000 // self.sup.rate_limit_mhz(p["output"])
@@ -204,6 +213,16 @@ class Scheduler:
                     if not self._arm_triggers(run, limit):
                         break
                     continue
+                elif p["kind"] == "click":
+                    # the earphones: no current stage, no electrode (their limits were checked on the program);
+                    # alternating polarity starts with rarefaction and alternates over the clicks delivered, so a
+                    # held click does not put two of one polarity in a row (the cochlear microphonic cancels)
+                    pol = p["polarity"]
+                    rare = pol == "rarefaction" or (pol == "alternating" and self.rarefaction_next)
+                    if pol == "alternating":
+                        self.rarefaction_next = not rare
+                    self.bsp.arm_click(index, p["level_db"], rare, p["ear"] == "R")
+                    self.last_click_index = index
                 else:
                     # the DAC setting that delivers `current` (calibration gain), checked once more against
                     # every delivery limit as it is armed: a program validated before a calibration change
@@ -279,14 +298,15 @@ class Scheduler:
         self.last_index = [conv(i) for i in self.last_index]
         self.last_train_index = conv(self.last_train_index)
         self.last_tof_index = conv(self.last_tof_index)
+        self.last_click_index = conv(self.last_click_index)
 
     def match_latch(self, index, output):
         """(program id, requested µA) of the armed pulse a latch reports, or (-1, 0)."""
         armed = self.armed
         for i in range(len(armed)):
             a = armed[i]
-            if a[2] == output and (a[0] == index or (output < 0 and a[0] <= index)):
-                if output < 0:  # a TcMEP train latches each of its pulses; drop the entry after the last
+            if a[2] == output and (a[0] == index or (output == TRIGGER and a[0] <= index)):
+                if output == TRIGGER:  # a TcMEP train latches each of its pulses; drop the entry after the last
                     return a[1], 0
                 del armed[i]
                 return a[1], a[3]
@@ -294,4 +314,4 @@ class Scheduler:
 
     def forget_before(self, index):
         """Drop TcMEP entries whose trains are over (their pulses latch one by one)."""
-        self.armed = [a for a in self.armed if a[2] >= 0 or a[0] + self.fs // 10 > index]
+        self.armed = [a for a in self.armed if a[2] != TRIGGER or a[0] + self.fs // 10 > index]

@@ -10,7 +10,7 @@
 # a test recomputes it, so the CDDL cannot change without this constant changing with it.
 
 VERSION = 1
-SCHEMA = 0x743A5F5C
+SCHEMA = 0x6335F73B
 
 # Message types.
 HELLO = 1
@@ -59,6 +59,7 @@ E_LIMIT_IPI = 0x26
 E_LIMIT_TRAIN_INTERVAL = 0x27
 E_LIMIT_OUTPUT = 0x28
 E_LIMIT_IMPEDANCE = 0x29
+E_LIMIT_LEVEL = 0x2A  # an auditory click or its masking louder than allowed (safety.auditory)
 
 ERROR_NAMES = {
     E_MALFORMED: "malformed",
@@ -80,6 +81,7 @@ ERROR_NAMES = {
     E_LIMIT_TRAIN_INTERVAL: "limit-train-interval",
     E_LIMIT_OUTPUT: "limit-output",
     E_LIMIT_IMPEDANCE: "limit-impedance",
+    E_LIMIT_LEVEL: "limit-level",
 }
 
 TYPE_NAMES = {

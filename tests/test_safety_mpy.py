@@ -128,6 +128,8 @@ KIND_EXAMPLES: dict[str, dict | None] = {
     "tcmep": None,
     # the handheld probe's own output, limits and width: test_the_probe_output_holds_its_own_limits_at_every_check
     "probe": {"kind": "probe", "output": ST["probe"]["output"], "rate_mhz": 4000},
+    # the earphones: no current stage; their own limits in dB nHL: test_the_earphones_hold_their_own_limits
+    "click": None,
 }
 PROBE = ST["probe"]["output"]
 
@@ -394,3 +396,116 @@ def test_a_train_of_four_is_refused_sooner_than_15_s_after_the_last_even_across_
     assert r[2] == {"ok": True, "armed": 8}
     assert not r[3]["ok"] and r[3]["armed"] == 8
     assert r[4] == {"ok": False, "code": m.E_LIMIT_RATE}
+
+
+def click_cases() -> list[dict]:
+    """The earphones' (board.json stimulator.auditory, safety.auditory) limits at their boundaries."""
+    sa, aud = S["auditory"], ST["auditory"]
+    level_max = min(sa["level_db_nhl_max"], aud["level_db_nhl_max"])
+    base = {"kind": "click", "output": aud["output"], "level_db": 80, "masking_db": 50, "polarity": "alternating",
+            "ear": "L", "rate_mhz": 21100}
+
+    def c(name: str, ok: bool, code: int | None = None, extra: list[dict] | None = None, **changes: object) -> dict:
+        return {"name": name, "programs": [dict(base, **changes)] + (extra or []), "ok": ok, "code": code}
+
+    lo, hi = int(sa["rate_hz_min"] * 1000), int(sa["rate_hz_max"] * 1000)
+    return [
+        c("the default click", True),
+        c("level at max", True, level_db=level_max),
+        c("level one dB over", False, m.E_LIMIT_LEVEL, level_db=level_max + 1),
+        c("masking at max", True, level_db=level_max, masking_db=sa["masking_db_max"]),
+        c("masking one dB over", False, m.E_LIMIT_LEVEL, level_db=level_max, masking_db=sa["masking_db_max"] + 1),
+        c("masking above the click", False, m.E_LIMIT_LEVEL, level_db=40, masking_db=41),
+        c("rate at min", True, rate_mhz=lo + 100),
+        c("rate under min", False, m.E_LIMIT_RATE, rate_mhz=lo - 1),
+        c("rate at max", True, rate_mhz=hi - 100),
+        c("rate over max", False, m.E_LIMIT_RATE, rate_mhz=hi + 1),
+        c("rate dividing 50 Hz mains", False, m.E_BAD_FIELD, rate_mhz=25000),
+        c("width other than 100 us", False, m.E_LIMIT_WIDTH, width_us=aud["width_us"] + 10),
+        c("an electrical output", False, m.E_LIMIT_OUTPUT, output=0),
+        c("the TcMEP trigger", False, m.E_LIMIT_OUTPUT, output=-1),
+        c("unknown polarity", False, m.E_BAD_FIELD, polarity="both"),
+        c("no such ear", False, m.E_BAD_FIELD, ear="B"),
+        c("level not an integer", False, m.E_BAD_FIELD, level_db=80.5),
+        c("two click programs", False, m.E_LIMIT_RATE, extra=[dict(base, rate_mhz=11100)]),
+        # no current from the earphones: beside four SSEP outputs whose rates fill the total, still accepted
+        c("clicks beside a full total of electrical pulses", True,
+          extra=[dict(BASE, output=o, rate_mhz=int(S["rate_hz_max_total"] * 1000) // 4 - 1, averaged=False)
+                 for o in range(4)]),
+    ]
+
+
+def test_the_earphones_hold_their_own_limits() -> None:
+    """Issue 22 item 3: clicks in dB nHL up to safety.auditory's level, masking never above the click nor its own
+    maximum, 10-50 Hz and never a mains divisor (the BAEP is averaged), exactly 100 µs, on the earphones only, one
+    program; no current, so the electrical rate total does not count them."""
+    cases = click_cases()
+    results = {r["name"]: r for r in run_json(CODE, cases)}
+    for c in cases:
+        r = results[c["name"]]
+        assert (r["ok"], r["code"]) == (c["ok"], c["code"]), (c["name"], r)
+        if not c["ok"]:
+            assert r["detail"], c["name"]
+
+
+CLICK_CODE = """
+import boardcfg
+from safety import Supervisor
+from scheduler import Scheduler
+
+class Bsp:
+    def __init__(self):
+        self.clicks, self.triggers, self.masking = [], [], None
+    def arm_click(self, index, level, rare, right):
+        self.clicks.append([index, level, rare, right])
+    def arm_trigger_train(self, index, count, ipi_us, first, last):
+        self.triggers.append(index)
+    def set_masking(self, right, level):
+        self.masking = [right, level]
+    def cancel_stimulation(self):
+        self.masking = None
+        return 0
+
+sup = Supervisor(boardcfg.load())
+bsp = Bsp()
+sched = Scheduler(bsp, sup)
+fs, block = 8000, 64
+click = sup.check_program(_IN["click"])
+train = sup.check_program({"kind": "tcmep", "count": 5, "ipi_us": 3000, "interval_ms": 1000})
+sched.load([click, train])
+start = sched.start(0, fs, block)
+masking = bsp.masking
+deadline = start + 3 * fs  # the host stays in touch for 3 s
+for i in range(0, start + 4 * fs, block):
+    sched.tick(i, deadline, block)
+out = {"start": start, "masking": masking, "clicks": bsp.clicks, "triggers": bsp.triggers}
+sched.stop()
+out["masking_after_stop"] = bsp.masking
+emit(out)
+"""
+
+
+def test_clicks_alternate_hold_off_around_trains_stop_at_the_watchdog_deadline_and_mask_the_other_ear() -> None:
+    """The scheduler on MicroPython: a right-ear click program at 21.1 Hz beside repeating TcMEP trains. The left
+    ear is masked at its level from the start until the stop; the clicks alternate rarefaction / condensation at
+    the program's level, keep their rate (never closer than 1/50 Hz), none falls in a train's hold-off, and none
+    is armed past the watchdog deadline (the host's silence stops them like any pulse)."""
+    fs = 8000
+    prog = {"kind": "click", "output": ST["auditory"]["output"], "level_db": 85, "masking_db": 55,
+            "polarity": "alternating", "ear": "R", "rate_mhz": 21100}
+    (r,) = run_json(CLICK_CODE, {"click": prog})
+    assert r["masking"] == [False, 55] and r["masking_after_stop"] is None  # the left ear, until any stop
+    clicks = r["clicks"]
+    assert all(c[1] == 85 and c[3] for c in clicks)
+    assert [c[2] for c in clicks[:4]] == [True, False, True, False]
+    idx = [c[0] for c in clicks]
+    assert max(idx) < r["start"] + 3 * fs  # the watchdog deadline
+    assert min(b - a for a, b in zip(idx, idx[1:], strict=False)) >= fs // int(S["auditory"]["rate_hz_max"])
+    hold = ST["tcmep_holdoff_ms"]
+    before, after = hold["before"] * fs // 1000, hold["after"] * fs // 1000
+    span = 4 * 3000 * fs // 1_000_000
+    assert len(r["triggers"]) >= 2
+    for t in r["triggers"]:
+        assert not [i for i in idx if t - before <= i <= t + span + after], t
+    # between the trains the clicks keep their 21.1 Hz grid
+    assert len(idx) >= 3 * 21.1 * 0.5

@@ -28,7 +28,10 @@ STIM_LIMITS = {"current_ua_max": 100000, "current_step_ua": 100, "width_us_min":
                "holdoff_ms_after": 100, "watchdog_ms": 100,
                "waveforms": ["monophasic", "biphasic"],
                "probe": {"output": 4, "current_ua_max": 40000, "width_us": 200, "rate_mhz_min": 2000,
-                         "rate_mhz_max": 5000, "hunt_pulses_max": 32}}
+                         "rate_mhz_max": 5000, "hunt_pulses_max": 32},
+               "auditory": {"output": -2, "width_us": 100, "level_db_nhl_max": 100, "masking_db_max": 70,
+                            "rate_mhz_min": 10000, "rate_mhz_max": 50000,
+                            "polarities": ["rarefaction", "condensation", "alternating"]}}
 
 
 # encoding rice (SPEC 5.4.1): sample-major counts and channel count of each data-rice vector; the vector
@@ -120,6 +123,13 @@ def examples() -> list[tuple[str, list]]:
                                               {"channel": 11, "threshold_ua": 5600, "below_ua": 5200},
                                               {"channel": 13, "threshold_ua": None, "below_ua": 40000}]}]),
         ("error-hunt-rate", [m.ERROR, 306, m.error_body(m.E_LIMIT_RATE, "rate_mhz 6000 is above the limit 5000")]),
+        # the insert earphones (SPEC 5.8, `click`): a BAEP click program, a click delivered, a refusal
+        ("stim-program-click", [m.STIM_PROGRAM, 307, {"programs": [
+            {"kind": "click", "output": -2, "level_db": 80, "masking_db": 50, "polarity": "alternating", "ear": "L",
+             "rate_mhz": 21100}]}]),
+        ("event-stim-click", [m.EVENT, 0, {"kind": "stim", "index": 4321000, "output": -2, "program": 0,
+                                           "level_db": 80, "polarity": "rarefaction", "ear": "L"}]),
+        ("error-level", [m.ERROR, 308, m.error_body(m.E_LIMIT_LEVEL, "level_db 110 is above the limit 100")]),
         # an error reply with a multi-byte UTF-8 detail and a rid above 255 (the board encodes these by hand)
         ("error-charge", [m.ERROR, 300, m.error_body(m.E_LIMIT_CHARGE, "charge of phase 1: 55000 µA x 1000 µs"
                                                      " = 55000 nC, above the limit 50000 nC")]),
