@@ -64,10 +64,13 @@ class Pulse:
     """One stimulus actually delivered."""
 
     index: int  # ADC sample index at which the pulse began (the board's sample clock)
-    output: int  # stimulator output 0..3; TRIGGER_OUTPUT (-1) for the TcMEP trigger
-    current_ma: float  # delivered current (after compliance limiting); unused for the trigger
+    output: int  # stimulator output 0..3; TRIGGER_OUTPUT (-1) for the TcMEP trigger; the earphones' (-2): a click
+    current_ma: float  # delivered current (after compliance limiting); unused for the trigger and clicks
     width_us: int
     biphasic: bool
+    level_db: float = 0.0  # a click: its level (dB nHL), polarity and ear
+    rarefaction: bool = False
+    ear: str = "L"
 
 
 def _lognormal_mean1(g: np.random.Generator, cv: float) -> float:
@@ -80,6 +83,9 @@ class VirtualPatient:
     NEAR_THRESHOLD_DELAY_MS = 0.5  # weakly recruited volleys arrive slightly later
     MEP_PHASE_JITTER = 0.12  # log-sd of each MEP phase's size, trial to trial (shape varies too)
     MEP_PHASE_PP_CV = 0.10  # the peak-to-peak CV that phase jitter alone produces (measured)
+    CLICK_REFERENCE_DB = 80.0  # a click of this level gives the BAEP scenario's waves as they are
+    CLICK_THRESHOLD_DB = 15.0  # below this no wave (a normal ear's BAEP threshold is 10-20 dB nHL)
+    CLICK_LATENCY_MS_PER_DB = 0.035  # wave V about 0.35 ms later for every 10 dB lower (latency-intensity)
     EEG_FS_HZ = 250.0  # a scenario's EEG is rendered at this rate (its content is below 30 Hz)
     MEP_ONSET_FRACTION = 0.02  # truth onset: where the noise-free response first reaches 2 % of its peak
 
@@ -92,6 +98,7 @@ class VirtualPatient:
         self.script = Script(self.scenario["events"])
         defn = board.load()
         self._train_gap = int(defn["safety"]["train_ipi_us_max"] * self.fs / 1e6)  # samples
+        self._auditory_output = int(defn["stimulator"]["auditory"]["output"])  # the earphones' clicks
         rail_v = 0.5 * float(defn["adc"]["vref_v"])  # a floating input ends up near the analogue rail
 
         pat = self.scenario["patient"]
@@ -150,6 +157,18 @@ class VirtualPatient:
                                  % (src.name, ", ".join(ch.derivation for ch in self.channels if ch.kind == "eeg")
                                     or "none"))
             self._eeg = (src, cols)
+
+        # A BAEP scenario on the montage's BAEP derivations (kind "baep": Cz-A1, Cz-A2), evoked by clicks
+        self._baep: tuple[list[dict[str, Any]], list[tuple[int, str]]] | None = None
+        if self.scenario.get("baep"):
+            from ionm_hw.physiology import baep
+
+            sc = baep.load_scenario(str(self.scenario["baep"]))
+            baep_cols = [(ch.index, ch.electrodes[1]) for ch in self.channels if ch.kind == "baep"]
+            if not baep_cols:
+                raise ValueError("the BAEP scenario %r needs the montage's BAEP channels (kind 'baep': Cz-A1, Cz-A2)"
+                                 % sc.get("name", self.scenario["baep"]))
+            self._baep = (list(sc.get("events", [])), baep_cols)
 
         self._next = 0  # first sample not yet rendered
         self._pending: list[tuple[int, np.ndarray]] = []  # (start index, (L, n_channels) volts)
@@ -257,6 +276,9 @@ class VirtualPatient:
                 out[:, sel.index(ch)] += np.interp(u, grid, x[k]) * 1e-6
 
     def _deliver(self, p: Pulse) -> None:
+        if p.output == self._auditory_output:
+            self._deliver_click(p)
+            return
         if p.output == TRIGGER_OUTPUT:
             if self._train and p.index - self._train[-1].index > self._train_gap:
                 self._close_train()
@@ -296,6 +318,32 @@ class VirtualPatient:
             nz = self._nonzero[name]
             if amp != 0 and nz.size:
                 arr[:, nz] += np.outer(amp * waveform(t_ms, peaks, scale, shift_ms=shift), self._coupling[name][nz])
+        self._pending.append((p.index, arr))
+
+    def _deliver_click(self, p: Pulse) -> None:
+        """A click: the BAEP on the montage's BAEP derivations (Cz-A1, Cz-A2: the stimulated ear's mastoid is the
+        ipsilateral one) from the scenario's "baep" (its wave V changes) at this click's level and polarity; no
+        BAEP scenario or channel: heard, and nothing recorded."""
+        if self._baep is None:
+            return
+        from ionm_hw.physiology import baep
+
+        script, cols = self._baep
+        t = np.array([p.index / self.fs])
+        shift, gain, gain_i = baep.truth(t, script)
+        # level: wave V later by CLICK_LATENCY_MS_PER_DB for each dB below the reference, smaller below it
+        lvl_shift = self.CLICK_LATENCY_MS_PER_DB * (self.CLICK_REFERENCE_DB - p.level_db)
+        lvl_gain = float(np.clip((p.level_db - self.CLICK_THRESHOLD_DB) /
+                                 (self.CLICK_REFERENCE_DB - self.CLICK_THRESHOLD_DB), 0.0, 1.2))
+        ms = np.arange(int(baep.POST_MS * self.fs / 1000) + 1) * 1000.0 / self.fs
+        arr = np.zeros((ms.size, len(self.channels)))
+        sign = 1.0 if p.rarefaction else -1.0
+        ipsi = "A1" if p.ear == "L" else "A2"
+        for ch, ref in cols:
+            role = "Cz-Ai" if ref == ipsi else "Cz-Ac"
+            resp = baep.responses(ms, role, shift + lvl_shift, gain * lvl_gain, gain_i * lvl_gain)[0]
+            cm = baep.CM_UV * lvl_gain * np.sin(2 * np.pi * 1000.0 * ms) * np.exp(-0.5 * ((ms - 1.5) / 0.6) ** 2)
+            arr[:, ch] = (resp + sign * cm) * 1e-6
         self._pending.append((p.index, arr))
 
     def _deliver_probe(self, p: Pulse) -> None:

@@ -9,7 +9,10 @@ small fixed binary records; everything is big-endian. Requests start with one op
   b"P" u32 index, i8 output, u32 current_ua, u16 width_us, u8 flags -> (none)  arm one pulse (PIO FIFO)
   b"T" u32 index, u8 count, u16 ipi_us, u8 first, u8 last      -> (none)      arm triggers first..last-1 of a
                                                                                TcMEP train (first at index)
-  b"X"                          -> u16 cancelled                               cancel everything armed
+  b"C" u32 index, u8 level_db, u8 rarefaction, u8 right_ear -> (none)        arm one click on the earphones
+  b"M" u8 right_ear, u8 level_db -> (none)                                     masking noise on that ear (0: off)
+  b"X"                          -> u16 cancelled                               cancel everything armed (and the
+                                                                               masking)
   b"D" u16 n                    -> block                                       DMA: next n samples
   b"Z" u8 output, u32 current_ua, u16 width_us -> u32 measured_ua, u16 voltage_10mv, u8 flags
                                                                                a sub-threshold impedance probe
@@ -20,7 +23,9 @@ sample when it was handed over: nonzero when the firmware is behind, as a DMA ri
 n * 27 * chips bytes (the RDATAC stream, exactly as DMA would store it), then n_latched latch records of 14 bytes
 (u32 index, i8 output, u32 measured_ua, u16 width_us, u8 flags: bit0 biphasic, bit1 compliance-limited,
 u16 voltage_10mv: the compliance-voltage readback in units of 10 mV) for the pulses the output stage
-delivered inside the block: the PIO's latched sample indices and the two readbacks.
+delivered inside the block: the PIO's latched sample indices and the two readbacks. A click's latch (output
+stimulator.auditory.output, -2) carries its level in dB nHL in the measured field, and in its flags bit0 the
+polarity (rarefaction) and bit1 the ear (right).
 
 Electrode impedances. Stimulating electrodes: the patient's (drifting, scripted by stim_electrode events),
 1 kOhm on the bench, or a fault `impedance:OUTPUT:OHMS[:FROM_S]` (from model time FROM_S on). Recording
@@ -57,6 +62,8 @@ LATCH = struct.Struct(">IbIHBH")
 BLOCK_HEAD = struct.Struct(">IHH")
 PULSE_REQ = struct.Struct(">IbIHB")
 TRAIN_REQ = struct.Struct(">IBHBB")
+CLICK_REQ = struct.Struct(">IBBB")
+MASK_REQ = struct.Struct(">BB")
 PROBE_REQ = struct.Struct(">bIH")
 PROBE_REPLY = struct.Struct(">IHB")
 BENCH_STIM_OHM = 1000.0  # bench load resistor on every stimulator output
@@ -79,6 +86,8 @@ class HardwareModel:
         self.seed = seed
         self.patients: dict[int, Any] = {}
         self.armed: list[tuple[float, int, float, int, bool]] = []  # (index, output, mA, width, biphasic)
+        # a click: (index, auditory output, level dB nHL, right ear (0/1), rarefaction)
+        self.masking: tuple[str, int] | None = None  # the ear masked and its level (dB), while a click program runs
         self.next_index = 0  # acquisition sample index of the next conversion
         self.t_offset_s = 0.0  # model time at index 0 of this acquisition run
         self.t_model_s = 0.0
@@ -118,7 +127,8 @@ class HardwareModel:
             base = int(round(self.t_offset_s * fs))  # the patient's clock runs across acquisition runs
             from ionm_hw.patient import Pulse
 
-            shifted = [Pulse(p.index + base, p.output, p.delivered_ma, p.width_us, p.biphasic) for p in pulses]
+            shifted = [Pulse(p.index + base, p.output, p.delivered_ma, p.width_us, p.biphasic, p.level_db,
+                             p.rarefaction, p.ear) for p in pulses]
             volts = pat.render(base + first, n, shifted)
             self._set_leads(pat.lead_impedance_ohm(base + first))
             return volts, pat.leadoff(base + first, n)
@@ -188,10 +198,7 @@ class HardwareModel:
         raw = self.chain.convert(volts, leadoff)
         self.next_index += n
         self.t_model_s = self.t_offset_s + self.next_index / fs
-        latches = b"".join(LATCH.pack(p.index & 0xFFFFFFFF, p.output, int(round(p.measured_ma * 1000)),
-                                      p.width_us, (1 if p.biphasic else 0) | (2 if p.compliance_limited else 0),
-                                      min(int(round(p.voltage_v * 100)), 0xFFFF))
-                           for p in pulses)
+        latches = b"".join(_latch(p, self.stim.auditory_output) for p in pulses)
         return BLOCK_HEAD.pack(first & 0xFFFFFFFF, len(pulses), late_samples) + raw + latches
 
     def _deliver_armed(self, first: int, n: int, fs: int) -> list[Any]:
@@ -205,6 +212,9 @@ class HardwareModel:
             if idx < first:  # armed too late for this sample: the PIO would have missed it
                 continue
             t = self.t_offset_s + idx_f / fs
+            if output == self.stim.auditory_output:  # (ma: the level in dB nHL; width: the right ear)
+                out.append(self.stim.click(idx, t, ma, biphasic, "R" if width else "L"))
+                continue
             pulse = self.stim.deliver(idx, t, output, ma, width, biphasic, self._impedance(output, idx, fs))
             if output < 0 and self.generator is not None:
                 self.generator.trigger(t)
@@ -222,10 +232,27 @@ class HardwareModel:
         for k in range(first, min(last, count)):  # the PIO times the inter-pulse interval in µs from the first edge
             self.armed.append((index + k * ipi_us * 1e-6 * fs, -1, 0.0, TRAIN_PULSE_WIDTH_US, False))
 
+    def arm_click(self, index: int, level_db: int, rarefaction: int, right_ear: int) -> None:
+        self.armed.append((float(index), self.stim.auditory_output, float(level_db), int(right_ear), bool(rarefaction)))
+
+    def set_masking(self, right_ear: int, level_db: int) -> None:
+        self.masking = ("R" if right_ear else "L", int(level_db)) if level_db else None
+
     def cancel(self) -> int:
         n = len(self.armed)
         self.armed = []
+        self.masking = None  # the masking noise stops with the clicks
         return n
+
+
+def _latch(p: Any, auditory_output: int) -> bytes:
+    """One latch record (the module docstring): a click's carries its level, polarity and ear."""
+    if p.output == auditory_output:
+        return LATCH.pack(p.index & 0xFFFFFFFF, p.output, int(round(p.level_db)), p.width_us,
+                          (1 if p.rarefaction else 0) | (2 if p.ear == "R" else 0), 0)
+    return LATCH.pack(p.index & 0xFFFFFFFF, p.output, int(round(p.measured_ma * 1000)), p.width_us,
+                      (1 if p.biphasic else 0) | (2 if p.compliance_limited else 0),
+                      min(int(round(p.voltage_v * 100)), 0xFFFF))
 
 
 def _recv_exact(conn: socket.socket, n: int) -> bytes:
@@ -258,6 +285,10 @@ def serve_client(model: HardwareModel, conn: socket.socket) -> None:
             model.arm_pulse(*PULSE_REQ.unpack(_recv_exact(conn, PULSE_REQ.size)))
         elif op == b"T":
             model.arm_train(*TRAIN_REQ.unpack(_recv_exact(conn, TRAIN_REQ.size)))
+        elif op == b"C":
+            model.arm_click(*CLICK_REQ.unpack(_recv_exact(conn, CLICK_REQ.size)))
+        elif op == b"M":
+            model.set_masking(*MASK_REQ.unpack(_recv_exact(conn, MASK_REQ.size)))
         elif op == b"Z":
             conn.sendall(model.probe(*PROBE_REQ.unpack(_recv_exact(conn, PROBE_REQ.size))))
         elif op == b"X":

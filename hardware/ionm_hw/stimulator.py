@@ -35,11 +35,16 @@ class DeliveredPulse:
     compliance_limited: bool
     voltage_v: float = 0.0  # what the compliance-voltage readback reports (across the electrodes, mid-pulse)
     probe: bool = False  # a sub-threshold impedance probe, not a stimulus
+    level_db: float = 0.0  # a click on the earphones (stimulator.auditory.output): its level, dB nHL
+    rarefaction: bool = False  # ... and polarity (condensation when False)
+    ear: str = ""  # ... and the ear it was played to, "L" or "R"
 
 
 class OutputStage:
     def __init__(self, board_def: dict[str, Any], serial: str, log: IO[str] | None = None) -> None:
         stim = board_def["stimulator"]
+        self.auditory_output = int(stim["auditory"]["output"])  # the insert earphones: clicks, no current
+        self.click_us = int(stim["auditory"]["width_us"])
         # outputs 0..outputs-1 and the handheld probe's (stimulator.probe.output, monopolar, 0-40 mA at 200 µs)
         self.outputs = max(int(stim["outputs"]), int(stim["probe"]["output"]) + 1)
         self.compliance_v = float(stim["compliance_v"])
@@ -51,6 +56,17 @@ class OutputStage:
         self.voltage_gain_error = rng.normal(0.0, 0.002, self.outputs)  # compliance-voltage readback
         self.log = log
         self.delivered: deque[DeliveredPulse] = deque(maxlen=10000)  # recent pulses; the log file keeps all
+
+    def click(self, index: int, t_s: float, level_db: float, rarefaction: bool, ear: str) -> DeliveredPulse:
+        """A click on the insert earphones (board.json stimulator.auditory): no current into the patient."""
+        pulse = DeliveredPulse(int(index), float(t_s), self.auditory_output, 0.0, 0.0, 0.0, self.click_us, False, 0.0,
+                               False,
+                               level_db=float(level_db), rarefaction=bool(rarefaction), ear=str(ear))
+        self.delivered.append(pulse)
+        if self.log is not None:
+            self.log.write(json.dumps(asdict(pulse)) + "\n")
+            self.log.flush()
+        return pulse
 
     def deliver(self, index: int, t_s: float, output: int, current_ma: float, width_us: int, biphasic: bool,
                 impedance_ohm: float, probe: bool = False) -> DeliveredPulse:

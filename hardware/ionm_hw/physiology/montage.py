@@ -24,7 +24,9 @@ Default 16-channel montage (a scenario may replace it with its own "montage" lis
 Procedure montages (PROCEDURE_MONTAGES, a scenario's "montage" by name, `ionm console --montage`): "default" above,
 and "carotid" (CAROTID_MONTAGE): channels 0-7 the median cortical, cervical, both Erb's, the tibial Cz'-Fpz and both
 APBs, channels 8-15 the EEG derivations F3-C3, C3-P3, P3-O1, T3-C3, F4-C4, C4-P4, P4-O2, T4-C4 (kind "eeg"), which
-record the scenario's "eeg" (physiology/eeg.py) instead of the generic background.
+record the scenario's "eeg" (physiology/eeg.py) instead of the generic background; and "posterior_fossa"
+(POSTERIOR_FOSSA_MONTAGE): channels 0-13 the default's but the tibialis anteriors, 14-15 the BAEP's Cz-A1 and Cz-A2
+(kind "baep"), which record the scenario's "baep" (physiology/baep.py) on every click of the earphones.
 
 A channel is named "derivation (label)", e.g. "C3'-Fz (R median cortical N20)". Its electrodes are the
 two sides of the derivation; an electrode that comes off affects every channel that uses it (Fz!).
@@ -67,7 +69,16 @@ CAROTID_MONTAGE: list[dict[str, str]] = [
     *({"derivation": d, "label": "EEG %s" % ("left" if int(d[-1]) % 2 else "right"), "kind": "eeg", "modality": "eeg"}
       for d in EEG_DERIVATIONS),
 ]
-PROCEDURE_MONTAGES = {"default": DEFAULT_MONTAGE, "carotid": CAROTID_MONTAGE}
+# Posterior fossa (microvascular decompression, cerebellopontine-angle tumours): the BAEP from the vertex to each
+# ear's mastoid (Cz-A1, Cz-A2; the stimulated ear's is the ipsilateral derivation, kind "baep", recording the
+# scenario's "baep" when the earphones click), with the upper- and lower-limb SSEPs and hand and foot TcMEPs.
+POSTERIOR_FOSSA_MONTAGE: list[dict[str, str]] = [
+    *DEFAULT_MONTAGE[:13], DEFAULT_MONTAGE[15],
+    {"derivation": "Cz-A1", "label": "BAEP left mastoid", "kind": "baep", "modality": "baep"},
+    {"derivation": "Cz-A2", "label": "BAEP right mastoid", "kind": "baep", "modality": "baep"},
+]
+PROCEDURE_MONTAGES = {"default": DEFAULT_MONTAGE, "carotid": CAROTID_MONTAGE,
+                      "posterior_fossa": POSTERIOR_FOSSA_MONTAGE}
 
 SCALP_ELECTRODES = {"C3'", "C4'", "Cz'", "CPz", "CP3", "CP4", "Fz", "Fpz", "Cz", "C3", "C4", "Fp1", "Fp2"}
 
@@ -88,7 +99,8 @@ ELECTRODE_REGION = {
 # Background rms per kind, µV (lo, hi; the patient draws within): EEG-like 1/f, EMG band, white floor.
 # Scalp EEG of a few µV rms under anaesthesia; spontaneous EMG low but present (partial relaxation).
 EEG_UV = (3.5, 7.0)
-EMG_UV = {"eeg": (0.3, 1.0), "scalp": (0.3, 1.0), "spine": (1.0, 3.0), "nerve": (0.5, 1.5), "muscle": (3.0, 10.0)}
+EMG_UV = {"eeg": (0.3, 1.0), "baep": (0.3, 1.0), "scalp": (0.3, 1.0), "spine": (1.0, 3.0), "nerve": (0.5, 1.5),
+          "muscle": (3.0, 10.0)}
 FLOOR_UV = (0.2, 0.4)  # electrode thermal noise (the amplifier adds its own)
 
 
@@ -97,7 +109,8 @@ class Channel:
     index: int
     derivation: str
     label: str
-    kind: str  # scalp | spine | nerve | muscle | eeg (a 10-20 EEG derivation: its EEG is the scenario's "eeg")
+    kind: str  # scalp | spine | nerve | muscle | eeg (a 10-20 EEG derivation: its EEG is the scenario's "eeg") |
+    # baep (vertex to a mastoid: the BAEP when the earphones click)
     modality: str  # the evaluate modality the channel serves (ssep-upper, ssep-lower, mep, eeg)
     electrodes: tuple[str, str]
     region: str
@@ -125,7 +138,8 @@ def build(entries: list[dict[str, Any]] | str | None, n_channels: int) -> list[C
         kind = str(e.get("kind", "scalp"))
         if kind not in EMG_UV:
             raise ValueError(f"montage channel {i}: kind must be one of {sorted(EMG_UV)}")
-        region = str(e.get("region", ELECTRODE_REGION.get(parts[0], "head" if kind in ("scalp", "eeg") else "trunk")))
+        region = str(e.get("region", ELECTRODE_REGION.get(parts[0],
+                                                          "head" if kind in ("scalp", "eeg", "baep") else "trunk")))
         out.append(
             Channel(i, str(e["derivation"]), str(e.get("label", "")), kind, str(e.get("modality", "eeg")),
                     (parts[0], parts[1]), region)

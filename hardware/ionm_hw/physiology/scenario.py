@@ -18,6 +18,8 @@ A scenario is a JSON object; every key but "name" is optional (DEFAULTS fill the
                     montage there ("carotid")
   eeg               an EEG scenario (hardware/scenarios/eeg/NAME.json, physiology/eeg.py) rendered on the
                     montage's channels whose derivation it records (F3-C3, ...), from case time 0
+  baep              a BAEP scenario (hardware/scenarios/baep/NAME.json, physiology/baep.py): its wave V changes
+                    in the BAEP every click of the earphones evokes on the montage's BAEP channels (Cz-A1, Cz-A2)
   events            scripted events, times in seconds from the start of the case:
     {"type": "change", "targets": [glob over response names], "onset_s", "ramp_s",
      "amplitude": factor, "latency": factor, "recovery": {"onset_s", "ramp_s", "amplitude", "latency"}}
@@ -86,6 +88,7 @@ DEFAULTS: dict[str, Any] = {
     "patient": {},
     "montage": None,
     "eeg": None,
+    "baep": None,
     "screws": [],
     "events": [],
     "expected": {},
