@@ -171,7 +171,7 @@ PARALLEL_FILES = frozenset("""
     test_pipeline_alerts test_pipeline_averaging test_pipeline_conditioning test_pipeline_peaks
     test_pipeline_tracker test_probe_console test_report test_rln test_safety_mpy test_scenarios test_screw_model
     test_screw_rules test_strict_requests test_technical_alarms test_tof test_tof_console test_ws_commands
-    test_hub test_hub_physician test_hub_nkeys test_hub_view test_replay test_eeg_tap
+    test_hub test_hub_physician test_hub_nkeys test_hub_view test_replay test_eeg_tap test_baep_tap
 """.split())
 
 

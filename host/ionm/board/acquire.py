@@ -155,6 +155,7 @@ class SweepSpec:
     post_ms: float
     train: int = 1  # stimuli per sweep: a TcMEP train's sweep is aligned to its last pulse
     train_gap_ms: float = 12.0  # pulses further apart than this start a new train
+    electrical: bool = True  # False: acoustic stimuli (BAEP clicks), which leave no artefact in other sweeps
 
 
 OTHER_ARTEFACT_MS = 3.0  # blanked after every stimulus that falls inside another stimulus's sweep
@@ -162,6 +163,7 @@ OTHER_ARTEFACT_MS = 3.0  # blanked after every stimulus that falls inside anothe
 
 REJECT_TRAIN_IN_SWEEP = "TcMEP train inside the sweep"
 REJECT_STIMULUS_IN_MEP = "another stimulus inside the MEP window"
+REJECT_STIMULUS_IN_BAEP = "an electrical stimulus inside the BAEP window"
 
 
 class LiveCase:
@@ -290,10 +292,12 @@ class LiveCase:
                 continue
             cols = [chan_pos[c] for c in spec.channels if c in chan_pos]
             data = self._buf[lo:lo + pre + post, cols].T.copy()
-            for other, _ in self._stimuli:  # blank the artefacts of the other stimuli inside this sweep
+            for other, other_prog in self._stimuli:  # blank the artefacts of the other stimuli inside this sweep
                 a = other - (stim - pre)
                 if other == stim or a + blank <= 0 or a >= pre + post:
                     continue
+                if other_prog in self.specs and not self.specs[other_prog].electrical:
+                    continue  # a click: nothing to blank
                 a0, a1 = max(a, 1), min(a + blank, pre + post - 1)
                 left, right = data[:, a0 - 1], data[:, a1]
                 frac = (np.arange(a0, a1) - (a0 - 1)) / (a1 - (a0 - 1))
@@ -313,14 +317,19 @@ class LiveCase:
     def _foreign(self, stim: int, prog: int, pre: int, post: int) -> str | None:
         """Why the sweep of `prog` at `stim` must be rejected for another program's stimulus, or None."""
         mep = self.specs[prog].train > 1
+        acoustic = not self.specs[prog].electrical
         for other, other_prog in self._stimuli:
             if other_prog == prog or not stim - pre <= other < stim + post:
                 continue
             spec = self.specs.get(other_prog)
             if spec is not None and spec.train > 1:
                 return REJECT_TRAIN_IN_SWEEP
+            if spec is not None and not spec.electrical:
+                continue  # a click inside another sweep: it evokes nothing there and leaves no artefact
             if mep:
                 return REJECT_STIMULUS_IN_MEP
+            if acoustic:  # an electrical artefact of hundreds of µV in a 0.5-µV BAEP sweep: rejected, not blanked
+                return REJECT_STIMULUS_IN_BAEP
         return None
 
     def sweeps(self, timeout: float | None = None) -> Iterator[Sweep]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from ionm.board.acquire import BoardSession, LiveCase, SweepSpec
-from ionm.board.stimulation import SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
+from ionm.board.stimulation import DEFAULT_BAEP, SSEP_OUTPUTS, ProgramHolder, StimulationError, validate
 from ionm.board.tools.impedance import GOOD_LEAD_OHM
 from ionm.sweep import Sweep
 
@@ -74,15 +74,27 @@ def procedure_montage(name: str) -> list[dict[str, str]]:
 class BoardCase(ProgramHolder):
     def __init__(self, port: str, montage: list[dict[str, str]] | None = None,
                  program: dict[str, Any] | None = None, eeg_start_s: float | None = 0.0) -> None:
+        from ionm.board.baeptap import BaepTap
         from ionm.board.eegtap import EegTap
 
         super().__init__(program)
+        from ionm import board as board_def
+
+        self._limits_aud_output = int(board_def.load()["stimulator"]["auditory"]["output"])
         self.montage = montage or default_montage()
         eeg = [i for i, c in enumerate(self.montage) if c.get("modality") == "eeg" and c.get("kind") == "eeg"]
         # the montage's EEG derivations, decimated from the board's stream (None: the montage records no EEG)
         self.eeg_source: EegTap | None = EegTap(eeg, [self.montage[i]["derivation"] for i in eeg], RATE_HZ,
                                                 start_s=eeg_start_s) if eeg else None
         self._uv_per_count: tuple[int, np.ndarray] | None = None  # (cfg, µV per count per board channel)
+        # the montage's BAEP derivations (Cz-A1, Cz-A2): clicks on the earphones, their sweeps to the BAEP path
+        self._baep_channels = {c["derivation"]: i for i, c in enumerate(self.montage) if c.get("modality") == "baep"}
+        self.baep_source: BaepTap | None = None
+        if self._baep_channels:
+            if "baep" not in self._program:
+                self._program["baep"] = dict(DEFAULT_BAEP)
+            b = self._program["baep"]
+            self.baep_source = BaepTap(b["ear"], float(b["rate_hz"]), start_s=eeg_start_s)
         self.names = {i: "%s (%s)" % (c["derivation"], c["label"]) for i, c in enumerate(self.montage)}
         self.case = LiveCase({}, self.names)
         self._leadoff = 0
@@ -121,6 +133,8 @@ class BoardCase(ProgramHolder):
                 raise StimulationError("a screw test or a train-of-four is under way: the other outputs are paused "
                                        "until it ends (screw_stop ends a screw test)")
             new = validate(command, self._program, self._limits)
+            if "baep" in new and new["baep"]["ear"] != self._program["baep"]["ear"]:
+                raise StimulationError("the stimulated ear is chosen when the case starts (its BAEP is one stream)")
             try:
                 if command.get("action") == "tcmep_train":
                     self.session.start_stimulation(self._tcmep_index)
@@ -153,12 +167,26 @@ class BoardCase(ProgramHolder):
                          "interval_ms": int(round(tc["repeat_s"] * 1000))})
         self._tcmep_index = len(programs) - 1
         specs[self._tcmep_index] = self._spec("mep", "TcMEP", train=int(tc["train_pulses"]))
+        clicks = None
+        b = program.get("baep")
+        if b is not None and b["enabled"] and self.baep_source is not None:
+            from ionm.board.baeptap import EDGE_MS, POST_MS, PRE_MS
+
+            programs.append({"kind": "click", "output": self._limits_aud_output, "level_db": int(b["level_db"]),
+                             "masking_db": int(b["masking_db"]), "polarity": b["polarity"], "ear": b["ear"],
+                             "rate_mhz": int(round(b["rate_hz"] * 1000))})
+            clicks = len(programs) - 1
+            ipsi = "Cz-A1" if b["ear"] == "L" else "Cz-A2"  # the stimulated ear's derivation first
+            chans = tuple(sorted(self._baep_channels.values(), key=lambda c: self.montage[c]["derivation"] != ipsi))
+            specs[clicks] = SweepSpec("baep", "%s ear" % b["ear"], chans, PRE_MS + EDGE_MS, POST_MS + EDGE_MS,
+                                      electrical=False)
         self.session.stop_stimulation()
         self.session.load_programs(programs)
         self.case.set_specs(specs)
         # one command, so one start index: started one by one, each program was timed from its own command's
         # arrival and a slow host shifted the outputs onto each other's responses
-        together = list(range(len(enabled))) + ([self._tcmep_index] if tc["repeat_s"] else [])
+        together = list(range(len(enabled))) + ([self._tcmep_index] if tc["repeat_s"] else []) + \
+            ([clicks] if clicks is not None else [])
         if together:
             self.session.start_stimulation(together)
 
@@ -380,6 +408,8 @@ class BoardCase(ProgramHolder):
         out = [SSEP_OUTPUTS[int(o)] for o, v in sorted(p["ssep"].items()) if v["enabled"]]
         if p["tcmep"]["repeat_s"]:
             out.append("TcMEP every %g s" % p["tcmep"]["repeat_s"])
+        if p.get("baep") and p["baep"]["enabled"]:
+            out.append("BAEP clicks %s ear %d dB nHL" % (p["baep"]["ear"], p["baep"]["level_db"]))
         return out
 
     def _rearm(self, why: str) -> None:
@@ -442,7 +472,8 @@ class BoardCase(ProgramHolder):
             "stim_impedance_ohm": dict(self.stim_impedance),
             "lead_impedance_ohm": dict(self.lead_impedance),
             "lead_impedance_good_ohm": GOOD_LEAD_OHM,
-        } | (self.eeg_source.link_health() if self.eeg_source is not None else {})
+        } | (self.eeg_source.link_health() if self.eeg_source is not None else {}) | (
+            self.baep_source.link_health() if self.baep_source is not None else {})
 
     def _events_copy(self) -> list[dict[str, Any]]:
         with self._events_lock:
@@ -451,6 +482,10 @@ class BoardCase(ProgramHolder):
     # -- the console's source protocol ------------------------------------------------------------------
     def __iter__(self) -> Iterator[Sweep]:
         for sw in self.case.sweeps():
+            if sw.modality == "baep":  # click-locked sweeps: to the BAEP path, as blocks
+                if self.baep_source is not None:
+                    self.baep_source.put(sw)
+                continue
             if sw.modality in ("tof", "probe"):  # a TOF's or the probe's responses: to their caller, not a stream
                 q = self._tof_sweeps if sw.modality == "tof" else self._probe_sweeps
                 if q is not None:
@@ -467,6 +502,8 @@ class BoardCase(ProgramHolder):
         self.case.close()
         if self.eeg_source is not None:
             self.eeg_source.close()
+        if self.baep_source is not None:
+            self.baep_source.close()
         try:
             self.session.stop_stimulation()
         except Exception:  # closing after the board is gone must not raise

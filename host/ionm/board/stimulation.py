@@ -9,6 +9,9 @@ Commands (dicts, "action" says which):
   {"action": "ssep", "output": 0..3, "enabled": bool, "current_ma", "width_us", "rate_hz"}
   {"action": "tcmep", "train_pulses", "ipi_ms", "repeat_s"}         the TcMEP program (repeat_s 0: on demand)
   {"action": "tcmep_train"}                                         deliver one train now (confirmed in the UI)
+  {"action": "baep", "enabled", "level_db", "rate_hz", "polarity", "ear", "masking_db"}   BAEP clicks on the
+                                                                    earphones (a program with a "baep" part: a
+                                                                    montage with BAEP channels)
   {"action": "stop_all"}                                            every output off, TcMEP repeat off
   {"action": "resume"}                                              the program as it stands, started again (after
                                                                     the board stopped it and the host did not re-arm)
@@ -59,7 +62,18 @@ def limits(defn: dict[str, Any] | None = None) -> dict[str, Any]:
         "train_ipi_ms_min": float(sa["train_ipi_us_min"]) / 1000.0,
         "train_ipi_ms_max": float(sa["train_ipi_us_max"]) / 1000.0,
         "tcmep_interval_s_min": float(sa["tcmep_train_interval_ms_min"]) / 1000.0,
+        "click_level_db_max": min(int(st["auditory"]["level_db_nhl_max"]), int(sa["auditory"]["level_db_nhl_max"])),
+        "masking_db_max": int(sa["auditory"]["masking_db_max"]),
+        "click_rate_hz_min": float(sa["auditory"]["rate_hz_min"]),
+        "click_rate_hz_max": float(sa["auditory"]["rate_hz_max"]),
     }
+
+
+POLARITIES = ("rarefaction", "condensation", "alternating")
+# BAEP clicks as a neurophysiologist starts them: 80 dB nHL, 21.1 Hz (not a mains divisor), alternating polarity
+# (the cochlear microphonic cancels), the other ear masked 30 dB below the click
+DEFAULT_BAEP = {"enabled": True, "level_db": 80, "rate_hz": 21.1, "polarity": "alternating", "ear": "L",
+                "masking_db": 50}
 
 
 def default_program(scenario: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,10 +143,35 @@ def validate(cmd: dict[str, Any], program: dict[str, Any], lim: dict[str, Any]) 
                 tc["ipi_ms"], lim["train_ipi_ms_min"], lim["train_ipi_ms_max"]))
         if tc["repeat_s"] and tc["repeat_s"] < lim["tcmep_interval_s_min"]:
             raise StimulationError("TcMEP trains at least %.0f s apart" % lim["tcmep_interval_s_min"])
+    elif action == "baep":
+        if "baep" not in new:
+            raise StimulationError("this montage records no BAEP (no Cz-A1/Cz-A2 channels): no clicks to program")
+        b = new["baep"]
+        casts: dict[str, Any] = {"enabled": bool, "level_db": int, "rate_hz": float, "polarity": str, "ear": str,
+                                 "masking_db": int}
+        for k, cast in casts.items():
+            if k in cmd:
+                b[k] = cast(cmd[k])
+        if not 0 <= b["level_db"] <= lim["click_level_db_max"]:
+            raise StimulationError("click level %d dB nHL outside 0..%d" % (b["level_db"], lim["click_level_db_max"]))
+        if not 0 <= b["masking_db"] <= min(lim["masking_db_max"], b["level_db"]):
+            raise StimulationError("masking %d dB outside 0..%d (and never above the click)" % (
+                b["masking_db"], min(lim["masking_db_max"], b["level_db"])))
+        if not lim["click_rate_hz_min"] <= b["rate_hz"] <= lim["click_rate_hz_max"]:
+            raise StimulationError("click rate %.1f Hz outside %.0f..%.0f Hz" % (
+                b["rate_hz"], lim["click_rate_hz_min"], lim["click_rate_hz_max"]))
+        for mains in MAINS_HZ:
+            if _on_step(mains / b["rate_hz"], 1.0):
+                raise StimulationError("click rate %.2f Hz divides %g Hz mains: choose e.g. 21.1 Hz" % (b["rate_hz"],
+                                                                                                     mains))
+        if b["polarity"] not in POLARITIES or b["ear"] not in ("L", "R"):
+            raise StimulationError("polarity one of %s, ear L or R" % ", ".join(POLARITIES))
     elif action == "stop_all":
         for v in new["ssep"].values():
             v["enabled"] = False
         new["tcmep"]["repeat_s"] = 0.0
+        if "baep" in new:
+            new["baep"]["enabled"] = False
     elif action not in ("tcmep_train", "resume"):
         raise StimulationError("unknown stimulation action %r" % action)
     return new

@@ -11,6 +11,9 @@
                                                       (hardware/scenarios/baep: the stack with waves I, III, V,
                                                       wave V alerts)
     ionm console --port /dev/ttyACM0 --montage carotid   the board's EEG channels as EEG too
+    ionm console --sim --baep NAME                    BAEP from the virtual board: clicks on its earphones, the
+                                                      posterior-fossa montage's Cz-A1 / Cz-A2 (with --eeg too: the
+                                                      EEG from the board, the BAEP simulated)
     ionm console ... --publish nats-leaf://HUB:7422 --site S --room R --room-store DIR
                                                       also to the oversight hub (ionm hub), through the room's
                                                       own JetStream, a leaf node of the hub's
@@ -58,9 +61,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--sim: EEG from this EEG scenario (hardware/scenarios/eeg: cea_clamp_ischaemia, "
                         "cea_clamp_cautery, cea_anaesthetic_bolus) or JSON path")
     p.add_argument("--montage", metavar="NAME",
-                   help="the board's procedure montage: default (SSEP and TcMEP, 16 channels) or carotid (8 EEG "
+                   help="the board's procedure montage: default (SSEP and TcMEP, 16 channels), carotid (8 EEG "
                         "derivations, the median SSEPs, one tibial cortical channel, both APBs: the EEG comes from "
-                        "the board); default 'carotid' with --sim --eeg, else 'default'")
+                        "the board) or posterior_fossa (the default's SSEP and MEP channels but the tibialis "
+                        "anteriors, and the BAEP's Cz-A1, Cz-A2 with clicks on the board's earphones); default "
+                        "'carotid' with --sim --eeg, 'posterior_fossa' with --sim --baep, else 'default'")
     p.add_argument("--baep", metavar="NAME",
                    help="--sim: BAEP from this BAEP scenario (hardware/scenarios/baep: mvd_cn8_retraction, "
                         "cpa_tumour_loss, baep_stable) or JSON path")
@@ -119,8 +124,10 @@ def _simulated_case(meta: dict[str, Any], args: argparse.Namespace) -> tuple[dic
     scenario = load_scenario(meta.get("scenario", args.scenario))
     if not args.direct and meta.get("montage", "default") != "default":
         scenario["montage"] = meta["montage"]  # the patient is wired as the board's montage says
-        if meta.get("eeg"):
+        if meta.get("eeg") and meta["montage"] == "carotid":
             scenario["eeg"] = meta["eeg"]  # ... and its EEG channels record the EEG scenario
+        if meta.get("baep") and meta["montage"] == "posterior_fossa":
+            scenario["baep"] = meta["baep"]  # ... and its BAEP channels the BAEP scenario, when the earphones click
     if meta.get("events_at") is not None:
         scenario = shift_events(scenario, float(meta["events_at"]))
     program = default_program(scenario)
@@ -204,6 +211,10 @@ def run(args: argparse.Namespace) -> int:
                         "--montage carotid; its BAEP is not wired yet)" % what)
         if what == "eeg" and not args.direct and args.montage is not None and args.montage != "carotid":
             return fail("console", 2, "--eeg on the virtual board needs a montage with EEG channels (carotid)")
+        if what == "baep" and not args.direct and args.montage is not None and args.montage not in (
+                "posterior_fossa", "carotid"):
+            return fail("console", 2, "--baep on the virtual board needs a montage with BAEP channels "
+                        "(posterior_fossa)")
         import importlib
 
         try:
@@ -275,7 +286,8 @@ def run(args: argparse.Namespace) -> int:
             meta.update(freerun=args.freerun, a_train_warning_s=args.a_train_warning)
         meta.update({k: getattr(args, k) for k in ("eeg", "baep") if getattr(args, k)})
         if not args.direct:  # the board's montage (the virtual board's EEG is recorded on the carotid montage)
-            meta["montage"] = args.montage or ("carotid" if args.sim and args.eeg else "default")
+            meta["montage"] = args.montage or ("carotid" if args.sim and args.eeg else
+                                               "posterior_fossa" if args.sim and args.baep else "default")
         case_id = store.open_case(patient_id=args.patient_id, procedure=args.procedure, meta=meta)
 
     board = None
@@ -330,7 +342,11 @@ def run(args: argparse.Namespace) -> int:
 
         neuro_sources.append(EegCase(meta.get("eeg") or args.eeg, int(meta.get("seed", args.seed)),
                                      speed=0.0 if args.fast else args.speed, start_s=engine.eeg_end_s))
-    if args.sim and (meta.get("baep") or args.baep):
+    baep_tap = getattr(source, "baep_source", None)  # the board's BAEP channels and earphones
+    if baep_tap is not None:
+        baep_tap.begin(engine.now_s())
+        neuro_sources.append(baep_tap)
+    elif args.sim and (meta.get("baep") or args.baep):  # (the EEG's carotid montage has no BAEP channels)
         from ionm.board.eegbaep import BaepCase
 
         neuro_sources.append(BaepCase(meta.get("baep") or args.baep, int(meta.get("seed", args.seed)),
