@@ -32,7 +32,8 @@ _KEYS = ["versions", "schema", "rate_hz", "channels", "gain", "input", "samples_
          "pre_ms", "post_ms", "programs", "program", "kind", "output", "current_ua", "width_us", "waveform",
          "rate_mhz", "phase_us", "jitter_us", "averaged", "stop_ua", "step_ua", "count", "ipi_us", "interval_ms",
          "date", "operator", "adc_gain_ppm", "adc_offset_nv", "stim_gain_ppm", "size", "sha256", "chunk", "offset",
-         "data", "outputs", "lo_ua", "hi_ua", "resolution_ua", "p2p_uv", "window_ms", "max_pulses", "x"]
+         "data", "outputs", "lo_ua", "hi_ua", "resolution_ua", "p2p_uv", "window_ms", "max_pulses", "level_db",
+         "masking_db", "polarity", "ear", "x"]
 _VALID = [
     [m.HELLO, 1, {"versions": [1], "schema": m.SCHEMA}], [m.GET_INFO, 2, {}],
     [m.CONFIGURE, 3, {"rate_hz": 2000, "channels": [0, 1, 2], "samples_per_frame": 16}],
@@ -50,6 +51,11 @@ _VALID = [
                                         "step_ua": 1000, "width_us": 200, "rate_mhz": 2000}]}],
     [m.HUNT, 14, {"lo_ua": 500, "hi_ua": 20000, "resolution_ua": 500, "rate_mhz": 4000, "channels": [0, 1],
                   "p2p_uv": 100, "window_ms": [5, 40], "max_pulses": 12}],
+    # the earphones (issue 22): a click program beside a pulse program
+    [m.STIM_PROGRAM, 15, {"programs": [{"kind": "click", "level_db": 80, "masking_db": 50, "polarity": "alternating",
+                                        "ear": "R", "rate_mhz": 21100},
+                                       {"kind": "pulse", "output": 0, "current_ua": 1000, "width_us": 100,
+                                        "rate_mhz": 4700}]}],
 ]
 
 
