@@ -14,15 +14,14 @@ polynomial (SLOW_ORDER), as a BAEP amplifier's high-pass would. The stimulated e
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from scipy import signal
 
+from ionm.board.blockqueue import BlockQueue
 from ionm.sweep import BaepBlock, Sweep
 
 FS_HZ = 20000.0
@@ -50,10 +49,11 @@ def _without_slow(x: np.ndarray) -> np.ndarray:
     return x - (basis @ coef).T
 
 
-class BaepTap:
+class BaepTap(BlockQueue[BaepBlock]):
     """put() the board's BAEP sweeps (cut with EDGE_MS of margin); iterate for BaepBlocks."""
 
     def __init__(self, side: str, rate_hz: float, start_s: float | None = 0.0) -> None:
+        super().__init__(QUEUE_BLOCKS)
         self.side = side
         self.stream = "baep/%s ear" % side
         self.rate_hz = float(rate_hz)
@@ -65,12 +65,8 @@ class BaepTap:
         self._offset_s: float | None = start_s  # added to the sweeps' source time (a resumed case goes on)
         self._last_t: float | None = None
         self.sweeps_in = 0
-        self.blocks_sent = 0
-        self.blocks_dropped = 0
         self.names: tuple[str, ...] = ()
         self._held: list[Sweep] = []
-        self._q: queue.Queue[BaepBlock | None] = queue.Queue(QUEUE_BLOCKS)
-        self._closed = threading.Event()
         self._lock = threading.Lock()
 
     def begin(self, start_s: float) -> None:
@@ -115,30 +111,7 @@ class BaepTap:
                                   self.side, np.stack(self._pending, axis=1), time.time())
                 self._first += len(self._pending)
                 self._pending = []
-                try:
-                    self._q.put_nowait(block)
-                    self.blocks_sent += 1
-                except queue.Full:
-                    self.blocks_dropped += 1
-
-    def __iter__(self) -> Iterator[BaepBlock]:
-        while True:
-            try:
-                b = self._q.get(timeout=0.2)
-            except queue.Empty:
-                if self._closed.is_set():
-                    return
-                continue
-            if b is None:
-                return
-            yield b
-
-    def close(self) -> None:
-        self._closed.set()
-        try:
-            self._q.put_nowait(None)
-        except queue.Full:
-            pass
+                self.offer(block)
 
     def link_health(self) -> dict[str, Any]:
         return {"baep": "board", "baep_sweeps": self.sweeps_in, "baep_blocks": self.blocks_sent,

@@ -57,37 +57,15 @@ class EegCase(_Paced):
         self.name = str(self.scenario.get("name", scenario))
         self.seed, self.speed, self.fs = int(seed), float(speed), float(fs_hz)
         self.block = max(int(round(block_s * self.fs)), 1)
-        rec = eeg.render_scenario(scenario, self.seed, self.fs)
-        self.names = tuple(rec.channel_names)
-        self._samples_uv = rec.samples_uv.astype(np.float32)
-        self.truth = rec.truth
+        self._eeg = eeg.OngoingEeg(self.scenario, self.seed, self.fs)  # the scenario, then event-free continuation
+        self.names = tuple(self._eeg.channel_names)
+        self.truth = self._eeg.truth
         self._next = int(round(float(start_s) * self.fs))
-        self._tail: tuple[int, np.ndarray] | None = None
         self._closed = threading.Event()
         self.blocks_sent = 0
 
     def _chunk(self, i0: int, n: int) -> np.ndarray:
-        import ionm_hw.physiology.eeg as eeg
-
-        out = np.empty((len(self.names), n), dtype=np.float32)
-        done, end = 0, self._samples_uv.shape[1]
-        while done < n:
-            i = i0 + done
-            if i < end:
-                k = min(n - done, end - i)
-                out[:, done:done + k] = self._samples_uv[:, i:i + k]
-            else:
-                per = int(CONTINUATION_S * self.fs)
-                start = end + (i - end) // per * per
-                if self._tail is None or self._tail[0] != start:
-                    seed = self.seed * 1000 + 11 + start // per
-                    rec = eeg.render(CONTINUATION_S, self.fs, list(self.names), [], seed)
-                    self._tail = (start, rec.samples_uv.astype(np.float32))
-                j = i - start
-                k = min(n - done, per - j)
-                out[:, done:done + k] = self._tail[1][:, j:j + k]
-            done += k
-        return out
+        return self._eeg.samples(i0, n).astype(np.float32)
 
     def __iter__(self) -> Iterator[EegBlock]:
         t0_wall, first = time.monotonic(), self._next

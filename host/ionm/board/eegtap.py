@@ -17,15 +17,14 @@ clock: the EEG stall alarm has already said that monitoring stopped).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from scipy import signal
 
+from ionm.board.blockqueue import BlockQueue
 from ionm.sweep import EegBlock
 
 FS_HZ = 250.0
@@ -35,7 +34,7 @@ ANTIALIAS_ORDER = 8
 QUEUE_BLOCKS = 800  # 200 s of EEG waiting for the console (it takes them as they come; a full queue drops counted)
 
 
-class EegTap:
+class EegTap(BlockQueue[EegBlock]):
     """Feed it the board's data blocks (µV, [n_samples, n_board_channels]); iterate it for EegBlocks. With
     start_s None it holds the EEG until begin(start_s) (the console knows where a resumed case's EEG ends only
     once the board is streaming)."""
@@ -44,6 +43,7 @@ class EegTap:
 
     def __init__(self, channels: list[int], names: list[str], fs_in: float, fs_out: float = FS_HZ,
                  start_s: float | None = 0.0) -> None:
+        super().__init__(QUEUE_BLOCKS)
         self.channels = list(channels)
         self.names = tuple(names)
         self.fs_in, self.fs = float(fs_in), float(fs_out)
@@ -62,10 +62,6 @@ class EegTap:
         self.samples_out = int(round(start_s * self.fs)) if start_s is not None else None
         self.samples_held = 0  # board samples filled by holding the last value (lost by the board)
         self.runs = 0
-        self.blocks_sent = 0
-        self.blocks_dropped = 0
-        self._q: queue.Queue[EegBlock | None] = queue.Queue(QUEUE_BLOCKS)
-        self._closed = threading.Event()
         self._lock = threading.Lock()
 
     def feed(self, first_index: int, data_uv: np.ndarray) -> None:
@@ -113,33 +109,9 @@ class EegTap:
             out = EegBlock(self.samples_out / self.fs, self.samples_out, self.fs, self.names, chunk, time.time())
             self.samples_out += self.block
             k += self.block
-            try:
-                self._q.put_nowait(out)
-                self.blocks_sent += 1
-            except queue.Full:  # the console is not taking EEG: counted (and its stall alarm raised there)
-                self.blocks_dropped += 1
+            self.offer(out)  # (the console not taking EEG: counted, and its stall alarm raised there)
         self._pending = [z[:, k:]] if z.shape[1] > k else []
         self._pending_n = z.shape[1] - k
-
-    def __iter__(self) -> Iterator[EegBlock]:
-        """The blocks as they come, until close() (the blocks queued before it are still delivered)."""
-        while True:
-            try:
-                b = self._q.get(timeout=0.2)
-            except queue.Empty:
-                if self._closed.is_set():
-                    return
-                continue
-            if b is None:
-                return
-            yield b
-
-    def close(self) -> None:
-        self._closed.set()
-        try:
-            self._q.put_nowait(None)
-        except queue.Full:
-            pass
 
     def link_health(self) -> dict[str, Any]:
         return {"eeg": "board", "eeg_blocks": self.blocks_sent, "eeg_samples_held": self.samples_held,
