@@ -25,8 +25,11 @@ def test_the_earphones_click_beside_the_sseps_and_the_board_gives_the_baep(tmp_p
     from ionm.board.virtual import VirtualBoard
 
     scen = tmp_path / "mvd.json"
+    # A well-grounded room: 3 µV of mains, not the scenarios' 15 µV. This test is about the chain from the click to
+    # the marks; with 15 µV the mains residue in a 1000-sweep average (the board is DC-coupled and the host's
+    # per-sweep polynomial removes mains only in part) sometimes hides wave III, the smallest (docs/CONSOLE.md).
     scen.write_text(json.dumps({"name": "mvd", "montage": "posterior_fossa", "baep": "baep_stable",
-                                "noise": {"cautery_per_min": 0, "pops_per_min": 0}}))
+                                "noise": {"cautery_per_min": 0, "pops_per_min": 0, "mains_uv": 3.0}}))
     log = tmp_path / "pulses.jsonl"
     err = open(tmp_path / "board.stderr", "w")
     with VirtualBoard(scenario=str(scen), seed=SEED, stderr=err, pulse_log=str(log)) as vb:

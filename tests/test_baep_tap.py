@@ -39,6 +39,19 @@ def test_sweeps_become_20_khz_blocks_with_the_wave_where_it_was_and_the_drift_ta
     assert np.max(np.abs(blocks[0].sweeps_uv[1])) < 0.5
 
 
+def test_a_sweep_with_samples_the_board_lost_is_dropped_and_counted_never_averaged() -> None:
+    tap = BaepTap("L", 21.1)
+    lost = _sweep(0.0, 0)
+    lost.data_uv[:, 40:60] = np.nan  # (the live case's buffer holds NaN where the board lost samples)
+    tap.put(lost)
+    for k in range(1, 11):
+        tap.put(_sweep(k / 21.1, k))
+    tap.close()
+    (block,) = list(tap)
+    assert np.isfinite(block.sweeps_uv).all() and tap.link_health()["baep_sweeps_incomplete"] == 1
+    assert tap.sweeps_in == 10
+
+
 def test_a_resumed_case_holds_its_sweeps_until_begin_and_a_restarted_board_clock_goes_on() -> None:
     tap = BaepTap("R", 21.1, start_s=None)
     for k in range(10):

@@ -65,6 +65,7 @@ class BaepTap(BlockQueue[BaepBlock]):
         self._offset_s: float | None = start_s  # added to the sweeps' source time (a resumed case goes on)
         self._last_t: float | None = None
         self.sweeps_in = 0
+        self.sweeps_incomplete = 0  # sweeps with samples the board lost: dropped, counted
         self.names: tuple[str, ...] = ()
         self._held: list[Sweep] = []
         self._lock = threading.Lock()
@@ -88,6 +89,10 @@ class BaepTap(BlockQueue[BaepBlock]):
         self._put(sw)
 
     def _put(self, sw: Sweep) -> None:
+        if not np.isfinite(sw.data_uv).all():  # samples the board lost (NaN in the live case's buffer): not a sweep
+            with self._lock:
+                self.sweeps_incomplete += 1
+            return
         x = _without_slow(np.asarray(sw.data_uv, dtype=np.float64))
         y = signal.resample_poly(x, int(FS_HZ), int(sw.fs), axis=1) if sw.fs != FS_HZ else x
         start = int(round(sw.pre_samples * FS_HZ / sw.fs)) - self.pre  # the click at sample pre of the cut
@@ -114,5 +119,6 @@ class BaepTap(BlockQueue[BaepBlock]):
                 self.offer(block)
 
     def link_health(self) -> dict[str, Any]:
-        return {"baep": "board", "baep_sweeps": self.sweeps_in, "baep_blocks": self.blocks_sent,
+        return {"baep": "board", "baep_sweeps": self.sweeps_in, "baep_sweeps_incomplete": self.sweeps_incomplete,
+                "baep_blocks": self.blocks_sent,
                 "baep_blocks_dropped": self.blocks_dropped}
