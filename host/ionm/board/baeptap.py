@@ -29,11 +29,10 @@ PRE_MS = 1.0
 POST_MS = 10.0
 EDGE_MS = 2.0  # cut this much more on each side: the resampling filter's edges
 BLOCK = 10  # sweeps per block
-# The slow part taken off each sweep: EEG, drift and most of the mains (a 50-Hz cycle is 20 ms). Measured on the
-# virtual patient (15 µV of mains, four SSEP outputs, the sweeps with a pulse inside rejected): of order 2 it left
-# a mains residue of ~0.4 µV in 900 sweeps' average, which moved wave III by 1 ms; of order 7 ~0.2 µV, with waves
-# I, III, V within 0.1 ms, and on a noiseless BAEP wave V 93 % of its order-2 amplitude (a baseline and the sweeps
-# judged against it are treated alike).
+# The slow part taken off each sweep: EEG, drift and most of the mains (a 50-Hz cycle is 20 ms). On the virtual
+# patient with the scenarios' mains and four SSEP outputs, a quadratic left enough mains in a 1000-sweep average to
+# misplace wave III; a 7th-order polynomial keeps the waves' latencies and most of wave V's amplitude (a baseline and
+# the sweeps judged against it are treated alike). What it still leaves: docs/CONSOLE.md, "BAEP from the board".
 SLOW_ORDER = 7
 HELD_MAX = 2000  # sweeps held before begin() (a resumed case: the console reads its store meanwhile)
 QUEUE_BLOCKS = 400  # 190 s of sweeps at 21.1 Hz waiting for the console; a full queue drops, counted
